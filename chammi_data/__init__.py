@@ -1,0 +1,29 @@
+"""CHAMMI data library: the cell schema, release storage, loading, streaming and evaluation.
+
+``chammi_data`` imports neither ``pipelines`` nor ``chammi_models``.
+"""
+
+from __future__ import annotations
+
+from chammi_data.schema import SCHEMA_VERSION, Cell, make_cell_id
+from chammi_data.vocab import SOURCES, VOCAB, source_info
+
+__version__ = "0.1.0"
+
+# Heavier entry points are imported on first use so that `import chammi_data` stays cheap.
+_LAZY = {
+    "load": "chammi_data.dataset",
+    "stream": "chammi_data.stream",
+    "evaluate": "chammi_data.evaluation",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'chammi_data' has no attribute {name!r}")
+
+
+__all__ = ["SCHEMA_VERSION", "SOURCES", "VOCAB", "Cell", "make_cell_id", "source_info", "load", "stream", "evaluate"]

@@ -1,0 +1,1 @@
+"""Subcommands of ``chammi`` that belong to the data library (see ``chammi_models.cli``)."""
