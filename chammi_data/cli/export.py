@@ -1,0 +1,25 @@
+"""``chammi export --format chammi RELEASE OUTDIR``: a release in the official CHAMMI layout."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    from chammi_data.export import FORMATS
+
+    parser.add_argument("release", help="release folder (manifest.parquet, shards/)")
+    parser.add_argument("outdir", help="output folder: gets Allen/, HPA/, CP/ with tape PNGs + enriched_meta.csv")
+    parser.add_argument("--format", default="chammi", choices=FORMATS, help="output layout (default: chammi)")
+    parser.add_argument("--sources", nargs="+", default=None, help="only these sources (wtc11 hpa cp or Allen HPA CP)")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing source folders in OUTDIR")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def main(args: argparse.Namespace) -> int:
+    from chammi_data.export import export_official
+
+    summary = export_official(args.release, args.outdir, sources=args.sources, overwrite=args.overwrite,
+                              progress=not args.quiet)
+    print(summary)
+    return 0

@@ -1,0 +1,295 @@
+"""Read WebDataset tar shards safely: a strict ustar parser, no extraction, no pickles.
+
+Python's ``tarfile`` treats a corrupted header in the middle of a file as the end of the archive, which
+would silently drop samples; so we parse the (simple) ustar format ourselves and fail loudly. Only plain
+files named ``<key>.json`` / ``<key>.npy.zst`` are accepted: absolute paths, ``..``, directories, links,
+devices, fifos, pax/GNU extension headers, keys with dots, bad header checksums and truncated members are
+errors (:class:`ShardFormatError`) naming the shard and the member/key. Nothing is written to disk.
+
+A sample read from a shard is a dict ``{"__key__", "__shard__", "record", "image"}`` where ``record`` is the
+``<key>.json`` object (``Cell.record()``) and ``image`` the (C, H, W) array.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+import zstandard
+
+from chammi_data.codec import IMAGE_SUFFIX, JSON_SUFFIX, CorruptSampleError, decode_image
+from chammi_data.schema import image_checksum
+
+BLOCK = 512
+_EXTS = (JSON_SUFFIX.lstrip("."), IMAGE_SUFFIX.lstrip("."))  # "json", "npy.zst": the order within a sample
+_TYPE_NAMES = {b"1": "hard link", b"2": "symbolic link", b"3": "character device", b"4": "block device",
+               b"5": "directory", b"6": "fifo", b"7": "contiguous file", b"x": "pax extended header",
+               b"g": "pax global header", b"L": "GNU long name", b"K": "GNU long link name", b"S": "GNU sparse file"}
+
+
+# The exact header ``np.save`` writes for a C-order (C, H, W) uint8/uint16 array; anything else takes the
+# general (slower, equally strict) path of ``codec.decode_image``.
+_NPY_HEADER = re.compile(rb"\{'descr': '([<|]u[12])', 'fortran_order': False, 'shape': \((\d+), (\d+), (\d+)\), \} *\n")
+
+
+class ShardFormatError(CorruptSampleError):
+    """A shard is truncated, corrupted, or holds a member we refuse to read; names the shard and member."""
+
+
+@dataclass(frozen=True)
+class Member:
+    """One regular-file member: its name, key, extension, data offset in the shard and data size (bytes)."""
+
+    name: str
+    key: str
+    ext: str
+    offset: int
+    size: int
+
+
+def _octal(field: bytes, shard: str, what: str, name: str) -> int:
+    text = field.rstrip(b"\0 ").lstrip(b" ")
+    if not text:
+        return 0
+    if field[:1] and field[0] & 0x80:
+        raise ShardFormatError(f"{shard}: member {name!r}: base-256 {what} field is not supported")
+    try:
+        return int(text, 8)
+    except ValueError:
+        raise ShardFormatError(f"{shard}: member {name!r}: corrupted {what} field {field!r}") from None
+
+
+def _parse_header(block: bytes, shard: str, pos: int) -> tuple[str, int, bytes]:
+    """(name, size, typeflag) of a 512-byte ustar header at byte ``pos``; checks checksum and magic."""
+    raw_name = block[0:100].split(b"\0", 1)[0]
+    prefix = block[345:500].split(b"\0", 1)[0]
+    name_b = prefix + b"/" + raw_name if prefix else raw_name
+    name = name_b.decode("utf-8", errors="replace")
+    stored = _octal(block[148:156], shard, "checksum", name)
+    computed = sum(block[:148]) + 8 * 32 + sum(block[156:])
+    if stored != computed:
+        raise ShardFormatError(f"{shard}: corrupted tar header at byte {pos} (member {name!r}): checksum mismatch")
+    if block[257:262] != b"ustar":
+        raise ShardFormatError(f"{shard}: member {name!r} at byte {pos}: not a ustar header")
+    size = _octal(block[124:136], shard, "size", name)
+    return name, size, block[156:157]
+
+
+def decode_image_fast(data: bytes, where: str = "image") -> np.ndarray:
+    """Same result and checks as ``codec.decode_image``, without ``np.load``'s copy and ``literal_eval``.
+
+    Parses the fixed ``.npy`` header of our own writer with a strict regex and views the pixels with
+    ``np.frombuffer`` (on a writable copy); any other header falls back to ``codec.decode_image``.
+    """
+    try:
+        raw = zstandard.ZstdDecompressor().decompress(data)
+    except zstandard.ZstdError as exc:
+        raise CorruptSampleError(f"{where}: cannot decode image (ZstdError: {exc})") from None
+    if raw[:8] != b"\x93NUMPY\x01\x00" or len(raw) < 10:
+        return decode_image(data, where)
+    start = 10 + int.from_bytes(raw[8:10], "little")
+    m = _NPY_HEADER.fullmatch(raw, 10, start)
+    if m is None:
+        return decode_image(data, where)
+    dtype = np.dtype(m.group(1).decode("ascii"))
+    shape = tuple(int(x) for x in m.groups()[1:])
+    if len(raw) - start != int(np.prod(shape)) * dtype.itemsize:
+        raise CorruptSampleError(f"{where}: cannot decode image (pixel data has {len(raw) - start} bytes for shape {shape} {dtype})")
+    return np.frombuffer(bytearray(raw[start:]), dtype=dtype).reshape(shape)
+
+
+def _check_name(name: str, typeflag: bytes, shard: str) -> tuple[str, str]:
+    """Refuse anything but a flat regular file ``<key>.<json|npy.zst>``; return (key, ext)."""
+    if typeflag not in (b"0", b"\0"):
+        kind = _TYPE_NAMES.get(typeflag, f"type {typeflag!r}")
+        raise ShardFormatError(f"{shard}: member {name!r} is a {kind}; only regular files are allowed")
+    if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
+        raise ShardFormatError(f"{shard}: member {name!r} has an absolute path")
+    parts = name.replace("\\", "/").split("/")
+    if ".." in parts:
+        raise ShardFormatError(f"{shard}: member {name!r} contains '..'")
+    if len(parts) > 1:
+        raise ShardFormatError(f"{shard}: member {name!r} is in a folder; members must be flat <key>.<ext>")
+    key, _, ext = name.partition(".")
+    if not key or ext not in _EXTS:
+        raise ShardFormatError(
+            f"{shard}: member {name!r} (key {key!r}): unexpected extension {ext!r}; members are <key>.json and "
+            f"<key>.npy.zst and keys contain no dots"
+        )
+    return key, ext
+
+
+def iter_members(fh: BinaryIO, shard: str, read_data: bool = True) -> Iterator[tuple[Member, bytes | None]]:
+    """Yield ``(Member, data)`` for every member of an open shard (data None when ``read_data`` is False)."""
+    pos = 0
+    while True:
+        block = fh.read(BLOCK)
+        if not block:
+            raise ShardFormatError(f"{shard}: truncated: ends at byte {pos} without the end-of-archive marker")
+        if len(block) < BLOCK:
+            raise ShardFormatError(f"{shard}: truncated tar header at byte {pos}")
+        if block == b"\0" * BLOCK:
+            return  # end-of-archive marker (a second zero block and padding may follow)
+        name, size, typeflag = _parse_header(block, shard, pos)
+        key, ext = _check_name(name, typeflag, shard)
+        member = Member(name=name, key=key, ext=ext, offset=pos + BLOCK, size=size)
+        padded = (size + BLOCK - 1) // BLOCK * BLOCK
+        if read_data:
+            data = fh.read(size)
+            if len(data) < size:
+                raise ShardFormatError(f"{shard}: member {name!r} (key {key!r}) is truncated: {len(data)} of {size} bytes")
+            fh.read(padded - size)
+        else:
+            data = None
+            end = fh.seek(0, os.SEEK_END)
+            if member.offset + size > end:
+                raise ShardFormatError(f"{shard}: member {name!r} (key {key!r}) is truncated: file ends at byte {end}")
+            fh.seek(member.offset + padded)
+        pos = member.offset + padded
+        yield member, data
+
+
+def index_shard(path: str | Path) -> list[Member]:
+    """Every member of a shard (headers only, data skipped), checked like :func:`iter_members`."""
+    with open(path, "rb") as fh:
+        return [m for m, _ in iter_members(fh, str(path), read_data=False)]
+
+
+def _decode_sample(key: str, parts: dict[str, bytes], shard: str, verify: bool) -> dict[str, Any]:
+    where = f"{shard}: key {key!r}"
+    for ext in _EXTS:
+        if ext not in parts:
+            raise ShardFormatError(f"{where}: sample has no {ext} member")
+    try:
+        record = json.loads(parts["json"].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ShardFormatError(f"{where}: corrupted json record ({exc})") from None
+    if not isinstance(record, dict):
+        raise ShardFormatError(f"{where}: json record is not an object")
+    image = decode_image_fast(parts["npy.zst"], where=where)
+    check_image(image, record, where, verify=verify)
+    if record.get("cell_id", key) != key:
+        raise ShardFormatError(f"{where}: json record names cell {record.get('cell_id')!r}")
+    return {"__key__": key, "__shard__": shard, "record": record, "image": image}
+
+
+def check_image(image: np.ndarray, expected: Mapping[str, Any], where: str, verify: bool = False) -> None:
+    """Check an image against a record/manifest row: shape (``shape`` or height/width/channels), dtype,
+    and with ``verify`` its sha256. Raises :class:`ShardFormatError` naming ``where``."""
+    if "shape" in expected:
+        shape = tuple(int(x) for x in expected["shape"])
+    else:
+        chans = expected["channels"]
+        n = len(chans.split(",")) if isinstance(chans, str) else len(chans)
+        shape = (n, int(expected["height"]), int(expected["width"]))
+    if tuple(image.shape) != shape:
+        raise ShardFormatError(f"{where}: image shape {tuple(image.shape)} != expected {shape}")
+    if "dtype" in expected and str(image.dtype) != str(expected["dtype"]):
+        raise ShardFormatError(f"{where}: image dtype {image.dtype} != expected {expected['dtype']}")
+    if verify and expected.get("sha256") and image_checksum(image) != expected["sha256"]:
+        raise ShardFormatError(f"{where}: image checksum mismatch (pixels changed)")
+
+
+def iter_samples(path: str | Path, verify: bool = False) -> Iterator[dict[str, Any]]:
+    """Decoded samples of one shard in order; ``verify`` also checks each image's sha256 against its record.
+
+    Each sample's members must be adjacent (json, then npy.zst); a key seen twice, a missing member or a
+    member of another key in between is an error naming the shard and key.
+    """
+    shard = str(path)
+    seen: set[str] = set()
+    current: str | None = None
+    parts: dict[str, bytes] = {}
+    with open(path, "rb") as fh:
+        for member, data in iter_members(fh, shard):
+            assert data is not None
+            if member.key != current:
+                if current is not None:
+                    yield _decode_sample(current, parts, shard, verify)
+                if member.key in seen:
+                    raise ShardFormatError(f"{shard}: key {member.key!r} appears twice (members not adjacent)")
+                seen.add(member.key)
+                current, parts = member.key, {}
+            if member.ext in parts:
+                raise ShardFormatError(f"{shard}: key {member.key!r} has two {member.ext} members")
+            if member.ext == "npy.zst" and "json" not in parts:
+                raise ShardFormatError(f"{shard}: key {member.key!r}: npy.zst member before (or without) its json")
+            parts[member.ext] = data
+        if current is not None:
+            yield _decode_sample(current, parts, shard, verify)
+
+
+class ShardReader:
+    """Random access to images by manifest row via ``os.pread`` (no tar scan); keeps files open.
+
+    Safe to pickle into DataLoader workers: open files are dropped and reopened per process.
+    """
+
+    def __init__(self, root: str | Path, max_open: int = 64):
+        self.root = Path(root)
+        self.max_open = max_open
+        self._fds: dict[str, int] = {}
+        self._pid = os.getpid()
+
+    def _fd(self, shard: str) -> int:
+        if self._pid != os.getpid():  # forked: descriptors are shared with the parent, reopen our own
+            self._fds, self._pid = {}, os.getpid()
+        fd = self._fds.get(shard)
+        if fd is None:
+            if len(self._fds) >= self.max_open:
+                os.close(self._fds.pop(next(iter(self._fds))))
+            path = self.root / shard
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                raise FileNotFoundError(f"shard {shard} not found under release {self.root}") from None
+            self._fds[shard] = fd
+        return fd
+
+    def read_bytes(self, row: Mapping[str, Any]) -> bytes:
+        """The compressed image bytes of one manifest row."""
+        shard, key, nbytes = str(row["shard"]), str(row["key"]), int(row["nbytes"])
+        data = os.pread(self._fd(shard), nbytes, int(row["offset"]))
+        if len(data) != nbytes:
+            raise ShardFormatError(f"{shard}: key {key!r}: truncated, read {len(data)} of {nbytes} bytes at offset {row['offset']}")
+        return data
+
+    def read(self, row: Mapping[str, Any], verify: bool = False) -> np.ndarray:
+        """(C, H, W) image of one manifest row, checked against the row's shape/dtype (and sha256 if ``verify``)."""
+        where = f"{row['shard']}: key {row['key']!r}"
+        image = decode_image_fast(self.read_bytes(row), where=where)
+        check_image(image, row, where, verify=verify)
+        return image
+
+    def close(self) -> None:
+        if self._pid == os.getpid():
+            for fd in self._fds.values():
+                os.close(fd)
+        self._fds = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"root": self.root, "max_open": self.max_open}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["root"], state["max_open"])  # type: ignore[misc]
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+def read_sample(root: str | Path, row: Mapping[str, Any], verify: bool = False) -> np.ndarray:
+    """One image by manifest row (``shard``, ``key``, ``offset``, ``nbytes``): a single pread, no scan."""
+    reader = ShardReader(root, max_open=1)
+    try:
+        return reader.read(row, verify=verify)
+    finally:
+        reader.close()

@@ -1,0 +1,150 @@
+"""The Zarr v3 side of a release: ``zarr/<source>.zarr`` with one array ``images`` (N, C, H, W).
+
+One cell per chunk (1, C, H, W); chunks are grouped into zarr shards of ``cells_per_shard`` cells, so zarr
+shard k holds exactly the cells of tar shard k. Zarr 3 rewrites a whole shard on every write, so two
+writers touching one shard lose data: the release writer gives each zarr shard exactly one writer.
+
+Group attributes (read by napari / OME-NGFF-aware viewers and by :func:`read_attrs`):
+``source``, ``channels`` (names in image order), ``cell_ids`` (row order, set when the release is
+finalised) and ``omero`` with one entry per channel: ``label``, ``color`` (hex RGB from
+``vocab.CHANNEL_COLORS``) and ``window`` (``start``/``end``/``min``/``max`` in raw units).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec
+
+from chammi_data.vocab import CHANNEL_COLORS, to_names
+
+ARRAY_NAME = "images"
+#: Blosc level for zarr chunks: zstd 5 with byte shuffle (balanced read speed / size for uint8 tiles).
+BLOSC_LEVEL = 5
+
+
+def zarr_path(root: str | Path, source: str) -> Path:
+    """``RELEASE/zarr/<source>.zarr``."""
+    return Path(root) / "zarr" / f"{source}.zarr"
+
+
+def omero_metadata(channels: Sequence[str], dtype: np.dtype | str) -> dict[str, Any]:
+    """OME-NGFF ``omero`` block: per channel label, colour and a display window over the dtype's range."""
+    top = int(np.iinfo(np.dtype(dtype)).max)
+    return {
+        "channels": [
+            {
+                "label": name,
+                "color": CHANNEL_COLORS[name],
+                "active": True,
+                "window": {"start": 0, "end": top, "min": 0, "max": top},
+            }
+            for name in to_names(channels)
+        ],
+        "rdefs": {"model": "color"},
+    }
+
+
+def create_images(
+    root: str | Path,
+    source: str,
+    n_cells: int,
+    channels: Sequence[str],
+    hw: tuple[int, int],
+    dtype: np.dtype | str,
+    cells_per_shard: int,
+) -> zarr.Array:
+    """Create (overwrite) ``zarr/<source>.zarr`` with an empty ``images`` array of shape (N, C, H, W).
+
+    The array is sharded with ``cells_per_shard`` cells per shard and one cell per chunk; the fill value
+    is 0. Returns the array. Call once per source, before any shard is written.
+    """
+    names = to_names(channels)
+    if cells_per_shard < 1:
+        raise ValueError(f"cells_per_shard must be >= 1, got {cells_per_shard}")
+    c, (h, w) = len(names), hw
+    dt = np.dtype(dtype)
+    if dt not in (np.dtype(np.uint8), np.dtype(np.uint16)):
+        raise ValueError(f"zarr images must be uint8 or uint16, got {dt}")
+    group = zarr.open_group(str(zarr_path(root, source)), mode="w", zarr_format=3)
+    group.attrs.update({"source": source, "channels": list(names), "omero": omero_metadata(names, dt), "cell_ids": []})
+    return group.create_array(
+        ARRAY_NAME,
+        shape=(int(n_cells), c, int(h), int(w)),
+        chunks=(1, c, int(h), int(w)),
+        shards=(int(cells_per_shard), c, int(h), int(w)),
+        dtype=dt,
+        compressors=BloscCodec(cname="zstd", clevel=BLOSC_LEVEL, shuffle="shuffle", typesize=dt.itemsize),
+        fill_value=0,
+        dimension_names=("cell", "c", "y", "x"),
+    )
+
+
+def open_images(root: str | Path, source: str, mode: str = "r") -> zarr.Array:
+    """Open ``zarr/<source>.zarr/images``; a clear error when the store is missing."""
+    path = zarr_path(root, source)
+    if not (path / "zarr.json").is_file():
+        raise FileNotFoundError(f"no zarr store for source {source!r} at {path}")
+    group = zarr.open_group(str(path), mode=mode, zarr_format=3)
+    if ARRAY_NAME not in group:
+        raise FileNotFoundError(f"zarr store {path} has no array {ARRAY_NAME!r}")
+    arr = group[ARRAY_NAME]
+    assert isinstance(arr, zarr.Array)
+    return arr
+
+
+def cells_per_shard(arr: zarr.Array) -> int:
+    """Cells per zarr shard of an ``images`` array (its shard length along axis 0)."""
+    shards = arr.shards
+    return int(shards[0]) if shards is not None else int(arr.chunks[0])
+
+
+def write_rows(root: str | Path, source: str, start: int, images: np.ndarray) -> None:
+    """Write ``images`` (n, C, H, W) to rows [start, start + n), which must lie within ONE zarr shard.
+
+    Keeping each write inside one shard is what makes concurrent writers of different shards safe.
+    """
+    arr = open_images(root, source, mode="r+")
+    per = cells_per_shard(arr)
+    n = images.shape[0]
+    if n == 0:
+        return
+    if start % per != 0 or n > per:
+        raise ValueError(
+            f"zarr write of rows [{start}, {start + n}) of {source} does not start at and stay inside one zarr "
+            f"shard of {per} cells (one writer per shard is required)"
+        )
+    if start + n > arr.shape[0]:
+        raise ValueError(f"zarr write of rows [{start}, {start + n}) past the end of {source} images ({arr.shape[0]} rows)")
+    if tuple(images.shape[1:]) != tuple(arr.shape[1:]) or images.dtype != arr.dtype:
+        raise ValueError(
+            f"zarr write for {source}: images {images.shape[1:]} {images.dtype} do not match the array "
+            f"{arr.shape[1:]} {arr.dtype}"
+        )
+    arr[start : start + n] = images
+
+
+def set_cell_ids(root: str | Path, source: str, cell_ids: Sequence[str]) -> None:
+    """Record the row order (cell ids) in the group attributes once every shard is written."""
+    group = zarr.open_group(str(zarr_path(root, source)), mode="r+", zarr_format=3)
+    group.attrs["cell_ids"] = [str(c) for c in cell_ids]
+
+
+def read_attrs(root: str | Path, source: str) -> dict[str, Any]:
+    """Group attributes of ``zarr/<source>.zarr`` (source, channels, omero, cell_ids)."""
+    path = zarr_path(root, source)
+    if not (path / "zarr.json").is_file():
+        raise FileNotFoundError(f"no zarr store for source {source!r} at {path}")
+    return dict(zarr.open_group(str(path), mode="r", zarr_format=3).attrs)
+
+
+def read_row(root: str | Path, source: str, row: int) -> np.ndarray:
+    """One cell's (C, H, W) image from zarr."""
+    arr = open_images(root, source)
+    if not 0 <= row < arr.shape[0]:
+        raise IndexError(f"zarr row {row} outside {source} images with {arr.shape[0]} rows")
+    return np.asarray(arr[row])
