@@ -1,0 +1,84 @@
+"""``chammi eval``: score a features folder against a release with the official 1-NN protocol and the CPS.
+
+Writes ``results.csv`` (official columns: dataset, task, classifier, accuracy, f1_score_macro),
+``results.json`` (full table, CPS, per-group results, metric, manifest checksums) and ``radar.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from chammi_data.knn import DEFAULT_BLOCK_SIZE, METRICS
+from chammi_data.paths import default_release_dir
+
+CLASSIFIERS = ("knn", "sgd")
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--features", required=True, type=Path, help="folder with Allen|HPA|CP (or wtc11|hpa|cp)/*.npy"
+    )
+    parser.add_argument(
+        "--release",
+        type=Path,
+        default=None,
+        help="our release folder (manifest.parquet) or an official root (Allen|HPA|CP/enriched_meta.csv); "
+        "default: $CHAMMI_RELEASE or ~/.cache/chammi/release",
+    )
+    parser.add_argument(
+        "--metric",
+        choices=METRICS,
+        default="cosine",
+        help="1-NN metric (default cosine; official default l2)",
+    )
+    parser.add_argument("--classifier", choices=CLASSIFIERS, default="knn")
+    parser.add_argument(
+        "--feature-file", default=None, help="which .npy to use when a source folder holds several"
+    )
+    parser.add_argument("--out", required=True, type=Path, help="output folder")
+    parser.add_argument(
+        "--block-size", type=int, default=DEFAULT_BLOCK_SIZE, help="max similarity entries held at once"
+    )
+    parser.add_argument(
+        "--device", default=None, help="torch device for the 1-NN products (default: cuda if available)"
+    )
+    parser.add_argument(
+        "--name", default=None, help="model name for the radar legend (default: the features folder)"
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    from chammi_data.evaluation import evaluate
+    from chammi_data.features import load_features
+    from chammi_data.plots import radar_plot
+
+    release = args.release if args.release is not None else default_release_dir()
+    features = load_features(args.features, args.feature_file)
+    result = evaluate(
+        features,
+        release,
+        metric=args.metric,
+        classifier=args.classifier,
+        block_size=args.block_size,
+        device=args.device,
+    )
+    result.provenance.update(features=str(args.features), feature_file=args.feature_file)
+    name = args.name or Path(args.features).resolve().name
+    result.provenance["name"] = name
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    result.official_table().to_csv(out / "results.csv", index=False, lineterminator="\n")
+    (out / "results.json").write_text(result.to_json() + "\n", encoding="utf-8")
+    radar_plot(
+        {name: result.table},
+        out / "radar.png",
+        title=f"{name}: macro-F1 (1-NN {args.metric})"
+        if args.classifier == "knn"
+        else f"{name}: macro-F1 (sgd, {args.metric} features)",
+    )
+    print(result.table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    cps = "n/a (not all six OOD tasks scored)" if result.cps is None else f"{result.cps:.4f}"
+    print(f"classifier={args.classifier} metric={args.metric} CPS={cps}")
+    print(f"wrote {out / 'results.csv'}, {out / 'results.json'}, {out / 'radar.png'}")
+    return 0
