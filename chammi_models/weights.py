@@ -1,0 +1,124 @@
+"""Saving and loading trained models: ``model.safetensors`` + ``card.json`` in one folder.
+
+The card says how to rebuild the network (model name, options, backbone, channel vocabulary, number of
+classes) and carries what a user of the weights needs to know: the training data (e.g. release and
+manifest checksum), per-channel normalisation, input size, scores. Loading rebuilds the model with
+``create_model`` from the card and reads the tensors with safetensors: nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+from chammi_data.vocab import VOCAB
+
+from .base import ChannelAdaptiveModel
+
+WEIGHTS_FILE = "model.safetensors"
+CARD_FILE = "card.json"
+CARD_FORMAT = "chammi-model-card/1"
+#: Card keys written from the model itself; a user card may not contradict them.
+_MODEL_KEYS = (
+    "format",
+    "model",
+    "options",
+    "backbone",
+    "channels",
+    "num_classes",
+    "num_features",
+    "vocabulary",
+)
+
+
+def _jsonable(value: Any) -> Any:
+    """Tuples -> lists, recursively (JSON has no tuples); anything else must already be JSON-able."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def save_model(
+    model: ChannelAdaptiveModel, directory: str | PathLike[str], card: dict[str, Any] | None = None
+) -> Path:
+    """Write ``directory/model.safetensors`` and ``directory/card.json``; return the folder.
+
+    ``card`` adds free fields (``training_data``, ``scores``, ``normalisation``, ``img_size``, ...). The
+    model must come from ``create_model`` (it needs ``model.model_config``).
+    """
+    from safetensors.torch import save_model as st_save
+
+    cfg = getattr(model, "model_config", None)
+    if not cfg or "name" not in cfg:
+        raise ValueError(
+            "save_model needs a model built by chammi_models.create_model (no model_config found)"
+        )
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    full = {
+        "format": CARD_FORMAT,
+        "model": cfg["name"],
+        "options": _jsonable(cfg["options"]),
+        "backbone": cfg["backbone"],
+        "channels": list(cfg["channels"]),
+        "num_classes": cfg["num_classes"],
+        "num_features": int(model.num_features),
+        "vocabulary": list(VOCAB),
+    }
+    if "pretrained" in cfg:
+        full["initialised_from"] = cfg["pretrained"]
+    for key, value in (card or {}).items():
+        if key in _MODEL_KEYS and _jsonable(value) != full[key]:
+            raise ValueError(f"card field {key!r}={value!r} contradicts the model ({full[key]!r})")
+        full[key] = _jsonable(value)
+    try:
+        text = json.dumps(full, indent=2, sort_keys=True)
+    except TypeError as err:
+        raise TypeError(f"card for {out} is not JSON-serialisable: {err}") from err
+    st_save(model, str(out / WEIGHTS_FILE), metadata={"chammi_model": cfg["name"]})
+    (out / CARD_FILE).write_text(text + "\n")
+    return out
+
+
+def read_card(directory: str | PathLike[str]) -> dict[str, Any]:
+    """The parsed ``card.json`` of a saved model folder, checked for the fields needed to rebuild it."""
+    path = Path(directory) / CARD_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no {CARD_FILE} in {directory}: not a folder written by save_model")
+    try:
+        card = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from err
+    missing = [k for k in ("model", "options", "backbone", "channels", "num_classes") if k not in card]
+    if missing:
+        raise ValueError(f"{path} lacks field(s) {missing}")
+    return card
+
+
+def load_model(directory: str | PathLike[str], device: str = "cpu") -> ChannelAdaptiveModel:
+    """Rebuild a model from ``card.json`` and load ``model.safetensors`` strictly; ``model.card`` = card."""
+    from safetensors.torch import load_model as st_load
+
+    from .registry import create_model
+
+    card = read_card(directory)
+    weights = Path(directory) / WEIGHTS_FILE
+    if not weights.is_file():
+        raise FileNotFoundError(f"no {WEIGHTS_FILE} in {directory}")
+    model = create_model(
+        card["model"],
+        channels=card["channels"],
+        num_classes=card["num_classes"],
+        backbone=card["backbone"],
+        **card["options"],
+    )
+    try:
+        st_load(model, str(weights), strict=True)
+    except RuntimeError as err:
+        raise RuntimeError(f"{weights} does not match the model its card describes: {err}") from err
+    model.card = card
+    return model.to(device).eval()
