@@ -1,0 +1,296 @@
+"""Cell Painting (LINCS, CDRP, BBBC022) -> CHAMMI CP cells: one unit per site (plate, well, site).
+
+Raw layout (tables and file names): see :mod:`pipelines.cp_layout`. Per site:
+
+1. read the five channel TIFFs (16-bit expected; 8-bit or float are accepted and recorded in ``meta``),
+   each must be 2-D and all the same shape;
+2. divide by the plate's illumination function of each channel when ``illum/<plate>_Illum<Ch>.npy`` exists
+   (must be finite, positive and of the field's shape);
+3. per channel, clip to the ``low_pct`` / ``high_pct`` percentiles (0.05 / 99.95, the DeepProfiler export)
+   and scale to 8-bit (:func:`pipelines.imaging.to_uint8`);
+4. nucleus centres from the per-site ``Nuclei.csv``, else the per-plate ``Nuclei.csv``, else the plate
+   SQLite, else (fallback) the default segmentation of the DNA channel;
+5. a ``box`` x ``box`` (160) crop centred on each nucleus. Border policy ``border`` (default ``"pad"``: the
+   box stays centred on the nucleus and the part outside the field is zero, as DeepProfiler pads the field;
+   ``"shift"`` moves the box inside; ``"skip"`` drops the cell and lists it as skipped).
+
+Cells are (5, 160, 160) uint8 in the order nucleus (DNA), er (ER), rna (RNA), golgi (AGP), mito (Mito).
+Label = first 13 characters of the platemap's ``broad_sample`` (empty = ``DMSO``); groups ``Plate`` and
+``dataset``; split and tasks come from ``manifests/tasks/cp.yaml``.
+
+Build settings (``config["cp"]``, or the same keys at the top level): ``low_pct``, ``high_pct``, ``box``,
+``border``, ``positions`` (auto | site_csv | plate_csv | sqlite | segment), ``illum`` (bool),
+``phenix_channels`` ({ch number: DNA|ER|RNA|AGP|Mito} for plates without load_data.csv),
+``segment_backend`` and ``segment_options`` (fallback segmentation).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import tifffile
+
+from chammi_data.schema import Cell, make_cell_id
+from chammi_data.vocab import SOURCES
+from pipelines import cp_layout as lay
+from pipelines.base import Skipped, SourcePipeline, Unit, UnitResult, UnitSkip
+from pipelines.imaging import BORDER_POLICIES, crop_box, to_uint8
+from pipelines.tasks import assign_tasks, load_rules
+
+CHANNELS: tuple[str, ...] = SOURCES["cp"].channels
+assert tuple(lay.RAW_TO_VOCAB[c] for c in lay.RAW_CHANNELS) == CHANNELS, "cp_layout channel order drifted"
+
+DEFAULTS: dict[str, Any] = {
+    "low_pct": 0.05,
+    "high_pct": 99.95,
+    "box": 160,
+    "border": "pad",
+    "positions": "auto",
+    "illum": True,
+    "phenix_channels": None,
+    "segment_backend": "watershed",
+    "segment_options": {},
+}
+
+
+def settings(config: dict[str, Any] | None) -> dict[str, Any]:
+    """Defaults overlaid with ``config["cp"]`` (or top-level keys of the same names); checked."""
+    config = config or {}
+    own = config.get("cp") if isinstance(config.get("cp"), dict) else {}
+    out = {k: own.get(k, config.get(k, v)) for k, v in DEFAULTS.items()}
+    if out["border"] not in BORDER_POLICIES:
+        raise ValueError(f"cp border policy {out['border']!r}; valid: {', '.join(BORDER_POLICIES)}")
+    if out["positions"] not in ("auto", "site_csv", "plate_csv", "sqlite", "segment"):
+        raise ValueError(f"cp positions {out['positions']!r}; valid: auto, site_csv, plate_csv, sqlite, segment")
+    if out["phenix_channels"]:
+        out["phenix_channels"] = {int(k): str(v) for k, v in out["phenix_channels"].items()}
+    return out
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", str(text)).strip("_") or "x"
+
+
+def _rel(path: str | Path, root: Path) -> str:
+    """Path relative to the input root when inside it (so provenance does not depend on where data sits)."""
+    try:
+        return Path(path).resolve().relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def plate_dirs(root: Path) -> list[Path]:
+    """Plate folders under ``root``: those with ``load_data.csv``, or with an ``images/`` folder and no table."""
+    found = {p.parent for p in root.rglob("load_data.csv")}
+    found |= {p.parent for p in root.rglob("images") if p.is_dir() and not (p.parent / "load_data.csv").exists()}
+    return sorted(found)
+
+
+class CPPipeline(SourcePipeline):
+    """Cell Painting plates -> 5-channel 160 x 160 single-cell crops labelled by compound."""
+
+    key = "cp"
+    name = "cp"
+
+    # --------------------------------------------------------------------------------------------- discover
+    def discover(self, input_dir: Path, config: dict[str, Any]) -> tuple[list[Unit], list[Skipped]]:
+        """One unit per usable site; plates and sites that cannot be used are returned as skipped."""
+        s = settings(config)
+        root = Path(input_dir).resolve()
+        if not root.is_dir():
+            raise FileNotFoundError(f"Cell Painting input folder not found: {root}")
+        units: dict[str, Unit] = {}
+        skipped: list[Skipped] = []
+        for pdir in plate_dirs(root):
+            plate_unit = f"cp-plate-{_safe(_rel(pdir, root))}"
+            table = pdir / "load_data.csv"
+            try:
+                if table.is_file():
+                    sites = lay.read_load_data(table)
+                else:
+                    sites = lay.sites_from_filenames(pdir / "images", pdir.name, s["phenix_channels"])
+                    if not sites:
+                        raise lay.LayoutError(
+                            f"{pdir / 'images'}: no load_data.csv and no ImageXpress file names (or Phenix names "
+                            "with config phenix_channels) to read the sites from")
+                pm_dir = lay.find_platemaps(pdir, root)
+                if pm_dir is None:
+                    raise lay.LayoutError(f"{pdir}: no platemaps/barcode_platemap.csv in this folder or above it")
+                maps: dict[str, tuple[dict[str, lay.WellInfo], str]] = {}
+                for plate in sorted({site.plate for site in sites}):
+                    maps[plate] = lay.read_platemap(pm_dir, plate)
+            except (lay.LayoutError, OSError, pd.errors.ParserError) as exc:
+                skipped.append(Skipped(self.key, plate_unit, str(exc), file=_rel(table if table.is_file() else pdir,
+                                                                                root)))
+                continue
+            dataset = pm_dir.parent.name
+            for site in sites:
+                unit = self._site_unit(site, pdir, root, dataset, maps[site.plate], s)
+                if isinstance(unit, Skipped):
+                    skipped.append(unit)
+                elif unit.unit_id in units:
+                    skipped.append(Skipped(self.key, unit.unit_id, "duplicate site: the same plate/well/site "
+                                           "appears twice", file=_rel(site.table, root), row=site.row))
+                else:
+                    units[unit.unit_id] = unit
+        return [units[k] for k in sorted(units)], skipped
+
+    def _site_unit(self, site: lay.SiteRow, pdir: Path, root: Path, dataset: str,
+                   platemap: tuple[dict[str, lay.WellInfo], str], s: dict[str, Any]) -> Unit | Skipped:
+        unit_id = f"cp-{_safe(dataset)}-{_safe(site.plate)}-{site.well}-s{site.site}"
+        where = {"file": _rel(site.table, root), "row": site.row}
+        if site.problems:
+            return Skipped(self.key, unit_id, "; ".join(site.problems), **where)
+        wells, map_file = platemap
+        info = wells.get(site.well)
+        if info is None:
+            return Skipped(self.key, unit_id, f"well {site.well} of plate {site.plate} is not in platemap "
+                           f"{_rel(map_file, root)}", **where)
+        illum = {}
+        if s["illum"]:
+            for ch in lay.RAW_CHANNELS:
+                p = pdir / "illum" / f"{site.plate}_Illum{ch}.npy"
+                if p.is_file():
+                    illum[ch] = str(p)
+        try:
+            positions = lay.positions_source(pdir, site.plate, site.well, site.site, s["positions"])
+        except lay.LayoutError as exc:
+            return Skipped(self.key, unit_id, str(exc), **where)
+        return Unit(self.key, unit_id, {
+            "root": str(root), "dataset": dataset, "plate": site.plate, "well": site.well, "site": site.site,
+            "files": site.files, "table": site.table, "row": site.row, "illum": illum, "positions": positions,
+            "broad_sample": info.broad_sample, "mmoles_per_liter": info.mmoles_per_liter, "solvent": info.solvent,
+            "label": info.label, "platemap": map_file})
+
+    # ---------------------------------------------------------------------------------------------- process
+    def process(self, unit: Unit, config: dict[str, Any]) -> UnitResult:
+        """Read, correct, scale, locate nuclei and crop one site. Raises :class:`UnitSkip` for an unusable site."""
+        s = settings(config)
+        p = unit.payload
+        root = Path(p["root"])
+        field, depth = self._read_field(p, root)
+        field = self._illuminate(field, p, root)
+        img8 = np.empty(field.shape, dtype=np.uint8)
+        for k, ch in enumerate(lay.RAW_CHANNELS):
+            try:
+                img8[k] = to_uint8(field[k], s["low_pct"], s["high_pct"], where=f"channel {ch}")
+            except ValueError as exc:  # constant channel or NaN/inf after correction
+                raise UnitSkip(str(exc), _rel(p["files"][ch], root), p["row"]) from None
+        centres, pos_file = self._positions(p, field, s, root)
+        h, w = field.shape[1:]
+        cells: list[Cell] = []
+        skipped: list[Skipped] = []
+        box = int(s["box"])
+        for obj, x, y in centres:
+            if not (0 <= x < w and 0 <= y < h):
+                skipped.append(Skipped(self.key, unit.unit_id, f"nucleus {obj} at (x={x:.1f}, y={y:.1f}) is "
+                                       f"outside the {w}x{h} field", file=pos_file, row=f"ObjectNumber {obj}"))
+                continue
+            crop, info = crop_box(img8, (y, x), (box, box), s["border"])
+            if crop is None:
+                skipped.append(Skipped(self.key, unit.unit_id, f"nucleus {obj}: {box}x{box} box reaches past the "
+                                       "field border (border policy skip)", file=pos_file, row=f"ObjectNumber {obj}"))
+                continue
+            meta = {
+                "plate": p["plate"], "well": p["well"], "site": p["site"], "dataset": p["dataset"],
+                "broad_sample": p["broad_sample"], "mmoles_per_liter": p["mmoles_per_liter"],
+                "solvent": p["solvent"], "object_number": obj, "nucleus_x": round(x, 3), "nucleus_y": round(y, 3),
+                "positions": p["positions"]["kind"], "positions_file": pos_file,
+                "file": _rel(p["files"]["DNA"], root),
+                "files": {ch: _rel(f, root) for ch, f in p["files"].items()},
+                "load_data": _rel(p["table"], root), "row": p["row"], "platemap": _rel(p["platemap"], root),
+                "illum": bool(p["illum"]), "bit_depth": depth, "field_hw": [h, w],
+                "touched_border": info.touched_border, "border_policy": s["border"],
+            }
+            cells.append(Cell(
+                image=crop, channels=CHANNELS, source=self.key, label=p["label"],
+                cell_id=make_cell_id(self.key, p["dataset"], p["plate"], p["well"], p["site"], obj),
+                meta=meta, groups={"Plate": p["plate"], "dataset": p["dataset"]}))
+        if not cells and not skipped:
+            raise UnitSkip("site has no nuclei", pos_file, p["row"])
+        return UnitResult(cells, skipped)
+
+    def _read_field(self, p: dict[str, Any], root: Path) -> tuple[np.ndarray, int]:
+        """(5, H, W) float64 field in RAW_CHANNELS order and the bit depth of the files (8, 16, 32...)."""
+        planes, depths = [], set()
+        for ch in lay.RAW_CHANNELS:
+            path = p["files"][ch]
+            rel = _rel(path, root)
+            if not Path(path).is_file():
+                raise UnitSkip(f"missing {ch} image file", rel, p["row"])
+            try:
+                arr = tifffile.imread(path)
+            except Exception as exc:  # truncated or not a TIFF: tifffile raises several kinds
+                raise UnitSkip(f"unreadable {ch} image ({type(exc).__name__}: {exc})", rel, p["row"]) from None
+            arr = np.squeeze(arr)
+            if arr.ndim != 2:
+                raise UnitSkip(f"{ch} image must be 2-D (one plane per channel per site), got shape {arr.shape}",
+                               rel, p["row"])
+            if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+                raise UnitSkip(f"{ch} image has unsupported dtype {arr.dtype}", rel, p["row"])
+            if planes and arr.shape != planes[0].shape:
+                raise UnitSkip(f"{ch} image shape {arr.shape} differs from DNA {planes[0].shape}", rel, p["row"])
+            depths.add(arr.dtype.itemsize * 8)
+            planes.append(arr.astype(np.float64))
+        return np.stack(planes), max(depths)
+
+    def _illuminate(self, field: np.ndarray, p: dict[str, Any], root: Path) -> np.ndarray:
+        """Divide each channel by its illumination function (CellProfiler convention)."""
+        if not p["illum"]:
+            return field
+        out = field.copy()
+        for k, ch in enumerate(lay.RAW_CHANNELS):
+            path = p["illum"].get(ch)
+            if path is None:
+                continue
+            rel = _rel(path, root)
+            try:
+                fn = np.squeeze(np.load(path, allow_pickle=False)).astype(np.float64)
+            except Exception as exc:
+                raise UnitSkip(f"unreadable illumination function {ch} ({type(exc).__name__}: {exc})", rel) from None
+            if fn.shape != field.shape[1:]:
+                raise UnitSkip(f"illumination function {ch} has shape {fn.shape}, field is {field.shape[1:]}", rel)
+            if not np.all(np.isfinite(fn)):
+                raise UnitSkip(f"illumination function {ch} holds NaN/inf", rel)
+            if np.any(fn <= 0):
+                raise UnitSkip(f"illumination function {ch} has values <= 0 (cannot divide)", rel)
+            out[k] = field[k] / fn
+        return out
+
+    def _positions(self, p: dict[str, Any], field: np.ndarray, s: dict[str, Any],
+                   root: Path) -> tuple[list[tuple[int, float, float]], str]:
+        """[(object number, x, y)] in field pixels and the file they came from ('' for segmentation)."""
+        spec = p["positions"]
+        if spec["kind"] != "segment":
+            rel = _rel(spec["path"], root)
+            try:
+                found = lay.read_positions(spec, p["plate"], p["well"], p["site"])
+            except (lay.LayoutError, OSError, ValueError, pd.errors.ParserError) as exc:
+                raise UnitSkip(f"cannot read nucleus positions ({exc})", rel, p["row"]) from None
+            if not found:
+                raise UnitSkip(f"site has no nuclei in {spec['kind']} positions", rel, p["row"])
+            return found, rel
+        from pipelines.segmentation import cell_properties, segment  # lazy: only the fallback needs it
+
+        seg = segment(field[0], None, backend=s["segment_backend"], **(s["segment_options"] or {}))
+        labels = seg.nuclei if seg.nuclei is not None else seg.cells
+        props = cell_properties(labels)
+        if not props:
+            raise UnitSkip("site has no nuclei (segmentation of the DNA channel found none)",
+                           _rel(p["files"]["DNA"], root), p["row"])
+        return [(int(r["label"]), r["centroid"][1], r["centroid"][0]) for r in props], "segmentation:DNA"
+
+    # ----------------------------------------------------------------------------------------------- assign
+    def assign(self, table: pd.DataFrame, config: dict[str, Any]) -> pd.DataFrame:
+        """Split and task membership from ``manifests/tasks/cp.yaml`` (or the build config's override)."""
+        return assign_tasks(table, load_rules(self.key, config))
+
+    def synth(self, out_dir: Path, seed: int = 0, *, field_size: int = 512) -> None:
+        """Write the synthetic Cell Painting sample (7 plates, 3 datasets): see :mod:`pipelines.cp_synth`."""
+        from pipelines.cp_synth import write_sample
+
+        write_sample(Path(out_dir), seed, field_size=field_size)

@@ -1,0 +1,420 @@
+"""The curation engine: source pipelines on dask.distributed -> one reproducible, resumable release.
+
+Per build: discover every pipeline's units (sorted) -> run ``process`` on each unit not done yet as a
+dask task; the worker spills the unit's cells, records and skips to ``OUTPUT/.work/<name>/units/
+<unit_id>.npz`` (temp file + ``os.replace``, so a spill is either complete or absent) -> ``assign`` on
+the metadata table of all cells -> order the cells (by ``cell_id``, or the pipeline's unit order when it
+sets ``order = "unit"``) -> one dask task per shard loads its cells from the spills and calls
+``chammi_data.writer.write_shard`` (one writer per shard) -> ``finalize_release`` -> build_report.json.
+
+Why the output bytes do not depend on workers, scheduling or interruption: cell ids come from raw
+identifiers, cells are sorted before shards are planned, each shard is written by exactly one task from
+spills whose content depends only on (unit, config), and nothing run-dependent (paths, times, worker
+counts) goes into release.json. A rerun after SIGKILL reuses every complete spill whose key matches.
+
+Pipeline attributes the engine reads: ``order`` (``"cell_id"`` default, or ``"unit"``: unit order then the
+order inside a unit) and ``units_per_task`` (default 1; small units are sent to workers in batches, each
+unit still spilled on its own).
+
+``scheduler=None`` starts a ``LocalCluster(n_workers=workers, threads_per_worker=1, processes=True)``;
+an address connects ``Client(address)`` (its workers must see the output folder). Same code path.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+import traceback
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from chammi_data.paths import default_release_dir
+from chammi_data.schema import Cell, canonical_json
+from chammi_data.vocab import SOURCES
+from pipelines.base import Skipped, Unit, UnitResult, UnitSkip
+from pipelines.registry import RAW_SOURCES, get_pipeline
+from pipelines.report import BuildResult, assemble, cell_table, dedupe, order_cells, plan_shards
+
+#: Build configuration defaults; a ``--config`` YAML is merged over them (nested mappings merge).
+DEFAULT_CONFIG: dict[str, Any] = {
+    "cells_per_shard": 64,  # 64 cells = one tar shard = one zarr shard (HPA: ~64 MiB in memory per writer)
+    "wtc11": {},  # see pipelines.wtc11.DEFAULTS
+    "hpa": {},  # see pipelines.hpa.DEFAULTS
+    "cp": {},  # see pipelines.cp.DEFAULTS
+    "tasks": {},  # {source: path or rules mapping} overriding manifests/tasks/<source>.yaml
+}
+SPILL_VERSION = 1
+log = logging.getLogger(__name__)
+
+
+def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """``over`` merged into a copy of ``base``; nested mappings merge, everything else replaces."""
+    out = copy.deepcopy(dict(base))
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(out.get(k), Mapping) and isinstance(v, Mapping) else copy.deepcopy(v)
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Defaults <- YAML file ``path`` <- ``overrides``; a clear error for a missing or non-mapping file."""
+    config = copy.deepcopy(DEFAULT_CONFIG)
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"build config {p} not found")
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        if not isinstance(data, Mapping):
+            raise ValueError(f"build config {p}: expected a YAML mapping at the top level, got {type(data).__name__}")
+        config = deep_merge(config, data)
+    if overrides:
+        config = deep_merge(config, overrides)
+    if not isinstance(config.get("cells_per_shard"), int) or config["cells_per_shard"] < 1:
+        raise ValueError(f"build config: cells_per_shard must be a positive integer, got {config.get('cells_per_shard')!r}")
+    return config
+
+
+def config_hash(config: Mapping[str, Any]) -> str:
+    return hashlib.sha256(canonical_json(dict(config)).encode()).hexdigest()
+
+
+# --- spills (run on the workers) ----------------------------------------------------------------------------
+
+#: config keys that never change what ``process`` makes (used after the unit phase only)
+_NOT_FOR_UNITS = ("cells_per_shard", "tasks")
+
+
+def unit_config_hash(config: Mapping[str, Any], name: str) -> str:
+    """Hash of the config as far as ``process`` of pipeline ``name`` can see it.
+
+    Other raw sources' sections, the shard size and the task rules are left out, so changing them does not
+    throw away finished units of this source.
+    """
+    own = {k: v for k, v in config.items() if k not in _NOT_FOR_UNITS and (k not in RAW_SOURCES or k == name)}
+    return config_hash(own)
+
+
+def spill_key(name: str, unit: Unit, cfg_hash: str) -> str:
+    """What a spill depends on: pipeline name, unit payload and build config. A mismatch = recompute."""
+    return hashlib.sha256(canonical_json([SPILL_VERSION, name, unit.unit_id, unit.payload, cfg_hash]).encode()).hexdigest()
+
+
+def _check_cells(result: UnitResult, unit: Unit, allowed: set[str]) -> UnitResult:
+    """Keep cells that fit their source's tile and channels; the rest become skips (wrong shape...)."""
+    good: list[Cell] = []
+    skipped = list(result.skipped)
+    for cell in result.cells:
+        info = SOURCES.get(cell.source)
+        problem = ""
+        if cell.source not in allowed or info is None:
+            problem = f"cell source {cell.source!r} not made by this pipeline ({sorted(allowed)})"
+        elif cell.channels != info.channels:
+            problem = f"channels {list(cell.channels)} != {cell.source} channels {list(info.channels)}"
+        elif cell.image.shape[1:] != info.tile_hw:
+            problem = f"wrong shape {tuple(cell.image.shape)}; {cell.source} tiles are {info.tile_hw}"
+        if problem:
+            skipped.append(Skipped(unit.source, unit.unit_id, f"{problem} (cell {cell.cell_id})",
+                                   str(cell.meta.get("file", "")), cell.meta.get("row")))
+        else:
+            good.append(cell)
+    return UnitResult(good, skipped)
+
+
+def _record(cell: Cell) -> dict[str, Any]:
+    return {"cell_id": cell.cell_id, "source": cell.source, "label": cell.label, "channels": list(cell.channels),
+            "dtype": str(cell.image.dtype), "meta": cell.meta, "groups": dict(cell.groups)}
+
+
+def write_spill(path: Path, key: str, result: UnitResult) -> None:
+    """Atomically write a unit's cells (images img_<i>), records and skips as an .npz file."""
+    arrays = {f"img_{i}": c.image for i, c in enumerate(result.cells)}
+    arrays["records"] = np.array(canonical_json([_record(c) for c in result.cells]))
+    arrays["skipped"] = np.array(canonical_json([s.to_dict() for s in result.skipped]))
+    arrays["key"] = np.array(key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def read_spill_meta(path: Path, key: str) -> tuple[list[dict[str, Any]], list[Skipped]] | None:
+    """(records, skips) of a complete spill with the expected key; None when absent, stale or damaged."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if str(z["key"]) != key:
+                return None
+            records = json.loads(str(z["records"]))
+            skips = [Skipped(d["source"], d["unit"], d["reason"], d["file"], d["row"], d["count"])
+                     for d in json.loads(str(z["skipped"]))]
+    except Exception:  # a torn or foreign file: recompute the unit
+        return None
+    return records, skips
+
+
+def run_unit(name: str, unit: Unit, config: dict[str, Any], spill_path: str, key: str) -> dict[str, Any]:
+    """Worker task: process one unit, spill it, return its records and skips (never the pixels)."""
+    t0 = time.perf_counter()
+    pipeline = get_pipeline(name)
+    allowed = set(SOURCES) if name == "chammi" else {pipeline.key}
+    try:
+        result = pipeline.process(unit, config)
+    except UnitSkip as exc:
+        result = UnitResult([], [Skipped(unit.source, unit.unit_id, exc.reason, exc.file, exc.row)])
+    except Exception as exc:  # a bug or an input we did not foresee: never crash the build, report it
+        tb = traceback.format_exc(limit=3).strip().splitlines()[-1]
+        result = UnitResult([], [Skipped(unit.source, unit.unit_id, f"error: {type(exc).__name__}: {exc} [{tb}]")])
+    result = _check_cells(result, unit, allowed)
+    write_spill(Path(spill_path), key, result)
+    return {"unit_id": unit.unit_id, "records": [_record(c) for c in result.cells],
+            "skipped": [s.to_dict() for s in result.skipped], "seconds": time.perf_counter() - t0}
+
+
+def run_units(name: str, batch: list[tuple[Unit, str, str]], config: dict[str, Any]) -> list[dict[str, Any]]:
+    """Worker task: :func:`run_unit` over a batch of (unit, spill path, spill key)."""
+    return [run_unit(name, unit, config, path, key) for unit, path, key in batch]
+
+
+def write_shard_task(root: str, source: str, shard_index: int, zarr_start: int,
+                     entries: list[tuple[str, int, str, list[str]]]) -> Any:
+    """Worker task: load the shard's cells from their spills (path, index, split, tasks) and write them."""
+    from chammi_data.writer import write_shard
+
+    cells: list[Cell] = []
+    opened: dict[str, Any] = {}
+    try:
+        for path, idx, split, tasks in entries:
+            if path not in opened:
+                z = np.load(path, allow_pickle=False)
+                opened[path] = (z, json.loads(str(z["records"])))
+            z, records = opened[path]
+            rec = records[idx]
+            cells.append(Cell(image=z[f"img_{idx}"], channels=tuple(rec["channels"]), source=rec["source"],
+                              label=rec["label"], cell_id=rec["cell_id"], meta=rec["meta"], split=split,
+                              tasks=frozenset(tasks), groups=rec["groups"]))
+    finally:
+        for z, _ in opened.values():
+            z.close()
+    return write_shard(root, source, shard_index, cells, zarr_start)
+
+
+# --- the client side ------------------------------------------------------------------------------------------
+
+def resolve_sources(source: str | Sequence[str]) -> list[str]:
+    """``all`` -> the three raw sources; otherwise registered pipeline names (checked)."""
+    names = [source] if isinstance(source, str) else list(source)
+    out: list[str] = []
+    for n in names:
+        for m in (RAW_SOURCES if n == "all" else (n,)):
+            get_pipeline(m)  # unknown name -> KeyError listing the valid ones
+            if m not in out:
+                out.append(m)
+    if "chammi" in out and len(out) > 1:
+        raise ValueError("--source chammi converts an official release on its own; do not combine it with raw sources")
+    return out
+
+
+def input_dirs(names: list[str], input_dir: Path | None, work: Path, seed: int, progress: bool) -> dict[str, Path]:
+    """Each pipeline's raw folder: DIR itself for one source, DIR/<name> for several, or the sample data."""
+    if input_dir is None:
+        if "chammi" in names:
+            raise ValueError("--source chammi needs --input CHAMMI_ROOT (a downloaded official release)")
+        from pipelines.synthetic import ensure_sample
+
+        input_dir = ensure_sample(work / "sample_raw", names, seed=seed, progress=progress)
+        return {n: input_dir / n for n in names}
+    if len(names) == 1:
+        sub = input_dir / names[0]
+        return {names[0]: sub if names[0] != "chammi" and sub.is_dir() and not _looks_like(input_dir, names[0]) else input_dir}
+    return {n: input_dir / n for n in names}
+
+
+def _looks_like(folder: Path, name: str) -> bool:
+    """True when ``folder`` itself holds the source's top-level table (then it is not a parent folder)."""
+    return any((folder / f).exists() for f in {"wtc11": ["metadata.csv"], "hpa": ["train.csv"], "cp": []}.get(name, []))
+
+
+def _warm_up(names: list[str]) -> None:
+    """Run on each worker before the first unit: import the pipelines (seconds on a cold process)."""
+    for name in names:
+        get_pipeline(name)
+
+
+def _make_client(workers: int, scheduler: str | None, processes: bool) -> tuple[Any, Any]:
+    from dask.distributed import Client, LocalCluster
+
+    if scheduler:
+        return Client(scheduler), None
+    cluster = LocalCluster(n_workers=max(1, int(workers)), threads_per_worker=1, processes=processes,
+                           dashboard_address=None, silence_logs=logging.ERROR)
+    return Client(cluster), cluster
+
+
+def build(sources: str | Sequence[str], input_dir: str | Path | None = None, output: str | Path | None = None,
+          workers: int = 2, scheduler: str | None = None, config: Mapping[str, Any] | str | Path | None = None,
+          strict: bool = False, progress: bool = True, seed: int = 0, processes: bool = True,
+          keep_work: bool = False) -> BuildResult:
+    """Build one release from ``sources`` (``wtc11|hpa|cp|chammi|all`` or a list) into ``output``.
+
+    ``config``: a mapping merged over :data:`DEFAULT_CONFIG`, or a YAML path. ``strict``: any skipped
+    item fails the build (no release is written; build_report.json says why). ``processes=False`` runs the
+    local cluster's workers as threads (tests). Returns a :class:`BuildResult`; raises nothing for bad
+    input (it is skipped and reported), only for unusable arguments or a source whose tables are missing.
+    """
+    from dask.distributed import as_completed
+    from tqdm.auto import tqdm
+
+    t_start = time.perf_counter()
+    names = resolve_sources(sources)
+    cfg = load_config(config) if not isinstance(config, Mapping) else load_config(overrides=config)
+    cfg_hash = config_hash(cfg)
+    out = Path(output) if output is not None else default_release_dir()
+    work = out / ".work"
+    dirs = input_dirs(names, Path(input_dir) if input_dir is not None else None, work, seed, progress)
+    timings: dict[str, float] = {}
+    found: dict[str, tuple[Any, list[Unit], list[Skipped]]] = {}
+    for name in names:  # discover first: a missing table fails before any cluster starts
+        t0 = time.perf_counter()
+        pipeline = get_pipeline(name)
+        units, skipped = pipeline.discover(dirs[name], cfg)
+        found[name] = (pipeline, sorted(units, key=lambda u: u.unit_id), list(skipped))
+        timings[f"{name}.discover_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    client, cluster = _make_client(workers, scheduler, processes)
+    try:
+        client.run(_warm_up, names)  # imports on every worker now, so unit timings measure the work
+        timings["cluster_start_s"] = time.perf_counter() - t0
+        per_source: dict[str, dict[str, Any]] = {}
+        for name in names:
+            pipeline, units, skipped = found[name]
+            t0 = time.perf_counter()
+            unit_dir = work / name / "units"
+            unit_hash = unit_config_hash(cfg, name)
+            results: dict[str, dict[str, Any]] = {}
+            todo: list[tuple[Unit, str, str]] = []
+            for unit in units:
+                path, key = unit_dir / f"{unit.unit_id}.npz", spill_key(name, unit, unit_hash)
+                done = read_spill_meta(path, key)
+                if done is not None:
+                    results[unit.unit_id] = {"records": done[0], "skipped": [s.to_dict() for s in done[1]]}
+                else:
+                    todo.append((unit, str(path), key))
+            # small units travel in batches (each still spilled on its own, so resume stays per unit)
+            per_task = max(1, int(getattr(pipeline, "units_per_task", 1)))
+            futures = [client.submit(run_units, name, todo[i:i + per_task], cfg, pure=False)
+                       for i in range(0, len(todo), per_task)]
+            bar = tqdm(total=len(units), initial=len(results), desc=f"{name}: units", unit="unit", disable=not progress)
+            busy = 0.0
+            for fut in as_completed(futures):
+                for res in fut.result():
+                    results[res["unit_id"]] = res
+                    busy += res["seconds"]
+                    bar.update(1)
+            bar.close()
+            per_source[name] = {"pipeline": pipeline, "units": units, "discover_skipped": skipped,
+                                "results": results, "reused": len(units) - len(todo), "dir": dirs[name]}
+            timings[f"{name}.process_s"] = time.perf_counter() - t0
+            timings[f"{name}.worker_busy_s"] = busy
+        return _finish(client, names, per_source, cfg, cfg_hash, out, work, strict, progress, timings, t_start, keep_work)
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def _finish(client: Any, names: list[str], per_source: dict[str, dict[str, Any]], cfg: dict[str, Any], cfg_hash: str,
+            out: Path, work: Path, strict: bool, progress: bool, timings: dict[str, float], t_start: float,
+            keep_work: bool) -> BuildResult:
+    """Assign, order, write shards on the cluster, finalize, report."""
+    from dask.distributed import as_completed
+    from tqdm.auto import tqdm
+
+    from chammi_data.writer import create_zarr_array, finalize_release
+
+    t0 = time.perf_counter()
+    ordered: list[dict[str, Any]] = []
+    all_skipped: list[Skipped] = []
+    unassigned: list[dict[str, Any]] = []
+    rules: dict[str, str] = {}
+    for name in names:
+        info = per_source[name]
+        cells, skipped = dedupe(name, info["units"], info["results"], str(work / name / "units"))
+        skipped = list(info["discover_skipped"]) + skipped
+        info["skipped"] = skipped
+        if cells:
+            table = cell_table(cells)
+            assigned = info["pipeline"].assign(table, cfg)
+            cells, missing = assemble(name, cells, assigned)
+            unassigned.extend(missing)
+            cells = order_cells(cells, getattr(info["pipeline"], "order", "cell_id"))
+        ordered.extend(cells)
+        all_skipped.extend(skipped)
+        rules[name] = _rules_digest(name, cfg)
+    timings["assign_s"] = time.perf_counter() - t0
+    result = BuildResult(output=out, sources=names, config_hash=cfg_hash, cells=ordered, skipped=all_skipped,
+                         unassigned=unassigned, per_source=per_source, timings=timings)
+    if strict and (all_skipped or not ordered):
+        result.failed = f"--strict: {len(all_skipped)} skipped item(s)" if all_skipped else "no cells"
+        return result.write_report(t_start)
+    if not ordered:
+        result.failed = "no cells were produced; see the skipped items"
+        return result.write_report(t_start)
+    t0 = time.perf_counter()
+    for stale in ("shards", "zarr", "manifest.parquet", "manifest.csv", "release.json"):
+        p = out / stale
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+    plans = plan_shards(ordered, cfg["cells_per_shard"])
+    for src, src_plans in plans.items():
+        first = next(c for c in ordered if c["source"] == src)
+        info = SOURCES[src]
+        n = sum(len(p["entries"]) for p in src_plans)
+        dtype = first.get("dtype", "uint8")
+        create_zarr_array(out, src, n, info.channels, info.tile_hw, dtype, cfg["cells_per_shard"])
+    futures = [client.submit(write_shard_task, str(out), src, p["index"], p["zarr_start"], p["entries"], pure=False)
+               for src, src_plans in plans.items() for p in src_plans]
+    records = []
+    bar = tqdm(total=len(futures), desc="writing shards", unit="shard", disable=not progress)
+    for fut in as_completed(futures):
+        records.append(fut.result())
+        bar.update(1)
+    bar.close()
+    records.sort(key=lambda r: r.path)
+    timings["write_s"] = time.perf_counter() - t0
+    extra = {"sources_built": names, "rules_sha256": rules, "skipped": result.skip_counts(),
+             "unassigned": len(unassigned)}
+    result.release_json = finalize_release(out, None, records, cfg, extra)
+    if not keep_work:
+        for name in names:
+            shutil.rmtree(work / name, ignore_errors=True)
+        if work.is_dir() and not any(work.iterdir()):
+            work.rmdir()
+    return result.write_report(t_start)
+
+
+def _rules_digest(name: str, cfg: dict[str, Any]) -> str:
+    from pipelines.tasks import load_rules, rules_digest
+
+    if name == "chammi":
+        return "official"
+    try:
+        return rules_digest(load_rules(name, cfg))
+    except FileNotFoundError:
+        return ""

@@ -1,0 +1,331 @@
+"""HPA (Human Protein Atlas) fields -> 512 x 512 single-cell crops (SPEC section 4, issue 3).
+
+Input folder (``--input DIR``):
+
+- field images ``{ID}_{red,green,blue,yellow}.png`` (8- or 16-bit grayscale, any size), in ``DIR`` or
+  ``DIR/train``; red = microtubules, green = protein of interest, blue = nucleus, yellow = ER;
+- ``train.csv``: ``ID, Label`` with pipe-separated class indices 0..18;
+- a cell-line table (``kaggle_2021.tsv`` style: ``Image, Label, Cellline, in_trainset``). ``Image`` matches
+  ``ID`` exactly, or as its last path/URL component (extension and trailing ``_`` removed), or as its
+  last two components joined by ``_`` (see :func:`_image_keys`).
+
+Selection: single-label images of the 7 CHAMMI classes. Other rows are skipped and counted with their
+``train.csv`` row number (1 = first data row): ``multi-label``, ``class not in CHAMMI``, ``unknown label``,
+``duplicate ID``, ``no cell line``. One work unit = one field.
+
+Per field: read the four PNGs (missing, unreadable or truncated file, non-grayscale, size mismatch,
+constant channel -> the field is skipped), segment cells (``pipelines.segmentation``, default the
+weight-free nuclei-seeded watershed on nucleus + microtubules/ER/protein), scale each channel to 8 bit
+(16-bit: percentile clip ``low_pct``/``high_pct``, byte-identical to ``imaging.to_uint8`` but via a
+histogram, see :func:`scale_u16_to_u8`; 8-bit: kept as is) and cut one
+512 x 512 crop centred on each cell's centroid, channels microtubules, protein, nucleus, er.
+
+Border policy (option ``border``, default ``"pad"``): a box that reaches past the field keeps the cell
+centred and is zero-padded (``"pad"``), or is moved inside the field so the cell is off-centre
+(``"shift"``), or the cell is dropped and counted as skipped (``"skip"``). Every cell records
+``crop_touched_border`` (its centred box left the field) and ``cell_touches_edge`` (its mask touches the
+field edge, i.e. the cell may be cut off). Masking of neighbouring cells (``mask_neighbours``) is OFF by
+default, as in the published crops: neighbours stay visible; when on, pixels of other cells are zeroed.
+
+Options (``config["hpa"]``, all optional): ``border``, ``crop`` (512), ``low_pct`` (0.0), ``high_pct``
+(99.9), ``segmentation`` (backend name), ``segmentation_options`` (dict, e.g. ``{weights: PATH}`` for
+cellpose), ``mask_neighbours`` (False), ``min_cell_area`` (px, 0), ``labels_table`` (``train.csv``),
+``cellline_table`` (``kaggle_2021.tsv``). Synthetic sample data: :mod:`pipelines.hpa_synth`.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from chammi_data.schema import Cell, make_cell_id
+from chammi_data.vocab import SOURCES
+from pipelines.base import Skipped, SourcePipeline, Unit, UnitResult, UnitSkip
+from pipelines.imaging import BORDER_POLICIES, crop_box
+from pipelines.segmentation import cell_properties, segment
+from pipelines.tasks import assign_tasks, load_rules
+
+#: The 19 HPA classes by index (SPEC section 4).
+HPA_CLASSES: tuple[str, ...] = (
+    "Nucleoplasm", "Nuclear membrane", "Nucleoli", "Nucleoli fibrillar center", "Nuclear speckles",
+    "Nuclear bodies", "Endoplasmic reticulum", "Golgi apparatus", "Intermediate filaments", "Actin filaments",
+    "Microtubules", "Mitotic spindle", "Centrosome", "Plasma membrane", "Mitochondria", "Aggresome", "Cytosol",
+    "Vesicles and punctate cytosolic patterns", "Negative",
+)
+#: The class indices CHAMMI keeps.
+CHAMMI_CLASSES: tuple[int, ...] = (4, 14, 10, 7, 0, 16, 6)
+#: stain colour -> CHAMMI channel name; tuple order = the HPA tile order of ``vocab.SOURCES["hpa"]``
+STAINS: dict[str, str] = {"red": "microtubules", "green": "protein", "blue": "nucleus", "yellow": "er"}
+DEFAULTS: dict[str, Any] = {
+    "border": "pad", "crop": 512, "low_pct": 0.0, "high_pct": 99.9, "segmentation": "watershed",
+    "segmentation_options": {}, "mask_neighbours": False, "min_cell_area": 0,
+    "cellline_table": "kaggle_2021.tsv", "labels_table": "train.csv",
+}
+
+
+def hpa_options(config: dict[str, Any] | None) -> dict[str, Any]:
+    """Defaults merged with ``config["hpa"]``; an unknown key or border policy raises ``ValueError``."""
+    section = dict((config or {}).get("hpa") or {})
+    unknown = set(section) - set(DEFAULTS)
+    if unknown:
+        raise ValueError(f"config hpa: unknown option(s) {sorted(unknown)}; valid: {sorted(DEFAULTS)}")
+    opts = {**DEFAULTS, **section}
+    if opts["border"] not in BORDER_POLICIES:
+        raise ValueError(f"config hpa.border: {opts['border']!r} is not one of {', '.join(BORDER_POLICIES)}")
+    return opts
+
+
+def _image_keys(image: str) -> list[str]:
+    """Field IDs a ``kaggle_2021.tsv`` Image value may name: the value itself, its last path/URL component
+    (extension and trailing ``_`` removed), and the last two components joined by ``_`` (HPA public image
+    URLs ``.../10005/921_B9_1_`` name the files ``10005_921_B9_1_<stain>.png``)."""
+    value = str(image).strip()
+    parts = [p for p in re.split(r"[/\\]", value) if p]
+    if not parts:
+        return []
+    last = re.sub(r"\.(png|tif|tiff|jpg|jpeg)$", "", parts[-1], flags=re.IGNORECASE).rstrip("_")
+    keys = [value, last]
+    if len(parts) >= 2 and "." not in parts[-2] and ":" not in parts[-2]:
+        keys.append(f"{parts[-2]}_{last}")
+    return list(dict.fromkeys(keys))
+
+
+def _unit_id(field_id: str) -> str:
+    """Filesystem-safe unit id: the ID itself when it is safe, else a sanitised ID plus a short hash."""
+    if re.fullmatch(r"[A-Za-z0-9_-]+", field_id):
+        return field_id
+    return re.sub(r"[^A-Za-z0-9_-]", "_", field_id) + "-" + make_cell_id("hpa", field_id)[4:12]
+
+
+def find_image_dir(input_dir: Path) -> Path:
+    """``input_dir/train`` when it holds ``*_blue.png`` fields, else ``input_dir``."""
+    sub = input_dir / "train"
+    if sub.is_dir() and any(sub.glob("*_blue.png")):
+        return sub
+    return input_dir
+
+
+def read_cellline_table(path: Path) -> dict[str, dict[str, Any]]:
+    """{field ID: {"cellline", "in_trainset"}} from a ``kaggle_2021.tsv``-style table (tab or comma)."""
+    sep = "\t" if path.suffix.lower() in (".tsv", ".txt") else ","
+    table = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False)
+    missing = {"Image", "Cellline"} - set(table.columns)
+    if missing:
+        raise ValueError(f"{path}: cell-line table lacks column(s) {sorted(missing)}; has {list(table.columns)}")
+    out: dict[str, dict[str, Any]] = {}
+    for image, line, in_train in zip(table["Image"], table["Cellline"],
+                                     table.get("in_trainset", pd.Series([""] * len(table))), strict=True):
+        for key in _image_keys(image):
+            out.setdefault(key, {"cellline": line.strip(), "in_trainset": in_train})
+    return out
+
+
+def read_channel(path: Path, row: int | None = None) -> np.ndarray:
+    """One stain PNG as a 2-D uint8/uint16 array; ``UnitSkip`` naming the file (and the table row) when it
+    cannot be used."""
+    if not path.is_file():
+        raise UnitSkip("missing channel file", path, row)
+    try:
+        with Image.open(path) as im:
+            im.load()  # decode now: a truncated file fails here, not later
+            arr = np.array(im)
+    except Exception as err:  # PIL raises OSError, SyntaxError, ValueError... for broken files
+        raise UnitSkip(f"unreadable or truncated image ({type(err).__name__}: {err})", path, row) from None
+    if arr.ndim == 3:
+        if arr.shape[2] in (3, 4) and all(np.array_equal(arr[..., 0], arr[..., k]) for k in (1, 2)):
+            arr = arr[..., 0]  # grey stored as RGB(A): same plane three times
+        else:
+            raise UnitSkip(f"expected a single-channel image, got shape {arr.shape}", path, row)
+    if arr.ndim != 2:
+        raise UnitSkip(f"expected a 2-D image, got shape {arr.shape}", path, row)
+    if arr.dtype == np.uint8 or arr.dtype == np.uint16:
+        return arr
+    if np.issubdtype(arr.dtype, np.integer) and arr.min() >= 0 and arr.max() <= 65535:
+        return arr.astype(np.uint16)  # some 16-bit PNGs open as 32-bit "I"
+    raise UnitSkip(f"unsupported pixel type {arr.dtype}", path, row)
+
+
+def scale_u16_to_u8(a: np.ndarray, low_pct: float, high_pct: float, where: str = "image") -> np.ndarray:
+    """Exactly ``imaging.to_uint8(a, low_pct, high_pct)`` for one 2-D uint16 channel, ~10x faster.
+
+    Percentiles come from a 65,536-bin histogram (exact for integers, numpy's "linear" method and its lerp
+    formula) and the scaling is a lookup table built with the same float64 formula as ``to_uint8``, so the
+    bytes are identical. Belongs in ``pipelines.imaging`` (an integer fast path of ``to_uint8``).
+    """
+    if a.dtype != np.uint16 or a.ndim != 2:
+        raise TypeError(f"{where}: expected a 2-D uint16 image, got {a.dtype} {a.shape}")
+    if not 0.0 <= low_pct < high_pct <= 100.0:
+        raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100, got {low_pct}, {high_pct}")
+    cum = np.cumsum(np.bincount(a.ravel(), minlength=65536))
+    n = a.size
+
+    def order_stat(k: int) -> float:  # k-th smallest value, 0-based
+        return float(np.searchsorted(cum, k + 1))
+
+    def percentile(p: float) -> float:
+        pos = p / 100.0 * (n - 1)
+        k = int(np.floor(pos))
+        t = pos - k
+        lo_v, hi_v = order_stat(k), order_stat(min(k + 1, n - 1))
+        d = hi_v - lo_v
+        return hi_v - d * (1.0 - t) if t >= 0.5 else lo_v + d * t
+
+    lo, hi = percentile(low_pct), percentile(high_pct)
+    if hi <= lo:
+        lo, hi = order_stat(0), order_stat(n - 1)
+    if hi <= lo:
+        raise ValueError(f"constant image: {where} has every pixel equal to {lo:g}")
+    values = np.arange(65536, dtype=np.float64)
+    lut = np.rint((np.clip(values, lo, hi) - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+    return lut[a]
+
+
+class HPAPipeline(SourcePipeline):
+    """HPA fields -> single cells (see the module docstring)."""
+
+    key = "hpa"
+    name = "hpa"
+
+    def discover(self, input_dir: Path, config: dict[str, Any]) -> tuple[list[Unit], list[Skipped]]:
+        opts = hpa_options(config)
+        input_dir = Path(input_dir)
+        labels_path = input_dir / opts["labels_table"]
+        lines_path = input_dir / opts["cellline_table"]
+        for p, what in ((labels_path, "labels table (ID, Label)"),
+                        (lines_path, "cell-line table (Image, Label, Cellline, in_trainset)")):
+            if not p.is_file():
+                raise FileNotFoundError(f"HPA input {input_dir}: {what} not found: {p}")
+        labels = pd.read_csv(labels_path, dtype=str, keep_default_na=False)
+        if not {"ID", "Label"} <= set(labels.columns):
+            raise ValueError(f"{labels_path}: needs columns ID and Label; has {list(labels.columns)}")
+        lines = read_cellline_table(lines_path)
+        image_dir = find_image_dir(input_dir)
+        units: list[Unit] = []
+        skipped: list[Skipped] = []
+        seen: dict[str, int] = {}
+        for i, (field_id, label) in enumerate(zip(labels["ID"], labels["Label"], strict=True)):
+            row, field_id = i + 1, field_id.strip()
+            uid = _unit_id(field_id)
+
+            def skip(reason: str, file: Path = labels_path, _row: int = row, _uid: str = uid) -> None:
+                skipped.append(Skipped("hpa", _uid, reason, str(file), _row))
+
+            if not field_id:
+                skip("empty ID")
+                continue
+            if field_id in seen:
+                skip(f"duplicate ID {field_id!r} (first at row {seen[field_id]})")
+                continue
+            seen[field_id] = row
+            parts = [p.strip() for p in label.split("|") if p.strip()]
+            if not parts or not all(p.isdigit() and int(p) < len(HPA_CLASSES) for p in parts):
+                skip(f"unknown label {label!r} (expected class indices 0..{len(HPA_CLASSES) - 1})")
+                continue
+            if len(set(parts)) > 1:
+                skip(f"multi-label {label!r}")
+                continue
+            cls = int(parts[0])
+            if cls not in CHAMMI_CLASSES:
+                skip(f"class not in CHAMMI: {cls} {HPA_CLASSES[cls]}")
+                continue
+            info = lines.get(field_id)
+            if info is None or not info["cellline"]:
+                skip(f"no cell line for {field_id!r}", lines_path)
+                continue
+            files = {stain: str(image_dir / f"{field_id}_{stain}.png") for stain in STAINS}
+            units.append(Unit("hpa", uid, {
+                "id": field_id, "row": row, "class_index": cls, "label": HPA_CLASSES[cls],
+                "cellline": info["cellline"], "in_trainset": info["in_trainset"], "files": files,
+                "root": str(input_dir)}))
+        units.sort(key=lambda u: u.unit_id)
+        return units, skipped
+
+    def process(self, unit: Unit, config: dict[str, Any]) -> UnitResult:
+        opts = hpa_options(config)
+        p = unit.payload
+        files = {stain: Path(f) for stain, f in p["files"].items()}
+        raw = {stain: read_channel(files[stain], p["row"]) for stain in STAINS}
+        shapes = {stain: a.shape for stain, a in raw.items()}
+        odd = [stain for stain in STAINS if shapes[stain] != shapes["blue"]]
+        if odd:  # name the file whose size differs from the nucleus image
+            raise UnitSkip(f"channel sizes differ: {shapes}", files[odd[0]], p["row"])
+        bit_depth = 16 if any(a.dtype == np.uint16 for a in raw.values()) else 8
+        field8 = []
+        for stain in STAINS:  # STAINS order = microtubules, protein, nucleus, er = SOURCES["hpa"].channels
+            a = raw[stain]
+            try:
+                if a.dtype == np.uint8:
+                    if a.min() == a.max():
+                        raise ValueError(f"constant image: every pixel equal to {int(a.min())}")
+                    field8.append(a)
+                else:
+                    field8.append(scale_u16_to_u8(a, opts["low_pct"], opts["high_pct"], where=str(files[stain])))
+            except ValueError as err:
+                raise UnitSkip(str(err), files[stain], p["row"]) from None
+        field = np.stack(field8)  # (4, H, W) uint8
+
+        seg = segment(raw["blue"], [raw["red"], raw["yellow"], raw["green"]], backend=opts["segmentation"],
+                      **dict(opts["segmentation_options"]))
+        props = [c for c in cell_properties(seg.cells) if c["area"] >= int(opts["min_cell_area"])]
+        if not props:
+            raise UnitSkip("no cells found by segmentation", files["blue"], p["row"])
+
+        root = Path(p.get("root", files["blue"].parent))
+        rel = {s: _relative(files[s], root) for s in STAINS}
+        size = int(opts["crop"])
+        cells: list[Cell] = []
+        skipped: list[Skipped] = []
+        seen_ids: set[str] = set()
+        for c in props:
+            cy, cx = c["centroid"]
+            cell_id = make_cell_id("hpa", p["id"], int(round(cy)), int(round(cx)))
+            if cell_id in seen_ids:  # two cells with one rounded centroid (a ring around a cell): keep one
+                skipped.append(Skipped("hpa", unit.unit_id, f"cell {c['label']} shares its centroid with another",
+                                       rel["blue"], p["row"]))
+                continue
+            seen_ids.add(cell_id)
+            crop, info = crop_box(field, (cy, cx), (size, size), opts["border"])
+            if crop is None:
+                skipped.append(Skipped("hpa", unit.unit_id, f"cell {c['label']} at the field border (policy skip)",
+                                       rel["blue"], p["row"]))
+                continue
+            if opts["mask_neighbours"]:
+                lab, _ = crop_box(seg.cells[None], (cy, cx), (size, size), opts["border"])
+                other = (lab[0] != 0) & (lab[0] != c["label"])
+                crop = np.where(other[None], 0, crop).astype(np.uint8)
+            centroid = [round(cy, 2), round(cx, 2)]
+            meta = {
+                "ID": p["id"], "row": p["row"], "field_file": rel["blue"], "files": rel,
+                "class_index": p["class_index"], "cellline": p["cellline"], "in_trainset": p["in_trainset"],
+                "centroid": centroid, "bbox": list(c["bbox"]), "area": c["area"], "cell_label": c["label"],
+                "cell_touches_edge": c["touches_edge"], "crop_touched_border": info.touched_border,
+                "crop_top": info.top, "crop_left": info.left, "border_policy": info.policy,
+                "bit_depth": bit_depth, "original_size": list(shapes["blue"]),
+                "segmentation": opts["segmentation"], "masked_neighbours": bool(opts["mask_neighbours"]),
+            }
+            cells.append(Cell(
+                image=np.ascontiguousarray(crop), channels=SOURCES["hpa"].channels, source="hpa",
+                label=p["label"], cell_id=cell_id,
+                meta=meta, groups={"cell_type": p["cellline"]}))
+        return UnitResult(cells=cells, skipped=skipped)
+
+    def assign(self, table: pd.DataFrame, config: dict[str, Any]) -> pd.DataFrame:
+        return assign_tasks(table, load_rules(self.key, config))
+
+    def synth(self, out_dir: Path, seed: int = 0) -> None:
+        from pipelines.hpa_synth import write_hpa_sample
+
+        write_hpa_sample(Path(out_dir), seed)
+
+
+def _relative(path: Path, root: Path) -> str:
+    """Path relative to the input root (so output bytes do not depend on where the input lives)."""
+    try:
+        return path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return path.name

@@ -1,0 +1,61 @@
+"""`chammi-build`: argument handling, the synth subcommand, exit codes, default output and sample input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from pipelines import cli, wtc11
+
+
+@pytest.fixture()
+def tiny_wtc_synth(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the WTC sample generator tiny (the real sample takes ~20 s to write here)."""
+    monkeypatch.setattr(wtc11.WTC11Pipeline, "synth",
+                        lambda self, out, seed=0: wtc11.write_sample(out, seed, cells_per_structure=2, z=1))
+
+
+def test_bad_arguments_exit_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--source", "allen"])
+    assert e.value.code == 2 and "invalid choice" in capsys.readouterr().err
+    assert cli.main(["--source", "chammi", "--output", str(tmp_path / "o"), "--quiet"]) == 2
+    assert "needs --input" in capsys.readouterr().err
+    assert cli.main(["--source", "wtc11", "--input", str(tmp_path / "none"), "--output", str(tmp_path / "o"),
+                     "--quiet", "--workers", "1"]) == 2
+    assert "metadata.csv" in capsys.readouterr().err
+
+
+def test_synth_subcommand(tmp_path: Path, tiny_wtc_synth: None, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["synth", "--output", str(tmp_path), "--seed", "3", "--source", "wtc11"]) == 0
+    meta = pd.read_csv(tmp_path / "wtc11" / "metadata.csv")
+    assert len(meta) == 14 and (tmp_path / "wtc11" / meta.crop_raw[0]).is_file()
+    assert "seed 3" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_build_from_sample_to_default_output(tmp_path: Path, tiny_wtc_synth: None, monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("CHAMMI_RELEASE", str(tmp_path / "release"))
+    assert cli.main(["--source", "wtc11", "--workers", "1", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "in 14 = written 14 + skipped 0" in out and "Task_two" in out
+    assert (tmp_path / "release" / "release.json").is_file()
+    assert (tmp_path / "release" / ".work" / "sample_raw" / "wtc11" / "metadata.csv").is_file()
+    # --strict with a skipped row: exit 1, report says why
+    meta_path = tmp_path / "release" / ".work" / "sample_raw" / "wtc11" / "metadata.csv"
+    raw = tmp_path / "raw"
+    import shutil
+
+    shutil.copytree(meta_path.parent, raw)
+    table = pd.read_csv(raw / "metadata.csv")
+    table.loc[0, "cell_stage"] = "M8"
+    table.to_csv(raw / "metadata.csv", index=False)
+    assert cli.main(["--source", "wtc11", "--input", str(raw), "--output", str(tmp_path / "s"), "--strict",
+                     "--workers", "1", "--quiet"]) == 1
+    rep = json.loads((tmp_path / "s" / "build_report.json").read_text())
+    assert rep["status"] == "failed" and rep["skipped"][0]["row"] == 0
+    assert "FAILED" in capsys.readouterr().out

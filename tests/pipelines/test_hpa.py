@@ -1,0 +1,217 @@
+"""HPA pipeline: table selection, per-field processing, border policies, bad input, tasks (CPU, tmp_path)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from chammi_data.vocab import SOURCES
+from pipelines.base import UnitSkip
+from pipelines.hpa import HPAPipeline, _image_keys, hpa_options, read_channel, scale_u16_to_u8
+from pipelines.hpa_synth import _quantise, render_field
+from pipelines.imaging import to_uint8
+
+STAINS = ("red", "green", "blue", "yellow")
+
+
+def write_field(folder: Path, fid: str, cls: int, line: str, bits: int, seed: int) -> dict[str, np.ndarray]:
+    """One synthetic field as 4 PNGs; returns the written arrays."""
+    rng = np.random.default_rng(seed)
+    images, _ = render_field(rng, cls, line)
+    out = {}
+    for stain in STAINS:
+        out[stain] = _quantise(rng, images[stain], bits, 1.0, 0.03, 0.02)
+        Image.fromarray(out[stain]).save(folder / f"{fid}_{stain}.png", compress_level=1)
+    return out
+
+
+def write_tables(root: Path, rows: list[tuple[str, str, str]]) -> None:
+    """train.csv (ID, Label) and kaggle_2021.tsv (Image, Label, Cellline, in_trainset) for (ID, Label, line)."""
+    pd.DataFrame({"ID": [r[0] for r in rows], "Label": [r[1] for r in rows]}).to_csv(root / "train.csv", index=False)
+    pd.DataFrame({"Image": [r[0] for r in rows if r[2]], "Label": [r[1] for r in rows if r[2]],
+                  "Cellline": [r[2] for r in rows if r[2]], "in_trainset": "True"}).to_csv(
+        root / "kaggle_2021.tsv", sep="\t", index=False)
+
+
+@pytest.fixture(scope="module")
+def hpa_input(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("hpa")
+    img = root / "train"
+    img.mkdir()
+    write_field(img, "f16", 4, "U-2 OS", 16, seed=1)
+    write_field(img, "f08", 14, "HEK 293", 8, seed=2)
+    write_tables(root, [("f16", "4", "U-2 OS"), ("f08", "14", "HEK 293"), ("multi", "4|14", "HeLa"),
+                        ("other", "2", "HeLa"), ("bad", "x", "HeLa"), ("f16", "4", "U-2 OS"),
+                        ("noline", "7", "")])
+    return root
+
+
+def _units(root: Path, config: dict | None = None):
+    return HPAPipeline().discover(root, config or {})
+
+
+def test_discover_keeps_single_label_chammi_rows_and_counts_the_rest(hpa_input):
+    units, skipped = _units(hpa_input)
+    assert [u.unit_id for u in units] == ["f08", "f16"]  # sorted by unit id
+    reasons = {s.row: s.reason for s in skipped}
+    assert reasons[3].startswith("multi-label") and "class not in CHAMMI" in reasons[4]
+    assert reasons[5].startswith("unknown label") and "duplicate ID" in reasons[6] and "no cell line" in reasons[7]
+    assert len(units) + len(skipped) == 7  # in = kept + skipped
+    assert units[1].payload["label"] == "Nuclear speckles" and units[1].payload["cellline"] == "U-2 OS"
+    assert units[1].payload["files"]["blue"].endswith("train/f16_blue.png")
+
+
+@pytest.mark.parametrize("uid", ["f16", "f08"])
+def test_process_makes_512_crops_in_hpa_channel_order(hpa_input, uid):
+    pipe = HPAPipeline()
+    unit = next(u for u in _units(hpa_input)[0] if u.unit_id == uid)
+    result = pipe.process(unit, {})
+    assert 3 <= len(result.cells) <= 6 and not result.skipped
+    raw_blue = read_channel(hpa_input / "train" / f"{uid}_blue.png")
+    for cell in result.cells:
+        assert cell.image.shape == (4, 512, 512) and cell.image.dtype == np.uint8
+        assert cell.channels == SOURCES["hpa"].channels == ("microtubules", "protein", "nucleus", "er")
+        assert cell.groups == {"cell_type": unit.payload["cellline"]}
+        cy, cx = cell.meta["centroid"]
+        assert raw_blue[int(cy), int(cx)] > np.median(raw_blue)  # nucleus channel is the blue file
+        assert cell.image[2, 256, 256] > np.median(cell.image[2])  # ...and the crop is centred on the cell
+        assert cell.meta["bit_depth"] == (16 if uid == "f16" else 8)
+        assert cell.meta["original_size"] == [768, 768] and cell.meta["files"]["blue"] == f"train/{uid}_blue.png"
+        for key in ("bbox", "area", "crop_touched_border", "cell_touches_edge", "ID"):
+            assert key in cell.meta
+    again = pipe.process(unit, {})
+    assert [c.cell_id for c in again.cells] == [c.cell_id for c in result.cells]  # stable ids
+    assert all(np.array_equal(a.image, b.image) for a, b in zip(again.cells, result.cells, strict=True))
+
+
+def test_border_policies(hpa_input):
+    pipe = HPAPipeline()
+    unit = next(u for u in _units(hpa_input)[0] if u.unit_id == "f16")
+    pad = pipe.process(unit, {"hpa": {"border": "pad"}})
+    shift = pipe.process(unit, {"hpa": {"border": "shift"}})
+    skip = pipe.process(unit, {"hpa": {"border": "skip"}})
+    touched = [c.meta["crop_touched_border"] for c in pad.cells]
+    assert any(touched)  # a 768 field always puts some 512 boxes past its edge
+    assert len(skip.cells) == touched.count(False) and len(skip.skipped) == touched.count(True)
+    assert all("policy skip" in s.reason for s in skip.skipped)
+    assert len(shift.cells) == len(pad.cells)
+    for p, s in zip(pad.cells, shift.cells, strict=True):
+        if p.meta["crop_touched_border"]:
+            assert (p.image == 0).all(axis=0).any()  # zero padding present
+            assert 0 <= s.meta["crop_top"] <= 256 and 0 <= s.meta["crop_left"] <= 256
+
+
+def test_masking_neighbours_zeroes_other_cells(hpa_input):
+    pipe = HPAPipeline()
+    unit = next(u for u in _units(hpa_input)[0] if u.unit_id == "f16")
+    plain = pipe.process(unit, {})
+    masked = pipe.process(unit, {"hpa": {"mask_neighbours": True}})
+    assert not plain.cells[0].meta["masked_neighbours"] and masked.cells[0].meta["masked_neighbours"]
+    assert all(m.image.sum() <= p.image.sum() for m, p in zip(masked.cells, plain.cells, strict=True))
+    assert any(m.image.sum() < p.image.sum() for m, p in zip(masked.cells, plain.cells, strict=True))
+
+
+@pytest.fixture(scope="module")
+def template_field(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("template")
+    write_field(folder, "a", 10, "HeLa", 8, seed=5)
+    return folder
+
+
+def _one_field(tmp_path: Path, template: Path) -> tuple[Path, HPAPipeline]:
+    img = tmp_path / "train"
+    shutil.copytree(template, img)
+    write_tables(tmp_path, [("a", "10", "HeLa")])
+    return img, HPAPipeline()
+
+
+@pytest.mark.parametrize("damage, reason", [
+    ("missing", "missing channel file"),
+    ("truncated", "unreadable or truncated"),
+    ("size", "channel sizes differ"),
+    ("constant", "constant image"),
+    ("rgb", "single-channel"),
+    ("nocells", "no cells"),
+])
+def test_bad_fields_are_skipped_with_file_and_reason(tmp_path, template_field, damage, reason):
+    img, pipe = _one_field(tmp_path, template_field)
+    target = img / "a_green.png"
+    if damage == "missing":
+        target.unlink()
+    elif damage == "truncated":
+        target.write_bytes(target.read_bytes()[:300])
+    elif damage == "size":
+        Image.fromarray(np.ones((100, 100), np.uint8)).save(target)
+    elif damage == "constant":
+        Image.fromarray(np.full((768, 768), 7, np.uint8)).save(target)
+    elif damage == "rgb":
+        Image.fromarray(np.random.default_rng(0).integers(0, 255, (768, 768, 3), dtype=np.uint8)).save(target)
+    elif damage == "nocells":
+        blue = np.random.default_rng(0).poisson(5, (768, 768)).astype(np.uint8)  # an empty well
+        Image.fromarray(blue).save(img / "a_blue.png")
+    units, _ = pipe.discover(tmp_path, {})
+    with pytest.raises(UnitSkip, match=reason) as err:
+        pipe.process(units[0], {})
+    expected = "a_blue.png" if damage == "nocells" else "a_green.png"
+    assert err.value.file.endswith(expected) and err.value.row == 1
+
+
+def test_missing_tables_and_bad_options_raise(tmp_path):
+    with pytest.raises(FileNotFoundError, match="train.csv"):
+        HPAPipeline().discover(tmp_path, {})
+    with pytest.raises(ValueError, match="border"):
+        hpa_options({"hpa": {"border": "wrap"}})
+    with pytest.raises(ValueError, match="unknown option"):
+        hpa_options({"hpa": {"crop_size": 3}})
+
+
+def test_cell_line_table_matches_urls_and_paths():
+    assert "10005_921_B9_1" in _image_keys("https://images.example.org/10005/921_B9_1_")
+    assert "5c27f04c-bb99" in _image_keys("train/5c27f04c-bb99.png")
+    assert _image_keys("5c27f04c-bb99") == ["5c27f04c-bb99"]
+
+
+def test_assign_follows_the_task_rules():
+    table = pd.DataFrame({
+        "cell_id": [f"hpa-{i:016x}" for i in range(8)],
+        "label": ["Mitochondria"] * 4 + ["Cytosol", "Nucleoplasm", "Mitochondria", "Cytosol"],
+        "cell_type": ["HeLa", "A549", "HeLa", "A549", "HeLa", "A549", "HEK 293", "HEK 293"],
+    })
+    out = HPAPipeline().assign(table, {}).set_index("cell_id")["train_test_split"]
+    assert set(out.iloc[:4]) <= {"Train", "Task_one"}
+    assert list(out.iloc[4:]) == ["Task_three", "Task_three", "Task_two", ""]  # novel class in HEK 293: none
+
+
+@pytest.mark.slow
+def test_synth_sample_fills_every_task(tmp_path):
+    pipe = HPAPipeline()
+    pipe.synth(tmp_path, seed=0)
+    units, skipped = pipe.discover(tmp_path, {})
+    assert len(skipped) == 3 and {s.reason.split(" ")[0] for s in skipped} == {"multi-label", "class"}
+    cells = [c for u in units for c in pipe.process(u, {}).cells]
+    assert 150 <= len(cells) <= 250
+    table = pd.DataFrame([{"cell_id": c.cell_id, "label": c.label, **c.groups} for c in cells])
+    table = table.merge(pipe.assign(table, {}))
+    counts = table.groupby(["train_test_split", "label"]).size()
+    for split, labels in (("Train", 4), ("Task_one", 4), ("Task_two", 4), ("Task_three", 3)):
+        assert len(counts[split]) == labels, counts
+    assert table[table.train_test_split == "Task_three"].cell_type.nunique() >= 2
+    assert (table.train_test_split != "").all()
+
+
+@pytest.mark.parametrize("seed, low, high", [(0, 0.0, 99.9), (1, 1.0, 99.0), (2, 0.05, 99.95), (3, 0.0, 100.0)])
+def test_fast_16bit_scaling_is_byte_identical_to_imaging(seed, low, high):
+    rng = np.random.default_rng(seed)
+    img = np.clip(rng.gamma(2.0, 900.0, (123, 157)), 0, 65535).astype(np.uint16)
+    img[:3, :3] = 65535  # saturated corner
+    assert np.array_equal(scale_u16_to_u8(img, low, high), to_uint8(img, low, high))
+    sparse = np.zeros((50, 50), np.uint16)
+    sparse[4, 4] = 300  # percentiles coincide -> min/max fallback, like to_uint8
+    assert np.array_equal(scale_u16_to_u8(sparse, low, high), to_uint8(sparse, low, high))
+    with pytest.raises(ValueError, match="constant image"):
+        scale_u16_to_u8(np.full((8, 8), 9, np.uint16), low, high)

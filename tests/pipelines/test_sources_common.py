@@ -1,0 +1,72 @@
+"""One contract test parametrised over every registered source pipeline (add a source, get the test)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from chammi_data.vocab import SOURCES, TASK_COLUMNS
+from pipelines import wtc11
+from pipelines.base import SourcePipeline, UnitSkip
+from pipelines.registry import PIPELINES, get_pipeline, list_pipelines
+from pipelines.report import cell_table
+
+HEAVY = {"hpa", "cp"}  # their sample generators take tens of seconds here
+PARAMS = [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY else n for n in PIPELINES]
+
+
+def test_registry_resolves_every_name() -> None:
+    assert list_pipelines() == ["wtc11", "hpa", "cp", "chammi"]
+    for name in list_pipelines():
+        pipe = get_pipeline(name)
+        assert isinstance(pipe, SourcePipeline) and pipe.name == name
+        assert pipe.key in SOURCES or (name == "chammi" and pipe.key == "")
+        assert getattr(pipe, "order", "cell_id") in ("cell_id", "unit")
+    with pytest.raises(KeyError, match="valid: wtc11, hpa, cp, chammi"):
+        get_pipeline("allen")
+
+
+def _raw(name: str, tmp_path: Path) -> Path:
+    if name == "wtc11":  # the full sample is ~200 cells; the contract needs a few
+        wtc11.write_sample(tmp_path, seed=0, cells_per_structure=1, z=1)
+    else:
+        get_pipeline(name).synth(tmp_path, seed=0)
+    return tmp_path
+
+
+@pytest.mark.parametrize("name", PARAMS)
+def test_pipeline_contract(name: str, tmp_path: Path) -> None:
+    pipe = get_pipeline(name)
+    raw = _raw(name, tmp_path / "raw")
+    units, skipped = pipe.discover(raw, {})
+    ids = [u.unit_id for u in units]
+    assert units and ids == sorted(ids) and len(set(ids)) == len(ids)
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]+", i) for i in ids)
+    assert all(json.loads(json.dumps(u.payload)) == u.payload for u in units)  # travels to workers as JSON
+    assert all(s.reason and s.source for s in skipped)
+    cells = []
+    for unit in units[:3]:
+        try:
+            first = pipe.process(unit, {})
+        except UnitSkip:
+            continue
+        again = pipe.process(unit, {})
+        assert [c.cell_id for c in first.cells] == [c.cell_id for c in again.cells]  # stable ids
+        assert [c.checksum for c in first.cells] == [c.checksum for c in again.cells]  # deterministic pixels
+        cells.extend(first.cells)
+    assert cells, f"{name}: the first units of the sample produced no cells"
+    for cell in cells:
+        info = SOURCES[cell.source]
+        assert cell.channels == info.channels and cell.image.shape == (info.num_channels, *info.tile_hw)
+        assert cell.image.dtype == np.uint8 and cell.cell_id.startswith(f"{cell.source}-")
+        assert cell.label and json.dumps(cell.meta)
+        assert set(cell.groups) <= {"Structure", "cell_type", "Plate", "dataset"}
+    records = [{"cell_id": c.cell_id, "source": c.source, "label": c.label, "meta": c.meta, "groups": c.groups}
+               for c in cells]
+    assigned = pipe.assign(cell_table(records), {})
+    assert list(assigned["cell_id"]) == [c.cell_id for c in cells]
+    assert {"train_test_split", *TASK_COLUMNS} <= set(assigned.columns)
