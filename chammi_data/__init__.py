@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 # Heavier entry points are imported on first use so that `import chammi_data` stays cheap.
 _LAZY = {
     "load": "chammi_data.dataset",
-    "stream": "chammi_data.stream",
+    "stream": "chammi_data.streaming",
     "evaluate": "chammi_data.evaluation",
 }
 

@@ -6,7 +6,7 @@ Two strategies, both deterministic:
   sub-batch per (source, channel set), as in the paper, where each source group gets its own forward pass
   and the losses are summed before one optimizer step. The list is ordered by ``SOURCE_KEYS`` then channel
   tuple; inside a group the samples keep their input order.
-- :class:`HomogeneousBatcher`: wraps a sample iterable (e.g. a :class:`~chammi_data.stream.ShardStream`) and
+- :class:`HomogeneousBatcher`: wraps a sample iterable (e.g. a :class:`~chammi_data.streaming.ShardStream`) and
   yields whole batches whose samples share one (source, channel set), buffering per key.
 
 A batch is ``{"image": (B, C, H, W) float, "channels": tuple[str], "source": str, "label": list[str],
@@ -110,7 +110,7 @@ class HomogeneousBatcher(IterableDataset):
     ``DataLoader(batcher, batch_size=None, num_workers=K)`` makes each worker batch its own slice of the
     stream. ``set_epoch``/``state_dict``/``load_state_dict`` are forwarded to the wrapped stream. Each
     sample's ``meta`` keeps its ``stream_index``, so progress can be tracked even though buffering reorders
-    samples (see :class:`chammi_data.stream.ProgressTracker`).
+    samples (see :class:`chammi_data.streaming.ProgressTracker`).
     """
 
     def __init__(

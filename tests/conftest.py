@@ -34,20 +34,13 @@ Fixtures (available to every test under ``tests/``):
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 
-# pytest puts tests/ first on sys.path (rootdir conftest, "prepend" mode); tests/chammi_data/ (no __init__)
-# would then shadow the real package as a namespace package. Put the repository root in front of it.
-_REPO = str(Path(__file__).resolve().parents[1])
-if sys.path[:1] != [_REPO]:
-    sys.path.insert(0, _REPO)
+import numpy as np
+import pytest
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-from chammi_data.schema import Cell, make_cell_id  # noqa: E402
-from chammi_data.vocab import SOURCES  # noqa: E402
+from chammi_data.schema import Cell, make_cell_id
+from chammi_data.vocab import SOURCES
 
 TINY_N = 24
 TINY_CELLS_PER_SHARD = 10

@@ -15,7 +15,7 @@ from chammi_data.schema import SAMPLE_KEYS
 
 
 def test_sample_dict(tiny_release: Path, cell_factory):
-    from conftest import TINY_N, TINY_SEED
+    from tests.conftest import TINY_N, TINY_SEED
 
     ds = chammi_data.load("all", root=tiny_release)
     assert len(ds) == 3 * TINY_N

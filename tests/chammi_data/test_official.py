@@ -52,7 +52,7 @@ def test_reads_by_content(tmp_path: Path):
 
 
 def test_cells_match_the_written_ones(official_download: Path, cell_factory):
-    from conftest import TINY_N, TINY_SEED
+    from tests.conftest import TINY_N, TINY_SEED
 
     meta = read_official_metadata(official_download)
     assert set(meta) == {"wtc11", "hpa", "cp"} and len(meta["hpa"]) == TINY_N

@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 from chammi_data.codec import CorruptSampleError
 from chammi_data.collate import HomogeneousBatcher, group_by_channels
 from chammi_data.manifest import read_manifest
-from chammi_data.stream import ProgressTracker, ShardStream, sample_seed, select_rows, stream
+from chammi_data.streaming import ProgressTracker, ShardStream, sample_seed, select_rows, stream
 from chammi_data.transforms import train_transform
 
 
@@ -249,7 +249,10 @@ def test_truncated_shard_names_shard_and_key(tiny_release_copy):
 def test_package_level_entry_point(tiny_release):
     import chammi_data
 
-    # The first access resolves lazily to the function, later ones to the (callable) submodule: both work.
+    # The package attribute is the function, also after the implementing module has been imported.
+    import chammi_data.streaming  # noqa: F401
+
+    assert callable(chammi_data.stream) and chammi_data.stream is stream
     a = chammi_data.stream(tiny_release, split="train", seed=1)
     b = chammi_data.stream(tiny_release, split="train", seed=1)
     assert isinstance(a, ShardStream) and isinstance(b, ShardStream)

@@ -38,7 +38,7 @@ def _tree(root: Path) -> list[str]:
 
 
 def test_round_trip_arrays_and_metadata(tiny_release: Path, cell_factory):
-    from conftest import TINY_N, TINY_SEED
+    from tests.conftest import TINY_N, TINY_SEED
 
     m = read_manifest(tiny_release)
     assert list(m.columns) == list(MANIFEST_COLUMNS)
@@ -86,7 +86,7 @@ def test_tar_headers_and_offsets(tiny_release: Path):
 
 
 def test_release_json(tiny_release: Path):
-    from conftest import TINY_N
+    from tests.conftest import TINY_N
 
     rel = read_release_json(tiny_release)
     assert rel["counts"]["sources"] == dict.fromkeys(SOURCE_KEYS, TINY_N)

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-import zoo_helpers
 
 from chammi_models.losses import ProxyLoss
+from tests.chammi_models import zoo_helpers
 
 
 def distance_form(features, proxies, temperature, targets):

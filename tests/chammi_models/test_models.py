@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from zoo_helpers import SIZE, first_layer_parameters, small_model
 
 from chammi_data.vocab import SOURCES, VOCAB, to_indices
 from chammi_models import create_model, list_models
+from tests.chammi_models.zoo_helpers import SIZE, first_layer_parameters, small_model
 
 MODELS = list_models()
 #: Models whose first layer is built per channel name: any subset of names in any order works.

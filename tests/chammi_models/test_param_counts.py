@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-import zoo_helpers  # noqa: F401  (sets one torch thread)
 
+import tests.chammi_models.zoo_helpers  # noqa: F401  (sets one torch thread)
 from chammi_models import create_model
 from chammi_models.base import PAPER_CLASSES, PAPER_NUM_CLASSES
 from chammi_models.trunk import CONVNEXT_TINY_PARAMS, ConvNeXtTrunk, count_parameters, make_stem_conv

@@ -6,12 +6,12 @@ import pytest
 import timm
 import torch
 from safetensors.torch import save_file
-from zoo_helpers import SIZE, small_model
 
 from chammi_data.vocab import SOURCES
 from chammi_models import create_model
 from chammi_models.first_layers import pad_rgb_filters, rgb_mean_filter
 from chammi_models.pretrained import resolve_checkpoint
+from tests.chammi_models.zoo_helpers import SIZE, small_model
 
 
 @pytest.fixture(scope="module")

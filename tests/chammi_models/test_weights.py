@@ -7,11 +7,11 @@ import pickle
 
 import pytest
 import torch
-from zoo_helpers import SIZE, small_model
 
 from chammi_data.vocab import SOURCES
 from chammi_models import list_models
 from chammi_models.weights import load_model, read_card, save_model
+from tests.chammi_models.zoo_helpers import SIZE, small_model
 
 
 @pytest.mark.parametrize("name", list_models())

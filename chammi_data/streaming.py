@@ -36,8 +36,6 @@ different *batch* counts (the channel mix differs), so under DDP prefer ``collat
 from __future__ import annotations
 
 import hashlib
-import sys
-import types
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -341,18 +339,3 @@ def stream(
 ) -> ShardStream:
     """A :class:`ShardStream` over the release at ``root`` (default ``$CHAMMI_RELEASE`` / user cache)."""
     return ShardStream(root, split, sources, seed, transform, shuffle, rank, world_size, drop_last, worker_block)
-
-
-class _CallableModule(types.ModuleType):
-    """Makes ``chammi_data.stream(...)`` work however it resolves.
-
-    The package exposes the function :func:`stream` lazily, but importing this submodule binds the *module*
-    to the package attribute ``stream``; after the first access ``chammi_data.stream`` is this module.
-    Calling the module calls the function, so both spellings behave the same.
-    """
-
-    def __call__(self, *args: Any, **kwargs: Any) -> ShardStream:
-        return stream(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

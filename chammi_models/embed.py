@@ -1,0 +1,173 @@
+"""Trained models in and out, and features row-aligned with the manifest.
+
+- :func:`extract_features`: {source: (N_source, D) float32}, row i = the i-th manifest row of that source,
+  computed with the paper's evaluation transform (shorter side to ``image_size``, centre crop, normalise).
+- :func:`evaluate_model`: extract + ``chammi_data.evaluate`` (used by the training loop's periodic evaluation).
+- :func:`save_final_model` / :func:`load_trained`: the run's final weights (safetensors + JSON card) via
+  ``chammi_models.weights``; the card records model, options, channels, class lists, training data (release
+  id + manifest sha256), config and scores.
+- :func:`embed`: ``chammi embed``: features of every manifest row in the official per-dataset layout
+  ``OUT/<Allen|HPA|CP>/features.npy`` plus ``OUT/embedding.json``, which ``chammi eval --features OUT`` scores.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from chammi_data.collate import collate_homogeneous
+from chammi_data.features import save_features
+from chammi_data.manifest import read_manifest, source_rows, sources_in
+from chammi_data.transforms import eval_transform
+from chammi_data.vocab import SOURCES
+
+FEATURES_NAME = "features"  #: OUT/<Folder>/features.npy
+
+
+def release_identity(release: str | Path) -> dict[str, Any]:
+    """{release_dir, release_id, manifest_sha256}: the release id is a hash of ``release.json`` (which is
+    byte-deterministic for identical content), the manifest hash the one recorded in it."""
+    release = Path(release)
+    path = release / "release.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: {release} is not a release folder (build one with chammi-build)")
+    raw = path.read_bytes()
+    info = json.loads(raw)
+    return {"release_dir": str(release.resolve()), "release_id": hashlib.sha256(raw).hexdigest()[:16],
+            "manifest_sha256": info.get("manifest_sha256")}
+
+
+@torch.no_grad()
+def extract_features(model: nn.Module, release: str | Path, sources: Sequence[str] | None = None, *,
+                     image_size: int = 224, batch_size: int = 256, workers: int = 0,
+                     device: str | torch.device | None = None, amp: bool = True,
+                     progress: bool = True) -> dict[str, np.ndarray]:
+    """Features of every manifest row of each source: {source key: (N_source, D) float32}.
+
+    ``sources`` defaults to every source of the release. bf16 autocast is used on CUDA when ``amp``.
+    """
+    from tqdm.auto import tqdm
+
+    import chammi_data
+
+    release = Path(release)
+    manifest = read_manifest(release)
+    keys = sources_in(manifest) if sources is None else [SOURCES[s].key if s in SOURCES else s for s in sources]
+    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if (dev.type == "cuda" and amp) else nullcontext()
+    out: dict[str, np.ndarray] = {}
+    try:
+        for key in keys:
+            expected = source_rows(manifest, key)["cell_id"].tolist()
+            ds = chammi_data.load("all", root=release, sources=[key], transform=eval_transform(image_size))
+            if list(ds.rows["cell_id"]) != expected:
+                raise ValueError(f"source {key}: dataset rows are not in manifest feature order; cannot align features")
+            loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers,
+                                collate_fn=collate_homogeneous, pin_memory=dev.type == "cuda")
+            parts = []
+            for batch in tqdm(loader, desc=f"embed {key}", disable=not progress, leave=False):
+                with autocast:
+                    feats = model(batch["image"].to(dev, non_blocking=True), batch["channels"])
+                parts.append(feats.float().cpu().numpy())
+            out[key] = np.concatenate(parts).astype(np.float32, copy=False)
+    finally:
+        model.train(was_training)
+    return out
+
+
+def evaluate_model(model: nn.Module, release: str | Path, sources: Sequence[str] | None = None, *,
+                   image_size: int = 224, batch_size: int = 256, workers: int = 0,
+                   device: str | torch.device | None = None, metric: str = "cosine",
+                   amp: bool = True) -> dict[str, Any]:
+    """Embed and score: {"cps", "metric", "table" (records), "flat" ({name: value} for metrics logs)}.
+
+    ``cps`` is None unless all three sources are evaluated (a leave-one-source-out run scores one source).
+    """
+    import chammi_data
+
+    feats = extract_features(model, release, sources, image_size=image_size, batch_size=batch_size,
+                             workers=workers, device=device, amp=amp, progress=False)
+    result = chammi_data.evaluate(feats, Path(release), metric=metric, progress=False)
+    flat: dict[str, Any] = {"cps": result.cps}
+    for row in result.table.itertuples():
+        flat[f"{row.dataset}/{row.task}/f1"] = float(row.f1_score_macro)
+        flat[f"{row.dataset}/{row.task}/acc"] = float(row.accuracy)
+    return {"cps": result.cps, "metric": metric, "table": result.table.to_dict(orient="records"), "flat": flat}
+
+
+def save_final_model(model: nn.Module, out_dir: Path, *, config: Any, classes: dict[str, list[str]],
+                     release: dict[str, Any], scores: dict[str, Any] | None, step: int,
+                     swad: Any = None) -> Path:
+    """Write the run's final weights + card with ``chammi_models.weights.save_model``; returns the folder."""
+    from chammi_models.weights import save_model
+
+    d = config.data
+    card = {
+        "run_name": config.name,
+        "img_size": d.image_size,
+        "normalisation": {src: SOURCES[src].stats() for src in SOURCES},
+        "class_lists": classes,
+        "training_data": {**release, "train_sources": list(d.train_sources)},
+        "config": config.to_dict(),
+        "steps": step,
+        "swad": None if swad is None else {"start_step": swad.start_step, "averaged_steps": swad.count},
+        "scores": None if scores is None else {"cps": scores["cps"], "metric": scores["metric"],
+                                               "table": scores["table"]},
+    }
+    save_model(model, out_dir, card)
+    return Path(out_dir)
+
+
+def load_trained(checkpoint: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """(model, card) from a run folder (``RUN_DIR/model``) or a weights folder written by ``save_model``."""
+    from chammi_models.weights import load_model
+
+    path = Path(checkpoint)
+    if (path / "model").is_dir():
+        path = path / "model"
+    if not path.is_dir():
+        raise FileNotFoundError(f"no trained model at {checkpoint}: expected a run folder with model/ or a weights "
+                                f"folder (run `chammi train` first; an unfinished run has no model/ yet, resume it)")
+    loaded = load_model(path)
+    model, card = loaded if isinstance(loaded, tuple) else (loaded, getattr(loaded, "card", {}))
+    return model.to(device).eval(), dict(card or {})
+
+
+def embed(checkpoint: str | Path, release: str | Path, out: str | Path, *, batch_size: int = 256, workers: int = 4,
+          device: str | None = None, image_size: int | None = None) -> Path:
+    """Write features of every manifest row of each source and ``embedding.json``; returns ``out``.
+
+    Layout: ``out/<Allen|HPA|CP>/features.npy`` ((N_source, D) float32, row-aligned with the source's manifest
+    rows), the official per-dataset layout that ``chammi eval --features out`` reads.
+    """
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model, card = load_trained(checkpoint, dev)
+    size = int(image_size or card.get("img_size") or 224)
+    release, out = Path(release), Path(out)
+    feats = extract_features(model, release, image_size=size, batch_size=batch_size, workers=workers, device=dev)
+    out.mkdir(parents=True, exist_ok=True)
+    save_features(out, feats, FEATURES_NAME)
+    rows = {SOURCES[key].folder: int(arr.shape[0]) for key, arr in feats.items()}
+    info = {
+        "model": getattr(model, "model_config", {}),
+        "checkpoint": str(Path(checkpoint).resolve()),
+        "run_name": card.get("run_name"),
+        **release_identity(release),
+        "features_name": FEATURES_NAME,
+        "rows": rows,
+        "dim": int(next(iter(feats.values())).shape[1]) if feats else 0,
+        "image_size": size,
+    }
+    (out / "embedding.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
+    return out

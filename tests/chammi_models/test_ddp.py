@@ -1,0 +1,59 @@
+"""Two gloo processes under torchrun: both ranks take the same number of steps, and the result matches a
+single process with the same global batch (DDP averages the per-rank gradients of equal-size halves)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from chammi_models.config import load_config
+from chammi_models.train import train
+
+ARGS = ["optim.max_steps=3", "optim.warmup_steps=1", "data.batch_size=8", "data.image_size=32", "data.workers=0",
+        "run.eval_at_end=false", "run.checkpoint_every=2"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_process_gloo_run_matches_single_process(tiny_release: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), "-m", "chammi_models.train", "--config", "tiny_cpu",
+           "--release", str(tiny_release), "--out", str(out), *ARGS]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "finished" in proc.stdout
+
+    latest = json.loads((out / "checkpoints" / "latest.json").read_text())
+    assert latest["world_size"] == 2 and latest["step"] == 3
+    folder = out / "checkpoints" / latest["path"]
+    ranks = [json.loads((folder / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["step"] for r in ranks] == [3, 3]
+    assert ranks[0]["stream"] == ranks[1]["stream"]  # both ranks agree on the global progress
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        single = train(load_config("tiny_cpu", ARGS), tiny_release, tmp_path / "single")
+    finally:
+        torch.set_num_threads(n)
+    assert single.step == 3
+    a = load_file(str(out / "model" / "model.safetensors"))
+    b = load_file(str(tmp_path / "single" / "model" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], rtol=1e-3, atol=1e-5), k

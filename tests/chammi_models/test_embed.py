@@ -1,0 +1,75 @@
+"""`chammi embed` + `chammi eval` end to end: features row-aligned with the manifest, results files written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from chammi_data.manifest import read_manifest, source_rows
+from chammi_data.vocab import SOURCES
+from chammi_models.config import load_config
+from chammi_models.embed import extract_features, load_trained
+from chammi_models.train import train
+
+
+def chammi(argv: list[str]) -> int:
+    """Run one `chammi` subcommand through its own register/main (the dispatcher imports every subcommand)."""
+    import argparse
+    import importlib
+
+    from chammi_models.cli import SUBCOMMANDS
+
+    module = importlib.import_module(SUBCOMMANDS[argv[0]][0])
+    parser = argparse.ArgumentParser(prog=f"chammi {argv[0]}")
+    module.register(parser)
+    return int(module.main(parser.parse_args(argv[1:])) or 0)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def trained_run(tiny_release: Path, tmp_path: Path) -> Path:
+    cfg = load_config("tiny_cpu", ["optim.max_steps=2", "data.batch_size=8", "data.image_size=32", "data.workers=0",
+                                   "run.eval_at_end=true"])
+    result = train(cfg, tiny_release, tmp_path / "run")
+    assert result.scores is not None and result.scores["cps"] is not None  # evaluated at the end
+    return tmp_path / "run"
+
+
+@pytest.mark.slow
+def test_embed_then_eval(trained_run: Path, tiny_release: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "features"
+    assert chammi(["embed", "--checkpoint", str(trained_run), "--release", str(tiny_release), "--out", str(out),
+                   "--batch-size", "7", "--workers", "0", "--device", "cpu"]) == 0
+    manifest = read_manifest(tiny_release)
+    info = json.loads((out / "embedding.json").read_text())
+    assert info["model"]["name"] == "depthwise" and info["image_size"] == 32
+    model, card = load_trained(trained_run)
+    direct = extract_features(model, tiny_release, image_size=32, batch_size=64, progress=False)
+    for key, src in SOURCES.items():
+        arr = np.load(out / src.folder / "features.npy")
+        assert arr.shape == (len(source_rows(manifest, key)), model.num_features)
+        assert info["rows"][src.folder] == arr.shape[0]
+        # batch size does not change the rows (and row order is the manifest's)
+        np.testing.assert_allclose(arr, direct[key], rtol=1e-4, atol=1e-5)
+    assert card["class_lists"]["wtc11"][0] == "M0"
+
+    scores = tmp_path / "scores"
+    assert chammi(["eval", "--features", str(out), "--release", str(tiny_release), "--out", str(scores)]) == 0
+    assert (scores / "results.csv").is_file() and (scores / "results.json").is_file()
+    assert "CPS=" in capsys.readouterr().out
+
+
+def test_embed_without_model_explains(tmp_path: Path, tiny_release: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="run `chammi train` first"):
+        load_trained(tmp_path / "nothing")
