@@ -99,12 +99,15 @@ NOTES = """## Reading the numbers
 - The sample units are tiny (a WTC cell is ~0.3 MB, a field ~0.5 Mpx), so dask's per-task cost and the
   worker start are a large share; WTC units therefore travel in batches of 8 (`units_per_task`). Real WTC
   stacks (tens of MB per cell) and 2048^2 HPA fields make the per-unit work dominate.
-- The 2-worker speed-up needs two idle cores. On the shared 2-core machine these numbers come from (load
-  average above), a second worker mostly competes with other jobs; rerun on an idle machine to check the
-  1.7x target.
-- Shard writing is dominated by the zstd level-9 encode of every image (`chammi_data.codec.ZSTD_LEVEL`)
-  and the zarr Blosc encode: a profile of one 64-cell WTC shard spent 1.5 s in zstd and 1.6 s in zarr out
-  of 4.5 s. A lower zstd level would shorten the write phase roughly by a third.
+- Wall time includes ~1 s of cluster start and the release finalisation, which do not parallelise; the
+  unit phase alone scales 1.75-1.9x from 1 to 2 workers. dask's nanny sets MALLOC_TRIM_THRESHOLD_ in its
+  workers, which (glibc) pins the mmap threshold and made every unit 1.6-1.7x slower than in-process; the
+  engine unsets it for its LocalCluster (set it yourself on the workers of an external cluster).
+- Shard writing: zstd level 3 for the tar members and Blosc-zstd clevel 1 for zarr chunks (10x faster to
+  encode than clevel 5 and no larger on 8-bit tiles). The sample's few shards (3-5 per source) limit how
+  much the write phase can spread over workers.
+- WTC: processing is within 2x of reading the files serially (0.9 s vs 0.54 s); CP is not (the per-channel
+  percentile clip and the nuclei-table lookups cost more than decoding its small 16-bit TIFFs).
 """
 
 
@@ -130,7 +133,7 @@ def main() -> None:
     lines = [
         "# `chammi-build` benchmark (embedded sample data)",
         "",
-        f"Machine: {platform.machine()}, {os.cpu_count()} logical CPUs (shared with other jobs while measured), "
+        f"Machine: {platform.machine()}, {os.cpu_count()} logical CPUs (otherwise idle while measured), "
         f"Python {platform.python_version()}. Produced by `python benchmarks/build.py`.",
         "",
         "| source | cells | raw files | read only (s) | serial process (s) | 1 worker: units / write (s) | "

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import sys
@@ -38,9 +39,10 @@ from tqdm import tqdm
 
 from chammi_data.codec import encode_image
 from chammi_data.dataset import load
+from chammi_data.manifest import read_manifest
 from chammi_data.official import chw_to_tape, tape_to_chw
 from chammi_data.schema import Cell, make_cell_id
-from chammi_data.shards import iter_samples
+from chammi_data.shards import ShardReader, iter_samples
 from chammi_data.vocab import SOURCES
 from chammi_data.writer import ReleaseWriter
 
@@ -83,6 +85,46 @@ class PngTapes(Dataset):
             tape = np.asarray(im)
         # The same float conversion as chammi_data.dataset, so only the decoding differs.
         return torch.from_numpy(np.divide(tape_to_chw(tape, self.width), np.float32(255), dtype=np.float32))
+
+
+class PngArrays(PngTapes):
+    """Official-style decode only: imread + fold -> uint8 (C, H, W) (no float conversion)."""
+
+    def __getitem__(self, i: int) -> np.ndarray:  # type: ignore[override]
+        with Image.open(self.paths[i]) as im:
+            return np.ascontiguousarray(tape_to_chw(np.asarray(im), self.width))
+
+
+class TarArrays(Dataset):
+    """Our decode only: one pread + zstd + .npy header -> uint8 (C, H, W), as ReleaseDataset does before float."""
+
+    def __init__(self, root: Path):
+        self.rows = read_manifest(root).to_dict("records")
+        self.reader = ShardReader(root)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.reader.read(self.rows[i])
+
+
+class RawArrays(Dataset):
+    """Ceiling: the same pixels stored uncompressed in one file, one pread + frombuffer per cell."""
+
+    def __init__(self, path: Path, shape: tuple[int, ...]):
+        self.path, self.shape = path, shape
+        self.size = int(np.prod(shape))
+        self.n = path.stat().st_size // self.size
+        self.fd: int | None = None
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        if self.fd is None:
+            self.fd = os.open(self.path, os.O_RDONLY)
+        return np.frombuffer(os.pread(self.fd, self.size, i * self.size), np.uint8).reshape(self.shape)
 
 
 class Images(Dataset):
@@ -143,6 +185,10 @@ def bench_source(source: str, n: int, workers: int, work: Path, seed: int) -> di
     writer.add_source(source, cells)
     writer.close()
     pixel_mb = sum(c.image.nbytes for c in cells) / 1e6
+    raw_path = work / f"raw_{source}.u8"
+    with open(raw_path, "wb") as fh:
+        for c in cells:
+            fh.write(np.ascontiguousarray(c.image).tobytes())
     zstd_sizes = {str(lvl): sum(len(encode_image(c.image, lvl)) for c in cells[:20]) for lvl in (3, 9, 19)}
     zstd_sizes["delta9"] = sum(delta_zstd_bytes(c.image) for c in cells[:20])
     zstd_sizes["png"] = sum((png_dir / f"{c.cell_id}.png").stat().st_size for c in cells[:20])
@@ -151,6 +197,9 @@ def bench_source(source: str, n: int, workers: int, work: Path, seed: int) -> di
         "png": PngTapes(paths, info.tile_hw[1]),
         "tar": Images(load("all", root=rel)),
         "zarr": Images(load("all", root=rel, backend="zarr")),
+        "png-u8": PngArrays(paths, info.tile_hw[1]),
+        "tar-u8": TarArrays(rel),
+        "raw-u8": RawArrays(raw_path, (info.num_channels, *info.tile_hw)),
     }
     out: dict = {"n": n, "tile": [info.num_channels, *info.tile_hw], "pixel_MB": round(pixel_mb, 2), "read": {}}
     for name, ds in readers.items():
@@ -177,20 +226,27 @@ def to_markdown(res: dict) -> str:
         "# Loader benchmark",
         "",
         f"`python benchmarks/loader.py --n {res['n']} --workers {res['workers']}` on {res['machine']} "
-        f"(synthetic microscopy-like cells at the real tile sizes, Poisson shot noise; page cache warm for every reader; CPU shared "
-        f"with other jobs, so treat numbers as +-20%). MB/s = decoded uint8 pixel MB/s (ceiling: file MB/s).",
+        f"(synthetic microscopy-like cells at the real tile sizes, Poisson shot noise; page cache warm for every reader; 2-core machine, "
+        f"otherwise idle; treat numbers as +-20%). MB/s = decoded uint8 pixel MB/s (ceiling: file MB/s). "
+        "Rows png/tar/zarr deliver float (C,H,W) tensors in [0,1] (what `chammi_data.load` returns); rows *-u8 "
+        "stop at the decoded uint8 array (the read itself); raw-u8 reads the same pixels stored uncompressed "
+        "(one pread per cell): the ceiling for any reader that delivers these arrays.",
         "",
         "| source | reader | samples/s (1 proc) | MB/s (1 proc) | samples/s (workers) | MB/s (workers) | vs png (1 proc) |",
         "|---|---|---|---|---|---|---|",
     ]
     for src, r in res["sources"].items():
         base = r["read"]["png/w0"]["samples_s"]
-        for name in ("png", "tar", "tar-seq", "zarr", "ceiling"):
+        base_u8 = r["read"].get("png-u8/w0", r["read"]["png/w0"])["samples_s"]
+        for name in ("png", "tar", "tar-seq", "zarr", "png-u8", "tar-u8", "raw-u8", "ceiling"):
             one = r["read"].get(f"{name}/w0")
             many = r["read"].get(f"{name}/w{res['workers']}")
             cells = [f"{one['samples_s']:.0f}", f"{one['MB_s']:.0f}"]
             cells += [f"{many['samples_s']:.0f}", f"{many['MB_s']:.0f}"] if many else ["-", "-"]
-            lines.append(f"| {src} | {name} | " + " | ".join(cells) + f" | {one['samples_s'] / base:.1f}x |")
+            if one is None:
+                continue
+            ref = base_u8 if name.endswith("-u8") else base
+            lines.append(f"| {src} | {name} | " + " | ".join(cells) + f" | {one['samples_s'] / ref:.1f}x |")
     lines += ["", "| source | tape PNG MB | tar shards MB | tar / PNG | zarr MB | first 20 cells, bytes: zstd 3 / 9 / 19 / "
               "delta+zstd 9 (not used) / PNG |", "|---|---|---|---|---|---|"]
     for src, r in res["sources"].items():
@@ -201,14 +257,17 @@ def to_markdown(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-_NOTES = """Why the targets are missed. Speed: the tar path is dominated by zstd decompression of noisy 8-bit
-pixels (a few hundred MB/s on this shared CPU; PNG inflate + unfilter is only 3-4x slower), while the
-'ceiling' only copies compressed bytes, so >= 50% of it is out of reach for any compressed format. DataLoader workers are slower than one process here because the
-machine has 2 cores shared by other jobs and every float32 batch is copied through shared memory (4x the
-uint8 size). Disk: plain zstd on the .npy bytes is 10-30% larger than PNG, which applies a per-row
-prediction filter before deflate; the 'delta+zstd 9' column shows that a horizontal delta filter before zstd
-would close most of the gap (a codec change, not made: `codec.py` is fixed). Synthetic content decides
-compressibility: real crops with larger dark backgrounds compress better in both formats."""
+_NOTES = """Reading the numbers. Speed: the tar path is bound by zstd decompression of noisy 8-bit pixels
+(650-850 MB/s of pixels on one core here), PNG by inflate + unfilter (160-190 MB/s): 3.6-4.6x, short of the 5x
+target. The uncompressed ceiling (raw-u8) is a memcpy from the page cache, 10-20x faster than any decoder, so
+">= 50% of the ceiling" is out of reach for a compressed format; the compressed-bytes copy (ceiling) row is
+there for the I/O side. zarr pays a per-chunk cost in zarr-python (index lookups, codec pipeline) that
+dominates at one cell per chunk: it is the random-access/inspection format, the tars are the training
+format. With 2 DataLoader workers on 2 cores, float32 batches cross process boundaries at 4x the uint8 size.
+Disk: zstd on the raw .npy bytes is 14-36% larger than PNG on these shot-noise cells (and 5% / 5% / 24% for
+WTC / HPA / CP on the `chammi demo` sample release), because PNG predicts each row before deflate; the
+"delta+zstd" column shows that a prediction filter would close the gap, at the price of a non-standard member
+that plain WebDataset `.npy` decoders could not read - we keep the standard `.npy.zst`."""
 
 
 def _targets(res: dict) -> list[str]:
@@ -216,10 +275,12 @@ def _targets(res: dict) -> list[str]:
     for src, r in res["sources"].items():
         rd, d = r["read"], r["disk_MB"]
         speed = rd["tar/w0"]["samples_s"] / rd["png/w0"]["samples_s"]
-        ceil = rd["tar-seq/w0"]["samples_s"] / rd["ceiling/w0"]["samples_s"]
+        speed8 = rd["tar-u8/w0"]["samples_s"] / rd["png-u8/w0"]["samples_s"]
+        ceil = rd["tar-u8/w0"]["samples_s"] / rd["raw-u8/w0"]["samples_s"]
         size = d["tar"] / d["png"]
-        out.append(f"- {src}: tar vs PNG reader {speed:.1f}x (target >= 5x: {'met' if speed >= 5 else 'NOT met'}); "
-                   f"sequential tar vs ceiling {ceil:.0%} (target >= 50%: {'met' if ceil >= 0.5 else 'NOT met'}); "
+        out.append(f"- {src}: tar vs PNG reader, decode to uint8 {speed8:.1f}x / to float tensors {speed:.1f}x "
+                   f"(target >= 5x: {'met' if speed8 >= 5 else 'NOT met'} / {'met' if speed >= 5 else 'NOT met'}); "
+                   f"tar-u8 vs uncompressed ceiling {ceil:.0%} (target >= 50%: {'met' if ceil >= 0.5 else 'NOT met'}); "
                    f"disk tar / PNG {size:.2f} (target <= 1: {'met' if size <= 1 else 'NOT met'})")
     return out
 
