@@ -44,8 +44,9 @@ def _baseline_features(release: Path, backbone: str, image_size: int, seed: int)
     from chammi_models.embed import extract_features
 
     torch.manual_seed(seed)
-    model = create_model("channel_replication", backbone=backbone)
-    return extract_features(model, release, image_size=image_size, batch_size=64, workers=0, device="cpu",
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = create_model("channel_replication", backbone=backbone).to(device)
+    return extract_features(model, release, image_size=image_size, batch_size=64, workers=0, device=device,
                             progress=True)
 
 
@@ -145,7 +146,7 @@ def run_demo(out: str | Path = "demo_out", *, seed: int = 0, workers: int = 2, q
     stage("train", t0)
 
     t0 = time.perf_counter()
-    embed(run, release, feats / "trained", batch_size=64, workers=0, device="cpu")
+    embed(run, release, feats / "trained", batch_size=64, workers=0)  # GPU when present
     base = _baseline_features(release, config.model.backbone, config.data.image_size, seed)
     save_features(feats / "baseline", base, "features")
     stage("embed", t0)
