@@ -7,7 +7,7 @@ from the environment; NCCL on GPU, gloo on CPU).
 Each optimizer step takes one global batch from the deterministic stream (each rank its slice), splits it by
 channel set (``group_by_channels``), runs one forward per group inside ONE module call (so DDP sees a
 single forward per step), sums the per-group losses weighted by group size / batch, and steps AdamW + the
-warm-up cosine schedule. Checkpoints (``save_checkpoint`` / ``load_checkpoint`` below) make a resumed run
+warm-up cosine schedule. Checkpoints (``chammi_models.checkpoint``) make a resumed run
 bitwise equal to an uninterrupted one on CPU. SIGTERM / SIGUSR1 (a scheduler's preemption notice) make every
 rank checkpoint at the next step boundary and return, ready for ``--resume``.
 """
@@ -18,8 +18,6 @@ import csv
 import json
 import math
 import os
-import random
-import shutil
 import signal
 import threading
 import time
@@ -29,7 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -39,6 +36,7 @@ from chammi_data.collate import group_by_channels
 from chammi_data.manifest import read_manifest
 from chammi_data.transforms import train_transform
 from chammi_data.vocab import SOURCE_KEYS
+from chammi_models.checkpoint import barrier, find_checkpoint, load_checkpoint, save_checkpoint
 from chammi_models.config import TrainConfig, save_config
 from chammi_models.embed import evaluate_model, release_identity, save_final_model
 from chammi_models.schedule import WarmupCosine, build_optimizer, steps_for
@@ -165,11 +163,6 @@ def _setup_distributed(device_pref: str) -> tuple[int, int, torch.device]:
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo")
     return rank, world, device
-
-
-def _barrier(world: int) -> None:
-    if world > 1:
-        dist.barrier()
 
 
 def build_model(config: TrainConfig, num_classes: int) -> nn.Module:
@@ -378,7 +371,7 @@ def train(config: TrainConfig, release: str | Path, out_dir: str | Path, resume:
             result.weights_dir = save_final_model(final, run_dir / "model", config=config, classes=classes,
                                                   release=release_identity(release), scores=result.scores,
                                                   step=step, swad=swad)
-        _barrier(world)
+        barrier(world)
     log.close()
     return result
 
@@ -393,7 +386,7 @@ def _evaluate(config: TrainConfig, release: Path, swad: WeightAverager | None, m
                                 batch_size=config.data.eval_batch_size, workers=config.data.workers, device=device,
                                 metric=config.run.eval_metric, amp=config.run.amp)
         log.write("eval", step, scores["flat"])
-    _barrier(world)
+    barrier(world)
     return scores
 
 
@@ -402,94 +395,6 @@ def _evaluate(config: TrainConfig, release: Path, swad: WeightAverager | None, m
 # and plain containers, loaded with weights_only=True), rank<r>.pt (that rank's torch RNG states) and
 # rank<r>.json (step, epoch, stream state, python/numpy RNG). RUN_DIR/checkpoints/latest.json is written
 # last, after a barrier, so a crash mid-save leaves the previous checkpoint as the latest complete one.
-KEEP_CHECKPOINTS = 2
-
-
-def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    if path.suffix == ".json":
-        tmp.write_text(json.dumps(obj, indent=1))
-    else:
-        torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def save_checkpoint(run_dir: Path, *, rank: int, world: int, step: int, epoch: int, batch_in_epoch: int, stream: Any,
-                    objective: nn.Module, optimizer: Any, scheduler: Any, scaler: Any, swad: WeightAverager | None,
-                    config: TrainConfig) -> Path:
-    """Write a complete checkpoint of this step (every rank calls this); returns its folder."""
-    root = run_dir / "checkpoints"
-    folder = root / f"step-{step:07d}"
-    folder.mkdir(parents=True, exist_ok=True)
-    if rank == 0:
-        state = {"objective": objective.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict()}
-        if swad is not None:
-            state["swad"] = swad.state_dict()
-        _atomic_save(state, folder / "state.pt")
-    np_name, np_keys, np_pos, np_gauss, np_cached = np.random.get_state()
-    rng = {"torch": torch.get_rng_state(), "numpy_keys": torch.from_numpy(np.asarray(np_keys, dtype=np.int64))}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state()
-    _atomic_save(rng, folder / f"rank{rank}.pt")
-    py_version, py_state, py_gauss = random.getstate()
-    _atomic_save({"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "world_size": world,
-                  "stream": stream.state_dict(), "python_rng": [py_version, list(py_state), py_gauss],
-                  "numpy_rng": [np_name, int(np_pos), int(np_gauss), float(np_cached)]}, folder / f"rank{rank}.json")
-    _barrier(world)
-    if rank == 0:
-        _atomic_save({"step": step, "path": folder.name, "world_size": world, "config": config.to_dict()},
-                     root / "latest.json")
-        for old in sorted(root.glob("step-*"))[:-KEEP_CHECKPOINTS]:
-            shutil.rmtree(old, ignore_errors=True)
-    _barrier(world)
-    return folder
-
-
-def find_checkpoint(run_dir: Path) -> Path | None:
-    """The latest complete checkpoint folder of a run, or None."""
-    latest = run_dir / "checkpoints" / "latest.json"
-    if not latest.is_file():
-        return None
-    return run_dir / "checkpoints" / json.loads(latest.read_text())["path"]
-
-
-def load_checkpoint(folder: Path, *, rank: int, world: int, objective: nn.Module, optimizer: Any, scheduler: Any,
-                    scaler: Any, swad: WeightAverager | None, config: TrainConfig) -> dict[str, Any]:
-    """Restore everything saved by :func:`save_checkpoint`; returns this rank's progress record."""
-    progress_path = folder / f"rank{rank}.json"
-    if not progress_path.is_file():
-        raise FileNotFoundError(f"{progress_path} missing: checkpoint {folder} was written by a run with a different "
-                                f"number of processes; resume with the same world size")
-    progress = json.loads(progress_path.read_text())
-    if progress["world_size"] != world:
-        raise ValueError(f"checkpoint {folder} was written with world size {progress['world_size']}, now {world}")
-    # run.* (logging, checkpoint/eval cadence, device) may change on resume; the seed and the rest may not.
-    saved = json.loads((folder.parent / "latest.json").read_text())["config"]
-    now = config.to_dict()
-    diff = sorted(k for k in saved if k != "run" and saved[k] != now.get(k))
-    diff += ["run.seed"] if saved["run"]["seed"] != now["run"]["seed"] else []
-    if diff:
-        raise ValueError(f"--resume with a config that differs from the checkpoint's in section(s) {diff}; "
-                         f"resume with the run's own config ({folder.parent.parent / 'config.yaml'})")
-    state = torch.load(folder / "state.pt", map_location="cpu", weights_only=True)
-    objective.load_state_dict(state["objective"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    scaler.load_state_dict(state["scaler"])
-    if swad is not None:
-        swad.load_state_dict(state["swad"])
-    rng = torch.load(folder / f"rank{rank}.pt", map_location="cpu", weights_only=True)
-    torch.set_rng_state(rng["torch"])
-    if "cuda" in rng and torch.cuda.is_available():
-        torch.cuda.set_rng_state(rng["cuda"])
-    name, pos, gauss, cached = progress["numpy_rng"]
-    np.random.set_state((name, rng["numpy_keys"].numpy().astype(np.uint32), pos, gauss, cached))
-    version, py_state, py_gauss = progress["python_rng"]
-    random.setstate((version, tuple(py_state), py_gauss))
-    return progress
-
-
 class MetricsLog:
     """Appends metrics to RUN_DIR/metrics.jsonl (one object per row) and metrics.csv (long format:
     kind, step, name, value), and to TensorBoard when it is installed. Only rank 0 writes."""
