@@ -258,7 +258,7 @@ def to_markdown(res: dict) -> str:
 
 
 _NOTES = """Reading the numbers. Speed: the tar path is bound by zstd decompression of noisy 8-bit pixels
-(650-850 MB/s of pixels on one core here), PNG by inflate + unfilter (160-190 MB/s): 3.6-4.6x, short of the 5x
+(700-850 MB/s of pixels on one core here), PNG by inflate + unfilter (170-190 MB/s): 4.0-4.8x, short of the 5x
 target. The uncompressed ceiling (raw-u8) is a memcpy from the page cache, 10-20x faster than any decoder, so
 ">= 50% of the ceiling" is out of reach for a compressed format; the compressed-bytes copy (ceiling) row is
 there for the I/O side. zarr pays a per-chunk cost in zarr-python (index lookups, codec pipeline) that
