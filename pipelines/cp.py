@@ -27,6 +27,7 @@ Build settings (``config["cp"]``, or the same keys at the top level): ``low_pct`
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -77,10 +78,16 @@ def _safe(text: str) -> str:
 
 def _rel(path: str | Path, root: Path) -> str:
     """Path relative to the input root when inside it (so provenance does not depend on where data sits)."""
+    return _rel_cached(str(path), str(root))
+
+
+@lru_cache(maxsize=65536)
+def _rel_cached(path: str, root: str) -> str:
+    # Cached: resolve() is a realpath walk (syscalls per component) and a site names each file several times.
     try:
         return Path(path).resolve().relative_to(root).as_posix()
     except ValueError:
-        return str(path)
+        return path
 
 
 def plate_dirs(root: Path) -> list[Path]:
@@ -174,14 +181,14 @@ class CPPipeline(SourcePipeline):
         root = Path(p["root"])
         field, depth = self._read_field(p, root)
         field = self._illuminate(field, p, root)
-        img8 = np.empty(field.shape, dtype=np.uint8)
+        img8 = np.empty((len(field), *field[0].shape), dtype=np.uint8)
         for k, ch in enumerate(lay.RAW_CHANNELS):
             try:
                 img8[k] = to_uint8(field[k], s["low_pct"], s["high_pct"], where=f"channel {ch}")
             except ValueError as exc:  # constant channel or NaN/inf after correction
                 raise UnitSkip(str(exc), _rel(p["files"][ch], root), p["row"]) from None
         centres, pos_file = self._positions(p, field, s, root)
-        h, w = field.shape[1:]
+        h, w = field[0].shape
         cells: list[Cell] = []
         skipped: list[Skipped] = []
         box = int(s["box"])
@@ -214,8 +221,12 @@ class CPPipeline(SourcePipeline):
             raise UnitSkip("site has no nuclei", pos_file, p["row"])
         return UnitResult(cells, skipped)
 
-    def _read_field(self, p: dict[str, Any], root: Path) -> tuple[np.ndarray, int]:
-        """(5, H, W) float64 field in RAW_CHANNELS order and the bit depth of the files (8, 16, 32...)."""
+    def _read_field(self, p: dict[str, Any], root: Path) -> tuple[list[np.ndarray], int]:
+        """The 5 (H, W) planes in RAW_CHANNELS order, in the files' own dtype, and their bit depth (8, 16, 32...).
+
+        Integer planes stay integer so that ``to_uint8`` takes its exact histogram path (a partial sort of a
+        float copy cost more than reading the TIFFs); only illumination correction makes a plane float.
+        """
         planes, depths = [], set()
         for ch in lay.RAW_CHANNELS:
             path = p["files"][ch]
@@ -235,14 +246,14 @@ class CPPipeline(SourcePipeline):
             if planes and arr.shape != planes[0].shape:
                 raise UnitSkip(f"{ch} image shape {arr.shape} differs from DNA {planes[0].shape}", rel, p["row"])
             depths.add(arr.dtype.itemsize * 8)
-            planes.append(arr.astype(np.float64))
-        return np.stack(planes), max(depths)
+            planes.append(arr)
+        return planes, max(depths)
 
-    def _illuminate(self, field: np.ndarray, p: dict[str, Any], root: Path) -> np.ndarray:
-        """Divide each channel by its illumination function (CellProfiler convention)."""
+    def _illuminate(self, field: list[np.ndarray], p: dict[str, Any], root: Path) -> list[np.ndarray]:
+        """Divide each channel by its illumination function (CellProfiler convention), in float64."""
         if not p["illum"]:
             return field
-        out = field.copy()
+        out = list(field)
         for k, ch in enumerate(lay.RAW_CHANNELS):
             path = p["illum"].get(ch)
             if path is None:
@@ -252,16 +263,16 @@ class CPPipeline(SourcePipeline):
                 fn = np.squeeze(np.load(path, allow_pickle=False)).astype(np.float64)
             except Exception as exc:
                 raise UnitSkip(f"unreadable illumination function {ch} ({type(exc).__name__}: {exc})", rel) from None
-            if fn.shape != field.shape[1:]:
-                raise UnitSkip(f"illumination function {ch} has shape {fn.shape}, field is {field.shape[1:]}", rel)
+            if fn.shape != field[k].shape:
+                raise UnitSkip(f"illumination function {ch} has shape {fn.shape}, field is {field[k].shape}", rel)
             if not np.all(np.isfinite(fn)):
                 raise UnitSkip(f"illumination function {ch} holds NaN/inf", rel)
             if np.any(fn <= 0):
                 raise UnitSkip(f"illumination function {ch} has values <= 0 (cannot divide)", rel)
-            out[k] = field[k] / fn
+            out[k] = field[k].astype(np.float64) / fn
         return out
 
-    def _positions(self, p: dict[str, Any], field: np.ndarray, s: dict[str, Any],
+    def _positions(self, p: dict[str, Any], field: list[np.ndarray], s: dict[str, Any],
                    root: Path) -> tuple[list[tuple[int, float, float]], str]:
         """[(object number, x, y)] in field pixels and the file they came from ('' for segmentation)."""
         spec = p["positions"]
