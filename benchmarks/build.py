@@ -159,7 +159,7 @@ def main() -> None:
             f"{b2['write_s']:.2f} | {b2['cells_per_s']:.1f} | {b2['cells_per_s'] / b1['cells_per_s']:.2f}x | "
             f"{b1['units_s'] / max(read_s, 1e-9):.2f}x | {b1['busy_s'] / max(read_s, 1e-9):.2f}x |")
         if "segment_s" in serial:
-            notes.append(f"- HPA segmentation (default watershed): {serial['segment_s']:.2f} s for {serial['fields']} "
+            notes.append(f"- HPA segmentation (default watershed): {serial['segment_s']:.2f} s for {int(serial['fields'])} "
                          f"fields ({serial['megapixels']:.1f} Mpx) = {serial['s_per_2048_field']:.2f} s per "
                          f"2048 x 2048 field on one core (target <= 1 s).")
     lines += ["", *notes, "",
