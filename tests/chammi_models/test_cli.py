@@ -1,0 +1,46 @@
+"""The `chammi` dispatcher: every subcommand loads and parses through the real entry point."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from chammi_models.cli import SUBCOMMANDS, main
+
+
+@pytest.mark.parametrize("command", sorted(SUBCOMMANDS))
+def test_every_subcommand_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--help"])
+    assert exc.value.code == 0
+    assert "usage: chammi " + command in capsys.readouterr().out
+
+
+def test_validate_and_export_through_the_dispatcher(tiny_release, tmp_path, capsys):
+    assert main(["validate", str(tiny_release), "--quiet"]) == 0
+    assert "OK" in capsys.readouterr().out
+    assert main(["export", "--format", "chammi", str(tiny_release), str(tmp_path / "official"), "--quiet"]) == 0
+    for folder in ("Allen", "HPA", "CP"):
+        assert (tmp_path / "official" / folder / "enriched_meta.csv").is_file()
+
+
+def test_unknown_subcommand_lists_the_valid_ones(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["trian"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid choice" in err and "train" in err
+
+
+def test_console_scripts_are_installed():
+    # the scripts pip installs beside this interpreter (CI runs .venv/bin/python without activating the venv)
+    bindir = Path(sys.executable).parent
+    out = subprocess.run([str(bindir / "chammi"), "--help"], capture_output=True, text=True, timeout=120,
+                         check=True).stdout
+    assert all(name in out for name in SUBCOMMANDS)
+    out = subprocess.run([str(bindir / "chammi-build"), "--help"], capture_output=True, text=True, timeout=120,
+                         check=True).stdout
+    assert "--source" in out
