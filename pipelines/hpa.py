@@ -16,8 +16,7 @@ Selection: single-label images of the 7 CHAMMI classes. Other rows are skipped a
 Per field: read the four PNGs (missing, unreadable or truncated file, non-grayscale, size mismatch,
 constant channel -> the field is skipped), segment cells (``pipelines.segmentation``, default the
 weight-free nuclei-seeded watershed on nucleus + microtubules/ER/protein), scale each channel to 8 bit
-(16-bit: percentile clip ``low_pct``/``high_pct``, byte-identical to ``imaging.to_uint8`` but via a
-histogram, see :func:`scale_u16_to_u8`; 8-bit: kept as is) and cut one
+(16-bit: percentile clip ``low_pct``/``high_pct`` with ``imaging.to_uint8``; 8-bit: kept as is) and cut one
 512 x 512 crop centred on each cell's centroid, channels microtubules, protein, nucleus, er.
 
 Border policy (option ``border``, default ``"pad"``): a box that reaches past the field keeps the cell
@@ -46,7 +45,7 @@ from PIL import Image
 from chammi_data.schema import Cell, make_cell_id
 from chammi_data.vocab import SOURCES
 from pipelines.base import Skipped, SourcePipeline, Unit, UnitResult, UnitSkip
-from pipelines.imaging import BORDER_POLICIES, crop_box
+from pipelines.imaging import BORDER_POLICIES, crop_box, to_uint8
 from pipelines.segmentation import cell_properties, segment
 from pipelines.tasks import assign_tasks, load_rules
 
@@ -150,41 +149,6 @@ def read_channel(path: Path, row: int | None = None) -> np.ndarray:
     raise UnitSkip(f"unsupported pixel type {arr.dtype}", path, row)
 
 
-def scale_u16_to_u8(a: np.ndarray, low_pct: float, high_pct: float, where: str = "image") -> np.ndarray:
-    """Exactly ``imaging.to_uint8(a, low_pct, high_pct)`` for one 2-D uint16 channel, ~10x faster.
-
-    Percentiles come from a 65,536-bin histogram (exact for integers, numpy's "linear" method and its lerp
-    formula) and the scaling is a lookup table built with the same float64 formula as ``to_uint8``, so the
-    bytes are identical. Belongs in ``pipelines.imaging`` (an integer fast path of ``to_uint8``).
-    """
-    if a.dtype != np.uint16 or a.ndim != 2:
-        raise TypeError(f"{where}: expected a 2-D uint16 image, got {a.dtype} {a.shape}")
-    if not 0.0 <= low_pct < high_pct <= 100.0:
-        raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100, got {low_pct}, {high_pct}")
-    cum = np.cumsum(np.bincount(a.ravel(), minlength=65536))
-    n = a.size
-
-    def order_stat(k: int) -> float:  # k-th smallest value, 0-based
-        return float(np.searchsorted(cum, k + 1))
-
-    def percentile(p: float) -> float:
-        pos = p / 100.0 * (n - 1)
-        k = int(np.floor(pos))
-        t = pos - k
-        lo_v, hi_v = order_stat(k), order_stat(min(k + 1, n - 1))
-        d = hi_v - lo_v
-        return hi_v - d * (1.0 - t) if t >= 0.5 else lo_v + d * t
-
-    lo, hi = percentile(low_pct), percentile(high_pct)
-    if hi <= lo:
-        lo, hi = order_stat(0), order_stat(n - 1)
-    if hi <= lo:
-        raise ValueError(f"constant image: {where} has every pixel equal to {lo:g}")
-    values = np.arange(65536, dtype=np.float64)
-    lut = np.rint((np.clip(values, lo, hi) - lo) * (255.0 / (hi - lo))).astype(np.uint8)
-    return lut[a]
-
-
 class HPAPipeline(SourcePipeline):
     """HPA fields -> single cells (see the module docstring)."""
 
@@ -264,7 +228,7 @@ class HPAPipeline(SourcePipeline):
                         raise ValueError(f"constant image: every pixel equal to {int(a.min())}")
                     field8.append(a)
                 else:
-                    field8.append(scale_u16_to_u8(a, opts["low_pct"], opts["high_pct"], where=str(files[stain])))
+                    field8.append(to_uint8(a, opts["low_pct"], opts["high_pct"], where=str(files[stain])))
             except ValueError as err:
                 raise UnitSkip(str(err), files[stain], p["row"]) from None
         field = np.stack(field8)  # (4, H, W) uint8

@@ -56,7 +56,8 @@ def _clip_points(ch: np.ndarray, low_pct: float, high_pct: float) -> tuple[float
             hi_i = min(lo_i + 1, n - 1)
             v_lo = float(np.searchsorted(cum, lo_i, side="right"))  # value of the lo_i-th smallest (0-based)
             v_hi = float(np.searchsorted(cum, hi_i, side="right"))
-            out.append(v_lo + (pos - lo_i) * (v_hi - v_lo))
+            t, d = pos - lo_i, v_hi - v_lo
+            out.append(v_hi - d * (1.0 - t) if t >= 0.5 else v_lo + d * t)  # numpy's own lerp, bit for bit
         nz = np.flatnonzero(counts)
         return out[0], out[1], float(nz[0]), float(nz[-1])
     f = flat.astype(np.float64)
@@ -90,8 +91,15 @@ def to_uint8(arr: np.ndarray, low_pct: float = 0.0, high_pct: float = 100.0, axi
         if hi <= lo:
             which = f" (channel {k})" if moved_from is not None else ""
             raise ValueError(f"constant image{which}: {where} has every pixel equal to {lo:g}")
-        scaled = (np.clip(chans[k].astype(np.float64), lo, hi) - lo) * (255.0 / (hi - lo))
-        out[k] = np.rint(scaled).astype(np.uint8)
+        ch = chans[k]
+        if ch.dtype in (np.uint8, np.uint16):
+            # A lookup table over every possible value: the same float64 formula, evaluated once per value
+            # instead of once per pixel (a 2048^2 16-bit field: ~10x faster), so the bytes are identical.
+            values = np.arange(np.iinfo(ch.dtype).max + 1, dtype=np.float64)
+            out[k] = np.rint((np.clip(values, lo, hi) - lo) * (255.0 / (hi - lo))).astype(np.uint8)[ch]
+        else:
+            scaled = (np.clip(ch.astype(np.float64), lo, hi) - lo) * (255.0 / (hi - lo))
+            out[k] = np.rint(scaled).astype(np.uint8)
     if moved_from is None:
         return out[0]
     return np.moveaxis(out, 0, moved_from)

@@ -96,3 +96,17 @@ def test_histogram_percentiles_match_numpy(dtype) -> None:
             assert got[2:] == (arr.min(), arr.max())
     f = rng.random(50)
     np.testing.assert_allclose(_clip_points(f, 5, 95)[:2], np.percentile(f, [5, 95]))
+
+
+@pytest.mark.parametrize("seed, low, high", [(0, 0.0, 99.9), (1, 1.0, 99.0), (2, 0.05, 99.95), (3, 0.0, 100.0)])
+def test_integer_fast_path_is_byte_identical_to_the_float_reference(seed, low, high) -> None:
+    # uint16 -> histogram percentiles + lookup table; float64 -> np.percentile + per-pixel formula
+    rng = np.random.default_rng(seed)
+    img = np.clip(rng.gamma(2.0, 900.0, (123, 157)), 0, 65535).astype(np.uint16)
+    img[:3, :3] = 65535  # saturated corner
+    assert np.array_equal(to_uint8(img, low, high), to_uint8(img.astype(np.float64), low, high))
+    small = rng.integers(0, 256, (3, 40, 50), dtype=np.uint8)
+    assert np.array_equal(to_uint8(small, low, high), to_uint8(small.astype(np.float64), low, high))
+    sparse = np.zeros((50, 50), np.uint16)
+    sparse[4, 4] = 300  # percentiles coincide -> min/max fallback on both paths
+    assert np.array_equal(to_uint8(sparse, low, high), to_uint8(sparse.astype(np.float64), low, high))
