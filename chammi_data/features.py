@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from chammi_data.schema import file_sha256
 from chammi_data.vocab import LOGO_TASKS, SOURCE_KEYS, SOURCES, source_info
 
 _BOOL_TEXT = {
@@ -269,21 +270,13 @@ def _split_frame(df: pd.DataFrame, origin: str) -> dict[str, pd.DataFrame]:
     return out
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _read_path(path: Path) -> tuple[dict[str, pd.DataFrame], dict[str, Any]]:
     prov: dict[str, Any] = {"manifest_path": str(path)}
     if path.is_dir() and ((path / "manifest.parquet").is_file() or (path / "manifest.csv").is_file()):
         from chammi_data.manifest import read_manifest  # our release
 
         file = path / "manifest.parquet" if (path / "manifest.parquet").is_file() else path / "manifest.csv"
-        prov.update(kind="release", manifest_sha256=_sha256(file))
+        prov.update(kind="release", manifest_sha256=file_sha256(file))
         if (path / "release.json").is_file():
             from chammi_data.manifest import read_release_json
 
@@ -298,31 +291,23 @@ def _read_path(path: Path) -> tuple[dict[str, pd.DataFrame], dict[str, Any]]:
         frames = _read_official(path)
         files = [path / SOURCES[k].folder / "enriched_meta.csv" for k in frames]
         if all(f.is_file() for f in files):
-            prov.update(kind="official", metadata_sha256={f.parent.name: _sha256(f) for f in files})
+            prov.update(kind="official", metadata_sha256={f.parent.name: file_sha256(f) for f in files})
         else:  # a merged CSV (column `chunk`) at the root
             prov.update(
-                kind="official", metadata_sha256={f.name: _sha256(f) for f in sorted(path.glob("*.csv"))}
+                kind="official", metadata_sha256={f.name: file_sha256(f) for f in sorted(path.glob("*.csv"))}
             )
         return frames, prov
     if not path.is_file():
         raise FileNotFoundError(f"manifest {path} does not exist")
-    prov.update(kind="file", manifest_sha256=_sha256(path))
+    prov.update(kind="file", manifest_sha256=file_sha256(path))
     df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, low_memory=False)
     return _split_frame(df, str(path)), prov
 
 
 def _read_official(root: Path) -> dict[str, pd.DataFrame]:
-    """{key: metadata} of an official root: ``chammi_data.official`` when present (it also knows the merged CSV)."""
-    try:
-        from chammi_data.official import read_official_metadata
-    except ImportError:  # pragma: no cover - fallback while the storage module is absent
-        metas = {k: root / i.folder / "enriched_meta.csv" for k, i in SOURCES.items()}
-        frames = {k: pd.read_csv(p, low_memory=False) for k, p in metas.items() if p.is_file()}
-        if not frames:
-            raise FileNotFoundError(
-                f"{root} is neither a release (manifest.parquet) nor an official root (Allen|HPA|CP/enriched_meta.csv)"
-            ) from None
-        return frames
+    """{key: metadata} of an official root (per-source ``enriched_meta.csv`` or a merged CSV)."""
+    from chammi_data.official import read_official_metadata
+
     return {_key(k): df for k, df in read_official_metadata(root).items()}
 
 

@@ -32,7 +32,7 @@ from tqdm import tqdm
 from chammi_data import zarr_store
 from chammi_data.codec import IMAGE_SUFFIX, JSON_SUFFIX, encode_image
 from chammi_data.manifest import write_manifest
-from chammi_data.schema import SCHEMA_VERSION, Cell, canonical_json
+from chammi_data.schema import SCHEMA_VERSION, Cell, canonical_json, file_sha256  # noqa: F401 (re-exported)
 from chammi_data.vocab import SOURCE_KEYS, TASK_COLUMNS
 
 #: Default number of cells per tar shard (= per zarr shard).
@@ -56,15 +56,6 @@ class ShardRecord:
 def shard_relpath(source: str, shard_index: int) -> str:
     """``shards/<source>/<source>-%06d.tar`` (posix, relative to the release root)."""
     return f"shards/{source}/{source}-{shard_index:06d}.tar"
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    """sha256 hex digest of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _tar_info(name: str, size: int) -> tarfile.TarInfo:
