@@ -7,34 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from chammi_data.manifest import read_manifest, source_rows
 from chammi_data.vocab import SOURCES
+from chammi_models.cli import main as chammi
 from chammi_models.config import load_config
 from chammi_models.embed import extract_features, load_trained
 from chammi_models.train import train
-
-
-def chammi(argv: list[str]) -> int:
-    """Run one `chammi` subcommand through its own register/main (the dispatcher imports every subcommand)."""
-    import argparse
-    import importlib
-
-    from chammi_models.cli import SUBCOMMANDS
-
-    module = importlib.import_module(SUBCOMMANDS[argv[0]][0])
-    parser = argparse.ArgumentParser(prog=f"chammi {argv[0]}")
-    module.register(parser)
-    return int(module.main(parser.parse_args(argv[1:])) or 0)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture

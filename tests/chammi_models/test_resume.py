@@ -27,14 +27,6 @@ OVERRIDES = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _final_state(run: Path) -> dict[str, torch.Tensor]:
     folder = run / "checkpoints" / json.loads((run / "checkpoints" / "latest.json").read_text())["path"]
     state = torch.load(folder / "state.pt", weights_only=True)

@@ -22,15 +22,6 @@ FAST = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine, 2 threads under load are ~10x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_class_index_is_sorted_per_source(tiny_release: Path) -> None:
     classes = class_index(read_manifest(tiny_release), ["cp", "wtc11"])
     assert list(classes) == ["wtc11", "cp"]  # SOURCE_KEYS order, not argument order
