@@ -325,17 +325,6 @@ class ProgressTracker:
         return sorted({p for part in parts for p in (part or [])})
 
 
-def stream(
-    root: str | Path | None = None,
-    split: str = "train",
-    sources: Sequence[str] | None = None,
-    seed: int = 0,
-    transform: Callable[..., dict[str, Any]] | None = None,
-    shuffle: bool = True,
-    rank: int | None = None,
-    world_size: int | None = None,
-    drop_last: bool = False,
-    worker_block: int = 1,
-) -> ShardStream:
-    """A :class:`ShardStream` over the release at ``root`` (default ``$CHAMMI_RELEASE`` / user cache)."""
-    return ShardStream(root, split, sources, seed, transform, shuffle, rank, world_size, drop_last, worker_block)
+#: The public front door (``chammi_data.stream(...)``): same arguments as :class:`ShardStream`; ``root=None``
+#: means the default release (``$CHAMMI_RELEASE`` / user cache).
+stream = ShardStream

@@ -99,17 +99,9 @@ def manifest_row(cell: Cell, shard: str, offset: int, nbytes: int, zarr_row: int
     return row
 
 
-def create_zarr_array(
-    root: str | Path,
-    source: str,
-    n_cells: int,
-    channels: Sequence[str],
-    hw: tuple[int, int],
-    dtype: np.dtype | str,
-    cells_per_shard: int,
-) -> None:
-    """Create ``zarr/<source>.zarr`` (N, C, H, W) for ``n_cells`` cells; call once per source first."""
-    zarr_store.create_images(root, source, n_cells, channels, hw, dtype, cells_per_shard)
+#: Step 1, once per source: create ``zarr/<source>.zarr`` (N, C, H, W) for the final cell count
+#: (``root, source, n_cells, channels, hw, dtype, cells_per_shard``). The zarr module owns the layout.
+create_zarr_array = zarr_store.create_images
 
 
 def write_shard(root: str | Path, source: str, shard_index: int, cells: Sequence[Cell], zarr_start: int) -> ShardRecord:
