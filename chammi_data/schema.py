@@ -159,8 +159,11 @@ class Cell:
             "meta": dict(self.meta),
         }
 
-    def record(self) -> dict[str, Any]:
-        """The JSON record stored beside the image in a shard: everything but the pixels."""
+    def record(self, checksum: str | None = None) -> dict[str, Any]:
+        """The JSON record stored beside the image in a shard: everything but the pixels.
+
+        ``checksum``: :attr:`checksum` when the caller already computed it (a build computes it once, on the
+        worker that made the cell)."""
         return {
             "cell_id": self.cell_id,
             "source": self.source,
@@ -171,6 +174,6 @@ class Cell:
             "train_test_split": self.split,
             "tasks": sorted(self.tasks),
             "groups": dict(sorted(self.groups.items())),
-            "sha256": self.checksum,
+            "sha256": checksum or self.checksum,
             "meta": self.meta,
         }

@@ -70,7 +70,7 @@ def _tar_info(name: str, size: int) -> tarfile.TarInfo:
     return info
 
 
-def manifest_row(cell: Cell, shard: str, offset: int, nbytes: int, zarr_row: int) -> dict[str, Any]:
+def manifest_row(cell: Cell, shard: str, offset: int, nbytes: int, zarr_row: int, checksum: str | None = None) -> dict[str, Any]:
     """The manifest row of one written cell (keys = ``schema.MANIFEST_COLUMNS``)."""
     c, h, w = cell.image.shape
     row: dict[str, Any] = {
@@ -92,7 +92,7 @@ def manifest_row(cell: Cell, shard: str, offset: int, nbytes: int, zarr_row: int
             "offset": int(offset),
             "nbytes": int(nbytes),
             "zarr_row": int(zarr_row),
-            "sha256": cell.checksum,
+            "sha256": checksum or cell.checksum,
             "meta": canonical_json(cell.meta),
         }
     )
@@ -104,22 +104,72 @@ def manifest_row(cell: Cell, shard: str, offset: int, nbytes: int, zarr_row: int
 create_zarr_array = zarr_store.create_images
 
 
-def write_shard(root: str | Path, source: str, shard_index: int, cells: Sequence[Cell], zarr_start: int) -> ShardRecord:
+@dataclass(frozen=True)
+class EncodedCell:
+    """The CPU-heavy part of writing one cell, done once: its tar image member, its pixel sha256 and its
+    zarr chunk (``zarr_store.encode_chunk``). A build makes these on the worker that made the cell, in
+    parallel with everything else, and the shard writers only concatenate them."""
+
+    member: bytes
+    checksum: str
+    chunk: bytes
+
+
+def encode_cell(cell: Cell) -> EncodedCell:
+    return EncodedCell(encode_image(cell.image), cell.checksum, zarr_store.encode_chunk(cell.image))
+
+
+def write_shard(root: str | Path, source: str, shard_index: int, cells: Sequence[Cell], zarr_start: int,
+                encoded: Sequence[EncodedCell] | None = None) -> ShardRecord:
     """Write tar shard ``shard_index`` of ``source`` and zarr rows ``[zarr_start, zarr_start + len(cells))``.
 
     Those rows must be exactly zarr shard ``shard_index`` (``zarr_start == shard_index * cells_per_shard``),
     so that each zarr shard has one writer; different shards may be written concurrently from different
-    processes. The tar is written to a temp file and moved into place atomically. Members per cell:
-    ``<key>.json`` (``Cell.record()`` as canonical JSON) then ``<key>.npy.zst`` (``codec.encode_image``).
+    processes. :func:`write_tar_shard` and :func:`write_zarr_shard` are the two halves; they touch different
+    files and may also run in different processes.
     """
-    root = Path(root)
-    if not cells:
-        raise ValueError(f"write_shard({source}, {shard_index}): no cells")
+    encoded = list(encoded) if encoded is not None else [encode_cell(c) for c in cells]
+    record = write_tar_shard(root, source, shard_index, cells, zarr_start, encoded)
+    write_zarr_shard(root, source, shard_index, zarr_start, chunks=[e.chunk for e in encoded])
+    return record
+
+
+def _check_shard(root: Path, source: str, shard_index: int, n: int, zarr_start: int) -> str:
     rel = shard_relpath(source, shard_index)
-    arr = zarr_store.open_images(root, source)
-    per = zarr_store.cells_per_shard(arr)
+    if n == 0:
+        raise ValueError(f"write_shard({source}, {shard_index}): no cells")
+    per = zarr_store.cells_per_shard(zarr_store.open_images(root, source))
     if zarr_start != shard_index * per:
         raise ValueError(f"{rel}: zarr_start {zarr_start} != shard_index * cells_per_shard ({shard_index} * {per})")
+    return rel
+
+
+def write_zarr_shard(root: str | Path, source: str, shard_index: int, zarr_start: int,
+                     images: Sequence[np.ndarray] | None = None, chunks: Sequence[bytes] | None = None) -> None:
+    """Write zarr shard ``shard_index`` of ``source`` (rows from ``zarr_start``) from ``images`` (encoded
+    here by zarr-python) or from their pre-encoded ``chunks`` (``EncodedCell.chunk``; the same bytes)."""
+    if (images is None) == (chunks is None):
+        raise ValueError("write_zarr_shard: pass exactly one of images or chunks")
+    n = len(images) if images is not None else len(chunks)  # type: ignore[arg-type]
+    _check_shard(Path(root), source, shard_index, n, zarr_start)
+    if chunks is not None:
+        zarr_store.write_encoded_shard(root, source, shard_index, chunks)
+    else:
+        zarr_store.write_rows(root, source, zarr_start, np.stack(images))  # type: ignore[arg-type]
+
+
+def write_tar_shard(root: str | Path, source: str, shard_index: int, cells: Sequence[Cell], zarr_start: int,
+                    encoded: Sequence[EncodedCell] | None = None) -> ShardRecord:
+    """Write tar shard ``shard_index`` of ``source`` (rows ``zarr_start...`` in the manifest); see :func:`write_shard`.
+
+    The tar is written to a temp file and moved into place atomically. Members per cell:
+    ``<key>.json`` (``Cell.record()`` as canonical JSON) then ``<key>.npy.zst`` (``codec.encode_image``).
+    ``encoded``: :func:`encode_cell` of each cell when already done elsewhere (same bytes either way).
+    """
+    root = Path(root)
+    rel = _check_shard(root, source, shard_index, len(cells), zarr_start)
+    if encoded is not None and len(encoded) != len(cells):
+        raise ValueError(f"write_shard({source}, {shard_index}): {len(encoded)} encoded images for {len(cells)} cells")
     first = cells[0]
     for cell in cells:
         where = f"{rel}: cell {cell.cell_id!r}"
@@ -137,20 +187,22 @@ def write_shard(root: str | Path, source: str, shard_index: int, cells: Sequence
     try:
         with open(tmp, "wb") as fh, tarfile.open(fileobj=fh, mode="w", format=tarfile.USTAR_FORMAT) as tar:
             for i, cell in enumerate(cells):
-                record = canonical_json(cell.record()).encode("utf-8")
-                image = encode_image(cell.image)
+                if encoded is not None:
+                    image, checksum = encoded[i].member, encoded[i].checksum
+                else:
+                    image, checksum = encode_image(cell.image), cell.checksum
+                record = canonical_json(cell.record(checksum)).encode("utf-8")
                 tar.addfile(_tar_info(cell.cell_id + JSON_SUFFIX, len(record)), io.BytesIO(record))
                 # A ustar header is one 512-byte block, so the data starts right after it.
                 offset = tar.offset + _TAR_BLOCK
                 tar.addfile(_tar_info(cell.cell_id + IMAGE_SUFFIX, len(image)), io.BytesIO(image))
-                rows.append(manifest_row(cell, rel, offset, len(image), zarr_start + i))
+                rows.append(manifest_row(cell, rel, offset, len(image), zarr_start + i, checksum))
         digest = file_sha256(tmp)
         size = tmp.stat().st_size
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
-    zarr_store.write_rows(root, source, zarr_start, np.stack([c.image for c in cells]))
     return ShardRecord(path=rel, sha256=digest, rows=rows, source=source, shard_index=shard_index, nbytes=size)
 
 

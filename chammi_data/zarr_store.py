@@ -12,12 +12,16 @@ finalised) and ``omero`` with one entry per channel: ``label``, ``color`` (hex R
 
 from __future__ import annotations
 
+import os
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import google_crc32c
 import numpy as np
 import zarr
+from numcodecs import Blosc
 from zarr.codecs import BloscCodec
 
 from chammi_data.vocab import CHANNEL_COLORS, to_names
@@ -128,6 +132,87 @@ def write_rows(root: str | Path, source: str, start: int, images: np.ndarray) ->
             f"{arr.shape[1:]} {arr.dtype}"
         )
     arr[start : start + n] = images
+
+
+# --- pre-encoded shards --------------------------------------------------------------------------------------
+# A build compresses each cell's zarr chunk on the worker that made the cell (in parallel with everything
+# else) and later writes a zarr shard by concatenating those chunks. The bytes are exactly what zarr-python
+# writes for the same rows (tested): chunks in order (the in-shard chunk grid is (cells_per_shard, 1, 1, 1),
+# whose Morton order is the row order), chunks equal to the fill value (all zero) left out as zarr does with
+# ``write_empty_chunks=False``, then the index ((offset, nbytes) uint64 little-endian per chunk, 2**64-1 for
+# an absent chunk) and its crc32c. The array's codec configuration is checked first: anything else -> error.
+
+_ABSENT = np.uint64(2**64 - 1)
+
+
+def _chunk_blosc(dtype: np.dtype | str) -> Blosc:
+    """The numcodecs Blosc that zarr's ``BloscCodec`` of :func:`create_images` uses for one chunk."""
+    return Blosc.from_config({"cname": "zstd", "clevel": BLOSC_LEVEL, "shuffle": Blosc.SHUFFLE, "blocksize": 0,
+                              "typesize": np.dtype(dtype).itemsize})
+
+
+def encode_chunk(image: np.ndarray) -> bytes:
+    """One cell (C, H, W) as its zarr chunk bytes (little-endian, Blosc); ``b""`` for an all-zero cell, which
+    zarr stores as an absent chunk (it reads back as the fill value 0)."""
+    arr = np.ascontiguousarray(image)
+    if not arr.any():
+        return b""
+    return bytes(_chunk_blosc(arr.dtype).encode(arr.astype(arr.dtype.newbyteorder("<"), copy=False)))
+
+
+def _expected_codecs(dtype: np.dtype, per: int, chw: tuple[int, ...]) -> list[dict[str, Any]]:
+    inner_bytes: dict[str, Any] = {"name": "bytes"}
+    if dtype.itemsize > 1:
+        inner_bytes["configuration"] = {"endian": "little"}
+    return [{"name": "sharding_indexed", "configuration": {
+        "chunk_shape": (1, *chw),
+        "codecs": (inner_bytes, {"name": "blosc", "configuration": {
+            "typesize": dtype.itemsize, "cname": "zstd", "clevel": BLOSC_LEVEL, "shuffle": "shuffle", "blocksize": 0}}),
+        "index_codecs": ({"name": "bytes", "configuration": {"endian": "little"}}, {"name": "crc32c"}),
+        "index_location": "end"}}]
+
+
+def write_encoded_shard(root: str | Path, source: str, shard_index: int, chunks: Sequence[bytes]) -> None:
+    """Write zarr shard ``shard_index`` of ``source`` from :func:`encode_chunk` outputs of its rows, in order.
+
+    One writer per shard, as for :func:`write_rows`; the shard file is written to a temp file and renamed.
+    """
+    arr = open_images(root, source)
+    per = cells_per_shard(arr)
+    start = shard_index * per
+    n = len(chunks)
+    if n == 0 or n > per or start + n > arr.shape[0]:
+        raise ValueError(f"zarr shard {shard_index} of {source}: {n} chunks do not fit rows [{start}, {start + per}) "
+                         f"of an array with {arr.shape[0]} rows")
+    expected = _expected_codecs(np.dtype(arr.dtype), per, tuple(arr.shape[1:]))
+    got = [dict(c) for c in arr.metadata.to_dict()["codecs"]]
+    if got != expected or tuple(arr.shards or ()) != (per, *arr.shape[1:]):
+        raise ValueError(f"zarr store of {source} does not have the layout create_images makes; cannot write "
+                         f"pre-encoded chunks into it (codecs {got})")
+    path = zarr_path(root, source) / ARRAY_NAME / arr.metadata.encode_chunk_key((shard_index, 0, 0, 0))
+    if not any(chunks):  # every cell equals the fill value: zarr keeps no shard file at all
+        path.unlink(missing_ok=True)
+        return
+    index = np.full((per, 2), _ABSENT, dtype="<u8")
+    offset = 0
+    for i, chunk in enumerate(chunks):
+        if chunk:
+            index[i] = (offset, len(chunk))
+            offset += len(chunk)
+    index_bytes = index.tobytes()
+    crc = np.array([google_crc32c.value(index_bytes)], dtype="<u4").tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            for chunk in chunks:
+                fh.write(chunk)
+            fh.write(index_bytes)
+            fh.write(crc)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def set_cell_ids(root: str | Path, source: str, cell_ids: Sequence[str]) -> None:
