@@ -2,10 +2,10 @@
 
 Per build: discover every pipeline's units (sorted) -> run ``process`` on each unit not done yet as a
 dask task; the worker spills the unit's cells, records and skips to ``OUTPUT/.work/<name>/units/
-<unit_id>.npz`` (temp file + ``os.replace``, so a spill is either complete or absent) -> ``assign`` on
+<unit_id>.spill`` (temp file + ``os.replace``, so a spill is either complete or absent) -> ``assign`` on
 the metadata table of all cells -> order the cells (by ``cell_id``, or the pipeline's unit order when it
-sets ``order = "unit"``) -> one dask task per shard loads its cells from the spills and calls
-``chammi_data.writer.write_shard`` (one writer per shard) -> ``finalize_release`` -> build_report.json.
+sets ``order = "unit"``) -> per shard, one dask task writes the tar (from the members the workers already
+encoded) and one the zarr shard (one writer per file) -> ``finalize_release`` -> build_report.json.
 
 Why the output bytes do not depend on workers, scheduling or interruption: cell ids come from raw
 identifiers, cells are sorted before shards are planned, each shard is written by exactly one task from
@@ -53,7 +53,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "cp": {},  # see pipelines.cp.DEFAULTS
     "tasks": {},  # {source: path or rules mapping} overriding manifests/tasks/<source>.yaml
 }
-SPILL_VERSION = 1
+SPILL_VERSION = 2  # 2: a spill holds encoded tar members + zarr chunks and a JSON trailer (was: .npz of pixels)
 log = logging.getLogger(__name__)
 
 
@@ -131,24 +131,48 @@ def _check_cells(result: UnitResult, unit: Unit, allowed: set[str]) -> UnitResul
 
 def _record(cell: Cell) -> dict[str, Any]:
     return {"cell_id": cell.cell_id, "source": cell.source, "label": cell.label, "channels": list(cell.channels),
-            "dtype": str(cell.image.dtype), "meta": cell.meta, "groups": dict(cell.groups)}
+            "dtype": str(cell.image.dtype), "shape": list(cell.image.shape), "meta": cell.meta, "groups": dict(cell.groups)}
 
 
-def write_spill(path: Path, key: str, result: UnitResult) -> None:
-    """Atomically write a unit's cells (images img_<i>), records and skips as an .npz file."""
-    arrays = {f"img_{i}": c.image for i, c in enumerate(result.cells)}
-    arrays["records"] = np.array(canonical_json([_record(c) for c in result.cells]))
-    arrays["skipped"] = np.array(canonical_json([s.to_dict() for s in result.skipped]))
-    arrays["key"] = np.array(key)
+#: a spill file ends with its JSON trailer, the trailer's length (uint64 little-endian) and this marker
+_SPILL_MAGIC = b"CHAMMI-SPILL-2\n"
+_SPILL_TAIL = 8 + len(_SPILL_MAGIC)
+
+
+def write_spill(path: Path, key: str, result: UnitResult) -> list[dict[str, Any]]:
+    """Atomically write a unit's cells to one spill file and return their records.
+
+    Layout: the encoded bytes of every cell (its tar image member, then its zarr chunk: ``writer.encode_cell``;
+    compressing here, on the worker that made the cell, spreads the heaviest part of writing over the unit
+    phase), then a JSON trailer ``{"key", "records", "skipped"}``, its length and a marker. Each record holds
+    the cell's ids, metadata, pixel sha256 and shape, and ``tar`` / ``zarr`` = [offset, length] of its bytes,
+    so a shard writer reads exactly its bytes with one ``pread`` each. Temp file + ``os.replace``: a spill
+    is complete or absent; a torn or foreign file fails the marker check and the unit is recomputed.
+    """
+    from chammi_data.writer import encode_cell
+
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex}.tmp")
+    records = []
     try:
         with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
+            pos = 0
+            for c in result.cells:
+                enc = encode_cell(c)
+                fh.write(enc.member)
+                fh.write(enc.chunk)
+                records.append({**_record(c), "sha256": enc.checksum, "tar": [pos, len(enc.member)],
+                                "zarr": [pos + len(enc.member), len(enc.chunk)]})
+                pos += len(enc.member) + len(enc.chunk)
+            trailer = canonical_json({"key": key, "records": records,
+                                      "skipped": [s.to_dict() for s in result.skipped]}).encode("utf-8")
+            fh.write(trailer)
+            fh.write(len(trailer).to_bytes(8, "little") + _SPILL_MAGIC)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+    return records
 
 
 def read_spill_meta(path: Path, key: str) -> tuple[list[dict[str, Any]], list[Skipped]] | None:
@@ -156,13 +180,22 @@ def read_spill_meta(path: Path, key: str) -> tuple[list[dict[str, Any]], list[Sk
     if not path.is_file():
         return None
     try:
-        with np.load(path, allow_pickle=False) as z:
-            if str(z["key"]) != key:
+        with open(path, "rb") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            if size < _SPILL_TAIL:
                 return None
-            records = json.loads(str(z["records"]))
-            skips = [Skipped(d["source"], d["unit"], d["reason"], d["file"], d["row"], d["count"])
-                     for d in json.loads(str(z["skipped"]))]
-    except Exception:  # a torn or foreign file: recompute the unit
+            fh.seek(size - _SPILL_TAIL)
+            tail = fh.read(_SPILL_TAIL)
+            n = int.from_bytes(tail[:8], "little")
+            if tail[8:] != _SPILL_MAGIC or n > size - _SPILL_TAIL:
+                return None
+            fh.seek(size - _SPILL_TAIL - n)
+            data = json.loads(fh.read(n).decode("utf-8"))
+        if data.get("key") != key:
+            return None
+        records = data["records"]
+        skips = [Skipped(d["source"], d["unit"], d["reason"], d["file"], d["row"], d["count"]) for d in data["skipped"]]
+    except Exception:  # a foreign file: recompute the unit
         return None
     return records, skips
 
@@ -180,8 +213,8 @@ def run_unit(name: str, unit: Unit, config: dict[str, Any], spill_path: str, key
         tb = traceback.format_exc(limit=3).strip().splitlines()[-1]
         result = UnitResult([], [Skipped(unit.source, unit.unit_id, f"error: {type(exc).__name__}: {exc} [{tb}]")])
     result = _check_cells(result, unit, allowed)
-    write_spill(Path(spill_path), key, result)
-    return {"unit_id": unit.unit_id, "records": [_record(c) for c in result.cells],
+    records = write_spill(Path(spill_path), key, result)
+    return {"unit_id": unit.unit_id, "records": records,
             "skipped": [s.to_dict() for s in result.skipped], "seconds": time.perf_counter() - t0}
 
 
@@ -190,27 +223,59 @@ def run_units(name: str, batch: list[tuple[Unit, str, str]], config: dict[str, A
     return [run_unit(name, unit, config, path, key) for unit, path, key in batch]
 
 
-def write_shard_task(root: str, source: str, shard_index: int, zarr_start: int,
-                     entries: list[tuple[str, int, str, list[str]]]) -> Any:
-    """Worker task: load the shard's cells from their spills (path, index, split, tasks) and write them."""
-    from chammi_data.writer import write_shard
+def _load_shard(entries: list[tuple[str, int, str, list[str], dict[str, Any]]], what: str) -> tuple[list[Cell], list[Any]]:
+    """What one shard writer needs (entries: spill path, index, split, tasks, record; see ``plan_shards``).
+
+    ``what="tar"``: Cells built from the records (the pixels are not needed: a zero-stride array of the right
+    shape and dtype stands in) and their ``EncodedCell`` (tar member + checksum). ``what="zarr"``: only the
+    zarr chunk bytes. Each cell's bytes are one ``pread`` at the offset its record gives.
+    """
+    from chammi_data.writer import EncodedCell
 
     cells: list[Cell] = []
-    opened: dict[str, Any] = {}
+    parts: list[Any] = []
+    fds: dict[str, int] = {}
     try:
-        for path, idx, split, tasks in entries:
-            if path not in opened:
-                z = np.load(path, allow_pickle=False)
-                opened[path] = (z, json.loads(str(z["records"])))
-            z, records = opened[path]
-            rec = records[idx]
-            cells.append(Cell(image=z[f"img_{idx}"], channels=tuple(rec["channels"]), source=rec["source"],
+        for path, _idx, split, tasks, rec in entries:
+            if path not in fds:
+                fds[path] = os.open(path, os.O_RDONLY)
+            offset, length = rec[what]
+            data = os.pread(fds[path], length, offset)
+            if len(data) != length:
+                raise OSError(f"spill {path} is shorter than its records say (cell {rec['cell_id']})")
+            if what == "zarr":
+                parts.append(data)
+                continue
+            image = np.broadcast_to(np.zeros((), dtype=rec["dtype"]), tuple(rec["shape"]))
+            cells.append(Cell(image=image, channels=tuple(rec["channels"]), source=rec["source"],
                               label=rec["label"], cell_id=rec["cell_id"], meta=rec["meta"], split=split,
                               tasks=frozenset(tasks), groups=rec["groups"]))
+            parts.append(EncodedCell(data, rec["sha256"], b""))
     finally:
-        for z, _ in opened.values():
-            z.close()
-    return write_shard(root, source, shard_index, cells, zarr_start)
+        for fd in fds.values():
+            os.close(fd)
+    return cells, parts
+
+
+def write_tar_task(root: str, source: str, shard_index: int, zarr_start: int,
+                   entries: list[tuple[str, int, str, list[str], dict[str, Any]]]) -> tuple[Any, float]:
+    """Worker task: tar shard ``shard_index`` from the spills' encoded members; (ShardRecord, seconds)."""
+    from chammi_data.writer import write_tar_shard
+
+    t0 = time.perf_counter()
+    cells, encoded = _load_shard(entries, "tar")
+    return write_tar_shard(root, source, shard_index, cells, zarr_start, encoded), time.perf_counter() - t0
+
+
+def write_zarr_task(root: str, source: str, shard_index: int, zarr_start: int,
+                    entries: list[tuple[str, int, str, list[str], dict[str, Any]]]) -> tuple[None, float]:
+    """Worker task: zarr shard ``shard_index`` (its only writer) from the spills' encoded chunks."""
+    from chammi_data.writer import write_zarr_shard
+
+    t0 = time.perf_counter()
+    _, chunks = _load_shard(entries, "zarr")
+    write_zarr_shard(root, source, shard_index, zarr_start, chunks=chunks)
+    return None, time.perf_counter() - t0
 
 
 # --- the client side ------------------------------------------------------------------------------------------
@@ -250,9 +315,24 @@ def _looks_like(folder: Path, name: str) -> bool:
 
 
 def _warm_up(names: list[str]) -> None:
-    """Run on each worker before the first unit: import the pipelines (seconds on a cold process)."""
+    """Run on each worker before the first unit: import the pipelines (seconds on a cold process) and keep
+    the worker on one core.
+
+    A dask worker here is one thread on one core; zarr's codec pipeline would otherwise encode chunks on a
+    thread pool as wide as the machine, so one worker used ~1.6 cores while writing shards and n workers
+    fought over the same cores (measured: 0.45 s CPU in 0.27 s wall for one HPA shard). One thread per
+    worker makes "n workers" mean n cores, locally and on an external cluster.
+    """
+    import zarr
+
+    from chammi_data.schema import Cell
+    from chammi_data.writer import encode_cell
+
+    zarr.config.set({"threading.max_workers": 1})
     for name in names:
         get_pipeline(name)
+    # first use of the zstd / Blosc encoders (contexts, thread-locals) happens here, not in the first unit
+    encode_cell(Cell(np.ones((3, 8, 8), np.uint8), ("nucleus", "membrane", "protein"), "wtc11", "x", "warmup"))
 
 
 def _make_client(workers: int, scheduler: str | None, processes: bool) -> tuple[Any, Any]:
@@ -313,7 +393,7 @@ def build(sources: str | Sequence[str], input_dir: str | Path | None = None, out
             results: dict[str, dict[str, Any]] = {}
             todo: list[tuple[Unit, str, str]] = []
             for unit in units:
-                path, key = unit_dir / f"{unit.unit_id}.npz", spill_key(name, unit, unit_hash)
+                path, key = unit_dir / f"{unit.unit_id}.spill", spill_key(name, unit, unit_hash)
                 done = read_spill_meta(path, key)
                 if done is not None:
                     results[unit.unit_id] = {"records": done[0], "skipped": [s.to_dict() for s in done[1]]}
@@ -393,16 +473,24 @@ def _finish(client: Any, names: list[str], per_source: dict[str, dict[str, Any]]
         n = sum(len(p["entries"]) for p in src_plans)
         dtype = first.get("dtype", "uint8")
         create_zarr_array(out, src, n, info.channels, info.tile_hw, dtype, cfg["cells_per_shard"])
-    futures = [client.submit(write_shard_task, str(out), src, p["index"], p["zarr_start"], p["entries"], pure=False)
-               for src, src_plans in plans.items() for p in src_plans]
+    timings["write_setup_s"] = time.perf_counter() - t0
+    # Two tasks per shard, tar and zarr: different files, one writer each. Both only concatenate bytes that
+    # the workers encoded in the unit phase.
+    futures = [client.submit(task, str(out), src, p["index"], p["zarr_start"], p["entries"], pure=False)
+               for src, src_plans in plans.items() for p in src_plans for task in (write_zarr_task, write_tar_task)]
     records = []
-    bar = tqdm(total=len(futures), desc="writing shards", unit="shard", disable=not progress)
+    bar = tqdm(total=len(futures), desc="writing shards", unit="file", disable=not progress)
+    busy = 0.0
     for fut in as_completed(futures):
-        records.append(fut.result())
+        rec, seconds = fut.result()
+        busy += seconds
+        if rec is not None:
+            records.append(rec)
         bar.update(1)
     bar.close()
     records.sort(key=lambda r: r.path)
     timings["write_s"] = time.perf_counter() - t0
+    timings["write_busy_s"] = busy
     extra = {"sources_built": names, "rules_sha256": rules, "skipped": result.skip_counts(),
              "unassigned": len(unassigned)}
     result.release_json = finalize_release(out, None, records, cfg, extra)

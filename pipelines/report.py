@@ -54,7 +54,7 @@ def dedupe(name: str, units: list[Unit], results: Mapping[str, Mapping[str, Any]
                 continue
             seen[cid] = unit.unit_id
             cells.append({**rec, "build": name, "unit_id": unit.unit_id, "unit_pos": pos, "index": idx,
-                          "spill": os.path.join(spill_dir, f"{unit.unit_id}.npz")})
+                          "spill": os.path.join(spill_dir, f"{unit.unit_id}.spill")})
     return cells, skipped
 
 
@@ -101,14 +101,22 @@ def order_cells(cells: list[dict[str, Any]], order: str) -> list[dict[str, Any]]
     raise ValueError(f"unknown cell order {order!r}; valid: cell_id, unit")
 
 
+#: the fields of a cell's spill record (``engine._record`` + the sha256 computed with its encoding)
+SPILL_RECORD = ("cell_id", "source", "label", "channels", "dtype", "shape", "meta", "groups", "sha256", "tar", "zarr")
+
+
 def plan_shards(cells: list[dict[str, Any]], per: int) -> dict[str, list[dict[str, Any]]]:
-    """{source: [{index, zarr_start, entries: [(spill, index, split, tasks)]}]}, sources in canonical order."""
+    """{source: [{index, zarr_start, entries: [(spill, index, split, tasks, record)]}]}, sources in canonical order.
+
+    ``record`` is the cell's spill record (ids, label, channels, dtype, shape, sha256, meta, groups and where its
+    encoded bytes lie in the spill), so a shard writer reads only those bytes."""
     plans: dict[str, list[dict[str, Any]]] = {}
     for src in SOURCE_KEYS:
         mine = [c for c in cells if c["source"] == src]
         plans_src = []
         for k in range(0, len(mine), per):
-            entries = [(c["spill"], c["index"], c.get("split", ""), c.get("tasks", [])) for c in mine[k:k + per]]
+            entries = [(c["spill"], c["index"], c.get("split", ""), c.get("tasks", []), {f: c[f] for f in SPILL_RECORD if f in c})
+                       for c in mine[k:k + per]]
             plans_src.append({"index": k // per, "zarr_start": k, "entries": entries})
         if plans_src:
             plans[src] = plans_src

@@ -113,7 +113,7 @@ def test_spill_roundtrip_and_stale_key(tmp_path: Path) -> None:
 
     cell = Cell(np.zeros((3, 238, 374), np.uint8), ("nucleus", "membrane", "protein"), "wtc11", "M0", "wtc11-x",
                 meta={"row": 1})
-    path = tmp_path / "u.npz"
+    path = tmp_path / "u.spill"
     engine.write_spill(path, "k1", UnitResult([cell], [Skipped("wtc11", "u", "why", "f", 2)]))
     records, skips = engine.read_spill_meta(path, "k1")
     assert records[0]["cell_id"] == "wtc11-x" and skips[0].reason == "why" and skips[0].row == 2

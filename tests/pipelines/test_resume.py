@@ -47,11 +47,11 @@ def test_sigkill_and_rerun_gives_identical_output(wtc_raw: Path, tmp_path: Path,
     proc = subprocess.Popen(_cmd(wtc_raw, out, cfg), start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     if moment == "processing":
-        _kill_when(proc, lambda: len(list(spills.glob("*.npz"))) >= 8)
+        _kill_when(proc, lambda: len(list(spills.glob("*.spill"))) >= 8)
     else:
         _kill_when(proc, lambda: len(list((out / "shards" / "wtc11").glob("*.tar"))) >= 1)
     assert not (out / "release.json").exists()
-    done_at_kill = len(list(spills.glob("*.npz")))
+    done_at_kill = len(list(spills.glob("*.spill")))
     assert 8 <= done_at_kill <= 42
 
     rerun = subprocess.run(_cmd(wtc_raw, out, cfg), capture_output=True, text=True, timeout=300)
