@@ -37,15 +37,30 @@ def _channel_view(arr: np.ndarray, axis: int | None) -> tuple[np.ndarray, int | 
     return np.moveaxis(arr, axis, 0), axis
 
 
+#: integer images whose values lie in [0, this) take the histogram / lookup-table path (bincount and table
+#: memory grow with the largest value: 2**22 values = 32 MiB of counts at most)
+_HIST_LIMIT = 1 << 22
+
+
+def _histogram_ok(flat: np.ndarray) -> bool:
+    """True for unsigned 8/16-bit images, and for other integer images whose values are all in [0, 2**22)."""
+    if flat.dtype in (np.uint8, np.uint16):
+        return True
+    if not np.issubdtype(flat.dtype, np.integer) or flat.size == 0:
+        return False
+    return int(flat.min()) >= 0 and int(flat.max()) < _HIST_LIMIT
+
+
 def _clip_points(ch: np.ndarray, low_pct: float, high_pct: float) -> tuple[float, float, float, float]:
     """(low percentile, high percentile, min, max) of one channel, as ``np.percentile`` (linear) gives them.
 
-    Unsigned images of up to 16 bits go through a histogram (``bincount``): the k-th smallest value is read
-    off the cumulative counts, then interpolated exactly like numpy's default method, at a fraction of the
-    cost of the partial sort ``np.percentile`` does (the biggest single cost of scaling a WTC cell).
+    Unsigned images of up to 16 bits (and non-negative integer images below 2**22) go through a histogram
+    (``bincount``): the k-th smallest value is read off the cumulative counts, then interpolated exactly like
+    numpy's default method, at a fraction of the cost of the partial sort ``np.percentile`` does (the biggest
+    single cost of scaling a WTC cell).
     """
     flat = ch.ravel()
-    if flat.dtype in (np.uint8, np.uint16):
+    if _histogram_ok(flat):
         counts = np.bincount(flat, minlength=1)
         cum = np.cumsum(counts)
         n = int(cum[-1])
@@ -92,10 +107,10 @@ def to_uint8(arr: np.ndarray, low_pct: float = 0.0, high_pct: float = 100.0, axi
             which = f" (channel {k})" if moved_from is not None else ""
             raise ValueError(f"constant image{which}: {where} has every pixel equal to {lo:g}")
         ch = chans[k]
-        if ch.dtype in (np.uint8, np.uint16):
-            # A lookup table over every possible value: the same float64 formula, evaluated once per value
-            # instead of once per pixel (a 2048^2 16-bit field: ~10x faster), so the bytes are identical.
-            values = np.arange(np.iinfo(ch.dtype).max + 1, dtype=np.float64)
+        if _histogram_ok(ch.ravel()):
+            # A lookup table over every value up to the channel's maximum: the same float64 formula, evaluated
+            # once per value instead of once per pixel (a 2048^2 16-bit field: ~10x faster), identical bytes.
+            values = np.arange(int(vmax) + 1, dtype=np.float64)
             out[k] = np.rint((np.clip(values, lo, hi) - lo) * (255.0 / (hi - lo))).astype(np.uint8)[ch]
         else:
             scaled = (np.clip(ch.astype(np.float64), lo, hi) - lo) * (255.0 / (hi - lo))
