@@ -61,6 +61,16 @@ def select_rows(manifest: pd.DataFrame, split: str) -> pd.DataFrame:
     return manifest[(manifest["source"] == info.key) & manifest[task_col]]
 
 
+def to_float_tensor(arr: np.ndarray) -> torch.Tensor:
+    """(C, H, W) uint8 / uint16 -> float32 tensor in [0, 1] (``x / 255`` or ``x / 65535``, correctly rounded).
+
+    The one conversion every reader uses (``load``, ``stream``), so a cell is the same tensor whichever way it
+    is read. numpy's divide is as fast here as a multiply by the reciprocal, which would differ in the last bit.
+    """
+    scale = np.float32(255.0 if arr.dtype == np.uint8 else 65535.0)
+    return torch.from_numpy(np.divide(arr, scale, dtype=np.float32))
+
+
 class ReleaseDataset(Dataset):
     """Map-style dataset over selected manifest rows of a release (see module docstring).
 
@@ -114,13 +124,12 @@ class ReleaseDataset(Dataset):
         i = i % len(self)
         row = self._records[i]
         arr = self.read_array(i)
-        scale = 255.0 if arr.dtype == np.uint8 else 65535.0
         meta = parse_meta(row["meta"])
         meta.setdefault("train_test_split", row["train_test_split"])
         meta.setdefault("tasks", [t for t in TASK_COLUMNS if row[t]])
         meta.setdefault("row", int(row["zarr_row"]))
         sample = {
-            "image": torch.from_numpy(np.divide(arr, np.float32(scale), dtype=np.float32)),
+            "image": to_float_tensor(arr),
             "channels": tuple(str(row["channels"]).split(",")),
             "source": row["source"],
             "label": row["label"],

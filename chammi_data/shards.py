@@ -15,12 +15,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import imagecodecs
 import numpy as np
 import zstandard
 
@@ -36,16 +36,6 @@ _TYPE_NAMES = {b"1": "hard link", b"2": "symbolic link", b"3": "character device
 
 # The exact header ``np.save`` writes for a C-order (C, H, W) uint8/uint16 array; anything else takes the
 # general (slower, equally strict) path of ``codec.decode_image``.
-_LOCAL = threading.local()  # one zstd decompression context per thread: creating one costs ~10 us a sample
-
-
-def _decompressor() -> zstandard.ZstdDecompressor:
-    dctx = getattr(_LOCAL, "dctx", None)
-    if dctx is None:
-        dctx = _LOCAL.dctx = zstandard.ZstdDecompressor()
-    return dctx
-
-
 _NPY_HEADER = re.compile(rb"\{'descr': '([<|]u[12])', 'fortran_order': False, 'shape': \((\d+), (\d+), (\d+)\), \} *\n")
 
 
@@ -92,28 +82,45 @@ def _parse_header(block: bytes, shard: str, pos: int) -> tuple[str, int, bytes]:
     return name, size, block[156:157]
 
 
-def decode_image_fast(data: bytes, where: str = "image") -> np.ndarray:
-    """Same result and checks as ``codec.decode_image``, without ``np.load``'s copy and ``literal_eval``.
+#: largest decompressed member we allocate for (a hostile frame header may declare any size)
+MAX_MEMBER_BYTES = 1 << 31
 
-    Parses the fixed ``.npy`` header of our own writer with a strict regex and views the pixels with
-    ``np.frombuffer`` (on a writable copy); any other header falls back to ``codec.decode_image``.
+
+def decode_image_fast(data: bytes, where: str = "image") -> np.ndarray:
+    """Same result and checks as ``codec.decode_image``, without ``np.load``'s copies and ``literal_eval``.
+
+    The zstd frame is decompressed straight into a new writable numpy buffer of the size its header declares
+    (imagecodecs' zstd binding; 10-60% faster than a bytes result plus a copy), the fixed ``.npy`` header of
+    our own writer is parsed with a strict regex and the pixels are a view into that buffer. Frames without
+    a declared size, and any other header, take the general path of ``codec.decode_image``.
     """
     try:
-        raw = _decompressor().decompress(data)
+        size = zstandard.frame_content_size(data)
     except zstandard.ZstdError as exc:
         raise CorruptSampleError(f"{where}: cannot decode image (ZstdError: {exc})") from None
-    if raw[:8] != b"\x93NUMPY\x01\x00" or len(raw) < 10:
+    if size < 0:
         return decode_image(data, where)
-    start = 10 + int.from_bytes(raw[8:10], "little")
-    m = _NPY_HEADER.fullmatch(raw, 10, start)
+    if size > MAX_MEMBER_BYTES:
+        raise CorruptSampleError(f"{where}: cannot decode image (zstd frame declares {size} bytes)")
+    buf = np.empty(size, np.uint8)
+    try:
+        out = imagecodecs.zstd_decode(data, out=buf)
+    except imagecodecs.ZstdError as exc:
+        raise CorruptSampleError(f"{where}: cannot decode image (ZstdError: {exc})") from None
+    if len(out) != size:
+        raise CorruptSampleError(f"{where}: cannot decode image (zstd frame gave {len(out)} of {size} bytes)")
+    head = buf[:10].tobytes()
+    if head[:8] != b"\x93NUMPY\x01\x00" or size < 10:
+        return decode_image(data, where)
+    start = 10 + int.from_bytes(head[8:10], "little")
+    m = _NPY_HEADER.fullmatch(buf[10:start].tobytes())
     if m is None:
         return decode_image(data, where)
     dtype = np.dtype(m.group(1).decode("ascii"))
     shape = tuple(int(x) for x in m.groups()[1:])
-    if len(raw) - start != int(np.prod(shape)) * dtype.itemsize:
-        raise CorruptSampleError(f"{where}: cannot decode image (pixel data has {len(raw) - start} bytes for shape {shape} {dtype})")
-    # One copy into a writable buffer (bytes are immutable); the pixels are then viewed in place.
-    return np.frombuffer(bytearray(raw), dtype=dtype, offset=start).reshape(shape)
+    if size - start != int(np.prod(shape)) * dtype.itemsize:
+        raise CorruptSampleError(f"{where}: cannot decode image (pixel data has {size - start} bytes for shape {shape} {dtype})")
+    return buf[start:].view(dtype).reshape(shape)
 
 
 def _check_name(name: str, typeflag: bytes, shard: str) -> tuple[str, str]:

@@ -46,6 +46,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from chammi_data.dataset import select_rows as dataset_select_rows
+from chammi_data.dataset import to_float_tensor
 from chammi_data.manifest import parse_meta, read_manifest
 from chammi_data.paths import default_release_dir
 from chammi_data.shards import ShardReader
@@ -204,16 +205,13 @@ class ShardStream(IterableDataset):
         # One pread by offset; the reader checks shape/dtype against the row and names shard + key on error.
         row = {"shard": self._shard[i], "key": self._key[i], "offset": int(self._offset[i]), "nbytes": int(self._nbytes[i]),
                "channels": channels, "height": int(self._height[i]), "width": int(self._width[i]), "dtype": self._dtype[i]}
-        arr = self._reader.read(row)
-        # Scale in numpy: for small images torch's per-op threading overhead dominates the arithmetic.
-        image = arr.astype(np.float32)
-        image *= np.float32(1.0 / (255.0 if arr.dtype == np.uint8 else 65535.0))
+        image = to_float_tensor(self._reader.read(row))
         meta = parse_meta(self._meta[i])
         e = self.epoch if epoch is None else epoch
         pos = -1 if position is None else position
         meta.update({"stream_epoch": e, "stream_index": pos, "manifest_row": int(self._manifest_row[i])})
         sample = {
-            "image": torch.from_numpy(image),
+            "image": image,
             "channels": channels,
             "source": self._source[i],
             "label": self._label[i],

@@ -157,3 +157,11 @@ def test_fast_decode_matches_codec():
         decode_image_fast(zstandard.ZstdCompressor().compress(raw[:-3]), where="s:k")
     with pytest.raises(CorruptSampleError, match="s:k"):
         decode_image_fast(b"not zstd", where="s:k")
+    data = encode_image(img)
+    with pytest.raises(CorruptSampleError, match="s:k"):  # frame cut short: fewer bytes than it declares
+        decode_image_fast(data[: len(data) // 2], where="s:k")
+    # a frame header that declares 2**40 bytes is refused before anything is allocated
+    # (magic, descriptor 0xE0 = single segment + 8-byte content size, the size, then a 3-byte block header)
+    fake = b"\x28\xb5\x2f\xfd" + bytes([0xE0]) + (1 << 40).to_bytes(8, "little") + b"\x01\x00\x00"
+    with pytest.raises(CorruptSampleError, match="declares"):
+        decode_image_fast(fake, where="s:k")
