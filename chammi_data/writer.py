@@ -16,7 +16,6 @@ headers, deterministic parquet).
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import tarfile
 import uuid
@@ -185,19 +184,36 @@ def write_tar_shard(root: str | Path, source: str, shard_index: int, cells: Sequ
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex}.tmp")
     rows: list[dict[str, Any]] = []
     try:
-        with open(tmp, "wb") as fh, tarfile.open(fileobj=fh, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        # The bytes tarfile would write (ustar headers, data padded to 512, two zero blocks, the archive padded
+        # to tarfile's 10240-byte records), written directly and hashed on the way: no copies through BytesIO
+        # and no second read of the file for its sha256.
+        digest_h = hashlib.sha256()
+        pos = 0
+        with open(tmp, "wb") as fh:
+
+            def put(data: bytes) -> None:
+                nonlocal pos
+                fh.write(data)
+                digest_h.update(data)
+                pos += len(data)
+
             for i, cell in enumerate(cells):
                 if encoded is not None:
                     image, checksum = encoded[i].member, encoded[i].checksum
                 else:
                     image, checksum = encode_image(cell.image), cell.checksum
                 record = canonical_json(cell.record(checksum)).encode("utf-8")
-                tar.addfile(_tar_info(cell.cell_id + JSON_SUFFIX, len(record)), io.BytesIO(record))
-                # A ustar header is one 512-byte block, so the data starts right after it.
-                offset = tar.offset + _TAR_BLOCK
-                tar.addfile(_tar_info(cell.cell_id + IMAGE_SUFFIX, len(image)), io.BytesIO(image))
+                for name, data in ((cell.cell_id + JSON_SUFFIX, record), (cell.cell_id + IMAGE_SUFFIX, image)):
+                    put(_tar_info(name, len(data)).tobuf(tarfile.USTAR_FORMAT, tarfile.ENCODING, "surrogateescape"))
+                    offset = pos  # a ustar header is one 512-byte block: the data starts right after it
+                    put(data)
+                    if len(data) % _TAR_BLOCK:
+                        put(bytes(_TAR_BLOCK - len(data) % _TAR_BLOCK))
                 rows.append(manifest_row(cell, rel, offset, len(image), zarr_start + i, checksum))
-        digest = file_sha256(tmp)
+            put(bytes(2 * _TAR_BLOCK))  # end-of-archive marker
+            if pos % tarfile.RECORDSIZE:
+                put(bytes(tarfile.RECORDSIZE - pos % tarfile.RECORDSIZE))
+        digest = digest_h.hexdigest()
         size = tmp.stat().st_size
         os.replace(tmp, path)
     finally:
