@@ -361,8 +361,6 @@ def build(sources: str | Sequence[str], input_dir: str | Path | None = None, out
     local cluster's workers as threads (tests). Returns a :class:`BuildResult`; raises nothing for bad
     input (it is skipped and reported), only for unusable arguments or a source whose tables are missing.
     """
-    from dask.distributed import as_completed
-    from tqdm.auto import tqdm
 
     t_start = time.perf_counter()
     names = resolve_sources(sources)
@@ -384,73 +382,84 @@ def build(sources: str | Sequence[str], input_dir: str | Path | None = None, out
     try:
         client.run(_warm_up, names)  # imports on every worker now, so unit timings measure the work
         timings["cluster_start_s"] = time.perf_counter() - t0
-        per_source: dict[str, dict[str, Any]] = {}
-        for name in names:
-            pipeline, units, skipped = found[name]
-            t0 = time.perf_counter()
-            unit_dir = work / name / "units"
-            unit_hash = unit_config_hash(cfg, name)
-            results: dict[str, dict[str, Any]] = {}
-            todo: list[tuple[Unit, str, str]] = []
-            for unit in units:
-                path, key = unit_dir / f"{unit.unit_id}.spill", spill_key(name, unit, unit_hash)
-                done = read_spill_meta(path, key)
-                if done is not None:
-                    results[unit.unit_id] = {"records": done[0], "skipped": [s.to_dict() for s in done[1]]}
-                else:
-                    todo.append((unit, str(path), key))
-            # small units travel in batches (each still spilled on its own, so resume stays per unit)
-            per_task = max(1, int(getattr(pipeline, "units_per_task", 1)))
-            futures = [client.submit(run_units, name, todo[i:i + per_task], cfg, pure=False)
-                       for i in range(0, len(todo), per_task)]
-            bar = tqdm(total=len(units), initial=len(results), desc=f"{name}: units", unit="unit", disable=not progress)
-            busy = 0.0
-            for fut in as_completed(futures):
-                for res in fut.result():
-                    results[res["unit_id"]] = res
-                    busy += res["seconds"]
-                    bar.update(1)
-            bar.close()
-            per_source[name] = {"pipeline": pipeline, "units": units, "discover_skipped": skipped,
-                                "results": results, "reused": len(units) - len(todo), "dir": dirs[name]}
-            timings[f"{name}.process_s"] = time.perf_counter() - t0
-            timings[f"{name}.worker_busy_s"] = busy
-        return _finish(client, names, per_source, cfg, cfg_hash, out, work, strict, progress, timings, t_start, keep_work)
+        return _run(client, names, found, dirs, cfg, cfg_hash, out, work, strict, progress, timings, t_start, keep_work)
     finally:
         client.close()
         if cluster is not None:
             cluster.close()
 
 
-def _finish(client: Any, names: list[str], per_source: dict[str, dict[str, Any]], cfg: dict[str, Any], cfg_hash: str,
-            out: Path, work: Path, strict: bool, progress: bool, timings: dict[str, float], t_start: float,
-            keep_work: bool) -> BuildResult:
-    """Assign, order, write shards on the cluster, finalize, report."""
+#: dask priority of shard-writing tasks: they run before the unit tasks of the sources still in progress
+WRITE_PRIORITY = 10
+
+
+def _run(client: Any, names: list[str], found: dict[str, tuple[Any, list[Unit], list[Skipped]]], dirs: dict[str, Path],
+         cfg: dict[str, Any], cfg_hash: str, out: Path, work: Path, strict: bool, progress: bool,
+         timings: dict[str, float], t_start: float, keep_work: bool) -> BuildResult:
+    """Units of every source on the cluster at once; a source's shards are written as soon as its units are done.
+
+    Overlapping the writing of one source (file I/O) with the units of the next keeps the workers busy in a
+    ``--source all`` build. With ``strict`` nothing is written until every source is known to have no skip.
+    Which worker writes what, and when, does not change a byte of the output.
+    """
     from dask.distributed import as_completed
     from tqdm.auto import tqdm
 
-    from chammi_data.writer import create_zarr_array, finalize_release
+    t_units = time.perf_counter()
+    per_source: dict[str, dict[str, Any]] = {}
+    owner: dict[Any, str] = {}
+    left: dict[str, int] = {}
+    bars: dict[str, Any] = {}
+    for k, name in enumerate(names):
+        pipeline, units, skipped = found[name]
+        unit_dir = work / name / "units"
+        unit_hash = unit_config_hash(cfg, name)
+        results: dict[str, dict[str, Any]] = {}
+        todo: list[tuple[Unit, str, str]] = []
+        for unit in units:
+            path, key = unit_dir / f"{unit.unit_id}.spill", spill_key(name, unit, unit_hash)
+            done = read_spill_meta(path, key)
+            if done is not None:
+                results[unit.unit_id] = {"records": done[0], "skipped": [s.to_dict() for s in done[1]]}
+            else:
+                todo.append((unit, str(path), key))
+        # small units travel in batches (each still spilled on its own, so resume stays per unit)
+        per_task = max(1, int(getattr(pipeline, "units_per_task", 1)))
+        for i in range(0, len(todo), per_task):
+            owner[client.submit(run_units, name, todo[i:i + per_task], cfg, pure=False)] = name
+        left[name] = -(-len(todo) // per_task)
+        per_source[name] = {"pipeline": pipeline, "units": units, "discover_skipped": skipped, "results": results,
+                            "reused": len(units) - len(todo), "dir": dirs[name], "busy": 0.0}
+        bars[name] = tqdm(total=len(units), initial=len(results), desc=f"{name}: units", unit="unit",
+                          disable=not progress, position=k)
+    writing = _Writing(client, out, cfg, progress)
+    prepared: dict[str, tuple[list[dict[str, Any]], list[Skipped], list[dict[str, Any]]]] = {}
 
-    t0 = time.perf_counter()
-    ordered: list[dict[str, Any]] = []
-    all_skipped: list[Skipped] = []
-    unassigned: list[dict[str, Any]] = []
-    rules: dict[str, str] = {}
-    for name in names:
+    def source_done(name: str) -> None:
         info = per_source[name]
-        cells, skipped = dedupe(name, info["units"], info["results"], str(work / name / "units"))
-        skipped = list(info["discover_skipped"]) + skipped
-        info["skipped"] = skipped
-        if cells:
-            table = cell_table(cells)
-            assigned = info["pipeline"].assign(table, cfg)
-            cells, missing = assemble(name, cells, assigned)
-            unassigned.extend(missing)
-            cells = order_cells(cells, getattr(info["pipeline"], "order", "cell_id"))
-        ordered.extend(cells)
-        all_skipped.extend(skipped)
-        rules[name] = _rules_digest(name, cfg)
-    timings["assign_s"] = time.perf_counter() - t0
+        timings[f"{name}.process_s"] = time.perf_counter() - t_units
+        timings[f"{name}.worker_busy_s"] = info.pop("busy")
+        bars[name].close()
+        prepared[name] = _prepare(name, info, cfg, work)
+        if not strict:
+            writing.submit(prepared[name][0])
+
+    for name in names:
+        if left[name] == 0:
+            source_done(name)
+    for fut in as_completed(list(owner)):
+        name = owner.pop(fut)
+        for res in fut.result():
+            per_source[name]["results"][res["unit_id"]] = res
+            per_source[name]["busy"] += res["seconds"]
+            bars[name].update(1)
+        left[name] -= 1
+        if left[name] == 0:
+            source_done(name)
+    t0 = time.perf_counter()
+    ordered = [c for n in names for c in prepared[n][0]]
+    all_skipped = [s for n in names for s in prepared[n][1]]
+    unassigned = [u for n in names for u in prepared[n][2]]
     result = BuildResult(output=out, sources=names, config_hash=cfg_hash, cells=ordered, skipped=all_skipped,
                          unassigned=unassigned, per_source=per_source, timings=timings)
     if strict and (all_skipped or not ordered):
@@ -459,38 +468,15 @@ def _finish(client: Any, names: list[str], per_source: dict[str, dict[str, Any]]
     if not ordered:
         result.failed = "no cells were produced; see the skipped items"
         return result.write_report(t_start)
-    t0 = time.perf_counter()
-    for stale in ("shards", "zarr", "manifest.parquet", "manifest.csv", "release.json"):
-        p = out / stale
-        if p.is_dir():
-            shutil.rmtree(p)
-        elif p.exists():
-            p.unlink()
-    plans = plan_shards(ordered, cfg["cells_per_shard"])
-    for src, src_plans in plans.items():
-        first = next(c for c in ordered if c["source"] == src)
-        info = SOURCES[src]
-        n = sum(len(p["entries"]) for p in src_plans)
-        dtype = first.get("dtype", "uint8")
-        create_zarr_array(out, src, n, info.channels, info.tile_hw, dtype, cfg["cells_per_shard"])
-    timings["write_setup_s"] = time.perf_counter() - t0
-    # Two tasks per shard, tar and zarr: different files, one writer each. Both only concatenate bytes that
-    # the workers encoded in the unit phase.
-    futures = [client.submit(task, str(out), src, p["index"], p["zarr_start"], p["entries"], pure=False)
-               for src, src_plans in plans.items() for p in src_plans for task in (write_zarr_task, write_tar_task)]
-    records = []
-    bar = tqdm(total=len(futures), desc="writing shards", unit="file", disable=not progress)
-    busy = 0.0
-    for fut in as_completed(futures):
-        rec, seconds = fut.result()
-        busy += seconds
-        if rec is not None:
-            records.append(rec)
-        bar.update(1)
-    bar.close()
-    records.sort(key=lambda r: r.path)
-    timings["write_s"] = time.perf_counter() - t0
-    timings["write_busy_s"] = busy
+    if strict:
+        for name in names:
+            writing.submit(prepared[name][0])
+    records = writing.collect()
+    timings["write_s"] = time.perf_counter() - t0  # the writing left after the last unit (all of it for one source)
+    timings["write_busy_s"] = writing.busy
+    from chammi_data.writer import finalize_release
+
+    rules = {name: _rules_digest(name, cfg) for name in names}
     extra = {"sources_built": names, "rules_sha256": rules, "skipped": result.skip_counts(),
              "unassigned": len(unassigned)}
     result.release_json = finalize_release(out, None, records, cfg, extra)
@@ -500,6 +486,71 @@ def _finish(client: Any, names: list[str], per_source: dict[str, dict[str, Any]]
         if work.is_dir() and not any(work.iterdir()):
             work.rmdir()
     return result.write_report(t_start)
+
+
+def _prepare(name: str, info: dict[str, Any], cfg: dict[str, Any],
+             work: Path) -> tuple[list[dict[str, Any]], list[Skipped], list[dict[str, Any]]]:
+    """A finished source's cells (deduplicated, assigned to splits and tasks, in release order), skips, unassigned."""
+    cells, skipped = dedupe(name, info["units"], info["results"], str(work / name / "units"))
+    skipped = list(info["discover_skipped"]) + skipped
+    info["skipped"] = skipped
+    missing: list[dict[str, Any]] = []
+    if cells:
+        assigned = info["pipeline"].assign(cell_table(cells), cfg)
+        cells, missing = assemble(name, cells, assigned)
+        cells = order_cells(cells, getattr(info["pipeline"], "order", "cell_id"))
+    return cells, skipped, missing
+
+
+class _Writing:
+    """Shard writing on the cluster, source by source: the first call clears the old outputs, each source gets
+    its zarr array, then two tasks per shard (tar and zarr: different files, one writer each) that only
+    concatenate the bytes the workers encoded in the unit phase."""
+
+    def __init__(self, client: Any, out: Path, cfg: dict[str, Any], progress: bool):
+        self.client, self.out, self.cfg, self.progress = client, out, cfg, progress
+        self.futures: list[Any] = []
+        self.cleared = False
+        self.busy = 0.0
+
+    def submit(self, cells: list[dict[str, Any]]) -> None:
+        from chammi_data.writer import create_zarr_array
+
+        if not cells:
+            return
+        if not self.cleared:
+            for stale in ("shards", "zarr", "manifest.parquet", "manifest.csv", "release.json"):
+                p = self.out / stale
+                if p.is_dir():
+                    shutil.rmtree(p)
+                elif p.exists():
+                    p.unlink()
+            self.cleared = True
+        for src, src_plans in plan_shards(cells, self.cfg["cells_per_shard"]).items():
+            info = SOURCES[src]
+            first = next(c for c in cells if c["source"] == src)
+            n = sum(len(p["entries"]) for p in src_plans)
+            create_zarr_array(self.out, src, n, info.channels, info.tile_hw, first.get("dtype", "uint8"),
+                              self.cfg["cells_per_shard"])
+            self.futures += [self.client.submit(task, str(self.out), src, p["index"], p["zarr_start"], p["entries"],
+                                                pure=False, priority=WRITE_PRIORITY)
+                             for p in src_plans for task in (write_zarr_task, write_tar_task)]
+
+    def collect(self) -> list[Any]:
+        """Wait for every write task; the shard records sorted by path."""
+        from dask.distributed import as_completed
+        from tqdm.auto import tqdm
+
+        records = []
+        bar = tqdm(total=len(self.futures), desc="writing shards", unit="file", disable=not self.progress)
+        for fut in as_completed(self.futures):
+            rec, seconds = fut.result()
+            self.busy += seconds
+            if rec is not None:
+                records.append(rec)
+            bar.update(1)
+        bar.close()
+        return sorted(records, key=lambda r: r.path)
 
 
 def _rules_digest(name: str, cfg: dict[str, Any]) -> str:
