@@ -25,6 +25,8 @@ build config gives the Phenix channel numbers (they differ between projects).
 
 from __future__ import annotations
 
+import csv
+import math
 import re
 import sqlite3
 from dataclasses import dataclass, field
@@ -287,6 +289,43 @@ def _objects(df: pd.DataFrame, where: str) -> list[tuple[int, float, float]]:
     return out
 
 
+#: what pandas reads as missing by default; a per-site table is parsed with the csv module (pandas costs ~1.5 ms
+#: a site, a tenth of processing one) with the same meaning for empty and NA cells
+_NA = {"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>", "N/A", "NA",
+       "NULL", "NaN", "None", "n/a", "nan", "null"}
+
+
+def _site_csv_objects(path: Path, where: str) -> list[tuple[int, float, float]]:
+    """:func:`_objects` of a per-site Nuclei.csv, read with the csv module (same rows, same numbers)."""
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        rows = csv.reader(fh)
+        header = next(rows, None)
+        if header is None:
+            raise LayoutError(f"{where}: empty table")
+        for col in (X_COL, Y_COL):
+            if col not in header:
+                raise LayoutError(f"{where}: missing column {col!r}")
+        ix, iy = header.index(X_COL), header.index(Y_COL)
+        io = header.index("ObjectNumber") if "ObjectNumber" in header else None
+        out: list[tuple[int, float, float]] = []
+        n = 0
+        for row in rows:
+            if not row:
+                continue  # pandas skips blank lines too
+            n += 1
+            if len(row) > len(header):
+                raise LayoutError(f"{where}: row {n} has {len(row)} fields, the header has {len(header)}")
+            row = row + [""] * (len(header) - len(row))  # a short row's missing cells are NA, as in pandas
+            x, y = row[ix].strip(), row[iy].strip()
+            if x in _NA or y in _NA:
+                continue
+            fx, fy = float(x), float(y)
+            if math.isnan(fx) or math.isnan(fy):
+                continue
+            out.append((int(float(row[io])) if io is not None else n, fx, fy))
+    return out
+
+
 def _site_filter(df: pd.DataFrame, plate: str, well: str, site: int, prefix: str) -> pd.Series:
     wells = df[f"{prefix}Metadata_Well"].astype(str).map(normalise_well)
     mask = (wells == well) & (pd.to_numeric(df[f"{prefix}Metadata_Site"]) == site)
@@ -316,7 +355,7 @@ def read_positions(spec: dict[str, str], plate: str, well: str, site: int) -> li
     kind, path = spec["kind"], Path(spec["path"])
     where = f"{path} (plate {plate} well {well} site {site})"
     if kind == "site_csv":
-        return _objects(pd.read_csv(path), where)
+        return _site_csv_objects(path, where)
     if kind == "plate_csv":
         df = _table(path)
         if "Metadata_Well" not in df.columns:

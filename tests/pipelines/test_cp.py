@@ -356,3 +356,24 @@ def test_sample_is_deterministic(sample, tmp_path):
     ref = [c for c in cells if c.meta["plate"] == again[5].payload["plate"]
            and c.meta["well"] == again[5].payload["well"]]
     assert [c.checksum for c in first] == [c.checksum for c in ref]
+
+
+@pytest.mark.parametrize("text", [
+    "ObjectNumber,Nuclei_Location_Center_X,Nuclei_Location_Center_Y\n1,10.5,20\n2,,3\n\n3,7e1,NaN\n4,5,6\n",
+    "\ufeffNuclei_Location_Center_Y,Other,Nuclei_Location_Center_X\n1.5,a,2\n3,\"b,c\",4\nnan,x,1\n5,y\n",
+    "Nuclei_Location_Center_X,Nuclei_Location_Center_Y\n",
+])
+def test_site_csv_reader_matches_pandas(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "Nuclei.csv"
+    path.write_text(text, encoding="utf-8")
+    assert lay._site_csv_objects(path, "w") == lay._objects(pd.read_csv(path), "w")
+
+
+def test_site_csv_reader_errors(tmp_path: Path) -> None:
+    path = tmp_path / "Nuclei.csv"
+    path.write_text("Nuclei_Location_Center_X,Other\n1,2\n", encoding="utf-8")
+    with pytest.raises(lay.LayoutError, match="missing column 'Nuclei_Location_Center_Y'"):
+        lay._site_csv_objects(path, "w")
+    path.write_text("Nuclei_Location_Center_X,Nuclei_Location_Center_Y\n1,2,3\n", encoding="utf-8")
+    with pytest.raises(lay.LayoutError, match="row 1 has 3 fields"):
+        lay._site_csv_objects(path, "w")
