@@ -43,7 +43,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, default_colla
 from tqdm import tqdm
 
 from chammi_data.codec import encode_image
-from chammi_data.dataset import load
+from chammi_data.dataset import load, to_float_tensor
 from chammi_data.manifest import read_manifest
 from chammi_data.official import chw_to_tape, tape_to_chw
 from chammi_data.schema import Cell, make_cell_id
@@ -84,48 +84,25 @@ def official_fold(path: Path, width: int) -> np.ndarray:
     return np.reshape(tape, (tape.shape[0], width, -1), order="F").transpose(2, 0, 1)
 
 
-class OfficialTapes(Dataset):
-    """The official loaders' way (skimage imread + fold), then the same float conversion as ours."""
-
-    def __init__(self, paths: list[Path], width: int):
-        self.paths, self.width = paths, width
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return torch.from_numpy(np.divide(official_fold(self.paths[i], self.width), np.float32(255), dtype=np.float32))
+def pil_fold(path: Path, width: int) -> np.ndarray:
+    """A leaner read than the official one: PIL open + fold to (C, H, W)."""
+    with Image.open(path) as im:
+        return tape_to_chw(np.asarray(im), width)
 
 
-class OfficialArrays(OfficialTapes):
-    """The official loaders' decode only: skimage imread + fold -> contiguous uint8 (C, H, W)."""
+class Tapes(Dataset):
+    """Tape PNGs read by ``fold`` (:func:`official_fold` or :func:`pil_fold`): contiguous uint8 (C, H, W), or
+    with ``to_float`` the float tensor of ``chammi_data``'s own conversion, so only the read differs."""
 
-    def __getitem__(self, i: int) -> np.ndarray:  # type: ignore[override]
-        return np.ascontiguousarray(official_fold(self.paths[i], self.width))
-
-
-class PngTapes(Dataset):
-    """A leaner PNG reader than the official one: PIL open + fold to (C, H, W), float in [0, 1]."""
-
-    def __init__(self, paths: list[Path], width: int):
-        self.paths, self.width = paths, width
+    def __init__(self, paths: list[Path], width: int, fold, to_float: bool):
+        self.paths, self.width, self.fold, self.to_float = paths, width, fold, to_float
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> torch.Tensor:
-        with Image.open(self.paths[i]) as im:
-            tape = np.asarray(im)
-        # The same float conversion as chammi_data.dataset, so only the decoding differs.
-        return torch.from_numpy(np.divide(tape_to_chw(tape, self.width), np.float32(255), dtype=np.float32))
-
-
-class PngArrays(PngTapes):
-    """PIL decode only: open + fold -> uint8 (C, H, W) (no float conversion)."""
-
-    def __getitem__(self, i: int) -> np.ndarray:  # type: ignore[override]
-        with Image.open(self.paths[i]) as im:
-            return np.ascontiguousarray(tape_to_chw(np.asarray(im), self.width))
+    def __getitem__(self, i: int):
+        arr = self.fold(self.paths[i], self.width)
+        return to_float_tensor(arr) if self.to_float else np.ascontiguousarray(arr)
 
 
 class TarArrays(Dataset):
@@ -305,13 +282,13 @@ def bench_source(source: str, n: int, workers: int, work: Path, seed: int) -> di
     survey = codec_survey([c.image for c in cells[:20]])
     del cells
     readers = {
-        "png": OfficialTapes(paths, info.tile_hw[1]),
-        "pil": PngTapes(paths, info.tile_hw[1]),
+        "png": Tapes(paths, info.tile_hw[1], official_fold, to_float=True),
+        "pil": Tapes(paths, info.tile_hw[1], pil_fold, to_float=True),
         "tar": Images(load("all", root=rel)),
         "stream": StreamImages(stream(rel, split="all", shuffle=False)),
         "zarr": Images(load("all", root=rel, backend="zarr")),
-        "png-u8": OfficialArrays(paths, info.tile_hw[1]),
-        "pil-u8": PngArrays(paths, info.tile_hw[1]),
+        "png-u8": Tapes(paths, info.tile_hw[1], official_fold, to_float=False),
+        "pil-u8": Tapes(paths, info.tile_hw[1], pil_fold, to_float=False),
         "tar-u8": TarArrays(rel),
         "raw-u8": RawArrays(raw_path, (info.num_channels, *info.tile_hw)),
     }
