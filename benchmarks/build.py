@@ -119,9 +119,12 @@ NOTES = """## Reading the numbers
   sets MALLOC_TRIM_THRESHOLD_ in its workers, which (glibc) pins the mmap threshold and made every unit
   1.6-1.7x slower than in-process; the engine unsets it for its LocalCluster (set it yourself on the
   workers of an external cluster).
-- On this 2-core machine the scheduler and the client share the cores with the two workers, and two
-  workers that read and write files at once slow each other by ~10% (summed busy time 1.14 s -> 1.26 s
-  for CP): that is the gap between the measured speed-up and 2x.
+- On this 2-core machine the dask scheduler and the client run on the same two cores as the workers. Each task
+  costs them a few ms of CPU (0.3-0.5 s per sample build before batching), which showed up as ~20% longer units
+  with 2 workers than with 1. HPA fields travel 2 per task and CP sites 3 per task (each still spilled on its
+  own), and the shard tasks get their entries as one JSON string (dask walks nested arguments). What remains
+  between the measured speed-up and 2x is that overhead, two workers doing file I/O at once, and the short,
+  unscaled write phase of the small CP sample (CP has moved between 1.56x and 1.76x across runs).
 - Serial `process` vs just reading the raw files is the target's measure (the work a source needs beyond
   reading). CP illumination-corrected planes are rounded back to integer counts so the percentile clip takes
   the exact histogram path, and the plate's illumination functions are cached per worker.
