@@ -1,11 +1,13 @@
 """The curation engine: source pipelines on dask.distributed -> one reproducible, resumable release.
 
 Per build: discover every pipeline's units (sorted) -> run ``process`` on each unit not done yet as a
-dask task; the worker spills the unit's cells, records and skips to ``OUTPUT/.work/<name>/units/
-<unit_id>.spill`` (temp file + ``os.replace``, so a spill is either complete or absent) -> ``assign`` on
-the metadata table of all cells -> order the cells (by ``cell_id``, or the pipeline's unit order when it
-sets ``order = "unit"``) -> per shard, one dask task writes the tar (from the members the workers already
-encoded) and one the zarr shard (one writer per file) -> ``finalize_release`` -> build_report.json.
+dask task (the units of all sources are queued at once); the worker compresses the unit's cells and spills
+them with records and skips to ``OUTPUT/.work/<name>/units/<unit_id>.spill`` (temp file + ``os.replace``,
+so a spill is either complete or absent) -> as soon as a source's units are done: ``assign`` on the
+metadata table of its cells -> order them (by ``cell_id``, or the pipeline's unit order when it sets
+``order = "unit"``) -> per shard, one dask task writes the tar and one the zarr shard (one writer per file,
+concatenating the encoded bytes), while other sources' units still run (``--strict``: only once no source
+has a skip) -> ``finalize_release`` -> build_report.json.
 
 Why the output bytes do not depend on workers, scheduling or interruption: cell ids come from raw
 identifiers, cells are sorted before shards are planned, each shard is written by exactly one task from
