@@ -12,6 +12,7 @@ finalised) and ``omero`` with one entry per channel: ``label``, ``color`` (hex R
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections.abc import Sequence
@@ -185,8 +186,8 @@ def write_encoded_shard(root: str | Path, source: str, shard_index: int, chunks:
         raise ValueError(f"zarr shard {shard_index} of {source}: {n} chunks do not fit rows [{start}, {start + per}) "
                          f"of an array with {arr.shape[0]} rows")
     expected = _expected_codecs(np.dtype(arr.dtype), per, tuple(arr.shape[1:]))
-    got = [dict(c) for c in arr.metadata.to_dict()["codecs"]]
-    if got != expected or tuple(arr.shards or ()) != (per, *arr.shape[1:]):
+    got = json.loads(json.dumps(arr.metadata.to_dict()["codecs"]))  # tuples -> lists, as in zarr.json
+    if got != json.loads(json.dumps(expected)) or tuple(arr.shards or ()) != (per, *arr.shape[1:]):
         raise ValueError(f"zarr store of {source} does not have the layout create_images makes; cannot write "
                          f"pre-encoded chunks into it (codecs {got})")
     path = zarr_path(root, source) / ARRAY_NAME / arr.metadata.encode_chunk_key((shard_index, 0, 0, 0))
