@@ -115,6 +115,7 @@ class EncodedCell:
 
 
 def encode_cell(cell: Cell) -> EncodedCell:
+    """Compress one cell for both formats (``codec.encode_image`` and ``zarr_store.encode_chunk``) and hash it."""
     return EncodedCell(encode_image(cell.image), cell.checksum, zarr_store.encode_chunk(cell.image))
 
 
