@@ -84,6 +84,13 @@ def image_checksum(image: np.ndarray) -> str:
 
 
 def _jsonable(value: Any) -> Any:
+    t = type(value)  # exact built-in types first: ABC isinstance checks cost a third of writing a shard's records
+    if t is str or t is int or t is bool or value is None:
+        return value
+    if t is dict:
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if t is list or t is tuple:
+        return [_jsonable(v) for v in value]
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
