@@ -383,15 +383,15 @@ _NOTES = """## Reading the numbers
 
 - Baseline. The target compares with the official loaders' read: `skimage.io.imread` of the tape, then the
   column-major fold. A leaner PIL reader is 10-30% faster than that and is reported too (`vs pil`).
-- Read speed (decode to uint8, the read itself): the tar shards read 5.1-6.1x faster than the official reader
-  in one process (4.7-4.8x the PIL reader). HPA, with its 1 MB tiles, sits at the limit: the read is bound
+- Read speed (decode to uint8, the read itself): the tar shards read 5.3-6.3x faster than the official reader
+  in one process (4.6-5.0x the PIL reader). HPA, with its 1 MB tiles, sits at the limit: the read is bound
   by zstd's entropy decoding of noisy 8-bit pixels (~1 GB/s on one core here), against ~185 MB/s of inflate
   + unfilter for PNG, and runs move by +-15%.
 - Float tensors (what `load` and `stream` return): every reader pays the same uint8 -> float32 conversion
-  (numpy's divide, already at memory speed), which narrows the ratio to 4.5-4.8x.
+  (numpy's divide, already at memory speed), which narrows the ratio to 4.2-4.9x.
 - DataLoader workers (persistent, batches of 16 stacked by `default_collate`): with 2 workers on 2 cores the
-  main process that receives the batches is the limit; uint8 batches still arrive 3.2-3.5x faster than the
-  official reader's, float32 batches (4x the bytes) about 2x.
+  main process that receives the batches is the limit; uint8 batches still arrive 3.1-3.2x faster than the
+  official reader's, float32 batches (4x the bytes) 1.9-2.1x.
 - Ceiling: `raw-u8` is a memcpy of uncompressed pixels from the page cache, 10-20x faster than any decoder
   here, so ">= 50% of the ceiling" is out of reach for a compressed format (the `ceiling` row is the
   compressed-bytes copy, the I/O side).
