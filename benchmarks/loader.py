@@ -398,9 +398,9 @@ _NOTES = """## Reading the numbers
 - Disk: zstd on the raw `.npy` is 4-6% larger than the tape PNGs on the sample release's WTC and HPA cells and
   24% on its CP cells (14-36% on these shot-noise cells), because PNG predicts each row from its neighbours
   before deflate. The codec survey shows the trade-off measured on this machine: a row-delta filter brings
-  zstd to 0.99-1.04x the PNGs but decodes 21-37% slower (the delta undo is a second pass), zstd level 19 to
-  0.99-1.16x at ~40x the encode time (3-4 MB/s; measured separately), and the codecs that are clearly smaller than PNG (JPEG-LS, HTJ2K) decode
-  slower than PNG itself or barely faster. No codec tried here is both no larger than PNG and 5x faster to
+  zstd to 0.99-1.04x the PNGs but decodes 19-31% slower (the delta undo is a second pass), zstd level 19 to
+  0.99-1.16x at ~40x the encode time (3-4 MB/s; measured separately), and the image codecs that are smaller
+  than PNG (JPEG-LS 0.84-0.94x, HTJ2K 0.91-1.09x) decode at 0.35-0.8x and 1.1-1.9x PNG's speed. No codec tried here is both no larger than PNG and 5x faster to
   read, so the member stays a plain zstd `.npy` that any WebDataset reader can open.
 - zarr pays a per-chunk cost in zarr-python (index lookups, codec pipeline) that dominates at one cell per
   chunk: it is the random-access / inspection format, the tars are the training format."""
