@@ -74,6 +74,12 @@ class SourcePipeline(ABC):
     key: str = ""
     #: build name on the command line (``--source NAME``)
     name: str = ""
+    #: release order of the cells: ``"cell_id"`` (sorted), or ``"unit"`` (unit order, then the order in a unit)
+    order: str = "cell_id"
+    #: units sent to a dask worker per task. Each task costs the scheduler and the client a few ms of CPU, on the
+    #: same cores as the workers when they share a machine: batching small units keeps that off the critical
+    #: path. Every unit is still spilled on its own, so resume and the output bytes do not depend on it.
+    units_per_task: int = 1
 
     @abstractmethod
     def discover(self, input_dir: Path, config: dict[str, Any]) -> tuple[list[Unit], list[Skipped]]:

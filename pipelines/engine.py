@@ -427,7 +427,7 @@ def _run(client: Any, names: list[str], found: dict[str, tuple[Any, list[Unit], 
             else:
                 todo.append((unit, str(path), key))
         # small units travel in batches (each still spilled on its own, so resume stays per unit)
-        per_task = max(1, int(getattr(pipeline, "units_per_task", 1)))
+        per_task = max(1, int(pipeline.units_per_task))
         for i in range(0, len(todo), per_task):
             owner[client.submit(run_units, name, todo[i:i + per_task], cfg, pure=False)] = name
         left[name] = -(-len(todo) // per_task)
@@ -508,7 +508,7 @@ def _prepare(name: str, info: dict[str, Any], cfg: dict[str, Any],
     if cells:
         assigned = info["pipeline"].assign(cell_table(cells), cfg)
         cells, missing = assemble(name, cells, assigned)
-        cells = order_cells(cells, getattr(info["pipeline"], "order", "cell_id"))
+        cells = order_cells(cells, info["pipeline"].order)
     return cells, skipped, missing
 
 
