@@ -51,7 +51,8 @@ def _histogram_ok(flat: np.ndarray) -> bool:
     return int(flat.min()) >= 0 and int(flat.max()) < _HIST_LIMIT
 
 
-def _clip_points(ch: np.ndarray, low_pct: float, high_pct: float) -> tuple[float, float, float, float]:
+def _clip_points(ch: np.ndarray, low_pct: float, high_pct: float,
+                 histogram: bool | None = None) -> tuple[float, float, float, float]:
     """(low percentile, high percentile, min, max) of one channel, as ``np.percentile`` (linear) gives them.
 
     Unsigned images of up to 16 bits (and non-negative integer images below 2**22) go through a histogram
@@ -60,7 +61,9 @@ def _clip_points(ch: np.ndarray, low_pct: float, high_pct: float) -> tuple[float
     single cost of scaling a WTC cell).
     """
     flat = ch.ravel()
-    if _histogram_ok(flat):
+    if histogram is None:
+        histogram = _histogram_ok(flat)
+    if histogram:  # the caller may have decided it already (it scans integer images for their range)
         counts = np.bincount(flat, minlength=1)
         cum = np.cumsum(counts)
         n = int(cum[-1])
@@ -100,14 +103,15 @@ def to_uint8(arr: np.ndarray, low_pct: float = 0.0, high_pct: float = 100.0, axi
     chans, moved_from = _channel_view(a, axis)
     out = np.empty(chans.shape, dtype=np.uint8)
     for k in range(chans.shape[0]):
-        lo, hi, vmin, vmax = _clip_points(chans[k], low_pct, high_pct)
+        ch = chans[k]
+        histogram = _histogram_ok(ch.ravel())
+        lo, hi, vmin, vmax = _clip_points(ch, low_pct, high_pct, histogram)
         if hi <= lo:
             lo, hi = vmin, vmax
         if hi <= lo:
             which = f" (channel {k})" if moved_from is not None else ""
             raise ValueError(f"constant image{which}: {where} has every pixel equal to {lo:g}")
-        ch = chans[k]
-        if _histogram_ok(ch.ravel()):
+        if histogram:
             # A lookup table over every value up to the channel's maximum: the same float64 formula, evaluated
             # once per value instead of once per pixel (a 2048^2 16-bit field: ~10x faster), identical bytes.
             values = np.arange(int(vmax) + 1, dtype=np.float64)
