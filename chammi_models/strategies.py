@@ -164,6 +164,14 @@ def _finish(
     return model
 
 
+def _first_layer(channels: Sequence[str | int], backbone: str, num_classes: int | None, temperature: float,
+                 learnable_temperature: bool, make_stem) -> ChannelAdaptiveModel:
+    """A first-layer strategy: ``make_stem(vocab, trunk)`` in front of a ConvNeXt trunk, with its proxy loss."""
+    vocab = check_vocabulary(channels)
+    trunk = ConvNeXtTrunk(backbone)
+    return _finish(FirstLayerModel(vocab, make_stem(vocab, trunk), trunk), num_classes, temperature, learnable_temperature)
+
+
 # -- registered entry points: only sizes and options, like timm's ----------------------------------------
 @register_model("channel_replication")
 def channel_replication(
@@ -202,10 +210,8 @@ def target_param(
     temperature: float = 0.07,
     learnable_temperature: bool = False,
 ) -> ChannelAdaptiveModel:
-    vocab = check_vocabulary(channels)
-    trunk = ConvNeXtTrunk(backbone)
-    stem = fl.PerSourceStem(_sources_for(vocab, sources), trunk.stem_dim, trunk.patch_size)
-    return _finish(FirstLayerModel(vocab, stem, trunk), num_classes, temperature, learnable_temperature)
+    return _first_layer(channels, backbone, num_classes, temperature, learnable_temperature,
+                        lambda v, t: fl.PerSourceStem(_sources_for(v, sources), t.stem_dim, t.patch_size))
 
 
 @register_model("slice_param")
@@ -218,10 +224,8 @@ def slice_param(
     temperature: float = 0.15,
     learnable_temperature: bool = True,
 ) -> ChannelAdaptiveModel:
-    vocab = check_vocabulary(channels)
-    trunk = ConvNeXtTrunk(backbone)
-    stem = fl.SliceParamStem(vocab, trunk.stem_dim, trunk.patch_size, source_offsets=source_offsets)
-    return _finish(FirstLayerModel(vocab, stem, trunk), num_classes, temperature, learnable_temperature)
+    return _first_layer(channels, backbone, num_classes, temperature, learnable_temperature,
+                        lambda v, t: fl.SliceParamStem(v, t.stem_dim, t.patch_size, source_offsets=source_offsets))
 
 
 @register_model("template_mixing")
@@ -234,10 +238,8 @@ def template_mixing(
     temperature: float = 0.05,
     learnable_temperature: bool = False,
 ) -> ChannelAdaptiveModel:
-    vocab = check_vocabulary(channels)
-    trunk = ConvNeXtTrunk(backbone)
-    stem = fl.TemplateMixingStem(vocab, trunk.stem_dim, trunk.patch_size, num_templates)
-    return _finish(FirstLayerModel(vocab, stem, trunk), num_classes, temperature, learnable_temperature)
+    return _first_layer(channels, backbone, num_classes, temperature, learnable_temperature,
+                        lambda v, t: fl.TemplateMixingStem(v, t.stem_dim, t.patch_size, num_templates))
 
 
 @register_model("hypernet")
@@ -251,10 +253,8 @@ def hypernet(
     temperature: float = 0.07,
     learnable_temperature: bool = False,
 ) -> ChannelAdaptiveModel:
-    vocab = check_vocabulary(channels)
-    trunk = ConvNeXtTrunk(backbone)
-    stem = fl.HyperNetStem(vocab, trunk.stem_dim, trunk.patch_size, z_dim, hidden_dim)
-    return _finish(FirstLayerModel(vocab, stem, trunk), num_classes, temperature, learnable_temperature)
+    return _first_layer(channels, backbone, num_classes, temperature, learnable_temperature,
+                        lambda v, t: fl.HyperNetStem(v, t.stem_dim, t.patch_size, z_dim, hidden_dim))
 
 
 @register_model("depthwise")
@@ -267,7 +267,5 @@ def depthwise(
     temperature: float = 0.07,
     learnable_temperature: bool = False,
 ) -> ChannelAdaptiveModel:
-    vocab = check_vocabulary(channels)
-    trunk = ConvNeXtTrunk(backbone)
-    stem = fl.DepthwiseStem(vocab, trunk.stem_dim, trunk.patch_size, kernels_per_channel)
-    return _finish(FirstLayerModel(vocab, stem, trunk), num_classes, temperature, learnable_temperature)
+    return _first_layer(channels, backbone, num_classes, temperature, learnable_temperature,
+                        lambda v, t: fl.DepthwiseStem(v, t.stem_dim, t.patch_size, kernels_per_channel))
