@@ -55,20 +55,8 @@ def test_eval_and_report_on_official_layout(tmp_path: Path, capsys: pytest.Captu
     official = tmp_path / "official"
     feats = write_official(official)
     save_features(tmp_path / "feats", feats, "modelA")
-    assert (
-        run_cli(
-            eval_cli,
-            [
-                "--features",
-                str(tmp_path / "feats"),
-                "--release",
-                str(official),
-                "--out",
-                str(tmp_path / "runA"),
-            ],
-        )
-        == 0
-    )
+    argv = ["--features", str(tmp_path / "feats"), "--release", str(official)]
+    assert run_cli(eval_cli, [*argv, "--out", str(tmp_path / "runA")]) == 0
     assert "metric=cosine" in capsys.readouterr().out
     csv = pd.read_csv(tmp_path / "runA" / "results.csv")
     assert list(csv.columns) == ["dataset", "task", "classifier", "accuracy", "f1_score_macro"]
@@ -88,21 +76,8 @@ def test_eval_and_report_on_official_layout(tmp_path: Path, capsys: pytest.Captu
     argv = ["--features", str(tmp_path / "feats"), "--feature-file", "modelB", "--release", str(official)]
     assert run_cli(eval_cli, [*argv, "--metric", "l2", "--out", str(tmp_path / "runB")]) == 0
     capsys.readouterr()
-    assert (
-        run_cli(
-            report_cli,
-            [
-                str(tmp_path / "runA"),
-                str(tmp_path / "runB"),
-                "--names",
-                "A",
-                "B",
-                "--out",
-                str(tmp_path / "rep"),
-            ],
-        )
-        == 0
-    )
+    runs = [str(tmp_path / "runA"), str(tmp_path / "runB")]
+    assert run_cli(report_cli, [*runs, "--names", "A", "B", "--out", str(tmp_path / "rep")]) == 0
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "| A | knn | cosine |" in md and "| B | knn | l2 |" in md
     assert f"**{expected.cps:.3f}**" in md and "different metrics" in md
@@ -116,20 +91,8 @@ def test_eval_on_our_release(tiny_release: Path, tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     feats = {k: rng.normal(size=(len(source_rows(manifest, k)), 5)).astype(np.float32) for k in SOURCES}
     save_features(tmp_path / "feats", feats, "embed")
-    assert (
-        run_cli(
-            eval_cli,
-            [
-                "--features",
-                str(tmp_path / "feats"),
-                "--release",
-                str(tiny_release),
-                "--out",
-                str(tmp_path / "run"),
-            ],
-        )
-        == 0
-    )
+    argv = ["--features", str(tmp_path / "feats"), "--release", str(tiny_release)]
+    assert run_cli(eval_cli, [*argv, "--out", str(tmp_path / "run")]) == 0
     data = json.loads((tmp_path / "run" / "results.json").read_text())
     release = json.loads((tiny_release / "release.json").read_text())
     assert data["provenance"]["manifest_sha256"] == release["manifest_sha256"] and data["cps"] is not None

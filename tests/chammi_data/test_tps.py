@@ -17,12 +17,6 @@ from chammi_data.tps import (
 )
 
 
-def _gen(seed: int) -> torch.Generator:
-    g = torch.Generator()
-    g.manual_seed(seed)
-    return g
-
-
 def test_control_points_lattice():
     pts = control_points(3)
     assert pts.shape == (9, 2)
@@ -33,7 +27,7 @@ def test_control_points_lattice():
 
 
 def test_fit_interpolates_centres_and_reproduces_affine_maps():
-    g = _gen(0)
+    g = torch.Generator().manual_seed(0)
     centres = torch.rand(9, 2, generator=g, dtype=torch.float64) * 2 - 1
     values = torch.rand(9, 2, generator=g, dtype=torch.float64) * 2 - 1
     w, a = fit_tps(centres, values)
@@ -54,7 +48,7 @@ def test_fit_rejects_degenerate_centres():
 
 
 def test_zero_displacement_is_identity():
-    img = torch.rand(5, 17, 23, generator=_gen(1))
+    img = torch.rand(5, 17, 23, generator=torch.Generator().manual_seed(1))
     out = warp_image(img, torch.zeros(9, 2))
     assert torch.allclose(out, img, atol=1e-5)
 
@@ -62,7 +56,7 @@ def test_zero_displacement_is_identity():
 @pytest.mark.parametrize("edges", ["tangential", "free", "fixed"])
 def test_displacement_rules(edges):
     pts = control_points(3)
-    d = random_displacements(3, 0.1, _gen(3), edges=edges)
+    d = random_displacements(3, 0.1, torch.Generator().manual_seed(3), edges=edges)
     corner = (pts.abs() == 1).all(dim=1)
     x_edge = (pts[:, 0].abs() == 1) & ~corner
     y_edge = (pts[:, 1].abs() == 1) & ~corner
@@ -102,7 +96,7 @@ def test_warp_moves_content_with_the_control_point():
 
 def test_coarse_grid_matches_exact_spline():
     src = control_points(3)
-    tgt = src + random_displacements(3, 0.1, _gen(9), edges="free")
+    tgt = src + random_displacements(3, 0.1, torch.Generator().manual_seed(9), edges="free")
     exact = tps_sampling_grid(100, 140, src, tgt, step=1)
     coarse = tps_sampling_grid(100, 140, src, tgt, step=4)
     # Max error in pixels (normalised unit = size / 2 pixels) stays far below one pixel.
@@ -113,9 +107,9 @@ def test_coarse_grid_matches_exact_spline():
 
 
 def test_same_warp_for_every_channel():
-    base = torch.rand(1, 20, 30, generator=_gen(4))
+    base = torch.rand(1, 20, 30, generator=torch.Generator().manual_seed(4))
     img = base.repeat(6, 1, 1)
-    out = ThinPlateSpline(p=1.0)({"image": img, "cell_id": "x"}, generator=_gen(5))["image"]
+    out = ThinPlateSpline(p=1.0)({"image": img, "cell_id": "x"}, generator=torch.Generator().manual_seed(5))["image"]
     assert out.shape == img.shape
     assert not torch.allclose(out, img)
     for c in range(1, 6):
@@ -123,17 +117,17 @@ def test_same_warp_for_every_channel():
 
 
 def test_transform_probability_and_determinism():
-    sample = {"image": torch.rand(3, 24, 24, generator=_gen(6)), "cell_id": "a"}
-    assert ThinPlateSpline(p=0.0)(sample, generator=_gen(0)) is sample
+    sample = {"image": torch.rand(3, 24, 24, generator=torch.Generator().manual_seed(6)), "cell_id": "a"}
+    assert ThinPlateSpline(p=0.0)(sample, generator=torch.Generator().manual_seed(0)) is sample
     tps = ThinPlateSpline(p=1.0)
-    a = tps(sample, generator=_gen(7))["image"]
-    b = tps(sample, generator=_gen(7))["image"]
-    c = tps(sample, generator=_gen(8))["image"]
+    a = tps(sample, generator=torch.Generator().manual_seed(7))["image"]
+    b = tps(sample, generator=torch.Generator().manual_seed(7))["image"]
+    c = tps(sample, generator=torch.Generator().manual_seed(8))["image"]
     assert torch.equal(a, b)
     assert not torch.allclose(a, c)
     assert sample["image"].shape == (3, 24, 24)  # input untouched
     half = ThinPlateSpline(p=0.5)
-    warped = sum(half(sample, generator=_gen(s)) is not sample for s in range(80))
+    warped = sum(half(sample, generator=torch.Generator().manual_seed(s)) is not sample for s in range(80))
     assert 20 < warped < 60
 
 

@@ -22,15 +22,9 @@ from chammi_data.transforms import (
 from chammi_data.vocab import SOURCES, normalisation_stats
 
 
-def _gen(seed: int) -> torch.Generator:
-    g = torch.Generator()
-    g.manual_seed(seed)
-    return g
-
-
 def _sample(source: str = "hpa", hw: tuple[int, int] = (40, 56), seed: int = 0) -> dict:
     info = SOURCES[source]
-    img = torch.rand(info.num_channels, *hw, generator=_gen(seed))
+    img = torch.rand(info.num_channels, *hw, generator=torch.Generator().manual_seed(seed))
     return {
         "image": img,
         "channels": info.channels,
@@ -44,14 +38,14 @@ def _sample(source: str = "hpa", hw: tuple[int, int] = (40, 56), seed: int = 0) 
 @pytest.mark.parametrize("c", [1, 3, 5, 8])
 def test_random_resized_crop_any_channel_count(c):
     s = {"image": torch.rand(c, 30, 47), "cell_id": "a"}
-    out = RandomResizedCrop(16)(s, generator=_gen(0))
+    out = RandomResizedCrop(16)(s, generator=torch.Generator().manual_seed(0))
     assert out["image"].shape == (c, 16, 16)
     assert s["image"].shape == (c, 30, 47)  # input sample not modified
 
 
 def test_random_resized_crop_respects_scale_and_ratio():
     rrc = RandomResizedCrop(8, scale=(0.8, 1.0), ratio=(0.9, 1.1))
-    g = _gen(1)
+    g = torch.Generator().manual_seed(1)
     h, w = 200, 210  # near-square, so a valid crop always exists
     for _ in range(100):
         top, left, ch, cw = rrc.params(h, w, g)
@@ -63,24 +57,24 @@ def test_random_resized_crop_respects_scale_and_ratio():
 
 def test_random_resized_crop_falls_back_to_a_centre_crop():
     # A very wide image cannot host a 0.9-1.1 ratio crop of >= 80% area: fallback is central, ratio-clamped.
-    top, left, h, w = RandomResizedCrop(8).params(10, 100, _gen(2))
+    top, left, h, w = RandomResizedCrop(8).params(10, 100, torch.Generator().manual_seed(2))
     assert (top, h) == (0, 10) and w == 11 and left == (100 - 11) // 2
 
 
 def test_generator_makes_augmentation_reproducible():
     t = train_transform(size=24, tps_p=0.5, normalize=False)
     s = _sample()
-    a = t(s, generator=_gen(5))["image"]
-    b = t(s, generator=_gen(5))["image"]
+    a = t(s, generator=torch.Generator().manual_seed(5))["image"]
+    b = t(s, generator=torch.Generator().manual_seed(5))["image"]
     assert torch.equal(a, b)
-    others = [t(s, generator=_gen(k))["image"] for k in range(6, 10)]
+    others = [t(s, generator=torch.Generator().manual_seed(k))["image"] for k in range(6, 10)]
     assert any(not torch.equal(a, o) for o in others)
 
 
 def test_horizontal_flip():
     s = _sample()
-    assert torch.equal(RandomHorizontalFlip(1.0)(s, generator=_gen(0))["image"], s["image"].flip(-1))
-    assert RandomHorizontalFlip(0.0)(s, generator=_gen(0)) is s
+    assert torch.equal(RandomHorizontalFlip(1.0)(s, generator=torch.Generator().manual_seed(0))["image"], s["image"].flip(-1))
+    assert RandomHorizontalFlip(0.0)(s, generator=torch.Generator().manual_seed(0)) is s
 
 
 @pytest.mark.parametrize("source", list(SOURCES))
@@ -138,7 +132,7 @@ def test_train_transform_preset():
     t = train_transform(size=32, tps_p=0.3)
     kinds = [type(x) for x in t.transforms]
     assert kinds == [ThinPlateSpline, RandomResizedCrop, RandomHorizontalFlip, Normalize]
-    out = t(_sample("cp", hw=(50, 50)), generator=_gen(0))
+    out = t(_sample("cp", hw=(50, 50)), generator=torch.Generator().manual_seed(0))
     assert out["image"].shape == (5, 32, 32) and out["channels"] == SOURCES["cp"].channels
     assert [type(x) for x in train_transform(hflip=0, normalize=False).transforms] == [RandomResizedCrop]
 
@@ -151,7 +145,7 @@ def test_numpy_uint8_input_and_plain_callables():
         return dict(sample, label="seen")
 
     assert not accepts_generator(plain) and accepts_generator(RandomHorizontalFlip())
-    out = Compose([ResizeShorter(10), plain])(s, generator=_gen(0))
+    out = Compose([ResizeShorter(10), plain])(s, generator=torch.Generator().manual_seed(0))
     assert out["label"] == "seen"
     assert out["image"].dtype == torch.float32 and torch.allclose(out["image"], torch.tensor(1.0))
     with pytest.raises(ValueError, match="wtc11-x0"):
