@@ -43,9 +43,10 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, default_colla
 from tqdm import tqdm
 
 from chammi_data.codec import encode_image
-from chammi_data.dataset import load, to_float_tensor
+from chammi_data.dataset import load
 from chammi_data.manifest import read_manifest
 from chammi_data.official import chw_to_tape, tape_to_chw
+from chammi_data.release_format import to_float_tensor
 from chammi_data.schema import Cell, make_cell_id
 from chammi_data.shards import ShardReader, decode_image_fast, iter_samples
 from chammi_data.streaming import stream

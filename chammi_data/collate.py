@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset
 
+from chammi_data.release_format import to_float_tensor
 from chammi_data.vocab import SOURCE_KEYS
 
 Sample = dict[str, Any]
@@ -43,8 +44,7 @@ def _sort_key(key: GroupKey) -> tuple[int, str, tuple[str, ...]]:
 
 def _as_tensor(image: Any) -> torch.Tensor:
     if isinstance(image, np.ndarray):
-        scale = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(image.dtype, 1.0)
-        return torch.from_numpy(image.astype(np.float32)) / scale
+        return to_float_tensor(image)
     return torch.as_tensor(image)
 
 

@@ -24,9 +24,9 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from chammi_data.manifest import parse_meta, read_manifest, source_rows, sources_in
+from chammi_data.manifest import read_manifest, source_rows, sources_in
 from chammi_data.official import META_FILE, chw_to_tape
-from chammi_data.schema import canonical_json
+from chammi_data.release_format import canonical_json, parse_meta
 from chammi_data.shards import ShardReader
 from chammi_data.vocab import SourceInfo, source_info
 

@@ -22,19 +22,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from chammi_data.release_format import parse_bool, train_mask
 from chammi_data.schema import file_sha256
 from chammi_data.vocab import LOGO_TASKS, SOURCE_KEYS, SOURCES, source_info
-
-_BOOL_TEXT = {
-    "true": True,
-    "false": False,
-    "1": True,
-    "0": False,
-    "1.0": True,
-    "0.0": False,
-    "yes": True,
-    "no": False,
-}
 
 
 class EvaluationInputError(ValueError):
@@ -200,13 +190,19 @@ def _bool_column(df: pd.DataFrame, col: str, key: str, origin: str) -> np.ndarra
     values = df[col]
     if values.dtype == bool:
         return values.to_numpy()
-    mapped = values.map(lambda v: _BOOL_TEXT.get("" if pd.isna(v) else str(v).strip().lower()))
-    bad = np.flatnonzero(mapped.isna().to_numpy())
-    if len(bad):
+    bad = []
+    out = np.zeros(len(values), dtype=bool)
+    for i, v in enumerate(values.tolist()):
+        try:
+            out[i] = parse_bool(v)
+        except ValueError:
+            bad.append(i)
+    if bad:
+        rows = np.asarray(bad)
         raise EvaluationInputError(
-            f"source {key}, column {col}: values {values.iloc[bad[0]]!r}... are not booleans in {_rows_text(bad)} ({origin})"
+            f"source {key}, column {col}: values {values.iloc[bad[0]]!r}... are not booleans in {_rows_text(rows)} ({origin})"
         )
-    return mapped.to_numpy(dtype=bool)
+    return out
 
 
 def _text_column(df: pd.DataFrame, col: str) -> np.ndarray:
@@ -225,7 +221,7 @@ def protocol_table(df: pd.DataFrame, key: str, origin: str) -> ProtocolTable:
     if "train_test_split" not in df.columns:
         raise EvaluationInputError(f"{where}: no `train_test_split` column; columns: {list(df.columns)}")
     labels = _text_column(df, label_col)
-    train = _text_column(df, "train_test_split") == "Train"
+    train = train_mask(df["train_test_split"])
     if not train.any():
         raise EvaluationInputError(f"{where}: no `Train` rows: the 1-NN reference would be empty")
     tasks, used = {}, train.copy()

@@ -1,7 +1,7 @@
 """The release manifest (one row per cell) and ``release.json``: write, read, select.
 
 ``manifest.parquet`` is the source of truth; ``manifest.csv`` is the same table for people and
-spreadsheets. Columns are exactly ``schema.MANIFEST_COLUMNS`` with fixed types (:data:`MANIFEST_SCHEMA`);
+spreadsheets. Columns are exactly ``release_format.MANIFEST_COLUMNS`` with fixed types (:data:`MANIFEST_SCHEMA`);
 rows are grouped by source in ``SOURCE_KEYS`` order and, within a source, in feature order (row i of a
 source = feature row i = zarr row i).
 """
@@ -14,26 +14,32 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from chammi_data.paths import default_release_dir
-from chammi_data.schema import MANIFEST_COLUMNS
-from chammi_data.vocab import SOURCE_KEYS, TASK_COLUMNS, source_info
+from chammi_data.release_format import (
+    BOOL_COLUMNS,
+    CELL_ID_PATTERN,
+    INT_COLUMNS,
+    MANIFEST_COLUMNS,
+    check_cell_id,
+    parse_bool_column,
+)
+from chammi_data.vocab import SOURCE_KEYS, source_info
 
 MANIFEST_PARQUET = "manifest.parquet"
 MANIFEST_CSV = "manifest.csv"
 RELEASE_JSON = "release.json"
 
-_INT_COLUMNS = ("height", "width", "offset", "nbytes", "zarr_row")
-_BOOL_COLUMNS = TASK_COLUMNS
 
 
 def _arrow_type(col: str) -> pa.DataType:
-    if col in _BOOL_COLUMNS:
+    if col in BOOL_COLUMNS:
         return pa.bool_()
-    if col in _INT_COLUMNS:
+    if col in INT_COLUMNS:
         return pa.int64()
     return pa.string()
 
@@ -58,26 +64,24 @@ def _missing(root: Path, what: str) -> ReleaseNotFoundError:
 
 
 def _coerce(df: pd.DataFrame) -> pd.DataFrame:
-    """Exactly MANIFEST_COLUMNS in order, with bool / int64 / str types; errors name the bad column/row."""
+    """Exactly MANIFEST_COLUMNS in order, with bool / int64 / str types and valid cell ids; errors name the
+    bad column and row."""
     missing = [c for c in MANIFEST_COLUMNS if c not in df.columns]
     if missing:
         raise ValueError(f"manifest lacks column(s) {missing}; expected {list(MANIFEST_COLUMNS)}")
     out = df.loc[:, list(MANIFEST_COLUMNS)].copy()
-    for col in _BOOL_COLUMNS:
-        vals = out[col]
-        if vals.dtype != bool:
-            mapped = vals.map(lambda v: {"true": True, "false": False, "1": True, "0": False}.get(str(v).strip().lower()))
-            bad = mapped.isna()
-            if bad.any():
-                i = int(bad.to_numpy().nonzero()[0][0])
-                raise ValueError(f"manifest column {col} row {i}: {vals.iloc[i]!r} is not a boolean")
-            vals = mapped.astype(bool)
-        out[col] = vals.astype(bool)
-    for col in _INT_COLUMNS:
+    for col in BOOL_COLUMNS:
+        out[col] = parse_bool_column(out[col], f"manifest column {col}")
+    for col in INT_COLUMNS:
         out[col] = pd.to_numeric(out[col], errors="raise").astype("int64")
     for col in MANIFEST_COLUMNS:
-        if col not in _BOOL_COLUMNS and col not in _INT_COLUMNS:
+        if col not in BOOL_COLUMNS and col not in INT_COLUMNS:
             out[col] = out[col].fillna("").astype(str)
+    bad = ~out["cell_id"].str.fullmatch(CELL_ID_PATTERN.pattern) | (out["key"] != out["cell_id"])
+    if bad.any():
+        i = int(np.flatnonzero(bad.to_numpy())[0])
+        cid = check_cell_id(out["cell_id"].iloc[i], f"manifest row {i}")
+        raise ValueError(f"manifest row {i} ({cid}): key {out['key'].iloc[i]!r} must equal cell_id")
     return out
 
 
@@ -143,13 +147,3 @@ def sources_in(manifest: pd.DataFrame) -> list[str]:
     """Source keys present in a manifest, in ``SOURCE_KEYS`` order."""
     present = set(manifest["source"])
     return [s for s in SOURCE_KEYS if s in present]
-
-
-def parse_meta(value: str) -> dict[str, Any]:
-    """The ``meta`` column (a JSON object string) as a dict; '' -> {}."""
-    if not value:
-        return {}
-    out = json.loads(value)
-    if not isinstance(out, dict):
-        raise ValueError(f"manifest meta is not a JSON object: {value[:80]!r}")
-    return out

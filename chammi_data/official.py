@@ -18,14 +18,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from chammi_data.schema import SPLITS, Cell, make_cell_id
+from chammi_data.release_format import SPLITS, parse_bool
+from chammi_data.schema import Cell, make_cell_id
 from chammi_data.vocab import SOURCES, TASK_COLUMNS, source_info
 
 META_FILE = "enriched_meta.csv"
 #: Columns an official metadata file must have (task columns are checked per source).
 REQUIRED_COLUMNS = ("file_path", "channel_width", "Label", "train_test_split")
-_TRUE = {"true", "1", "yes", "t"}
-_FALSE = {"false", "0", "no", "f", ""}
 
 
 class OfficialFormatError(ValueError):
@@ -81,12 +80,11 @@ def read_image_by_content(path: str | Path) -> np.ndarray:
 
 
 def _as_bool(value: str, where: str) -> bool:
-    text = str(value).strip().lower()
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
-    raise OfficialFormatError(f"{where}: {value!r} is not a boolean")
+    """An official task column value; an empty cell means False (not a query of that task)."""
+    try:
+        return parse_bool(value, where, empty=False)
+    except ValueError as exc:
+        raise OfficialFormatError(str(exc)) from None
 
 
 def _find_merged(root: Path) -> pd.DataFrame | None:

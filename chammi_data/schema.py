@@ -1,55 +1,24 @@
 """One schema for a cell, used by every writer, reader, pipeline and model.
 
 A *cell* is one single-cell image with its identity and provenance. In memory it is a :class:`Cell`; on
-its way through loaders and models it is a *sample dict* with the keys of :data:`SAMPLE_KEYS`; on disk it
-is one row of the manifest (columns :data:`MANIFEST_COLUMNS`) plus one image in the tar shards and zarr.
+its way through loaders and models it is a *sample dict*; on disk it is one row of the manifest plus one
+image in the tar shards and zarr. How those look (columns, records, samples) is
+:mod:`chammi_data.release_format`; this module holds the cell itself, its id and its checksums.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import math
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from chammi_data.release_format import SPLITS, cell_record, check_cell_id, make_sample
 from chammi_data.vocab import SOURCES, TASK_COLUMNS, to_names
 
 SCHEMA_VERSION = 1
-
-#: Keys of the sample dict that flows from loaders to models.
-SAMPLE_KEYS = ("image", "channels", "source", "label", "cell_id", "meta")
-
-#: Values of ``train_test_split``.
-SPLITS = ("Train",) + TASK_COLUMNS
-
-#: Manifest columns every release has, in order. Provenance stays in ``meta`` (a JSON object per row).
-MANIFEST_COLUMNS: tuple[str, ...] = (
-    "cell_id",  # stable id: same input -> same id across rebuilds
-    "source",  # wtc11 | hpa | cp
-    "label",  # class string (official column `Label`)
-    "train_test_split",  # Train | Task_one | ... (official column); "" when the cell is in no split
-    *TASK_COLUMNS,  # booleans: test membership per task (the evaluator reads these)
-    "Structure",  # WTC grouping column (structure_name); "" elsewhere
-    "cell_type",  # HPA grouping column (cell line); "" elsewhere
-    "Plate",  # CP grouping column (plate barcode); "" elsewhere
-    "dataset",  # source dataset: CP LINCS | CDRP | BBBC022 (official CP column `source`); "" elsewhere
-    "channels",  # comma-joined channel names in image order
-    "height",
-    "width",
-    "dtype",  # uint8 | uint16
-    "shard",  # tar shard path relative to the release root
-    "key",  # WebDataset key of the sample in that shard (no dots)
-    "offset",  # byte offset of the image member's data in the shard
-    "nbytes",  # size in bytes of the image member's data (compressed .npy)
-    "zarr_row",  # row of the cell in zarr/<source>.zarr images (N, C, H, W)
-    "sha256",  # sha256 of the image bytes (C-order, native dtype) - see `image_checksum`
-    "meta",  # JSON object: the source's own provenance columns
-)
 
 
 def make_cell_id(source: str, *parts: Any) -> str:
@@ -83,30 +52,6 @@ def image_checksum(image: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def _jsonable(value: Any) -> Any:
-    t = type(value)  # exact built-in types first: ABC isinstance checks cost a third of writing a shard's records
-    if t is str or t is int or t is bool or value is None:
-        return value
-    if t is dict:
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if t is list or t is tuple:
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    return value
-
-
-def canonical_json(obj: Any) -> str:
-    """JSON with sorted keys and no whitespace: the same object always gives the same bytes."""
-    return json.dumps(_jsonable(obj), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-
-
 @dataclass
 class Cell:
     """One single-cell image with identity, label, split membership and provenance.
@@ -136,8 +81,7 @@ class Cell:
         where = f"cell {self.cell_id!r} ({self.source})"
         if self.source not in SOURCES:
             raise ValueError(f"{where}: unknown source; valid: {', '.join(SOURCES)}")
-        if not isinstance(self.cell_id, str) or not self.cell_id or "." in self.cell_id or "/" in self.cell_id:
-            raise ValueError(f"{where}: cell_id must be a non-empty string without '.' or '/'")
+        check_cell_id(self.cell_id, where)
         img = self.image
         if not isinstance(img, np.ndarray) or img.ndim != 3:
             raise ValueError(f"{where}: image must be a (C, H, W) array, got {getattr(img, 'shape', type(img))}")
@@ -156,31 +100,19 @@ class Cell:
         return image_checksum(self.image)
 
     def to_sample(self) -> dict[str, Any]:
-        """The sample dict (keys :data:`SAMPLE_KEYS`); the image stays a numpy array."""
-        return {
-            "image": self.image,
-            "channels": self.channels,
-            "source": self.source,
-            "label": self.label,
-            "cell_id": self.cell_id,
-            "meta": dict(self.meta),
-        }
+        """The sample dict (keys ``release_format.SAMPLE_KEYS``); the image stays a numpy array and ``meta``
+        holds the provenance plus ``train_test_split`` and ``tasks`` (as a reader's sample does)."""
+        meta = dict(self.meta)
+        meta.setdefault("train_test_split", self.split)
+        meta.setdefault("tasks", [t for t in TASK_COLUMNS if t in self.tasks])
+        return make_sample(self.image, channels=self.channels, source=self.source, label=self.label,
+                           cell_id=self.cell_id, meta=meta)
 
     def record(self, checksum: str | None = None) -> dict[str, Any]:
-        """The JSON record stored beside the image in a shard: everything but the pixels.
+        """The JSON record stored beside the image in a shard (``release_format.cell_record``).
 
         ``checksum``: :attr:`checksum` when the caller already computed it (a build computes it once, on the
         worker that made the cell)."""
-        return {
-            "cell_id": self.cell_id,
-            "source": self.source,
-            "label": self.label,
-            "channels": list(self.channels),
-            "shape": list(self.image.shape),
-            "dtype": str(self.image.dtype),
-            "train_test_split": self.split,
-            "tasks": sorted(self.tasks),
-            "groups": dict(sorted(self.groups.items())),
-            "sha256": checksum or self.checksum,
-            "meta": self.meta,
-        }
+        return cell_record(cell_id=self.cell_id, source=self.source, label=self.label, channels=self.channels,
+                           shape=self.image.shape, dtype=str(self.image.dtype), split=self.split, tasks=self.tasks,
+                           groups=self.groups, sha256=checksum or self.checksum, meta=self.meta)

@@ -6,8 +6,8 @@ files named ``<key>.json`` / ``<key>.npy.zst`` are accepted: absolute paths, ``.
 devices, fifos, pax/GNU extension headers, keys with dots, bad header checksums and truncated members are
 errors (:class:`ShardFormatError`) naming the shard and the member/key. Nothing is written to disk.
 
-A sample read from a shard is a dict ``{"__key__", "__shard__", "record", "image"}`` where ``record`` is the
-``<key>.json`` object (``Cell.record()``) and ``image`` the (C, H, W) array.
+:func:`iter_samples` yields the usual sample dict (``release_format.make_sample``) with the (C, H, W) integer
+array as ``image``; its ``meta`` is the record's provenance plus ``train_test_split``, ``tasks`` and ``shard``.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import numpy as np
 import zstandard
 
 from chammi_data.codec import IMAGE_SUFFIX, JSON_SUFFIX, CorruptSampleError, decode_image
+from chammi_data.release_format import expected_shape, make_sample
 from chammi_data.schema import image_checksum
 
 BLOCK = 512
@@ -195,18 +196,18 @@ def _decode_sample(key: str, parts: dict[str, bytes], shard: str, verify: bool) 
     check_image(image, record, where, verify=verify)
     if record.get("cell_id", key) != key:
         raise ShardFormatError(f"{where}: json record names cell {record.get('cell_id')!r}")
-    return {"__key__": key, "__shard__": shard, "record": record, "image": image}
+    meta = dict(record.get("meta") or {})
+    meta.setdefault("train_test_split", record.get("train_test_split", ""))
+    meta.setdefault("tasks", list(record.get("tasks", [])))
+    meta["shard"] = shard
+    return make_sample(image, channels=record.get("channels", ()), source=record.get("source", ""),
+                       label=record.get("label", ""), cell_id=key, meta=meta)
 
 
 def check_image(image: np.ndarray, expected: Mapping[str, Any], where: str, verify: bool = False) -> None:
     """Check an image against a record/manifest row: shape (``shape`` or height/width/channels), dtype,
     and with ``verify`` its sha256. Raises :class:`ShardFormatError` naming ``where``."""
-    if "shape" in expected:
-        shape = tuple(int(x) for x in expected["shape"])
-    else:
-        chans = expected["channels"]
-        n = len(chans.split(",")) if isinstance(chans, str) else len(chans)
-        shape = (n, int(expected["height"]), int(expected["width"]))
+    shape = expected_shape(expected)
     if tuple(image.shape) != shape:
         raise ShardFormatError(f"{where}: image shape {tuple(image.shape)} != expected {shape}")
     if "dtype" in expected and str(image.dtype) != str(expected["dtype"]):

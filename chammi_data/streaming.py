@@ -41,35 +41,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from chammi_data.dataset import select_rows as dataset_select_rows
-from chammi_data.dataset import to_float_tensor
-from chammi_data.manifest import parse_meta, read_manifest
+from chammi_data.manifest import read_manifest
 from chammi_data.paths import default_release_dir
+from chammi_data.release_format import make_sample, parse_channels, row_meta, select_rows, to_float_tensor
 from chammi_data.shards import ShardReader
 from chammi_data.transforms import accepts_generator
-from chammi_data.vocab import source_info
+from chammi_data.vocab import TASK_COLUMNS
 
 STATE_VERSION = 1
-
-
-def select_rows(manifest: pd.DataFrame, split: str = "train", sources: Sequence[str] | None = None) -> pd.DataFrame:
-    """Manifest rows of ``split`` restricted to ``sources``, in manifest order (index = manifest row).
-
-    Same split names as :func:`chammi_data.load` (``train``, ``test``, ``all``, ``Task_two``,
-    ``hpa/Task_three``, ...; see ``dataset.valid_splits``). An empty selection is a ``ValueError``.
-    """
-    if sources is not None:
-        keys = [source_info(s).key for s in ([sources] if isinstance(sources, str) else sources)]
-        manifest = manifest[manifest["source"].isin(keys)]
-    rows = dataset_select_rows(manifest, split)
-    if rows.empty:
-        present = sorted(set(manifest["source"]))
-        raise ValueError(f"split {split!r} selects no cells (sources in the selection: {present})")
-    return rows
 
 
 def sample_seed(seed: int, epoch: int, position: int, *extra: int) -> int:
@@ -114,7 +96,7 @@ class ShardStream(IterableDataset):
         worker_block: int = 1,
     ) -> None:
         self.root = Path(root) if root is not None else default_release_dir()
-        rows = select_rows(read_manifest(self.root), split, sources)
+        rows = select_rows(read_manifest(self.root), split, sources, where=f"release {self.root}")
         self.split, self.sources = split, None if sources is None else tuple(sources)
         self.seed, self.shuffle, self.drop_last = int(seed), bool(shuffle), bool(drop_last)
         if worker_block < 1:
@@ -135,8 +117,10 @@ class ShardStream(IterableDataset):
         self._source = rows["source"].tolist()
         self._label = rows["label"].tolist()
         self._meta = rows["meta"].tolist()
-        chans = {c: tuple(c.split(",")) for c in set(rows["channels"])}
-        self._channels = [chans[c] for c in rows["channels"]]
+        self._split = rows["train_test_split"].tolist()
+        self._tasks = rows[list(TASK_COLUMNS)].to_numpy(dtype=bool)
+        self._zarr_row = rows["zarr_row"].to_numpy(dtype=np.int64)
+        self._channels = [parse_channels(c) for c in rows["channels"]]
         self._height = rows["height"].to_numpy(dtype=np.int64)
         self._width = rows["width"].to_numpy(dtype=np.int64)
         self._dtype = rows["dtype"].tolist()
@@ -206,18 +190,13 @@ class ShardStream(IterableDataset):
         row = {"shard": self._shard[i], "key": self._key[i], "offset": int(self._offset[i]), "nbytes": int(self._nbytes[i]),
                "channels": channels, "height": int(self._height[i]), "width": int(self._width[i]), "dtype": self._dtype[i]}
         image = to_float_tensor(self._reader.read(row))
-        meta = parse_meta(self._meta[i])
         e = self.epoch if epoch is None else epoch
         pos = -1 if position is None else position
+        meta = row_meta({"meta": self._meta[i], "train_test_split": self._split[i], "zarr_row": self._zarr_row[i],
+                         **dict(zip(TASK_COLUMNS, self._tasks[i].tolist(), strict=True))})
         meta.update({"stream_epoch": e, "stream_index": pos, "manifest_row": int(self._manifest_row[i])})
-        sample = {
-            "image": image,
-            "channels": channels,
-            "source": self._source[i],
-            "label": self._label[i],
-            "cell_id": self._cell_id[i],
-            "meta": meta,
-        }
+        sample = make_sample(image, channels=channels, source=self._source[i], label=self._label[i],
+                             cell_id=self._cell_id[i], meta=meta)
         if self.transform is None:
             return sample
         # Direct reads (no position) seed from the row instead; the 4-word entropy cannot collide with positions.

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from chammi_data.release_format import to_float_tensor
 from chammi_data.tps import ThinPlateSpline
 from chammi_data.vocab import normalisation_stats, to_names
 
@@ -45,9 +46,8 @@ __all__ = [
 def _image(sample: Sample, op: str) -> torch.Tensor:
     """The sample's image as a float (C, H, W) tensor; uint8/uint16 arrays are scaled to [0, 1]."""
     img = sample.get("image")
-    if isinstance(img, np.ndarray):
-        scale = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(img.dtype, 1.0)
-        img = torch.from_numpy(img.astype(np.float32)) / scale
+    if isinstance(img, np.ndarray) or (isinstance(img, torch.Tensor) and not img.is_floating_point()):
+        img = to_float_tensor(img)
     if not isinstance(img, torch.Tensor) or img.ndim != 3:
         raise ValueError(f"{op}: sample {sample.get('cell_id')!r}: image must be (C, H, W), got {getattr(img, 'shape', type(img))}")
     return img if img.is_floating_point() else img.float()

@@ -26,10 +26,16 @@ from chammi_data.manifest import (
     read_manifest,
     read_release_json,
 )
-from chammi_data.schema import SPLITS, image_checksum
+from chammi_data.release_format import (
+    IMAGE_DTYPES,
+    SPLITS,
+    parse_channels,
+    record_mismatches,
+    release_counts,
+)
+from chammi_data.schema import file_sha256, image_checksum
 from chammi_data.shards import iter_members
-from chammi_data.vocab import SOURCE_KEYS, SOURCES, TASK_COLUMNS, to_names
-from chammi_data.writer import _counts, file_sha256
+from chammi_data.vocab import SOURCE_KEYS, SOURCES, TASK_COLUMNS
 
 #: How many problems of one kind to list before summarising the rest (a wholly broken release would
 #: otherwise print a line per cell).
@@ -62,18 +68,16 @@ def _rows_check(m: pd.DataFrame) -> Iterator[str]:
         if r.source not in SOURCES:
             yield f"{where}: unknown source {r.source!r}"
             continue
-        if r.key != r.cell_id or "." in r.key or "/" in r.key:
-            yield f"{where}: key {r.key!r} must equal cell_id and contain no '.' or '/'"
         if r.train_test_split and r.train_test_split not in SPLITS:
             yield f"{where}: train_test_split {r.train_test_split!r} not one of {SPLITS}"
         try:
-            names = to_names(r.channels.split(","))
+            names = parse_channels(r.channels)
         except (KeyError, ValueError) as exc:
             yield f"{where}: bad channels {r.channels!r}: {exc}"
             continue
         if set(names) != set(SOURCES[r.source].channels):
             yield f"{where}: channels {names} are not the channels of {r.source} {SOURCES[r.source].channels}"
-        if r.dtype not in ("uint8", "uint16"):
+        if r.dtype not in IMAGE_DTYPES:
             yield f"{where}: dtype {r.dtype!r} is not uint8/uint16"
         for t in TASK_COLUMNS:
             if getattr(r, t) and t not in SOURCES[r.source].tasks:
@@ -89,30 +93,12 @@ def _rows_check(m: pd.DataFrame) -> Iterator[str]:
         yield f"manifest: rows are not grouped by source in {SOURCE_KEYS} order"
 
 
-def _record_mismatches(record: dict[str, Any], row: Any) -> list[str]:
-    """Fields of a shard's json record that disagree with the manifest row."""
-    expect = {
-        "cell_id": row.cell_id, "source": row.source, "label": row.label, "train_test_split": row.train_test_split,
-        "channels": row.channels.split(","), "dtype": row.dtype, "sha256": row.sha256,
-        "tasks": [t for t in sorted(TASK_COLUMNS) if getattr(row, t)],
-    }
-    bad = [k for k, v in expect.items() if record.get(k) != v]
-    groups = record.get("groups", {})
-    bad += [g for g in ("Structure", "cell_type", "Plate", "dataset") if str(groups.get(g, "")) != getattr(row, g)]
-    try:
-        if json.loads(row.meta or "{}") != record.get("meta"):
-            bad.append("meta")
-    except json.JSONDecodeError:
-        bad.append("meta (manifest JSON unreadable)")
-    return bad
-
-
 def _check_shard(root: Path, shard: str, rows: pd.DataFrame) -> Iterator[str]:
     """Parse one shard fully and compare every sample with its manifest rows."""
-    expected = list(rows.itertuples(index=False))
+    expected = rows.to_dict("records")
     got: list[str] = []
     records: dict[str, dict[str, Any]] = {}
-    by_key = {r.key: r for r in expected}
+    by_key = {r["key"]: r for r in expected}
     try:
         with open(root / shard, "rb") as fh:
             for member, data in iter_members(fh, shard):
@@ -129,12 +115,13 @@ def _check_shard(root: Path, shard: str, rows: pd.DataFrame) -> Iterator[str]:
                         yield f"{shard}: key {key!r}: corrupted json record ({exc})"
                     continue
                 got.append(key)
-                if (member.offset, member.size) != (row.offset, row.nbytes):
-                    yield f"{shard}: key {key!r}: image at offset {member.offset} size {member.size}, manifest says {row.offset} / {row.nbytes}"
+                if (member.offset, member.size) != (row["offset"], row["nbytes"]):
+                    yield (f"{shard}: key {key!r}: image at offset {member.offset} size {member.size}, manifest says "
+                           f"{row['offset']} / {row['nbytes']}")
                 if key not in records:
                     yield f"{shard}: key {key!r}: no valid json record before its image"
                 else:
-                    bad = _record_mismatches(records[key], row)
+                    bad = record_mismatches(records[key], row)
                     if bad:
                         yield f"{shard}: key {key!r}: json record disagrees with the manifest on {', '.join(bad)}"
                 try:
@@ -142,14 +129,14 @@ def _check_shard(root: Path, shard: str, rows: pd.DataFrame) -> Iterator[str]:
                 except CorruptSampleError as exc:
                     yield str(exc)
                     continue
-                if image_checksum(img) != row.sha256:
+                if image_checksum(img) != row["sha256"]:
                     yield f"{shard}: key {key!r}: image sha256 differs from the manifest (shape {img.shape}, {img.dtype})"
     except (CorruptSampleError, OSError) as exc:
         yield f"{exc} (shard unreadable from here on)"
-    missing = [r.key for r in expected if r.key not in set(got)]
+    missing = [r["key"] for r in expected if r["key"] not in set(got)]
     for key in missing[:MAX_PER_CHECK]:
         yield f"{shard}: key {key!r} in the manifest has no image member in the shard"
-    if [k for k in got if k in by_key] != [r.key for r in expected if r.key in set(got)]:
+    if [k for k in got if k in by_key] != [r["key"] for r in expected if r["key"] in set(got)]:
         yield f"{shard}: samples are not in manifest order"
 
 
@@ -161,11 +148,12 @@ def _check_zarr(root: Path, src: str, part: pd.DataFrame) -> Iterator[str]:
         yield f"zarr/{src}.zarr: cannot open ({type(exc).__name__}: {exc})"
         return
     first = part.iloc[0]
-    shape = (len(part), len(first["channels"].split(",")), int(first["height"]), int(first["width"]))
+    channels = list(parse_channels(first["channels"]))
+    shape = (len(part), len(channels), int(first["height"]), int(first["width"]))
     if tuple(arr.shape) != shape or str(arr.dtype) != first["dtype"]:
         yield f"zarr/{src}.zarr: images {tuple(arr.shape)} {arr.dtype}, manifest implies {shape} {first['dtype']}"
         return
-    if attrs.get("channels") != first["channels"].split(","):
+    if attrs.get("channels") != channels:
         yield f"zarr/{src}.zarr: attribute channels {attrs.get('channels')} != manifest {first['channels']}"
     if attrs.get("cell_ids") != part["cell_id"].tolist():
         yield f"zarr/{src}.zarr: attribute cell_ids do not match the manifest rows of {src}"
@@ -208,7 +196,7 @@ def validate_release(root: str | Path, progress: bool = True) -> ValidationRepor
     for name, field_ in ((MANIFEST_PARQUET, "manifest_sha256"), (MANIFEST_CSV, "manifest_csv_sha256")):
         if field_ in rel and (root / name).is_file() and file_sha256(root / name) != rel[field_]:
             rep.problems.append(f"{name}: sha256 differs from {RELEASE_JSON} ({field_})")
-    if _counts(m) != rel.get("counts"):
+    if release_counts(m) != rel.get("counts"):
         rep.problems.append(f"{RELEASE_JSON}: counts do not match the manifest")
     listed: dict[str, str] = rel.get("shards", {})
     on_disk = {p.relative_to(root).as_posix() for p in (root / "shards").glob("*/*.tar")}

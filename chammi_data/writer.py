@@ -1,14 +1,15 @@
 """Write a release: WebDataset tar shards + Zarr v3 images + manifest + ``release.json``.
 
-Three functions make a release and can be spread over processes:
+There is one write path, used by ``chammi-build`` (spread over dask workers) and by :class:`ReleaseWriter`
+(serial, for scripts and tests):
 
-1. :func:`create_zarr_array` once per source (needs the final cell count),
-2. :func:`write_shard` once per shard, in any process, concurrently for different shards - it writes the
-   tar shard k and exactly zarr shard k (rows ``[k * cells_per_shard, ...)``) and returns a
-   :class:`ShardRecord` with the manifest rows of its cells,
-3. :func:`finalize_release` once, with every row and shard record: manifest.parquet/.csv and release.json.
+1. :func:`encode_cell` once per cell, on the process that made it: the shard record, the compressed tar
+   member, the pixel sha256 and the zarr chunk (:class:`EncodedCell`), so writing is only concatenation;
+2. :func:`create_zarr_array` once per source (the final cell count, or grown shard by shard);
+3. per shard k of :func:`shard_plan`, in any process: :func:`write_tar_shard` (tar shard k) and
+   :func:`write_zarr_shard` (exactly zarr shard k: rows ``[k * cells_per_shard, ...)``), one writer per file;
+4. :func:`finalize_release` once, with every shard record: manifest.parquet/.csv and release.json.
 
-:class:`ReleaseWriter` is the serial convenience on top (streams cells, one shard in memory at a time).
 Identical cells give byte-identical tar shards, manifests and release.json (no timestamps, fixed tar
 headers, deterministic parquet).
 """
@@ -31,18 +32,19 @@ from tqdm import tqdm
 from chammi_data import zarr_store
 from chammi_data.codec import IMAGE_SUFFIX, JSON_SUFFIX, encode_image
 from chammi_data.manifest import write_manifest
-from chammi_data.schema import SCHEMA_VERSION, Cell, canonical_json, file_sha256  # noqa: F401 (re-exported)
-from chammi_data.vocab import SOURCE_KEYS, TASK_COLUMNS
+from chammi_data.release_format import canonical_json, manifest_row, parse_channels, release_counts
+from chammi_data.schema import SCHEMA_VERSION, Cell, file_sha256
+from chammi_data.vocab import SOURCE_KEYS
 
-#: Default number of cells per tar shard (= per zarr shard).
-CELLS_PER_SHARD = 256
+#: Default number of cells per tar shard (= per zarr shard). 64 HPA cells are ~64 MiB in memory per writer.
+CELLS_PER_SHARD = 64
 _TAR_BLOCK = 512
 
 
 @dataclass
 class ShardRecord:
-    """What one :func:`write_shard` call produced: the tar path (relative to the root), its sha256 and
-    the manifest rows (dicts keyed by ``schema.MANIFEST_COLUMNS``) of its cells, in shard order."""
+    """What one :func:`write_tar_shard` call produced: the tar path (relative to the root), its sha256 and
+    the manifest rows (dicts keyed by ``release_format.MANIFEST_COLUMNS``) of its cells, in shard order."""
 
     path: str
     sha256: str
@@ -57,6 +59,13 @@ def shard_relpath(source: str, shard_index: int) -> str:
     return f"shards/{source}/{source}-{shard_index:06d}.tar"
 
 
+def shard_plan(n_cells: int, cells_per_shard: int) -> list[tuple[int, int, int]]:
+    """``(shard_index, first_row, end_row)`` of each shard of a source with ``n_cells`` cells in release order."""
+    if cells_per_shard < 1:
+        raise ValueError(f"cells_per_shard must be >= 1, got {cells_per_shard}")
+    return [(k // cells_per_shard, k, min(k + cells_per_shard, n_cells)) for k in range(0, n_cells, cells_per_shard)]
+
+
 def _tar_info(name: str, size: int) -> tarfile.TarInfo:
     # Fixed header fields: the only things that vary between samples are the name and the size.
     info = tarfile.TarInfo(name)
@@ -69,68 +78,38 @@ def _tar_info(name: str, size: int) -> tarfile.TarInfo:
     return info
 
 
-def manifest_row(cell: Cell, shard: str, offset: int, nbytes: int, zarr_row: int, checksum: str | None = None) -> dict[str, Any]:
-    """The manifest row of one written cell (keys = ``schema.MANIFEST_COLUMNS``)."""
-    c, h, w = cell.image.shape
-    row: dict[str, Any] = {
-        "cell_id": cell.cell_id,
-        "source": cell.source,
-        "label": cell.label,
-        "train_test_split": cell.split,
-    }
-    row.update({t: t in cell.tasks for t in TASK_COLUMNS})
-    row.update({g: str(cell.groups.get(g, "")) for g in ("Structure", "cell_type", "Plate", "dataset")})
-    row.update(
-        {
-            "channels": ",".join(cell.channels),
-            "height": int(h),
-            "width": int(w),
-            "dtype": str(cell.image.dtype),
-            "shard": shard,
-            "key": cell.cell_id,
-            "offset": int(offset),
-            "nbytes": int(nbytes),
-            "zarr_row": int(zarr_row),
-            "sha256": checksum or cell.checksum,
-            "meta": canonical_json(cell.meta),
-        }
-    )
-    return row
-
-
-#: Step 1, once per source: create ``zarr/<source>.zarr`` (N, C, H, W) for the final cell count
-#: (``root, source, n_cells, channels, hw, dtype, cells_per_shard``). The zarr module owns the layout.
+#: Once per source: create ``zarr/<source>.zarr`` (N, C, H, W) (``root, source, n_cells, channels, hw, dtype,
+#: cells_per_shard``). The zarr module owns the layout.
 create_zarr_array = zarr_store.create_images
 
 
 @dataclass(frozen=True)
 class EncodedCell:
-    """The CPU-heavy part of writing one cell, done once: its tar image member, its pixel sha256 and its
-    zarr chunk (``zarr_store.encode_chunk``). A build makes these on the worker that made the cell, in
-    parallel with everything else, and the shard writers only concatenate them."""
+    """A cell ready to be written: its shard record (``Cell.record()``: ids, label, split, tasks, groups,
+    shape, dtype, pixel sha256, meta), its compressed tar image member and its zarr chunk
+    (``zarr_store.encode_chunk``). Shard writers only concatenate these bytes."""
 
+    record: dict[str, Any]
     member: bytes
-    checksum: str
     chunk: bytes
+
+    @property
+    def cell_id(self) -> str:
+        return self.record["cell_id"]
 
 
 def encode_cell(cell: Cell) -> EncodedCell:
-    """Compress one cell for both formats (``codec.encode_image`` and ``zarr_store.encode_chunk``) and hash it."""
-    return EncodedCell(encode_image(cell.image), cell.checksum, zarr_store.encode_chunk(cell.image))
+    """Hash one cell and compress it for both formats (``codec.encode_image``, ``zarr_store.encode_chunk``)."""
+    return EncodedCell(cell.record(), encode_image(cell.image), zarr_store.encode_chunk(cell.image))
 
 
-def write_shard(root: str | Path, source: str, shard_index: int, cells: Sequence[Cell], zarr_start: int,
-                encoded: Sequence[EncodedCell] | None = None) -> ShardRecord:
-    """Write tar shard ``shard_index`` of ``source`` and zarr rows ``[zarr_start, zarr_start + len(cells))``.
-
-    Those rows must be exactly zarr shard ``shard_index`` (``zarr_start == shard_index * cells_per_shard``),
-    so that each zarr shard has one writer; different shards may be written concurrently from different
-    processes. :func:`write_tar_shard` and :func:`write_zarr_shard` are the two halves; they touch different
-    files and may also run in different processes.
-    """
-    encoded = list(encoded) if encoded is not None else [encode_cell(c) for c in cells]
-    record = write_tar_shard(root, source, shard_index, cells, zarr_start, encoded)
-    write_zarr_shard(root, source, shard_index, zarr_start, chunks=[e.chunk for e in encoded])
+def write_shard(root: str | Path, source: str, shard_index: int, cells: Sequence[Cell | EncodedCell],
+                zarr_start: int) -> ShardRecord:
+    """Write tar shard ``shard_index`` of ``source`` and zarr rows ``[zarr_start, zarr_start + len(cells))``:
+    :func:`write_tar_shard` then :func:`write_zarr_shard`, encoding plain :class:`Cell` objects first."""
+    encoded = [c if isinstance(c, EncodedCell) else encode_cell(c) for c in cells]
+    record = write_tar_shard(root, source, shard_index, encoded, zarr_start)
+    write_zarr_shard(root, source, shard_index, zarr_start, [e.chunk for e in encoded])
     return record
 
 
@@ -144,41 +123,33 @@ def _check_shard(root: Path, source: str, shard_index: int, n: int, zarr_start: 
     return rel
 
 
-def write_zarr_shard(root: str | Path, source: str, shard_index: int, zarr_start: int,
-                     images: Sequence[np.ndarray] | None = None, chunks: Sequence[bytes] | None = None) -> None:
-    """Write zarr shard ``shard_index`` of ``source`` (rows from ``zarr_start``) from ``images`` (encoded
-    here by zarr-python) or from their pre-encoded ``chunks`` (``EncodedCell.chunk``; the same bytes)."""
-    if (images is None) == (chunks is None):
-        raise ValueError("write_zarr_shard: pass exactly one of images or chunks")
-    n = len(images) if images is not None else len(chunks)  # type: ignore[arg-type]
-    _check_shard(Path(root), source, shard_index, n, zarr_start)
-    if chunks is not None:
-        zarr_store.write_encoded_shard(root, source, shard_index, chunks)
-    else:
-        zarr_store.write_rows(root, source, zarr_start, np.stack(images))  # type: ignore[arg-type]
+def write_zarr_shard(root: str | Path, source: str, shard_index: int, zarr_start: int, chunks: Sequence[bytes]) -> None:
+    """Write zarr shard ``shard_index`` of ``source`` (rows from ``zarr_start``, which must be the shard's first
+    row: one writer per zarr shard) from its cells' pre-encoded chunks (``EncodedCell.chunk``)."""
+    _check_shard(Path(root), source, shard_index, len(chunks), zarr_start)
+    zarr_store.write_encoded_shard(root, source, shard_index, chunks)
 
 
-def write_tar_shard(root: str | Path, source: str, shard_index: int, cells: Sequence[Cell], zarr_start: int,
-                    encoded: Sequence[EncodedCell] | None = None) -> ShardRecord:
-    """Write tar shard ``shard_index`` of ``source`` (rows ``zarr_start...`` in the manifest); see :func:`write_shard`.
+def write_tar_shard(root: str | Path, source: str, shard_index: int, cells: Sequence[EncodedCell],
+                    zarr_start: int) -> ShardRecord:
+    """Write tar shard ``shard_index`` of ``source`` (manifest rows ``zarr_start...``); see the module docstring.
 
-    The tar is written to a temp file and moved into place atomically. Members per cell:
-    ``<key>.json`` (``Cell.record()`` as canonical JSON) then ``<key>.npy.zst`` (``codec.encode_image``).
-    ``encoded``: :func:`encode_cell` of each cell when already done elsewhere (same bytes either way).
+    Members per cell: ``<key>.json`` (the record as canonical JSON) then ``<key>.npy.zst`` (the encoded
+    image). Written to a temp file and moved into place atomically, hashed on the way.
     """
     root = Path(root)
     rel = _check_shard(root, source, shard_index, len(cells), zarr_start)
-    if encoded is not None and len(encoded) != len(cells):
-        raise ValueError(f"write_shard({source}, {shard_index}): {len(encoded)} encoded images for {len(cells)} cells")
-    first = cells[0]
+    first = cells[0].record
     for cell in cells:
-        where = f"{rel}: cell {cell.cell_id!r}"
-        if cell.source != source:
-            raise ValueError(f"{where} has source {cell.source!r}, expected {source!r}")
-        if cell.image.shape != first.image.shape or cell.image.dtype != first.image.dtype or cell.channels != first.channels:
+        rec = cell.record
+        where = f"{rel}: cell {rec['cell_id']!r}"
+        if rec["source"] != source:
+            raise ValueError(f"{where} has source {rec['source']!r}, expected {source!r}")
+        if (list(rec["shape"]), rec["dtype"], list(rec["channels"])) != (list(first["shape"]), first["dtype"], list(first["channels"])):
             raise ValueError(
-                f"{where}: image {cell.image.shape} {cell.image.dtype} {cell.channels} differs from the shard's first cell "
-                f"{first.image.shape} {first.image.dtype} {first.channels}; a source needs one tile size and channel set"
+                f"{where}: image {tuple(rec['shape'])} {rec['dtype']} {list(rec['channels'])} differs from the shard's "
+                f"first cell {tuple(first['shape'])} {first['dtype']} {list(first['channels'])}; a source needs one "
+                f"tile size and channel set"
             )
     path = root / rel
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -186,8 +157,7 @@ def write_tar_shard(root: str | Path, source: str, shard_index: int, cells: Sequ
     rows: list[dict[str, Any]] = []
     try:
         # The bytes tarfile would write (ustar headers, data padded to 512, two zero blocks, the archive padded
-        # to tarfile's 10240-byte records), written directly and hashed on the way: no copies through BytesIO
-        # and no second read of the file for its sha256.
+        # to tarfile's 10240-byte records), written directly and hashed on the way.
         digest_h = hashlib.sha256()
         pos = 0
         with open(tmp, "wb") as fh:
@@ -199,18 +169,15 @@ def write_tar_shard(root: str | Path, source: str, shard_index: int, cells: Sequ
                 pos += len(data)
 
             for i, cell in enumerate(cells):
-                if encoded is not None:
-                    image, checksum = encoded[i].member, encoded[i].checksum
-                else:
-                    image, checksum = encode_image(cell.image), cell.checksum
-                record = canonical_json(cell.record(checksum)).encode("utf-8")
-                for name, data in ((cell.cell_id + JSON_SUFFIX, record), (cell.cell_id + IMAGE_SUFFIX, image)):
+                key = cell.record["cell_id"]
+                record = canonical_json(cell.record).encode("utf-8")
+                for name, data in ((key + JSON_SUFFIX, record), (key + IMAGE_SUFFIX, cell.member)):
                     put(_tar_info(name, len(data)).tobuf(tarfile.USTAR_FORMAT, tarfile.ENCODING, "surrogateescape"))
                     offset = pos  # a ustar header is one 512-byte block: the data starts right after it
                     put(data)
                     if len(data) % _TAR_BLOCK:
                         put(bytes(_TAR_BLOCK - len(data) % _TAR_BLOCK))
-                rows.append(manifest_row(cell, rel, offset, len(image), zarr_start + i, checksum))
+                rows.append(manifest_row(cell.record, rel, offset, len(cell.member), zarr_start + i))
             put(bytes(2 * _TAR_BLOCK))  # end-of-archive marker
             if pos % tarfile.RECORDSIZE:
                 put(bytes(tarfile.RECORDSIZE - pos % tarfile.RECORDSIZE))
@@ -221,18 +188,6 @@ def write_tar_shard(root: str | Path, source: str, shard_index: int, cells: Sequ
         if tmp.exists():
             tmp.unlink()
     return ShardRecord(path=rel, sha256=digest, rows=rows, source=source, shard_index=shard_index, nbytes=size)
-
-
-def _counts(df: pd.DataFrame) -> dict[str, Any]:
-    out: dict[str, Any] = {"total": int(len(df)), "sources": {}, "splits": {}, "tasks": {}}
-    for src in SOURCE_KEYS:
-        part = df[df["source"] == src]
-        if part.empty:
-            continue
-        out["sources"][src] = int(len(part))
-        out["splits"][src] = {str(k): int(v) for k, v in sorted(part["train_test_split"].value_counts().items())}
-        out["tasks"][src] = {t: int(part[t].sum()) for t in TASK_COLUMNS if int(part[t].sum()) > 0}
-    return out
 
 
 def _zarr_cells_per_shard(root: Path, source: str, fallback: int) -> int:
@@ -295,7 +250,7 @@ def finalize_release(
         first = part.iloc[0]
         recs = sorted((r for r in shard_records if r.source == src or r.path.startswith(f"shards/{src}/")), key=lambda r: r.path)
         sources_info[str(src)] = {
-            "channels": str(first["channels"]).split(","),
+            "channels": list(parse_channels(first["channels"])),
             "height": int(first["height"]),
             "width": int(first["width"]),
             "dtype": str(first["dtype"]),
@@ -306,7 +261,7 @@ def finalize_release(
         "schema_version": SCHEMA_VERSION,
         "package": "chammi",
         "package_version": __version__,
-        "counts": _counts(df),
+        "counts": release_counts(df),
         "sources": sources_info,
         "shards": {rec.path: rec.sha256 for rec in sorted(shard_records, key=lambda r: r.path)},
         "config_hash": hashlib.sha256(canonical_json(config).encode()).hexdigest(),
@@ -323,10 +278,11 @@ def finalize_release(
 
 
 class ReleaseWriter:
-    """Serial release writer: ``add_source`` per source (cells in final order), then ``close``.
+    """The serial face of the write path: ``add_source`` per source (cells in release order), then ``close``.
 
-    Cells are streamed: at most one shard of cells is held in memory. The zarr array is grown shard by
-    shard (the total count is not needed up front).
+    Each shard-sized batch of cells goes through the same :func:`encode_cell`, :func:`write_tar_shard` and
+    :func:`write_zarr_shard` as a ``chammi-build`` shard, so the bytes are the same; at most one shard of
+    cells is held in memory and the zarr array grows shard by shard (the total count is not needed up front).
     """
 
     def __init__(self, root: str | Path, cells_per_shard: int = CELLS_PER_SHARD, config: dict[str, Any] | None = None,
@@ -347,28 +303,28 @@ class ReleaseWriter:
         if source in self._sources:
             raise ValueError(f"source {source!r} was already added to this release")
         self._sources.add(source)
-        per, n, shard_index = self.cells_per_shard, 0, 0
-        batch: list[Cell] = []
+        per, n = self.cells_per_shard, 0
+        batch: list[EncodedCell] = []
         total = len(cells) if isinstance(cells, Sized) else None
         for cell in tqdm(cells, desc=f"write {source}", unit="cell", total=total, disable=not self.progress):
-            batch.append(cell)
+            batch.append(encode_cell(cell))
             if len(batch) == per:
-                self._flush(source, shard_index, batch, n)
-                n, shard_index, batch = n + len(batch), shard_index + 1, []
+                self._flush(source, batch, n)
+                n, batch = n + len(batch), []
         if batch:
-            self._flush(source, shard_index, batch, n)
+            self._flush(source, batch, n)
             n += len(batch)
         return n
 
-    def _flush(self, source: str, shard_index: int, batch: list[Cell], start: int) -> None:
-        first = batch[0]
-        c, h, w = first.image.shape
-        if shard_index == 0:
-            create_zarr_array(self.root, source, len(batch), first.channels, (h, w), first.image.dtype, self.cells_per_shard)
+    def _flush(self, source: str, batch: list[EncodedCell], start: int) -> None:
+        first = batch[0].record
+        c, h, w = first["shape"]
+        if start == 0:
+            create_zarr_array(self.root, source, len(batch), first["channels"], (h, w), first["dtype"],
+                              self.cells_per_shard)
         else:
-            arr = zarr_store.open_images(self.root, source, mode="r+")
-            arr.resize((start + len(batch), c, h, w))
-        self.records.append(write_shard(self.root, source, shard_index, batch, start))
+            zarr_store.open_images(self.root, source, mode="r+").resize((start + len(batch), c, h, w))
+        self.records.append(write_shard(self.root, source, start // self.cells_per_shard, batch, start))
 
     def close(self, extra: dict[str, Any] | None = None) -> Path:
         """Write the manifest and release.json; returns the release.json path."""

@@ -26,11 +26,11 @@ from chammi_data.official import (
     read_official_metadata,
     row_to_cell,
 )
+from chammi_data.release_format import parse_bool_column
 from chammi_data.vocab import SOURCES, TASK_COLUMNS
 from pipelines.base import Skipped, SourcePipeline, Unit, UnitResult
 
 DEFAULT_CHUNK_ROWS = 256
-_TRUE = {"true", "1", "yes", "t"}
 
 
 @functools.lru_cache(maxsize=4)
@@ -80,7 +80,7 @@ class OfficialPipeline(SourcePipeline):
                             "train_test_split": table["train_test_split"].astype(str).str.strip().to_numpy()})
         for col in TASK_COLUMNS:
             if col in table.columns:
-                out[col] = table[col].astype(str).str.strip().str.lower().isin(_TRUE).to_numpy()
+                out[col] = parse_bool_column(table[col], f"official metadata column {col}", empty=False)
             else:
                 out[col] = False
         # a task column only counts for the sources that have that task

@@ -41,7 +41,8 @@ import numpy as np
 import yaml
 
 from chammi_data.paths import default_release_dir
-from chammi_data.schema import Cell, canonical_json
+from chammi_data.release_format import canonical_json, cell_record
+from chammi_data.schema import Cell
 from chammi_data.vocab import SOURCES
 from pipelines.base import Skipped, Unit, UnitResult, UnitSkip
 from pipelines.registry import RAW_SOURCES, get_pipeline
@@ -55,7 +56,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "cp": {},  # see pipelines.cp.DEFAULTS
     "tasks": {},  # {source: path or rules mapping} overriding manifests/tasks/<source>.yaml
 }
-SPILL_VERSION = 2  # 2: a spill holds encoded tar members + zarr chunks and a JSON trailer (was: .npz of pixels)
+SPILL_VERSION = 3  # part of every spill key: a spill written by another format version is recomputed
 log = logging.getLogger(__name__)
 
 
@@ -131,11 +132,6 @@ def _check_cells(result: UnitResult, unit: Unit, allowed: set[str]) -> UnitResul
     return UnitResult(good, skipped)
 
 
-def _record(cell: Cell) -> dict[str, Any]:
-    return {"cell_id": cell.cell_id, "source": cell.source, "label": cell.label, "channels": list(cell.channels),
-            "dtype": str(cell.image.dtype), "shape": list(cell.image.shape), "meta": cell.meta, "groups": dict(cell.groups)}
-
-
 #: a spill file ends with its JSON trailer, the trailer's length (uint64 little-endian) and this marker
 _SPILL_MAGIC = b"CHAMMI-SPILL-2\n"
 _SPILL_TAIL = 8 + len(_SPILL_MAGIC)
@@ -163,7 +159,7 @@ def write_spill(path: Path, key: str, result: UnitResult) -> list[dict[str, Any]
                 enc = encode_cell(c)
                 fh.write(enc.member)
                 fh.write(enc.chunk)
-                records.append({**_record(c), "sha256": enc.checksum, "tar": [pos, len(enc.member)],
+                records.append({**enc.record, "tar": [pos, len(enc.member)],
                                 "zarr": [pos + len(enc.member), len(enc.chunk)]})
                 pos += len(enc.member) + len(enc.chunk)
             trailer = canonical_json({"key": key, "records": records,
@@ -225,19 +221,18 @@ def run_units(name: str, batch: list[tuple[Unit, str, str]], config: dict[str, A
     return [run_unit(name, unit, config, path, key) for unit, path, key in batch]
 
 
-def _load_shard(entries_json: str, what: str) -> tuple[list[Cell], list[Any]]:
+def _load_shard(entries_json: str, what: str) -> list[Any]:
     """What one shard writer needs (entries: spill path, index, split, tasks, record; see ``plan_shards``).
 
     The entries travel as one JSON string: dask walks every nested list and dict of a task's arguments
-    looking for keys (measured: 70 ms of client time to submit the sample's CP shards), a string it leaves alone.
+    looking for keys, a string it leaves alone.
 
-    ``what="tar"``: Cells built from the records (the pixels are not needed: a zero-stride array of the right
-    shape and dtype stands in) and their ``EncodedCell`` (tar member + checksum). ``what="zarr"``: only the
-    zarr chunk bytes. Each cell's bytes are one ``pread`` at the offset its record gives.
+    ``what="tar"``: an ``EncodedCell`` per cell (its shard record with the assigned split and tasks, and its
+    tar member); ``what="zarr"``: the zarr chunk bytes. Each cell's bytes are one ``pread`` at the offset its
+    spill record gives.
     """
     from chammi_data.writer import EncodedCell
 
-    cells: list[Cell] = []
     parts: list[Any] = []
     fds: dict[str, int] = {}
     try:
@@ -251,15 +246,14 @@ def _load_shard(entries_json: str, what: str) -> tuple[list[Cell], list[Any]]:
             if what == "zarr":
                 parts.append(data)
                 continue
-            image = np.broadcast_to(np.zeros((), dtype=rec["dtype"]), tuple(rec["shape"]))
-            cells.append(Cell(image=image, channels=tuple(rec["channels"]), source=rec["source"],
-                              label=rec["label"], cell_id=rec["cell_id"], meta=rec["meta"], split=split,
-                              tasks=frozenset(tasks), groups=rec["groups"]))
-            parts.append(EncodedCell(data, rec["sha256"], b""))
+            record = cell_record(cell_id=rec["cell_id"], source=rec["source"], label=rec["label"],
+                                 channels=rec["channels"], shape=rec["shape"], dtype=rec["dtype"], split=split,
+                                 tasks=tasks, groups=rec["groups"], sha256=rec["sha256"], meta=rec["meta"])
+            parts.append(EncodedCell(record, data, b""))
     finally:
         for fd in fds.values():
             os.close(fd)
-    return cells, parts
+    return parts
 
 
 def write_tar_task(root: str, source: str, shard_index: int, zarr_start: int, entries: str) -> tuple[Any, float]:
@@ -267,8 +261,8 @@ def write_tar_task(root: str, source: str, shard_index: int, zarr_start: int, en
     from chammi_data.writer import write_tar_shard
 
     t0 = time.perf_counter()
-    cells, encoded = _load_shard(entries, "tar")
-    return write_tar_shard(root, source, shard_index, cells, zarr_start, encoded), time.perf_counter() - t0
+    encoded = _load_shard(entries, "tar")
+    return write_tar_shard(root, source, shard_index, encoded, zarr_start), time.perf_counter() - t0
 
 
 def write_zarr_task(root: str, source: str, shard_index: int, zarr_start: int, entries: str) -> tuple[None, float]:
@@ -276,8 +270,7 @@ def write_zarr_task(root: str, source: str, shard_index: int, zarr_start: int, e
     from chammi_data.writer import write_zarr_shard
 
     t0 = time.perf_counter()
-    _, chunks = _load_shard(entries, "zarr")
-    write_zarr_shard(root, source, shard_index, zarr_start, chunks=chunks)
+    write_zarr_shard(root, source, shard_index, zarr_start, _load_shard(entries, "zarr"))
     return None, time.perf_counter() - t0
 
 

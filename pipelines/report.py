@@ -21,10 +21,9 @@ from typing import Any
 
 import pandas as pd
 
+from chammi_data.release_format import GROUP_COLUMNS
 from chammi_data.vocab import SOURCE_KEYS, TASK_COLUMNS
 from pipelines.base import Skipped, Unit
-
-GROUP_COLUMNS = ("Structure", "cell_type", "Plate", "dataset")
 
 
 def _skip(d: Mapping[str, Any]) -> Skipped:
@@ -101,7 +100,7 @@ def order_cells(cells: list[dict[str, Any]], order: str) -> list[dict[str, Any]]
     raise ValueError(f"unknown cell order {order!r}; valid: cell_id, unit")
 
 
-#: the fields of a cell's spill record (``engine._record`` + the sha256 computed with its encoding)
+#: the fields of a cell's spill record (``writer.EncodedCell.record``, where its bytes lie) that a shard writer needs
 SPILL_RECORD = ("cell_id", "source", "label", "channels", "dtype", "shape", "meta", "groups", "sha256", "tar", "zarr")
 
 

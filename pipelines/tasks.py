@@ -34,7 +34,7 @@ import pandas as pd
 import yaml
 
 from chammi_data.paths import manifests_dir
-from chammi_data.schema import canonical_json
+from chammi_data.release_format import canonical_json
 from chammi_data.vocab import TASK_COLUMNS
 
 RULES_VERSION = 1

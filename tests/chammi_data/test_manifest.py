@@ -10,13 +10,12 @@ import pytest
 
 from chammi_data.manifest import (
     ReleaseNotFoundError,
-    parse_meta,
     read_manifest,
     read_release_json,
     source_rows,
     write_manifest,
 )
-from chammi_data.schema import MANIFEST_COLUMNS
+from chammi_data.release_format import MANIFEST_COLUMNS, parse_meta
 
 
 def test_types_and_order(tiny_release: Path):

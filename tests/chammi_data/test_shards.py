@@ -11,7 +11,7 @@ import pytest
 
 from chammi_data.codec import encode_image
 from chammi_data.manifest import read_manifest
-from chammi_data.schema import canonical_json
+from chammi_data.release_format import canonical_json
 from chammi_data.shards import ShardFormatError, ShardReader, index_shard, iter_samples, read_sample
 
 
@@ -40,8 +40,13 @@ def test_reads_a_clean_shard(tiny_release: Path):
     shard = sorted((tiny_release / "shards" / "hpa").glob("*.tar"))[0]
     samples = list(iter_samples(shard, verify=True))
     assert len(samples) == 10 and len(index_shard(shard)) == 20
-    assert samples[0]["record"]["cell_id"] == samples[0]["__key__"]
-    assert samples[0]["image"].shape == (4, 16, 16)
+    m = read_manifest(tiny_release).set_index("cell_id")
+    first = samples[0]
+    assert set(first) == {"image", "channels", "source", "label", "cell_id", "meta"}
+    assert first["image"].shape == (4, 16, 16) and first["image"].dtype == np.uint8
+    row = m.loc[first["cell_id"]]
+    assert (first["source"], first["label"], ",".join(first["channels"])) == ("hpa", row["label"], row["channels"])
+    assert first["meta"]["shard"] == str(shard) and first["meta"]["train_test_split"] == row["train_test_split"]
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from chammi_data.codec import CorruptSampleError, decode_image, encode_image
-from chammi_data.schema import Cell, canonical_json, image_checksum, make_cell_id
+from chammi_data.release_format import canonical_json
+from chammi_data.schema import Cell, image_checksum, make_cell_id
 from chammi_data.vocab import (
     CHANNEL_COLORS,
     CPS_WEIGHTS,

@@ -13,7 +13,7 @@ import pytest
 
 from chammi_data import zarr_store
 from chammi_data.manifest import read_manifest, read_release_json, source_rows
-from chammi_data.schema import MANIFEST_COLUMNS, canonical_json
+from chammi_data.release_format import MANIFEST_COLUMNS, canonical_json
 from chammi_data.shards import ShardReader, iter_samples
 from chammi_data.vocab import SOURCE_KEYS
 from chammi_data.writer import (
@@ -114,7 +114,7 @@ def test_concurrent_shards_in_processes(tmp_path: Path, cell_factory):
     np.testing.assert_array_equal(np.asarray(z[:]), np.stack([c.image for c in cells]))
     m = read_manifest(tmp_path)
     assert m["cell_id"].tolist() == [c.cell_id for c in cells]
-    assert [s["__key__"] for s in iter_samples(tmp_path / shard_relpath("cp", 1))] == [
+    assert [s["cell_id"] for s in iter_samples(tmp_path / shard_relpath("cp", 1))] == [
         c.cell_id for c in cells[4:8]
     ]
 

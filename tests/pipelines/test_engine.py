@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from chammi_data.manifest import read_manifest
-from chammi_data.schema import MANIFEST_COLUMNS
+from chammi_data.release_format import MANIFEST_COLUMNS
 from pipelines import engine
 from pipelines.engine import build, deep_merge, load_config
 from pipelines.report import order_cells, plan_shards
