@@ -32,13 +32,18 @@ def encode_image(image: np.ndarray, level: int = ZSTD_LEVEL) -> bytes:
     buf = io.BytesIO()
     np.save(buf, arr, allow_pickle=False)
     # A fresh compressor per call, no threads, no content-size ambiguity: identical input -> identical bytes.
-    return zstandard.ZstdCompressor(level=level, write_content_size=True).compress(buf.getvalue())
+    return zstandard.ZstdCompressor(level=level, write_content_size=True, write_checksum=True).compress(buf.getvalue())
 
 
-def decode_image(data: bytes, where: str = "image") -> np.ndarray:
-    """zstd-compressed ``.npy`` bytes -> (C, H, W) array. ``where`` names the shard/key in errors."""
+def decode_image(data: bytes, where: str = "image", max_bytes: int = 1 << 28) -> np.ndarray:
+    """zstd-compressed ``.npy`` bytes -> (C, H, W) array. ``where`` names the shard/key in errors.
+
+    At most ``max_bytes`` are decompressed, whether or not the frame declares its size."""
     try:
-        raw = zstandard.ZstdDecompressor().decompress(data)
+        declared = zstandard.frame_content_size(data)
+        if declared > max_bytes:
+            raise ValueError(f"zstd frame declares {declared} bytes, more than the {max_bytes}-byte limit")
+        raw = zstandard.ZstdDecompressor().decompress(data, max_output_size=max_bytes)
         arr = np.load(io.BytesIO(raw), allow_pickle=False)
     except Exception as exc:  # zstd errors, truncated npy, object arrays (pickle refused)
         raise CorruptSampleError(f"{where}: cannot decode image ({type(exc).__name__}: {exc})") from None

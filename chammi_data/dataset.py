@@ -10,7 +10,7 @@ source that has it (``Task_two``), or one source's task (``hpa/Task_three``; fol
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +18,10 @@ import numpy as np
 import pandas as pd
 from torch.utils.data import Dataset
 
-from chammi_data import zarr_store
 from chammi_data.manifest import read_manifest, sources_in
-from chammi_data.paths import default_release_dir
 from chammi_data.release_format import parse_channels, sample_from_row, select_rows, to_float_tensor
 from chammi_data.shards import ShardReader
+from chammi_data.storage import open_store, open_zarr_images
 from chammi_data.vocab import source_info
 
 BACKENDS = ("shards", "zarr")
@@ -34,21 +33,29 @@ class ReleaseDataset(Dataset):
     ``image`` is a float32 tensor (C, H, W) scaled to [0, 1] (uint8 / 255, uint16 / 65535); ``meta`` is the
     source's provenance plus ``train_test_split``, ``tasks`` and ``row`` (the row within its source's
     manifest = feature row), without overwriting the source's own keys. ``backend`` picks the tar shards
-    (pread by offset) or the zarr stores.
+    (one read per cell at its manifest offset: a ``pread`` locally, a ranged request remotely) or the zarr
+    stores. ``root`` is any release location (folder, URL, :class:`~chammi_data.storage.ReleaseStore`).
+    ``verify``: None checks every read (frame checksums, sha256 where a frame has none), True always checks
+    the pixels' sha256 against the manifest.
     """
 
-    def __init__(self, root: str | Path, rows: pd.DataFrame, transform: Callable[[dict], dict] | None = None,
-                 backend: str = "shards", verify: bool = False):
+    def __init__(self, root: Any, rows: pd.DataFrame, transform: Callable[[dict], dict] | None = None,
+                 backend: str = "shards", verify: bool | None = None):
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
-        self.root = Path(root)
+        self.store = open_store(root)
         self.rows = rows.reset_index(drop=True)
         self.transform = transform
         self.backend = backend
         self.verify = verify
         self._records = self.rows.to_dict("records")
-        self._reader = ShardReader(self.root)
+        self._reader = ShardReader(self.store)
         self._zarr: dict[str, Any] = {}
+
+    @property
+    def root(self) -> Any:
+        """The release location: a Path for a local release, else its URL."""
+        return self.store.root if self.store.is_local else self.store.url
 
     def __len__(self) -> int:
         return len(self._records)
@@ -72,7 +79,7 @@ class ReleaseDataset(Dataset):
             return self._reader.read(row, verify=self.verify)
         src = row["source"]
         if src not in self._zarr:
-            self._zarr[src] = zarr_store.open_images(self.root, src)
+            self._zarr[src] = open_zarr_images(self.store, src)
         return np.asarray(self._zarr[src][int(row["zarr_row"])])
 
     def __getitem__(self, i: int) -> dict[str, Any]:
@@ -104,13 +111,18 @@ class ReleaseDataset(Dataset):
         return f"ReleaseDataset(root={str(self.root)!r}, n={len(self)}, sources={counts}, backend={self.backend!r})"
 
 
-def load(split: str = "train", root: str | Path | None = None, sources: Sequence[str] | str | None = None,
-         transform: Callable[[dict], dict] | None = None, backend: str = "shards") -> ReleaseDataset:
-    """A :class:`ReleaseDataset` of ``split`` from the release at ``root`` (default location when None).
+def load(split: str = "train", root: Any = None, sources: Sequence[str] | str | None = None,
+         transform: Callable[[dict], dict] | None = None, backend: str = "shards",
+         storage_options: Mapping[str, Any] | None = None, cache_dir: str | Path | None = None,
+         verify: bool | None = None) -> ReleaseDataset:
+    """A :class:`ReleaseDataset` of ``split`` from the release at ``root``.
 
-    ``sources`` restricts to some sources (keys or folder names). An empty selection is an error that says
-    which sources and tasks the release has.
+    ``root``: a folder, ``file://``, ``s3://``, ``gs://``, ``http(s)://`` or any fsspec URL, or an fsspec
+    mapper; None = ``$CHAMMI_RELEASE`` or ``~/.cache/chammi/release``. ``storage_options`` go to fsspec
+    (credentials otherwise come from the standard environment and config files); ``cache_dir`` caches whole
+    remote shards locally, checked against ``release.json``. ``sources`` restricts to some sources (keys or
+    folder names). An empty selection is an error that says which sources and tasks the release has.
     """
-    root = Path(root) if root is not None else default_release_dir()
-    rows = select_rows(read_manifest(root), split, sources, where=f"release {root}")
-    return ReleaseDataset(root, rows, transform=transform, backend=backend)
+    store = open_store(root, storage_options, cache_dir)
+    rows = select_rows(read_manifest(store), split, sources, where=f"release {store}")
+    return ReleaseDataset(store, rows, transform=transform, backend=backend, verify=verify)

@@ -28,6 +28,7 @@ from chammi_data.manifest import read_manifest, source_rows, sources_in
 from chammi_data.official import META_FILE, chw_to_tape
 from chammi_data.release_format import canonical_json, parse_meta
 from chammi_data.shards import ShardReader
+from chammi_data.storage import open_store
 from chammi_data.vocab import SourceInfo, source_info
 
 FORMATS = ("chammi",)
@@ -78,7 +79,7 @@ def _meta_value(value: Any) -> Any:
     return value
 
 
-def export_source(release: Path, outdir: Path, source: str, rows: pd.DataFrame, reader: ShardReader,
+def export_source(release: Any, outdir: Path, source: str, rows: pd.DataFrame, reader: ShardReader,
                   compress_level: int = 6, progress: bool = True) -> tuple[int, list[str]]:
     """Write one source folder; returns (cells written, notes)."""
     info = source_info(source)
@@ -125,14 +126,14 @@ def export_source(release: Path, outdir: Path, source: str, rows: pd.DataFrame, 
     return len(records), notes
 
 
-def export_official(release: str | Path, outdir: str | Path, sources: Sequence[str] | None = None,
+def export_official(release: Any, outdir: str | Path, sources: Sequence[str] | None = None,
                     overwrite: bool = False, compress_level: int = 6, progress: bool = True) -> ExportSummary:
     """Write the release at ``release`` into ``outdir`` in the official CHAMMI layout.
 
     ``sources`` restricts the export (keys or folder names). Existing source folders in ``outdir`` are an
     error unless ``overwrite`` (then they are replaced).
     """
-    release, outdir = Path(release), Path(outdir)
+    release, outdir = open_store(release), Path(outdir)
     manifest = read_manifest(release)
     keys = sources_in(manifest) if sources is None else [source_info(s).key for s in sources]
     summary = ExportSummary(outdir)

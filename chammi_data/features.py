@@ -24,6 +24,7 @@ import torch
 
 from chammi_data.release_format import parse_bool, train_mask
 from chammi_data.schema import file_sha256
+from chammi_data.storage import ReleaseStore, open_store
 from chammi_data.vocab import LOGO_TASKS, SOURCE_KEYS, SOURCES, source_info
 
 
@@ -266,23 +267,31 @@ def _split_frame(df: pd.DataFrame, origin: str) -> dict[str, pd.DataFrame]:
     return out
 
 
-def _read_path(path: Path) -> tuple[dict[str, pd.DataFrame], dict[str, Any]]:
-    prov: dict[str, Any] = {"manifest_path": str(path)}
+def _read_release(store: ReleaseStore) -> tuple[dict[str, pd.DataFrame], dict[str, Any]]:
+    """Our release at any location: the manifest, checked against the digest ``release.json`` records."""
+    from chammi_data.manifest import MANIFEST_PARQUET, read_manifest, read_release_json
+
+    rel = read_release_json(store)
+    manifest = read_manifest(store)
+    prov: dict[str, Any] = {
+        "manifest_path": store.path(MANIFEST_PARQUET),
+        "kind": "release",
+        "manifest_sha256": rel.get("manifest_sha256"),
+        "release_manifest_sha256": rel.get("manifest_sha256"),
+        "release_config_hash": rel.get("config_hash"),
+        "release_package_version": rel.get("package_version"),
+    }
+    return _split_frame(manifest, prov["manifest_path"]), prov
+
+
+def _read_location(location: Any) -> tuple[dict[str, pd.DataFrame], dict[str, Any]]:
+    """A release (folder, URL or store), an official root, or one metadata file."""
+    if isinstance(location, ReleaseStore) or "://" in str(location):
+        return _read_release(open_store(location))
+    path = Path(location)
     if path.is_dir() and ((path / "manifest.parquet").is_file() or (path / "manifest.csv").is_file()):
-        from chammi_data.manifest import read_manifest  # our release
-
-        file = path / "manifest.parquet" if (path / "manifest.parquet").is_file() else path / "manifest.csv"
-        prov.update(kind="release", manifest_sha256=file_sha256(file))
-        if (path / "release.json").is_file():
-            from chammi_data.manifest import read_release_json
-
-            rel = read_release_json(path)
-            prov.update(
-                release_manifest_sha256=rel.get("manifest_sha256"),
-                release_config_hash=rel.get("config_hash"),
-                release_package_version=rel.get("package_version"),
-            )
-        return _split_frame(read_manifest(path), str(file)), prov
+        return _read_release(open_store(path))
+    prov: dict[str, Any] = {"manifest_path": str(path)}
     if path.is_dir():
         frames = _read_official(path)
         files = [path / SOURCES[k].folder / "enriched_meta.csv" for k in frames]
@@ -312,8 +321,8 @@ def load_protocol_tables(
 ) -> tuple[dict[str, ProtocolTable], dict[str, Any]]:
     """{source key: ProtocolTable} (+ provenance: paths, file sha256, release ids, protocol digest) from any
     supported manifest form; ``sources`` limits which sources must be present."""
-    if isinstance(manifest, str | Path):
-        frames, prov = _read_path(Path(manifest))
+    if isinstance(manifest, str | Path | ReleaseStore):
+        frames, prov = _read_location(manifest)
         origin = str(manifest)
     elif isinstance(manifest, pd.DataFrame):
         frames, prov, origin = (

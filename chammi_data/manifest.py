@@ -8,9 +8,12 @@ source = feature row i = zarr row i).
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +22,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from chammi_data.paths import default_release_dir
 from chammi_data.release_format import (
     BOOL_COLUMNS,
     CELL_ID_PATTERN,
@@ -28,7 +30,12 @@ from chammi_data.release_format import (
     check_cell_id,
     parse_bool_column,
 )
+from chammi_data.storage import ReleaseNotFoundError, ReleaseStore, RemoteObjectError, open_store
 from chammi_data.vocab import SOURCE_KEYS, source_info
+
+__all__ = ["MANIFEST_CSV", "MANIFEST_PARQUET", "MANIFEST_SCHEMA", "RELEASE_JSON", "ManifestDigestError",
+           "ReleaseNotFoundError", "read_manifest", "read_release_json", "source_rows", "sources_in",
+           "write_manifest"]
 
 MANIFEST_PARQUET = "manifest.parquet"
 MANIFEST_CSV = "manifest.csv"
@@ -48,19 +55,30 @@ def _arrow_type(col: str) -> pa.DataType:
 MANIFEST_SCHEMA = pa.schema([pa.field(c, _arrow_type(c), nullable=False) for c in MANIFEST_COLUMNS])
 
 
-class ReleaseNotFoundError(FileNotFoundError):
-    """No release at the given folder; the message says how to build one."""
+class ManifestDigestError(ValueError):
+    """The manifest's bytes differ from the sha256 that ``release.json`` records (edited or corrupted)."""
 
 
-def _resolve(root: str | Path | None) -> Path:
-    return Path(root) if root is not None else default_release_dir()
+def _missing(store: ReleaseStore, what: str) -> ReleaseNotFoundError:
+    if store.is_local:
+        return ReleaseNotFoundError(
+            f"no release at {store} ({what} not found): run `chammi-build` (or `chammi demo`) to build one, "
+            f"or pass root= / set $CHAMMI_RELEASE to an existing release folder or URL"
+        )
+    return ReleaseNotFoundError(f"no release at {store} ({what} not found): check the location; "
+                                f"credentials: {store.credentials()}")
 
 
-def _missing(root: Path, what: str) -> ReleaseNotFoundError:
-    return ReleaseNotFoundError(
-        f"no release at {root} ({what} not found): run `chammi-build` (or `chammi demo`) to build one, "
-        f"or pass root= / set $CHAMMI_RELEASE to an existing release folder"
-    )
+def _read(store: ReleaseStore, name: str) -> bytes | None:
+    """The bytes of a release file, None when it does not exist (a refused remote read is an error)."""
+    try:
+        return store.read_bytes(name)
+    except RemoteObjectError as exc:
+        if exc.missing:
+            return None
+        raise
+    except (FileNotFoundError, NotADirectoryError):
+        return None
 
 
 def _coerce(df: pd.DataFrame) -> pd.DataFrame:
@@ -102,36 +120,55 @@ def write_manifest(root: str | Path, df: pd.DataFrame) -> tuple[Path, Path]:
     return parquet, csv
 
 
-def read_manifest(root: str | Path | None = None) -> pd.DataFrame:
-    """The manifest of the release at ``root`` (default: ``paths.default_release_dir()``).
+def read_manifest(root: Any = None, storage_options: Mapping[str, Any] | None = None,
+                  verify: bool = True) -> pd.DataFrame:
+    """The manifest of the release at ``root`` (a folder, a URL, a :class:`ReleaseStore`; default:
+    ``storage.default_location()``).
 
-    Task columns are bool, sizes/offsets/rows int64, the rest str. Raises :class:`ReleaseNotFoundError`
-    (saying how to build one) when there is no release there.
+    Task columns are bool, sizes/offsets/rows int64, the rest str; cell ids are checked. With ``verify`` (the
+    default) the manifest's sha256 must equal the one ``release.json`` records, so an edited row (an offset
+    pointing at another cell, a changed label or split) is refused (:class:`ManifestDigestError`) instead of
+    being used. Raises :class:`ReleaseNotFoundError` when there is no release at ``root``.
     """
-    root = _resolve(root)
-    parquet, csv = root / MANIFEST_PARQUET, root / MANIFEST_CSV
-    if parquet.is_file():
-        try:
-            df = pq.read_table(parquet).to_pandas()
-        except Exception as exc:
-            raise ValueError(f"cannot read {parquet}: {type(exc).__name__}: {exc}") from None
-    elif csv.is_file():
-        df = pd.read_csv(csv, dtype=str, keep_default_na=False)
-    else:
-        raise _missing(root, MANIFEST_PARQUET)
+    store = open_store(root, storage_options)
+    data = _read(store, MANIFEST_PARQUET)
+    name, digest_field = MANIFEST_PARQUET, "manifest_sha256"
+    if data is None:
+        data = _read(store, MANIFEST_CSV)
+        name, digest_field = MANIFEST_CSV, "manifest_csv_sha256"
+    if data is None:
+        raise _missing(store, MANIFEST_PARQUET)
+    if verify:
+        expected = read_release_json(store).get(digest_field)
+        got = hashlib.sha256(data).hexdigest()
+        if expected != got:
+            raise ManifestDigestError(
+                f"{store.path(name)}: sha256 {got[:16]}... differs from {RELEASE_JSON} ({str(expected)[:16]}...): the "
+                f"manifest was edited or corrupted; rebuild the release (chammi-build) or check it with chammi validate"
+            )
+    try:
+        if name == MANIFEST_PARQUET:
+            df = pq.read_table(io.BytesIO(data)).to_pandas()
+        else:
+            df = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False)
+    except Exception as exc:
+        raise ValueError(f"cannot read {store.path(name)}: {type(exc).__name__}: {exc}") from None
     return _coerce(df)
 
 
-def read_release_json(root: str | Path | None = None) -> dict[str, Any]:
-    """The parsed ``release.json`` of the release at ``root`` (default location when None)."""
-    root = _resolve(root)
-    path = root / RELEASE_JSON
-    if not path.is_file():
-        raise _missing(root, RELEASE_JSON)
+def read_release_json(root: Any = None, storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The parsed ``release.json`` of the release at ``root`` (default location when None).
+
+    A release without ``release.json`` is missing, incomplete or being rebuilt: :class:`ReleaseNotFoundError`.
+    """
+    store = open_store(root, storage_options)
+    data = _read(store, RELEASE_JSON)
+    if data is None:
+        raise _missing(store, RELEASE_JSON)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path} is not valid JSON: {exc}") from None
+        return json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{store.path(RELEASE_JSON)} is not valid JSON: {exc}") from None
 
 
 def source_rows(manifest: pd.DataFrame, source: str) -> pd.DataFrame:

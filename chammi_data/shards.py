@@ -12,6 +12,7 @@ array as ``image``; its ``meta`` is the record's provenance plus ``train_test_sp
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -27,6 +28,7 @@ import zstandard
 from chammi_data.codec import IMAGE_SUFFIX, JSON_SUFFIX, CorruptSampleError, decode_image
 from chammi_data.release_format import expected_shape, make_sample
 from chammi_data.schema import image_checksum
+from chammi_data.storage import RemoteObjectError, open_store
 
 BLOCK = 512
 _EXTS = (JSON_SUFFIX.lstrip("."), IMAGE_SUFFIX.lstrip("."))  # "json", "npy.zst": the order within a sample
@@ -83,26 +85,44 @@ def _parse_header(block: bytes, shard: str, pos: int) -> tuple[str, int, bytes]:
     return name, size, block[156:157]
 
 
-#: largest decompressed member we allocate for (a hostile frame header may declare any size)
-MAX_MEMBER_BYTES = 1 << 31
+#: largest decoded image we allocate for when nothing better is known (a hostile frame may declare any size)
+MAX_IMAGE_BYTES = 1 << 28
+#: largest ``.json`` record member read from a shard
+MAX_RECORD_BYTES = 1 << 20
+#: slack for the ``.npy`` header in front of the pixels (np.save pads it to a multiple of 64 bytes)
+_NPY_HEADER_MAX = 4096
 
 
-def decode_image_fast(data: bytes, where: str = "image") -> np.ndarray:
+def _size_bounds(expected: Mapping[str, Any] | None) -> tuple[int, int, str]:
+    """(least, most) decoded bytes an image member may have, and a description for errors."""
+    if expected is None:
+        return 10, MAX_IMAGE_BYTES, f"the {MAX_IMAGE_BYTES}-byte limit"
+    shape = expected_shape(expected)
+    dtype = np.dtype(str(expected.get("dtype", "uint16")))
+    pixels = int(np.prod(shape)) * dtype.itemsize
+    return pixels + 10, pixels + _NPY_HEADER_MAX, f"{pixels} bytes of pixels for {shape} {dtype} (+ .npy header)"
+
+
+def decode_image_fast(data: bytes, where: str = "image", expected: Mapping[str, Any] | None = None) -> np.ndarray:
     """Same result and checks as ``codec.decode_image``, without ``np.load``'s copies and ``literal_eval``.
 
     The zstd frame is decompressed straight into a new writable numpy buffer of the size its header declares
-    (imagecodecs' zstd binding; 10-60% faster than a bytes result plus a copy), the fixed ``.npy`` header of
-    our own writer is parsed with a strict regex and the pixels are a view into that buffer. Frames without
-    a declared size, and any other header, take the general path of ``codec.decode_image``.
+    (imagecodecs' zstd binding), the fixed ``.npy`` header of our own writer is parsed with a strict regex and
+    the pixels are a view into that buffer. Frames without a declared size, and any other header, take the
+    general path of ``codec.decode_image``. Frames written with a content checksum are verified by zstd.
+
+    ``expected`` (a manifest row or record: shape and dtype) bounds the allocation: a frame that declares a
+    different size is refused before anything is allocated (a decompression bomb costs nothing).
     """
+    least, most, want = _size_bounds(expected)
     try:
         size = zstandard.frame_content_size(data)
     except zstandard.ZstdError as exc:
         raise CorruptSampleError(f"{where}: cannot decode image (ZstdError: {exc})") from None
     if size < 0:
-        return decode_image(data, where)
-    if size > MAX_MEMBER_BYTES:
-        raise CorruptSampleError(f"{where}: cannot decode image (zstd frame declares {size} bytes)")
+        return decode_image(data, where, max_bytes=most)
+    if not least <= size <= most:
+        raise CorruptSampleError(f"{where}: zstd frame declares {size} decoded bytes, expected {want}")
     buf = np.empty(size, np.uint8)
     try:
         out = imagecodecs.zstd_decode(data, out=buf)
@@ -112,11 +132,11 @@ def decode_image_fast(data: bytes, where: str = "image") -> np.ndarray:
         raise CorruptSampleError(f"{where}: cannot decode image (zstd frame gave {len(out)} of {size} bytes)")
     head = buf[:10].tobytes()
     if head[:8] != b"\x93NUMPY\x01\x00" or size < 10:
-        return decode_image(data, where)
+        return decode_image(data, where, max_bytes=most)
     start = 10 + int.from_bytes(head[8:10], "little")
     m = _NPY_HEADER.fullmatch(buf[10:start].tobytes())
     if m is None:
-        return decode_image(data, where)
+        return decode_image(data, where, max_bytes=most)
     dtype = np.dtype(m.group(1).decode("ascii"))
     shape = tuple(int(x) for x in m.groups()[1:])
     if size - start != int(np.prod(shape)) * dtype.itemsize:
@@ -160,6 +180,10 @@ def iter_members(fh: BinaryIO, shard: str, read_data: bool = True) -> Iterator[t
         key, ext = _check_name(name, typeflag, shard)
         member = Member(name=name, key=key, ext=ext, offset=pos + BLOCK, size=size)
         padded = (size + BLOCK - 1) // BLOCK * BLOCK
+        limit = MAX_RECORD_BYTES if ext == "json" else MAX_IMAGE_BYTES
+        if size > limit:
+            raise ShardFormatError(f"{shard}: member {name!r} (key {key!r}) declares {size} bytes, more than the "
+                                   f"{limit}-byte limit for a .{ext} member")
         if read_data:
             data = fh.read(size)
             if len(data) < size:
@@ -192,7 +216,12 @@ def _decode_sample(key: str, parts: dict[str, bytes], shard: str, verify: bool) 
         raise ShardFormatError(f"{where}: corrupted json record ({exc})") from None
     if not isinstance(record, dict):
         raise ShardFormatError(f"{where}: json record is not an object")
-    image = decode_image_fast(parts["npy.zst"], where=where)
+    try:
+        expected_shape(record)
+        np.dtype(str(record.get("dtype", "")))
+    except (KeyError, TypeError, ValueError):
+        raise ShardFormatError(f"{where}: json record lacks a valid shape/dtype") from None
+    image = decode_image_fast(parts["npy.zst"], where=where, expected=record)
     check_image(image, record, where, verify=verify)
     if record.get("cell_id", key) != key:
         raise ShardFormatError(f"{where}: json record names cell {record.get('cell_id')!r}")
@@ -216,8 +245,9 @@ def check_image(image: np.ndarray, expected: Mapping[str, Any], where: str, veri
         raise ShardFormatError(f"{where}: image checksum mismatch (pixels changed)")
 
 
-def iter_samples(path: str | Path, verify: bool = False) -> Iterator[dict[str, Any]]:
-    """Decoded samples of one shard in order; ``verify`` also checks each image's sha256 against its record.
+def iter_samples(path: str | Path, verify: bool = False, data: bytes | None = None) -> Iterator[dict[str, Any]]:
+    """Decoded samples of one shard in order (the shard file at ``path``, or its bytes ``data`` with ``path``
+    naming it in errors); ``verify`` also checks each image's sha256 against its record.
 
     Each sample's members must be adjacent (json, then npy.zst); a key seen twice, a missing member or a
     member of another key in between is an error naming the shard and key.
@@ -226,9 +256,9 @@ def iter_samples(path: str | Path, verify: bool = False) -> Iterator[dict[str, A
     seen: set[str] = set()
     current: str | None = None
     parts: dict[str, bytes] = {}
-    with open(path, "rb") as fh:
-        for member, data in iter_members(fh, shard):
-            assert data is not None
+    with (open(path, "rb") if data is None else io.BytesIO(data)) as fh:
+        for member, blob in iter_members(fh, shard):
+            assert blob is not None
             if member.key != current:
                 if current is not None:
                     yield _decode_sample(current, parts, shard, verify)
@@ -240,74 +270,71 @@ def iter_samples(path: str | Path, verify: bool = False) -> Iterator[dict[str, A
                 raise ShardFormatError(f"{shard}: key {member.key!r} has two {member.ext} members")
             if member.ext == "npy.zst" and "json" not in parts:
                 raise ShardFormatError(f"{shard}: key {member.key!r}: npy.zst member before (or without) its json")
-            parts[member.ext] = data
+            parts[member.ext] = blob
         if current is not None:
             yield _decode_sample(current, parts, shard, verify)
 
 
-class ShardReader:
-    """Random access to images by manifest row via ``os.pread`` (no tar scan); keeps files open.
+def has_frame_checksum(data: bytes) -> bool:
+    """True when a zstd frame carries a content checksum (zstd then verifies it on every decode)."""
+    try:
+        return bool(zstandard.get_frame_parameters(data).has_checksum)
+    except zstandard.ZstdError:
+        return False
 
-    Safe to pickle into DataLoader workers: open files are dropped and reopened per process.
+
+class ShardReader:
+    """Random access to images by manifest row: one ``pread`` (local) or one ranged request (remote) at the
+    row's offset, no tar scan; see :class:`chammi_data.storage.ReleaseStore`.
+
+    Reads are verified by default: the row's shape and dtype bound the decode (before anything is allocated),
+    zstd checks the frame's content checksum, and a member written without one (older releases) has its
+    pixels checked against the row's sha256. ``verify=True`` checks the sha256 always. A corrupt sample
+    raises :class:`ShardFormatError` naming the release, shard and key; it is never returned.
+    Safe to pickle into DataLoader workers: connections and files are reopened per process.
     """
 
-    def __init__(self, root: str | Path, max_open: int = 64):
-        self.root = Path(root)
+    def __init__(self, root: Any, max_open: int = 64, storage_options: Mapping[str, Any] | None = None):
+        self.store = open_store(root, storage_options)
         self.max_open = max_open
-        self._fds: dict[str, int] = {}
-        self._pid = os.getpid()
 
-    def _fd(self, shard: str) -> int:
-        if self._pid != os.getpid():  # forked: descriptors are shared with the parent, reopen our own
-            self._fds, self._pid = {}, os.getpid()
-        fd = self._fds.get(shard)
-        if fd is None:
-            if len(self._fds) >= self.max_open:
-                os.close(self._fds.pop(next(iter(self._fds))))
-            path = self.root / shard
-            try:
-                fd = os.open(path, os.O_RDONLY)
-            except FileNotFoundError:
-                raise FileNotFoundError(f"shard {shard} not found under release {self.root}") from None
-            self._fds[shard] = fd
-        return fd
+    @property
+    def root(self) -> Any:
+        """The release location (a local Path for a local release, else the URL)."""
+        return self.store.root if self.store.is_local else self.store.url
+
+    def where(self, row: Mapping[str, Any]) -> str:
+        """How errors name a row: the shard's full path or URL and the key."""
+        return f"{self.store.path(str(row['shard']))}: key {row['key']!r}"
 
     def read_bytes(self, row: Mapping[str, Any]) -> bytes:
         """The compressed image bytes of one manifest row."""
-        shard, key, nbytes = str(row["shard"]), str(row["key"]), int(row["nbytes"])
-        data = os.pread(self._fd(shard), nbytes, int(row["offset"]))
+        shard, nbytes, offset = str(row["shard"]), int(row["nbytes"]), int(row["offset"])
+        try:
+            data = self.store.read_range(shard, offset, nbytes)
+        except FileNotFoundError as exc:
+            if isinstance(exc, RemoteObjectError):
+                raise
+            raise FileNotFoundError(f"shard {shard} not found in release {self.store}") from None
         if len(data) != nbytes:
-            raise ShardFormatError(f"{shard}: key {key!r}: truncated, read {len(data)} of {nbytes} bytes at offset {row['offset']}")
+            raise ShardFormatError(f"{self.where(row)}: truncated, read {len(data)} of {nbytes} bytes at offset {offset}")
         return data
 
-    def read(self, row: Mapping[str, Any], verify: bool = False) -> np.ndarray:
-        """(C, H, W) image of one manifest row, checked against the row's shape/dtype (and sha256 if ``verify``)."""
-        where = f"{row['shard']}: key {row['key']!r}"
-        image = decode_image_fast(self.read_bytes(row), where=where)
-        check_image(image, row, where, verify=verify)
+    def read(self, row: Mapping[str, Any], verify: bool | None = None) -> np.ndarray:
+        """(C, H, W) image of one manifest row, checked as the class docstring says (``verify``: None = by
+        frame checksum, sha256 only where a frame has none; True = sha256 always)."""
+        where = self.where(row)
+        data = self.read_bytes(row)
+        image = decode_image_fast(data, where=where, expected=row)
+        check_image(image, row, where, verify=bool(verify) or (verify is None and not has_frame_checksum(data)))
         return image
 
     def close(self) -> None:
-        if self._pid == os.getpid():
-            for fd in self._fds.values():
-                os.close(fd)
-        self._fds = {}
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"root": self.root, "max_open": self.max_open}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["root"], state["max_open"])  # type: ignore[misc]
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
+        self.store.close()
 
 
-def read_sample(root: str | Path, row: Mapping[str, Any], verify: bool = False) -> np.ndarray:
-    """One image by manifest row (``shard``, ``key``, ``offset``, ``nbytes``): a single pread, no scan."""
+def read_sample(root: Any, row: Mapping[str, Any], verify: bool | None = None) -> np.ndarray:
+    """One image by manifest row (``shard``, ``key``, ``offset``, ``nbytes``): a single read, no scan."""
     reader = ShardReader(root, max_open=1)
     try:
         return reader.read(row, verify=verify)

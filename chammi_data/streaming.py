@@ -36,7 +36,7 @@ different *batch* counts (the channel mix differs), so under DDP prefer ``collat
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +45,9 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from chammi_data.manifest import read_manifest
-from chammi_data.paths import default_release_dir
 from chammi_data.release_format import make_sample, parse_channels, row_meta, select_rows, to_float_tensor
 from chammi_data.shards import ShardReader
+from chammi_data.storage import open_store
 from chammi_data.transforms import accepts_generator
 from chammi_data.vocab import TASK_COLUMNS
 
@@ -84,7 +84,7 @@ class ShardStream(IterableDataset):
 
     def __init__(
         self,
-        root: str | Path | None = None,
+        root: Any = None,
         split: str = "train",
         sources: Sequence[str] | None = None,
         seed: int = 0,
@@ -94,9 +94,11 @@ class ShardStream(IterableDataset):
         world_size: int | None = None,
         drop_last: bool = False,
         worker_block: int = 1,
+        storage_options: Mapping[str, Any] | None = None,
+        cache_dir: str | Path | None = None,
     ) -> None:
-        self.root = Path(root) if root is not None else default_release_dir()
-        rows = select_rows(read_manifest(self.root), split, sources, where=f"release {self.root}")
+        self.store = open_store(root, storage_options, cache_dir)
+        rows = select_rows(read_manifest(self.store), split, sources, where=f"release {self.store}")
         self.split, self.sources = split, None if sources is None else tuple(sources)
         self.seed, self.shuffle, self.drop_last = int(seed), bool(shuffle), bool(drop_last)
         if worker_block < 1:
@@ -125,8 +127,13 @@ class ShardStream(IterableDataset):
         self._width = rows["width"].to_numpy(dtype=np.int64)
         self._dtype = rows["dtype"].tolist()
         self.fingerprint = hashlib.sha256("\n".join(self._cell_id).encode()).hexdigest()[:16]
-        self._reader = ShardReader(self.root)
+        self._reader = ShardReader(self.store)
         self.epoch, self.consumed, self.ahead = 0, 0, frozenset()
+
+    @property
+    def root(self) -> Any:
+        """The release location: a Path for a local release, else its URL."""
+        return self.store.root if self.store.is_local else self.store.url
 
     @property
     def num_samples(self) -> int:

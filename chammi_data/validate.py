@@ -7,8 +7,10 @@ line each, naming the file / key / row) instead of stopping at the first.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,8 +35,9 @@ from chammi_data.release_format import (
     record_mismatches,
     release_counts,
 )
-from chammi_data.schema import file_sha256, image_checksum
+from chammi_data.schema import image_checksum
 from chammi_data.shards import iter_members
+from chammi_data.storage import ReleaseStore, open_store, open_zarr_group
 from chammi_data.vocab import SOURCE_KEYS, SOURCES, TASK_COLUMNS
 
 #: How many problems of one kind to list before summarising the rest (a wholly broken release would
@@ -46,9 +49,10 @@ MAX_PER_CHECK = 50
 class ValidationReport:
     """Outcome of :func:`validate_release`: ``problems`` (empty = valid) and what was checked."""
 
-    root: Path
+    root: Path | str
     problems: list[str] = field(default_factory=list)
     checked: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -56,9 +60,10 @@ class ValidationReport:
 
     def summary(self) -> str:
         head = f"release {self.root}: " + ", ".join(f"{v} {k}" for k, v in self.checked.items())
+        notes = "".join(f"\n  note: {n}" for n in self.notes)
         if self.ok:
-            return head + " - OK"
-        return head + f" - {len(self.problems)} problem(s):\n" + "\n".join(f"  - {p}" for p in self.problems)
+            return head + " - OK" + notes
+        return head + f" - {len(self.problems)} problem(s):" + notes + "".join(f"\n  - {p}" for p in self.problems)
 
 
 def _rows_check(m: pd.DataFrame) -> Iterator[str]:
@@ -93,16 +98,16 @@ def _rows_check(m: pd.DataFrame) -> Iterator[str]:
         yield f"manifest: rows are not grouped by source in {SOURCE_KEYS} order"
 
 
-def _check_shard(root: Path, shard: str, rows: pd.DataFrame) -> Iterator[str]:
+def _check_shard(shard: str, data: bytes, rows: pd.DataFrame) -> Iterator[str]:
     """Parse one shard fully and compare every sample with its manifest rows."""
     expected = rows.to_dict("records")
     got: list[str] = []
     records: dict[str, dict[str, Any]] = {}
     by_key = {r["key"]: r for r in expected}
     try:
-        with open(root / shard, "rb") as fh:
-            for member, data in iter_members(fh, shard):
-                assert data is not None
+        with io.BytesIO(data) as fh:
+            for member, blob in iter_members(fh, shard):
+                assert blob is not None
                 key = member.key
                 if key not in by_key:
                     yield f"{shard}: key {key!r} ({member.name}) is not in the manifest for this shard"
@@ -110,7 +115,7 @@ def _check_shard(root: Path, shard: str, rows: pd.DataFrame) -> Iterator[str]:
                 row = by_key[key]
                 if member.ext == "json":
                     try:
-                        records[key] = json.loads(data)
+                        records[key] = json.loads(blob)
                     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                         yield f"{shard}: key {key!r}: corrupted json record ({exc})"
                     continue
@@ -125,7 +130,7 @@ def _check_shard(root: Path, shard: str, rows: pd.DataFrame) -> Iterator[str]:
                     if bad:
                         yield f"{shard}: key {key!r}: json record disagrees with the manifest on {', '.join(bad)}"
                 try:
-                    img = decode_image(data, where=f"{shard}: key {key!r}")
+                    img = decode_image(blob, where=f"{shard}: key {key!r}")
                 except CorruptSampleError as exc:
                     yield str(exc)
                     continue
@@ -140,10 +145,11 @@ def _check_shard(root: Path, shard: str, rows: pd.DataFrame) -> Iterator[str]:
         yield f"{shard}: samples are not in manifest order"
 
 
-def _check_zarr(root: Path, src: str, part: pd.DataFrame) -> Iterator[str]:
+def _check_zarr(store: ReleaseStore, src: str, part: pd.DataFrame) -> Iterator[str]:
     try:
-        arr = zarr_store.open_images(root, src)
-        attrs = zarr_store.read_attrs(root, src)
+        group = open_zarr_group(store, src)
+        arr = group[zarr_store.ARRAY_NAME]
+        attrs = dict(group.attrs)
     except Exception as exc:
         yield f"zarr/{src}.zarr: cannot open ({type(exc).__name__}: {exc})"
         return
@@ -181,40 +187,49 @@ def _check_zarr(root: Path, src: str, part: pd.DataFrame) -> Iterator[str]:
                     yield f"zarr/{src}.zarr: row {start + j} ({ids[start + j]}): image sha256 differs from the manifest"
 
 
-def validate_release(root: str | Path, progress: bool = True) -> ValidationReport:
-    """Check a release end to end; never raises for a bad release, returns every problem found."""
-    root = Path(root)
-    rep = ValidationReport(root)
+def validate_release(root: Any, progress: bool = True, storage_options: Mapping[str, Any] | None = None) -> ValidationReport:
+    """Check a release end to end (at any location); never raises for a bad release, returns every problem found."""
+    store = open_store(root, storage_options)
+    rep = ValidationReport(store.root if store.is_local else store.url)  # type: ignore[arg-type]
     try:
-        rel = read_release_json(root)
-        m = read_manifest(root)
+        rel = read_release_json(store)
+        m = read_manifest(store, verify=False)  # its digest is one of the checks below
     except (FileNotFoundError, ValueError) as exc:
         rep.problems.append(str(exc))
         return rep
     rep.checked["cells"] = len(m)
     rep.problems += list(_rows_check(m))[: MAX_PER_CHECK * 4]
     for name, field_ in ((MANIFEST_PARQUET, "manifest_sha256"), (MANIFEST_CSV, "manifest_csv_sha256")):
-        if field_ in rel and (root / name).is_file() and file_sha256(root / name) != rel[field_]:
+        if not store.exists(name):
+            rep.problems.append(f"{name}: missing (release.json records {field_})")
+        elif field_ in rel and hashlib.sha256(store.read_bytes(name)).hexdigest() != rel[field_]:
             rep.problems.append(f"{name}: sha256 differs from {RELEASE_JSON} ({field_})")
     if release_counts(m) != rel.get("counts"):
         rep.problems.append(f"{RELEASE_JSON}: counts do not match the manifest")
     listed: dict[str, str] = rel.get("shards", {})
-    on_disk = {p.relative_to(root).as_posix() for p in (root / "shards").glob("*/*.tar")}
+    stored = store.glob("shards/*/*.tar")
     used = set(m["shard"])
     rep.problems += [f"{s}: shard referenced by the manifest is not listed in {RELEASE_JSON}" for s in sorted(used - set(listed))]
-    rep.problems += [f"{s}: shard file on disk is not listed in {RELEASE_JSON}" for s in sorted(on_disk - set(listed))]
+    if stored is None:
+        rep.notes.append(f"{store.protocol}:// cannot list files: shard files not named in {RELEASE_JSON} were not looked for")
+    else:
+        rep.problems += [f"{s}: shard file in the release is not listed in {RELEASE_JSON}" for s in sorted(set(stored) - set(listed))]
     rep.problems += [f"{s}: listed in {RELEASE_JSON} but no cell of the manifest is in it" for s in sorted(set(listed) - used)]
     shards = sorted(set(listed) | used)
     rep.checked["shards"] = len(shards)
     for shard in tqdm(shards, desc="validate shards", disable=not progress, unit="shard"):
-        path = root / shard
-        if not path.is_file():
+        try:
+            data = store.read_shard(shard)
+        except FileNotFoundError:
             rep.problems.append(f"{shard}: shard file missing")
             continue
-        if shard in listed and file_sha256(path) != listed[shard]:
+        except OSError as exc:
+            rep.problems.append(f"{shard}: unreadable ({exc})")
+            continue
+        if shard in listed and hashlib.sha256(data).hexdigest() != listed[shard]:
             rep.problems.append(f"{shard}: sha256 differs from {RELEASE_JSON} (file changed or corrupted)")
-        rep.problems += list(_check_shard(root, shard, m[m["shard"] == shard]))
+        rep.problems += list(_check_shard(shard, data, m[m["shard"] == shard]))
     for src, part in tqdm(list(m.groupby("source", sort=False)), desc="validate zarr", disable=not progress, unit="source"):
-        rep.problems += list(_check_zarr(root, str(src), part.reset_index(drop=True)))
+        rep.problems += list(_check_zarr(store, str(src), part.reset_index(drop=True)))
     rep.checked["zarr stores"] = m["source"].nunique()
     return rep

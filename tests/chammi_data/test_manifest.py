@@ -31,7 +31,8 @@ def test_types_and_order(tiny_release: Path):
 
 def test_parquet_and_csv_agree(tiny_release: Path, tmp_path: Path):
     m = read_manifest(tiny_release)
-    (tmp_path / "manifest.csv").write_bytes((tiny_release / "manifest.csv").read_bytes())
+    for name in ("manifest.csv", "release.json"):
+        (tmp_path / name).write_bytes((tiny_release / name).read_bytes())
     pd.testing.assert_frame_equal(read_manifest(tmp_path), m)  # CSV fallback gives the same frame
 
 
