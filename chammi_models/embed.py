@@ -3,9 +3,7 @@
 - :func:`extract_features`: {source: (N_source, D) float32}, row i = the i-th manifest row of that source,
   computed with the paper's evaluation transform (shorter side to ``image_size``, centre crop, normalise).
 - :func:`evaluate_model`: extract + ``chammi_data.evaluate`` (used by the training loop's periodic evaluation).
-- :func:`save_final_model` / :func:`load_trained`: the run's final weights (safetensors + JSON card) via
-  ``chammi_models.weights``; the card records model, options, channels, class lists, training data (release
-  id + manifest sha256), config and scores.
+- :func:`load_trained`: (model, card) from a run folder or a weights folder (``chammi_models.weights``).
 - :func:`embed`: ``chammi embed``: features of every manifest row in the official per-dataset layout
   ``OUT/<Allen|HPA|CP>/features.npy`` plus ``OUT/embedding.json``, which ``chammi eval --features OUT`` scores.
 """
@@ -104,29 +102,6 @@ def evaluate_model(model: nn.Module, release: str | Path, sources: Sequence[str]
         flat[f"{row.dataset}/{row.task}/f1"] = float(row.f1_score_macro)
         flat[f"{row.dataset}/{row.task}/acc"] = float(row.accuracy)
     return {"cps": result.cps, "metric": metric, "table": result.table.to_dict(orient="records"), "flat": flat}
-
-
-def save_final_model(model: nn.Module, out_dir: Path, *, config: Any, classes: dict[str, list[str]],
-                     release: dict[str, Any], scores: dict[str, Any] | None, step: int,
-                     swad: Any = None) -> Path:
-    """Write the run's final weights + card with ``chammi_models.weights.save_model``; returns the folder."""
-    from chammi_models.weights import save_model
-
-    d = config.data
-    card = {
-        "run_name": config.name,
-        "img_size": d.image_size,
-        "normalisation": {src: SOURCES[src].stats() for src in SOURCES},
-        "class_lists": classes,
-        "training_data": {**release, "train_sources": list(d.train_sources)},
-        "config": config.to_dict(),
-        "steps": step,
-        "swad": None if swad is None else {"start_step": swad.start_step, "averaged_steps": swad.count},
-        "scores": None if scores is None else {"cps": scores["cps"], "metric": scores["metric"],
-                                               "table": scores["table"]},
-    }
-    save_model(model, out_dir, card)
-    return Path(out_dir)
 
 
 def load_trained(checkpoint: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
