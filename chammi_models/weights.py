@@ -124,6 +124,30 @@ def read_card(directory: str | PathLike[str]) -> dict[str, Any]:
     return card
 
 
+def card_normalisation(card: dict[str, Any]) -> dict[str, dict[str, tuple[float, float]]] | None:
+    """The card's ``normalisation`` as {source: {channel: (mean, std)}}, or None for a card without it.
+
+    Raises ``ValueError`` naming the entry when the field is not of that shape or a std is not positive.
+    """
+    table = card.get("normalisation")
+    if table is None:
+        return None
+    out: dict[str, dict[str, tuple[float, float]]] = {}
+    if not isinstance(table, dict):
+        raise ValueError(f"card field normalisation must map source -> channel -> [mean, std], got {table!r}")
+    for source, channels in table.items():
+        if not isinstance(channels, dict):
+            raise ValueError(f"card field normalisation[{source!r}] must map channel -> [mean, std], got {channels!r}")
+        for channel, pair in channels.items():
+            ok = isinstance(pair, list | tuple) and len(pair) == 2
+            ok = ok and all(isinstance(v, int | float) and not isinstance(v, bool) for v in pair)
+            if not ok or not pair[1] > 0:
+                raise ValueError(f"card field normalisation[{source!r}][{channel!r}] must be [mean, std > 0], "
+                                 f"got {pair!r}")
+            out.setdefault(source, {})[channel] = (float(pair[0]), float(pair[1]))
+    return out
+
+
 def load_model(directory: str | PathLike[str], device: str = "cpu") -> ChannelAdaptiveModel:
     """Rebuild a model from ``card.json`` and load ``model.safetensors`` strictly; ``model.card`` = card."""
     from safetensors.torch import load_model as st_load
