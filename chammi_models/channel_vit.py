@@ -28,7 +28,7 @@ from chammi_data.vocab import VOCAB
 
 from .base import ChannelAdaptiveModel, check_vocabulary
 from .registry import register_model
-from .strategies import _finish
+from .strategies import attach_proxy_head
 
 
 class ChannelViT(ChannelAdaptiveModel):
@@ -135,4 +135,4 @@ def channel_vit(
         min_channels,
         drop_path_rate,
     )
-    return _finish(model, num_classes, temperature, learnable_temperature)
+    return attach_proxy_head(model, num_classes, temperature, learnable_temperature)
