@@ -1,4 +1,4 @@
-"""The paper's seven channel strategies on a timm ConvNeXt trunk (SPEC section 5).
+"""The paper's seven channel strategies on a timm ConvNeXt trunk.
 
 Options that reproduce Table 1 (``backbone="convnext_tiny"``, default ``num_classes``; proxies counted):
 
