@@ -244,20 +244,6 @@ def train_step(wrapped: nn.Module, objective: nn.Module, optimizer: torch.optim.
     return loss, sup, ssl, lr
 
 
-class _Throughput:
-    """Images per second between two logged steps."""
-
-    def __init__(self, step: int, batch_size: int) -> None:
-        self.batch_size = batch_size
-        self.time, self.step = time.perf_counter(), step
-
-    def since_last(self, step: int) -> float:
-        now = time.perf_counter()
-        rate = (step - self.step) * self.batch_size / max(now - self.time, 1e-9)
-        self.time, self.step = now, step
-        return rate
-
-
 def run_steps(ctx: Context, plan: Plan, parts: Parts, wrapped: nn.Module, progress: Progress, stop: int,
               log: MetricsLog, result: TrainResult) -> None:
     """Take optimizer steps up to ``stop`` (earlier on a stop signal), logging, evaluating and checkpointing.
@@ -273,7 +259,7 @@ def run_steps(ctx: Context, plan: Plan, parts: Parts, wrapped: nn.Module, progre
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if (ctx.cuda and r.amp) else nullcontext()
     bar = tqdm(total=stop, initial=progress.step, desc=f"train {config.name}", unit="step", disable=ctx.rank != 0,
                dynamic_ncols=True)
-    throughput = _Throughput(progress.step, d.batch_size)
+    t_last, step_last = time.perf_counter(), progress.step  # images/s between logged steps
     stopper = StopSignal()
     try:
         while progress.step < stop:
@@ -302,7 +288,9 @@ def run_steps(ctx: Context, plan: Plan, parts: Parts, wrapped: nn.Module, progre
                     stop = progress.step  # checkpoint below, then leave both loops
                 step = progress.step
                 if step % r.log_every == 0 or step == stop:
-                    rate = throughput.since_last(step)
+                    now = time.perf_counter()
+                    rate = (step - step_last) * d.batch_size / max(now - t_last, 1e-9)
+                    t_last, step_last = now, step
                     log.write("train", step, {"epoch": progress.epoch, "loss": value, "loss_proxy": float(sup),
                                               "loss_ssl": float(ssl), "lr": lr, "images_per_s": rate})
                     bar.set_postfix(loss=f"{value:.4f}", img_s=f"{rate:.1f}")
