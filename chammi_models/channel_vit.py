@@ -63,7 +63,7 @@ class ChannelViT(ChannelAdaptiveModel):
         self.channel_embed = nn.Parameter(torch.zeros(len(self.channels), embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, self.grid * self.grid, embed_dim))
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        rates = torch.linspace(0, drop_path_rate, depth).tolist()
+        rates = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()  # plain floats, on any default device
         self.blocks = nn.Sequential(
             *[Block(embed_dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=True, drop_path=r) for r in rates]
         )
