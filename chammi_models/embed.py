@@ -143,11 +143,15 @@ def embed(checkpoint: str | Path, release: str | Path, out: str | Path, *, batch
     Layout: ``out/<Allen|HPA|CP>/features.npy`` ((N_source, D) float32, row-aligned with the source's manifest
     rows), the official per-dataset layout that ``chammi eval --features out`` reads. Inputs are resized and
     normalised as the weights card says (:func:`card_eval_transform`; ``image_size`` overrides the card's size).
+
+    Raises ``FileNotFoundError`` for a missing release or model folder (checked in that order, before any
+    model is built) and ``chammi_models.weights.WeightsError`` for an unusable card or weights file.
     """
+    release, out = Path(release), Path(out)
+    identity = release_identity(release)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, card = load_trained(checkpoint, dev)
     transform, size, stats_from = card_eval_transform(card, image_size)
-    release, out = Path(release), Path(out)
     feats = extract_features(model, release, batch_size=batch_size, workers=workers, device=dev,
                              transform=transform)
     out.mkdir(parents=True, exist_ok=True)
@@ -157,7 +161,7 @@ def embed(checkpoint: str | Path, release: str | Path, out: str | Path, *, batch
         "model": getattr(model, "model_config", {}),
         "checkpoint": str(Path(checkpoint).resolve()),
         "run_name": card.get("run_name"),
-        **release_identity(release),
+        **identity,
         "features_name": FEATURES_NAME,
         "rows": rows,
         "dim": int(next(iter(feats.values())).shape[1]) if feats else 0,

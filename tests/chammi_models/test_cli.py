@@ -52,3 +52,13 @@ def test_console_scripts_are_installed():
     out = subprocess.run([str(bindir / "chammi-build"), "--help"], capture_output=True, text=True, timeout=120,
                          check=True).stdout
     assert "--source" in out
+
+
+def test_python_dash_m_chammi_models_is_the_chammi_command(tmp_path):
+    run = [sys.executable, "-m", "chammi_models"]
+    out = subprocess.run([*run, "--help"], capture_output=True, text=True, timeout=120, check=True).stdout
+    assert all(name in out for name in SUBCOMMANDS)
+    proc = subprocess.run([*run, "embed", "--checkpoint", str(tmp_path / "missing"), "--release", str(tmp_path),
+                           "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("chammi embed: ") and proc.stderr.count("\n") == 1, proc.stderr

@@ -86,3 +86,30 @@ def test_embed_refuses_malformed_card_stats(tiny_release: Path, tmp_path: Path) 
     save_model(small_model("slice_param", num_classes=0), tmp_path / "m", {"normalisation": {"hpa": [[0.1], [0.2]]}})
     with pytest.raises(ValueError, match=r"normalisation\['hpa'\]"):
         embed(tmp_path / "m", tiny_release, tmp_path / "out", workers=0, device="cpu")
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("chammi embed: ") and "\n" not in err and "Traceback" not in err, err
+    return err
+
+
+def test_embed_cli_answers_user_errors_in_one_line(tiny_release: Path, tmp_path: Path, capsys) -> None:
+    from chammi_models.weights import save_model
+    from tests.chammi_models.zoo_helpers import small_model
+
+    def run(checkpoint: Path, release: Path) -> int:
+        return chammi(["embed", "--checkpoint", str(checkpoint), "--release", str(release), "--out",
+                       str(tmp_path / "out"), "--workers", "0", "--device", "cpu"])
+
+    assert run(tmp_path / "no-such-run", tiny_release) == 2
+    assert "run `chammi train` first" in _one_line_error(capsys)
+    folder = tmp_path / "weights"
+    save_model(small_model("slice_param", num_classes=0), folder)
+    assert run(folder, tmp_path / "no-such-release") == 2
+    assert "not a release folder" in _one_line_error(capsys)
+    card = json.loads((folder / "card.json").read_text())
+    (folder / "card.json").write_text(json.dumps({**card, "channels": card["channels"][::-1]}))
+    assert run(folder, tiny_release) == 1
+    assert "field 'channels'" in _one_line_error(capsys)
+    assert not (tmp_path / "out").exists()
