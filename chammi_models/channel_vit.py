@@ -28,7 +28,7 @@ from chammi_data.vocab import VOCAB
 
 from .base import ChannelAdaptiveModel, check_vocabulary
 from .registry import register_model
-from .strategies import _finish
+from .strategies import attach_proxy_head
 
 
 class ChannelViT(ChannelAdaptiveModel):
@@ -63,7 +63,7 @@ class ChannelViT(ChannelAdaptiveModel):
         self.channel_embed = nn.Parameter(torch.zeros(len(self.channels), embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, self.grid * self.grid, embed_dim))
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        rates = torch.linspace(0, drop_path_rate, depth).tolist()
+        rates = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()  # plain floats, on any default device
         self.blocks = nn.Sequential(
             *[Block(embed_dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=True, drop_path=r) for r in rates]
         )
@@ -135,4 +135,4 @@ def channel_vit(
         min_channels,
         drop_path_rate,
     )
-    return _finish(model, num_classes, temperature, learnable_temperature)
+    return attach_proxy_head(model, num_classes, temperature, learnable_temperature)

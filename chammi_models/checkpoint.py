@@ -1,9 +1,14 @@
 """Training checkpoints: everything a resumed run needs to continue bitwise-identically on CPU.
 
-A checkpoint folder ``RUN_DIR/checkpoints/step-NNNNNNN/`` holds ``state.pt`` (model + proxies + SimCLR head,
-optimizer, schedule, scaler, SWAD average; tensors only, loaded with ``weights_only=True``), and per rank
-``rank<r>.pt`` (torch/CUDA RNG states) and ``rank<r>.json`` (step, epoch, stream position, Python and numpy RNG
-states). ``latest.json`` is written last, so a crash while saving leaves the previous checkpoint in force.
+Layout of ``RUN_DIR/checkpoints/``:
+
+- ``step-NNNNNNN/`` (the step count in 7 digits, e.g. ``step-0000123``), one per saved step, holding
+  ``state.pt`` (model + proxies + SimCLR head, optimizer, schedule, scaler, SWAD average: tensors and plain
+  containers, loaded with ``weights_only=True``) and, per rank r, ``rank<r>.pt`` (torch/CUDA RNG states) and
+  ``rank<r>.json`` (step, epoch, stream position, Python and numpy RNG states). The newest
+  ``KEEP_CHECKPOINTS`` folders are kept.
+- ``latest.json`` (the folder name, step, world size and config), written last, after a barrier, so a crash
+  while saving leaves the previous checkpoint as the latest complete one.
 """
 
 from __future__ import annotations
@@ -17,19 +22,13 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from chammi_models.config import TrainConfig
+from chammi_models.distributed import barrier
 from chammi_models.swad import WeightAverager
 
-
-def barrier(world: int) -> None:
-    if world > 1:
-        dist.barrier()
-
-
-
+#: How many step folders stay on disk (older ones are deleted after a new one is complete).
 KEEP_CHECKPOINTS = 2
 
 

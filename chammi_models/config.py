@@ -50,7 +50,7 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW + per-step cosine schedule with linear warm-up (SPEC section 5)."""
+    """AdamW + per-step cosine schedule with linear warm-up, the paper's recipe (``chammi_models.schedule``)."""
 
     lr: float = 1e-3
     weight_decay: float = 5e-5

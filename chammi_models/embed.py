@@ -3,18 +3,17 @@
 - :func:`extract_features`: {source: (N_source, D) float32}, row i = the i-th manifest row of that source,
   computed with the paper's evaluation transform (shorter side to ``image_size``, centre crop, normalise).
 - :func:`evaluate_model`: extract + ``chammi_data.evaluate`` (used by the training loop's periodic evaluation).
-- :func:`save_final_model` / :func:`load_trained`: the run's final weights (safetensors + JSON card) via
-  ``chammi_models.weights``; the card records model, options, channels, class lists, training data (release
-  id + manifest sha256), config and scores.
+- :func:`load_trained`: (model, card) from a run folder or a weights folder (``chammi_models.weights``).
 - :func:`embed`: ``chammi embed``: features of every manifest row in the official per-dataset layout
   ``OUT/<Allen|HPA|CP>/features.npy`` plus ``OUT/embedding.json``, which ``chammi eval --features OUT`` scores.
+  The input size and normalisation come from the weights card, so features match what the model trained on.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from torch.utils.data import DataLoader
 from chammi_data.collate import collate_homogeneous
 from chammi_data.features import save_features
 from chammi_data.manifest import read_manifest, source_rows, sources_in
-from chammi_data.transforms import eval_transform
+from chammi_data.transforms import Compose, Normalize, eval_transform
 from chammi_data.vocab import SOURCES
 
 FEATURES_NAME = "features"  #: OUT/<Folder>/features.npy
@@ -50,16 +49,18 @@ def release_identity(release: str | Path) -> dict[str, Any]:
 def extract_features(model: nn.Module, release: str | Path, sources: Sequence[str] | None = None, *,
                      image_size: int = 224, batch_size: int = 256, workers: int = 0,
                      device: str | torch.device | None = None, amp: bool = True,
-                     progress: bool = True) -> dict[str, np.ndarray]:
+                     progress: bool = True, transform: Callable[..., Any] | None = None) -> dict[str, np.ndarray]:
     """Features of every manifest row of each source: {source key: (N_source, D) float32}.
 
     ``sources`` defaults to every source of the release. bf16 autocast is used on CUDA when ``amp``.
+    ``transform`` defaults to ``eval_transform(image_size)`` (vocabulary normalisation stats).
     """
     from tqdm.auto import tqdm
 
     import chammi_data
 
     release = Path(release)
+    transform = transform if transform is not None else eval_transform(image_size)
     manifest = read_manifest(release)
     keys = sources_in(manifest) if sources is None else [SOURCES[s].key if s in SOURCES else s for s in sources]
     dev = torch.device(device) if device is not None else next(model.parameters()).device
@@ -70,7 +71,7 @@ def extract_features(model: nn.Module, release: str | Path, sources: Sequence[st
     try:
         for key in keys:
             expected = source_rows(manifest, key)["cell_id"].tolist()
-            ds = chammi_data.load("all", root=release, sources=[key], transform=eval_transform(image_size))
+            ds = chammi_data.load("all", root=release, sources=[key], transform=transform)
             if list(ds.rows["cell_id"]) != expected:
                 raise ValueError(f"source {key}: dataset rows are not in manifest feature order; cannot align features")
             loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers,
@@ -106,29 +107,6 @@ def evaluate_model(model: nn.Module, release: str | Path, sources: Sequence[str]
     return {"cps": result.cps, "metric": metric, "table": result.table.to_dict(orient="records"), "flat": flat}
 
 
-def save_final_model(model: nn.Module, out_dir: Path, *, config: Any, classes: dict[str, list[str]],
-                     release: dict[str, Any], scores: dict[str, Any] | None, step: int,
-                     swad: Any = None) -> Path:
-    """Write the run's final weights + card with ``chammi_models.weights.save_model``; returns the folder."""
-    from chammi_models.weights import save_model
-
-    d = config.data
-    card = {
-        "run_name": config.name,
-        "img_size": d.image_size,
-        "normalisation": {src: SOURCES[src].stats() for src in SOURCES},
-        "class_lists": classes,
-        "training_data": {**release, "train_sources": list(d.train_sources)},
-        "config": config.to_dict(),
-        "steps": step,
-        "swad": None if swad is None else {"start_step": swad.start_step, "averaged_steps": swad.count},
-        "scores": None if scores is None else {"cps": scores["cps"], "metric": scores["metric"],
-                                               "table": scores["table"]},
-    }
-    save_model(model, out_dir, card)
-    return Path(out_dir)
-
-
 def load_trained(checkpoint: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """(model, card) from a run folder (``RUN_DIR/model``) or a weights folder written by ``save_model``."""
     from chammi_models.weights import load_model
@@ -139,9 +117,23 @@ def load_trained(checkpoint: str | Path, device: str | torch.device = "cpu") -> 
     if not path.is_dir():
         raise FileNotFoundError(f"no trained model at {checkpoint}: expected a run folder with model/ or a weights "
                                 f"folder (run `chammi train` first; an unfinished run has no model/ yet, resume it)")
-    loaded = load_model(path)
-    model, card = loaded if isinstance(loaded, tuple) else (loaded, getattr(loaded, "card", {}))
-    return model.to(device).eval(), dict(card or {})
+    model = load_model(path)
+    return model.to(device).eval(), dict(model.card)
+
+
+def card_eval_transform(card: dict[str, Any], image_size: int | None = None) -> tuple[Compose, int, str]:
+    """(transform, input size, where the stats came from) for the model a weights card describes.
+
+    The size is ``image_size`` if given, else the card's ``img_size``, else 224. Normalisation uses the card's
+    per-(source, channel) ``normalisation`` stats; only a card without that field falls back to the
+    vocabulary's stats (``chammi_data.vocab``), and the third element says which ("card" | "vocabulary").
+    """
+    from chammi_models.weights import card_normalisation
+
+    size = int(image_size or card.get("img_size") or 224)
+    stats = card_normalisation(card)
+    resize_crop = eval_transform(size, normalize=False).transforms
+    return Compose([*resize_crop, Normalize(stats=stats)]), size, "vocabulary" if stats is None else "card"
 
 
 def embed(checkpoint: str | Path, release: str | Path, out: str | Path, *, batch_size: int = 256, workers: int = 4,
@@ -149,13 +141,19 @@ def embed(checkpoint: str | Path, release: str | Path, out: str | Path, *, batch
     """Write features of every manifest row of each source and ``embedding.json``; returns ``out``.
 
     Layout: ``out/<Allen|HPA|CP>/features.npy`` ((N_source, D) float32, row-aligned with the source's manifest
-    rows), the official per-dataset layout that ``chammi eval --features out`` reads.
+    rows), the official per-dataset layout that ``chammi eval --features out`` reads. Inputs are resized and
+    normalised as the weights card says (:func:`card_eval_transform`; ``image_size`` overrides the card's size).
+
+    Raises ``FileNotFoundError`` for a missing release or model folder (checked in that order, before any
+    model is built) and ``chammi_models.weights.WeightsError`` for an unusable card or weights file.
     """
+    release, out = Path(release), Path(out)
+    identity = release_identity(release)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, card = load_trained(checkpoint, dev)
-    size = int(image_size or card.get("img_size") or 224)
-    release, out = Path(release), Path(out)
-    feats = extract_features(model, release, image_size=size, batch_size=batch_size, workers=workers, device=dev)
+    transform, size, stats_from = card_eval_transform(card, image_size)
+    feats = extract_features(model, release, batch_size=batch_size, workers=workers, device=dev,
+                             transform=transform)
     out.mkdir(parents=True, exist_ok=True)
     save_features(out, feats, FEATURES_NAME)
     rows = {SOURCES[key].folder: int(arr.shape[0]) for key, arr in feats.items()}
@@ -163,11 +161,12 @@ def embed(checkpoint: str | Path, release: str | Path, out: str | Path, *, batch
         "model": getattr(model, "model_config", {}),
         "checkpoint": str(Path(checkpoint).resolve()),
         "run_name": card.get("run_name"),
-        **release_identity(release),
+        **identity,
         "features_name": FEATURES_NAME,
         "rows": rows,
         "dim": int(next(iter(feats.values())).shape[1]) if feats else 0,
         "image_size": size,
+        "normalisation": stats_from,
     }
     (out / "embedding.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
     return out

@@ -4,7 +4,7 @@ K is the trunk's stem width (96 for convnext_tiny) and p its patch size (4). The
 :class:`chammi_models.trunk.ConvNeXtTrunk`, which applies the stem LayerNorm next. ``names`` are channel
 names already validated against the model vocabulary ``vocab`` each layer was built with.
 
-Layers (SPEC section 5):
+Layers (one per first-layer strategy of the paper):
     PerSourceStem       one stem conv per source channel set (TargetParam)
     SliceParamStem      a per-name bank of single-channel filters, sliced by the input's names
     TemplateMixingStem  per-name learned mixtures of T shared templates
@@ -157,7 +157,7 @@ class HyperNetStem(nn.Module):
 
 
 class DepthwiseStem(nn.Module):
-    """Depthwise first layer (SPEC section 5).
+    """Depthwise first layer: every channel is filtered on its own, then the channels are mixed.
 
     Per channel: a per-name p x p patchify filter (with bias) -> a per-name bank of ``kernels_per_channel``
     depthwise 3x3 filters -> (B, C, Kc, h, w); channels are merged by a softmax over per-name weights of

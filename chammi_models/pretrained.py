@@ -16,7 +16,7 @@ First-layer rules (each model's ``init_from_timm``; the trunk = stem norm + stag
     target_param         RGB filters (1 extra: mean(R,G,B); 2 extra: mean(R,G), mean(G,B)); stem bias kept.
     slice_param          every name's slice = the RGB-mean filter; per-source offsets zero.
     hypernet             the generator's output bias = the RGB-mean filter and its output weights rescaled
-                         so each name's generated filter starts within ~10% (of the filter std) of it.
+                         so each name's generated filter starts 0.1 x the filter's std away from it.
     template_mixing,     first layer random (the paper re-initialises these first layers).
     depthwise
     channel_vit          not a ConvNeXt: ``NotImplementedError``.

@@ -1,4 +1,4 @@
-"""AdamW with a per-step cosine learning-rate schedule and linear warm-up (the paper's recipe, SPEC section 5).
+"""AdamW with a per-step cosine learning-rate schedule and linear warm-up (the paper's recipe).
 
 The learning rate rises linearly from ``warmup_start_lr`` to ``lr`` over ``warmup_steps`` optimizer steps,
 then follows half a cosine from ``lr`` down to ``min_lr`` at ``total_steps``, and stays at ``min_lr`` after.

@@ -1,4 +1,4 @@
-"""The paper's seven channel strategies on a timm ConvNeXt trunk (SPEC section 5).
+"""The paper's seven channel strategies on a timm ConvNeXt trunk.
 
 Options that reproduce Table 1 (``backbone="convnext_tiny"``, default ``num_classes``; proxies counted):
 
@@ -31,7 +31,7 @@ stems of TargetParam/FixedChannels keep timm's bias. The tests check every count
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -154,9 +154,13 @@ class FixedChannels(ChannelAdaptiveModel):
                 net.stem.bias.copy_(state["stem.0.bias"])
 
 
-def _finish(
+def attach_proxy_head(
     model: ChannelAdaptiveModel, num_classes: int | None, temperature: float, learnable_temperature: bool
 ) -> ChannelAdaptiveModel:
+    """Give ``model`` its trainable proxies (the last step of every registered builder); returns it.
+
+    ``num_classes`` None means the paper's 14 classes over the three sources; 0 attaches no proxies.
+    """
     n = PAPER_NUM_CLASSES if num_classes is None else int(num_classes)
     if n < 0:
         raise ValueError(f"num_classes must be >= 0, got {n}")
@@ -164,12 +168,15 @@ def _finish(
     return model
 
 
-def _first_layer(channels: Sequence[str | int], backbone: str, num_classes: int | None, temperature: float,
-                 learnable_temperature: bool, make_stem) -> ChannelAdaptiveModel:
-    """A first-layer strategy: ``make_stem(vocab, trunk)`` in front of a ConvNeXt trunk, with its proxy loss."""
+def first_layer_model(channels: Sequence[str | int], backbone: str, num_classes: int | None, temperature: float,
+                      learnable_temperature: bool,
+                      make_stem: Callable[[tuple[str, ...], ConvNeXtTrunk], nn.Module]) -> ChannelAdaptiveModel:
+    """A single-trunk model: the first layer ``make_stem(vocab, trunk)`` in front of a new ConvNeXt trunk of
+    ``backbone``, with its proxies attached."""
     vocab = check_vocabulary(channels)
     trunk = ConvNeXtTrunk(backbone)
-    return _finish(FirstLayerModel(vocab, make_stem(vocab, trunk), trunk), num_classes, temperature, learnable_temperature)
+    model = FirstLayerModel(vocab, make_stem(vocab, trunk), trunk)
+    return attach_proxy_head(model, num_classes, temperature, learnable_temperature)
 
 
 # -- registered entry points: only sizes and options, like timm's ----------------------------------------
@@ -197,7 +204,7 @@ def fixed_channels(
 ) -> ChannelAdaptiveModel:
     vocab = check_vocabulary(channels)
     model = FixedChannels(vocab, backbone, _sources_for(vocab, sources))
-    return _finish(model, num_classes, temperature, learnable_temperature)
+    return attach_proxy_head(model, num_classes, temperature, learnable_temperature)
 
 
 @register_model("target_param")
@@ -210,8 +217,8 @@ def target_param(
     temperature: float = 0.07,
     learnable_temperature: bool = False,
 ) -> ChannelAdaptiveModel:
-    return _first_layer(channels, backbone, num_classes, temperature, learnable_temperature,
-                        lambda v, t: fl.PerSourceStem(_sources_for(v, sources), t.stem_dim, t.patch_size))
+    return first_layer_model(channels, backbone, num_classes, temperature, learnable_temperature,
+                             lambda v, t: fl.PerSourceStem(_sources_for(v, sources), t.stem_dim, t.patch_size))
 
 
 @register_model("slice_param")
@@ -224,8 +231,8 @@ def slice_param(
     temperature: float = 0.15,
     learnable_temperature: bool = True,
 ) -> ChannelAdaptiveModel:
-    return _first_layer(channels, backbone, num_classes, temperature, learnable_temperature,
-                        lambda v, t: fl.SliceParamStem(v, t.stem_dim, t.patch_size, source_offsets=source_offsets))
+    return first_layer_model(channels, backbone, num_classes, temperature, learnable_temperature,
+                             lambda v, t: fl.SliceParamStem(v, t.stem_dim, t.patch_size, source_offsets=source_offsets))
 
 
 @register_model("template_mixing")
@@ -238,8 +245,8 @@ def template_mixing(
     temperature: float = 0.05,
     learnable_temperature: bool = False,
 ) -> ChannelAdaptiveModel:
-    return _first_layer(channels, backbone, num_classes, temperature, learnable_temperature,
-                        lambda v, t: fl.TemplateMixingStem(v, t.stem_dim, t.patch_size, num_templates))
+    return first_layer_model(channels, backbone, num_classes, temperature, learnable_temperature,
+                             lambda v, t: fl.TemplateMixingStem(v, t.stem_dim, t.patch_size, num_templates))
 
 
 @register_model("hypernet")
@@ -253,8 +260,8 @@ def hypernet(
     temperature: float = 0.07,
     learnable_temperature: bool = False,
 ) -> ChannelAdaptiveModel:
-    return _first_layer(channels, backbone, num_classes, temperature, learnable_temperature,
-                        lambda v, t: fl.HyperNetStem(v, t.stem_dim, t.patch_size, z_dim, hidden_dim))
+    return first_layer_model(channels, backbone, num_classes, temperature, learnable_temperature,
+                             lambda v, t: fl.HyperNetStem(v, t.stem_dim, t.patch_size, z_dim, hidden_dim))
 
 
 @register_model("depthwise")
@@ -267,5 +274,5 @@ def depthwise(
     temperature: float = 0.07,
     learnable_temperature: bool = False,
 ) -> ChannelAdaptiveModel:
-    return _first_layer(channels, backbone, num_classes, temperature, learnable_temperature,
-                        lambda v, t: fl.DepthwiseStem(v, t.stem_dim, t.patch_size, kernels_per_channel))
+    return first_layer_model(channels, backbone, num_classes, temperature, learnable_temperature,
+                             lambda v, t: fl.DepthwiseStem(v, t.stem_dim, t.patch_size, kernels_per_channel))

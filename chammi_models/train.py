@@ -1,47 +1,44 @@
 """The training loop: streamed mixed-source batches -> one forward per channel set -> proxy (+SimCLR) loss.
 
 ``train(config, release, out_dir, resume=False)`` runs on one CPU/GPU or, under ``torchrun``, on several
-processes (``python -m chammi_models.train`` is the torchrun entry point; RANK/WORLD_SIZE/LOCAL_RANK come
-from the environment; NCCL on GPU, gloo on CPU).
+processes: ``python -m chammi_models.train`` is the torchrun entry point and takes the arguments of
+``chammi train`` (RANK/WORLD_SIZE/LOCAL_RANK come from the environment; see ``chammi_models.distributed``).
 
-Each optimizer step takes one global batch from the deterministic stream (each rank its slice), splits it by
-channel set (``group_by_channels``), runs one forward per group inside ONE module call (so DDP sees a
-single forward per step), sums the per-group losses weighted by group size / batch, and steps AdamW + the
-warm-up cosine schedule. Checkpoints (``chammi_models.checkpoint``) make a resumed run
-bitwise equal to an uninterrupted one on CPU. SIGTERM / SIGUSR1 (a scheduler's preemption notice) make every
-rank checkpoint at the next step boundary and return, ready for ``--resume``.
+Each optimizer step takes one global batch from the deterministic stream (each rank its slice), lets the
+:class:`~chammi_models.objective.Objective` embed every channel set in one module call, and steps AdamW + the
+warm-up cosine schedule. Checkpoints (``chammi_models.checkpoint``) make a resumed run bitwise equal to an
+uninterrupted one on CPU; a stop signal makes every rank checkpoint at the next step boundary and return,
+ready for ``--resume``. A complete run saves its final weights with a card (``chammi_models.weights``).
 """
 
 from __future__ import annotations
 
-import csv
-import json
+import argparse
 import math
 import os
-import signal
-import threading
+import sys
 import time
-from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
-from chammi_data.collate import group_by_channels
 from chammi_data.manifest import read_manifest
 from chammi_data.transforms import train_transform
-from chammi_data.vocab import SOURCE_KEYS
-from chammi_models.checkpoint import barrier, find_checkpoint, load_checkpoint, save_checkpoint
+from chammi_models.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from chammi_models.config import TrainConfig, save_config
-from chammi_models.embed import evaluate_model, release_identity, save_final_model
+from chammi_models.distributed import StopSignal, barrier, setup_distributed, shutdown_distributed
+from chammi_models.embed import evaluate_model, release_identity
+from chammi_models.metrics_log import MetricsLog
+from chammi_models.objective import Group, Objective, build_model, class_index, global_classes, to_groups
 from chammi_models.schedule import WarmupCosine, build_optimizer, steps_for
-from chammi_models.ssl import SimCLRLoss, TwoViews, second_views
+from chammi_models.ssl import SimCLRLoss, TwoViews
 from chammi_models.swad import WeightAverager
+from chammi_models.weights import save_model, training_card
 
 
 @dataclass
@@ -60,161 +57,153 @@ class TrainResult:
         return self.step >= self.total_steps
 
 
-def class_index(manifest: Any, sources: Sequence[str]) -> dict[str, list[str]]:
-    """{source: sorted training labels} from the release's ``Train`` rows: label -> class index per source.
+@dataclass
+class Context:
+    """Where this process trains: the config, the release, the run folder, and its place among the ranks."""
 
-    The global class index (one proxy per class across sources) is the position in the concatenation of
-    these lists in ``SOURCE_KEYS`` order; see :func:`global_classes`.
+    config: TrainConfig
+    release: Path
+    run_dir: Path
+    rank: int
+    world: int
+    device: torch.device
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+
+@dataclass
+class Plan:
+    """The classes a run learns and its length in optimizer steps (fixed by the config and the release)."""
+
+    classes: dict[str, list[str]]  #: {source: sorted training labels}
+    table: dict[str, dict[str, int]]  #: {source: {label: global class index}}
+    per_epoch: int  #: optimizer steps per epoch
+    total: int  #: planned optimizer steps (0: save the untrained model)
+    warmup: int  #: warm-up steps
+
+
+@dataclass
+class Parts:
+    """Everything the optimizer steps change: what a checkpoint saves and what the run finally keeps."""
+
+    model: nn.Module
+    objective: Objective
+    optimizer: torch.optim.Optimizer | None
+    scheduler: WarmupCosine | None
+    scaler: torch.amp.GradScaler
+    swad: WeightAverager | None
+
+    def final_model(self) -> nn.Module:
+        """The model to evaluate and save: the SWAD average once it exists, else the model being trained."""
+        return self.swad.averaged_model() if self.swad is not None and self.swad.active else self.model
+
+
+@dataclass
+class Progress:
+    """Where a run stands; ``stream_state`` is the stream position to restore once (after a resume)."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    stream_state: dict[str, Any] | None = None
+
+
+def train(config: TrainConfig, release: str | Path, out_dir: str | Path, resume: bool = False,
+          stop_after: int | None = None) -> TrainResult:
+    """Train ``config`` on the release at ``release``, writing checkpoints/metrics/weights to ``out_dir``.
+
+    Args:
+        resume: continue from the latest checkpoint in ``out_dir`` (error if there is none).
+        stop_after: stop (with a checkpoint) once this many optimizer steps are done, without changing the
+            schedule: simulates an interruption, e.g. a preempted job.
     """
-    out = {}
-    for src in SOURCE_KEYS:
-        if src not in sources:
-            continue
-        rows = manifest[(manifest["source"] == src) & (manifest["train_test_split"] == "Train")]
-        labels = sorted(set(rows["label"]))
-        if not labels:
-            raise ValueError(f"the release has no Train rows for source {src!r}; cannot train on it")
-        out[src] = labels
-    return out
+    rank, world, device = setup_distributed(config.run.device)
+    ctx = Context(config, Path(release), Path(out_dir), rank, world, device)
+    ctx.run_dir.mkdir(parents=True, exist_ok=True)
+    plan = plan_run(config, ctx.release, world)
+    stop = plan.total if stop_after is None else min(plan.total, stop_after)
+    parts = build_parts(config, plan, device)
+    progress = start_or_resume(ctx, plan, parts, resume)
+    wrapped = prepare_forward(ctx, parts)
+    log = MetricsLog(ctx.run_dir, enabled=rank == 0)
+    result = TrainResult(run_dir=ctx.run_dir, step=progress.step, total_steps=plan.total)
+    if progress.step < stop:
+        run_steps(ctx, plan, parts, wrapped, progress, stop, log, result)
+    result.step = progress.step
+    if progress.step >= plan.total:
+        finish_run(ctx, plan, parts, progress.step, log, result)
+    log.close()
+    return result
 
 
-def global_classes(classes: dict[str, list[str]]) -> dict[str, dict[str, int]]:
-    """{source: {label: global proxy index}}; sources in ``SOURCE_KEYS`` order, labels sorted."""
-    table, offset = {}, 0
-    for src in SOURCE_KEYS:
-        if src in classes:
-            table[src] = {lab: offset + i for i, lab in enumerate(classes[src])}
-            offset += len(classes[src])
-    return table
+def plan_run(config: TrainConfig, release: Path, world: int) -> Plan:
+    """Classes from the release's Train rows and the run length from their number and the config."""
+    d, o = config.data, config.optim
+    if d.batch_size % world:
+        raise ValueError(f"data.batch_size={d.batch_size} is not divisible by the world size {world}")
+    manifest = read_manifest(release)
+    classes = class_index(manifest, d.train_sources)
+    n_train = int(((manifest["train_test_split"] == "Train") & manifest["source"].isin(d.train_sources)).sum())
+    if o.max_steps == 0:
+        per_epoch, total, warm = 0, 0, 0
+    else:
+        per_epoch, total, warm = steps_for(num_samples=n_train, batch_size=d.batch_size, epochs=o.epochs,
+                                           warmup_epochs=o.warmup_epochs, max_steps=o.max_steps,
+                                           warmup_steps=o.warmup_steps)
+    return Plan(classes, global_classes(classes), per_epoch, total, warm)
 
 
-class Objective(nn.Module):
-    """The model plus everything trained with it; ``forward(groups)`` returns (loss, supervised, ssl).
-
-    ``groups`` is a list of ``(images, channels, targets, source_classes, view2 | None)``. Every group is
-    embedded by the same model in this one call, so DDP's reducer sees one forward per step even though the
-    first layer differs per channel set.
-    """
-
-    def __init__(self, model: nn.Module, simclr: SimCLRLoss | None, ssl_lambda: float) -> None:
-        super().__init__()
-        self.model = model
-        self.simclr = simclr
-        self.ssl_lambda = float(ssl_lambda)
-
-    def forward(self, groups: list[tuple[Any, ...]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        n_total = sum(g[0].shape[0] for g in groups)
-        total = sup_total = ssl_total = None
-        for images, channels, targets, classes, view2 in groups:
-            b = images.shape[0]
-            use_ssl = view2 is not None and self.simclr is not None and b >= 2
-            feats = self.model(torch.cat([images, view2]) if use_ssl else images, channels)
-            sup = self.model.loss(feats[:b].float(), targets, classes)
-            ssl = self.simclr(feats[:b].float(), feats[b:].float()) if use_ssl else sup.new_zeros(())
-            weight = b / n_total
-            part = (sup + self.ssl_lambda * ssl) * weight
-            total = part if total is None else total + part
-            sup_total = sup.detach() * weight if sup_total is None else sup_total + sup.detach() * weight
-            ssl_total = ssl.detach() * weight if ssl_total is None else ssl_total + ssl.detach() * weight
-        assert total is not None and sup_total is not None and ssl_total is not None, "empty batch"
-        return total, sup_total, ssl_total
+def build_parts(config: TrainConfig, plan: Plan, device: torch.device) -> Parts:
+    """Model, objective, optimizer, schedule and SWAD, identically initialised on every rank from the seed."""
+    o, lo, r = config.optim, config.loss, config.run
+    torch.manual_seed(r.seed)  # DDP also broadcasts rank 0's weights; the seed makes that a no-op
+    model = build_model(config, sum(len(v) for v in plan.classes.values()) if plan.total > 0 else 0).to(device)
+    if device.type == "cuda" and r.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    simclr = None
+    if lo.ssl_lambda > 0:
+        simclr = SimCLRLoss(model.num_features, temperature=lo.ssl_temperature, projection=lo.ssl_projection,
+                            projection_dim=lo.ssl_projection_dim).to(device)
+    objective = Objective(model, simclr, lo.ssl_lambda)
+    optimizer = scheduler = None
+    if plan.total > 0:
+        optimizer = build_optimizer(objective.parameters(), lr=o.lr, weight_decay=o.weight_decay, betas=tuple(o.betas))
+        scheduler = WarmupCosine(optimizer, total_steps=plan.total, warmup_steps=plan.warmup,
+                                 warmup_start_lr=o.warmup_start_lr, min_lr=o.min_lr)
+    scaler = torch.amp.GradScaler("cuda", enabled=False)  # bf16 needs no loss scaling; kept for the state
+    swad = WeightAverager(model, lo.swad_start) if lo.swad_start is not None else None
+    return Parts(model, objective, optimizer, scheduler, scaler, swad)
 
 
-class _StopSignal:
-    """SIGTERM/SIGUSR1 -> a request to checkpoint and stop at the next step boundary, agreed by all ranks."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: dict[int, Any] = {}
-        if threading.current_thread() is threading.main_thread():  # handlers only install there
-            for sig in self.SIGNALS:
-                self._previous[sig] = signal.signal(sig, self._handle)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.requested = True
-
-    def should_stop(self, world: int, device: torch.device) -> bool:
-        if world == 1:
-            return self.requested
-        # Ranks may receive the signal a step apart; a MAX all-reduce makes them stop at the same step.
-        flag = torch.tensor([int(self.requested)], device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
-
-    def restore(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous = {}
+def start_or_resume(ctx: Context, plan: Plan, parts: Parts, resume: bool) -> Progress:
+    """A fresh run writes its config; a resumed one restores the latest checkpoint into ``parts``."""
+    if not resume:
+        if ctx.rank == 0:
+            save_config(ctx.config, ctx.run_dir / "config.yaml")
+        return Progress()
+    ckpt = find_checkpoint(ctx.run_dir)
+    if ckpt is None:
+        raise FileNotFoundError(f"--resume: no checkpoint in {ctx.run_dir / 'checkpoints'}; start without --resume")
+    saved = load_checkpoint(ckpt, rank=ctx.rank, world=ctx.world, objective=parts.objective,
+                            optimizer=parts.optimizer, scheduler=parts.scheduler, scaler=parts.scaler,
+                            swad=parts.swad, config=ctx.config)
+    progress = Progress(saved["step"], saved["epoch"], saved["batch_in_epoch"], saved.get("stream"))
+    if plan.per_epoch and progress.batch_in_epoch >= plan.per_epoch:  # saved on an epoch boundary
+        progress = Progress(progress.step, progress.epoch + 1, 0, None)
+    return progress
 
 
-def _setup_distributed(device_pref: str) -> tuple[int, int, torch.device]:
-    """(rank, world_size, device); initialises the process group when torchrun launched us."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() and device_pref in ("auto", "cuda")
-    if device_pref == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("config run.device=cuda but no CUDA device is available")
-    device = torch.device(f"cuda:{local}" if use_cuda else "cpu")
-    if use_cuda:
-        torch.cuda.set_device(device)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-    return rank, world, device
-
-
-def build_model(config: TrainConfig, num_classes: int) -> nn.Module:
-    """The zoo model with ``num_classes`` trainable proxies (``loss.proxy_temperature`` overrides the model's
-    own default temperature option when set)."""
-    from chammi_models import create_model
-
-    m = config.model
-    options = dict(m.options)
-    if config.loss.proxy_temperature is not None:
-        options["temperature"] = config.loss.proxy_temperature
-    return create_model(m.name, backbone=m.backbone, pretrained=m.pretrained, num_classes=num_classes, **options)
-
-
-def to_groups(samples: list[dict[str, Any]], table: dict[str, dict[str, int]], device: torch.device,
-               ssl: bool, channels_last: bool) -> list[tuple[Any, ...]]:
-    """Mixed list of samples -> Objective groups on ``device`` (labels -> global class indices)."""
-    groups = []
-    for batch in group_by_channels(samples):
-        src = batch["source"]
-        if src not in table:
-            raise ValueError(f"batch holds source {src!r} that is not among the training sources {list(table)}")
-        try:
-            targets = torch.tensor([table[src][lab] for lab in batch["label"]], dtype=torch.long)
-        except KeyError as exc:
-            raise KeyError(f"label {exc.args[0]!r} of source {src} is not a training label {list(table[src])}") from None
-        fmt = torch.channels_last if channels_last else torch.contiguous_format
-        images = batch["image"].to(device, non_blocking=True).contiguous(memory_format=fmt)
-        view2 = second_views(batch).to(device, non_blocking=True).contiguous(memory_format=fmt) if ssl else None
-        classes = torch.tensor(sorted(table[src].values()), dtype=torch.long, device=device)
-        groups.append((images, tuple(batch["channels"]), targets.to(device), classes, view2))
-    return groups
-
-
-def train_step(wrapped: nn.Module, objective: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-               groups: list[tuple[Any, ...]], autocast: Any, grad_clip: float | None
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
-    """One optimizer step on one global batch: (loss, proxy part, ssl part, learning rate used).
-
-    ``wrapped`` is the DDP wrapper (or ``objective`` itself); clipping acts on the all-reduced gradients.
-    """
-    objective.train()
-    with autocast:
-        loss, sup, ssl = wrapped(groups)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if grad_clip is not None:
-        torch.nn.utils.clip_grad_norm_(objective.parameters(), grad_clip, foreach=False)
-    optimizer.step()
-    lr = scheduler.get_last_lr()[0]  # the rate this step used
-    scheduler.step()
-    return loss, sup, ssl, lr
+def prepare_forward(ctx: Context, parts: Parts) -> nn.Module:
+    """The module a step calls: the objective, compiled if asked, wrapped in DDP under torchrun."""
+    if ctx.config.run.compile:
+        parts.model.compile()  # in place: parameter names (checkpoints, SWAD, saved weights) stay unchanged
+    if ctx.world == 1:
+        return parts.objective
+    # Groups use different first-layer parameters, so some receive no gradient on a given rank.
+    return nn.parallel.DistributedDataParallel(parts.objective, device_ids=[ctx.device.index] if ctx.cuda else None,
+                                               find_unused_parameters=True)
 
 
 def make_stream(config: TrainConfig, release: Path, rank: int, world: int) -> Any:
@@ -235,213 +224,170 @@ def make_stream(config: TrainConfig, release: Path, rank: int, world: int) -> An
                   worker_block=config.data.batch_size // world)
 
 
-def train(config: TrainConfig, release: str | Path, out_dir: str | Path, resume: bool = False,
-          stop_after: int | None = None) -> TrainResult:
-    """Train ``config`` on the release at ``release``, writing checkpoints/metrics/weights to ``out_dir``.
+def train_step(wrapped: nn.Module, objective: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+               groups: list[Group], autocast: Any, grad_clip: float | None
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """One optimizer step on one global batch: (loss, proxy part, ssl part, learning rate used).
 
-    Args:
-        resume: continue from the latest checkpoint in ``out_dir`` (error if there is none).
-        stop_after: stop (with a checkpoint) once this many optimizer steps are done, without changing the
-            schedule: simulates an interruption, e.g. a preempted job.
+    ``wrapped`` is the DDP wrapper (or ``objective`` itself); clipping acts on the all-reduced gradients.
     """
-    release, run_dir = Path(release), Path(out_dir)
-    rank, world, device = _setup_distributed(config.run.device)
-    cuda = device.type == "cuda"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    d, o, lo, r = config.data, config.optim, config.loss, config.run
-    if d.batch_size % world:
-        raise ValueError(f"data.batch_size={d.batch_size} is not divisible by the world size {world}")
-    per_rank = d.batch_size // world
-    manifest = read_manifest(release)
-    classes = class_index(manifest, d.train_sources)
-    table = global_classes(classes)
-    n_train = int(((manifest["train_test_split"] == "Train") & manifest["source"].isin(d.train_sources)).sum())
-    if o.max_steps == 0:
-        per_epoch, total, warm = 0, 0, 0
-    else:
-        per_epoch, total, warm = steps_for(num_samples=n_train, batch_size=d.batch_size, epochs=o.epochs,
-                                           warmup_epochs=o.warmup_epochs, max_steps=o.max_steps,
-                                           warmup_steps=o.warmup_steps)
-    stop = total if stop_after is None else min(total, stop_after)
+    objective.train()
+    with autocast:
+        loss, sup, ssl = wrapped(groups)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(objective.parameters(), grad_clip, foreach=False)
+    optimizer.step()
+    lr = scheduler.get_last_lr()[0]  # the rate this step used
+    scheduler.step()
+    return loss, sup, ssl, lr
 
-    torch.manual_seed(r.seed)  # identical initialisation on every rank (DDP also broadcasts rank 0's)
-    model = build_model(config, sum(len(v) for v in classes.values()) if total > 0 else 0).to(device)
-    if cuda and r.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    simclr = None
-    if lo.ssl_lambda > 0:
-        simclr = SimCLRLoss(model.num_features, temperature=lo.ssl_temperature, projection=lo.ssl_projection,
-                            projection_dim=lo.ssl_projection_dim).to(device)
-    objective = Objective(model, simclr, lo.ssl_lambda)
-    optimizer = scheduler = None
-    if total > 0:
-        optimizer = build_optimizer(objective.parameters(), lr=o.lr, weight_decay=o.weight_decay, betas=tuple(o.betas))
-        scheduler = WarmupCosine(optimizer, total_steps=total, warmup_steps=warm, warmup_start_lr=o.warmup_start_lr,
-                                 min_lr=o.min_lr)
-    scaler = torch.amp.GradScaler("cuda", enabled=False)  # bf16 needs no loss scaling; kept for the state
-    swad = WeightAverager(model, lo.swad_start) if lo.swad_start is not None else None
 
-    step, epoch, batch_in_epoch, stream_state = 0, 0, 0, None
-    if resume:
-        ckpt = find_checkpoint(run_dir)
-        if ckpt is None:
-            raise FileNotFoundError(f"--resume: no checkpoint in {run_dir / 'checkpoints'}; start without --resume")
-        progress = load_checkpoint(ckpt, rank=rank, world=world, objective=objective, optimizer=optimizer,
-                                   scheduler=scheduler, scaler=scaler, swad=swad, config=config)
-        step, epoch, batch_in_epoch = progress["step"], progress["epoch"], progress["batch_in_epoch"]
-        stream_state = progress.get("stream")
-        if per_epoch and batch_in_epoch >= per_epoch:  # saved on an epoch boundary
-            epoch, batch_in_epoch, stream_state = epoch + 1, 0, None
-    elif rank == 0:
-        save_config(config, run_dir / "config.yaml")
+def run_steps(ctx: Context, plan: Plan, parts: Parts, wrapped: nn.Module, progress: Progress, stop: int,
+              log: MetricsLog, result: TrainResult) -> None:
+    """Take optimizer steps up to ``stop`` (earlier on a stop signal), logging, evaluating and checkpointing.
 
-    if r.compile:
-        model.compile()  # in place: parameter names (checkpoints, SWAD, saved weights) stay unchanged
-    wrapped: nn.Module = objective
-    if world > 1:
-        # Groups use different first-layer parameters, so some receive no gradient on a given rank.
-        wrapped = nn.parallel.DistributedDataParallel(objective, device_ids=[device.index] if cuda else None,
-                                                      find_unused_parameters=True)
-    log = MetricsLog(run_dir, enabled=rank == 0)
-    result = TrainResult(run_dir=run_dir, step=step, total_steps=total)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if (cuda and r.amp) else nullcontext()
+    ``progress`` is advanced in place and ``result.losses`` / ``result.scores`` filled as steps are taken.
+    """
+    from tqdm.auto import tqdm
 
-    if step < stop:
-        stream = make_stream(config, release, rank, world)
-        loader = DataLoader(stream, batch_size=per_rank, collate_fn=list, num_workers=d.workers, drop_last=True,
-                            pin_memory=cuda, persistent_workers=False)
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=stop, initial=step, desc=f"train {config.name}", unit="step", disable=rank != 0,
-                   dynamic_ncols=True)
-        t_last, step_last = time.perf_counter(), step
-        stopper = _StopSignal()
-        while step < stop:
-            stream.set_epoch(epoch)
-            if batch_in_epoch and stream_state is not None:
-                stream.load_state_dict(stream_state)
-            stream_state = None
+    config, d, r = ctx.config, ctx.config.data, ctx.config.run
+    stream = make_stream(config, ctx.release, ctx.rank, ctx.world)
+    loader = DataLoader(stream, batch_size=d.batch_size // ctx.world, collate_fn=list, num_workers=d.workers,
+                        drop_last=True, pin_memory=ctx.cuda, persistent_workers=False)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if (ctx.cuda and r.amp) else nullcontext()
+    bar = tqdm(total=stop, initial=progress.step, desc=f"train {config.name}", unit="step", disable=ctx.rank != 0,
+               dynamic_ncols=True)
+    t_last, step_last = time.perf_counter(), progress.step  # images/s between logged steps
+    stopper = StopSignal()
+    try:
+        while progress.step < stop:
+            stream.set_epoch(progress.epoch)
+            if progress.batch_in_epoch and progress.stream_state is not None:
+                stream.load_state_dict(progress.stream_state)
+            progress.stream_state = None
             batches = iter(loader)
-            while batch_in_epoch < per_epoch and step < stop:
-                try:
-                    samples = next(batches)
-                except StopIteration:
-                    raise RuntimeError(f"rank {rank}: the stream ended after {batch_in_epoch} of {per_epoch} "
-                                       f"batches in epoch {epoch}; ranks must see equal numbers of samples") from None
-                groups = to_groups(samples, table, device, simclr is not None, cuda and r.channels_last)
-                loss, sup, ssl, lr = train_step(wrapped, objective, optimizer, scheduler, groups, autocast, o.grad_clip)
-                step += 1
-                batch_in_epoch += 1
+            while progress.batch_in_epoch < plan.per_epoch and progress.step < stop:
+                samples = _next_batch(batches, ctx.rank, progress, plan.per_epoch)
+                groups = to_groups(samples, plan.table, ctx.device, parts.objective.simclr is not None,
+                                   ctx.cuda and r.channels_last)
+                loss, sup, ssl, lr = train_step(wrapped, parts.objective, parts.optimizer, parts.scheduler, groups,
+                                                autocast, config.optim.grad_clip)
+                progress.step += 1
+                progress.batch_in_epoch += 1
                 stream.advance(d.batch_size)
-                if swad is not None:
-                    swad.update(model, step)
+                if parts.swad is not None:
+                    parts.swad.update(parts.model, progress.step)
                 value = float(loss.detach())
                 if not math.isfinite(value):
-                    raise FloatingPointError(f"loss became {value} at step {step}; lower optim.lr or check the data")
+                    raise FloatingPointError(f"loss became {value} at step {progress.step}; lower optim.lr or "
+                                             f"check the data")
                 result.losses.append(value)
-                if stopper.should_stop(world, device):
-                    stop = step  # checkpoint below, then leave both loops
+                if stopper.should_stop(ctx.world, ctx.device):
+                    stop = progress.step  # checkpoint below, then leave both loops
+                step = progress.step
                 if step % r.log_every == 0 or step == stop:
                     now = time.perf_counter()
                     rate = (step - step_last) * d.batch_size / max(now - t_last, 1e-9)
                     t_last, step_last = now, step
-                    log.write("train", step, {"epoch": epoch, "loss": value, "loss_proxy": float(sup),
-                                              "loss_ssl": float(ssl), "lr": lr,
-                                              "images_per_s": rate})
+                    log.write("train", step, {"epoch": progress.epoch, "loss": value, "loss_proxy": float(sup),
+                                              "loss_ssl": float(ssl), "lr": lr, "images_per_s": rate})
                     bar.set_postfix(loss=f"{value:.4f}", img_s=f"{rate:.1f}")
                 bar.update(1)
-                if r.eval_every and step % r.eval_every == 0 and step < total:
-                    result.scores = _evaluate(config, release, swad, model, device, rank, world, log, step)
+                if r.eval_every and step % r.eval_every == 0 and step < plan.total:
+                    result.scores = evaluate_on_rank0(ctx, parts, log, step)
                 if step % r.checkpoint_every == 0 or step == stop:
-                    save_checkpoint(run_dir, rank=rank, world=world, step=step, epoch=epoch,
-                                    batch_in_epoch=batch_in_epoch, stream=stream, objective=objective,
-                                    optimizer=optimizer, scheduler=scheduler, scaler=scaler, swad=swad,
-                                    config=config)
+                    save_checkpoint(ctx.run_dir, rank=ctx.rank, world=ctx.world, step=step, epoch=progress.epoch,
+                                    batch_in_epoch=progress.batch_in_epoch, stream=stream,
+                                    objective=parts.objective, optimizer=parts.optimizer, scheduler=parts.scheduler,
+                                    scaler=parts.scaler, swad=parts.swad, config=config)
             del batches
-            if batch_in_epoch >= per_epoch:
-                epoch, batch_in_epoch = epoch + 1, 0
+            if progress.batch_in_epoch >= plan.per_epoch:
+                progress.epoch, progress.batch_in_epoch = progress.epoch + 1, 0
+    finally:
         bar.close()
         stopper.restore()
-    result.step = step
-    if step >= total:
-        if r.eval_at_end:
-            result.scores = _evaluate(config, release, swad, model, device, rank, world, log, step)
-        if rank == 0:
-            final = swad.averaged_model() if swad is not None and swad.active else model
-            result.weights_dir = save_final_model(final, run_dir / "model", config=config, classes=classes,
-                                                  release=release_identity(release), scores=result.scores,
-                                                  step=step, swad=swad)
-        barrier(world)
-    log.close()
-    return result
 
 
-def _evaluate(config: TrainConfig, release: Path, swad: WeightAverager | None, model: nn.Module,
-              device: torch.device, rank: int, world: int, log: MetricsLog, step: int) -> dict[str, Any] | None:
+def _next_batch(batches: Any, rank: int, progress: Progress, per_epoch: int) -> list[dict[str, Any]]:
+    """The next list of samples; a stream that ends early means the ranks' shares differ: an error."""
+    try:
+        return next(batches)
+    except StopIteration:
+        raise RuntimeError(f"rank {rank}: the stream ended after {progress.batch_in_epoch} of {per_epoch} "
+                           f"batches in epoch {progress.epoch}; ranks must see equal numbers of samples") from None
+
+
+def evaluate_on_rank0(ctx: Context, parts: Parts, log: MetricsLog, step: int) -> dict[str, Any] | None:
     """Embed + score on rank 0 (the SWAD average once it exists); other ranks wait at a barrier."""
     scores = None
-    if rank == 0:
-        target = swad.averaged_model() if swad is not None and swad.active else model
-        scores = evaluate_model(target, release, sources=config.data.eval_sources, image_size=config.data.image_size,
-                                batch_size=config.data.eval_batch_size, workers=config.data.workers, device=device,
-                                metric=config.run.eval_metric, amp=config.run.amp)
+    d, r = ctx.config.data, ctx.config.run
+    if ctx.rank == 0:
+        scores = evaluate_model(parts.final_model(), ctx.release, sources=d.eval_sources, image_size=d.image_size,
+                                batch_size=d.eval_batch_size, workers=d.workers, device=ctx.device,
+                                metric=r.eval_metric, amp=r.amp)
         log.write("eval", step, scores["flat"])
-    barrier(world)
+    barrier(ctx.world)
     return scores
 
 
-# -- checkpoints -----------------------------------------------------------------------------------------
-# RUN_DIR/checkpoints/step-000123/ holds state.pt (model, proxies, optimizer, scheduler, scaler, SWAD: tensors
-# and plain containers, loaded with weights_only=True), rank<r>.pt (that rank's torch RNG states) and
-# rank<r>.json (step, epoch, stream state, python/numpy RNG). RUN_DIR/checkpoints/latest.json is written
-# last, after a barrier, so a crash mid-save leaves the previous checkpoint as the latest complete one.
-class MetricsLog:
-    """Appends metrics to RUN_DIR/metrics.jsonl (one object per row) and metrics.csv (long format:
-    kind, step, name, value), and to TensorBoard when it is installed. Only rank 0 writes."""
+def finish_run(ctx: Context, plan: Plan, parts: Parts, step: int, log: MetricsLog, result: TrainResult) -> None:
+    """A complete run: the final evaluation (if configured), then rank 0 saves the weights and their card."""
+    if ctx.config.run.eval_at_end:
+        result.scores = evaluate_on_rank0(ctx, parts, log, step)
+    if ctx.rank == 0:
+        card = training_card(ctx.config, classes=plan.classes, release=release_identity(ctx.release),
+                             scores=result.scores, step=step, swad=parts.swad)
+        result.weights_dir = save_model(parts.final_model(), ctx.run_dir / "model", card)
+    barrier(ctx.world)
 
-    def __init__(self, run_dir: Path, enabled: bool = True) -> None:
-        self.enabled = enabled
-        self.jsonl = run_dir / "metrics.jsonl"
-        self.csv = run_dir / "metrics.csv"
-        self.tb = None
-        if enabled:
-            if not self.csv.exists():
-                self.csv.write_text("kind,step,name,value\n")
-            try:
-                from torch.utils.tensorboard import SummaryWriter
 
-                self.tb = SummaryWriter(str(run_dir / "tensorboard"))
-            except Exception:  # tensorboard is optional
-                self.tb = None
+# -- command line: `chammi train` and the torchrun entry point `python -m chammi_models.train` --------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of ``chammi train`` (and of ``python -m chammi_models.train``)."""
+    parser.add_argument("--config", required=True,
+                        help="YAML config file, or the name of a bundled one (configs/<name>.yaml), e.g. tiny_cpu")
+    parser.add_argument("--release", type=Path, default=None,
+                        help="release folder (default: $CHAMMI_RELEASE or ~/.cache/chammi/release)")
+    parser.add_argument("--out", type=Path, default=None, help="run folder (default: runs/<config name>)")
+    parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    parser.add_argument("--stop-after", type=int, default=None, metavar="STEPS",
+                        help="stop with a checkpoint after this many steps (the schedule still plans the full run)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="config overrides with dotted keys, e.g. optim.lr=3e-4 data.batch_size=64")
 
-    def write(self, kind: str, step: int, values: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        with open(self.jsonl, "a") as fh:
-            fh.write(json.dumps({"kind": kind, "step": step, "time": time.time(), **values}) + "\n")
-        with open(self.csv, "a", newline="") as fh:
-            writer = csv.writer(fh)
-            for name, value in values.items():
-                writer.writerow([kind, step, name, value])
-                if self.tb is not None and isinstance(value, int | float) and value is not None:
-                    self.tb.add_scalar(f"{kind}/{name}", value, step)
 
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
+def run_command(args: argparse.Namespace) -> int:
+    """Load the config, train, and print where the results are (rank 0); a config mistake exits with 2."""
+    from chammi_data.paths import default_release_dir
+    from chammi_models.config import load_config
+
+    try:
+        config = load_config(args.config, args.overrides)
+    except (KeyError, ValueError, FileNotFoundError) as exc:  # a config mistake: one line, no traceback
+        print(f"chammi train: {exc.args[0] if exc.args else exc}", file=sys.stderr)
+        return 2
+    release = args.release or default_release_dir()
+    out = args.out or Path("runs") / config.name
+    result = train(config, release, out, resume=args.resume, stop_after=args.stop_after)
+    if int(os.environ.get("RANK", "0")) == 0:
+        state = "finished" if result.finished else f"stopped at step {result.step} of {result.total_steps}"
+        print(f"run {config.name}: {state}; run folder {result.run_dir}")
+        if result.weights_dir is not None:
+            print(f"weights: {result.weights_dir}")
+        if result.scores is not None:
+            cps = result.scores["cps"]
+            print(f"CPS ({result.scores['metric']}): {'n/a (not all sources evaluated)' if cps is None else f'{cps:.4f}'}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    """torchrun entry point: same arguments as ``chammi train``."""
-    import argparse
-
-    from chammi_models.cli import train as cli_train
-
+    """torchrun entry point: the arguments of ``chammi train``; destroys the process group at the end."""
     parser = argparse.ArgumentParser(prog="python -m chammi_models.train", description="train a CHAMMI model")
-    cli_train.register(parser)
-    code = cli_train.main(parser.parse_args(argv))
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    add_arguments(parser)
+    code = run_command(parser.parse_args(argv))
+    shutdown_distributed()
     return code
 
 

@@ -3,7 +3,7 @@
 Every convolutional model in the zoo is ``first_layer -> trunk``. The first layer maps an image with any
 channels to the stem width (96 for ``convnext_tiny``) at 1/4 resolution; the trunk applies the stem's
 LayerNorm, the four stages, and a global average pool of the last stage. The pool is taken BEFORE the head's
-LayerNorm (SPEC section 5), so the head is dropped entirely and its parameters are not counted: for
+LayerNorm, as in the CHAMMI models, so the head is dropped entirely and its parameters are not counted: for
 ``convnext_tiny`` the trunk plus a 3-input stem conv is the bare 27,818,592-parameter network.
 
 Trunks are always created with ``pretrained=False``: this module never downloads anything. Pretrained

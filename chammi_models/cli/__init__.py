@@ -1,7 +1,9 @@
 """The ``chammi`` command: one subcommand per module, loaded only when used.
 
-Each subcommand module defines ``register(parser)`` (adds its arguments) and ``main(args) -> int``.
-CLI modules stay thin: parse arguments, call one library function, print where the output went.
+The data library declares its own subcommands (``chammi_data.cli.SUBCOMMANDS``); this package adds the model
+ones and dispatches. Each subcommand module defines ``register(parser)`` (adds its arguments) and
+``main(args) -> int``. CLI modules stay thin: parse arguments, call one library function, print where the
+output went.
 """
 
 from __future__ import annotations
@@ -10,16 +12,16 @@ import argparse
 import importlib
 import sys
 
-#: subcommand -> (module, one-line help)
-SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "export": ("chammi_data.cli.export", "write a release in the official CHAMMI layout (tape PNGs + enriched_meta.csv)"),
-    "validate": ("chammi_data.cli.validate", "re-hash shards and check manifest vs shards vs zarr"),
-    "eval": ("chammi_data.cli.evaluate", "score features with the official 1-NN protocol and the CPS"),
-    "report": ("chammi_data.cli.report", "overlay several evaluated runs: radar plot + markdown table"),
+from chammi_data.cli import SUBCOMMANDS as DATA_SUBCOMMANDS
+
+#: subcommand -> (module, one-line help) of the model library
+MODEL_SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("chammi_models.cli.train", "train a channel-adaptive model on a release"),
     "embed": ("chammi_models.cli.embed", "write features of a trained model, row-aligned with the manifest"),
     "demo": ("chammi_models.cli.demo", "the whole system end to end on the embedded sample data"),
 }
+#: every ``chammi`` subcommand: the data library's first, then the model library's
+SUBCOMMANDS: dict[str, tuple[str, str]] = {**DATA_SUBCOMMANDS, **MODEL_SUBCOMMANDS}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,4 +1,4 @@
-"""``chammi demo``: sample data -> release -> train -> embed -> evaluate -> report (see chammi_models.demo)."""
+"""``chammi demo``: sample data -> release -> train -> embed -> evaluate -> report (see chammi_models.cli.demo_run)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from chammi_models.demo import run_demo
+    from chammi_models.cli.demo_run import run_demo
 
     res = run_demo(args.out, seed=args.seed, workers=args.workers, quick=args.quick, overrides=args.overrides,
                    metric=args.metric)

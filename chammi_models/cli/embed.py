@@ -2,11 +2,15 @@
 
     chammi embed --checkpoint runs/tiny --release RELEASE --out features/tiny
     chammi eval --features features/tiny --release RELEASE
+
+Exit status: 0 on success, 2 when --checkpoint or --release names no model/release folder, 1 when the
+model folder's card or weights are refused (each with one line on stderr).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
@@ -25,8 +29,21 @@ def register(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from chammi_data.paths import default_release_dir
     from chammi_models.embed import embed
+    from chammi_models.weights import WeightsError
 
-    out = embed(args.checkpoint, args.release or default_release_dir(), args.out, batch_size=args.batch_size,
-                workers=args.workers, device=args.device, image_size=args.image_size)
+    try:
+        out = embed(args.checkpoint, args.release or default_release_dir(), args.out, batch_size=args.batch_size,
+                    workers=args.workers, device=args.device, image_size=args.image_size)
+    except FileNotFoundError as exc:  # a checkpoint or release argument that names nothing usable
+        return _fail(exc, 2)
+    except WeightsError as exc:  # the model folder exists, but its card or weights are refused
+        return _fail(exc, 1)
     print(f"features written to {out} (see {out / 'embedding.json'})")
     return 0
+
+
+def _fail(exc: Exception, code: int) -> int:
+    """One line on stderr instead of a traceback: the user can act on the message alone."""
+    message = exc.args[0] if len(exc.args) == 1 else str(exc)
+    print(f"chammi embed: {message}", file=sys.stderr)
+    return code

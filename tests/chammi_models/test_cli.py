@@ -8,7 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from chammi_models.cli import SUBCOMMANDS, main
+from chammi_data.cli import SUBCOMMANDS as DATA_SUBCOMMANDS
+from chammi_models.cli import MODEL_SUBCOMMANDS, SUBCOMMANDS, main
+
+
+def test_the_dispatcher_merges_both_libraries_subcommands():
+    assert not set(DATA_SUBCOMMANDS) & set(MODEL_SUBCOMMANDS)  # neither library shadows the other
+    assert SUBCOMMANDS == {**DATA_SUBCOMMANDS, **MODEL_SUBCOMMANDS}
+    assert {"export", "validate", "eval", "report"} <= set(DATA_SUBCOMMANDS)
+    assert all(module.startswith("chammi_data.cli.") for module, _ in DATA_SUBCOMMANDS.values())
 
 
 @pytest.mark.parametrize("command", sorted(SUBCOMMANDS))
@@ -44,3 +52,13 @@ def test_console_scripts_are_installed():
     out = subprocess.run([str(bindir / "chammi-build"), "--help"], capture_output=True, text=True, timeout=120,
                          check=True).stdout
     assert "--source" in out
+
+
+def test_python_dash_m_chammi_models_is_the_chammi_command(tmp_path):
+    run = [sys.executable, "-m", "chammi_models"]
+    out = subprocess.run([*run, "--help"], capture_output=True, text=True, timeout=120, check=True).stdout
+    assert all(name in out for name in SUBCOMMANDS)
+    proc = subprocess.run([*run, "embed", "--checkpoint", str(tmp_path / "missing"), "--release", str(tmp_path),
+                           "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("chammi embed: ") and proc.stderr.count("\n") == 1, proc.stderr

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from chammi_data.manifest import read_manifest, source_rows
 from chammi_data.vocab import SOURCES
@@ -52,3 +53,63 @@ def test_embed_then_eval(trained_run: Path, tiny_release: Path, tmp_path: Path, 
 def test_embed_without_model_explains(tmp_path: Path, tiny_release: Path) -> None:
     with pytest.raises(FileNotFoundError, match="run `chammi train` first"):
         load_trained(tmp_path / "nothing")
+
+
+def test_embed_normalises_with_the_card_stats(tiny_release: Path, tmp_path: Path) -> None:
+    from chammi_models.embed import embed
+    from chammi_models.weights import save_model
+    from tests.chammi_models.zoo_helpers import SIZE, small_model
+
+    torch.manual_seed(0)
+    vocab_stats = {key: info.stats() for key, info in SOURCES.items()}
+    shifted = {key: {c: (m + 0.2, s * 2.0) for c, (m, s) in stats.items()} for key, stats in vocab_stats.items()}
+    model = small_model("slice_param", num_classes=0)
+    cards = {"vocab": {"normalisation": vocab_stats}, "none": {}, "shifted": {"normalisation": shifted}}
+    feats = {}
+    for name, fields in cards.items():
+        save_model(model, tmp_path / name, {"img_size": SIZE, **fields})
+        out = embed(tmp_path / name, tiny_release, tmp_path / f"features_{name}", batch_size=64, workers=0,
+                    device="cpu")
+        info = json.loads((out / "embedding.json").read_text())
+        assert info["image_size"] == SIZE
+        assert info["normalisation"] == ("vocabulary" if name == "none" else "card")
+        feats[name] = np.load(out / "HPA" / "features.npy")
+    np.testing.assert_array_equal(feats["vocab"], feats["none"])  # no stats in the card: the vocabulary's
+    assert np.abs(feats["shifted"] - feats["vocab"]).max() > 1e-3  # the card's stats are the ones used
+
+
+def test_embed_refuses_malformed_card_stats(tiny_release: Path, tmp_path: Path) -> None:
+    from chammi_models.embed import embed
+    from chammi_models.weights import save_model
+    from tests.chammi_models.zoo_helpers import small_model
+
+    save_model(small_model("slice_param", num_classes=0), tmp_path / "m", {"normalisation": {"hpa": [[0.1], [0.2]]}})
+    with pytest.raises(ValueError, match=r"normalisation\['hpa'\]"):
+        embed(tmp_path / "m", tiny_release, tmp_path / "out", workers=0, device="cpu")
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("chammi embed: ") and "\n" not in err and "Traceback" not in err, err
+    return err
+
+
+def test_embed_cli_answers_user_errors_in_one_line(tiny_release: Path, tmp_path: Path, capsys) -> None:
+    from chammi_models.weights import save_model
+    from tests.chammi_models.zoo_helpers import small_model
+
+    def run(checkpoint: Path, release: Path) -> int:
+        return chammi(["embed", "--checkpoint", str(checkpoint), "--release", str(release), "--out",
+                       str(tmp_path / "out"), "--workers", "0", "--device", "cpu"])
+
+    assert run(tmp_path / "no-such-run", tiny_release) == 2
+    assert "run `chammi train` first" in _one_line_error(capsys)
+    folder = tmp_path / "weights"
+    save_model(small_model("slice_param", num_classes=0), folder)
+    assert run(folder, tmp_path / "no-such-release") == 2
+    assert "not a release folder" in _one_line_error(capsys)
+    card = json.loads((folder / "card.json").read_text())
+    (folder / "card.json").write_text(json.dumps({**card, "channels": card["channels"][::-1]}))
+    assert run(folder, tiny_release) == 1
+    assert "field 'channels'" in _one_line_error(capsys)
+    assert not (tmp_path / "out").exists()

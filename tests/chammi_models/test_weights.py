@@ -75,3 +75,133 @@ def test_load_errors(tmp_path):
     (tmp_path / "card.json").write_text("{")
     with pytest.raises(ValueError, match="not valid JSON"):
         load_model(tmp_path)
+
+
+# -- the card is bound to its weights -------------------------------------------------------------------
+def _saved(tmp_path, name="slice_param", **options):
+    torch.manual_seed(0)
+    folder = tmp_path / "m"
+    save_model(small_model(name, **options), folder, {"img_size": SIZE})
+    return folder
+
+
+def _edit_card(folder, **fields):
+    card = read_card(folder)
+    card.update(fields)
+    (folder / "card.json").write_text(json.dumps(card))
+    return card
+
+
+def _rewrite_weights(folder, change, keep_metadata=True):
+    """Rewrite model.safetensors with ``change(tensors)`` applied; the card's hash is updated to match."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from chammi_models.weights import file_sha256
+
+    path = folder / "model.safetensors"
+    with safe_open(str(path), "pt") as fh:
+        metadata = fh.metadata()
+    tensors = load_file(str(path))
+    change(tensors)
+    save_file(tensors, str(path), metadata=metadata if keep_metadata else None)
+    _edit_card(folder, weights_sha256=file_sha256(path))
+
+
+def test_card_records_the_weights_hash_and_the_weights_record_the_card(tmp_path):
+    from safetensors import safe_open
+
+    from chammi_models.weights import file_sha256
+
+    folder = _saved(tmp_path)
+    card = read_card(folder)
+    assert card["weights_sha256"] == file_sha256(folder / "model.safetensors")
+    with safe_open(str(folder / "model.safetensors"), "pt") as fh:
+        stored = json.loads(fh.metadata()["chammi_architecture"])
+    assert stored == {k: card[k] for k in ("model", "backbone", "options", "channels", "num_classes")}
+
+
+def test_reordered_channels_in_the_card_are_refused(tmp_path):
+    folder = _saved(tmp_path)
+    _edit_card(folder, channels=list(reversed(read_card(folder)["channels"])))
+    with pytest.raises(RuntimeError, match=r"model\.safetensors does not match.*field 'channels'"):
+        load_model(folder)
+
+
+def test_swapped_weights_are_refused(tmp_path):
+    folder = _saved(tmp_path)
+    torch.manual_seed(1)  # the same architecture with other weights
+    save_model(small_model("slice_param"), tmp_path / "other")
+    (folder / "model.safetensors").write_bytes((tmp_path / "other" / "model.safetensors").read_bytes())
+    with pytest.raises(RuntimeError, match="weights_sha256"):
+        load_model(folder)
+
+
+@pytest.mark.parametrize("bound", [True, False], ids=["bound", "old-folder"])
+def test_another_backbone_is_refused_before_building_it(tmp_path, monkeypatch, bound):
+    import chammi_models.registry as registry
+
+    folder = _saved(tmp_path)
+    if not bound:  # a folder from before binding: no hash, no metadata copy; the header shapes decide
+        _rewrite_weights(folder, lambda tensors: None, keep_metadata=False)
+        card = read_card(folder)
+        del card["weights_sha256"]
+        (folder / "card.json").write_text(json.dumps(card))
+    _edit_card(folder, backbone="convnext_femto")
+    devices = []
+    real = registry.create_model
+
+    def recording(*args, **kwargs):
+        devices.append(torch.empty(()).device.type)  # the default device the model would be built on
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(registry, "create_model", recording)
+    with pytest.raises(RuntimeError, match="does not match the model its card describes.*convnext_femto"):
+        if bound:
+            load_model(folder)
+        else:
+            with pytest.warns(UserWarning, match="predates binding"):
+                load_model(folder)
+    assert set(devices) <= {"meta"}, "a real model was built before the architecture was checked"
+
+
+def test_run_time_options_in_the_card_are_refused(tmp_path, monkeypatch):
+    import chammi_models.pretrained as pretrained
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("loading a card must not load pretrained files")
+
+    monkeypatch.setattr(pretrained, "load_pretrained", refuse)
+    folder = _saved(tmp_path)
+    _edit_card(folder, options={**read_card(folder)["options"], "pretrained": str(folder / "model.safetensors")})
+    with pytest.raises(ValueError, match=r"'options' holds \['pretrained'\].*run-time options"):
+        load_model(folder)
+
+
+def test_non_finite_weights_are_refused(tmp_path):
+    folder = _saved(tmp_path)
+
+    def poison(tensors):
+        tensors["first_layer.bank"][0, 0, 0, 0] = float("nan")
+
+    _rewrite_weights(folder, poison)
+    with pytest.raises(ValueError, match="tensor 'first_layer.bank' holds non-finite values"):
+        load_model(folder)
+
+
+def test_a_folder_without_hash_loads_with_a_warning(tmp_path):
+    folder = _saved(tmp_path)
+    card = read_card(folder)
+    del card["weights_sha256"]
+    (folder / "card.json").write_text(json.dumps(card))
+    with pytest.warns(UserWarning, match="predates binding"):
+        model = load_model(folder)
+    assert model.card["img_size"] == SIZE
+
+
+@pytest.mark.parametrize("field, value", [("channels", "dna"), ("num_classes", -1), ("options", []), ("model", 3)])
+def test_malformed_card_fields_are_named(tmp_path, field, value):
+    folder = _saved(tmp_path)
+    _edit_card(folder, **{field: value})
+    with pytest.raises(ValueError, match=f"field '{field}' must be"):
+        load_model(folder)

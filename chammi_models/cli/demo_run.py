@@ -1,11 +1,12 @@
 """``chammi demo``: the whole system end to end on the embedded sample data, with a report a person can open.
 
-Stages (each with a progress bar): write sample raw data of all three sources in their real layouts ->
+Steps (each with a progress bar): write sample raw data of all three sources in their real layouts ->
 ``chammi-build --source all`` -> train the tiny channel-adaptive config -> embed it and an untrained
 ChannelReplication baseline -> evaluate both with the official protocol -> report folder (results CSV/JSON,
 radar plot, montage of cells per source and class, index.html).
 
-This is the application layer: the one place in ``chammi_models`` that imports ``pipelines`` (lazily).
+It belongs to the application layer (``chammi_models/cli/``), the only part of ``chammi_models`` that may
+import ``pipelines``: it builds the sample release with them (lazily, so ``chammi --help`` does not load them).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-STAGES = ("sample data", "build release", "train", "embed", "evaluate", "report")
+#: The demo's steps, in order (the names of its progress bar and of ``DemoResult.timings``).
+DEMO_STEPS = ("sample data", "build release", "train", "embed", "evaluate", "report")
 
 
 @dataclass
@@ -90,7 +92,7 @@ official 1-NN protocol (metric: <b>{metric}</b>). CPS = W2/3 + (H2+H3)/6 + (C2+C
 <th>acc trained</th><th>acc baseline</th></tr>{''.join(rows)}</table>
 <h2>Radar</h2><img src="radar.png" alt="radar plot of per-task macro-F1">
 <h2>Sample cells per source and class</h2><img src="montage.png" alt="montage of cells">
-<p>Stage times: {html.escape(timing)}. Files: <a href="results_trained.csv">results_trained.csv</a>,
+<p>Step times: {html.escape(timing)}. Files: <a href="results_trained.csv">results_trained.csv</a>,
 <a href="results_baseline.csv">results_baseline.csv</a>, <a href="results.json">results.json</a>.</p>
 </body></html>
 """
@@ -101,14 +103,14 @@ official 1-NN protocol (metric: <b>{metric}</b>). CPS = W2/3 + (H2+H3)/6 + (C2+C
 
 def run_demo(out: str | Path = "demo_out", *, seed: int = 0, workers: int = 2, quick: bool = False,
              overrides: Sequence[str] = (), metric: str = "cosine") -> DemoResult:
-    """Run every stage into ``out``; returns the report location and both CPS values.
+    """Run every step of :data:`DEMO_STEPS` into ``out``; returns the report location and both CPS values.
 
     ``quick`` trains only a handful of steps (for tests: it checks that the path runs, not that it learns).
     """
     from tqdm.auto import tqdm
 
     import chammi_data
-    from chammi_data.features import save_features
+    from chammi_data.features import load_features, save_features
     from chammi_data.montage import save_montage
     from chammi_data.plots import radar_plot
     from chammi_models.config import load_config
@@ -121,43 +123,43 @@ def run_demo(out: str | Path = "demo_out", *, seed: int = 0, workers: int = 2, q
     raw, release, run, feats, report = (out / "raw", out / "release", out / "run", out / "features",
                                         out / "report")
     timings: dict[str, float] = {}
-    bar = tqdm(total=len(STAGES), desc="chammi demo", unit="stage", position=0)
+    bar = tqdm(total=len(DEMO_STEPS), desc="chammi demo", unit="step", position=0)
 
-    def stage(name: str, t0: float) -> None:
+    def step_done(name: str, t0: float) -> None:
         timings[name] = time.perf_counter() - t0
         bar.set_postfix_str(f"{name} done in {timings[name]:.0f} s")
         bar.update(1)
 
     t0 = time.perf_counter()
     write_sample(raw, seed=seed, progress=True)
-    stage("sample data", t0)
+    step_done("sample data", t0)
 
     t0 = time.perf_counter()
     result = build("all", input_dir=raw, output=release, workers=workers, seed=seed, progress=True)
     if not result.ok:
         raise RuntimeError(f"the sample build failed:\n{result.summary()}")
     print(result.summary())
-    stage("build release", t0)
+    step_done("build release", t0)
 
     t0 = time.perf_counter()
     extra = [f"run.seed={seed}"] + (["optim.max_steps=4", "optim.warmup_steps=1"] if quick else [])
     config = load_config("tiny_cpu", [*extra, *overrides])
     train(config, release, run)
-    stage("train", t0)
+    step_done("train", t0)
 
     t0 = time.perf_counter()
     embed(run, release, feats / "trained", batch_size=64, workers=0)  # GPU when present
     base = _baseline_features(release, config.model.backbone, config.data.image_size, seed)
     save_features(feats / "baseline", base, "features")
-    stage("embed", t0)
+    step_done("embed", t0)
 
     t0 = time.perf_counter()
     report.mkdir(parents=True, exist_ok=True)
-    results = {name: chammi_data.evaluate(chammi_data_features(feats / name), release, metric=metric)
+    results = {name: chammi_data.evaluate(load_features(feats / name), release, metric=metric)
                for name in ("trained", "baseline")}
     for name, res in results.items():
         res.official_table().to_csv(report / f"results_{name}.csv", index=False)
-    stage("evaluate", t0)
+    step_done("evaluate", t0)
 
     t0 = time.perf_counter()
     scores = {name: res.cps for name, res in results.items()}
@@ -169,12 +171,7 @@ def run_demo(out: str | Path = "demo_out", *, seed: int = 0, workers: int = 2, q
         {"metric": metric, "cps": scores, "timings_s": timings,
          "tables": {k: v.to_dict(orient="records") for k, v in tables.items()}}, indent=2))
     index = _write_index(report, scores, tables, timings, metric)
-    stage("report", t0)
+    step_done("report", t0)
     bar.close()
     return DemoResult(out=out, report=index, scores=scores, timings=timings)
 
-
-def chammi_data_features(folder: Path) -> dict[str, np.ndarray]:
-    from chammi_data.features import load_features
-
-    return load_features(folder)
