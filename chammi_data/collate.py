@@ -42,15 +42,17 @@ def _sort_key(key: GroupKey) -> tuple[int, str, tuple[str, ...]]:
     return rank, source, channels
 
 
-def _as_tensor(image: Any) -> torch.Tensor:
+def _as_tensor(image: Any, raw: bool = False) -> torch.Tensor:
     if isinstance(image, np.ndarray):
-        return to_float_tensor(image)
+        return torch.from_numpy(image) if raw else to_float_tensor(image)
     return torch.as_tensor(image)
 
 
-def collate_homogeneous(samples: Sequence[Sample]) -> Batch:
+def collate_homogeneous(samples: Sequence[Sample], raw: bool = False) -> Batch:
     """Stack samples that share source and channels into one batch dict.
 
+    ``raw``: integer images (``stream(output="uint8")``) stay integer, one (B, C, H, W) uint8/uint16 tensor,
+    for :class:`~chammi_data.device_transforms.DeviceTransform` to convert on the training device.
     Raises ``ValueError`` naming the offending cell ids when sources, channels or image shapes differ.
     """
     if not samples:
@@ -64,7 +66,7 @@ def collate_homogeneous(samples: Sequence[Sample]) -> Batch:
                 f"cannot stack sample {s.get('cell_id')!r} {group_key(s)} with {first.get('cell_id')!r} {key}: "
                 "different source or channels; use group_by_channels"
             )
-        img = _as_tensor(s["image"])
+        img = _as_tensor(s["image"], raw)
         if img.ndim != 3 or img.shape[0] != len(key[1]):
             raise ValueError(f"sample {s.get('cell_id')!r}: image shape {tuple(img.shape)} does not match channels {key[1]}")
         if images and img.shape != images[0].shape:
@@ -81,6 +83,16 @@ def collate_homogeneous(samples: Sequence[Sample]) -> Batch:
         "cell_id": [s["cell_id"] for s in samples],
         "meta": [s.get("meta", {}) for s in samples],
     }
+
+
+def group_by_channels_uint8(samples: Iterable[Sample]) -> list[Batch]:
+    """:func:`group_by_channels` for integer samples (``stream(output="uint8")``): each group's images stay one
+    integer (B, C, H, W) tensor, so a DataLoader worker ships one shared-memory block per channel set at a
+    quarter of the float bytes, and the float math runs on the training device."""
+    groups: dict[GroupKey, list[Sample]] = {}
+    for s in samples:
+        groups.setdefault(group_key(s), []).append(s)
+    return [collate_homogeneous(groups[k], raw=True) for k in sorted(groups, key=_sort_key)]
 
 
 def group_by_channels(samples: Iterable[Sample]) -> list[Batch]:

@@ -106,8 +106,8 @@ def buffer_order(part: np.ndarray, buffer: int, seed: int, epoch: int, rank: int
     return out
 
 
-def rotate(parts: list[np.ndarray], by: int) -> list[np.ndarray]:
-    """Worker k gets logical part ``(k + by) % K``: after ``by`` whole batches of an epoch were consumed, the
-    DataLoader's first batch (from worker 0) is the one logical worker ``by % K`` would have sent next."""
-    k = len(parts)
-    return [parts[(i + by) % k] for i in range(k)]
+def logical_worker(worker: int, workers: int, batches_done: int) -> int:
+    """The part (and shuffle seed) DataLoader worker ``worker`` takes after ``batches_done`` whole batches of an
+    epoch were consumed: the DataLoader's first batch comes from worker 0, and it must be the batch logical
+    worker ``batches_done % K`` would have sent next."""
+    return (worker + batches_done) % workers

@@ -220,11 +220,11 @@ class ShardStream(IterableDataset):
             return so.exact_plan(pos, r, w, worker, num_workers, self.worker_block)
         parts, planned = self._shard_parts(w, num_workers)
         done = self._done()
-        mine = parts[r]
+        logical = worker
         if planned:  # after b whole batches of this rank, the DataLoader's next batch is logical worker b % K's
-            used = sum(int(done[p[p < n]].sum()) for p in mine)
-            mine = so.rotate(mine, used // self.worker_block)
-        emitted = so.buffer_order(mine[worker], self.buffer, self.seed, self.epoch, r, worker)
+            used = sum(int(done[p[p < n]].sum()) for p in parts[r])
+            logical = so.logical_worker(worker, num_workers, used // self.worker_block)
+        emitted = so.buffer_order(parts[r][logical], self.buffer, self.seed, self.epoch, r, logical)
         keep = np.array([p >= n or not done[p] for p in emitted.tolist()], dtype=bool)
         return emitted[keep] if len(emitted) else emitted
 

@@ -167,7 +167,7 @@ def warp_image(
     dtype = image.dtype if image.is_floating_point() else torch.float32
     out = F.grid_sample(
         image[None].to(dtype),
-        sampling[None].to(dtype),
+        sampling[None].to(device=image.device, dtype=dtype),
         mode="bilinear",
         padding_mode=padding_mode,
         align_corners=False,

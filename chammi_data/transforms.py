@@ -120,7 +120,7 @@ class ChannelSubset:
             lacking = [c for c in self.names if c not in have]
             raise KeyError(f"sample {sample.get('cell_id')!r} ({sample.get('source')}) has channels {list(have)}; missing {lacking}")
         img = _image(sample, "ChannelSubset")
-        index = torch.tensor([have.index(c) for c in wanted], dtype=torch.long)
+        index = torch.tensor([have.index(c) for c in wanted], dtype=torch.long, device=img.device)
         return _with_image(sample, img.index_select(0, index), channels=tuple(wanted))
 
     def __repr__(self) -> str:
@@ -152,8 +152,8 @@ class Normalize:
             mean, std = self._lookup(sample["source"], tuple(sample["channels"]))
         except KeyError as exc:
             raise KeyError(f"Normalize: sample {sample.get('cell_id')!r}: {exc.args[0]}") from None
-        m = torch.tensor(mean, dtype=img.dtype).view(-1, 1, 1)
-        s = torch.tensor(std, dtype=img.dtype).view(-1, 1, 1)
+        m = torch.tensor(mean, dtype=img.dtype, device=img.device).view(-1, 1, 1)
+        s = torch.tensor(std, dtype=img.dtype, device=img.device).view(-1, 1, 1)
         return _with_image(sample, (img - m) / s)
 
     def __repr__(self) -> str:
