@@ -44,8 +44,12 @@ class DataConfig:
     hflip: bool = True
     tps_p: float = 0.0  #: probability of the thin-plate-spline warp
     batch_size: int = 128  #: GLOBAL batch (all ranks together); each rank takes batch_size / world_size
-    workers: int = 4  #: DataLoader workers per rank
+    workers: int = 4  #: DataLoader workers per rank (persistent across epochs)
     eval_batch_size: int = 256
+    stream_order: str = "auto"  #: exact | shards | auto (exact for a local release, shards for a URL)
+    shuffle_buffer: int = 1024  #: samples per worker shuffle buffer in shards order
+    readahead: int = 2  #: shard runs each worker keeps in flight in shards order
+    cache_dir: str | None = None  #: local cache of whole remote shards (checked against release.json)
 
 
 @dataclass

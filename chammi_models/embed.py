@@ -25,7 +25,8 @@ from torch.utils.data import DataLoader
 
 from chammi_data.collate import collate_homogeneous
 from chammi_data.features import save_features
-from chammi_data.manifest import read_manifest, source_rows, sources_in
+from chammi_data.manifest import RELEASE_JSON, read_manifest, source_rows, sources_in
+from chammi_data.storage import open_store
 from chammi_data.transforms import Compose, Normalize, eval_transform
 from chammi_data.vocab import SOURCES
 
@@ -35,13 +36,14 @@ FEATURES_NAME = "features"  #: OUT/<Folder>/features.npy
 def release_identity(release: str | Path) -> dict[str, Any]:
     """{release_dir, release_id, manifest_sha256}: the release id is a hash of ``release.json`` (which is
     byte-deterministic for identical content), the manifest hash the one recorded in it."""
-    release = Path(release)
-    path = release / "release.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: {release} is not a release folder (build one with chammi-build)")
-    raw = path.read_bytes()
+    store = open_store(release)
+    try:
+        raw = store.read_bytes(RELEASE_JSON)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{store.path(RELEASE_JSON)} not found: {store} is not a release folder (build one with "
+                                f"chammi-build)") from None
     info = json.loads(raw)
-    return {"release_dir": str(release.resolve()), "release_id": hashlib.sha256(raw).hexdigest()[:16],
+    return {"release_dir": store.url, "release_id": hashlib.sha256(raw).hexdigest()[:16],
             "manifest_sha256": info.get("manifest_sha256")}
 
 
@@ -59,7 +61,7 @@ def extract_features(model: nn.Module, release: str | Path, sources: Sequence[st
 
     import chammi_data
 
-    release = Path(release)
+    release = open_store(release)
     transform = transform if transform is not None else eval_transform(image_size)
     manifest = read_manifest(release)
     keys = sources_in(manifest) if sources is None else [SOURCES[s].key if s in SOURCES else s for s in sources]
@@ -99,7 +101,7 @@ def evaluate_model(model: nn.Module, release: str | Path, sources: Sequence[str]
 
     feats = extract_features(model, release, sources, image_size=image_size, batch_size=batch_size,
                              workers=workers, device=device, amp=amp, progress=False)
-    result = chammi_data.evaluate(feats, Path(release), metric=metric, progress=False)
+    result = chammi_data.evaluate(feats, open_store(release), metric=metric, progress=False)
     flat: dict[str, Any] = {"cps": result.cps}
     for row in result.table.itertuples():
         flat[f"{row.dataset}/{row.task}/f1"] = float(row.f1_score_macro)
@@ -147,7 +149,7 @@ def embed(checkpoint: str | Path, release: str | Path, out: str | Path, *, batch
     Raises ``FileNotFoundError`` for a missing release or model folder (checked in that order, before any
     model is built) and ``chammi_models.weights.WeightsError`` for an unusable card or weights file.
     """
-    release, out = Path(release), Path(out)
+    release, out = open_store(release), Path(out)
     identity = release_identity(release)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, card = load_trained(checkpoint, dev)

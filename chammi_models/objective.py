@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from chammi_data.collate import group_by_channels
+from chammi_data.release_format import train_mask
 from chammi_data.vocab import SOURCE_KEYS
 from chammi_models.config import TrainConfig
 from chammi_models.ssl import SimCLRLoss, second_views
@@ -30,11 +30,11 @@ def class_index(manifest: Any, sources: Sequence[str]) -> dict[str, list[str]]:
     these lists in ``SOURCE_KEYS`` order; see :func:`global_classes`.
     """
     out = {}
+    train = manifest[train_mask(manifest["train_test_split"])]
     for src in SOURCE_KEYS:
         if src not in sources:
             continue
-        rows = manifest[(manifest["source"] == src) & (manifest["train_test_split"] == "Train")]
-        labels = sorted(set(rows["label"]))
+        labels = sorted(set(train.loc[train["source"] == src, "label"]))
         if not labels:
             raise ValueError(f"the release has no Train rows for source {src!r}; cannot train on it")
         out[src] = labels
@@ -95,11 +95,12 @@ class Objective(nn.Module):
         return total, sup_total, ssl_total
 
 
-def to_groups(samples: list[dict[str, Any]], table: dict[str, dict[str, int]], device: torch.device,
+def to_groups(batches: list[dict[str, Any]], table: dict[str, dict[str, int]], device: torch.device,
               ssl: bool, channels_last: bool) -> list[Group]:
-    """Mixed list of samples -> Objective groups on ``device`` (labels -> global class indices)."""
+    """Per-channel-set batches (float images, e.g. from ``TrainData``) -> Objective groups on ``device``
+    (labels -> global class indices)."""
     groups = []
-    for batch in group_by_channels(samples):
+    for batch in batches:
         src = batch["source"]
         if src not in table:
             raise ValueError(f"batch holds source {src!r} that is not among the training sources {list(table)}")

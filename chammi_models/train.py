@@ -25,10 +25,10 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from chammi_data.manifest import read_manifest
-from chammi_data.transforms import train_transform
+from chammi_data.release_format import select_rows
+from chammi_data.storage import ReleaseStore, open_store
 from chammi_models.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from chammi_models.config import TrainConfig, save_config
 from chammi_models.distributed import StopSignal, barrier, setup_distributed, shutdown_distributed
@@ -36,8 +36,9 @@ from chammi_models.embed import evaluate_model, release_identity
 from chammi_models.metrics_log import MetricsLog
 from chammi_models.objective import Group, Objective, build_model, class_index, global_classes, to_groups
 from chammi_models.schedule import WarmupCosine, build_optimizer, steps_for
-from chammi_models.ssl import SimCLRLoss, TwoViews
+from chammi_models.ssl import SimCLRLoss
 from chammi_models.swad import WeightAverager
+from chammi_models.train_data import TrainData
 from chammi_models.weights import save_model, training_card
 
 
@@ -62,7 +63,7 @@ class Context:
     """Where this process trains: the config, the release, the run folder, and its place among the ranks."""
 
     config: TrainConfig
-    release: Path
+    release: ReleaseStore
     run_dir: Path
     rank: int
     world: int
@@ -110,7 +111,7 @@ class Progress:
     stream_state: dict[str, Any] | None = None
 
 
-def train(config: TrainConfig, release: str | Path, out_dir: str | Path, resume: bool = False,
+def train(config: TrainConfig, release: Any, out_dir: str | Path, resume: bool = False,
           stop_after: int | None = None) -> TrainResult:
     """Train ``config`` on the release at ``release``, writing checkpoints/metrics/weights to ``out_dir``.
 
@@ -120,7 +121,7 @@ def train(config: TrainConfig, release: str | Path, out_dir: str | Path, resume:
             schedule: simulates an interruption, e.g. a preempted job.
     """
     rank, world, device = setup_distributed(config.run.device)
-    ctx = Context(config, Path(release), Path(out_dir), rank, world, device)
+    ctx = Context(config, open_store(release), Path(out_dir), rank, world, device)
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
     plan = plan_run(config, ctx.release, world)
     stop = plan.total if stop_after is None else min(plan.total, stop_after)
@@ -138,14 +139,14 @@ def train(config: TrainConfig, release: str | Path, out_dir: str | Path, resume:
     return result
 
 
-def plan_run(config: TrainConfig, release: Path, world: int) -> Plan:
+def plan_run(config: TrainConfig, release: Any, world: int) -> Plan:
     """Classes from the release's Train rows and the run length from their number and the config."""
     d, o = config.data, config.optim
     if d.batch_size % world:
         raise ValueError(f"data.batch_size={d.batch_size} is not divisible by the world size {world}")
     manifest = read_manifest(release)
     classes = class_index(manifest, d.train_sources)
-    n_train = int(((manifest["train_test_split"] == "Train") & manifest["source"].isin(d.train_sources)).sum())
+    n_train = len(select_rows(manifest, "train", d.train_sources))
     if o.max_steps == 0:
         per_epoch, total, warm = 0, 0, 0
     else:
@@ -206,24 +207,6 @@ def prepare_forward(ctx: Context, parts: Parts) -> nn.Module:
                                                find_unused_parameters=True)
 
 
-def make_stream(config: TrainConfig, release: Path, rank: int, world: int) -> Any:
-    """The training ShardStream of this rank (TwoViews-wrapped transform when SimCLR is on).
-
-    ``worker_block`` = the per-rank batch, so each DataLoader batch is one worker's contiguous block and
-    ``stream.advance(global batch)`` after every step records progress exactly for any worker count.
-    """
-    from chammi_data import stream
-
-    d = config.data
-    transform: Any = train_transform(d.image_size, tuple(d.scale), tuple(d.ratio), hflip=0.5 if d.hflip else 0.0,
-                                     tps_p=d.tps_p)
-    if config.loss.ssl_lambda > 0:
-        transform = TwoViews(transform)
-    return stream(release, split="train", sources=list(d.train_sources), seed=config.run.seed,
-                  transform=transform, shuffle=True, rank=rank, world_size=world, drop_last=True,
-                  worker_block=config.data.batch_size // world)
-
-
 def train_step(wrapped: nn.Module, objective: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
                groups: list[Group], autocast: Any, grad_clip: float | None
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
@@ -253,9 +236,7 @@ def run_steps(ctx: Context, plan: Plan, parts: Parts, wrapped: nn.Module, progre
     from tqdm.auto import tqdm
 
     config, d, r = ctx.config, ctx.config.data, ctx.config.run
-    stream = make_stream(config, ctx.release, ctx.rank, ctx.world)
-    loader = DataLoader(stream, batch_size=d.batch_size // ctx.world, collate_fn=list, num_workers=d.workers,
-                        drop_last=True, pin_memory=ctx.cuda, persistent_workers=False)
+    data = TrainData(config, ctx.release, ctx.rank, ctx.world, ctx.device)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if (ctx.cuda and r.amp) else nullcontext()
     bar = tqdm(total=stop, initial=progress.step, desc=f"train {config.name}", unit="step", disable=ctx.rank != 0,
                dynamic_ncols=True)
@@ -263,20 +244,17 @@ def run_steps(ctx: Context, plan: Plan, parts: Parts, wrapped: nn.Module, progre
     stopper = StopSignal()
     try:
         while progress.step < stop:
-            stream.set_epoch(progress.epoch)
-            if progress.batch_in_epoch and progress.stream_state is not None:
-                stream.load_state_dict(progress.stream_state)
+            resume_state = progress.stream_state if progress.batch_in_epoch else None
             progress.stream_state = None
-            batches = iter(loader)
+            batches = data.epoch_batches(progress.epoch, resume_state)
             while progress.batch_in_epoch < plan.per_epoch and progress.step < stop:
-                samples = _next_batch(batches, ctx.rank, progress, plan.per_epoch)
-                groups = to_groups(samples, plan.table, ctx.device, parts.objective.simclr is not None,
+                device_batches = _next_batch(batches, ctx.rank, progress, plan.per_epoch)
+                groups = to_groups(device_batches, plan.table, ctx.device, parts.objective.simclr is not None,
                                    ctx.cuda and r.channels_last)
                 loss, sup, ssl, lr = train_step(wrapped, parts.objective, parts.optimizer, parts.scheduler, groups,
                                                 autocast, config.optim.grad_clip)
                 progress.step += 1
                 progress.batch_in_epoch += 1
-                stream.advance(d.batch_size)
                 if parts.swad is not None:
                     parts.swad.update(parts.model, progress.step)
                 value = float(loss.detach())
@@ -299,10 +277,10 @@ def run_steps(ctx: Context, plan: Plan, parts: Parts, wrapped: nn.Module, progre
                     result.scores = evaluate_on_rank0(ctx, parts, log, step)
                 if step % r.checkpoint_every == 0 or step == stop:
                     save_checkpoint(ctx.run_dir, rank=ctx.rank, world=ctx.world, step=step, epoch=progress.epoch,
-                                    batch_in_epoch=progress.batch_in_epoch, stream=stream,
+                                    batch_in_epoch=progress.batch_in_epoch, stream=data,
                                     objective=parts.objective, optimizer=parts.optimizer, scheduler=parts.scheduler,
                                     scaler=parts.scaler, swad=parts.swad, config=config)
-            del batches
+            batches.close()
             if progress.batch_in_epoch >= plan.per_epoch:
                 progress.epoch, progress.batch_in_epoch = progress.epoch + 1, 0
     finally:
@@ -348,8 +326,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The arguments of ``chammi train`` (and of ``python -m chammi_models.train``)."""
     parser.add_argument("--config", required=True,
                         help="YAML config file, or the name of a bundled one (configs/<name>.yaml), e.g. tiny_cpu")
-    parser.add_argument("--release", type=Path, default=None,
-                        help="release folder (default: $CHAMMI_RELEASE or ~/.cache/chammi/release)")
+    parser.add_argument("--release", default=None,
+                        help="release folder or URL (s3://, gs://, http(s)://, file://; default: $CHAMMI_RELEASE or "
+                        "~/.cache/chammi/release)")
     parser.add_argument("--out", type=Path, default=None, help="run folder (default: runs/<config name>)")
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     parser.add_argument("--stop-after", type=int, default=None, metavar="STEPS",
@@ -360,7 +339,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_command(args: argparse.Namespace) -> int:
     """Load the config, train, and print where the results are (rank 0); a config mistake exits with 2."""
-    from chammi_data.paths import default_release_dir
     from chammi_models.config import load_config
 
     try:
@@ -368,7 +346,7 @@ def run_command(args: argparse.Namespace) -> int:
     except (KeyError, ValueError, FileNotFoundError) as exc:  # a config mistake: one line, no traceback
         print(f"chammi train: {exc.args[0] if exc.args else exc}", file=sys.stderr)
         return 2
-    release = args.release or default_release_dir()
+    release = args.release
     out = args.out or Path("runs") / config.name
     result = train(config, release, out, resume=args.resume, stop_after=args.stop_after)
     if int(os.environ.get("RANK", "0")) == 0:

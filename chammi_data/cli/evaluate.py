@@ -10,7 +10,6 @@ import argparse
 from pathlib import Path
 
 from chammi_data.knn import DEFAULT_BLOCK_SIZE, METRICS
-from chammi_data.paths import default_release_dir
 
 CLASSIFIERS = ("knn", "sgd")
 
@@ -21,10 +20,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--release",
-        type=Path,
         default=None,
-        help="our release folder (manifest.parquet) or an official root (Allen|HPA|CP/enriched_meta.csv); "
-        "default: $CHAMMI_RELEASE or ~/.cache/chammi/release",
+        help="our release (a folder or a URL: s3://, gs://, http(s)://) or an official root "
+        "(Allen|HPA|CP/enriched_meta.csv); default: $CHAMMI_RELEASE or ~/.cache/chammi/release",
     )
     parser.add_argument(
         "--metric",
@@ -52,8 +50,9 @@ def main(args: argparse.Namespace) -> int:
     from chammi_data.evaluation import evaluate
     from chammi_data.features import load_features
     from chammi_data.plots import radar_plot
+    from chammi_data.storage import default_location
 
-    release = args.release if args.release is not None else default_release_dir()
+    release = args.release if args.release is not None else default_location()
     features = load_features(args.features, args.feature_file)
     result = evaluate(
         features,

@@ -17,8 +17,9 @@ from pathlib import Path
 def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", type=Path, required=True,
                         help="run folder of `chammi train` (uses RUN_DIR/model) or a weights folder")
-    parser.add_argument("--release", type=Path, default=None,
-                        help="release folder (default: $CHAMMI_RELEASE or ~/.cache/chammi/release)")
+    parser.add_argument("--release", default=None,
+                        help="release folder or URL (s3://, gs://, http(s)://, file://; default: $CHAMMI_RELEASE or "
+                        "~/.cache/chammi/release)")
     parser.add_argument("--out", type=Path, required=True, help="output folder: OUT/<Allen|HPA|CP>/features.npy")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--workers", type=int, default=4, help="DataLoader workers")
@@ -27,12 +28,11 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from chammi_data.paths import default_release_dir
     from chammi_models.embed import embed
     from chammi_models.weights import WeightsError
 
     try:
-        out = embed(args.checkpoint, args.release or default_release_dir(), args.out, batch_size=args.batch_size,
+        out = embed(args.checkpoint, args.release, args.out, batch_size=args.batch_size,
                     workers=args.workers, device=args.device, image_size=args.image_size)
     except FileNotFoundError as exc:  # a checkpoint or release argument that names nothing usable
         return _fail(exc, 2)
