@@ -57,3 +57,31 @@ def test_two_process_gloo_run_matches_single_process(tiny_release: Path, tmp_pat
     assert a.keys() == b.keys()
     for k in a:
         assert torch.allclose(a[k], b[k], rtol=1e-3, atol=1e-5), k
+
+
+@pytest.mark.slow
+def test_two_process_gloo_run_from_s3_equals_the_same_run_from_disk(tiny_release: Path, tmp_path: Path) -> None:
+    """Ranks stream a release from an S3-compatible server (moto, on 127.0.0.1) in shards order with two
+    persistent workers each; the weights equal those of the same run reading the same files from disk."""
+    from tests.servers import S3Server
+
+    args = [*ARGS, "data.workers=2", "data.stream_order=shards", "data.shuffle_buffer=8"]
+
+    def torchrun(release: str, out: Path, env: dict[str, str]) -> None:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+               "--master_port", str(_free_port()), "-m", "chammi_models.train", "--config", "tiny_cpu",
+               "--release", release, "--out", str(out), *args]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", **env})
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        assert "finished" in proc.stdout
+
+    with S3Server() as server:
+        url = server.upload(tiny_release, "chammi", "tiny")
+        torchrun(url, tmp_path / "s3", server.env())
+    torchrun(str(tiny_release), tmp_path / "disk", {})
+    a = load_file(str(tmp_path / "s3" / "model" / "model.safetensors"))
+    b = load_file(str(tmp_path / "disk" / "model" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    card = json.loads((tmp_path / "s3" / "model" / "card.json").read_text())
+    assert card["training_data"]["release_dir"] == url
