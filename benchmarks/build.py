@@ -193,7 +193,7 @@ def main() -> None:
                      f"{speed:.2f}x | - |")
         targets.append(f"- all (`--source all`, one build of the three sources): 2 workers vs 1 {speed:.2f}x "
                        f"(target >= 1.7x: {'met' if speed >= 1.7 else 'NOT met'})")
-    lines += ["", *notes, "", "## Targets (issue 3) on this run", "", *targets, "",
+    lines += ["", *notes, "", "## Targets on this run", "", *targets, "",
               "Units phase = process + compress + spill on the dask workers incl. scheduling (cluster start and imports "
               "excluded: workers are warmed first); write = the tar and zarr shard files (two tasks per shard, "
               "concatenating the spilled bytes); cells/s = cells / (units + write). `process / read` compares "

@@ -1,7 +1,7 @@
 """Benchmark the evaluator at the real CHAMMI sizes: ours vs scikit-learn brute force vs a bare matrix product.
 
 Synthetic 768-d float32 features (class clusters + noise) with the real row counts of every split
-(SPEC section 1), scaled by ``--scale`` (rows of every split times the scale). One run times:
+(the CHAMMI paper's Table of splits), scaled by ``--scale`` (rows of every split times the scale). One run times:
 
 * ``ours``: :func:`chammi_data.evaluate` (the whole protocol, scoring included);
 * ``sklearn``: the protocol written plainly with ``KNeighborsClassifier(n_neighbors=1, algorithm="brute")``,
@@ -39,7 +39,7 @@ from chammi_data.evaluation import evaluate
 from chammi_data.knn import DEFAULT_BLOCK_SIZE, resolve_device
 from chammi_data.vocab import LOGO_TASKS, SOURCES
 
-#: Real split sizes (SPEC section 1): Train then each task.
+#: Real split sizes of CHAMMI: Train then each task.
 SIZES = {
     "wtc11": {"Train": 31060, "Task_one": 12419, "Task_two": 21624},
     "hpa": {"Train": 32725, "Task_one": 13051, "Task_two": 5994, "Task_three": 15166},

@@ -80,7 +80,7 @@ def synthetic_cell(rng: np.random.Generator, source: str, i: int) -> Cell:
 
 def official_fold(path: Path, width: int) -> np.ndarray:
     """The official CHAMMI loaders' read: ``skimage.io.imread`` of the tape, then the column-major fold to
-    (H, W, C) (``np.reshape(..., order="F")``, SPEC section 2); returned as a (C, H, W) view."""
+    (H, W, C) (``np.reshape(..., order="F")`` as the official loaders do); returned as a (C, H, W) view."""
     tape = skimage.io.imread(path)
     return np.reshape(tape, (tape.shape[0], width, -1), order="F").transpose(2, 0, 1)
 
@@ -376,7 +376,7 @@ def to_markdown(res: dict) -> str:
         for n in names:
             lines.append(f"| {n} | " + " | ".join(f"{per_src[s][n]['vs_png']:.3f} / {per_src[s][n]['decode_MB_s']:.0f}"
                                                    for s in per_src) + " |")
-    lines += ["", "## Targets (issue 2) on this run", ""] + _targets(res) + ["", _NOTES]
+    lines += ["", "## Targets on this run", ""] + _targets(res) + ["", _NOTES]
     return "\n".join(lines) + "\n"
 
 

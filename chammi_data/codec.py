@@ -11,9 +11,8 @@ import io
 import numpy as np
 import zstandard
 
-#: zstd level used for images. Measured on microscopy-like 8-bit tiles: level 3 compresses as well as level 9
-#: (within 1%) at a quarter of the encode time, and level 19 gains ~6% for 10x the time. Decoding speed does
-#: not depend on the level.
+#: zstd level used for images: on microscopy-like 8-bit tiles higher levels barely shrink the members for many
+#: times the encode time (benchmarks/results/loader.md), and decoding speed does not depend on the level.
 ZSTD_LEVEL = 3
 IMAGE_SUFFIX = ".npy.zst"
 JSON_SUFFIX = ".json"

@@ -1,6 +1,6 @@
 """The CHAMMI benchmark protocol as one pure, strict function: features + manifest -> scores and CPS.
 
-Protocol (SPEC section 3): reference = all ``Train`` rows of a source; query = rows whose task column is
+Protocol (as the official evaluator): reference = all ``Train`` rows of a source; query = rows whose task column is
 true; exact 1-NN (``cosine`` on L2-normalised rows or ``l2`` on raw rows; ties -> lowest reference index)
 or the official ``sgd`` alternative; macro-F1 over the classes present in the task's ground truth, plus
 accuracy. Leave-one-group-out tasks (``vocab.LOGO_TASKS``): for each group g, reference = Train rows then

@@ -1,4 +1,5 @@
-"""Read an official CHAMMI download (SPEC section 2) as :class:`~chammi_data.schema.Cell` objects.
+"""Read an official CHAMMI download (the ``Allen/``, ``HPA/``, ``CP/`` folders users have) as
+:class:`~chammi_data.schema.Cell` objects.
 
 Layout: ``ROOT/{Allen,HPA,CP}/enriched_meta.csv`` plus one *tape* image per cell: a 2-D grayscale image of
 shape (H, W*C) whose channel k occupies columns [k*W, (k+1)*W), W = the row's ``channel_width``.

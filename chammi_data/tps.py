@@ -1,4 +1,4 @@
-"""Thin-plate-spline (TPS) warp augmentation for (C, H, W) images of any channel count (SPEC section 5).
+"""Thin-plate-spline (TPS) warp augmentation for (C, H, W) images of any channel count.
 
 The warp is defined by a ``grid x grid`` lattice of control points spread evenly over the image, in the
 normalised coordinates of :func:`torch.nn.functional.grid_sample` (x and y in [-1, 1], ``align_corners=False``
@@ -181,7 +181,7 @@ class ThinPlateSpline:
     ``grid``: control lattice size (3 -> 3 x 3); ``max_shift``: maximal displacement as a fraction of the
     image size; ``edges``: how non-corner border points move (``tangential`` | ``free`` | ``fixed``);
     ``step``: spline evaluated every ``step`` pixels, interpolated between (1 = exact). Apply it
-    before cropping, on [0, 1] images (SPEC section 5). Pass a seeded ``generator`` for reproducible warps.
+    before cropping, on [0, 1] images, as in the paper. Pass a seeded ``generator`` for reproducible warps.
     """
 
     def __init__(

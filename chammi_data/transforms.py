@@ -1,4 +1,4 @@
-"""Sample transforms for (C, H, W) float images of any channel count (the paper's recipe, SPEC section 5).
+"""Sample transforms for (C, H, W) float images of any channel count (the paper's recipe).
 
 Every transform takes a sample dict (``image``, ``channels``, ``source``, ``label``, ``cell_id``, ``meta``) and
 returns a new sample dict; the input dict is not modified. Random transforms take an optional

@@ -27,7 +27,7 @@ CHANNEL_COLORS: dict[str, str] = {
 
 @dataclass(frozen=True)
 class SourceInfo:
-    """Facts about one CHAMMI source (SPEC section 1 and 2)."""
+    """Facts about one CHAMMI source: channels, tile size, training-split statistics, grouping column, tasks."""
 
     key: str  #: our key: wtc11 | hpa | cp
     folder: str  #: folder name in the official release: Allen | HPA | CP

@@ -28,7 +28,7 @@ def test_tape_fold_is_column_major():
     np.testing.assert_array_equal(tape[:, 5:10], chw[1])  # channel k in columns [k*W, (k+1)*W)
     np.testing.assert_array_equal(
         np.reshape(tape, (4, 5, 3), order="F").transpose(2, 0, 1), chw
-    )  # SPEC wording
+    )  # the release description: fold back column-major
     np.testing.assert_array_equal(tape_to_chw(tape, 5), chw)
     with pytest.raises(ValueError, match="multiple"):
         tape_to_chw(tape, 4)
