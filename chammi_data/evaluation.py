@@ -8,7 +8,8 @@ the task's rows of every other group (both in manifest order: this concatenated 
 broken by), query = the task's rows of g; predictions of all groups are pooled and scored once, and
 per-group scores are reported beside the pooled one. CPS = W2/3 + (H2+H3)/6 + (C2+C3+C4)/9.
 
-Reading manifests and checking features lives in :mod:`chammi_data.features`; the search in :mod:`chammi_data.knn`.
+Checking features lives in :mod:`chammi_data.features`, reading manifests in :mod:`chammi_data.protocol`, the
+search in :mod:`chammi_data.knn`.
 """
 
 from __future__ import annotations
@@ -24,14 +25,9 @@ import torch
 from sklearn.linear_model import SGDClassifier
 from tqdm.auto import tqdm
 
-from chammi_data.features import (
-    EvaluationInputError,
-    ProtocolTable,
-    check_features,
-    load_protocol_tables,
-    task_rows,
-)
+from chammi_data.features import EvaluationInputError, check_features
 from chammi_data.knn import DEFAULT_BLOCK_SIZE, METRICS, NearestNeighborIndex
+from chammi_data.protocol import ProtocolTable, load_protocol_tables, task_rows
 from chammi_data.vocab import CPS_WEIGHTS, LOGO_TASKS, SOURCE_KEYS, SOURCES, source_info
 
 CLASSIFIERS: tuple[str, ...] = ("knn", "sgd")
