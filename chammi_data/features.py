@@ -134,3 +134,48 @@ def check_features(features: Mapping[str, Any], metric: str) -> dict[str, np.nda
     return {k: out[k] for k in SOURCE_KEYS if k in out}
 
 
+
+
+#: ``chammi embed`` writes this beside the feature folders: where the features came from.
+EMBEDDING_JSON = "embedding.json"
+
+
+def feature_file_digests(paths: Mapping[str, Path]) -> dict[str, str]:
+    """{official folder name: sha256 of the .npy file} for the files of :func:`save_features`."""
+    from chammi_data.schema import file_sha256
+
+    return {SOURCES[source_key(k)].folder: file_sha256(p) for k, p in paths.items()}
+
+
+def identity_problems(directory: str | Path, provenance: Mapping[str, Any],
+                      feature_file: str | None = None) -> list[str]:
+    """Why features in ``directory`` may not belong to the release being scored (empty: nothing found).
+
+    Uses the ``embedding.json`` that ``chammi embed`` writes: the manifest sha256 of the release the features
+    were computed on must equal the scored release's (``provenance`` of ``load_protocol_tables``), and each
+    ``.npy`` must still have the sha256 recorded when it was written (rows permuted or replaced afterwards
+    change it). Features without ``embedding.json`` (made elsewhere) cannot be checked: returns [].
+    """
+    import json
+
+    from chammi_data.schema import file_sha256
+
+    path = Path(directory) / EMBEDDING_JSON
+    if not path.is_file():
+        return []
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        return [f"{path}: unreadable ({exc})"]
+    problems = []
+    want, got = info.get("manifest_sha256"), provenance.get("manifest_sha256")
+    if provenance.get("kind") == "release" and want and got and want != got:
+        problems.append(f"{path}: the features were embedded from release {info.get('release_dir')} (manifest sha256 "
+                        f"{want[:16]}...), not from the release being scored (manifest sha256 {got[:16]}...)")
+    name = info.get("features_name") if feature_file is None else feature_file.removesuffix(".npy")
+    for folder, digest in (info.get("files") or {}).items():
+        npy = Path(directory) / folder / f"{name}.npy"
+        if npy.is_file() and file_sha256(npy) != digest:
+            problems.append(f"{npy}: changed since chammi embed wrote it (sha256 differs from {EMBEDDING_JSON}): "
+                            f"rows permuted, replaced or edited")
+    return problems

@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from chammi_data.collate import collate_homogeneous
-from chammi_data.features import save_features
+from chammi_data.features import feature_file_digests, save_features
 from chammi_data.manifest import RELEASE_JSON, read_manifest, source_rows, sources_in
 from chammi_data.storage import open_store
 from chammi_data.transforms import Compose, Normalize, eval_transform
@@ -157,7 +157,7 @@ def embed(checkpoint: str | Path, release: str | Path, out: str | Path, *, batch
     feats = extract_features(model, release, batch_size=batch_size, workers=workers, device=dev,
                              transform=transform)
     out.mkdir(parents=True, exist_ok=True)
-    save_features(out, feats, FEATURES_NAME)
+    paths = save_features(out, feats, FEATURES_NAME)
     rows = {SOURCES[key].folder: int(arr.shape[0]) for key, arr in feats.items()}
     info = {
         "model": getattr(model, "model_config", {}),
@@ -169,6 +169,7 @@ def embed(checkpoint: str | Path, release: str | Path, out: str | Path, *, batch
         "dim": int(next(iter(feats.values())).shape[1]) if feats else 0,
         "image_size": size,
         "normalisation": stats_from,
+        "files": feature_file_digests(paths),
     }
     (out / "embedding.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
     return out
