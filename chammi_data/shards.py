@@ -26,7 +26,7 @@ import numpy as np
 import zstandard
 
 from chammi_data.codec import IMAGE_SUFFIX, JSON_SUFFIX, CorruptSampleError, decode_image
-from chammi_data.release_format import expected_shape, make_sample
+from chammi_data.release_format import CELL_ID_PATTERN, expected_shape, make_sample
 from chammi_data.schema import image_checksum
 from chammi_data.storage import RemoteObjectError, open_store
 
@@ -157,6 +157,9 @@ def _check_name(name: str, typeflag: bytes, shard: str) -> tuple[str, str]:
     if len(parts) > 1:
         raise ShardFormatError(f"{shard}: member {name!r} is in a folder; members must be flat <key>.<ext>")
     key, _, ext = name.partition(".")
+    if key and CELL_ID_PATTERN.fullmatch(key) is None:
+        raise ShardFormatError(f"{shard}: member {name!r}: key {key!r} is not a valid cell id (letters, digits, "
+                               f"'_' and '-' only)")
     if not key or ext not in _EXTS:
         raise ShardFormatError(
             f"{shard}: member {name!r} (key {key!r}): unexpected extension {ext!r}; members are <key>.json and "
