@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.ome_zarr_helpers import check_release_ome_zarr
+
 REPO = Path(__file__).resolve().parents[1]
 #: Files the wheel must carry besides the modules (data that used to live only in the checkout).
 REQUIRED_IN_WHEEL = (
@@ -105,6 +107,7 @@ def test_wheel_installs_and_runs_outside_checkout(tmp_path: Path):
     bin_ = venv / "bin"
     rel, run, feats, ev = work / "release", work / "run", work / "features", work / "eval"
     _run([bin_ / "chammi-build", "--source", "all", "--output", rel, "--quiet"], work, env)
+    assert check_release_ome_zarr(rel) == ["wtc11", "hpa", "cp"]  # a pipeline-built sample is OME-Zarr
     assert "OK" in _run([bin_ / "chammi", "validate", rel, "--quiet"], work, env)
     proc = subprocess.run([str(bin_ / "chammi"), "train", "--config", "tiny_cpu", "--release", str(rel), "--out", str(run),
                            "optim.max_steps=2"], cwd=work, env=env, capture_output=True,
