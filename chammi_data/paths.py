@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 #: Environment variable naming the default release folder.
 RELEASE_ENV = "CHAMMI_RELEASE"
@@ -68,3 +68,26 @@ def configs_dir() -> Path:
     ``chammi_data`` does not import ``chammi_models``.
     """
     return bundled_dir("chammi_models", "_configs", "configs")
+
+
+class UnsafePathError(ValueError):
+    """A relative path that would leave the folder it is joined to (absolute, ``..``, a link outside)."""
+
+
+def safe_join(root: str | Path, rel: str | Path) -> Path:
+    """``root / rel`` for a relative path that stays inside ``root``, else :class:`UnsafePathError`.
+
+    Refused: an empty or absolute ``rel`` (also a Windows drive or UNC root), any ``..`` component, and a
+    result that resolves outside ``root`` (e.g. through a symbolic link). ``/`` and ``\\`` both separate.
+    Use it for every output path built from data (cell ids, a manifest's ``file_path``).
+    """
+    text = str(rel).replace("\\", "/")
+    parts = PurePosixPath(text).parts
+    win = PureWindowsPath(str(rel))
+    if not text.strip() or text.startswith("/") or win.drive or win.root or ".." in parts:
+        raise UnsafePathError(f"unsafe path {str(rel)!r}: must be relative, without '..', inside {root}")
+    base = Path(root)
+    out = base.joinpath(*parts)
+    if not out.resolve().is_relative_to(base.resolve()):
+        raise UnsafePathError(f"unsafe path {str(rel)!r}: resolves to {out.resolve()}, outside {base.resolve()}")
+    return out
