@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from chammi_data.cli.errors import handles_user_errors
 from chammi_data.knn import DEFAULT_BLOCK_SIZE, METRICS
 from chammi_data.paths import default_release_dir
 
@@ -48,6 +49,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     )
 
 
+@handles_user_errors("chammi eval")
 def main(args: argparse.Namespace) -> int:
     from chammi_data.evaluation import evaluate
     from chammi_data.features import load_features
