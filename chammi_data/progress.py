@@ -48,12 +48,13 @@ class Progress(Generic[T]):
     """A progress bar (tqdm) or start/end lines; see the module docstring. Create it with :func:`progress`."""
 
     def __init__(self, iterable: Iterable[T] | None = None, *, desc: str = "", total: float | None = None,
-                 unit: str = "it", disable: bool = False, leave: bool = True, stream: IO[str] | None = None):
+                 unit: str = "it", disable: bool = False, leave: bool = True, initial: float = 0,
+                 stream: IO[str] | None = None):
         if total is None and iterable is not None and hasattr(iterable, "__len__"):
             total = len(iterable)  # type: ignore[arg-type]
         self.iterable = iterable
         self.desc, self.total, self.unit = desc, total, unit
-        self.n: float = 0
+        self.n: float = initial
         self.disable = disable
         self._stream = stream if stream is not None else sys.stderr
         self._postfix: dict[str, Any] = {}
@@ -65,10 +66,11 @@ class Progress(Generic[T]):
         if bars_wanted(self._stream):
             from tqdm.auto import tqdm
 
-            self._bar = tqdm(total=total, desc=desc, unit=unit, leave=leave, file=self._stream)
+            self._bar = tqdm(total=total, desc=desc, unit=unit, leave=leave, initial=initial, file=self._stream)
         else:
             size = "" if total is None else _amount(total, self._units(total))
-            self._line(f"{desc}: {size or 'started'}")
+            resumed = f" ({_amount(initial, '')} already done)" if initial else ""
+            self._line(f"{desc}: {size or 'started'}{resumed}")
 
     def _units(self, n: float) -> str:
         plural = n != 1 and self.unit not in _NO_PLURAL and not self.unit.endswith("s")
@@ -133,10 +135,11 @@ class Progress(Generic[T]):
 
 
 def progress(iterable: Iterable[T] | None = None, *, desc: str = "", total: float | None = None, unit: str = "it",
-             disable: bool = False, leave: bool = True) -> Progress[T]:
+             disable: bool = False, leave: bool = True, initial: float = 0) -> Progress[T]:
     """Wrap ``iterable`` (or, without one, make a bar to ``update()`` by hand) with progress reporting.
 
-    ``total`` defaults to ``len(iterable)`` when it has one; ``unit`` names what is counted (plural: +"s").
-    A tqdm bar on a terminal; otherwise a start line and an end line on stderr; nothing with ``disable``.
+    ``total`` defaults to ``len(iterable)`` when it has one; ``unit`` names what is counted (plural: +"s");
+    ``initial``: units already done (a resumed run). A tqdm bar on a terminal; otherwise a start line and an
+    end line on stderr; nothing with ``disable``.
     """
-    return Progress(iterable, desc=desc, total=total, unit=unit, disable=disable, leave=leave)
+    return Progress(iterable, desc=desc, total=total, unit=unit, disable=disable, leave=leave, initial=initial)

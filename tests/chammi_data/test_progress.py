@@ -66,3 +66,10 @@ def test_manual_updates_postfix_unknown_total_and_early_stop(capsys: pytest.Capt
             if i == 2:
                 raise RuntimeError("boom")
     assert "stage: stopped after 2 cells of 5 in" in capsys.readouterr().err
+
+
+def test_resumed_stage_counts_what_was_already_done(capsys: pytest.CaptureFixture[str]):
+    with progress(desc="units", total=5, unit="unit", initial=3) as bar:
+        bar.update(2)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == "units: 5 units (3 already done)" and lines[1].startswith("units: done 5 units in")
