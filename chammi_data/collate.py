@@ -11,6 +11,10 @@ Two strategies, both deterministic:
 
 A batch is ``{"image": (B, C, H, W) float, "channels": tuple[str], "source": str, "label": list[str],
 "cell_id": list[str], "meta": list[dict]}`` (docs/CONTRACTS.md).
+
+torch's default collate cannot batch a mix of sources: it stacks images with 3, 4 and 5 channels and fails
+with "stack expects each tensor to be equal size". Pass ``collate_fn=group_by_channels`` (also
+``ReleaseDataset.collate_fn``) to the ``DataLoader``, or load one source per dataset.
 """
 
 from __future__ import annotations
@@ -64,7 +68,8 @@ def collate_homogeneous(samples: Sequence[Sample], raw: bool = False) -> Batch:
         if group_key(s) != key:
             raise ValueError(
                 f"cannot stack sample {s.get('cell_id')!r} {group_key(s)} with {first.get('cell_id')!r} {key}: "
-                "different source or channels; use group_by_channels"
+                "different source or channels; batch mixed sources with chammi_data.collate.group_by_channels "
+                "(DataLoader(..., collate_fn=group_by_channels), also ReleaseDataset.collate_fn)"
             )
         img = _as_tensor(s["image"], raw)
         if img.ndim != 3 or img.shape[0] != len(key[1]):

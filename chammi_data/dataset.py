@@ -11,6 +11,7 @@ source that has it (``Task_two``), or one source's task (``hpa/Task_three``; fol
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -89,22 +90,77 @@ class ReleaseDataset(Dataset):
         sample = sample_from_row(self._records[i], to_float_tensor(self.read_array(i)))
         return self.transform(sample) if self.transform is not None else sample
 
-    def plot(self, i: int, suptitle: str | None = None):
-        """A matplotlib Figure with one grayscale panel per channel, titled by channel name."""
+    def plot(self, sample: int | Mapping[str, Any], suptitle: str | None = None, show_titles: bool = True):
+        """A matplotlib Figure with one grayscale panel per channel, titled by channel name.
+
+        ``sample``: a sample dict (as torchgeo's ``plot``: ``image`` (C, H, W), ``channels``, and ``source``,
+        ``cell_id``, ``label`` for the title; an optional ``prediction`` is shown beside the label) or an
+        item index (its raw pixels are drawn). Integer images use their dtype's range, float images [0, 1]
+        when they lie in it, else each channel's own min..max (e.g. after normalisation).
+        """
         from matplotlib.figure import Figure
 
-        row = self._records[i]
-        arr = self.read_array(i)
-        names = parse_channels(row["channels"])
-        top = np.iinfo(arr.dtype).max
+        if isinstance(sample, Mapping):
+            arr = _as_numpy(sample["image"])
+            names = tuple(sample["channels"])
+            info: Mapping[str, Any] = sample
+        else:
+            arr = self.read_array(sample)
+            info = self._records[sample]
+            names = parse_channels(info["channels"])
+        if arr.ndim != 3 or arr.shape[0] != len(names):
+            raise ValueError(f"cannot plot an image of shape {arr.shape} with channels {names}: expected (C, H, W)")
         fig = Figure(figsize=(2.2 * len(names), 2.6))
         axes = fig.subplots(1, len(names), squeeze=False)[0]
         for ax, chan, name in zip(axes, arr, names, strict=True):
-            ax.imshow(chan, cmap="gray", vmin=0, vmax=top)
-            ax.set_title(name)
+            ax.imshow(chan, cmap="gray", **_display_range(arr, chan))
+            if show_titles:
+                ax.set_title(name)
             ax.axis("off")
-        fig.suptitle(suptitle or f"{row['source']} {row['cell_id']}  label: {row['label']}")
+        if show_titles or suptitle:
+            title = f"{info.get('source', '')} {info.get('cell_id', '')}  label: {info.get('label', '')}"
+            if "prediction" in info:
+                title += f"  prediction: {info['prediction']}"
+            fig.suptitle(suptitle or title)
         return fig
+
+    # --- torchvision / torchgeo conventions ---------------------------------------------------------------
+    # Labels are strings, and each source has its own label space (cell-cycle stages, localisations,
+    # compounds), scored separately by the protocol. So class indices are PER SOURCE: ``classes[source]`` is
+    # the sorted list of that source's labels among THIS dataset's rows, and ``targets[i]`` indexes item i's
+    # label within its own source. A test selection with novel classes (hpa/Task_three) therefore has its own
+    # indices; map it into a training set's with ``train_ds.class_to_idx[source].get(label)``.
+
+    @cached_property
+    def classes(self) -> dict[str, list[str]]:
+        """``{source: sorted labels of that source in this dataset}``, sources in canonical order."""
+        return {src: sorted(set(self.rows.loc[self.rows["source"] == src, "label"].astype(str)))
+                for src in self.sources}
+
+    @cached_property
+    def class_to_idx(self) -> dict[str, dict[str, int]]:
+        """``{source: {label: index into classes[source]}}``."""
+        return {src: {label: k for k, label in enumerate(labels)} for src, labels in self.classes.items()}
+
+    @cached_property
+    def targets(self) -> list[int]:
+        """Class index of every item within its source (``class_to_idx[source][label]``), in item order."""
+        index = self.class_to_idx
+        return [index[r["source"]][str(r["label"])] for r in self._records]
+
+    @staticmethod
+    def collate_fn(samples: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Collate for ``DataLoader(ds, collate_fn=ds.collate_fn)``: :func:`chammi_data.collate.group_by_channels`.
+
+        A batch mixing sources has images with different channel counts (WTC 3, HPA 4, CP 5), which no
+        single tensor holds: torch's default collate then fails inside ``torch.stack`` ("stack expects each
+        tensor to be equal size"). This returns a list of batches, one per (source, channel set); for one
+        batch per source use ``load(..., sources="hpa")`` or :class:`chammi_data.collate.HomogeneousBatcher`.
+        Images must also share H x W (a crop/resize transform, e.g. ``train_transform``).
+        """
+        from chammi_data.collate import group_by_channels
+
+        return group_by_channels(samples)
 
     def __repr__(self) -> str:
         counts = self.rows["source"].value_counts().to_dict()
@@ -126,3 +182,21 @@ def load(split: str = "train", root: Any = None, sources: Sequence[str] | str | 
     store = open_store(root, storage_options, cache_dir)
     rows = select_rows(read_manifest(store), split, sources, where=f"release {store}")
     return ReleaseDataset(store, rows, transform=transform, backend=backend, verify=verify)
+
+
+def _as_numpy(image: Any) -> np.ndarray:
+    """A numpy view of a sample's image (tensor on any device, any float dtype, or array)."""
+    if hasattr(image, "detach"):
+        image = image.detach().cpu()
+        return (image.float() if image.is_floating_point() else image).numpy()
+    return np.asarray(image)
+
+
+def _display_range(image: np.ndarray, channel: np.ndarray) -> dict[str, float]:
+    """vmin/vmax for one channel panel of ``image`` (see :meth:`ReleaseDataset.plot`)."""
+    if image.dtype.kind in "ui":
+        return {"vmin": 0, "vmax": float(np.iinfo(image.dtype).max)}
+    if image.size and image.min() >= 0 and image.max() <= 1:
+        return {"vmin": 0.0, "vmax": 1.0}
+    lo, hi = float(channel.min()), float(channel.max())
+    return {"vmin": lo, "vmax": hi if hi > lo else lo + 1}

@@ -9,6 +9,13 @@ original ``file_path`` (extension .png), so official -> release -> export is a r
 
 uint16 images are scaled to 8 bit (``round(x / 257)``, so 65535 -> 255): the official format is 8-bit;
 the summary notes it.
+
+By default the export also writes ``OUTDIR/morphem70k_v2.csv``, the combined CSV the paper's training code
+reads (:mod:`chammi_data.cam`), from every ``enriched_meta.csv`` in OUTDIR.
+
+Every output path is joined with :func:`chammi_data.paths.safe_join`: a cell id or a ``file_path`` from a
+download's metadata can never place a file outside OUTDIR. A cell id that is not a valid id is an error;
+an unusable original ``file_path`` falls back to ``<Folder>/images/<cell_id>.png`` with a note.
 """
 
 from __future__ import annotations
@@ -22,11 +29,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from PIL import Image
-from tqdm import tqdm
 
+from chammi_data.cam import write_cam_csv
 from chammi_data.manifest import read_manifest, source_rows, sources_in
 from chammi_data.official import META_FILE, chw_to_tape
-from chammi_data.release_format import canonical_json, parse_meta
+from chammi_data.paths import safe_join
+from chammi_data.progress import progress as progress_bar
+from chammi_data.release_format import canonical_json, check_cell_id, parse_meta
 from chammi_data.shards import ShardReader
 from chammi_data.storage import open_store
 from chammi_data.vocab import SourceInfo, source_info
@@ -41,10 +50,12 @@ class ExportSummary:
     outdir: Path
     counts: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    cam_csv: Path | None = None
 
     def __str__(self) -> str:
         parts = ", ".join(f"{k}: {v}" for k, v in self.counts.items())
-        return f"wrote {self.outdir} ({parts})" + "".join(f"\nnote: {n}" for n in self.notes)
+        cam = f"; CAM training CSV {self.cam_csv}" if self.cam_csv is not None else ""
+        return f"wrote {self.outdir} ({parts}){cam}" + "".join(f"\nnote: {n}" for n in self.notes)
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
@@ -83,22 +94,26 @@ def export_source(release: Any, outdir: Path, source: str, rows: pd.DataFrame, r
                   compress_level: int = 6, progress: bool = True) -> tuple[int, list[str]]:
     """Write one source folder; returns (cells written, notes)."""
     info = source_info(source)
-    folder = outdir / info.folder
+    folder = safe_join(outdir, info.folder)
     base = _base_columns(info)
     records: list[dict[str, Any]] = []
     extra_cols: dict[str, None] = {}
     used: set[str] = set()
-    n16 = 0
-    for row in tqdm(rows.to_dict("records"), desc=f"export {info.folder}", disable=not progress, unit="cell"):
+    n16 = n_renamed = 0
+    for i, row in enumerate(progress_bar(rows.to_dict("records"), desc=f"export {info.folder}", unit="cell",
+                                         disable=not progress)):
+        cell_id = check_cell_id(row["cell_id"], f"{info.folder} manifest row {i}")
         meta = parse_meta(row["meta"])
         image = reader.read(row)
         if image.dtype == np.uint16:
             n16 += 1
-        rel = _safe_official_path(info.folder, meta.get("file_path"))
+        original = meta.get("file_path")
+        rel = _safe_official_path(info.folder, original)
         if rel is None or rel in used:
-            rel = f"{info.folder}/images/{row['cell_id']}.png"
+            n_renamed += original is not None
+            rel = f"{info.folder}/images/{cell_id}.png"
         used.add(rel)
-        path = outdir / rel
+        path = safe_join(outdir, rel)
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(chw_to_tape(to_uint8(image)), mode="L").save(path, format="PNG", compress_level=compress_level)
         rec: dict[str, Any] = {
@@ -121,34 +136,46 @@ def export_source(release: Any, outdir: Path, source: str, rows: pd.DataFrame, r
     folder.mkdir(parents=True, exist_ok=True)
     df.to_csv(folder / META_FILE, index=False, lineterminator="\n")
     notes = []
+    if n_renamed:
+        notes.append(f"{info.folder}: {n_renamed} original file_path value(s) unusable (outside {info.folder}/ or "
+                     f"repeated); those cells are written as {info.folder}/images/<cell_id>.png")
     if n16:
         notes.append(f"{info.folder}: {n16} uint16 image(s) scaled to 8 bit (x / 257, rounded) for the official PNG format")
     return len(records), notes
 
 
 def export_official(release: Any, outdir: str | Path, sources: Sequence[str] | None = None,
-                    overwrite: bool = False, compress_level: int = 6, progress: bool = True) -> ExportSummary:
+                    overwrite: bool = False, compress_level: int = 6, progress: bool = True,
+                    cam_csv: bool = True) -> ExportSummary:
     """Write the release at ``release`` into ``outdir`` in the official CHAMMI layout.
 
     ``sources`` restricts the export (keys or folder names). Existing source folders in ``outdir`` are an
-    error unless ``overwrite`` (then they are replaced).
+    error (``FileExistsError``, before anything is written) unless ``overwrite`` (then they are replaced).
+    ``cam_csv``: also write ``outdir/morphem70k_v2.csv`` for the paper's training code (:mod:`chammi_data.cam`),
+    from every source folder in ``outdir``.
     """
     release, outdir = open_store(release), Path(outdir)
     manifest = read_manifest(release)
     keys = sources_in(manifest) if sources is None else [source_info(s).key for s in sources]
+    parts = {key: source_rows(manifest, key) for key in keys}
+    empty = [key for key, rows in parts.items() if rows.empty]
+    if empty:
+        raise ValueError(f"release {release} has no cells of source(s) {empty}; it has {sources_in(manifest)}")
+    folders = {key: safe_join(outdir, source_info(key).folder) for key in keys}
+    existing = [str(f) for f in folders.values() if f.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{', '.join(existing)} already exist(s); pass overwrite=True (--overwrite) to replace")
     summary = ExportSummary(outdir)
     reader = ShardReader(release)
-    for key in keys:
-        rows = source_rows(manifest, key)
-        if rows.empty:
-            raise ValueError(f"release {release} has no cells of source {key}; it has {sources_in(manifest)}")
-        folder = outdir / source_info(key).folder
-        if folder.exists():
-            if not overwrite:
-                raise FileExistsError(f"{folder} already exists; pass overwrite=True (--overwrite) to replace it")
-            shutil.rmtree(folder)
-        n, notes = export_source(release, outdir, key, rows, reader, compress_level, progress)
-        summary.counts[source_info(key).folder] = n
-        summary.notes += notes
-    reader.close()
+    try:
+        for key in keys:
+            if folders[key].exists():
+                shutil.rmtree(folders[key])
+            n, notes = export_source(release, outdir, key, parts[key], reader, compress_level, progress)
+            summary.counts[source_info(key).folder] = n
+            summary.notes += notes
+    finally:
+        reader.close()
+    if cam_csv:
+        summary.cam_csv = write_cam_csv(outdir)
     return summary

@@ -4,10 +4,20 @@ One cell per chunk (1, C, H, W); chunks are grouped into zarr shards of ``cells_
 shard k holds exactly the cells of tar shard k. Zarr 3 rewrites a whole shard on every write, so two
 writers touching one shard lose data: the release writer gives each zarr shard exactly one writer.
 
-Group attributes (read by napari / OME-NGFF-aware viewers and by :func:`read_attrs`):
-``source``, ``channels`` (names in image order), ``cell_ids`` (row order, set when the release is
-finalised) and ``omero`` with one entry per channel: ``label``, ``color`` (hex RGB from
-``vocab.CHANNEL_COLORS``) and ``window`` (``start``/``end``/``min``/``max`` in raw units).
+Each store is an OME-Zarr (NGFF 0.5) image, so ``ome-zarr``, ``ome-zarr-models`` and napari-ome-zarr open it.
+Group attributes:
+
+- ``ome``: ``{"version": "0.5", "multiscales": [...], "omero": {...}}``. One multiscale level, the array
+  ``images`` itself, with axes ``cell`` (a custom axis: no ``type``, as NGFF allows for one non-space,
+  non-time, non-channel axis), ``c`` (channel), ``y``, ``x`` (space, no unit: pixel sizes differ between
+  and within sources) and a unit scale. ``omero`` has one entry per channel: ``label`` (the vocabulary
+  name), ``color`` (hex RGB from ``vocab.CHANNEL_COLORS``), ``active`` and ``window``
+  (``start``/``end``/``min``/``max`` over the dtype's range).
+- ours: ``source``, ``channels`` (names in image order), ``cell_ids`` (row order, set when the release is
+  finalised).
+
+:func:`read_attrs` also returns ``omero`` at the top level (from ``ome.omero``), as stores written before
+the OME-Zarr metadata had it.
 """
 
 from __future__ import annotations
@@ -28,6 +38,10 @@ from zarr.codecs import BloscCodec
 from chammi_data.vocab import CHANNEL_COLORS, to_names
 
 ARRAY_NAME = "images"
+#: Axis names of ``images`` (also its zarr ``dimension_names``, which OME-Zarr 0.5 requires to match).
+AXES = ("cell", "c", "y", "x")
+#: The OME-NGFF (OME-Zarr) version of the group metadata.
+NGFF_VERSION = "0.5"
 #: Blosc level for zarr chunks (zstd, byte shuffle). Measured on a 4 x 512 x 512 uint8 microscopy-like tile:
 #: clevel 1 encodes 10x faster than clevel 5 (1.2 vs 12.4 ms) and is even slightly smaller (Blosc's block
 #: size grows with the level, which does not pay on noisy 8-bit pixels); decoding is ~0.6 ms either way.
@@ -56,6 +70,22 @@ def omero_metadata(channels: Sequence[str], dtype: np.dtype | str) -> dict[str, 
     }
 
 
+def ome_metadata(source: str, channels: Sequence[str], dtype: np.dtype | str) -> dict[str, Any]:
+    """The ``ome`` group attribute (OME-NGFF 0.5): one multiscale level = ``images``, plus ``omero``."""
+    axes: list[dict[str, str]] = [{"name": "cell"}, {"name": "c", "type": "channel"},
+                                  {"name": "y", "type": "space"}, {"name": "x", "type": "space"}]
+    return {
+        "version": NGFF_VERSION,
+        "multiscales": [{
+            "name": source,
+            "axes": axes,
+            "datasets": [{"path": ARRAY_NAME,
+                          "coordinateTransformations": [{"type": "scale", "scale": [1.0] * len(AXES)}]}],
+        }],
+        "omero": omero_metadata(channels, dtype),
+    }
+
+
 def create_images(
     root: str | Path,
     source: str,
@@ -78,7 +108,8 @@ def create_images(
     if dt not in (np.dtype(np.uint8), np.dtype(np.uint16)):
         raise ValueError(f"zarr images must be uint8 or uint16, got {dt}")
     group = zarr.open_group(str(zarr_path(root, source)), mode="w", zarr_format=3)
-    group.attrs.update({"source": source, "channels": list(names), "omero": omero_metadata(names, dt), "cell_ids": []})
+    group.attrs.update({"ome": ome_metadata(source, names, dt), "source": source, "channels": list(names),
+                        "cell_ids": []})
     return group.create_array(
         ARRAY_NAME,
         shape=(int(n_cells), c, int(h), int(w)),
@@ -87,7 +118,7 @@ def create_images(
         dtype=dt,
         compressors=BloscCodec(cname="zstd", clevel=BLOSC_LEVEL, shuffle="shuffle", typesize=dt.itemsize),
         fill_value=0,
-        dimension_names=("cell", "c", "y", "x"),
+        dimension_names=AXES,
     )
 
 
@@ -223,11 +254,16 @@ def set_cell_ids(root: str | Path, source: str, cell_ids: Sequence[str]) -> None
 
 
 def read_attrs(root: str | Path, source: str) -> dict[str, Any]:
-    """Group attributes of ``zarr/<source>.zarr`` (source, channels, omero, cell_ids)."""
+    """Group attributes of ``zarr/<source>.zarr``: ``ome``, ``source``, ``channels``, ``cell_ids``, and
+    ``omero`` (the ``ome.omero`` block, also at the top level for readers of older stores)."""
     path = zarr_path(root, source)
     if not (path / "zarr.json").is_file():
         raise FileNotFoundError(f"no zarr store for source {source!r} at {path}")
-    return dict(zarr.open_group(str(path), mode="r", zarr_format=3).attrs)
+    attrs = dict(zarr.open_group(str(path), mode="r", zarr_format=3).attrs)
+    ome = attrs.get("ome")
+    if isinstance(ome, dict) and "omero" in ome:
+        attrs.setdefault("omero", ome["omero"])
+    return attrs
 
 
 def read_row(root: str | Path, source: str, row: int) -> np.ndarray:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from chammi_data.cli.errors import handles_user_errors
 from chammi_data.knn import DEFAULT_BLOCK_SIZE, METRICS
 
 CLASSIFIERS = ("knn", "sgd")
@@ -46,6 +47,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     )
 
 
+@handles_user_errors("chammi eval")
 def main(args: argparse.Namespace) -> int:
     from chammi_data.evaluation import evaluate
     from chammi_data.features import load_features

@@ -1,8 +1,14 @@
-"""``chammi export --format chammi RELEASE OUTDIR``: a release in the official CHAMMI layout."""
+"""``chammi export --format chammi RELEASE OUTDIR``: a release in the official CHAMMI layout.
+
+OUTDIR gets ``Allen/``, ``HPA/``, ``CP/`` (tape PNGs + ``enriched_meta.csv``) and, unless ``--no-cam-csv``,
+``morphem70k_v2.csv``, the combined CSV the paper's training code reads (``chammi_data.cam``).
+"""
 
 from __future__ import annotations
 
 import argparse
+
+from chammi_data.cli.errors import handles_user_errors
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -13,13 +19,16 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", default="chammi", choices=FORMATS, help="output layout (default: chammi)")
     parser.add_argument("--sources", nargs="+", default=None, help="only these sources (wtc11 hpa cp or Allen HPA CP)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing source folders in OUTDIR")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--cam-csv", action=argparse.BooleanOptionalAction, default=True,
+                        help="also write OUTDIR/morphem70k_v2.csv for the paper's training code (default: yes)")
+    parser.add_argument("--quiet", action="store_true", help="no progress output")
 
 
+@handles_user_errors("chammi export")
 def main(args: argparse.Namespace) -> int:
     from chammi_data.export import export_official
 
     summary = export_official(args.release, args.outdir, sources=args.sources, overwrite=args.overwrite,
-                              progress=not args.quiet)
+                              progress=not args.quiet, cam_csv=getattr(args, "cam_csv", True))
     print(summary)
     return 0

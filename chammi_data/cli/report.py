@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from chammi_data.cli.errors import UserError, handles_user_errors
+
 #: Column headers of the markdown table, in radar-axis order.
 _HEADERS = ("W1", "W2", "H1", "H2", "H3", "C1", "C2", "C3", "C4")
 
@@ -28,7 +30,12 @@ def load_run(run: Path) -> dict[str, Any]:
     path = run / "results.json" if run.is_dir() else run
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run `chammi eval ... --out {run}` first")
-    data = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc}): not a results.json written by `chammi eval`") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} is not a JSON object: not a results.json written by `chammi eval`")
     for key in ("table", "metric", "classifier"):
         if key not in data:
             raise ValueError(f"{path} lacks `{key}`: not a results.json written by `chammi eval`")
@@ -64,14 +71,15 @@ def markdown_report(runs: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+@handles_user_errors("chammi report")
 def main(args: argparse.Namespace) -> int:
     from chammi_data.plots import radar_plot
 
     if args.names is not None and len(args.names) != len(args.runs):
-        raise SystemExit(f"--names gives {len(args.names)} names for {len(args.runs)} runs")
+        raise UserError(f"--names gives {len(args.names)} names for {len(args.runs)} runs")
     names = args.names or [Path(r).resolve().name for r in args.runs]
     if len(set(names)) != len(names):
-        raise SystemExit(f"run names must be unique, got {names}: pass --names")
+        raise UserError(f"run names must be unique, got {names}: pass --names")
     runs = {n: load_run(Path(r)) for n, r in zip(names, args.runs, strict=True)}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

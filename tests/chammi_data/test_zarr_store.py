@@ -9,6 +9,7 @@ import pytest
 
 from chammi_data import zarr_store
 from chammi_data.vocab import SOURCES
+from tests.ome_zarr_helpers import check_ome_zarr_store, check_release_ome_zarr
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -53,3 +54,29 @@ def test_encoded_shard_refuses_other_layouts_and_overflow(tmp_path: Path):
                        dtype="uint8", compressors=zarr.codecs.ZstdCodec(level=3))
     with pytest.raises(ValueError, match="layout"):
         zarr_store.write_encoded_shard(tmp_path, "cp", 0, [chunk, chunk])
+
+
+def test_every_store_is_an_ome_zarr_image(tiny_release: Path):
+    """ome-zarr-models validates each store as an OME-Zarr 0.5 Image; the ome-zarr reader finds the channels."""
+    assert check_release_ome_zarr(tiny_release) == ["wtc11", "hpa", "cp"]
+
+
+def test_ome_check_fails_without_ome_metadata(tiny_release_copy: Path):
+    import zarr
+
+    group = zarr.open_group(str(zarr_store.zarr_path(tiny_release_copy, "hpa")), mode="r+")
+    attrs = dict(group.attrs)
+    attrs["omero"] = attrs.pop("ome")["omero"]  # the layout of stores written before OME-Zarr metadata
+    group.attrs.clear()
+    group.attrs.update(attrs)
+    with pytest.raises(Exception, match="ome"):
+        check_ome_zarr_store(zarr_store.zarr_path(tiny_release_copy, "hpa"), SOURCES["hpa"].channels, 24)
+    assert zarr_store.read_attrs(tiny_release_copy, "hpa")["omero"] == attrs["omero"]  # old stores still read
+
+
+def test_read_attrs_keeps_our_keys_and_omero(tiny_release: Path):
+    attrs = zarr_store.read_attrs(tiny_release, "cp")
+    assert attrs["source"] == "cp" and attrs["channels"] == list(SOURCES["cp"].channels) and len(attrs["cell_ids"]) == 24
+    assert attrs["omero"] == attrs["ome"]["omero"]
+    assert [c["label"] for c in attrs["omero"]["channels"]] == list(SOURCES["cp"].channels)
+    assert attrs["ome"]["version"] == zarr_store.NGFF_VERSION
