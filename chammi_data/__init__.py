@@ -5,8 +5,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from chammi_data.schema import SCHEMA_VERSION, Cell, make_cell_id
 from chammi_data.vocab import SOURCES, VOCAB, source_info
+
+if TYPE_CHECKING:  # the real objects for type checkers; at run time they are imported on first use
+    from chammi_data.dataset import load
+    from chammi_data.evaluation import evaluate
+    from chammi_data.streaming import stream
 
 __version__ = "0.1.0"
 

@@ -76,8 +76,9 @@ class ShardStream(IterableDataset):
     """IterableDataset of sample dicts over a release's tar shards; see the module docstring.
 
     ``len()`` = samples this rank yields in the current state. ``workers``: the number of DataLoader workers
-    that will read the stream (recorded in the state so that a ``shards``-order resume with the same
-    topology continues in exactly the same order; without it a resume yields exactly the remaining samples).
+    that will read the stream (None, 0 and 1 mean one reader). It is recorded in the state, so that a
+    ``shards``-order resume with the same ranks, workers and ``worker_block`` continues in exactly the same
+    order; with any other topology a resume yields exactly the remaining samples, in another order.
     """
 
     def __init__(
@@ -114,7 +115,7 @@ class ShardStream(IterableDataset):
         self.seed, self.shuffle, self.drop_last = int(seed), bool(shuffle), bool(drop_last)
         self.order_mode, self.output = order, output
         self.worker_block, self.buffer, self.readahead = int(worker_block), int(buffer), int(readahead)
-        self.workers = None if workers is None else max(1, int(workers))
+        self.workers = 1 if workers is None else max(1, int(workers))
         self.transform = transform
         self._takes_generator = transform is not None and accepts_generator(transform)
         self._rank, self._world_size = rank, world_size
@@ -343,7 +344,7 @@ class ShardStream(IterableDataset):
             start += 1
         start = min(start, n)
         r, w = _world(self._rank, self._world_size)
-        topo = self.plan_topology or ((w, self.workers, self.worker_block) if self.workers else None)
+        topo = self.plan_topology or (w, self.workers, self.worker_block)
         return {
             "version": STATE_VERSION,
             "epoch": self.epoch,

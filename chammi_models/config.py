@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from chammi_data.paths import configs_dir
 from chammi_data.vocab import SOURCES
 
 
@@ -287,4 +288,4 @@ def save_config(config: TrainConfig, path: str | Path) -> None:
 
 
 #: The repository's bundled configs.
-CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS_DIR = configs_dir()

@@ -2,14 +2,18 @@
 
 Writes ``results.csv`` (official columns: dataset, task, classifier, accuracy, f1_score_macro),
 ``results.json`` (full table, CPS, per-group results, metric, manifest checksums) and ``radar.png``.
+Features that ``chammi embed`` wrote carry ``embedding.json``: when it says they were embedded from another
+release, or a ``.npy`` changed since (rows permuted or replaced), scoring stops with that reason unless
+``--force``.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-from chammi_data.cli.errors import handles_user_errors
+from chammi_data.cli.errors import UserError, handles_user_errors
 from chammi_data.knn import DEFAULT_BLOCK_SIZE, METRICS
 
 CLASSIFIERS = ("knn", "sgd")
@@ -45,12 +49,16 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--name", default=None, help="model name for the radar legend (default: the features folder)"
     )
+    parser.add_argument(
+        "--force", action="store_true",
+        help="score even when embedding.json says the features come from another release or were changed",
+    )
 
 
 @handles_user_errors("chammi eval")
 def main(args: argparse.Namespace) -> int:
     from chammi_data.evaluation import evaluate
-    from chammi_data.features import load_features
+    from chammi_data.features import identity_problems, load_features
     from chammi_data.plots import radar_plot
     from chammi_data.storage import default_location
 
@@ -64,7 +72,13 @@ def main(args: argparse.Namespace) -> int:
         block_size=args.block_size,
         device=args.device,
     )
-    result.provenance.update(features=str(args.features), feature_file=args.feature_file)
+    problems = identity_problems(args.features, result.provenance, args.feature_file)
+    if problems and not args.force:
+        raise UserError(" | ".join(problems) + " (pass --force to score them anyway)")
+    for p in problems:
+        print(f"chammi eval: warning: {p} (scored anyway: --force)", file=sys.stderr)
+    result.provenance.update(features=str(args.features), feature_file=args.feature_file,
+                             identity_warnings=problems)
     name = args.name or Path(args.features).resolve().name
     result.provenance["name"] = name
     out = Path(args.out)

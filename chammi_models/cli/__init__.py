@@ -25,7 +25,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {**DATA_SUBCOMMANDS, **MODEL_SUBCOMMAN
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from chammi_data import __version__
+
     parser = argparse.ArgumentParser(prog="chammi", description="CHAMMI toolkit")
+    parser.add_argument("--version", action="version", version=f"chammi {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module, help_text) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)

@@ -23,6 +23,7 @@ from chammi_data.storage import (
     RemoteReadError,
     RetryPolicy,
 )
+from chammi_data.streaming import ProgressTracker
 from chammi_data.validate import validate_release
 from tests.servers import HTTPServer, S3Server
 
@@ -84,9 +85,12 @@ def test_zarr_backend_over_s3(s3_env, tiny_release):
     _same_samples(local, remote)
 
 
-def test_stream_with_two_workers_equals_local(s3_env, tiny_release):
+@pytest.mark.parametrize("order", ["shards", "exact"])
+def test_stream_with_two_workers_equals_local(s3_env, tiny_release, order):
+    assert chammi_data.stream(root=s3_env).order_mode == "shards"  # the default for a URL
+
     def run(root):
-        st = chammi_data.stream(root=root, split="train", seed=3)
+        st = chammi_data.stream(root=root, split="train", seed=3, order=order, worker_block=4)
         loader = DataLoader(st, batch_size=4, num_workers=2, collate_fn=list)
         return [(s["cell_id"], s["image"]) for batch in loader for s in batch]
 
@@ -181,21 +185,25 @@ def test_corrupt_download_is_refetched_once_then_refused(tiny_release, tmp_path)
 
 def test_killed_server_mid_epoch_then_exact_resume(tiny_release, monkeypatch):
     def stream(url):
-        return chammi_data.stream(root=ReleaseStore(url, retry=QUICK), split="all", seed=5)
+        return chammi_data.stream(root=ReleaseStore(url, retry=QUICK), split="all", seed=5, buffer=16)
 
-    full = [s["cell_id"] for s in chammi_data.stream(root=tiny_release, split="all", seed=5)]
+    full = [s["cell_id"] for s in chammi_data.stream(root=tiny_release, split="all", seed=5, order="shards", buffer=16)]
     with S3Server() as server:
         for k, v in server.env().items():
             monkeypatch.setenv(k, v)
         url = server.upload(tiny_release, "chammi", "r")
-        st = stream(url)
+        st, tracker = stream(url), ProgressTracker()
         it = iter(st)
-        seen = [next(it)["cell_id"] for _ in range(20)]
-        st.advance(20)
-        state = st.state_dict()
+        seen = []
+        for _ in range(20):
+            sample = next(it)
+            tracker.update(sample)
+            seen.append(sample["cell_id"])
+        state = st.state_dict(seen=tracker.positions(0))
         server.kill()
         with pytest.raises(RemoteReadError, match=r"s3://chammi/r/shards/.*failed after 3 attempts"):
-            next(it)
+            for _ in range(60):
+                next(it)
     with S3Server() as server:  # back, on another port
         for k, v in server.env().items():
             monkeypatch.setenv(k, v)
