@@ -23,10 +23,10 @@ import numpy as np
 import pandas as pd
 import torch
 from sklearn.linear_model import SGDClassifier
-from tqdm.auto import tqdm
 
 from chammi_data.features import EvaluationInputError, check_features
 from chammi_data.knn import DEFAULT_BLOCK_SIZE, METRICS, NearestNeighborIndex
+from chammi_data.progress import progress as progress_bar
 from chammi_data.protocol import ProtocolTable, load_protocol_tables, task_rows
 from chammi_data.vocab import CPS_WEIGHTS, LOGO_TASKS, SOURCE_KEYS, SOURCES, source_info
 
@@ -160,7 +160,7 @@ class _Scorer:
         """Leave-one-group-out labels for task rows ``queries`` with integer group codes ``groups``."""
         if self.classifier == "sgd":
             pred = np.empty(len(queries), dtype=object)
-            for g in tqdm(
+            for g in progress_bar(
                 np.unique(groups), desc="sgd leave-one-group-out", leave=False, disable=not self.progress
             ):
                 ref = np.concatenate([self.train, queries[groups != g]])
@@ -231,7 +231,7 @@ def evaluate(
         for k, t in jobs
         if (k, t) in LOGO_TASKS
     }
-    for key, task in tqdm(jobs, desc=f"evaluate ({classifier}, {metric})", disable=not progress):
+    for key, task in progress_bar(jobs, desc=f"evaluate ({classifier}, {metric})", disable=not progress):
         table, folder = tables[key], SOURCES[key].folder
         if key not in scorers:
             scorers[key] = _Scorer(feats[key], table, metric, classifier, block_size, device, progress)

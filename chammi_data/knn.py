@@ -30,7 +30,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+
+from chammi_data.progress import progress as progress_bar
 
 METRICS: tuple[str, ...] = ("cosine", "l2")
 #: Default bound on the number of similarity entries held at once (queries per block x references).
@@ -154,7 +155,7 @@ class NearestNeighborIndex:
                 equals the query's is excluded (leave-one-group-out). Query codes are >= 0; references with a
                 negative code (Train rows) are never excluded. Give both or neither.
             block_size: maximum similarity entries computed at once.
-            progress: show a tqdm bar over query blocks.
+            progress: show a progress bar over query blocks.
 
         Returns:
             (N_q,) int64 indices; ties resolved to the lowest index.
@@ -182,7 +183,7 @@ class NearestNeighborIndex:
         np_dtype = np.float32 if self.dtype == torch.float32 else np.float64
         scale = 1.0 / q_norms if self.metric == "cosine" else np.ones_like(q_norms)
         starts = range(0, len(q), rows)
-        for a in tqdm(starts, desc=f"1-NN ({self.metric})", unit="block", disable=not progress, leave=False):
+        for a in progress_bar(starts, desc=f"1-NN ({self.metric})", unit="block", disable=not progress, leave=False):
             b = min(a + rows, len(q))
             qb = self._to_device(q[a:b], scale[a:b], np_dtype)
             if self.metric == "cosine":

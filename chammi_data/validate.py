@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from chammi_data import zarr_store
 from chammi_data.codec import CorruptSampleError, decode_image
@@ -28,6 +27,7 @@ from chammi_data.manifest import (
     read_manifest,
     read_release_json,
 )
+from chammi_data.progress import progress as progress_bar
 from chammi_data.release_format import (
     IMAGE_DTYPES,
     SPLITS,
@@ -217,7 +217,7 @@ def validate_release(root: Any, progress: bool = True, storage_options: Mapping[
     rep.problems += [f"{s}: listed in {RELEASE_JSON} but no cell of the manifest is in it" for s in sorted(set(listed) - used)]
     shards = sorted(set(listed) | used)
     rep.checked["shards"] = len(shards)
-    for shard in tqdm(shards, desc="validate shards", disable=not progress, unit="shard"):
+    for shard in progress_bar(shards, desc="validate shards", disable=not progress, unit="shard"):
         try:
             data = store.read_shard(shard)
         except FileNotFoundError:
@@ -229,7 +229,7 @@ def validate_release(root: Any, progress: bool = True, storage_options: Mapping[
         if shard in listed and hashlib.sha256(data).hexdigest() != listed[shard]:
             rep.problems.append(f"{shard}: sha256 differs from {RELEASE_JSON} (file changed or corrupted)")
         rep.problems += list(_check_shard(shard, data, m[m["shard"] == shard]))
-    for src, part in tqdm(list(m.groupby("source", sort=False)), desc="validate zarr", disable=not progress, unit="source"):
+    for src, part in progress_bar(list(m.groupby("source", sort=False)), desc="validate zarr", disable=not progress, unit="source"):
         rep.problems += list(_check_zarr(store, str(src), part.reset_index(drop=True)))
     rep.checked["zarr stores"] = m["source"].nunique()
     return rep

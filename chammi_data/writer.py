@@ -27,11 +27,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from chammi_data import zarr_store
 from chammi_data.codec import IMAGE_SUFFIX, JSON_SUFFIX, encode_image
 from chammi_data.manifest import write_manifest
+from chammi_data.progress import progress as progress_bar
 from chammi_data.release_format import canonical_json, manifest_row, parse_channels, release_counts
 from chammi_data.schema import SCHEMA_VERSION, Cell, file_sha256
 from chammi_data.vocab import SOURCE_KEYS
@@ -306,7 +306,7 @@ class ReleaseWriter:
         per, n = self.cells_per_shard, 0
         batch: list[EncodedCell] = []
         total = len(cells) if isinstance(cells, Sized) else None
-        for cell in tqdm(cells, desc=f"write {source}", unit="cell", total=total, disable=not self.progress):
+        for cell in progress_bar(cells, desc=f"write {source}", unit="cell", total=total, disable=not self.progress):
             batch.append(encode_cell(cell))
             if len(batch) == per:
                 self._flush(source, batch, n)

@@ -57,9 +57,8 @@ def extract_features(model: nn.Module, release: str | Path, sources: Sequence[st
     ``sources`` defaults to every source of the release. bf16 autocast is used on CUDA when ``amp``.
     ``transform`` defaults to ``eval_transform(image_size)`` (vocabulary normalisation stats).
     """
-    from tqdm.auto import tqdm
-
     import chammi_data
+    from chammi_data.progress import progress as progress_bar
 
     release = open_store(release)
     transform = transform if transform is not None else eval_transform(image_size)
@@ -79,7 +78,7 @@ def extract_features(model: nn.Module, release: str | Path, sources: Sequence[st
             loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers,
                                 collate_fn=collate_homogeneous, pin_memory=dev.type == "cuda")
             parts = []
-            for batch in tqdm(loader, desc=f"embed {key}", disable=not progress, leave=False):
+            for batch in progress_bar(loader, desc=f"embed {key}", disable=not progress, leave=False):
                 with autocast:
                     feats = model(batch["image"].to(dev, non_blocking=True), batch["channels"])
                 parts.append(feats.float().cpu().numpy())

@@ -233,13 +233,12 @@ def run_steps(ctx: Context, plan: Plan, parts: Parts, wrapped: nn.Module, progre
 
     ``progress`` is advanced in place and ``result.losses`` / ``result.scores`` filled as steps are taken.
     """
-    from tqdm.auto import tqdm
+    from chammi_data.progress import progress as progress_bar
 
     config, d, r = ctx.config, ctx.config.data, ctx.config.run
     data = TrainData(config, ctx.release, ctx.rank, ctx.world, ctx.device)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if (ctx.cuda and r.amp) else nullcontext()
-    bar = tqdm(total=stop, initial=progress.step, desc=f"train {config.name}", unit="step", disable=ctx.rank != 0,
-               dynamic_ncols=True)
+    bar = progress_bar(total=stop, initial=progress.step, desc=f"train {config.name}", unit="step", disable=ctx.rank != 0)
     t_last, step_last = time.perf_counter(), progress.step  # images/s between logged steps
     stopper = StopSignal()
     try:

@@ -107,12 +107,11 @@ def run_demo(out: str | Path = "demo_out", *, seed: int = 0, workers: int = 2, q
 
     ``quick`` trains only a handful of steps (for tests: it checks that the path runs, not that it learns).
     """
-    from tqdm.auto import tqdm
-
     import chammi_data
     from chammi_data.features import load_features, save_features
     from chammi_data.montage import save_montage
     from chammi_data.plots import radar_plot
+    from chammi_data.progress import progress as progress_bar
     from chammi_models.config import load_config
     from chammi_models.embed import embed
     from chammi_models.train import train
@@ -123,11 +122,11 @@ def run_demo(out: str | Path = "demo_out", *, seed: int = 0, workers: int = 2, q
     raw, release, run, feats, report = (out / "raw", out / "release", out / "run", out / "features",
                                         out / "report")
     timings: dict[str, float] = {}
-    bar = tqdm(total=len(DEMO_STEPS), desc="chammi demo", unit="step", position=0)
+    bar = progress_bar(total=len(DEMO_STEPS), desc="chammi demo", unit="step")
 
     def step_done(name: str, t0: float) -> None:
         timings[name] = time.perf_counter() - t0
-        bar.set_postfix_str(f"{name} done in {timings[name]:.0f} s")
+        bar.set_postfix(done=f"{name} in {timings[name]:.0f} s")
         bar.update(1)
 
     t0 = time.perf_counter()
