@@ -19,9 +19,11 @@ import numpy as np
 import pandas as pd
 from torch.utils.data import Dataset
 
+from chammi_data import zarr_store
+from chammi_data.codec import CorruptSampleError
 from chammi_data.manifest import read_manifest, sources_in
 from chammi_data.release_format import parse_channels, sample_from_row, select_rows, to_float_tensor
-from chammi_data.shards import ShardReader
+from chammi_data.shards import ShardReader, check_image
 from chammi_data.storage import open_store, open_zarr_images
 from chammi_data.vocab import source_info
 
@@ -80,8 +82,16 @@ class ReleaseDataset(Dataset):
             return self._reader.read(row, verify=self.verify)
         src = row["source"]
         if src not in self._zarr:
-            self._zarr[src] = open_zarr_images(self.store, src)
-        return np.asarray(self._zarr[src][int(row["zarr_row"])])
+            arr = open_zarr_images(self.store, src)
+            self._zarr[src] = (arr, zarr_store.has_chunk_checksums(arr))
+        arr, checked = self._zarr[src]
+        where = f"{self.store.path(f'zarr/{src}.zarr')}: row {row['zarr_row']} (cell {row['cell_id']!r})"
+        try:
+            image = np.asarray(arr[int(row["zarr_row"])])
+        except Exception as exc:  # zarr's crc32c codec refuses a changed chunk; Blosc a truncated one
+            raise CorruptSampleError(f"{where}: unreadable chunk ({type(exc).__name__}: {exc})") from None
+        check_image(image, row, where, verify=bool(self.verify) or (self.verify is None and not checked))
+        return image
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         if not -len(self) <= i < len(self):

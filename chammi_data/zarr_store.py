@@ -33,7 +33,7 @@ import google_crc32c
 import numpy as np
 import zarr
 from numcodecs import Blosc
-from zarr.codecs import BloscCodec
+from zarr.codecs import BloscCodec, Crc32cCodec
 
 from chammi_data.vocab import CHANNEL_COLORS, to_names
 
@@ -116,7 +116,10 @@ def create_images(
         chunks=(1, c, int(h), int(w)),
         shards=(int(cells_per_shard), c, int(h), int(w)),
         dtype=dt,
-        compressors=BloscCodec(cname="zstd", clevel=BLOSC_LEVEL, shuffle="shuffle", typesize=dt.itemsize),
+        # crc32c after Blosc: every chunk carries a checksum that zarr verifies on read, so a flipped byte in a
+        # chunk is an error instead of wrong pixels
+        compressors=[BloscCodec(cname="zstd", clevel=BLOSC_LEVEL, shuffle="shuffle", typesize=dt.itemsize),
+                     Crc32cCodec()],
         fill_value=0,
         dimension_names=AXES,
     )
@@ -184,12 +187,22 @@ def _chunk_blosc(dtype: np.dtype | str) -> Blosc:
 
 
 def encode_chunk(image: np.ndarray) -> bytes:
-    """One cell (C, H, W) as its zarr chunk bytes (little-endian, Blosc); ``b""`` for an all-zero cell, which
-    zarr stores as an absent chunk (it reads back as the fill value 0)."""
+    """One cell (C, H, W) as its zarr chunk bytes (little-endian, Blosc, then the crc32c of those bytes as 4
+    little-endian bytes, as zarr's ``crc32c`` codec writes it); ``b""`` for an all-zero cell, which zarr
+    stores as an absent chunk (it reads back as the fill value 0)."""
     arr = np.ascontiguousarray(image)
     if not arr.any():
         return b""
-    return bytes(_chunk_blosc(arr.dtype).encode(arr.astype(arr.dtype.newbyteorder("<"), copy=False)))
+    packed = bytes(_chunk_blosc(arr.dtype).encode(arr.astype(arr.dtype.newbyteorder("<"), copy=False)))
+    return packed + google_crc32c.value(packed).to_bytes(4, "little")
+
+
+def has_chunk_checksums(arr: zarr.Array) -> bool:
+    """True when each chunk of an ``images`` array carries a crc32c that zarr verifies on read (stores written
+    before chunk checksums have none: readers then check the pixels' sha256 instead)."""
+    codecs = json.loads(json.dumps(arr.metadata.to_dict()["codecs"]))
+    inner = codecs[0].get("configuration", {}).get("codecs", []) if codecs else []
+    return any(c.get("name") == "crc32c" for c in inner)
 
 
 def _expected_codecs(dtype: np.dtype, per: int, chw: tuple[int, ...]) -> list[dict[str, Any]]:
@@ -199,7 +212,8 @@ def _expected_codecs(dtype: np.dtype, per: int, chw: tuple[int, ...]) -> list[di
     return [{"name": "sharding_indexed", "configuration": {
         "chunk_shape": (1, *chw),
         "codecs": (inner_bytes, {"name": "blosc", "configuration": {
-            "typesize": dtype.itemsize, "cname": "zstd", "clevel": BLOSC_LEVEL, "shuffle": "shuffle", "blocksize": 0}}),
+            "typesize": dtype.itemsize, "cname": "zstd", "clevel": BLOSC_LEVEL, "shuffle": "shuffle", "blocksize": 0}},
+            {"name": "crc32c"}),
         "index_codecs": ({"name": "bytes", "configuration": {"endian": "little"}}, {"name": "crc32c"}),
         "index_location": "end"}}]
 

@@ -171,3 +171,13 @@ def test_keys_that_are_not_cell_ids_are_refused(tmp_path):
         tar.addfile(info, io.BytesIO(b"{}"))
     with pytest.raises(ShardFormatError, match="is not a valid cell id"):
         list(iter_samples(shard))
+
+
+def test_flipped_byte_in_a_zarr_chunk_is_an_error(tiny_release_copy):
+    """10 cells per zarr shard: shard file c/1/0/0/0 starts with the chunk of hpa row 10."""
+    _flip(tiny_release_copy / "zarr" / "hpa.zarr" / "images" / "c" / "1" / "0" / "0" / "0", 100)
+    ds = chammi_data.load("all", root=tiny_release_copy, sources="hpa", backend="zarr")
+    with pytest.raises(CorruptSampleError, match=r"hpa.zarr: row 10 .*unreadable chunk"):
+        ds.read_array(10)
+    np.testing.assert_array_equal(ds.read_array(9), chammi_data.load("all", root=tiny_release_copy,
+                                                                     sources="hpa").read_array(9))
