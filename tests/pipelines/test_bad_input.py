@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines import wtc11
+from pipelines import wtc11_synth
 from pipelines.engine import build
 
 #: row -> (what is broken, a word the reason must contain)
@@ -28,13 +28,13 @@ def _corrupt(root: Path) -> pd.DataFrame:
     path = {r: root / table.crop_raw[r] for r in CORPUS}
     data = path[1].read_bytes()
     path[1].write_bytes(data[: len(data) // 2])
-    wtc11._write_ome(path[2], np.ones((2, 2, 40, 50), np.uint16) * np.arange(50, dtype=np.uint16), ["dna", "membrane"],
+    wtc11_synth.write_ome(path[2], np.ones((2, 2, 40, 50), np.uint16) * np.arange(50, dtype=np.uint16), ["dna", "membrane"],
                      "0-0-0-0-2")
     path[3].unlink()
     bad = np.random.default_rng(0).random((2, 3, 40, 50)).astype(np.float32)
     bad[0, 1, 5, 5], bad[1, 2, 7, 7] = np.nan, np.inf
-    wtc11._write_ome(path[4], bad, wtc11.NAME_DICT["crop_raw"], "0-0-0-0-4")
-    wtc11._write_ome(path[5], np.full((2, 3, 40, 50), 700, np.uint16), wtc11.NAME_DICT["crop_raw"], "0-0-0-0-5")
+    wtc11_synth.write_ome(path[4], bad, wtc11_synth.NAME_DICT["crop_raw"], "0-0-0-0-4")
+    wtc11_synth.write_ome(path[5], np.full((2, 3, 40, 50), 700, np.uint16), wtc11_synth.NAME_DICT["crop_raw"], "0-0-0-0-5")
     table.loc[6, "cell_stage"] = "M9"
     table = pd.concat([table, table.iloc[[0]]], ignore_index=True)  # duplicate CellId at the last row
     table.to_csv(root / "metadata.csv", index=False)

@@ -8,14 +8,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipelines import cli, wtc11
+from pipelines import cli, wtc11, wtc11_synth
 
 
 @pytest.fixture()
 def tiny_wtc_synth(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make the WTC sample generator tiny (the real sample takes ~20 s to write here)."""
     monkeypatch.setattr(wtc11.WTC11Pipeline, "synth",
-                        lambda self, out, seed=0: wtc11.write_sample(out, seed, cells_per_structure=2, z=1))
+                        lambda self, out, seed=0: wtc11_synth.write_sample(out, seed, cells_per_structure=2, z=1))
 
 
 def test_bad_arguments_exit_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from PIL import Image
 from chammi_data.vocab import SOURCES
 from pipelines.base import UnitSkip
 from pipelines.hpa import HPAPipeline, _image_keys, hpa_options, read_channel
-from pipelines.hpa_synth import _quantise, render_field
+from pipelines.hpa_synth import quantise, render_field
 
 STAINS = ("red", "green", "blue", "yellow")
 
@@ -24,7 +24,7 @@ def write_field(folder: Path, fid: str, cls: int, line: str, bits: int, seed: in
     images, _ = render_field(rng, cls, line)
     out = {}
     for stain in STAINS:
-        out[stain] = _quantise(rng, images[stain], bits, 1.0, 0.03, 0.02)
+        out[stain] = quantise(rng, images[stain], bits, 1.0, 0.03, 0.02)
         Image.fromarray(out[stain]).save(folder / f"{fid}_{stain}.png", compress_level=1)
     return out
 

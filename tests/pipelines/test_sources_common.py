@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from chammi_data.vocab import SOURCES, TASK_COLUMNS
-from pipelines import wtc11
+from pipelines import wtc11_synth
 from pipelines.base import SourcePipeline, UnitSkip
 from pipelines.registry import PIPELINES, get_pipeline, list_pipelines
 from pipelines.report import cell_table
@@ -32,7 +32,7 @@ def test_registry_resolves_every_name() -> None:
 
 def _raw(name: str, tmp_path: Path) -> Path:
     if name == "wtc11":  # the full sample is ~200 cells; the contract needs a few
-        wtc11.write_sample(tmp_path, seed=0, cells_per_structure=1, z=1)
+        wtc11_synth.write_sample(tmp_path, seed=0, cells_per_structure=1, z=1)
     else:
         get_pipeline(name).synth(tmp_path, seed=0)
     return tmp_path

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import tifffile
 
-from pipelines import wtc11
+from pipelines import wtc11_synth
 from pipelines.base import UnitSkip
 from pipelines.wtc11 import STAGES, WTC11Pipeline, read_ome
 
@@ -21,7 +21,7 @@ def test_read_ome_names_and_sizes(wtc_raw: Path) -> None:
     arr, names, sizes = read_ome(wtc_raw / meta.crop_raw[0])
     assert arr.ndim == 4 and arr.shape[:2] == (2, 3) and arr.dtype == np.uint16
     assert names == ["dna", "membrane", "structure"]
-    assert sizes == pytest.approx((wtc11.PIXEL_UM,) * 3)
+    assert sizes == pytest.approx((wtc11_synth.PIXEL_UM,) * 3)
 
 
 def test_process_projects_reorders_and_fits(wtc_raw: Path) -> None:
@@ -44,12 +44,12 @@ def test_process_projects_reorders_and_fits(wtc_raw: Path) -> None:
 
 
 def test_scale_to_fit_keeps_whole_cell(tmp_path: Path) -> None:
-    big = wtc11.synth_cell("M0", "mito", (300, 500), 2, 1.0, 100.0, 10.0, np.random.default_rng(0))
+    big = wtc11_synth.synth_cell("M0", "mito", (300, 500), 2, 1.0, 100.0, 10.0, np.random.default_rng(0))
     (tmp_path / "crop_raw").mkdir()
-    wtc11._write_ome(tmp_path / "crop_raw" / "1.ome.tiff", big, wtc11.NAME_DICT["crop_raw"], "0-0-0-0-1")
+    wtc11_synth.write_ome(tmp_path / "crop_raw" / "1.ome.tiff", big, wtc11_synth.NAME_DICT["crop_raw"], "0-0-0-0-1")
     pd.DataFrame([{"CellId": 1, "structure_name": "SON", "cell_stage": "M0", "FOVId": 1, "PlateId": 1, "WellId": 1,
-                   "crop_raw": "crop_raw/1.ome.tiff", "crop_seg": "", "name_dict": json.dumps(wtc11.NAME_DICT),
-                   "scale_micron": json.dumps([wtc11.PIXEL_UM] * 3)}]).to_csv(tmp_path / "metadata.csv", index=False)
+                   "crop_raw": "crop_raw/1.ome.tiff", "crop_seg": "", "name_dict": json.dumps(wtc11_synth.NAME_DICT),
+                   "scale_micron": json.dumps([wtc11_synth.PIXEL_UM] * 3)}]).to_csv(tmp_path / "metadata.csv", index=False)
     pipe = WTC11Pipeline()
     unit = pipe.discover(tmp_path, {})[0][0]
     cropped = pipe.process(unit, {}).cells[0]
@@ -86,11 +86,11 @@ def test_missing_columns_is_a_clear_error(tmp_path: Path) -> None:
 def test_synth_is_deterministic_and_real_ome(tmp_path: Path) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
     for d in (a, b):
-        wtc11.write_sample(d, seed=5, cells_per_structure=2, z=2)
+        wtc11_synth.write_sample(d, seed=5, cells_per_structure=2, z=2)
     files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
     assert files and all(hashlib.sha256((a / f).read_bytes()).digest() == hashlib.sha256((b / f).read_bytes()).digest()
                          for f in files)
     meta = pd.read_csv(a / "metadata.csv")
-    assert set(meta.structure_name) == set(wtc11.SYNTH_STRUCTURES)
+    assert set(meta.structure_name) == set(wtc11_synth.SYNTH_STRUCTURES)
     with tifffile.TiffFile(a / meta.crop_raw[0]) as tf:
         assert tf.is_ome and 'Name="structure"' in tf.ome_metadata and "PhysicalSizeZ" in tf.ome_metadata
