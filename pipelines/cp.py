@@ -18,7 +18,7 @@ Cells are (5, 160, 160) uint8 in the order nucleus (DNA), er (ER), rna (RNA), go
 Label = first 13 characters of the platemap's ``broad_sample`` (empty = ``DMSO``); groups ``Plate`` and
 ``dataset``; split and tasks come from ``manifests/tasks/cp.yaml``.
 
-Build settings (``config["cp"]``, or the same keys at the top level): ``low_pct``, ``high_pct``, ``box``,
+Options (``config["cp"]``, all optional): ``low_pct``, ``high_pct``, ``box``,
 ``border``, ``positions`` (auto | site_csv | plate_csv | sqlite | segment), ``illum`` (bool),
 ``phenix_channels`` ({ch number: DNA|ER|RNA|AGP|Mito} for plates without load_data.csv),
 ``segment_backend`` and ``segment_options`` (fallback segmentation).
@@ -27,7 +27,6 @@ Build settings (``config["cp"]``, or the same keys at the top level): ``low_pct`
 from __future__ import annotations
 
 import os
-import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -39,42 +38,13 @@ import tifffile
 from chammi_data.schema import Cell, make_cell_id
 from chammi_data.vocab import SOURCES
 from pipelines import cp_layout as lay
-from pipelines.base import Skipped, SourcePipeline, Unit, UnitResult, UnitSkip
+from pipelines.base import Skipped, SourcePipeline, Unit, UnitResult, UnitSkip, safe_id
 from pipelines.imaging import BORDER_POLICIES, crop_box, to_uint8
-from pipelines.tasks import assign_tasks, load_rules
 
 CHANNELS: tuple[str, ...] = SOURCES["cp"].channels
 assert tuple(lay.RAW_TO_VOCAB[c] for c in lay.RAW_CHANNELS) == CHANNELS, "cp_layout channel order drifted"
 
-DEFAULTS: dict[str, Any] = {
-    "low_pct": 0.05,
-    "high_pct": 99.95,
-    "box": 160,
-    "border": "pad",
-    "positions": "auto",
-    "illum": True,
-    "phenix_channels": None,
-    "segment_backend": "watershed",
-    "segment_options": {},
-}
-
-
-def settings(config: dict[str, Any] | None) -> dict[str, Any]:
-    """Defaults overlaid with ``config["cp"]`` (or top-level keys of the same names); checked."""
-    config = config or {}
-    own = config.get("cp") if isinstance(config.get("cp"), dict) else {}
-    out = {k: own.get(k, config.get(k, v)) for k, v in DEFAULTS.items()}
-    if out["border"] not in BORDER_POLICIES:
-        raise ValueError(f"cp border policy {out['border']!r}; valid: {', '.join(BORDER_POLICIES)}")
-    if out["positions"] not in ("auto", "site_csv", "plate_csv", "sqlite", "segment"):
-        raise ValueError(f"cp positions {out['positions']!r}; valid: auto, site_csv, plate_csv, sqlite, segment")
-    if out["phenix_channels"]:
-        out["phenix_channels"] = {int(k): str(v) for k, v in out["phenix_channels"].items()}
-    return out
-
-
-def _safe(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_-]+", "_", str(text)).strip("_") or "x"
+POSITIONS = ("auto", "site_csv", "plate_csv", "sqlite", "segment")
 
 
 def _rel(path: str | Path, root: Path) -> str:
@@ -114,27 +84,46 @@ def _illum_function(path: str, mtime_ns: int, size: int) -> np.ndarray:
 class CPPipeline(SourcePipeline):
     """Cell Painting plates -> 5-channel 160 x 160 single-cell crops labelled by compound."""
 
-    key = "cp"
-    units_per_task = 3  # sites per dask task: the sample's 2-worker units phase ran ~10% shorter
     name = "cp"
+    key = "cp"
+    makes = ("cp",)
+    units_per_task = 3  # sites per dask task
+    DEFAULTS = {
+        "low_pct": 0.05,
+        "high_pct": 99.95,
+        "box": 160,
+        "border": "pad",
+        "positions": "auto",  # see POSITIONS
+        "illum": True,
+        "phenix_channels": None,
+        "segment_backend": "watershed",
+        "segment_options": {},
+    }
+
+    def check_options(self, opts: dict[str, Any]) -> None:
+        if opts["border"] not in BORDER_POLICIES:
+            raise ValueError(f"cp border policy {opts['border']!r}; valid: {', '.join(BORDER_POLICIES)}")
+        if opts["positions"] not in POSITIONS:
+            raise ValueError(f"cp positions {opts['positions']!r}; valid: {', '.join(POSITIONS)}")
+        if opts["phenix_channels"]:
+            opts["phenix_channels"] = {int(k): str(v) for k, v in opts["phenix_channels"].items()}
 
     # --------------------------------------------------------------------------------------------- discover
-    def discover(self, input_dir: Path, config: dict[str, Any]) -> tuple[list[Unit], list[Skipped]]:
+    def discover(self, input_dir: Path, opts: dict[str, Any]) -> tuple[list[Unit], list[Skipped]]:
         """One unit per usable site; plates and sites that cannot be used are returned as skipped."""
-        s = settings(config)
         root = Path(input_dir).resolve()
         if not root.is_dir():
             raise FileNotFoundError(f"Cell Painting input folder not found: {root}")
         units: dict[str, Unit] = {}
         skipped: list[Skipped] = []
         for pdir in plate_dirs(root):
-            plate_unit = f"cp-plate-{_safe(_rel(pdir, root))}"
+            plate_unit = f"cp-plate-{safe_id(_rel(pdir, root))}"
             table = pdir / "load_data.csv"
             try:
                 if table.is_file():
                     sites = lay.read_load_data(table)
                 else:
-                    sites = lay.sites_from_filenames(pdir / "images", pdir.name, s["phenix_channels"])
+                    sites = lay.sites_from_filenames(pdir / "images", pdir.name, opts["phenix_channels"])
                     if not sites:
                         raise lay.LayoutError(
                             f"{pdir / 'images'}: no load_data.csv and no ImageXpress file names (or Phenix names "
@@ -151,7 +140,7 @@ class CPPipeline(SourcePipeline):
                 continue
             dataset = pm_dir.parent.name
             for site in sites:
-                unit = self._site_unit(site, pdir, root, dataset, maps[site.plate], s)
+                unit = self._site_unit(site, pdir, root, dataset, maps[site.plate], opts)
                 if isinstance(unit, Skipped):
                     skipped.append(unit)
                 elif unit.unit_id in units:
@@ -162,8 +151,8 @@ class CPPipeline(SourcePipeline):
         return [units[k] for k in sorted(units)], skipped
 
     def _site_unit(self, site: lay.SiteRow, pdir: Path, root: Path, dataset: str,
-                   platemap: tuple[dict[str, lay.WellInfo], str], s: dict[str, Any]) -> Unit | Skipped:
-        unit_id = f"cp-{_safe(dataset)}-{_safe(site.plate)}-{site.well}-s{site.site}"
+                   platemap: tuple[dict[str, lay.WellInfo], str], opts: dict[str, Any]) -> Unit | Skipped:
+        unit_id = f"cp-{safe_id(dataset)}-{safe_id(site.plate)}-{site.well}-s{site.site}"
         where = {"file": _rel(site.table, root), "row": site.row}
         if site.problems:
             return Skipped(self.key, unit_id, "; ".join(site.problems), **where)
@@ -173,13 +162,13 @@ class CPPipeline(SourcePipeline):
             return Skipped(self.key, unit_id, f"well {site.well} of plate {site.plate} is not in platemap "
                            f"{_rel(map_file, root)}", **where)
         illum = {}
-        if s["illum"]:
+        if opts["illum"]:
             for ch in lay.RAW_CHANNELS:
                 p = pdir / "illum" / f"{site.plate}_Illum{ch}.npy"
                 if p.is_file():
                     illum[ch] = str(p)
         try:
-            positions = lay.positions_source(pdir, site.plate, site.well, site.site, s["positions"])
+            positions = lay.positions_source(pdir, site.plate, site.well, site.site, opts["positions"])
         except lay.LayoutError as exc:
             return Skipped(self.key, unit_id, str(exc), **where)
         return Unit(self.key, unit_id, {
@@ -189,9 +178,8 @@ class CPPipeline(SourcePipeline):
             "label": info.label, "platemap": map_file})
 
     # ---------------------------------------------------------------------------------------------- process
-    def process(self, unit: Unit, config: dict[str, Any]) -> UnitResult:
+    def process(self, unit: Unit, opts: dict[str, Any]) -> UnitResult:
         """Read, correct, scale, locate nuclei and crop one site. Raises :class:`UnitSkip` for an unusable site."""
-        s = settings(config)
         p = unit.payload
         root = Path(p["root"])
         field, depth = self._read_field(p, root)
@@ -199,20 +187,20 @@ class CPPipeline(SourcePipeline):
         img8 = np.empty((len(field), *field[0].shape), dtype=np.uint8)
         for k, ch in enumerate(lay.RAW_CHANNELS):
             try:
-                img8[k] = to_uint8(field[k], s["low_pct"], s["high_pct"], where=f"channel {ch}")
+                img8[k] = to_uint8(field[k], opts["low_pct"], opts["high_pct"], where=f"channel {ch}")
             except ValueError as exc:  # constant channel or NaN/inf after correction
                 raise UnitSkip(str(exc), _rel(p["files"][ch], root), p["row"]) from None
-        centres, pos_file = self._positions(p, field, s, root)
+        centres, pos_file = self._positions(p, field, opts, root)
         h, w = field[0].shape
         cells: list[Cell] = []
         skipped: list[Skipped] = []
-        box = int(s["box"])
+        box = int(opts["box"])
         for obj, x, y in centres:
             if not (0 <= x < w and 0 <= y < h):
                 skipped.append(Skipped(self.key, unit.unit_id, f"nucleus {obj} at (x={x:.1f}, y={y:.1f}) is "
                                        f"outside the {w}x{h} field", file=pos_file, row=f"ObjectNumber {obj}"))
                 continue
-            crop, info = crop_box(img8, (y, x), (box, box), s["border"])
+            crop, info = crop_box(img8, (y, x), (box, box), opts["border"])
             if crop is None:
                 skipped.append(Skipped(self.key, unit.unit_id, f"nucleus {obj}: {box}x{box} box reaches past the "
                                        "field border (border policy skip)", file=pos_file, row=f"ObjectNumber {obj}"))
@@ -226,7 +214,7 @@ class CPPipeline(SourcePipeline):
                 "files": {ch: _rel(f, root) for ch, f in p["files"].items()},
                 "load_data": _rel(p["table"], root), "row": p["row"], "platemap": _rel(p["platemap"], root),
                 "illum": bool(p["illum"]), "bit_depth": depth, "field_hw": [h, w],
-                "touched_border": info.touched_border, "border_policy": s["border"],
+                "touched_border": info.touched_border, "border_policy": opts["border"],
             }
             cells.append(Cell(
                 image=crop, channels=CHANNELS, source=self.key, label=p["label"],
@@ -297,7 +285,7 @@ class CPPipeline(SourcePipeline):
             out[k] = corrected
         return out
 
-    def _positions(self, p: dict[str, Any], field: list[np.ndarray], s: dict[str, Any],
+    def _positions(self, p: dict[str, Any], field: list[np.ndarray], opts: dict[str, Any],
                    root: Path) -> tuple[list[tuple[int, float, float]], str]:
         """[(object number, x, y)] in field pixels and the file they came from ('' for segmentation)."""
         spec = p["positions"]
@@ -312,18 +300,13 @@ class CPPipeline(SourcePipeline):
             return found, rel
         from pipelines.segmentation import cell_properties, segment  # lazy: only the fallback needs it
 
-        seg = segment(field[0], None, backend=s["segment_backend"], **(s["segment_options"] or {}))
+        seg = segment(field[0], None, backend=opts["segment_backend"], **(opts["segment_options"] or {}))
         labels = seg.nuclei if seg.nuclei is not None else seg.cells
         props = cell_properties(labels)
         if not props:
             raise UnitSkip("site has no nuclei (segmentation of the DNA channel found none)",
                            _rel(p["files"]["DNA"], root), p["row"])
         return [(int(r["label"]), r["centroid"][1], r["centroid"][0]) for r in props], "segmentation:DNA"
-
-    # ----------------------------------------------------------------------------------------------- assign
-    def assign(self, table: pd.DataFrame, config: dict[str, Any]) -> pd.DataFrame:
-        """Split and task membership from ``manifests/tasks/cp.yaml`` (or the build config's override)."""
-        return assign_tasks(table, load_rules(self.key, config))
 
     def synth(self, out_dir: Path, seed: int = 0, *, field_size: int = 512) -> None:
         """Write the synthetic Cell Painting sample (7 plates, 3 datasets): see :mod:`pipelines.cp_synth`."""

@@ -1,4 +1,4 @@
-"""HPA (Human Protein Atlas) fields -> 512 x 512 single-cell crops (SPEC section 4, issue 3).
+"""HPA (Human Protein Atlas) fields -> 512 x 512 single-cell crops.
 
 Input folder (``--input DIR``):
 
@@ -44,12 +44,11 @@ from PIL import Image
 
 from chammi_data.schema import Cell, make_cell_id
 from chammi_data.vocab import SOURCES
-from pipelines.base import Skipped, SourcePipeline, Unit, UnitResult, UnitSkip
+from pipelines.base import Skipped, SourcePipeline, Unit, UnitResult, UnitSkip, safe_id
 from pipelines.imaging import BORDER_POLICIES, crop_box, to_uint8
 from pipelines.segmentation import cell_properties, segment
-from pipelines.tasks import assign_tasks, load_rules
 
-#: The 19 HPA classes by index (SPEC section 4).
+#: The 19 HPA classes by index (the class indices of ``train.csv`` ``Label``).
 HPA_CLASSES: tuple[str, ...] = (
     "Nucleoplasm", "Nuclear membrane", "Nucleoli", "Nucleoli fibrillar center", "Nuclear speckles",
     "Nuclear bodies", "Endoplasmic reticulum", "Golgi apparatus", "Intermediate filaments", "Actin filaments",
@@ -60,25 +59,6 @@ HPA_CLASSES: tuple[str, ...] = (
 CHAMMI_CLASSES: tuple[int, ...] = (4, 14, 10, 7, 0, 16, 6)
 #: stain colour -> CHAMMI channel name; tuple order = the HPA tile order of ``vocab.SOURCES["hpa"]``
 STAINS: dict[str, str] = {"red": "microtubules", "green": "protein", "blue": "nucleus", "yellow": "er"}
-DEFAULTS: dict[str, Any] = {
-    "border": "pad", "crop": 512, "low_pct": 0.0, "high_pct": 99.9, "segmentation": "watershed",
-    "segmentation_options": {}, "mask_neighbours": False, "min_cell_area": 0,
-    "cellline_table": "kaggle_2021.tsv", "labels_table": "train.csv",
-}
-
-
-def hpa_options(config: dict[str, Any] | None) -> dict[str, Any]:
-    """Defaults merged with ``config["hpa"]``; an unknown key or border policy raises ``ValueError``."""
-    section = dict((config or {}).get("hpa") or {})
-    unknown = set(section) - set(DEFAULTS)
-    if unknown:
-        raise ValueError(f"config hpa: unknown option(s) {sorted(unknown)}; valid: {sorted(DEFAULTS)}")
-    opts = {**DEFAULTS, **section}
-    if opts["border"] not in BORDER_POLICIES:
-        raise ValueError(f"config hpa.border: {opts['border']!r} is not one of {', '.join(BORDER_POLICIES)}")
-    return opts
-
-
 def _image_keys(image: str) -> list[str]:
     """Field IDs a ``kaggle_2021.tsv`` Image value may name: the value itself, its last path/URL component
     (extension and trailing ``_`` removed), and the last two components joined by ``_`` (HPA public image
@@ -92,13 +72,6 @@ def _image_keys(image: str) -> list[str]:
     if len(parts) >= 2 and "." not in parts[-2] and ":" not in parts[-2]:
         keys.append(f"{parts[-2]}_{last}")
     return list(dict.fromkeys(keys))
-
-
-def _unit_id(field_id: str) -> str:
-    """Filesystem-safe unit id: the ID itself when it is safe, else a sanitised ID plus a short hash."""
-    if re.fullmatch(r"[A-Za-z0-9_-]+", field_id):
-        return field_id
-    return re.sub(r"[^A-Za-z0-9_-]", "_", field_id) + "-" + make_cell_id("hpa", field_id)[4:12]
 
 
 def find_image_dir(input_dir: Path) -> Path:
@@ -152,12 +125,24 @@ def read_channel(path: Path, row: int | None = None) -> np.ndarray:
 class HPAPipeline(SourcePipeline):
     """HPA fields -> single cells (see the module docstring)."""
 
-    key = "hpa"
-    units_per_task = 2  # fields per dask task: the sample's 2-worker units phase ran ~10% shorter
     name = "hpa"
+    key = "hpa"
+    makes = ("hpa",)
+    units_per_task = 2  # fields per dask task
+    DEFAULTS = {
+        "border": "pad", "crop": 512, "low_pct": 0.0, "high_pct": 99.9, "segmentation": "watershed",
+        "segmentation_options": {}, "mask_neighbours": False, "min_cell_area": 0,
+        "cellline_table": "kaggle_2021.tsv", "labels_table": "train.csv",
+    }
 
-    def discover(self, input_dir: Path, config: dict[str, Any]) -> tuple[list[Unit], list[Skipped]]:
-        opts = hpa_options(config)
+    def check_options(self, opts: dict[str, Any]) -> None:
+        if opts["border"] not in BORDER_POLICIES:
+            raise ValueError(f"config hpa.border: {opts['border']!r} is not one of {', '.join(BORDER_POLICIES)}")
+
+    def tables(self, opts: dict[str, Any]) -> tuple[str, ...]:
+        return (opts["labels_table"],)
+
+    def discover(self, input_dir: Path, opts: dict[str, Any]) -> tuple[list[Unit], list[Skipped]]:
         input_dir = Path(input_dir)
         labels_path = input_dir / opts["labels_table"]
         lines_path = input_dir / opts["cellline_table"]
@@ -175,7 +160,7 @@ class HPAPipeline(SourcePipeline):
         seen: dict[str, int] = {}
         for i, (field_id, label) in enumerate(zip(labels["ID"], labels["Label"], strict=True)):
             row, field_id = i + 1, field_id.strip()
-            uid = _unit_id(field_id)
+            uid = safe_id(field_id)
 
             def skip(reason: str, file: Path = labels_path, _row: int = row, _uid: str = uid) -> None:
                 skipped.append(Skipped("hpa", _uid, reason, str(file), _row))
@@ -210,8 +195,7 @@ class HPAPipeline(SourcePipeline):
         units.sort(key=lambda u: u.unit_id)
         return units, skipped
 
-    def process(self, unit: Unit, config: dict[str, Any]) -> UnitResult:
-        opts = hpa_options(config)
+    def process(self, unit: Unit, opts: dict[str, Any]) -> UnitResult:
         p = unit.payload
         files = {stain: Path(f) for stain, f in p["files"].items()}
         raw = {stain: read_channel(files[stain], p["row"]) for stain in STAINS}
@@ -278,9 +262,6 @@ class HPAPipeline(SourcePipeline):
                 label=p["label"], cell_id=cell_id,
                 meta=meta, groups={"cell_type": p["cellline"]}))
         return UnitResult(cells=cells, skipped=skipped)
-
-    def assign(self, table: pd.DataFrame, config: dict[str, Any]) -> pd.DataFrame:
-        return assign_tasks(table, load_rules(self.key, config))
 
     def synth(self, out_dir: Path, seed: int = 0) -> None:
         from pipelines.hpa_synth import write_hpa_sample

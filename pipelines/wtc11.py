@@ -28,7 +28,6 @@ from __future__ import annotations
 import ast
 import json
 import logging
-import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -40,26 +39,15 @@ from skimage.transform import resize
 
 from chammi_data.schema import Cell, make_cell_id
 from chammi_data.vocab import SOURCES
-from pipelines.base import Skipped, SourcePipeline, Unit, UnitResult, UnitSkip
+from pipelines.base import Skipped, SourcePipeline, Unit, UnitResult, UnitSkip, safe_id
 from pipelines.imaging import center_crop_or_pad, check_finite, to_uint8
-from pipelines.tasks import assign_tasks, load_rules
 
 #: The six cell-cycle stage labels of CHAMMI WTC-11.
 STAGES: tuple[str, ...] = ("M0", "M1M2", "M3", "M4M5", "M6M7_complete", "M6M7_single")
 REQUIRED_COLUMNS = ("CellId", "structure_name", "cell_stage", "FOVId", "PlateId", "WellId", "crop_raw",
                     "name_dict", "scale_micron")
-DEFAULTS: dict[str, Any] = {
-    "low_pct": 0.1,
-    "high_pct": 99.9,
-    "fit": "pad_crop",  # pad_crop | scale_to_fit
-    "pixel_size_tolerance": 0.02,
-    "channel_map": {"dna": "nucleus", "membrane": "membrane", "structure": "protein"},
-}
-
-
-def settings(config: dict[str, Any] | None) -> dict[str, Any]:
-    """The ``wtc11`` config section merged over :data:`DEFAULTS`."""
-    return {**DEFAULTS, **((config or {}).get("wtc11") or {})}
+FITS = ("pad_crop", "scale_to_fit")
+TABLE = "metadata.csv"
 
 
 def _parse_listish(text: Any, what: str) -> Any:
@@ -113,21 +101,31 @@ def read_ome(path: Path) -> tuple[np.ndarray, list[str], tuple[float | None, flo
     return arr, names, sizes  # type: ignore[return-value]
 
 
-def _safe_id(value: Any) -> str:
-    text = re.sub(r"[^A-Za-z0-9_-]", "_", str(value))
-    return f"cell-{text}"[:80]
-
-
 class WTC11Pipeline(SourcePipeline):
     """Allen WTC-11 metadata.csv + per-cell OME-TIFF crops -> 3-channel 238 x 374 cells."""
 
-    key = "wtc11"
     name = "wtc11"
+    key = "wtc11"
+    makes = ("wtc11",)
     units_per_task = 8  # one small cell per unit: batch them so dask's per-task overhead stays small
+    DEFAULTS = {
+        "low_pct": 0.1,
+        "high_pct": 99.9,
+        "fit": "pad_crop",  # see FITS
+        "pixel_size_tolerance": 0.02,
+        "channel_map": {"dna": "nucleus", "membrane": "membrane", "structure": "protein"},
+    }
 
-    def discover(self, input_dir: Path, config: dict[str, Any]) -> tuple[list[Unit], list[Skipped]]:
+    def check_options(self, opts: dict[str, Any]) -> None:
+        if opts["fit"] not in FITS:
+            raise ValueError(f"wtc11.fit must be pad_crop or scale_to_fit, got {opts['fit']!r}")
+
+    def tables(self, opts: dict[str, Any]) -> tuple[str, ...]:
+        return (TABLE,)
+
+    def discover(self, input_dir: Path, opts: dict[str, Any]) -> tuple[list[Unit], list[Skipped]]:
         input_dir = Path(input_dir)
-        table_path = input_dir / "metadata.csv"
+        table_path = input_dir / TABLE
         if not table_path.is_file():
             raise FileNotFoundError(f"WTC-11: {table_path} not found (expected metadata.csv + crop_raw OME-TIFFs)")
         table = pd.read_csv(table_path, dtype=str, keep_default_na=False)
@@ -139,7 +137,7 @@ class WTC11Pipeline(SourcePipeline):
         first_row: dict[str, int] = {}
         for row, rec in enumerate(table.to_dict("records")):
             cell_id = str(rec["CellId"]).strip()
-            unit_id = _safe_id(cell_id)
+            unit_id = f"cell-{safe_id(cell_id, 75)}"
             if not cell_id:
                 skipped.append(Skipped(self.key, f"row-{row}", "empty CellId", str(table_path), row))
             elif cell_id in first_row:
@@ -149,15 +147,12 @@ class WTC11Pipeline(SourcePipeline):
                 skipped.append(Skipped(self.key, unit_id, f"unknown label cell_stage={rec['cell_stage']!r}; "
                                        f"valid: {', '.join(STAGES)}", str(table_path), row))
             else:
-                if unit_id in units:  # two ids that differ only in characters the unit id cannot hold
-                    unit_id = f"{unit_id}-{make_cell_id(self.key, cell_id)[-8:]}"
                 first_row[cell_id] = row
                 units[unit_id] = Unit(self.key, unit_id, {
                     "row": row, "table": str(table_path), "root": str(input_dir), **{k: str(v) for k, v in rec.items()}})
         return [units[k] for k in sorted(units)], skipped
 
-    def process(self, unit: Unit, config: dict[str, Any]) -> UnitResult:
-        cfg = settings(config)
+    def process(self, unit: Unit, opts: dict[str, Any]) -> UnitResult:
         p = unit.payload
         row = p["row"]
         path = Path(p["root"]) / p["crop_raw"]
@@ -177,8 +172,8 @@ class WTC11Pipeline(SourcePipeline):
                            f"expected {len(target)} like name_dict crop_raw {expected}", path, row)
         if names != expected:
             raise UnitSkip(f"channel names in OME metadata {names} != name_dict crop_raw {expected}", path, row)
-        self._check_pixel_size(p, sizes, cfg, path, row)
-        mapping = cfg["channel_map"]
+        self._check_pixel_size(p, sizes, opts, path, row)
+        mapping = opts["channel_map"]
         try:
             order = [names.index(next(n for n, t in mapping.items() if t == ch)) for ch in target]
         except (StopIteration, ValueError):
@@ -189,10 +184,10 @@ class WTC11Pipeline(SourcePipeline):
             raise UnitSkip(f"non-finite pixels: {exc}", path, row) from None
         proj = stack.max(axis=0)[order]  # (C, Y, X): project first, then reorder (no copy of the stack)
         try:
-            img = to_uint8(proj, cfg["low_pct"], cfg["high_pct"], axis=0, where="crop_raw max projection")
+            img = to_uint8(proj, opts["low_pct"], opts["high_pct"], axis=0, where="crop_raw max projection")
         except ValueError as exc:  # "constant image (channel k): ..."
             raise UnitSkip(str(exc), path, row) from None
-        img, scale = self._fit(img, cfg)
+        img, scale = self._fit(img, opts["fit"])
         meta = {
             "CellId": p["CellId"], "structure_name": p["structure_name"], "cell_stage": p["cell_stage"],
             "FOVId": p["FOVId"], "PlateId": p["PlateId"], "WellId": p["WellId"], "crop_raw": p["crop_raw"],
@@ -204,7 +199,7 @@ class WTC11Pipeline(SourcePipeline):
         return UnitResult([cell])
 
     @staticmethod
-    def _check_pixel_size(p: dict[str, Any], sizes: tuple, cfg: dict[str, Any], path: Path, row: int) -> None:
+    def _check_pixel_size(p: dict[str, Any], sizes: tuple, opts: dict[str, Any], path: Path, row: int) -> None:
         """PhysicalSizeZ/Y/X must agree with ``scale_micron`` (a number or a list) when both are given."""
         text = p.get("scale_micron", "")
         if not text or all(s is None for s in sizes):
@@ -214,27 +209,22 @@ class WTC11Pipeline(SourcePipeline):
         except ValueError as exc:
             raise UnitSkip(str(exc), p["table"], row) from None
         values = [float(v) for v in (scale if isinstance(scale, list | tuple) else [scale] * 3)]
-        tol = float(cfg["pixel_size_tolerance"])
+        tol = float(opts["pixel_size_tolerance"])
         for axis, got, want in zip("ZYX", sizes, values[-3:], strict=False):
             if got is not None and abs(got - want) > tol * max(abs(want), 1e-12):
                 raise UnitSkip(f"PhysicalSize{axis}={got} um in OME metadata != scale_micron {values} "
                                f"(tolerance {tol:.0%})", path, row)
 
-    def _fit(self, img: np.ndarray, cfg: dict[str, Any]) -> tuple[np.ndarray, float]:
+    def _fit(self, img: np.ndarray, fit: str) -> tuple[np.ndarray, float]:
         th, tw = SOURCES[self.key].tile_hw
         scale = 1.0
-        if cfg["fit"] == "scale_to_fit":
+        if fit == "scale_to_fit":
             scale = min(1.0, th / img.shape[1], tw / img.shape[2])
             if scale < 1.0:
                 shape = (img.shape[0], max(1, round(img.shape[1] * scale)), max(1, round(img.shape[2] * scale)))
                 img = np.rint(resize(img.astype(np.float64), shape, order=1, anti_aliasing=True,
                                      preserve_range=True)).clip(0, 255).astype(np.uint8)
-        elif cfg["fit"] != "pad_crop":
-            raise ValueError(f"wtc11.fit must be pad_crop or scale_to_fit, got {cfg['fit']!r}")
         return center_crop_or_pad(img, (th, tw), fill=0), scale
-
-    def assign(self, table: pd.DataFrame, config: dict[str, Any]) -> pd.DataFrame:
-        return assign_tasks(table, load_rules(self.key, config))
 
     def synth(self, out_dir: Path, seed: int = 0) -> None:
         from pipelines.wtc11_synth import write_sample

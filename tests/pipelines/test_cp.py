@@ -67,8 +67,13 @@ def write_plate(root: Path, plate: str = "P1", dataset: str = "LINCS", wells: di
     return pdir
 
 
-def discover(root: Path, config: dict | None = None):
-    return CPPipeline().discover(root, config or {})
+def opts(**section):
+    """CP options: the defaults with ``section`` merged over them."""
+    return CPPipeline().options(section)
+
+
+def discover(root: Path, section: dict | None = None):
+    return CPPipeline().discover(root, opts(**(section or {})))
 
 
 # ------------------------------------------------------------------------------------------------ layout
@@ -84,7 +89,7 @@ def test_site_unit_channels_follow_load_data(tmp_path):
     write_plate(tmp_path)
     units, skipped = discover(tmp_path)
     assert skipped == [] and [u.unit_id for u in units] == ["cp-LINCS-P1-A01-s1", "cp-LINCS-P1-A02-s1"]
-    res = CPPipeline().process(units[0], {})
+    res = CPPipeline().process(units[0], opts())
     assert res.skipped == [] and len(res.cells) == 2
     cell = res.cells[0]
     assert cell.image.shape == (5, 160, 160) and cell.image.dtype == np.uint8
@@ -96,27 +101,27 @@ def test_site_unit_channels_follow_load_data(tmp_path):
         y, x = np.unravel_index(np.argmax(cell.image[k]), cell.image[k].shape)
         assert (abs(y + 20 - MARK_AT[ch][0]) <= 5) and (abs(x + 20 - MARK_AT[ch][1]) <= 5), ch
     assert res.cells[1].label == "BRD-K21680192"
-    assert CPPipeline().process(units[1], {}).cells[0].label == "DMSO"
+    assert CPPipeline().process(units[1], opts()).cells[0].label == "DMSO"
 
 
 def test_border_policies(tmp_path):
     write_plate(tmp_path, positions=[(100.0, 100.0), (10.0, 10.0)])
     unit = discover(tmp_path)[0][0]
-    pad = CPPipeline().process(unit, {})
+    pad = CPPipeline().process(unit, opts())
     corner = pad.cells[1]
     assert corner.meta["touched_border"] and corner.image[:, :60, :60].max() == 0  # zero pad outside
-    skip = CPPipeline().process(unit, {"cp": {"border": "skip"}})
+    skip = CPPipeline().process(unit, opts(border="skip"))
     assert len(skip.cells) == 1 and len(skip.skipped) == 1
     assert "border" in skip.skipped[0].reason and skip.skipped[0].row == "ObjectNumber 2"
-    shift = CPPipeline().process(unit, {"border": "shift"})
+    shift = CPPipeline().process(unit, opts(border="shift"))
     assert len(shift.cells) == 2 and shift.cells[1].image[:, :10, :10].max() > 0
 
 
 def test_cell_ids_and_pixels_do_not_depend_on_location(tmp_path):
     write_plate(tmp_path / "a")
     shutil.copytree(tmp_path / "a", tmp_path / "b")
-    ca = CPPipeline().process(discover(tmp_path / "a")[0][0], {}).cells
-    cb = CPPipeline().process(discover(tmp_path / "b")[0][0], {}).cells
+    ca = CPPipeline().process(discover(tmp_path / "a")[0][0], opts()).cells
+    cb = CPPipeline().process(discover(tmp_path / "b")[0][0], opts()).cells
     assert [c.cell_id for c in ca] == [c.cell_id for c in cb]
     assert [c.checksum for c in ca] == [c.checksum for c in cb]
     assert [c.meta for c in ca] == [c.meta for c in cb]  # provenance paths are relative to the input root
@@ -158,7 +163,7 @@ def test_ixm_names_without_load_data(tmp_path):
     (pm / "M.txt").write_text("well_position\tbroad_sample\tmmoles_per_liter\tsolvent\nB02\t\t0\tDMSO\n")
     units, skipped = discover(tmp_path)
     assert not skipped and [u.unit_id for u in units] == ["cp-BBBC022-20585-B02-s2"]
-    cells = CPPipeline().process(units[0], {}).cells
+    cells = CPPipeline().process(units[0], opts()).cells
     assert len(cells) == 1 and cells[0].label == "DMSO" and cells[0].meta["positions"] == "plate_csv"
     y, x = np.unravel_index(np.argmax(cells[0].image[0]), (160, 160))
     assert abs(y + 20 - 60) <= 5 and abs(x + 20 - 60) <= 5  # w1 = DNA
@@ -197,10 +202,10 @@ def test_phenix_names_without_load_data_need_channel_numbers(tmp_path):
     (pdir / "load_data.csv").unlink()
     units, skipped = discover(tmp_path)
     assert units == [] and "phenix_channels" in skipped[0].reason
-    config = {"cp": {"phenix_channels": {str(v): k for k, v in CH_NUMS.items()}}}
+    config = {"phenix_channels": {str(v): k for k, v in CH_NUMS.items()}}
     units, skipped = discover(tmp_path, config)
     assert not skipped and len(units) == 2 and units[0].payload["row"] is None
-    cell = CPPipeline().process(units[0], config).cells[0]
+    cell = CPPipeline().process(units[0], opts(**config)).cells[0]
     y, x = np.unravel_index(np.argmax(cell.image[4]), (160, 160))
     assert abs(y + 20 - 100) <= 5 and abs(x + 20 - 100) <= 5  # mito square
 
@@ -220,7 +225,7 @@ def test_missing_channel_file(tmp_path):
     next((pdir / "images").glob("r01c01f01p01-ch5*")).unlink()  # ER of A01
     units, _ = discover(tmp_path)
     with pytest.raises(UnitSkip) as exc:
-        CPPipeline().process(units[0], {})
+        CPPipeline().process(units[0], opts())
     assert "missing ER image file" in exc.value.reason and exc.value.row == 2
     assert exc.value.file.endswith("ch5sk1fk1fl1.tiff")
 
@@ -228,12 +233,12 @@ def test_missing_channel_file(tmp_path):
 def test_wrong_dims_and_8bit(tmp_path):
     pdir = write_plate(tmp_path, dtype=np.uint8)
     units, _ = discover(tmp_path)
-    cells = CPPipeline().process(units[0], {}).cells
+    cells = CPPipeline().process(units[0], opts()).cells
     assert len(cells) == 2 and cells[0].meta["bit_depth"] == 8 and cells[0].image.max() == 255
     tifffile.imwrite(next((pdir / "images").glob("r01c02f01p01-ch3*")), np.zeros((3, 20, 20), np.uint16),
                      photometric="minisblack")
     with pytest.raises(UnitSkip, match="DNA image must be 2-D"):
-        CPPipeline().process(units[1], {})
+        CPPipeline().process(units[1], opts())
 
 
 def test_well_missing_in_platemap(tmp_path):
@@ -248,7 +253,7 @@ def test_nan_illumination_and_correction(tmp_path):
     pdir = write_plate(tmp_path)
     (pdir / "illum").mkdir()
     unit = discover(tmp_path)[0][0]
-    plain = CPPipeline().process(unit, {}).cells
+    plain = CPPipeline().process(unit, opts()).cells
     # vignetted raw images + the matching illumination function give back the flat result
     yy, xx = np.mgrid[0:200, 0:200]
     vig = 1.0 - 0.4 * ((yy - 100) ** 2 + (xx - 100) ** 2) / 20000.0
@@ -257,8 +262,8 @@ def test_nan_illumination_and_correction(tmp_path):
         tifffile.imwrite(f, tifffile.imread(f).astype(np.float64) * vig)
         np.save(pdir / "illum" / f"P1_Illum{ch}.npy", vig)
     unit = discover(tmp_path)[0][0]
-    corrected = CPPipeline().process(unit, {}).cells
-    uncorrected = CPPipeline().process(discover(tmp_path, {"illum": False})[0][0], {}).cells
+    corrected = CPPipeline().process(unit, opts()).cells
+    uncorrected = CPPipeline().process(discover(tmp_path, {"illum": False})[0][0], opts()).cells
     diff_c = np.abs(corrected[0].image.astype(int) - plain[0].image).mean()
     diff_u = np.abs(uncorrected[0].image.astype(int) - plain[0].image).mean()
     assert corrected[0].meta["illum"] and diff_c < 0.5 < diff_u
@@ -266,18 +271,18 @@ def test_nan_illumination_and_correction(tmp_path):
     bad[5, 5] = np.nan
     np.save(pdir / "illum" / "P1_IllumMito.npy", bad)
     with pytest.raises(UnitSkip, match="illumination function Mito holds NaN"):
-        CPPipeline().process(unit, {})
+        CPPipeline().process(unit, opts())
 
 
 def test_site_with_no_nuclei_and_constant_channel(tmp_path):
     pdir = write_plate(tmp_path, positions=[])
     units, _ = discover(tmp_path)
     with pytest.raises(UnitSkip, match="no nuclei") as exc:
-        CPPipeline().process(units[0], {})
+        CPPipeline().process(units[0], opts())
     assert exc.value.file.endswith("Nuclei.csv")
     tifffile.imwrite(units[1].payload["files"]["RNA"], np.full((200, 200), 7, np.uint16))
     with pytest.raises(UnitSkip, match="constant image"):
-        CPPipeline().process(units[1], {})
+        CPPipeline().process(units[1], opts())
     assert pdir.is_dir()
 
 
@@ -293,7 +298,7 @@ def test_segmentation_fallback(tmp_path):
     shutil.rmtree(pdir / "analysis")
     units, _ = discover(tmp_path)
     assert units[0].payload["positions"]["kind"] == "segment"
-    cells = CPPipeline().process(units[0], {}).cells
+    cells = CPPipeline().process(units[0], opts()).cells
     centres = {(round(c.meta["nucleus_y"]), round(c.meta["nucleus_x"])) for c in cells}
     assert any(abs(y - 60) <= 3 and abs(x - 60) <= 3 for y, x in centres)  # the DNA square
 
@@ -322,8 +327,8 @@ def sample(tmp_path_factory):
     root = tmp_path_factory.mktemp("cp_sample")
     CPPipeline().synth(root, seed=3, field_size=384)
     pipe = CPPipeline()
-    units, skipped = pipe.discover(root, {})
-    cells = [c for u in units for c in pipe.process(u, {}).cells]
+    units, skipped = pipe.discover(root, pipe.options())
+    cells = [c for u in units for c in pipe.process(u, pipe.options()).cells]
     return root, units, skipped, cells
 
 
@@ -350,9 +355,9 @@ def test_sample_builds_every_task(sample):
 def test_sample_is_deterministic(sample, tmp_path):
     root, units, _, cells = sample
     CPPipeline().synth(tmp_path, seed=3, field_size=384)
-    again, _ = CPPipeline().discover(tmp_path, {})
+    again, _ = discover(tmp_path)
     assert [u.unit_id for u in again] == [u.unit_id for u in units]
-    first = CPPipeline().process(again[5], {}).cells
+    first = CPPipeline().process(again[5], opts()).cells
     ref = [c for c in cells if c.meta["plate"] == again[5].payload["plate"]
            and c.meta["well"] == again[5].payload["well"]]
     assert [c.checksum for c in first] == [c.checksum for c in ref]

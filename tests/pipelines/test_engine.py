@@ -11,9 +11,12 @@ import pytest
 
 from chammi_data.manifest import read_manifest
 from chammi_data.release_format import MANIFEST_COLUMNS
-from pipelines import engine
-from pipelines.engine import build, deep_merge, load_config
-from pipelines.report import order_cells, plan_shards
+from pipelines.build_config import config_hash, deep_merge, load_config
+from pipelines.engine import build
+from pipelines.ledger import order_cells
+from pipelines.registry import resolve_sources
+from pipelines.spill import read_spill_meta, write_spill
+from pipelines.writing import plan_shards
 
 SMALL = {"cells_per_shard": 8}
 
@@ -37,7 +40,7 @@ def test_build_writes_a_complete_release(wtc_raw: Path, tmp_path: Path) -> None:
                                                                      "skipped": 0, "in": 42}
     assert rep["written"]["wtc11"]["tasks"]["Task_two"] == 18
     release = json.loads(res.release_json.read_text())
-    assert release["config_hash"] == engine.config_hash(load_config(overrides=SMALL))
+    assert release["config_hash"] == config_hash(load_config(overrides=SMALL))
     assert release["extra"]["rules_sha256"]["wtc11"]
     assert not (tmp_path / "rel" / ".work").exists()  # spills removed after success
     assert "Task_two" in res.summary() and "in 42 = written 42 + skipped 0" in res.summary()
@@ -55,7 +58,7 @@ def test_output_independent_of_workers_and_resumes_from_spills(wtc_raw: Path, tm
     assert again.accounting()["wtc11"]["units_reused"] == 42
     assert tree_hashes(tmp_path / "b") == tree_hashes(tmp_path / "a")
     # the shard size and other sources' settings do not invalidate finished units; wtc11 settings do
-    reshard = _build(wtc_raw, tmp_path / "b", workers=1, keep_work=True, config={"cells_per_shard": 5, "hpa": {"x": 1}})
+    reshard = _build(wtc_raw, tmp_path / "b", workers=1, keep_work=True, config={"cells_per_shard": 5, "hpa": {"crop": 256}})
     assert reshard.accounting()["wtc11"]["units_reused"] == 42
     assert read_manifest(tmp_path / "b").shard.nunique() == 9
     changed = _build(wtc_raw, tmp_path / "b", workers=1, config={"wtc11": {"high_pct": 99.0}})
@@ -89,9 +92,13 @@ def test_config_merge_and_errors(tmp_path: Path) -> None:
         load_config(overrides={"cells_per_shard": 0})
     with pytest.raises(FileNotFoundError):
         load_config(tmp_path / "missing.yaml")
+    with pytest.raises(ValueError, match="unknown key"):
+        load_config(overrides={"border": "skip"})  # source options belong in the source's section
     with pytest.raises(KeyError, match="valid: wtc11, hpa, cp, chammi"):
-        engine.resolve_sources("nope")
-    assert engine.resolve_sources("all") == ["wtc11", "hpa", "cp"]
+        resolve_sources("nope")
+    assert list(resolve_sources("all")) == ["wtc11", "hpa", "cp"]
+    with pytest.raises(ValueError, match="on its own"):
+        resolve_sources(["chammi", "wtc11"])
     with pytest.raises(ValueError, match="needs --input"):
         build("chammi", output=tmp_path / "o", progress=False, processes=False)
 
@@ -114,12 +121,12 @@ def test_spill_roundtrip_and_stale_key(tmp_path: Path) -> None:
     cell = Cell(np.zeros((3, 238, 374), np.uint8), ("nucleus", "membrane", "protein"), "wtc11", "M0", "wtc11-x",
                 meta={"row": 1})
     path = tmp_path / "u.spill"
-    engine.write_spill(path, "k1", UnitResult([cell], [Skipped("wtc11", "u", "why", "f", 2)]))
-    records, skips = engine.read_spill_meta(path, "k1")
+    write_spill(path, "k1", UnitResult([cell], [Skipped("wtc11", "u", "why", "f", 2)]))
+    records, skips = read_spill_meta(path, "k1")
     assert records[0]["cell_id"] == "wtc11-x" and skips[0].reason == "why" and skips[0].row == 2
-    assert engine.read_spill_meta(path, "k2") is None  # other config -> recompute
+    assert read_spill_meta(path, "k2") is None  # other config -> recompute
     path.write_bytes(path.read_bytes()[:100])  # torn file -> recompute, not crash
-    assert engine.read_spill_meta(path, "k1") is None
+    assert read_spill_meta(path, "k1") is None
     assert not list(tmp_path.glob(".*tmp"))
 
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 from chammi_data.vocab import SOURCES
 from pipelines.base import UnitSkip
-from pipelines.hpa import HPAPipeline, _image_keys, hpa_options, read_channel
+from pipelines.hpa import HPAPipeline, _image_keys, read_channel
 from pipelines.hpa_synth import quantise, render_field
 
 STAINS = ("red", "green", "blue", "yellow")
@@ -50,8 +50,13 @@ def hpa_input(tmp_path_factory) -> Path:
     return root
 
 
-def _units(root: Path, config: dict | None = None):
-    return HPAPipeline().discover(root, config or {})
+def opts(**section):
+    """HPA options: the defaults with ``section`` merged over them."""
+    return HPAPipeline().options(section)
+
+
+def _units(root: Path, section: dict | None = None):
+    return HPAPipeline().discover(root, opts(**(section or {})))
 
 
 def test_discover_keeps_single_label_chammi_rows_and_counts_the_rest(hpa_input):
@@ -69,7 +74,7 @@ def test_discover_keeps_single_label_chammi_rows_and_counts_the_rest(hpa_input):
 def test_process_makes_512_crops_in_hpa_channel_order(hpa_input, uid):
     pipe = HPAPipeline()
     unit = next(u for u in _units(hpa_input)[0] if u.unit_id == uid)
-    result = pipe.process(unit, {})
+    result = pipe.process(unit, opts())
     assert 3 <= len(result.cells) <= 6 and not result.skipped
     raw_blue = read_channel(hpa_input / "train" / f"{uid}_blue.png")
     for cell in result.cells:
@@ -83,7 +88,7 @@ def test_process_makes_512_crops_in_hpa_channel_order(hpa_input, uid):
         assert cell.meta["original_size"] == [768, 768] and cell.meta["files"]["blue"] == f"train/{uid}_blue.png"
         for key in ("bbox", "area", "crop_touched_border", "cell_touches_edge", "ID"):
             assert key in cell.meta
-    again = pipe.process(unit, {})
+    again = pipe.process(unit, opts())
     assert [c.cell_id for c in again.cells] == [c.cell_id for c in result.cells]  # stable ids
     assert all(np.array_equal(a.image, b.image) for a, b in zip(again.cells, result.cells, strict=True))
 
@@ -91,9 +96,9 @@ def test_process_makes_512_crops_in_hpa_channel_order(hpa_input, uid):
 def test_border_policies(hpa_input):
     pipe = HPAPipeline()
     unit = next(u for u in _units(hpa_input)[0] if u.unit_id == "f16")
-    pad = pipe.process(unit, {"hpa": {"border": "pad"}})
-    shift = pipe.process(unit, {"hpa": {"border": "shift"}})
-    skip = pipe.process(unit, {"hpa": {"border": "skip"}})
+    pad = pipe.process(unit, opts(border="pad"))
+    shift = pipe.process(unit, opts(border="shift"))
+    skip = pipe.process(unit, opts(border="skip"))
     touched = [c.meta["crop_touched_border"] for c in pad.cells]
     assert any(touched)  # a 768 field always puts some 512 boxes past its edge
     assert len(skip.cells) == touched.count(False) and len(skip.skipped) == touched.count(True)
@@ -108,8 +113,8 @@ def test_border_policies(hpa_input):
 def test_masking_neighbours_zeroes_other_cells(hpa_input):
     pipe = HPAPipeline()
     unit = next(u for u in _units(hpa_input)[0] if u.unit_id == "f16")
-    plain = pipe.process(unit, {})
-    masked = pipe.process(unit, {"hpa": {"mask_neighbours": True}})
+    plain = pipe.process(unit, opts())
+    masked = pipe.process(unit, opts(mask_neighbours=True))
     assert not plain.cells[0].meta["masked_neighbours"] and masked.cells[0].meta["masked_neighbours"]
     assert all(m.image.sum() <= p.image.sum() for m, p in zip(masked.cells, plain.cells, strict=True))
     assert any(m.image.sum() < p.image.sum() for m, p in zip(masked.cells, plain.cells, strict=True))
@@ -153,20 +158,20 @@ def test_bad_fields_are_skipped_with_file_and_reason(tmp_path, template_field, d
     elif damage == "nocells":
         blue = np.random.default_rng(0).poisson(5, (768, 768)).astype(np.uint8)  # an empty well
         Image.fromarray(blue).save(img / "a_blue.png")
-    units, _ = pipe.discover(tmp_path, {})
+    units, _ = pipe.discover(tmp_path, opts())
     with pytest.raises(UnitSkip, match=reason) as err:
-        pipe.process(units[0], {})
+        pipe.process(units[0], opts())
     expected = "a_blue.png" if damage == "nocells" else "a_green.png"
     assert err.value.file.endswith(expected) and err.value.row == 1
 
 
 def test_missing_tables_and_bad_options_raise(tmp_path):
     with pytest.raises(FileNotFoundError, match="train.csv"):
-        HPAPipeline().discover(tmp_path, {})
+        HPAPipeline().discover(tmp_path, opts())
     with pytest.raises(ValueError, match="border"):
-        hpa_options({"hpa": {"border": "wrap"}})
+        opts(border="wrap")
     with pytest.raises(ValueError, match="unknown option"):
-        hpa_options({"hpa": {"crop_size": 3}})
+        opts(crop_size=3)
 
 
 def test_cell_line_table_matches_urls_and_paths():
@@ -190,9 +195,9 @@ def test_assign_follows_the_task_rules():
 def test_synth_sample_fills_every_task(tmp_path):
     pipe = HPAPipeline()
     pipe.synth(tmp_path, seed=0)
-    units, skipped = pipe.discover(tmp_path, {})
+    units, skipped = pipe.discover(tmp_path, opts())
     assert len(skipped) == 3 and {s.reason.split(" ")[0] for s in skipped} == {"multi-label", "class"}
-    cells = [c for u in units for c in pipe.process(u, {}).cells]
+    cells = [c for u in units for c in pipe.process(u, opts()).cells]
     assert 150 <= len(cells) <= 250
     table = pd.DataFrame([{"cell_id": c.cell_id, "label": c.label, **c.groups} for c in cells])
     table = table.merge(pipe.assign(table, {}))

@@ -26,9 +26,9 @@ def test_read_ome_names_and_sizes(wtc_raw: Path) -> None:
 
 def test_process_projects_reorders_and_fits(wtc_raw: Path) -> None:
     pipe = WTC11Pipeline()
-    units, skipped = pipe.discover(wtc_raw, {})
+    units, skipped = pipe.discover(wtc_raw, pipe.options())
     assert not skipped and len(units) == 42 and [u.unit_id for u in units] == sorted(u.unit_id for u in units)
-    cell = pipe.process(units[0], {}).cells[0]
+    cell = pipe.process(units[0], pipe.options()).cells[0]
     assert cell.image.shape == (3, 238, 374) and cell.image.dtype == np.uint8
     assert cell.channels == ("nucleus", "membrane", "protein")
     raw, _, _ = read_ome(wtc_raw / units[0].payload["crop_raw"])
@@ -40,7 +40,7 @@ def test_process_projects_reorders_and_fits(wtc_raw: Path) -> None:
     assert cell.label in STAGES and cell.groups == {"Structure": units[0].payload["structure_name"]}
     assert cell.meta["crop_raw"] == units[0].payload["crop_raw"] and cell.meta["scale"] == 1.0
     # same raw identifiers -> same id
-    assert pipe.process(units[0], {}).cells[0].cell_id == cell.cell_id
+    assert pipe.process(units[0], pipe.options()).cells[0].cell_id == cell.cell_id
 
 
 def test_scale_to_fit_keeps_whole_cell(tmp_path: Path) -> None:
@@ -51,14 +51,14 @@ def test_scale_to_fit_keeps_whole_cell(tmp_path: Path) -> None:
                    "crop_raw": "crop_raw/1.ome.tiff", "crop_seg": "", "name_dict": json.dumps(wtc11_synth.NAME_DICT),
                    "scale_micron": json.dumps([wtc11_synth.PIXEL_UM] * 3)}]).to_csv(tmp_path / "metadata.csv", index=False)
     pipe = WTC11Pipeline()
-    unit = pipe.discover(tmp_path, {})[0][0]
-    cropped = pipe.process(unit, {}).cells[0]
-    fitted = pipe.process(unit, {"wtc11": {"fit": "scale_to_fit"}}).cells[0]
+    unit = pipe.discover(tmp_path, pipe.options())[0][0]
+    cropped = pipe.process(unit, pipe.options()).cells[0]
+    fitted = pipe.process(unit, pipe.options({"fit": "scale_to_fit"})).cells[0]
     assert cropped.meta["scale"] == 1.0 and fitted.meta["scale"] == pytest.approx(374 / 500)
     assert fitted.image.shape == cropped.image.shape == (3, 238, 374)
     assert not np.array_equal(fitted.image, cropped.image)
     with pytest.raises(ValueError, match="fit must be"):
-        pipe.process(unit, {"wtc11": {"fit": "stretch"}})
+        pipe.options({"fit": "stretch"})
 
 
 def test_metadata_mismatches_skip(wtc_copy: Path) -> None:
@@ -67,20 +67,20 @@ def test_metadata_mismatches_skip(wtc_copy: Path) -> None:
     table.loc[1, "scale_micron"] = json.dumps([0.29, 0.108333, 0.108333])
     table.to_csv(wtc_copy / "metadata.csv", index=False)
     pipe = WTC11Pipeline()
-    units = {u.payload["row"]: u for u in pipe.discover(wtc_copy, {})[0]}
+    units = {u.payload["row"]: u for u in pipe.discover(wtc_copy, pipe.options())[0]}
     with pytest.raises(UnitSkip, match=r"\['dna', 'membrane', 'structure'\] != name_dict crop_raw \['membrane'") as e:
-        pipe.process(units[0], {})
+        pipe.process(units[0], pipe.options())
     assert e.value.file.endswith(table.crop_raw[0]) and e.value.row == 0
     with pytest.raises(UnitSkip, match="PhysicalSizeZ"):
-        pipe.process(units[1], {})
+        pipe.process(units[1], pipe.options())
 
 
 def test_missing_columns_is_a_clear_error(tmp_path: Path) -> None:
     pd.DataFrame({"CellId": [1]}).to_csv(tmp_path / "metadata.csv", index=False)
     with pytest.raises(ValueError, match="lacks column"):
-        WTC11Pipeline().discover(tmp_path, {})
+        WTC11Pipeline().discover(tmp_path, WTC11Pipeline().options())
     with pytest.raises(FileNotFoundError, match="metadata.csv"):
-        WTC11Pipeline().discover(tmp_path / "nowhere", {})
+        WTC11Pipeline().discover(tmp_path / "nowhere", WTC11Pipeline().options())
 
 
 def test_synth_is_deterministic_and_real_ome(tmp_path: Path) -> None:
