@@ -1,6 +1,6 @@
 """Cell Painting (LINCS, CDRP, BBBC022) -> CHAMMI CP cells: one unit per site (plate, well, site).
 
-Raw layout (tables and file names): see :mod:`pipelines.cp_layout`. Per site:
+Raw layout (tables and file names): see :mod:`pipelines.cp_layout`; nucleus positions: :mod:`pipelines.cp_positions`. Per site:
 
 1. read the five channel TIFFs (16-bit expected; 8-bit or float are accepted and recorded in ``meta``),
    each must be 2-D and all the same shape;
@@ -38,6 +38,7 @@ import tifffile
 from chammi_data.schema import Cell, make_cell_id
 from chammi_data.vocab import SOURCES
 from pipelines import cp_layout as lay
+from pipelines import cp_positions
 from pipelines.base import Skipped, SourcePipeline, Unit, UnitResult, UnitSkip, safe_id
 from pipelines.imaging import BORDER_POLICIES, crop_box, to_uint8
 
@@ -168,7 +169,7 @@ class CPPipeline(SourcePipeline):
                 if p.is_file():
                     illum[ch] = str(p)
         try:
-            positions = lay.positions_source(pdir, site.plate, site.well, site.site, opts["positions"])
+            positions = cp_positions.positions_source(pdir, site.plate, site.well, site.site, opts["positions"])
         except lay.LayoutError as exc:
             return Skipped(self.key, unit_id, str(exc), **where)
         return Unit(self.key, unit_id, {
@@ -228,7 +229,7 @@ class CPPipeline(SourcePipeline):
         """The 5 (H, W) planes in RAW_CHANNELS order, in the files' own dtype, and their bit depth (8, 16, 32...).
 
         Integer planes stay integer so that ``to_uint8`` takes its exact histogram path (a partial sort of a
-        float copy cost more than reading the TIFFs); only illumination correction makes a plane float.
+        float copy costs more than reading the TIFFs); only illumination correction makes a plane float.
         """
         planes, depths = [], set()
         for ch in lay.RAW_CHANNELS:
@@ -257,8 +258,8 @@ class CPPipeline(SourcePipeline):
 
         An integer plane is rounded back to integers after the division (to the nearest count, the precision
         the camera gave; values stay non-negative), so that the percentile clip keeps its exact histogram path
-        instead of sorting a float copy: the 8-bit result moves by at most one grey level on rare pixels,
-        and correcting a site costs a third of what the float path did. Float planes stay float.
+        instead of sorting a float copy (much slower): the 8-bit result moves by at most one grey level on rare
+        pixels. Float planes stay float.
         """
         if not p["illum"]:
             return field
@@ -292,7 +293,7 @@ class CPPipeline(SourcePipeline):
         if spec["kind"] != "segment":
             rel = _rel(spec["path"], root)
             try:
-                found = lay.read_positions(spec, p["plate"], p["well"], p["site"])
+                found = cp_positions.read_positions(spec, p["plate"], p["well"], p["site"])
             except (lay.LayoutError, OSError, ValueError, pd.errors.ParserError) as exc:
                 raise UnitSkip(f"cannot read nucleus positions ({exc})", rel, p["row"]) from None
             if not found:

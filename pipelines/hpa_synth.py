@@ -220,7 +220,7 @@ def write_hpa_sample(out_dir: Path, seed: int = 0) -> None:
         field_gain, bg, noise = rng.uniform(0.7, 1.3), rng.uniform(0.01, 0.05), rng.uniform(0.01, 0.03)
         for stain in ("red", "green", "blue", "yellow"):
             arr = quantise(rng, images[stain], bits, field_gain, bg, noise)
-            # low zlib effort: noisy fields barely compress better at higher levels, and it is 3x faster
+            # low zlib effort: noisy fields barely compress better at higher levels, and it is much faster
             Image.fromarray(arr).save(img_dir / f"{fid}_{stain}.png", compress_level=1)
         rows.append({"ID": fid, "Label": label})
         lines.append({"Image": fid, "Label": label, "Cellline": line, "in_trainset": "True"})
