@@ -48,11 +48,14 @@ class Unit:
 
     ``unit_id`` is stable across runs and filesystem-safe (letters, digits, ``-``, ``_``); ``payload`` is
     JSON-serialisable (paths as strings, row numbers, metadata) so units travel to dask workers cheaply.
+    ``items``: how many discovered items (of the pipeline's ``unit_kind``) the unit stands for - 1, except for
+    a unit that batches several rows of a table.
     """
 
     source: str
     unit_id: str
     payload: dict[str, Any] = field(default_factory=dict)
+    items: int = 1
 
 
 @dataclass
@@ -64,16 +67,20 @@ class Skipped:
     reason: str
     file: str = ""
     row: int | str | None = None
-    count: int = 1  # how many cells/items this skip stands for (a field with no cells: 1 field)
+    count: int = 1  #: how many items this skip stands for
+    #: what was skipped (the pipeline's ``unit_kind`` or ``cell_kind``, e.g. fields or cells). Left empty, the
+    #: engine fills in the unit kind for a skip from ``discover`` and the cell kind for one from ``process``.
+    kind: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {"source": self.source, "unit": self.unit_id, "file": self.file, "row": self.row,
-                "reason": self.reason, "count": self.count}
+                "reason": self.reason, "count": self.count, "kind": self.kind}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Skipped:
         """The inverse of :meth:`to_dict`."""
-        return cls(d["source"], d["unit"], d["reason"], d.get("file", ""), d.get("row"), d.get("count", 1))
+        return cls(d["source"], d["unit"], d["reason"], d.get("file", ""), d.get("row"), d.get("count", 1),
+                   d.get("kind", ""))
 
 
 class UnitSkip(Exception):
@@ -88,10 +95,32 @@ class UnitSkip(Exception):
 
 @dataclass
 class UnitResult:
-    """What ``process`` returns: the unit's cells (label set, split unassigned) and per-item skips."""
+    """What ``process`` returns: the unit's cells (label set, split unassigned) and per-item skips.
+
+    ``found``: for a pipeline whose units hold several cells (HPA fields, CP sites), ``{cell_kind: n}`` with
+    the number of candidate cells the unit held (segmented cells, nucleus rows): each must end up as a cell or
+    a skip, and the build checks that they do.
+    """
 
     cells: list[Cell]
     skipped: list[Skipped] = field(default_factory=list)
+    found: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class Discovery:
+    """What ``discover`` returns: the work units (sorted by ``unit_id``), the items skipped already, and the
+    accounting's starting point.
+
+    ``found``: ``{kind: n}``, how many items of each kind the source's tables list (the "in" of the build's
+    accounting; at least the pipeline's ``unit_kind``). ``used``: for a kind that only discovery handles
+    (CP plates), how many of them were used; the engine counts the rest itself.
+    """
+
+    units: list[Unit]
+    skipped: list[Skipped] = field(default_factory=list)
+    found: dict[str, int] = field(default_factory=dict)
+    used: dict[str, int] = field(default_factory=dict)
 
 
 class SourcePipeline(ABC):
@@ -112,6 +141,10 @@ class SourcePipeline(ABC):
     reads_release: bool = False
     #: the options of its build-config section and their defaults; any other key is an error
     DEFAULTS: ClassVar[dict[str, Any]] = {}
+    #: accounting: what a unit is (``discover`` counts these) and what a cell of the release is. When they
+    #: differ, each unit holds several cells and ``process`` reports how many it found (``UnitResult.found``).
+    unit_kind: str = "cells"
+    cell_kind: str = "cells"
     #: release order of the cells: ``"cell_id"`` (sorted), or ``"unit"`` (unit order, then the order in a unit)
     order: str = "cell_id"
     #: units sent to a dask worker per task. Each task costs the scheduler and the client a few ms of CPU, on the
@@ -151,8 +184,8 @@ class SourcePipeline(ABC):
             return ""
 
     @abstractmethod
-    def discover(self, input_dir: Path, opts: dict[str, Any]) -> tuple[list[Unit], list[Skipped]]:
-        """Read the source's tables, return the work units sorted by ``unit_id`` and rows skipped already."""
+    def discover(self, input_dir: Path, opts: dict[str, Any]) -> Discovery:
+        """Read the source's tables: the work units sorted by ``unit_id``, rows skipped already, counts."""
 
     @abstractmethod
     def process(self, unit: Unit, opts: dict[str, Any]) -> UnitResult:

@@ -29,7 +29,7 @@ from chammi_data.official import (
 )
 from chammi_data.release_format import parse_bool_column
 from chammi_data.vocab import SOURCE_KEYS, SOURCES, TASK_COLUMNS
-from pipelines.base import Skipped, SourcePipeline, Unit, UnitResult
+from pipelines.base import Discovery, Skipped, SourcePipeline, Unit, UnitResult
 
 
 @functools.lru_cache(maxsize=4)
@@ -45,6 +45,7 @@ class OfficialPipeline(SourcePipeline):
     makes = SOURCE_KEYS
     reads_release = True
     order = "unit"  # official row order, not cell_id order
+    unit_kind = cell_kind = "rows"  # a unit batches rows; each row becomes a cell or a skip
     DEFAULTS = {"chunk_rows": 256}
 
     def check_options(self, opts: dict[str, Any]) -> None:
@@ -56,7 +57,7 @@ class OfficialPipeline(SourcePipeline):
         """No task rules: the splits and tasks are the official columns."""
         return "official"
 
-    def discover(self, input_dir: Path, opts: dict[str, Any]) -> tuple[list[Unit], list[Skipped]]:
+    def discover(self, input_dir: Path, opts: dict[str, Any]) -> Discovery:
         root = Path(input_dir).resolve()
         chunk = opts["chunk_rows"]
         tables = read_official_metadata(root)
@@ -65,8 +66,8 @@ class OfficialPipeline(SourcePipeline):
             for start in range(0, len(df), chunk):
                 stop = min(start + chunk, len(df))
                 units.append(Unit(key, f"{key}-rows-{start:09d}", {"root": str(root), "source": key,
-                                                                    "start": start, "stop": stop}))
-        return sorted(units, key=lambda u: u.unit_id), []
+                                                                    "start": start, "stop": stop}, stop - start))
+        return Discovery(sorted(units, key=lambda u: u.unit_id), [], found={"rows": sum(map(len, tables.values()))})
 
     def process(self, unit: Unit, opts: dict[str, Any]) -> UnitResult:
         p = unit.payload

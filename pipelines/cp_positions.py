@@ -44,16 +44,28 @@ def positions_source(plate_dir: Path, plate: str, well: str, site: int, mode: st
     return {"kind": "segment", "path": ""}
 
 
-def _objects(df: pd.DataFrame, where: str) -> list[tuple[int, float, float]]:
+#: a nucleus row: (ObjectNumber, x, y) in field pixels
+Position = tuple[int, float, float]
+#: a row without coordinates: (where in the table: "ObjectNumber N" or "row N", reason)
+Dropped = tuple[str, str]
+NO_COORDINATES = f"nucleus row without coordinates ({X_COL} or {Y_COL} empty or NaN)"
+
+
+def _objects(df: pd.DataFrame, where: str) -> tuple[list[Position], list[Dropped]]:
+    """Positions of the rows of ``df`` with both coordinates, and the rows without (``ObjectNumber``, or the
+    row's number when the table has no such column)."""
     for col in (X_COL, Y_COL):
         if col not in df.columns:
             raise LayoutError(f"{where}: missing column {col!r}")
-    obj = df["ObjectNumber"] if "ObjectNumber" in df.columns else pd.Series(range(1, len(df) + 1), index=df.index)
-    out = []
-    for o, x, y in zip(obj, df[X_COL], df[Y_COL], strict=True):
+    has_obj = "ObjectNumber" in df.columns
+    obj = df["ObjectNumber"] if has_obj else pd.Series(range(1, len(df) + 1), index=df.index)
+    out, dropped = [], []
+    for n, (o, x, y) in enumerate(zip(obj, df[X_COL], df[Y_COL], strict=True), start=1):
         if pd.notna(x) and pd.notna(y):
             out.append((int(o), float(x), float(y)))
-    return out
+        else:
+            dropped.append((f"ObjectNumber {int(o)}" if has_obj and pd.notna(o) else f"row {n}", NO_COORDINATES))
+    return out, dropped
 
 
 #: what pandas reads as missing by default; a per-site table is parsed with the csv module (pandas' start-up cost
@@ -62,7 +74,7 @@ _NA = {"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.
        "NULL", "NaN", "None", "n/a", "nan", "null"}
 
 
-def _site_csv_objects(path: Path, where: str) -> list[tuple[int, float, float]]:
+def _site_csv_objects(path: Path, where: str) -> tuple[list[Position], list[Dropped]]:
     """:func:`_objects` of a per-site Nuclei.csv, read with the csv module (same rows, same numbers)."""
     with open(path, newline="", encoding="utf-8-sig") as fh:
         rows = csv.reader(fh)
@@ -74,7 +86,8 @@ def _site_csv_objects(path: Path, where: str) -> list[tuple[int, float, float]]:
                 raise LayoutError(f"{where}: missing column {col!r}")
         ix, iy = header.index(X_COL), header.index(Y_COL)
         io = header.index("ObjectNumber") if "ObjectNumber" in header else None
-        out: list[tuple[int, float, float]] = []
+        out: list[Position] = []
+        dropped: list[Dropped] = []
         n = 0
         for row in rows:
             if not row:
@@ -84,13 +97,14 @@ def _site_csv_objects(path: Path, where: str) -> list[tuple[int, float, float]]:
                 raise LayoutError(f"{where}: row {n} has {len(row)} fields, the header has {len(header)}")
             row = row + [""] * (len(header) - len(row))  # a short row's missing cells are NA, as in pandas
             x, y = row[ix].strip(), row[iy].strip()
-            if x in _NA or y in _NA:
-                continue
-            fx, fy = float(x), float(y)
+            fx = math.nan if x in _NA else float(x)
+            fy = math.nan if y in _NA else float(y)
             if math.isnan(fx) or math.isnan(fy):
+                o = row[io].strip() if io is not None else ""
+                dropped.append((f"ObjectNumber {int(float(o))}" if o not in _NA else f"row {n}", NO_COORDINATES))
                 continue
             out.append((int(float(row[io])) if io is not None else n, fx, fy))
-    return out
+    return out, dropped
 
 
 def _site_filter(df: pd.DataFrame, plate: str, well: str, site: int, prefix: str) -> pd.Series:
@@ -117,8 +131,9 @@ def _table(path: Path) -> pd.DataFrame:
     return _read_table(str(path), path.stat().st_mtime_ns)
 
 
-def read_positions(spec: dict[str, str], plate: str, well: str, site: int) -> list[tuple[int, float, float]]:
-    """[(ObjectNumber, x, y)] of the site's nuclei in pixels from a :func:`positions_source` spec."""
+def read_positions(spec: dict[str, str], plate: str, well: str, site: int) -> tuple[list[Position], list[Dropped]]:
+    """The site's nuclei from a :func:`positions_source` spec: [(ObjectNumber, x, y)] in pixels, and
+    [(where, reason)] of its rows that have no coordinates (the caller lists them as skipped)."""
     kind, path = spec["kind"], Path(spec["path"])
     where = f"{path} (plate {plate} well {well} site {site})"
     if kind == "site_csv":
@@ -139,7 +154,7 @@ def read_positions(spec: dict[str, str], plate: str, well: str, site: int) -> li
     raise LayoutError(f"{where}: unknown positions kind {kind!r}")
 
 
-def _sqlite_positions(path: Path, plate: str, well: str, site: int, where: str) -> list[tuple[int, float, float]]:
+def _sqlite_positions(path: Path, plate: str, well: str, site: int, where: str) -> tuple[list[Position], list[Dropped]]:
     con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
         cols = {r[1] for r in con.execute("PRAGMA table_info(Image)")}
@@ -157,8 +172,12 @@ def _sqlite_positions(path: Path, plate: str, well: str, site: int, where: str) 
         raise LayoutError(f"{where}: SQLite query failed ({exc})") from None
     finally:
         con.close()
-    return [(int(o), float(x), float(y)) for o, x, y, w in rows
-            if x is not None and y is not None and normalise_well(w) == well]
+    rows = [(o, x, y) for o, x, y, w in rows if normalise_well(w) == well]
+    good = [(int(o), float(x), float(y)) for o, x, y in rows if x is not None and y is not None
+            and not (math.isnan(float(x)) or math.isnan(float(y)))]
+    dropped = [(f"ObjectNumber {o}", NO_COORDINATES) for o, x, y in rows if x is None or y is None
+               or math.isnan(float(x)) or math.isnan(float(y))]
+    return good, dropped
 
 
 def write_cellprofiler_sqlite(path: Path, images: pd.DataFrame, nuclei: pd.DataFrame) -> None:

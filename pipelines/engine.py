@@ -8,6 +8,9 @@ its shards are written by dask tasks (:mod:`pipelines.writing`) while other pipe
 (``--strict``: only once no pipeline has a skip) -> ``finalize_release`` -> build_report.json
 (:mod:`pipelines.report`).
 
+Every build checks its accounting: per pipeline and kind of item, ``in == used + skipped``
+(:mod:`pipelines.ledger`); an item dropped without a skip entry fails the build.
+
 Why the output bytes do not depend on workers, scheduling or interruption: cell ids come from raw
 identifiers, cells are sorted before shards are planned, each shard is written by exactly one task from
 spills whose content depends only on (unit, options), and nothing run-dependent (paths, times, worker
@@ -25,14 +28,14 @@ from pathlib import Path
 from typing import Any
 
 from chammi_data.paths import default_release_dir
-from pipelines.base import Skipped, Unit
+from pipelines.base import Unit
 from pipelines.build_config import config_hash, load_config, source_options
 from pipelines.cluster import start_cluster
 from pipelines.inputs import input_dirs
 from pipelines.ledger import SourceLedger
 from pipelines.registry import resolve_sources
 from pipelines.report import BuildResult
-from pipelines.spill import read_spill_meta, spill_key
+from pipelines.spill import UnitOutcome, read_spill_outcome, spill_key
 from pipelines.worker import run_units, warm_up
 from pipelines.writing import ShardWriting
 
@@ -60,16 +63,14 @@ def build(sources: str | Sequence[str], input_dir: str | Path | None = None, out
     ledgers: dict[str, SourceLedger] = {}
     for name, pipeline in pipelines.items():  # discover first: a missing table fails before any cluster starts
         t0 = time.perf_counter()
-        units, skipped = pipeline.discover(dirs[name], options[name])
-        ledgers[name] = SourceLedger(name, pipeline, options[name], dirs[name], work / name / "units",
-                                     sorted(units, key=lambda u: u.unit_id), list(skipped))
+        discovery = pipeline.discover(dirs[name], options[name])
+        ledgers[name] = SourceLedger(name, pipeline, options[name], dirs[name], work / name / "units", discovery)
         timings[f"{name}.discover_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     with start_cluster(workers, scheduler, processes) as client:
         client.run(warm_up, list(pipelines))  # imports on every worker now, so unit timings measure the work
         timings["cluster_start_s"] = time.perf_counter() - t0
-        run = _BuildRun(client, ledgers, cfg, out, strict, progress, timings)
-        result = run.run()
+        result = _BuildRun(client, ledgers, cfg, out, strict, progress, timings).run()
     if result.ok and not keep_work:
         for name in ledgers:
             shutil.rmtree(work / name, ignore_errors=True)
@@ -91,6 +92,7 @@ class _BuildRun:
         self.client, self.ledgers, self.cfg, self.out = client, ledgers, cfg, out
         self.strict, self.progress, self.timings = strict, progress, timings
         self.writing = ShardWriting(client, out, cfg["cells_per_shard"], progress)
+        self.unbalanced: list[str] = []  # accounting lines that do not add up
         self.owner: dict[Any, str] = {}  # unit task future -> pipeline name
         self.bars: dict[str, Any] = {}
         self.t_units = 0.0
@@ -108,7 +110,7 @@ class _BuildRun:
         for fut in as_completed(list(self.owner)):
             ledger = self.ledgers[self.owner.pop(fut)]
             for res in fut.result():
-                ledger.record(res["unit_id"], res["records"], [Skipped.from_dict(d) for d in res["skipped"]])
+                ledger.record(res["unit_id"], UnitOutcome.from_dict(res))
                 ledger.busy_s += res["seconds"]
                 self.bars[ledger.name].update(1)
             ledger.tasks_left -= 1
@@ -124,9 +126,9 @@ class _BuildRun:
         todo: list[tuple[Unit, str, str]] = []
         for unit in ledger.units:
             path, key = ledger.spill_path(unit), spill_key(ledger.name, unit, options_hash)
-            done = read_spill_meta(path, key)
+            done = read_spill_outcome(path, key)
             if done is not None:
-                ledger.record(unit.unit_id, *done)
+                ledger.record(unit.unit_id, done)
             else:
                 todo.append((unit, str(path), key))
         ledger.reused = len(ledger.units) - len(todo)
@@ -146,16 +148,24 @@ class _BuildRun:
         t_assign = time.perf_counter()
         ledger.finish(self.cfg)
         self.timings["assign_s"] = self.timings.get("assign_s", 0.0) + time.perf_counter() - t_assign
+        unbalanced = ledger.mismatches()
+        self.unbalanced += [f"{ledger.name} {line}" for line in unbalanced]
         self.write_started = time.perf_counter()
-        if not self.strict:
+        if not self.strict and not self.unbalanced:
             self.writing.submit(ledger.cells)
 
     def _finish(self) -> BuildResult:
-        """Every unit is back: fail (strict with skips, or no cells) or wait for the shards and finalize."""
+        """Every unit is back: fail (accounting that does not add up, strict with skips, no cells), or wait for
+        the shards and finalize the release."""
         from chammi_data.writer import finalize_release
 
         result = BuildResult(output=self.out, sources=list(self.ledgers), config_hash=config_hash(self.cfg),
                              ledgers=self.ledgers, timings=self.timings)
+        if self.unbalanced:
+            self.writing.drain()
+            result.failed = ("accounting does not add up (items lost without a skip entry): "
+                             + "; ".join(self.unbalanced))
+            return result
         if self.strict and (result.skipped or not result.cells):
             result.failed = f"--strict: {len(result.skipped)} skipped item(s)" if result.skipped else "no cells"
             return result

@@ -1,9 +1,15 @@
-"""The build ledger of one source pipeline: its units, what came back from each, its cells, skips and timings.
+"""The build ledger of one source pipeline: its units, what came back from each, its cells, skips and counts.
 
 The engine's client side works only on records - small dicts pointing at a unit spill (``spill``, ``index``)
 - so it never holds the pixels of a source. When every unit of a pipeline is back, :meth:`SourceLedger.finish`
 turns the units' records into the release's cell list: duplicates dropped (and listed), split and tasks
 attached from the pipeline's ``assign``, cells in release order.
+
+Accounting, per kind of item (``SourcePipeline.unit_kind`` / ``cell_kind``, e.g. HPA fields then cells):
+``in`` comes from where the items are found - the source's tables (``Discovery.found``) and, for cells inside
+a unit, the unit itself (``UnitResult.found``) - never from the outcome; ``used`` is the units processed and
+the cells written; ``skipped`` sums the skips' counts. ``in == used + skipped`` must hold for every kind:
+an item dropped without a skip entry fails the build (:meth:`SourceLedger.mismatches`).
 """
 
 from __future__ import annotations
@@ -17,15 +23,8 @@ import pandas as pd
 
 from chammi_data.release_format import GROUP_COLUMNS
 from chammi_data.vocab import TASK_COLUMNS
-from pipelines.base import Skipped, SourcePipeline, Unit
-
-
-@dataclass
-class UnitOutcome:
-    """What one unit gave: its cells' spill records (in the unit's order) and its skipped items."""
-
-    records: list[dict[str, Any]]
-    skipped: list[Skipped]
+from pipelines.base import Discovery, Skipped, SourcePipeline, Unit
+from pipelines.spill import UnitOutcome
 
 
 @dataclass
@@ -37,8 +36,8 @@ class SourceLedger:
     options: dict[str, Any]
     input_dir: Path
     spill_dir: Path
-    units: list[Unit]
-    discover_skipped: list[Skipped]
+    discovery: Discovery
+    units: list[Unit] = field(init=False)  #: the discovery's units, sorted by unit_id
     outcomes: dict[str, UnitOutcome] = field(default_factory=dict)
     reused: int = 0  #: units whose spill from an earlier run was complete and current
     busy_s: float = 0.0  #: worker seconds spent on this pipeline's units
@@ -47,21 +46,22 @@ class SourceLedger:
     skipped: list[Skipped] = field(default_factory=list)  #: after :meth:`finish`: every skip of the pipeline
     unassigned: list[dict[str, Any]] = field(default_factory=list)  #: after :meth:`finish`: cells in no split
 
+    def __post_init__(self) -> None:
+        self.units = sorted(self.discovery.units, key=lambda u: u.unit_id)
+        for s in self.discovery.skipped:
+            s.kind = s.kind or self.pipeline.unit_kind
+
     def spill_path(self, unit: Unit) -> Path:
         return self.spill_dir / f"{unit.unit_id}.spill"
 
-    def record(self, unit_id: str, records: list[dict[str, Any]], skipped: list[Skipped]) -> None:
+    def record(self, unit_id: str, outcome: UnitOutcome) -> None:
         """Note what a unit gave (from a worker, or from a spill of an earlier run)."""
-        self.outcomes[unit_id] = UnitOutcome(records, skipped)
-
-    @property
-    def done(self) -> bool:
-        return len(self.outcomes) == len(self.units)
+        self.outcomes[unit_id] = outcome
 
     def finish(self, config: dict[str, Any]) -> None:
         """Deduplicate, assign splits and tasks, order the cells; collect every skip (discovery first)."""
         cells, skipped = self._dedupe()
-        self.skipped = list(self.discover_skipped) + skipped
+        self.skipped = list(self.discovery.skipped) + skipped
         if cells:
             assigned = self.pipeline.assign(cell_table(cells), config)
             cells, self.unassigned = assemble(self.name, cells, assigned)
@@ -69,36 +69,57 @@ class SourceLedger:
         self.cells = cells
 
     def _dedupe(self) -> tuple[list[dict[str, Any]], list[Skipped]]:
-        """Cell records of all units in unit order; later duplicates of a cell_id become skips.
-
-        A unit that produced neither a cell nor a skip is reported too, so nothing disappears silently.
-        """
+        """Cell records of all units in unit order; later duplicates of a cell_id become skips."""
         seen: dict[str, str] = {}
         cells: list[dict[str, Any]] = []
         skipped: list[Skipped] = []
         for pos, unit in enumerate(self.units):
             out = self.outcomes[unit.unit_id]
             skipped.extend(out.skipped)
-            if not out.records and not out.skipped:
-                skipped.append(Skipped(unit.source, unit.unit_id, "no cells found in unit",
-                                       str(unit.payload.get("file", ""))))
             for idx, rec in enumerate(out.records):
                 cid = rec["cell_id"]
                 if cid in seen:
                     skipped.append(Skipped(rec["source"], unit.unit_id, f"duplicate cell_id {cid} (first from unit {seen[cid]})",
-                                           str(rec["meta"].get("file", rec["meta"].get("crop_raw", ""))), rec["meta"].get("row")))
+                                           str(rec["meta"].get("file", rec["meta"].get("crop_raw", ""))), rec["meta"].get("row"),
+                                           kind=self.pipeline.cell_kind))
                     continue
                 seen[cid] = unit.unit_id
                 cells.append({**rec, "build": self.name, "unit_id": unit.unit_id, "unit_pos": pos, "index": idx,
                               "spill": str(self.spill_path(unit))})
         return cells, skipped
 
-    def accounting(self) -> dict[str, int]:
-        """units, units reused from spills, written, skipped, in (= written + skipped)."""
-        written = len(self.cells)
-        skipped = sum(int(s.count) for s in self.skipped)
-        return {"units": len(self.units), "units_reused": self.reused, "written": written, "skipped": skipped,
-                "in": written + skipped}
+    def tally(self) -> dict[str, dict[str, int]]:
+        """{kind: {"in", "used", "skipped"}} (see the module docstring), after :meth:`finish`."""
+        kinds: dict[str, dict[str, int]] = {}
+
+        def add(kind: str, what: str, n: int) -> None:
+            kinds.setdefault(kind, {"in": 0, "used": 0, "skipped": 0})[what] += int(n)
+
+        unit_kind, cell_kind = self.pipeline.unit_kind, self.pipeline.cell_kind
+        for kind, n in self.discovery.found.items():
+            add(kind, "in", n)
+        for kind, n in self.discovery.used.items():
+            add(kind, "used", n)
+        for unit in self.units:
+            out = self.outcomes[unit.unit_id]
+            if out.ok and unit_kind != cell_kind:
+                add(unit_kind, "used", unit.items)
+            for kind, n in out.found.items():
+                add(kind, "in", n)
+        add(cell_kind, "used", len(self.cells))
+        for s in self.skipped:
+            add(s.kind, "skipped", s.count)
+        return kinds
+
+    def mismatches(self) -> list[str]:
+        """One line per kind whose items do not add up: "fields: in 7 != used 3 + skipped 3"."""
+        return [f"{kind}: in {t['in']} != used {t['used']} + skipped {t['skipped']}"
+                for kind, t in self.tally().items() if t["in"] != t["used"] + t["skipped"]]
+
+    def accounting(self) -> dict[str, Any]:
+        """units, units reused from spills, cells written, items skipped, and the per-kind :meth:`tally`."""
+        return {"units": len(self.units), "units_reused": self.reused, "written": len(self.cells),
+                "skipped": sum(int(s.count) for s in self.skipped), "kinds": self.tally()}
 
 
 def cell_table(cells: list[dict[str, Any]]) -> pd.DataFrame:

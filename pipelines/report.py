@@ -1,8 +1,7 @@
 """What a build did: :class:`BuildResult`, its ``build_report.json`` and the printed summary table.
 
 The result holds the ledger of every pipeline (:mod:`pipelines.ledger`): cells written, skips with file, row
-and reason, unassigned cells, units reused from an earlier run, timings. Accounting: for every pipeline,
-``in = written + skipped`` where each skip carries a ``count``.
+and reason, unassigned cells, units reused from an earlier run, the accounting per kind of item, timings.
 """
 
 from __future__ import annotations
@@ -67,8 +66,9 @@ class BuildResult:
             counts[_reason_kind(s.reason)] += int(s.count)
         return dict(sorted(counts.items()))
 
-    def accounting(self) -> dict[str, dict[str, int]]:
-        """Per build name: units, units reused from spills, written, skipped, in (= written + skipped)."""
+    def accounting(self) -> dict[str, dict[str, Any]]:
+        """Per build name: units, units reused from spills, cells written, items skipped, and per kind of item
+        ``{"in", "used", "skipped"}`` (``kinds``)."""
         return {name: ledger.accounting() for name, ledger in self.ledgers.items()}
 
     def report(self) -> dict[str, Any]:
@@ -113,7 +113,7 @@ class BuildResult:
         self.timings["total_s"] = time.perf_counter() - t_start
         self.output.mkdir(parents=True, exist_ok=True)
         path = self.output / "build_report.json"
-        tmp = path.with_name(f".build_report.json.{uuid.uuid4().hex}.tmp")
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
         tmp.write_text(json.dumps(self.report(), indent=1, sort_keys=True, default=str) + "\n", encoding="utf-8")
         os.replace(tmp, path)
         self.report_path = path
@@ -124,8 +124,9 @@ class BuildResult:
         rep = self.report()
         lines = [f"CHAMMI build {'FAILED: ' + self.failed if self.failed else 'ok'} -> {self.output}"]
         for name, acc in rep["accounting"].items():
-            lines.append(f"  {name}: in {acc['in']} = written {acc['written']} + skipped {acc['skipped']}"
-                         f"  ({acc['units']} units, {acc['units_reused']} reused from an earlier run)")
+            kinds = "; ".join(f"{kind} in {t['in']} = used {t['used']} + skipped {t['skipped']}"
+                              for kind, t in acc["kinds"].items())
+            lines.append(f"  {name}: {kinds}  ({acc['units']} units, {acc['units_reused']} reused from an earlier run)")
         for src, w in rep["written"].items():
             lines.append(f"\n  [{src}] {w['cells']} cells")
             for title, counts in (("split", w["splits"]), ("task", w["tasks"]), ("label", w["labels"])):

@@ -2,7 +2,8 @@
 
 A spill (``OUTPUT/.work/<name>/units/<unit_id>.spill``) holds the encoded bytes of every cell of the unit (its
 tar image member, then its zarr chunk: ``chammi_data.writer.encode_cell``), then a JSON trailer ``{"key",
-"records", "skipped"}``, the trailer's length (uint64 little-endian) and a marker line. Each record holds the
+"records", "skipped", "found", "ok"}`` (the unit's :class:`UnitOutcome`), the trailer's length (uint64
+little-endian) and a marker line. Each record holds the
 cell's ids, metadata, pixel sha256 and shape, and ``tar`` / ``zarr`` = [offset, length] of its bytes, so a
 shard writer reads exactly its bytes with one ``pread`` each.
 
@@ -17,6 +18,7 @@ import hashlib
 import json
 import os
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +26,30 @@ from chammi_data.release_format import canonical_json
 from pipelines.base import Skipped, Unit, UnitResult
 
 #: part of every spill key: a spill written by another format version is recomputed
-SPILL_VERSION = 3
+SPILL_VERSION = 4
 #: a spill file ends with its JSON trailer, the trailer's length (uint64 little-endian) and this marker
 SPILL_MAGIC = b"CHAMMI-SPILL-2\n"
 _TAIL = 8 + len(SPILL_MAGIC)
+
+
+@dataclass
+class UnitOutcome:
+    """What one unit gave: its cells' spill records (in the unit's order), its skipped items, the candidate
+    cells it held (``UnitResult.found``) and whether it was used (``ok``: ``process`` returned cells or
+    per-cell skips, rather than a skip of the whole unit)."""
+
+    records: list[dict[str, Any]]
+    skipped: list[Skipped]
+    found: dict[str, int] = field(default_factory=dict)
+    ok: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"records": self.records, "skipped": [s.to_dict() for s in self.skipped], "found": self.found,
+                "ok": self.ok}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> UnitOutcome:
+        return cls(d["records"], [Skipped.from_dict(s) for s in d["skipped"]], dict(d["found"]), bool(d["ok"]))
 
 
 def spill_key(name: str, unit: Unit, options_hash: str) -> str:
@@ -35,8 +57,8 @@ def spill_key(name: str, unit: Unit, options_hash: str) -> str:
     return hashlib.sha256(canonical_json([SPILL_VERSION, name, unit.unit_id, unit.payload, options_hash]).encode()).hexdigest()
 
 
-def write_spill(path: Path, key: str, result: UnitResult) -> list[dict[str, Any]]:
-    """Atomically write a unit's cells to one spill file and return their records (see the module docstring).
+def write_spill(path: Path, key: str, result: UnitResult, ok: bool = True) -> UnitOutcome:
+    """Atomically write a unit's cells to one spill file; returns the unit's outcome (see the module docstring).
 
     Compressing here, on the worker that made the cells, spreads the heaviest part of writing over the unit
     phase; the shard writers only concatenate.
@@ -56,19 +78,19 @@ def write_spill(path: Path, key: str, result: UnitResult) -> list[dict[str, Any]
                 records.append({**enc.record, "tar": [pos, len(enc.member)],
                                 "zarr": [pos + len(enc.member), len(enc.chunk)]})
                 pos += len(enc.member) + len(enc.chunk)
-            trailer = canonical_json({"key": key, "records": records,
-                                      "skipped": [s.to_dict() for s in result.skipped]}).encode("utf-8")
+            outcome = UnitOutcome(records, list(result.skipped), dict(result.found), ok)
+            trailer = canonical_json({"key": key, **outcome.to_dict()}).encode("utf-8")
             fh.write(trailer)
             fh.write(len(trailer).to_bytes(8, "little") + SPILL_MAGIC)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
-    return records
+    return outcome
 
 
-def read_spill_meta(path: Path, key: str) -> tuple[list[dict[str, Any]], list[Skipped]] | None:
-    """(records, skips) of a complete spill with the expected key; None when absent, stale or damaged."""
+def read_spill_outcome(path: Path, key: str) -> UnitOutcome | None:
+    """The outcome stored in a complete spill with the expected key; None when absent, stale or damaged."""
     if not path.is_file():
         return None
     try:
@@ -85,11 +107,9 @@ def read_spill_meta(path: Path, key: str) -> tuple[list[dict[str, Any]], list[Sk
             data = json.loads(fh.read(n).decode("utf-8"))
         if data.get("key") != key:
             return None
-        records = data["records"]
-        skips = [Skipped.from_dict(d) for d in data["skipped"]]
+        return UnitOutcome.from_dict(data)
     except Exception:  # a foreign file: recompute the unit
         return None
-    return records, skips
 
 
 class SpillReader:

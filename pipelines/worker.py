@@ -22,8 +22,8 @@ from pipelines.registry import shared_pipeline
 from pipelines.spill import SpillReader, write_spill
 
 
-def check_cells(result: UnitResult, unit: Unit, makes: tuple[str, ...]) -> UnitResult:
-    """Keep cells that fit their source's tile and channels; the rest become skips (wrong shape...)."""
+def check_cells(result: UnitResult, unit: Unit, makes: tuple[str, ...], kind: str = "cells") -> UnitResult:
+    """Keep cells that fit their source's tile and channels; the rest become skips of ``kind`` (wrong shape...)."""
     good: list[Cell] = []
     skipped = list(result.skipped)
     for cell in result.cells:
@@ -37,27 +37,43 @@ def check_cells(result: UnitResult, unit: Unit, makes: tuple[str, ...]) -> UnitR
             problem = f"wrong shape {tuple(cell.image.shape)}; {cell.source} tiles are {info.tile_hw}"
         if problem:
             skipped.append(Skipped(unit.source, unit.unit_id, f"{problem} (cell {cell.cell_id})",
-                                   str(cell.meta.get("file", "")), cell.meta.get("row")))
+                                   str(cell.meta.get("file", "")), cell.meta.get("row"), kind=kind))
         else:
             good.append(cell)
-    return UnitResult(good, skipped)
+    return UnitResult(good, skipped, result.found)
 
 
 def run_unit(name: str, unit: Unit, opts: dict[str, Any], spill_path: str, key: str) -> dict[str, Any]:
-    """Process one unit with the options of pipeline ``name``, spill it; its records and skips (never the pixels)."""
+    """Process one unit with the options of pipeline ``name`` and spill it; returns the unit's outcome
+    (``UnitOutcome.to_dict()``: records, skips, found, ok - never the pixels), its id and the seconds it took.
+
+    A unit that fails as a whole (``UnitSkip``, an unexpected error, or neither cells nor skips) becomes one
+    skip of the pipeline's ``unit_kind`` standing for all the unit's items; a skip from ``process`` without a
+    kind is of the pipeline's ``cell_kind``.
+    """
     t0 = time.perf_counter()
     pipeline = shared_pipeline(name)
+
+    def whole_unit(reason: str, file: str = "", row: int | str | None = None) -> UnitResult:
+        return UnitResult([], [Skipped(unit.source, unit.unit_id, reason, file, row, unit.items, pipeline.unit_kind)])
+
+    ok = False
     try:
         result = pipeline.process(unit, opts)
+        ok = bool(result.cells or result.skipped)
     except UnitSkip as exc:
-        result = UnitResult([], [Skipped(unit.source, unit.unit_id, exc.reason, exc.file, exc.row)])
+        result = whole_unit(exc.reason, exc.file, exc.row)
     except Exception as exc:  # a bug or an input we did not foresee: never crash the build, report it
         tb = traceback.format_exc(limit=3).strip().splitlines()[-1]
-        result = UnitResult([], [Skipped(unit.source, unit.unit_id, f"error: {type(exc).__name__}: {exc} [{tb}]")])
-    result = check_cells(result, unit, pipeline.makes)
-    records = write_spill(Path(spill_path), key, result)
-    return {"unit_id": unit.unit_id, "records": records,
-            "skipped": [s.to_dict() for s in result.skipped], "seconds": time.perf_counter() - t0}
+        result = whole_unit(f"error: {type(exc).__name__}: {exc} [{tb}]")
+    else:
+        if not ok:
+            result = whole_unit("no cells found in unit", str(unit.payload.get("file", "")))
+        for s in result.skipped:
+            s.kind = s.kind or pipeline.cell_kind
+    result = check_cells(result, unit, pipeline.makes, pipeline.cell_kind)
+    outcome = write_spill(Path(spill_path), key, result, ok)
+    return {"unit_id": unit.unit_id, **outcome.to_dict(), "seconds": time.perf_counter() - t0}
 
 
 def run_units(name: str, batch: list[tuple[Unit, str, str]], opts: dict[str, Any]) -> list[dict[str, Any]]:

@@ -17,10 +17,10 @@ from pipelines.worker import write_tar_task, write_zarr_task
 
 #: dask priority of shard-writing tasks: they run before the unit tasks of the sources still in progress
 WRITE_PRIORITY = 10
-#: the fields of a cell's spill record (``writer.EncodedCell.record``, where its bytes lie) that a shard writer needs
-SPILL_RECORD = ("cell_id", "source", "label", "channels", "dtype", "shape", "meta", "groups", "sha256", "tar", "zarr")
 #: what a release folder holds besides build_report.json; cleared before the first shard of a build is written
 RELEASE_PARTS = ("shards", "zarr", "manifest.parquet", "manifest.csv", "release.json")
+#: the fields of a cell's spill record (``writer.EncodedCell.record``, where its bytes lie) that a shard writer needs
+SPILL_RECORD = ("cell_id", "source", "label", "channels", "dtype", "shape", "meta", "groups", "sha256", "tar", "zarr")
 
 
 def plan_shards(cells: list[dict[str, Any]], per: int) -> dict[str, list[dict[str, Any]]]:
@@ -92,3 +92,11 @@ class ShardWriting:
             bar.update(1)
         bar.close()
         return sorted(records, key=lambda r: r.path)
+
+    def drain(self) -> None:
+        """Wait for every write task, ignoring results and errors (a failed build: nothing will be published,
+        but no task may still write into the folder when it is removed)."""
+        from dask.distributed import wait
+
+        if self.futures:
+            wait(self.futures)

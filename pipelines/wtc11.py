@@ -19,8 +19,9 @@ One unit = one metadata row. Per cell:
    the tile, keeping the aspect ratio, so no part of a large cell is lost.
 
 Label = ``cell_stage``; group ``Structure`` = ``structure_name``. Config section ``wtc11``: ``low_pct``,
-``high_pct``, ``fit``, ``pixel_size_tolerance`` (relative, default 0.02), ``channel_map``. Synthetic sample
-data: :mod:`pipelines.wtc11_synth`.
+``high_pct``, ``fit``, ``pixel_size_tolerance`` (relative, default 0.02), ``channel_map``,
+``max_stack_voxels`` (a larger crop_raw is skipped from its header, before decoding). Synthetic sample data:
+:mod:`pipelines.wtc11_synth`.
 """
 
 from __future__ import annotations
@@ -39,8 +40,9 @@ from skimage.transform import resize
 
 from chammi_data.schema import Cell, make_cell_id
 from chammi_data.vocab import SOURCES
-from pipelines.base import Skipped, SourcePipeline, Unit, UnitResult, UnitSkip, safe_id
+from pipelines.base import Discovery, Skipped, SourcePipeline, Unit, UnitResult, UnitSkip, safe_id
 from pipelines.imaging import center_crop_or_pad, check_finite, to_uint8
+from pipelines.rawio import ImageHeader, ImageTooLarge, check_size
 
 #: The six cell-cycle stage labels of CHAMMI WTC-11.
 STAGES: tuple[str, ...] = ("M0", "M1M2", "M3", "M4M5", "M6M7_complete", "M6M7_single")
@@ -63,14 +65,21 @@ def _parse_listish(text: Any, what: str) -> Any:
             raise ValueError(f"cannot parse {what} {text!r}") from None
 
 
-def read_ome(path: Path) -> tuple[np.ndarray, list[str], tuple[float | None, float | None, float | None]]:
-    """(array (Z, C, Y, X), OME channel names, physical sizes (z, y, x) in um) of an OME-TIFF."""
+def read_ome(path: Path, max_voxels: int | None = None,
+             ) -> tuple[np.ndarray, list[str], tuple[float | None, float | None, float | None]]:
+    """(array (Z, C, Y, X), OME channel names, physical sizes (z, y, x) in um) of an OME-TIFF.
+
+    ``max_voxels``: a stack whose header says it is larger raises :class:`pipelines.rawio.ImageTooLarge`
+    before any pixel is decoded.
+    """
     quiet = logging.getLogger("tifffile")
     level = quiet.level
     quiet.setLevel(logging.CRITICAL)  # a damaged file is reported as a skip; tifffile's own log is noise
     try:
         with tifffile.TiffFile(path) as tf:
             series = tf.series[0]
+            if max_voxels is not None:
+                check_size(ImageHeader.of_series(series), max_voxels, Path(path).name, "wtc11.max_stack_voxels")
             arr = series.asarray(maxworkers=1)  # one core per dask worker: no decoder thread pool
             axes = series.axes
             xml = tf.ome_metadata
@@ -114,6 +123,7 @@ class WTC11Pipeline(SourcePipeline):
         "fit": "pad_crop",  # see FITS
         "pixel_size_tolerance": 0.02,
         "channel_map": {"dna": "nucleus", "membrane": "membrane", "structure": "protein"},
+        "max_stack_voxels": 500_000_000,  # Z * C * Y * X of one crop_raw, checked from its header: 1 GB at 16 bits
     }
 
     def check_options(self, opts: dict[str, Any]) -> None:
@@ -123,7 +133,7 @@ class WTC11Pipeline(SourcePipeline):
     def tables(self, opts: dict[str, Any]) -> tuple[str, ...]:
         return (TABLE,)
 
-    def discover(self, input_dir: Path, opts: dict[str, Any]) -> tuple[list[Unit], list[Skipped]]:
+    def discover(self, input_dir: Path, opts: dict[str, Any]) -> Discovery:
         input_dir = Path(input_dir)
         table_path = input_dir / TABLE
         if not table_path.is_file():
@@ -150,7 +160,7 @@ class WTC11Pipeline(SourcePipeline):
                 first_row[cell_id] = row
                 units[unit_id] = Unit(self.key, unit_id, {
                     "row": row, "table": str(table_path), "root": str(input_dir), **{k: str(v) for k, v in rec.items()}})
-        return [units[k] for k in sorted(units)], skipped
+        return Discovery([units[k] for k in sorted(units)], skipped, found={"cells": len(table)})
 
     def process(self, unit: Unit, opts: dict[str, Any]) -> UnitResult:
         p = unit.payload
@@ -159,7 +169,9 @@ class WTC11Pipeline(SourcePipeline):
         if not path.is_file():
             raise UnitSkip(f"missing file: crop_raw {p['crop_raw']!r} does not exist", path, row)
         try:
-            stack, names, sizes = read_ome(path)
+            stack, names, sizes = read_ome(path, int(opts["max_stack_voxels"]))
+        except ImageTooLarge as exc:
+            raise UnitSkip(str(exc), path, row) from None
         except Exception as exc:  # truncated / corrupt TIFF, bad OME-XML
             raise UnitSkip(f"unreadable OME-TIFF ({type(exc).__name__}: {exc})", path, row) from None
         try:

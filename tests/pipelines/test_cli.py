@@ -42,7 +42,7 @@ def test_build_from_sample_to_default_output(tmp_path: Path, tiny_wtc_synth: Non
     monkeypatch.setenv("CHAMMI_RELEASE", str(tmp_path / "release"))
     assert cli.main(["--source", "wtc11", "--workers", "1", "--quiet"]) == 0
     out = capsys.readouterr().out
-    assert "in 14 = written 14 + skipped 0" in out and "Task_two" in out
+    assert "cells in 14 = used 14 + skipped 0" in out and "Task_two" in out
     assert (tmp_path / "release" / "release.json").is_file()
     assert (tmp_path / "release" / ".work" / "sample_raw" / "wtc11" / "metadata.csv").is_file()
     # --strict with a skipped row: exit 1, report says why

@@ -73,7 +73,9 @@ def opts(**section):
 
 
 def discover(root: Path, section: dict | None = None):
-    return CPPipeline().discover(root, opts(**(section or {})))
+    """(units, skipped) of the CP discovery of ``root``."""
+    found = CPPipeline().discover(root, opts(**(section or {})))
+    return found.units, found.skipped
 
 
 # ------------------------------------------------------------------------------------------------ layout
@@ -198,8 +200,68 @@ def test_missing_channel_file(tmp_path):
     units, _ = discover(tmp_path)
     with pytest.raises(UnitSkip) as exc:
         CPPipeline().process(units[0], opts())
-    assert "missing ER image file" in exc.value.reason and exc.value.row == 2
+    assert "missing channel file(s): ER (r01c01f01p01-ch5sk1fk1fl1.tiff)" in exc.value.reason and exc.value.row == 2
     assert exc.value.file.endswith("ch5sk1fk1fl1.tiff")
+
+
+def _a01(pdir: Path, ch: str) -> Path:
+    """The A01 file of raw channel ``ch`` written by :func:`write_plate`."""
+    return pdir / "images" / f"r01c01f01p01-ch{CH_NUMS[ch]}sk1fk1fl1.tiff"
+
+
+def test_every_missing_channel_file_is_named(tmp_path):
+    pdir = write_plate(tmp_path)
+    _a01(pdir, "ER").unlink()
+    _a01(pdir, "Mito").unlink()
+    units, _ = discover(tmp_path)
+    with pytest.raises(UnitSkip) as exc:
+        CPPipeline().process(units[0], opts())
+    assert exc.value.reason == ("missing channel file(s): ER (r01c01f01p01-ch5sk1fk1fl1.tiff), "
+                                "Mito (r01c01f01p01-ch2sk1fk1fl1.tiff)")
+
+
+def test_size_mismatch_names_the_files_and_sizes(tmp_path):
+    pdir = write_plate(tmp_path)
+    tifffile.imwrite(_a01(pdir, "RNA"), field_for("RNA", size=150))
+    units, _ = discover(tmp_path)
+    with pytest.raises(UnitSkip) as exc:
+        CPPipeline().process(units[0], opts())
+    assert exc.value.reason == ("channel sizes differ from DNA (r01c01f01p01-ch3sk1fk1fl1.tiff) (200x200): "
+                                "RNA (r01c01f01p01-ch1sk1fk1fl1.tiff) is 150x150")
+    assert exc.value.file.endswith("ch1sk1fk1fl1.tiff")
+
+
+def test_mixed_bit_depth_is_skipped_unless_allowed(tmp_path):
+    pdir = write_plate(tmp_path)
+    tifffile.imwrite(_a01(pdir, "Mito"), field_for("Mito", dtype=np.uint8))
+    units, _ = discover(tmp_path)
+    with pytest.raises(UnitSkip, match="mixed bit depths in one field") as exc:
+        CPPipeline().process(units[0], opts())
+    assert "DNA (r01c01f01p01-ch3sk1fk1fl1.tiff) 16-bit" in exc.value.reason
+    assert "Mito (r01c01f01p01-ch2sk1fk1fl1.tiff) 8-bit" in exc.value.reason
+    cells = CPPipeline().process(units[0], opts(mixed_bit_depth="allow")).cells
+    assert cells[0].meta["bit_depth"] == 16 and cells[0].meta["channel_bit_depths"]["Mito"] == 8
+
+
+def test_a_tiff_over_the_size_limit_is_not_decoded(tmp_path, monkeypatch):
+    pdir = write_plate(tmp_path)
+    tifffile.imwrite(_a01(pdir, "AGP"), shape=(16000, 16000), dtype=np.uint16)  # a 512 MB plane (sparse file)
+    units, _ = discover(tmp_path)
+    monkeypatch.setattr(tifffile.TiffFile, "asarray", lambda *a, **k: pytest.fail("decoded before the size check"))
+    with pytest.raises(UnitSkip) as exc:
+        CPPipeline().process(units[0], opts())
+    assert exc.value.reason == ("image too large: r01c01f01p01-ch4sk1fk1fl1.tiff is 16000 x 16000 (256,000,000 "
+                                "pixels), over cp.max_field_pixels = 100,000,000; not decoded")
+    assert exc.value.file.endswith("ch4sk1fk1fl1.tiff")
+
+
+def test_nucleus_rows_without_coordinates_are_listed(tmp_path):
+    write_plate(tmp_path, positions=[(100.0, 100.0), (float("nan"), 50.0), (30.0, 170.0)])
+    units, _ = discover(tmp_path)
+    res = CPPipeline().process(units[0], opts())
+    assert len(res.cells) == 2 and res.found == {"cells": 3}
+    (skip,) = res.skipped
+    assert "without coordinates" in skip.reason and skip.row == "ObjectNumber 2" and skip.file.endswith("Nuclei.csv")
 
 
 def test_wrong_dims_and_8bit(tmp_path):
@@ -215,7 +277,9 @@ def test_wrong_dims_and_8bit(tmp_path):
 
 def test_well_missing_in_platemap(tmp_path):
     write_plate(tmp_path, platemap_wells={"A01": "BRD-K21680192-300-06-1"})
-    units, skipped = discover(tmp_path)
+    found = CPPipeline().discover(tmp_path, opts())
+    assert found.found == {"plates": 1, "sites": 2} and found.used == {"plates": 1}
+    units, skipped = found.units, found.skipped
     assert [u.payload["well"] for u in units] == ["A01"]
     assert len(skipped) == 1 and "well A02" in skipped[0].reason and "MAP1.txt" in skipped[0].reason
     assert skipped[0].row == 3
@@ -263,6 +327,7 @@ def test_plate_without_platemap_is_skipped(tmp_path):
     shutil.rmtree(tmp_path / "LINCS" / "platemaps")
     units, skipped = discover(tmp_path)
     assert units == [] and len(skipped) == 1 and "barcode_platemap.csv" in skipped[0].reason
+    assert skipped[0].kind == "plates"
 
 
 def test_segmentation_fallback(tmp_path):
@@ -299,7 +364,8 @@ def sample(tmp_path_factory):
     root = tmp_path_factory.mktemp("cp_sample")
     CPPipeline().synth(root, seed=3, field_size=384)
     pipe = CPPipeline()
-    units, skipped = pipe.discover(root, pipe.options())
+    found = pipe.discover(root, pipe.options())
+    units, skipped = found.units, found.skipped
     cells = [c for u in units for c in pipe.process(u, pipe.options()).cells]
     return root, units, skipped, cells
 

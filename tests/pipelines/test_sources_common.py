@@ -47,7 +47,8 @@ def test_pipeline_contract(name: str, tmp_path: Path) -> None:
     pipe = get_pipeline(name)
     raw = _raw(name, tmp_path / "raw")
     opts = pipe.options()
-    units, skipped = pipe.discover(raw, opts)
+    found = pipe.discover(raw, opts)
+    units, skipped = found.units, found.skipped
     ids = [u.unit_id for u in units]
     assert units and ids == sorted(ids) and len(set(ids)) == len(ids)
     assert all(re.fullmatch(r"[A-Za-z0-9_-]+", i) for i in ids)

@@ -26,8 +26,10 @@ def test_read_ome_names_and_sizes(wtc_raw: Path) -> None:
 
 def test_process_projects_reorders_and_fits(wtc_raw: Path) -> None:
     pipe = WTC11Pipeline()
-    units, skipped = pipe.discover(wtc_raw, pipe.options())
+    found = pipe.discover(wtc_raw, pipe.options())
+    units, skipped = found.units, found.skipped
     assert not skipped and len(units) == 42 and [u.unit_id for u in units] == sorted(u.unit_id for u in units)
+    assert found.found == {"cells": 42}  # the accounting's "in": metadata rows
     cell = pipe.process(units[0], pipe.options()).cells[0]
     assert cell.image.shape == (3, 238, 374) and cell.image.dtype == np.uint8
     assert cell.channels == ("nucleus", "membrane", "protein")
@@ -51,7 +53,7 @@ def test_scale_to_fit_keeps_whole_cell(tmp_path: Path) -> None:
                    "crop_raw": "crop_raw/1.ome.tiff", "crop_seg": "", "name_dict": json.dumps(wtc11_synth.NAME_DICT),
                    "scale_micron": json.dumps([wtc11_synth.PIXEL_UM] * 3)}]).to_csv(tmp_path / "metadata.csv", index=False)
     pipe = WTC11Pipeline()
-    unit = pipe.discover(tmp_path, pipe.options())[0][0]
+    unit = pipe.discover(tmp_path, pipe.options()).units[0]
     cropped = pipe.process(unit, pipe.options()).cells[0]
     fitted = pipe.process(unit, pipe.options({"fit": "scale_to_fit"})).cells[0]
     assert cropped.meta["scale"] == 1.0 and fitted.meta["scale"] == pytest.approx(374 / 500)
@@ -67,12 +69,22 @@ def test_metadata_mismatches_skip(wtc_copy: Path) -> None:
     table.loc[1, "scale_micron"] = json.dumps([0.29, 0.108333, 0.108333])
     table.to_csv(wtc_copy / "metadata.csv", index=False)
     pipe = WTC11Pipeline()
-    units = {u.payload["row"]: u for u in pipe.discover(wtc_copy, pipe.options())[0]}
+    units = {u.payload["row"]: u for u in pipe.discover(wtc_copy, pipe.options()).units}
     with pytest.raises(UnitSkip, match=r"\['dna', 'membrane', 'structure'\] != name_dict crop_raw \['membrane'") as e:
         pipe.process(units[0], pipe.options())
     assert e.value.file.endswith(table.crop_raw[0]) and e.value.row == 0
     with pytest.raises(UnitSkip, match="PhysicalSizeZ"):
         pipe.process(units[1], pipe.options())
+
+
+def test_stack_over_the_voxel_limit_is_not_decoded(wtc_raw: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pipe = WTC11Pipeline()
+    unit = pipe.discover(wtc_raw, pipe.options()).units[0]
+    monkeypatch.setattr(tifffile.TiffPageSeries, "asarray", lambda *a, **k: pytest.fail("decoded before the check"))
+    with pytest.raises(UnitSkip, match=r"image too large: \d+\.ome\.tiff is 2 x 3 x \d+ x \d+ \([\d,]+ pixels\), over "
+                                       r"wtc11\.max_stack_voxels = 1,000; not decoded") as exc:
+        pipe.process(unit, pipe.options({"max_stack_voxels": 1000}))
+    assert exc.value.file.endswith(unit.payload["crop_raw"])
 
 
 def test_missing_columns_is_a_clear_error(tmp_path: Path) -> None:
