@@ -5,9 +5,11 @@
     chammi-build synth --output DIR [--seed N] [--source NAME ...]
 
 Without ``--input`` the embedded sample raw data is generated (deterministically, by ``--seed``) into
-``OUTPUT/.work/sample_raw`` and built. Without ``--output`` the release goes to
-``chammi_data.paths.default_release_dir()``. Exit status: 0 ok, 1 failed build (``--strict`` with
-skipped items, or no cells), 2 bad arguments or unreadable source tables.
+``OUTPUT/.work/sample_raw`` and built; it is removed after a successful build unless ``--keep-work``.
+Without ``--output`` the release goes to ``chammi_data.paths.default_release_dir()``. Exit status: 0 ok,
+1 failed build (``--strict`` with skipped items, no cells, accounting that does not add up: the previous
+release stays, ``OUTPUT/build_report.failed.json`` says why), 2 bad arguments, unreadable source tables,
+or an output folder another build holds.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import argparse
 import sys
 
 from chammi_data.paths import default_release_dir
+from pipelines.output import OutputLocked
 from pipelines.registry import RAW_SOURCES, list_pipelines
 
 
@@ -31,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None, help="YAML build config merged over the defaults")
     p.add_argument("--strict", action="store_true", help="any skipped item fails the build (exit 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the generated sample data (no --input)")
-    p.add_argument("--keep-work", action="store_true", help="keep OUTPUT/.work unit spills after success")
+    p.add_argument("--keep-work", action="store_true",
+                   help="keep OUTPUT/.work (unit spills, generated sample data) after success")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -60,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         result = build(args.source, input_dir=args.input, output=args.output, workers=args.workers,
                        scheduler=args.scheduler, config=args.config, strict=args.strict,
                        progress=not args.quiet, seed=args.seed, keep_work=args.keep_work)
-    except (FileNotFoundError, KeyError, ValueError) as exc:
+    except (FileNotFoundError, KeyError, ValueError, OutputLocked) as exc:
         print(f"chammi-build: error: {exc}", file=sys.stderr)
         return 2
     print(result.summary())

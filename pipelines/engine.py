@@ -4,9 +4,11 @@ Per build: discover every pipeline's units (sorted) -> run ``process`` on each u
 dask task (the units of all sources are queued at once; :mod:`pipelines.worker`), each unit spilled to
 ``OUTPUT/.work/<name>/units/<unit_id>.spill`` (:mod:`pipelines.spill`) -> as soon as a pipeline's units are
 done: its ledger (:mod:`pipelines.ledger`) deduplicates, assigns splits and tasks and orders the cells ->
-its shards are written by dask tasks (:mod:`pipelines.writing`) while other pipelines' units still run
-(``--strict``: only once no pipeline has a skip) -> ``finalize_release`` -> build_report.json
-(:mod:`pipelines.report`).
+its shards are written by dask tasks (:mod:`pipelines.writing`) into ``OUTPUT/.staging`` while other
+pipelines' units still run (``--strict``: only once no pipeline has a skip) -> ``finalize_release`` in the
+staging folder -> the staged release replaces the one in ``OUTPUT`` -> build_report.json
+(:mod:`pipelines.report`). The whole build holds an exclusive lock on ``OUTPUT``; a failed build leaves the
+previous release untouched and writes ``build_report.failed.json`` (:mod:`pipelines.output`).
 
 Every build checks its accounting: per pipeline and kind of item, ``in == used + skipped``
 (:mod:`pipelines.ledger`); an item dropped without a skip entry fails the build.
@@ -21,7 +23,6 @@ The engine knows the pipelines only through what they declare (``pipelines.base.
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -33,6 +34,7 @@ from pipelines.build_config import config_hash, load_config, source_options
 from pipelines.cluster import start_cluster
 from pipelines.inputs import input_dirs
 from pipelines.ledger import SourceLedger
+from pipelines.output import STAGING, WORK, OutputLock, clear_leftovers, finish_output, publish
 from pipelines.registry import resolve_sources
 from pipelines.report import BuildResult
 from pipelines.spill import UnitOutcome, read_spill_outcome, spill_key
@@ -47,36 +49,39 @@ def build(sources: str | Sequence[str], input_dir: str | Path | None = None, out
     """Build one release from ``sources`` (``wtc11|hpa|cp|chammi|all`` or a list) into ``output``.
 
     ``config``: a mapping merged over :data:`pipelines.build_config.DEFAULT_CONFIG`, or a YAML path.
-    ``strict``: any skipped item fails the build (no release is written; build_report.json says why).
-    ``processes=False`` runs the local cluster's workers as threads (tests). Returns a :class:`BuildResult`;
-    raises nothing for bad input (it is skipped and reported), only for unusable arguments or a source whose
-    tables are missing.
+    ``strict``: any skipped item fails the build. A failed build publishes nothing: the previous release and
+    its build_report.json stay, ``build_report.failed.json`` says why. ``keep_work``: keep ``OUTPUT/.work``
+    (unit spills, generated sample data) after a success. ``processes=False`` runs the local cluster's
+    workers as threads (tests). Returns a :class:`BuildResult`; raises nothing for bad input (it is skipped
+    and reported), only for unusable arguments, a source whose tables are missing, or an output folder that
+    another build holds (:class:`pipelines.output.OutputLocked`).
     """
     t_start = time.perf_counter()
     pipelines = resolve_sources(sources)
     cfg = load_config(config) if not isinstance(config, Mapping) else load_config(overrides=config)
     options = source_options(pipelines, cfg)
     out = Path(output) if output is not None else default_release_dir()
-    work = out / ".work"
-    dirs = input_dirs(pipelines, options, Path(input_dir) if input_dir is not None else None, work, seed, progress)
-    timings: dict[str, float] = {}
-    ledgers: dict[str, SourceLedger] = {}
-    for name, pipeline in pipelines.items():  # discover first: a missing table fails before any cluster starts
+    with OutputLock(out):
+        clear_leftovers(out)
+        work = out / WORK
+        dirs = input_dirs(pipelines, options, Path(input_dir) if input_dir is not None else None, work, seed,
+                          progress)
+        timings: dict[str, float] = {}
+        ledgers: dict[str, SourceLedger] = {}
+        for name, pipeline in pipelines.items():  # discover first: a missing table fails before any cluster starts
+            t0 = time.perf_counter()
+            discovery = pipeline.discover(dirs[name], options[name])
+            ledgers[name] = SourceLedger(name, pipeline, options[name], dirs[name], work / name / "units", discovery)
+            timings[f"{name}.discover_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        discovery = pipeline.discover(dirs[name], options[name])
-        ledgers[name] = SourceLedger(name, pipeline, options[name], dirs[name], work / name / "units", discovery)
-        timings[f"{name}.discover_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    with start_cluster(workers, scheduler, processes) as client:
-        client.run(warm_up, list(pipelines))  # imports on every worker now, so unit timings measure the work
-        timings["cluster_start_s"] = time.perf_counter() - t0
-        result = _BuildRun(client, ledgers, cfg, out, strict, progress, timings).run()
-    if result.ok and not keep_work:
-        for name in ledgers:
-            shutil.rmtree(work / name, ignore_errors=True)
-        if work.is_dir() and not any(work.iterdir()):
-            work.rmdir()
-    return result.write_report(t_start)
+        with start_cluster(workers, scheduler, processes) as client:
+            client.run(warm_up, list(pipelines))  # imports on every worker now, so unit timings measure the work
+            timings["cluster_start_s"] = time.perf_counter() - t0
+            result = _BuildRun(client, ledgers, cfg, out, strict, progress, timings).run()
+        if result.ok:
+            result.release_json = publish(out / STAGING, out)
+        finish_output(out, result.ok, keep_work)
+        return result.write_report(t_start)
 
 
 class _BuildRun:
@@ -91,7 +96,8 @@ class _BuildRun:
                  progress: bool, timings: dict[str, float]):
         self.client, self.ledgers, self.cfg, self.out = client, ledgers, cfg, out
         self.strict, self.progress, self.timings = strict, progress, timings
-        self.writing = ShardWriting(client, out, cfg["cells_per_shard"], progress)
+        self.staging = out / STAGING
+        self.writing = ShardWriting(client, self.staging, cfg["cells_per_shard"], progress)
         self.unbalanced: list[str] = []  # accounting lines that do not add up
         self.owner: dict[Any, str] = {}  # unit task future -> pipeline name
         self.bars: dict[str, Any] = {}
@@ -156,7 +162,7 @@ class _BuildRun:
 
     def _finish(self) -> BuildResult:
         """Every unit is back: fail (accounting that does not add up, strict with skips, no cells), or wait for
-        the shards and finalize the release."""
+        the shards and finalize the release in the staging folder."""
         from chammi_data.writer import finalize_release
 
         result = BuildResult(output=self.out, sources=list(self.ledgers), config_hash=config_hash(self.cfg),
@@ -184,5 +190,5 @@ class _BuildRun:
         rules = {name: ledger.pipeline.rules_digest(self.cfg) for name, ledger in self.ledgers.items()}
         extra = {"sources_built": list(self.ledgers), "rules_sha256": rules, "skipped": result.skip_counts(),
                  "unassigned": len(result.unassigned)}
-        result.release_json = finalize_release(self.out, None, records, self.cfg, extra)
+        finalize_release(self.staging, None, records, self.cfg, extra)
         return result

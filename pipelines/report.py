@@ -2,6 +2,8 @@
 
 The result holds the ledger of every pipeline (:mod:`pipelines.ledger`): cells written, skips with file, row
 and reason, unassigned cells, units reused from an earlier run, the accounting per kind of item, timings.
+A successful build's report is ``OUTPUT/build_report.json``; a failed build's is
+``OUTPUT/build_report.failed.json`` (the previous release's report stays in place).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 from chammi_data.vocab import SOURCE_KEYS, TASK_COLUMNS
 from pipelines.base import Skipped
 from pipelines.ledger import SourceLedger
+from pipelines.output import FAILED_REPORT, REPORT
 
 
 def _reason_kind(reason: str) -> str:
@@ -109,10 +112,11 @@ class BuildResult:
         }
 
     def write_report(self, t_start: float) -> BuildResult:
-        """Write OUTPUT/build_report.json atomically (with the total wall time) and return self."""
+        """Write the report atomically (with the total wall time): ``OUTPUT/build_report.json`` after a success,
+        ``OUTPUT/build_report.failed.json`` after a failure; return self."""
         self.timings["total_s"] = time.perf_counter() - t_start
         self.output.mkdir(parents=True, exist_ok=True)
-        path = self.output / "build_report.json"
+        path = self.output / (FAILED_REPORT if self.failed else REPORT)
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
         tmp.write_text(json.dumps(self.report(), indent=1, sort_keys=True, default=str) + "\n", encoding="utf-8")
         os.replace(tmp, path)

@@ -6,7 +6,6 @@ encoded in the unit phase. Which worker writes what, and when, does not change a
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +16,6 @@ from pipelines.worker import write_tar_task, write_zarr_task
 
 #: dask priority of shard-writing tasks: they run before the unit tasks of the sources still in progress
 WRITE_PRIORITY = 10
-#: what a release folder holds besides build_report.json; cleared before the first shard of a build is written
-RELEASE_PARTS = ("shards", "zarr", "manifest.parquet", "manifest.csv", "release.json")
 #: the fields of a cell's spill record (``writer.EncodedCell.record``, where its bytes lie) that a shard writer needs
 SPILL_RECORD = ("cell_id", "source", "label", "channels", "dtype", "shape", "meta", "groups", "sha256", "tar", "zarr")
 
@@ -42,13 +39,12 @@ def plan_shards(cells: list[dict[str, Any]], per: int) -> dict[str, list[dict[st
 
 
 class ShardWriting:
-    """The write tasks of a build into ``root``, source by source: the first :meth:`submit` clears the old
-    release parts, each source gets its zarr array, then a tar and a zarr task per shard."""
+    """The write tasks of a build into ``root`` (an empty staging folder), source by source: each source gets
+    its zarr array, then a tar and a zarr task per shard."""
 
     def __init__(self, client: Any, root: Path, cells_per_shard: int, progress: bool):
         self.client, self.root, self.cells_per_shard, self.progress = client, root, cells_per_shard, progress
         self.futures: list[Any] = []
-        self.cleared = False
         self.busy_s = 0.0
 
     def submit(self, cells: list[dict[str, Any]]) -> None:
@@ -57,14 +53,6 @@ class ShardWriting:
 
         if not cells:
             return
-        if not self.cleared:
-            for stale in RELEASE_PARTS:
-                p = self.root / stale
-                if p.is_dir():
-                    shutil.rmtree(p)
-                elif p.exists():
-                    p.unlink()
-            self.cleared = True
         for src, src_plans in plan_shards(cells, self.cells_per_shard).items():
             info = SOURCES[src]
             first = next(c for c in cells if c["source"] == src)

@@ -70,6 +70,6 @@ def test_strict_fails_without_writing_a_release(wtc_copy: Path, tmp_path: Path) 
     res = build("wtc11", input_dir=wtc_copy, output=tmp_path / "rel", workers=1, strict=True,
                 progress=False, processes=False)
     assert not res.ok and "--strict" in res.failed
-    rep = json.loads((tmp_path / "rel" / "build_report.json").read_text())
+    rep = json.loads((tmp_path / "rel" / "build_report.failed.json").read_text())
     assert rep["status"] == "failed" and len(rep["skipped"]) == len(CORPUS) + 1
     assert not (tmp_path / "rel" / "release.json").exists() and not (tmp_path / "rel" / "shards").exists()

@@ -44,18 +44,18 @@ def test_build_from_sample_to_default_output(tmp_path: Path, tiny_wtc_synth: Non
     out = capsys.readouterr().out
     assert "cells in 14 = used 14 + skipped 0" in out and "Task_two" in out
     assert (tmp_path / "release" / "release.json").is_file()
-    assert (tmp_path / "release" / ".work" / "sample_raw" / "wtc11" / "metadata.csv").is_file()
-    # --strict with a skipped row: exit 1, report says why
-    meta_path = tmp_path / "release" / ".work" / "sample_raw" / "wtc11" / "metadata.csv"
+    # the generated sample raw data is work data: gone after a successful build without --keep-work
+    assert not (tmp_path / "release" / ".work").exists()
+    # --strict with a skipped row: exit 1, the failed report beside the untouched release
     raw = tmp_path / "raw"
-    import shutil
-
-    shutil.copytree(meta_path.parent, raw)
+    wtc11_synth.write_sample(raw, 0, cells_per_structure=2, z=1)
     table = pd.read_csv(raw / "metadata.csv")
     table.loc[0, "cell_stage"] = "M8"
     table.to_csv(raw / "metadata.csv", index=False)
     assert cli.main(["--source", "wtc11", "--input", str(raw), "--output", str(tmp_path / "s"), "--strict",
                      "--workers", "1", "--quiet"]) == 1
-    rep = json.loads((tmp_path / "s" / "build_report.json").read_text())
+    rep = json.loads((tmp_path / "s" / "build_report.failed.json").read_text())
     assert rep["status"] == "failed" and rep["skipped"][0]["row"] == 0
-    assert "FAILED" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "FAILED" in out and str(tmp_path / "s" / "build_report.failed.json") in out
+

@@ -40,7 +40,7 @@ def test_build_writes_a_complete_release(wtc_raw: Path, tmp_path: Path) -> None:
     release = json.loads(res.release_json.read_text())
     assert release["config_hash"] == config_hash(load_config(overrides=SMALL))
     assert release["extra"]["rules_sha256"]["wtc11"]
-    # exactly the release: no spills or temp file left behind
+    # exactly the release: no spills, staging folder, lock file or temp file left behind
     assert sorted(p.name for p in (tmp_path / "rel").iterdir()) == [
         "build_report.json", "manifest.csv", "manifest.parquet", "release.json", "shards", "zarr"]
     assert "Task_two" in res.summary() and "cells in 42 = used 42 + skipped 0" in res.summary()
@@ -178,7 +178,7 @@ def test_an_item_dropped_without_a_skip_fails_the_build(wtc_raw: Path, tmp_path:
     res = _build(wtc_raw, tmp_path / "rel")
     assert not res.ok and "wtc11 cells: in 42 != used 41 + skipped 0" in res.failed
     assert not (tmp_path / "rel" / "release.json").exists()
-    rep = json.loads((tmp_path / "rel" / "build_report.json").read_text())
+    rep = json.loads((tmp_path / "rel" / "build_report.failed.json").read_text())
     assert rep["accounting"]["wtc11"]["kinds"]["cells"] == {"in": 42, "used": 41, "skipped": 0}
 
 
