@@ -1,8 +1,10 @@
-"""``chammi-build``: regenerate CHAMMI from raw sources (or convert an official download) into a release.
+"""``chammi-build`` (also ``python -m pipelines``): regenerate CHAMMI from raw sources (or convert an official
+download) into a release.
 
     chammi-build --source {wtc11,hpa,cp,chammi,all} [--input DIR] [--output DIR] [--workers N]
                  [--scheduler ADDRESS] [--config FILE] [--strict] [--seed N] [--keep-work] [--quiet]
     chammi-build synth --output DIR [--seed N] [--source NAME ...]
+    chammi-build --version
 
 Without ``--input`` the embedded sample raw data is generated (deterministically, by ``--seed``) into
 ``OUTPUT/.work/sample_raw`` and built; it is removed after a successful build unless ``--keep-work``.
@@ -17,13 +19,30 @@ from __future__ import annotations
 import argparse
 import sys
 
-from chammi_data.paths import default_release_dir
-from pipelines.output import OutputLocked
-from pipelines.registry import RAW_SOURCES, list_pipelines
+import pipelines as _package
+
+if not getattr(_package, "__chammi__", False):  # `import pipelines` found another project's package
+    raise ImportError(
+        f"'import pipelines' resolves to {getattr(_package, '__file__', None) or list(getattr(_package, '__path__', []))}, "
+        "which is not the CHAMMI toolkit's pipelines package (another distribution also named 'pipelines', or a "
+        "folder of that name earlier on sys.path). Uninstall the other 'pipelines' distribution "
+        "(pip uninstall pipelines), run from another folder, or use a fresh virtual environment for chammi.")
+
+from chammi_data.paths import default_release_dir  # noqa: E402
+from pipelines.output import OutputLocked  # noqa: E402
+from pipelines.registry import RAW_SOURCES, list_pipelines  # noqa: E402
+
+
+def package_version() -> str:
+    """The installed chammi version (``chammi_data.__version__``)."""
+    from chammi_data import __version__
+
+    return __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="chammi-build", description="Build a CHAMMI release from raw sources.")
+    p.add_argument("--version", action="version", version=f"chammi-build {package_version()}")
     p.add_argument("--source", required=True, choices=[*list_pipelines(), "all"],
                    help="which source to build; all = wtc11 + hpa + cp into one release; chammi = official download")
     p.add_argument("--input", default=None, help="raw folder (with --source all: DIR/wtc11, DIR/hpa, DIR/cp); "

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -59,3 +61,35 @@ def test_build_from_sample_to_default_output(tmp_path: Path, tiny_wtc_synth: Non
     out = capsys.readouterr().out
     assert "FAILED" in out and str(tmp_path / "s" / "build_report.failed.json") in out
 
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    import chammi_data
+
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"chammi-build {chammi_data.__version__}"
+
+
+def test_python_dash_m_pipelines_runs_chammi_build() -> None:
+    import chammi_data
+
+    run = subprocess.run([sys.executable, "-m", "pipelines", "--version"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and run.stdout.strip() == f"chammi-build {chammi_data.__version__}"
+    run = subprocess.run([sys.executable, "-m", "pipelines", "--source", "nope"], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 2 and "invalid choice" in run.stderr
+
+
+def test_a_foreign_pipelines_package_is_named(tmp_path: Path) -> None:
+    """Another project's ``pipelines`` first on sys.path: the CLI module refuses it, naming it and the fix."""
+    fake = tmp_path / "site" / "pipelines"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text('"""Some other project\'s pipelines."""\n')
+    code = ("import importlib.util, sys\n"
+            f"sys.path.insert(0, {str(tmp_path / 'site')!r})\n"
+            f"spec = importlib.util.spec_from_file_location('chammi_build_cli', {str(Path(cli.__file__))!r})\n"
+            "spec.loader.exec_module(importlib.util.module_from_spec(spec))\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0 and "ImportError" in run.stderr
+    assert str(fake / "__init__.py") in run.stderr and "not the CHAMMI toolkit's pipelines package" in run.stderr
+    assert "pip uninstall pipelines" in run.stderr and "fresh virtual environment" in run.stderr
