@@ -140,4 +140,5 @@ def warm_up(names: list[str]) -> None:
     for name in names:
         shared_pipeline(name)
     # first use of the zstd / Blosc encoders (contexts, thread-locals) happens here, not in the first unit
-    encode_cell(Cell(np.ones((3, 8, 8), np.uint8), ("nucleus", "membrane", "protein"), "wtc11", "x", "warmup"))
+    info = next(iter(SOURCES.values()))
+    encode_cell(Cell(np.ones((len(info.channels), 8, 8), np.uint8), info.channels, info.key, "x", "warmup"))

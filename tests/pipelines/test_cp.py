@@ -209,50 +209,43 @@ def _a01(pdir: Path, ch: str) -> Path:
     return pdir / "images" / f"r01c01f01p01-ch{CH_NUMS[ch]}sk1fk1fl1.tiff"
 
 
-def test_every_missing_channel_file_is_named(tmp_path):
+def _a01_skip(tmp_path: Path, damage, **options) -> UnitSkip:
+    """The skip of site A01 of a sample plate after ``damage(plate folder)``."""
     pdir = write_plate(tmp_path)
-    _a01(pdir, "ER").unlink()
-    _a01(pdir, "Mito").unlink()
+    damage(pdir)
     units, _ = discover(tmp_path)
     with pytest.raises(UnitSkip) as exc:
-        CPPipeline().process(units[0], opts())
-    assert exc.value.reason == ("missing channel file(s): ER (r01c01f01p01-ch5sk1fk1fl1.tiff), "
-                                "Mito (r01c01f01p01-ch2sk1fk1fl1.tiff)")
+        CPPipeline().process(units[0], opts(**options))
+    return exc.value
+
+
+def test_every_missing_channel_file_is_named(tmp_path):
+    skip = _a01_skip(tmp_path, lambda pdir: [_a01(pdir, ch).unlink() for ch in ("ER", "Mito")])
+    assert skip.reason == "missing channel file(s): ER (r01c01f01p01-ch5sk1fk1fl1.tiff), Mito (r01c01f01p01-ch2sk1fk1fl1.tiff)"
 
 
 def test_size_mismatch_names_the_files_and_sizes(tmp_path):
-    pdir = write_plate(tmp_path)
-    tifffile.imwrite(_a01(pdir, "RNA"), field_for("RNA", size=150))
-    units, _ = discover(tmp_path)
-    with pytest.raises(UnitSkip) as exc:
-        CPPipeline().process(units[0], opts())
-    assert exc.value.reason == ("channel sizes differ from DNA (r01c01f01p01-ch3sk1fk1fl1.tiff) (200x200): "
-                                "RNA (r01c01f01p01-ch1sk1fk1fl1.tiff) is 150x150")
-    assert exc.value.file.endswith("ch1sk1fk1fl1.tiff")
+    skip = _a01_skip(tmp_path, lambda pdir: tifffile.imwrite(_a01(pdir, "RNA"), field_for("RNA", size=150)))
+    assert skip.reason == ("channel sizes differ from DNA (r01c01f01p01-ch3sk1fk1fl1.tiff) (200x200): "
+                           "RNA (r01c01f01p01-ch1sk1fk1fl1.tiff) is 150x150")
+    assert skip.file.endswith("ch1sk1fk1fl1.tiff")
 
 
 def test_mixed_bit_depth_is_skipped_unless_allowed(tmp_path):
-    pdir = write_plate(tmp_path)
-    tifffile.imwrite(_a01(pdir, "Mito"), field_for("Mito", dtype=np.uint8))
-    units, _ = discover(tmp_path)
-    with pytest.raises(UnitSkip, match="mixed bit depths in one field") as exc:
-        CPPipeline().process(units[0], opts())
-    assert "DNA (r01c01f01p01-ch3sk1fk1fl1.tiff) 16-bit" in exc.value.reason
-    assert "Mito (r01c01f01p01-ch2sk1fk1fl1.tiff) 8-bit" in exc.value.reason
-    cells = CPPipeline().process(units[0], opts(mixed_bit_depth="allow")).cells
+    skip = _a01_skip(tmp_path, lambda pdir: tifffile.imwrite(_a01(pdir, "Mito"), field_for("Mito", dtype=np.uint8)))
+    assert skip.reason.startswith("mixed bit depths in one field: DNA (r01c01f01p01-ch3sk1fk1fl1.tiff) 16-bit")
+    assert "Mito (r01c01f01p01-ch2sk1fk1fl1.tiff) 8-bit" in skip.reason and "cp.mixed_bit_depth" in skip.reason
+    cells = CPPipeline().process(discover(tmp_path)[0][0], opts(mixed_bit_depth="allow")).cells
     assert cells[0].meta["bit_depth"] == 16 and cells[0].meta["channel_bit_depths"]["Mito"] == 8
 
 
 def test_a_tiff_over_the_size_limit_is_not_decoded(tmp_path, monkeypatch):
-    pdir = write_plate(tmp_path)
-    tifffile.imwrite(_a01(pdir, "AGP"), shape=(16000, 16000), dtype=np.uint16)  # a 512 MB plane (sparse file)
-    units, _ = discover(tmp_path)
     monkeypatch.setattr(tifffile.TiffFile, "asarray", lambda *a, **k: pytest.fail("decoded before the size check"))
-    with pytest.raises(UnitSkip) as exc:
-        CPPipeline().process(units[0], opts())
-    assert exc.value.reason == ("image too large: r01c01f01p01-ch4sk1fk1fl1.tiff is 16000 x 16000 (256,000,000 "
-                                "pixels), over cp.max_field_pixels = 100,000,000; not decoded")
-    assert exc.value.file.endswith("ch4sk1fk1fl1.tiff")
+    # the header of a 512 MB plane (a sparse file): refused before any plane of the site is decoded
+    skip = _a01_skip(tmp_path, lambda pdir: tifffile.imwrite(_a01(pdir, "AGP"), shape=(16000, 16000), dtype=np.uint16))
+    assert skip.reason == ("image too large: r01c01f01p01-ch4sk1fk1fl1.tiff is 16000 x 16000 (256,000,000 "
+                           "pixels), over cp.max_field_pixels = 100,000,000; not decoded")
+    assert skip.file.endswith("ch4sk1fk1fl1.tiff")
 
 
 def test_nucleus_rows_without_coordinates_are_listed(tmp_path):
