@@ -5,7 +5,8 @@ A source module (``pipelines/wtc11.py``, ``hpa.py``, ``cp.py``, ``chammi.py``) s
 discovers units, runs ``process`` on each on dask.distributed, spills each unit's cells atomically (resume),
 then calls ``assign`` once on the metadata of all cells and hands the sorted cells to the ``chammi_data``
 writers. The engine knows a source only through what its class declares here (defaults and options, tables,
-the sources it makes, whether it reads a ready-made release, order, batch size): it names no source.
+the sources it makes, whether it reads a ready-made release, order, batch size, what its units and cells are
+for the accounting): it names no source.
 What is shared (normalisation, cropping, segmentation) lives once in ``pipelines.imaging`` and
 ``pipelines.segmentation``.
 """
