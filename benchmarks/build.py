@@ -56,11 +56,12 @@ def _serial(name: str, raw: Path) -> dict[str, float]:
     from pipelines.registry import get_pipeline
 
     pipe = get_pipeline(name)
-    units, _ = pipe.discover(raw, {})
+    opts = pipe.options()
+    units, _ = pipe.discover(raw, opts)
     t0, cells = time.perf_counter(), 0
     for u in units:
         try:
-            cells += len(pipe.process(u, {}).cells)
+            cells += len(pipe.process(u, opts).cells)
         except UnitSkip:
             pass
     out = {"process_s": time.perf_counter() - t0, "cells": cells, "units": len(units)}

@@ -41,7 +41,7 @@ from scipy import ndimage as ndi  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from pipelines.hpa import HPAPipeline  # noqa: E402
-from pipelines.hpa_synth import _quantise, render_field  # noqa: E402
+from pipelines.hpa_synth import quantise, render_field  # noqa: E402
 from pipelines.segmentation import match_objects, segment  # noqa: E402
 
 
@@ -92,7 +92,7 @@ def synthetic_cells(n_fields: int, crowded: bool = False) -> list[dict]:
         rng = np.random.default_rng(100 + i)
         images, truth = render_field(rng, classes[i % len(classes)], ("U-2 OS", "A549", "HeLa", "HEK 293")[i % 4],
                                      n_cells=8 if crowded else None, min_sep=1.1 if crowded else 1.6)
-        q = {k: _quantise(rng, v, 16 if i % 2 else 8, 1.0, 0.03, 0.025) for k, v in images.items()}
+        q = {k: quantise(rng, v, 16 if i % 2 else 8, 1.0, 0.03, 0.025) for k, v in images.items()}
         seg = segment(q["blue"], [q["red"], q["yellow"], q["green"]])
         for key, pred in (("cells", seg.cells), ("nuclei", seg.nuclei)):
             r = match_objects(truth[key], pred)
@@ -116,7 +116,7 @@ def speed_2048(repeats: int) -> list[dict]:
     big = ndi.zoom(img.astype(np.float32), 4, order=1).astype(np.uint16)
     rng = np.random.default_rng(7)
     images, _ = render_field(rng, 14, "HeLa")
-    hpa = {k: ndi.zoom(_quantise(rng, v, 16, 1.0, 0.03, 0.02), 2048 / 768, order=1) for k, v in images.items()}
+    hpa = {k: ndi.zoom(quantise(rng, v, 16, 1.0, 0.03, 0.02), 2048 / 768, order=1) for k, v in images.items()}
     hpa = {k: v.astype(np.uint16) for k, v in hpa.items()}
     rows = []
     cases = [("DSB2018 x4 (2048px), nucleus only", lambda: segment(big)),

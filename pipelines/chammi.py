@@ -1,8 +1,8 @@
 """An official CHAMMI download -> our release (``chammi-build --source chammi --input CHAMMI_ROOT``).
 
-The download (SPEC section 2) holds ``Allen/``, ``HPA/``, ``CP/`` with ``enriched_meta.csv`` and one tape
-image per cell. Units are chunks of ``chunk_rows`` consecutive rows of one source's metadata (config
-``chammi.chunk_rows``, default 256). Cells come from :func:`chammi_data.official.row_to_cell`: every
+The download holds ``Allen/``, ``HPA/``, ``CP/`` with ``enriched_meta.csv`` and one tape image per cell (the
+channel tiles side by side). Units are chunks of ``chunk_rows`` consecutive rows of one source's metadata
+(config ``chammi.chunk_rows``, default 256). Cells come from :func:`chammi_data.official.row_to_cell`: every
 original column is kept in ``meta`` (as the CSV text), the cell id is derived from ``file_path``, and the
 split and task membership are the official columns, taken as they are (no task rules are applied). The
 release keeps the official row order (``order = "unit"``) so features computed on our release line up
@@ -12,6 +12,7 @@ with the official CSV row for row. A row that cannot be read is skipped and repo
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +28,8 @@ from chammi_data.official import (
     row_to_cell,
 )
 from chammi_data.release_format import parse_bool_column
-from chammi_data.vocab import SOURCES, TASK_COLUMNS
-from pipelines.base import Skipped, SourcePipeline, Unit, UnitResult
-
-DEFAULT_CHUNK_ROWS = 256
+from chammi_data.vocab import SOURCE_KEYS, SOURCES, TASK_COLUMNS
+from pipelines.base import Discovery, Skipped, SourcePipeline, Unit, UnitResult
 
 
 @functools.lru_cache(maxsize=4)
@@ -42,25 +41,35 @@ def _metadata(root: str) -> dict[str, pd.DataFrame]:
 class OfficialPipeline(SourcePipeline):
     """Tape images + enriched_meta.csv of all three sources -> cells with the official splits."""
 
-    key = ""  # makes cells of every source
     name = "chammi"
+    makes = SOURCE_KEYS
+    reads_release = True
     order = "unit"  # official row order, not cell_id order
+    unit_kind = cell_kind = "rows"  # a unit batches rows; each row becomes a cell or a skip
+    DEFAULTS = {"chunk_rows": 256}
 
-    def discover(self, input_dir: Path, config: dict[str, Any]) -> tuple[list[Unit], list[Skipped]]:
+    def check_options(self, opts: dict[str, Any]) -> None:
+        opts["chunk_rows"] = int(opts["chunk_rows"])
+        if opts["chunk_rows"] < 1:
+            raise ValueError(f"config chammi.chunk_rows must be >= 1, got {opts['chunk_rows']}")
+
+    def rules_digest(self, config: Mapping[str, Any]) -> str:
+        """No task rules: the splits and tasks are the official columns."""
+        return "official"
+
+    def discover(self, input_dir: Path, opts: dict[str, Any]) -> Discovery:
         root = Path(input_dir).resolve()
-        chunk = int(((config or {}).get("chammi") or {}).get("chunk_rows", DEFAULT_CHUNK_ROWS))
-        if chunk < 1:
-            raise ValueError(f"config chammi.chunk_rows must be >= 1, got {chunk}")
+        chunk = opts["chunk_rows"]
         tables = read_official_metadata(root)
         units = []
         for key, df in tables.items():
             for start in range(0, len(df), chunk):
                 stop = min(start + chunk, len(df))
                 units.append(Unit(key, f"{key}-rows-{start:09d}", {"root": str(root), "source": key,
-                                                                    "start": start, "stop": stop}))
-        return sorted(units, key=lambda u: u.unit_id), []
+                                                                    "start": start, "stop": stop}, stop - start))
+        return Discovery(sorted(units, key=lambda u: u.unit_id), [], found={"rows": sum(map(len, tables.values()))})
 
-    def process(self, unit: Unit, config: dict[str, Any]) -> UnitResult:
+    def process(self, unit: Unit, opts: dict[str, Any]) -> UnitResult:
         p = unit.payload
         root = Path(p["root"])
         df = _metadata(p["root"])[p["source"]]

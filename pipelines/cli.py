@@ -1,13 +1,17 @@
-"""``chammi-build``: regenerate CHAMMI from raw sources (or convert an official download) into a release.
+"""``chammi-build`` (also ``python -m pipelines``): regenerate CHAMMI from raw sources (or convert an official
+download) into a release.
 
     chammi-build --source {wtc11,hpa,cp,chammi,all} [--input DIR] [--output DIR] [--workers N]
                  [--scheduler ADDRESS] [--config FILE] [--strict] [--seed N] [--keep-work] [--quiet]
     chammi-build synth --output DIR [--seed N] [--source NAME ...]
+    chammi-build --version
 
 Without ``--input`` the embedded sample raw data is generated (deterministically, by ``--seed``) into
-``OUTPUT/.work/sample_raw`` and built. Without ``--output`` the release goes to
-``chammi_data.paths.default_release_dir()``. Exit status: 0 ok, 1 failed build (``--strict`` with
-skipped items, or no cells), 2 bad arguments or unreadable source tables.
+``OUTPUT/.work/sample_raw`` and built; it is removed after a successful build unless ``--keep-work``.
+Without ``--output`` the release goes to ``chammi_data.paths.default_release_dir()``. Exit status: 0 ok,
+1 failed build (``--strict`` with skipped items, no cells, accounting that does not add up: the previous
+release stays, ``OUTPUT/build_report.failed.json`` says why), 2 bad arguments, unreadable source tables,
+or an output folder another build holds.
 """
 
 from __future__ import annotations
@@ -15,12 +19,30 @@ from __future__ import annotations
 import argparse
 import sys
 
-from chammi_data.paths import default_release_dir
-from pipelines.registry import RAW_SOURCES, list_pipelines
+import pipelines as _package
+
+if not getattr(_package, "__chammi__", False):  # `import pipelines` found another project's package
+    raise ImportError(
+        f"'import pipelines' resolves to {getattr(_package, '__file__', None) or list(getattr(_package, '__path__', []))}, "
+        "which is not the CHAMMI toolkit's pipelines package (another distribution also named 'pipelines', or a "
+        "folder of that name earlier on sys.path). Uninstall the other 'pipelines' distribution "
+        "(pip uninstall pipelines), run from another folder, or use a fresh virtual environment for chammi.")
+
+from chammi_data.paths import default_release_dir  # noqa: E402
+from pipelines.output import OutputLocked  # noqa: E402
+from pipelines.registry import RAW_SOURCES, list_pipelines  # noqa: E402
+
+
+def package_version() -> str:
+    """The installed chammi version (``chammi_data.__version__``)."""
+    from chammi_data import __version__
+
+    return __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="chammi-build", description="Build a CHAMMI release from raw sources.")
+    p.add_argument("--version", action="version", version=f"chammi-build {package_version()}")
     p.add_argument("--source", required=True, choices=[*list_pipelines(), "all"],
                    help="which source to build; all = wtc11 + hpa + cp into one release; chammi = official download")
     p.add_argument("--input", default=None, help="raw folder (with --source all: DIR/wtc11, DIR/hpa, DIR/cp); "
@@ -31,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None, help="YAML build config merged over the defaults")
     p.add_argument("--strict", action="store_true", help="any skipped item fails the build (exit 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the generated sample data (no --input)")
-    p.add_argument("--keep-work", action="store_true", help="keep OUTPUT/.work unit spills after success")
+    p.add_argument("--keep-work", action="store_true",
+                   help="keep OUTPUT/.work (unit spills, generated sample data) after success")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -60,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         result = build(args.source, input_dir=args.input, output=args.output, workers=args.workers,
                        scheduler=args.scheduler, config=args.config, strict=args.strict,
                        progress=not args.quiet, seed=args.seed, keep_work=args.keep_work)
-    except (FileNotFoundError, KeyError, ValueError) as exc:
+    except (FileNotFoundError, KeyError, ValueError, OutputLocked) as exc:
         print(f"chammi-build: error: {exc}", file=sys.stderr)
         return 2
     print(result.summary())

@@ -33,7 +33,8 @@ import pandas as pd
 import tifffile
 from scipy import ndimage as ndi
 
-from pipelines.cp_layout import RAW_CHANNELS, write_cellprofiler_sqlite
+from pipelines.cp_layout import RAW_CHANNELS
+from pipelines.cp_positions import write_cellprofiler_sqlite
 
 TRAIN_COMPOUNDS: dict[str, str] = {  # label -> full broad_sample ("" = DMSO)
     "BRD-A29260609": "BRD-A29260609-001-04-5",

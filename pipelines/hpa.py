@@ -1,4 +1,4 @@
-"""HPA (Human Protein Atlas) fields -> 512 x 512 single-cell crops (SPEC section 4, issue 3).
+"""HPA (Human Protein Atlas) fields -> 512 x 512 single-cell crops.
 
 Input folder (``--input DIR``):
 
@@ -29,12 +29,17 @@ default, as in the published crops: neighbours stay visible; when on, pixels of 
 Options (``config["hpa"]``, all optional): ``border``, ``crop`` (512), ``low_pct`` (0.0), ``high_pct``
 (99.9), ``segmentation`` (backend name), ``segmentation_options`` (dict, e.g. ``{weights: PATH}`` for
 cellpose), ``mask_neighbours`` (False), ``min_cell_area`` (px, 0), ``labels_table`` (``train.csv``),
-``cellline_table`` (``kaggle_2021.tsv``). Synthetic sample data: :mod:`pipelines.hpa_synth`.
+``cellline_table`` (``kaggle_2021.tsv``, tab- or comma-separated), ``max_field_pixels`` (10000 x 10000: a
+larger image is skipped from its header, before decoding), ``mixed_bit_depth`` (``skip``: a field whose
+files mix 8- and 16-bit is skipped, naming each file's depth; ``allow``: each file is scaled by its own depth
+and the cells record ``channel_bit_depths``). Accounting: fields (rows of the labels table), then cells
+(segmented in the fields used). Synthetic sample data: :mod:`pipelines.hpa_synth`.
 """
 
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -44,12 +49,20 @@ from PIL import Image
 
 from chammi_data.schema import Cell, make_cell_id
 from chammi_data.vocab import SOURCES
-from pipelines.base import Skipped, SourcePipeline, Unit, UnitResult, UnitSkip
+from pipelines.base import Discovery, Skipped, SourcePipeline, Unit, UnitResult, UnitSkip, safe_id
 from pipelines.imaging import BORDER_POLICIES, crop_box, to_uint8
+from pipelines.rawio import (
+    FieldMismatch,
+    ImageHeader,
+    ImageTooLarge,
+    check_field,
+    check_size,
+    image_header,
+    missing_files,
+)
 from pipelines.segmentation import cell_properties, segment
-from pipelines.tasks import assign_tasks, load_rules
 
-#: The 19 HPA classes by index (SPEC section 4).
+#: The 19 HPA classes by index (the class indices of ``train.csv`` ``Label``).
 HPA_CLASSES: tuple[str, ...] = (
     "Nucleoplasm", "Nuclear membrane", "Nucleoli", "Nucleoli fibrillar center", "Nuclear speckles",
     "Nuclear bodies", "Endoplasmic reticulum", "Golgi apparatus", "Intermediate filaments", "Actin filaments",
@@ -60,23 +73,7 @@ HPA_CLASSES: tuple[str, ...] = (
 CHAMMI_CLASSES: tuple[int, ...] = (4, 14, 10, 7, 0, 16, 6)
 #: stain colour -> CHAMMI channel name; tuple order = the HPA tile order of ``vocab.SOURCES["hpa"]``
 STAINS: dict[str, str] = {"red": "microtubules", "green": "protein", "blue": "nucleus", "yellow": "er"}
-DEFAULTS: dict[str, Any] = {
-    "border": "pad", "crop": 512, "low_pct": 0.0, "high_pct": 99.9, "segmentation": "watershed",
-    "segmentation_options": {}, "mask_neighbours": False, "min_cell_area": 0,
-    "cellline_table": "kaggle_2021.tsv", "labels_table": "train.csv",
-}
-
-
-def hpa_options(config: dict[str, Any] | None) -> dict[str, Any]:
-    """Defaults merged with ``config["hpa"]``; an unknown key or border policy raises ``ValueError``."""
-    section = dict((config or {}).get("hpa") or {})
-    unknown = set(section) - set(DEFAULTS)
-    if unknown:
-        raise ValueError(f"config hpa: unknown option(s) {sorted(unknown)}; valid: {sorted(DEFAULTS)}")
-    opts = {**DEFAULTS, **section}
-    if opts["border"] not in BORDER_POLICIES:
-        raise ValueError(f"config hpa.border: {opts['border']!r} is not one of {', '.join(BORDER_POLICIES)}")
-    return opts
+MIXED_BIT_DEPTH = ("skip", "allow")
 
 
 def _image_keys(image: str) -> list[str]:
@@ -94,13 +91,6 @@ def _image_keys(image: str) -> list[str]:
     return list(dict.fromkeys(keys))
 
 
-def _unit_id(field_id: str) -> str:
-    """Filesystem-safe unit id: the ID itself when it is safe, else a sanitised ID plus a short hash."""
-    if re.fullmatch(r"[A-Za-z0-9_-]+", field_id):
-        return field_id
-    return re.sub(r"[^A-Za-z0-9_-]", "_", field_id) + "-" + make_cell_id("hpa", field_id)[4:12]
-
-
 def find_image_dir(input_dir: Path) -> Path:
     """``input_dir/train`` when it holds ``*_blue.png`` fields, else ``input_dir``."""
     sub = input_dir / "train"
@@ -109,10 +99,18 @@ def find_image_dir(input_dir: Path) -> Path:
     return input_dir
 
 
+def table_delimiter(path: Path) -> str:
+    """Tab or comma, whichever the header line holds more of: HPA's ``kaggle_2021.tsv`` is comma-separated
+    despite its suffix (the public Kaggle solutions read it with ``pd.read_csv(path)``), other copies use tabs."""
+    with open(path, encoding="utf-8-sig", newline="") as fh:
+        header = fh.readline()
+    return "\t" if header.count("\t") > header.count(",") else ","
+
+
 def read_cellline_table(path: Path) -> dict[str, dict[str, Any]]:
-    """{field ID: {"cellline", "in_trainset"}} from a ``kaggle_2021.tsv``-style table (tab or comma)."""
-    sep = "\t" if path.suffix.lower() in (".tsv", ".txt") else ","
-    table = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False)
+    """{field ID: {"cellline", "in_trainset"}} from a ``kaggle_2021.tsv``-style table, tab- or comma-separated;
+    ``Image`` values may be field IDs, file paths or HPA public addresses (see :func:`_image_keys`)."""
+    table = pd.read_csv(path, sep=table_delimiter(path), dtype=str, keep_default_na=False)
     missing = {"Image", "Cellline"} - set(table.columns)
     if missing:
         raise ValueError(f"{path}: cell-line table lacks column(s) {sorted(missing)}; has {list(table.columns)}")
@@ -124,15 +122,49 @@ def read_cellline_table(path: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
+def read_field(files: dict[str, Path], row: int | None, max_pixels: int, mixed_bit_depth: str = "skip",
+               ) -> dict[str, np.ndarray]:
+    """The four stain images of a field ({stain: 2-D uint8/uint16 array}), checked from their headers before
+    any is decoded; ``UnitSkip`` naming the file(s) and the table row when the field cannot be used.
+
+    Checks: every file exists (the skip names all missing ones), none decodes to more than ``max_pixels``
+    pixels, all have the nucleus image's size (the skip names each differing file and its size), and all share
+    one bit depth unless ``mixed_bit_depth == "allow"`` (the skip names each file's depth).
+    """
+    names = {s: files[s].name for s in STAINS}
+    missing = missing_files(files, names)
+    if missing:
+        raise UnitSkip(missing[0], files[missing[1]], row)
+    headers: dict[str, ImageHeader] = {}
+    for stain in STAINS:
+        try:
+            headers[stain] = image_header(files[stain])
+            check_size(headers[stain], max_pixels, files[stain].name, "hpa.max_field_pixels")
+        except ImageTooLarge as err:
+            raise UnitSkip(str(err), files[stain], row) from None
+        except Exception as err:  # not an image, or a header cut short
+            raise UnitSkip(f"unreadable or truncated image ({type(err).__name__}: {err})", files[stain], row) from None
+    try:
+        check_field({s: h.shape[:2] for s, h in headers.items()}, {s: h.bits for s, h in headers.items()}, names,
+                    "blue", mixed_bit_depth == "allow", "hpa.mixed_bit_depth")
+    except FieldMismatch as err:
+        raise UnitSkip(str(err), files[err.key], row) from None
+    return {s: read_channel(files[s], row) for s in STAINS}
+
+
 def read_channel(path: Path, row: int | None = None) -> np.ndarray:
     """One stain PNG as a 2-D uint8/uint16 array; ``UnitSkip`` naming the file (and the table row) when it
     cannot be used."""
     if not path.is_file():
         raise UnitSkip("missing channel file", path, row)
     try:
-        with Image.open(path) as im:
-            im.load()  # decode now: a truncated file fails here, not later
-            arr = np.array(im)
+        with warnings.catch_warnings():  # the size limit was checked from the header (read_field)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im.load()  # decode now: a truncated file fails here, not later
+                arr = np.array(im)
+    except Image.DecompressionBombError as err:  # over 2 x Image.MAX_IMAGE_PIXELS: Pillow refuses to open it
+        raise UnitSkip(f"image too large for Pillow ({err})", path, row) from None
     except Exception as err:  # PIL raises OSError, SyntaxError, ValueError... for broken files
         raise UnitSkip(f"unreadable or truncated image ({type(err).__name__}: {err})", path, row) from None
     if arr.ndim == 3:
@@ -152,12 +184,29 @@ def read_channel(path: Path, row: int | None = None) -> np.ndarray:
 class HPAPipeline(SourcePipeline):
     """HPA fields -> single cells (see the module docstring)."""
 
-    key = "hpa"
-    units_per_task = 2  # fields per dask task: the sample's 2-worker units phase ran ~10% shorter
     name = "hpa"
+    key = "hpa"
+    makes = ("hpa",)
+    unit_kind = "fields"
+    units_per_task = 2  # fields per dask task
+    DEFAULTS = {
+        "border": "pad", "crop": 512, "low_pct": 0.0, "high_pct": 99.9, "segmentation": "watershed",
+        "segmentation_options": {}, "mask_neighbours": False, "min_cell_area": 0,
+        "cellline_table": "kaggle_2021.tsv", "labels_table": "train.csv",
+        "max_field_pixels": 10_000 * 10_000, "mixed_bit_depth": "skip",
+    }
 
-    def discover(self, input_dir: Path, config: dict[str, Any]) -> tuple[list[Unit], list[Skipped]]:
-        opts = hpa_options(config)
+    def check_options(self, opts: dict[str, Any]) -> None:
+        if opts["border"] not in BORDER_POLICIES:
+            raise ValueError(f"config hpa.border: {opts['border']!r} is not one of {', '.join(BORDER_POLICIES)}")
+        if opts["mixed_bit_depth"] not in MIXED_BIT_DEPTH:
+            raise ValueError(f"config hpa.mixed_bit_depth: {opts['mixed_bit_depth']!r} is not one of "
+                             f"{', '.join(MIXED_BIT_DEPTH)}")
+
+    def tables(self, opts: dict[str, Any]) -> tuple[str, ...]:
+        return (opts["labels_table"],)
+
+    def discover(self, input_dir: Path, opts: dict[str, Any]) -> Discovery:
         input_dir = Path(input_dir)
         labels_path = input_dir / opts["labels_table"]
         lines_path = input_dir / opts["cellline_table"]
@@ -175,7 +224,7 @@ class HPAPipeline(SourcePipeline):
         seen: dict[str, int] = {}
         for i, (field_id, label) in enumerate(zip(labels["ID"], labels["Label"], strict=True)):
             row, field_id = i + 1, field_id.strip()
-            uid = _unit_id(field_id)
+            uid = safe_id(field_id)
 
             def skip(reason: str, file: Path = labels_path, _row: int = row, _uid: str = uid) -> None:
                 skipped.append(Skipped("hpa", _uid, reason, str(file), _row))
@@ -208,18 +257,15 @@ class HPAPipeline(SourcePipeline):
                 "cellline": info["cellline"], "in_trainset": info["in_trainset"], "files": files,
                 "root": str(input_dir)}))
         units.sort(key=lambda u: u.unit_id)
-        return units, skipped
+        return Discovery(units, skipped, found={"fields": len(labels)})
 
-    def process(self, unit: Unit, config: dict[str, Any]) -> UnitResult:
-        opts = hpa_options(config)
+    def process(self, unit: Unit, opts: dict[str, Any]) -> UnitResult:
         p = unit.payload
         files = {stain: Path(f) for stain, f in p["files"].items()}
-        raw = {stain: read_channel(files[stain], p["row"]) for stain in STAINS}
+        raw = read_field(files, p["row"], int(opts["max_field_pixels"]), opts["mixed_bit_depth"])
         shapes = {stain: a.shape for stain, a in raw.items()}
-        odd = [stain for stain in STAINS if shapes[stain] != shapes["blue"]]
-        if odd:  # name the file whose size differs from the nucleus image
-            raise UnitSkip(f"channel sizes differ: {shapes}", files[odd[0]], p["row"])
-        bit_depth = 16 if any(a.dtype == np.uint16 for a in raw.values()) else 8
+        depths = {STAINS[s]: 16 if a.dtype == np.uint16 else 8 for s, a in raw.items()}
+        bit_depth = max(depths.values())
         field8 = []
         for stain in STAINS:  # STAINS order = microtubules, protein, nucleus, er = SOURCES["hpa"].channels
             a = raw[stain]
@@ -273,14 +319,13 @@ class HPAPipeline(SourcePipeline):
                 "bit_depth": bit_depth, "original_size": list(shapes["blue"]),
                 "segmentation": opts["segmentation"], "masked_neighbours": bool(opts["mask_neighbours"]),
             }
+            if len(set(depths.values())) > 1:  # mixed_bit_depth: allow
+                meta["channel_bit_depths"] = depths
             cells.append(Cell(
                 image=np.ascontiguousarray(crop), channels=SOURCES["hpa"].channels, source="hpa",
                 label=p["label"], cell_id=cell_id,
                 meta=meta, groups={"cell_type": p["cellline"]}))
-        return UnitResult(cells=cells, skipped=skipped)
-
-    def assign(self, table: pd.DataFrame, config: dict[str, Any]) -> pd.DataFrame:
-        return assign_tasks(table, load_rules(self.key, config))
+        return UnitResult(cells=cells, skipped=skipped, found={"cells": len(props)})
 
     def synth(self, out_dir: Path, seed: int = 0) -> None:
         from pipelines.hpa_synth import write_hpa_sample

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
+from collections.abc import Sequence
 
 from pipelines.base import SourcePipeline
 
@@ -41,3 +43,27 @@ def get_pipeline(name: str) -> SourcePipeline:
     if not isinstance(pipeline, SourcePipeline):
         raise TypeError(f"pipeline {name!r}: {PIPELINES[name]} is not a SourcePipeline")
     return pipeline
+
+
+@functools.cache
+def shared_pipeline(name: str) -> SourcePipeline:
+    """The pipeline of a build name, created once per process (pipelines hold no state): what a build and its
+    dask workers use."""
+    return get_pipeline(name)
+
+
+def resolve_sources(source: str | Sequence[str]) -> dict[str, SourcePipeline]:
+    """``all`` -> the three raw sources; otherwise registered build names (checked), as {name: pipeline}.
+
+    A pipeline that reads a ready-made release builds on its own: combined with another one it is an error.
+    """
+    names = [source] if isinstance(source, str) else list(source)
+    out: dict[str, SourcePipeline] = {}
+    for n in names:
+        for m in (RAW_SOURCES if n == "all" else (n,)):
+            out.setdefault(m, shared_pipeline(m))  # unknown name -> KeyError listing the valid ones
+    alone = [n for n, p in out.items() if p.reads_release]
+    if alone and len(out) > 1:
+        raise ValueError(f"--source {alone[0]} converts a ready-made release on its own; do not combine it with "
+                         "other sources")
+    return out

@@ -32,6 +32,8 @@ def write_source_sample(out_dir: Path, name: str, seed: int = 0) -> Path:
     if _complete(final, seed):
         return final
     out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.glob(f".{name}.tmp-*"):  # left by a generation that was killed
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = out_dir / f".{name}.tmp-{uuid.uuid4().hex}"
     try:
         get_pipeline(name).synth(tmp, seed)

@@ -19,7 +19,9 @@ One unit = one metadata row. Per cell:
    the tile, keeping the aspect ratio, so no part of a large cell is lost.
 
 Label = ``cell_stage``; group ``Structure`` = ``structure_name``. Config section ``wtc11``: ``low_pct``,
-``high_pct``, ``fit``, ``pixel_size_tolerance`` (relative, default 0.02), ``channel_map``.
+``high_pct``, ``fit``, ``pixel_size_tolerance`` (relative, default 0.02), ``channel_map``,
+``max_stack_voxels`` (a larger crop_raw is skipped from its header, before decoding). Synthetic sample data:
+:mod:`pipelines.wtc11_synth`.
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ from __future__ import annotations
 import ast
 import json
 import logging
-import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -39,26 +40,16 @@ from skimage.transform import resize
 
 from chammi_data.schema import Cell, make_cell_id
 from chammi_data.vocab import SOURCES
-from pipelines.base import Skipped, SourcePipeline, Unit, UnitResult, UnitSkip
+from pipelines.base import Discovery, Skipped, SourcePipeline, Unit, UnitResult, UnitSkip, safe_id
 from pipelines.imaging import center_crop_or_pad, check_finite, to_uint8
-from pipelines.tasks import assign_tasks, load_rules
+from pipelines.rawio import ImageHeader, ImageTooLarge, check_size
 
 #: The six cell-cycle stage labels of CHAMMI WTC-11.
 STAGES: tuple[str, ...] = ("M0", "M1M2", "M3", "M4M5", "M6M7_complete", "M6M7_single")
 REQUIRED_COLUMNS = ("CellId", "structure_name", "cell_stage", "FOVId", "PlateId", "WellId", "crop_raw",
                     "name_dict", "scale_micron")
-DEFAULTS: dict[str, Any] = {
-    "low_pct": 0.1,
-    "high_pct": 99.9,
-    "fit": "pad_crop",  # pad_crop | scale_to_fit
-    "pixel_size_tolerance": 0.02,
-    "channel_map": {"dna": "nucleus", "membrane": "membrane", "structure": "protein"},
-}
-
-
-def settings(config: dict[str, Any] | None) -> dict[str, Any]:
-    """The ``wtc11`` config section merged over :data:`DEFAULTS`."""
-    return {**DEFAULTS, **((config or {}).get("wtc11") or {})}
+FITS = ("pad_crop", "scale_to_fit")
+TABLE = "metadata.csv"
 
 
 def _parse_listish(text: Any, what: str) -> Any:
@@ -74,14 +65,21 @@ def _parse_listish(text: Any, what: str) -> Any:
             raise ValueError(f"cannot parse {what} {text!r}") from None
 
 
-def read_ome(path: Path) -> tuple[np.ndarray, list[str], tuple[float | None, float | None, float | None]]:
-    """(array (Z, C, Y, X), OME channel names, physical sizes (z, y, x) in um) of an OME-TIFF."""
+def read_ome(path: Path, max_voxels: int | None = None,
+             ) -> tuple[np.ndarray, list[str], tuple[float | None, float | None, float | None]]:
+    """(array (Z, C, Y, X), OME channel names, physical sizes (z, y, x) in um) of an OME-TIFF.
+
+    ``max_voxels``: a stack whose header says it is larger raises :class:`pipelines.rawio.ImageTooLarge`
+    before any pixel is decoded.
+    """
     quiet = logging.getLogger("tifffile")
     level = quiet.level
     quiet.setLevel(logging.CRITICAL)  # a damaged file is reported as a skip; tifffile's own log is noise
     try:
         with tifffile.TiffFile(path) as tf:
             series = tf.series[0]
+            if max_voxels is not None:
+                check_size(ImageHeader.of_series(series), max_voxels, Path(path).name, "wtc11.max_stack_voxels")
             arr = series.asarray(maxworkers=1)  # one core per dask worker: no decoder thread pool
             axes = series.axes
             xml = tf.ome_metadata
@@ -112,21 +110,32 @@ def read_ome(path: Path) -> tuple[np.ndarray, list[str], tuple[float | None, flo
     return arr, names, sizes  # type: ignore[return-value]
 
 
-def _safe_id(value: Any) -> str:
-    text = re.sub(r"[^A-Za-z0-9_-]", "_", str(value))
-    return f"cell-{text}"[:80]
-
-
 class WTC11Pipeline(SourcePipeline):
     """Allen WTC-11 metadata.csv + per-cell OME-TIFF crops -> 3-channel 238 x 374 cells."""
 
-    key = "wtc11"
     name = "wtc11"
+    key = "wtc11"
+    makes = ("wtc11",)
     units_per_task = 8  # one small cell per unit: batch them so dask's per-task overhead stays small
+    DEFAULTS = {
+        "low_pct": 0.1,
+        "high_pct": 99.9,
+        "fit": "pad_crop",  # see FITS
+        "pixel_size_tolerance": 0.02,
+        "channel_map": {"dna": "nucleus", "membrane": "membrane", "structure": "protein"},
+        "max_stack_voxels": 500_000_000,  # Z * C * Y * X of one crop_raw, checked from its header: 1 GB at 16 bits
+    }
 
-    def discover(self, input_dir: Path, config: dict[str, Any]) -> tuple[list[Unit], list[Skipped]]:
+    def check_options(self, opts: dict[str, Any]) -> None:
+        if opts["fit"] not in FITS:
+            raise ValueError(f"wtc11.fit must be pad_crop or scale_to_fit, got {opts['fit']!r}")
+
+    def tables(self, opts: dict[str, Any]) -> tuple[str, ...]:
+        return (TABLE,)
+
+    def discover(self, input_dir: Path, opts: dict[str, Any]) -> Discovery:
         input_dir = Path(input_dir)
-        table_path = input_dir / "metadata.csv"
+        table_path = input_dir / TABLE
         if not table_path.is_file():
             raise FileNotFoundError(f"WTC-11: {table_path} not found (expected metadata.csv + crop_raw OME-TIFFs)")
         table = pd.read_csv(table_path, dtype=str, keep_default_na=False)
@@ -138,7 +147,7 @@ class WTC11Pipeline(SourcePipeline):
         first_row: dict[str, int] = {}
         for row, rec in enumerate(table.to_dict("records")):
             cell_id = str(rec["CellId"]).strip()
-            unit_id = _safe_id(cell_id)
+            unit_id = f"cell-{safe_id(cell_id, 75)}"
             if not cell_id:
                 skipped.append(Skipped(self.key, f"row-{row}", "empty CellId", str(table_path), row))
             elif cell_id in first_row:
@@ -148,22 +157,21 @@ class WTC11Pipeline(SourcePipeline):
                 skipped.append(Skipped(self.key, unit_id, f"unknown label cell_stage={rec['cell_stage']!r}; "
                                        f"valid: {', '.join(STAGES)}", str(table_path), row))
             else:
-                if unit_id in units:  # two ids that differ only in characters the unit id cannot hold
-                    unit_id = f"{unit_id}-{make_cell_id(self.key, cell_id)[-8:]}"
                 first_row[cell_id] = row
                 units[unit_id] = Unit(self.key, unit_id, {
                     "row": row, "table": str(table_path), "root": str(input_dir), **{k: str(v) for k, v in rec.items()}})
-        return [units[k] for k in sorted(units)], skipped
+        return Discovery([units[k] for k in sorted(units)], skipped, found={"cells": len(table)})
 
-    def process(self, unit: Unit, config: dict[str, Any]) -> UnitResult:
-        cfg = settings(config)
+    def process(self, unit: Unit, opts: dict[str, Any]) -> UnitResult:
         p = unit.payload
         row = p["row"]
         path = Path(p["root"]) / p["crop_raw"]
         if not path.is_file():
             raise UnitSkip(f"missing file: crop_raw {p['crop_raw']!r} does not exist", path, row)
         try:
-            stack, names, sizes = read_ome(path)
+            stack, names, sizes = read_ome(path, int(opts["max_stack_voxels"]))
+        except ImageTooLarge as exc:
+            raise UnitSkip(str(exc), path, row) from None
         except Exception as exc:  # truncated / corrupt TIFF, bad OME-XML
             raise UnitSkip(f"unreadable OME-TIFF ({type(exc).__name__}: {exc})", path, row) from None
         try:
@@ -176,8 +184,8 @@ class WTC11Pipeline(SourcePipeline):
                            f"expected {len(target)} like name_dict crop_raw {expected}", path, row)
         if names != expected:
             raise UnitSkip(f"channel names in OME metadata {names} != name_dict crop_raw {expected}", path, row)
-        self._check_pixel_size(p, sizes, cfg, path, row)
-        mapping = cfg["channel_map"]
+        self._check_pixel_size(p, sizes, opts, path, row)
+        mapping = opts["channel_map"]
         try:
             order = [names.index(next(n for n, t in mapping.items() if t == ch)) for ch in target]
         except (StopIteration, ValueError):
@@ -188,10 +196,10 @@ class WTC11Pipeline(SourcePipeline):
             raise UnitSkip(f"non-finite pixels: {exc}", path, row) from None
         proj = stack.max(axis=0)[order]  # (C, Y, X): project first, then reorder (no copy of the stack)
         try:
-            img = to_uint8(proj, cfg["low_pct"], cfg["high_pct"], axis=0, where="crop_raw max projection")
+            img = to_uint8(proj, opts["low_pct"], opts["high_pct"], axis=0, where="crop_raw max projection")
         except ValueError as exc:  # "constant image (channel k): ..."
             raise UnitSkip(str(exc), path, row) from None
-        img, scale = self._fit(img, cfg)
+        img, scale = self._fit(img, opts["fit"])
         meta = {
             "CellId": p["CellId"], "structure_name": p["structure_name"], "cell_stage": p["cell_stage"],
             "FOVId": p["FOVId"], "PlateId": p["PlateId"], "WellId": p["WellId"], "crop_raw": p["crop_raw"],
@@ -203,7 +211,7 @@ class WTC11Pipeline(SourcePipeline):
         return UnitResult([cell])
 
     @staticmethod
-    def _check_pixel_size(p: dict[str, Any], sizes: tuple, cfg: dict[str, Any], path: Path, row: int) -> None:
+    def _check_pixel_size(p: dict[str, Any], sizes: tuple, opts: dict[str, Any], path: Path, row: int) -> None:
         """PhysicalSizeZ/Y/X must agree with ``scale_micron`` (a number or a list) when both are given."""
         text = p.get("scale_micron", "")
         if not text or all(s is None for s in sizes):
@@ -213,144 +221,24 @@ class WTC11Pipeline(SourcePipeline):
         except ValueError as exc:
             raise UnitSkip(str(exc), p["table"], row) from None
         values = [float(v) for v in (scale if isinstance(scale, list | tuple) else [scale] * 3)]
-        tol = float(cfg["pixel_size_tolerance"])
+        tol = float(opts["pixel_size_tolerance"])
         for axis, got, want in zip("ZYX", sizes, values[-3:], strict=False):
             if got is not None and abs(got - want) > tol * max(abs(want), 1e-12):
                 raise UnitSkip(f"PhysicalSize{axis}={got} um in OME metadata != scale_micron {values} "
                                f"(tolerance {tol:.0%})", path, row)
 
-    def _fit(self, img: np.ndarray, cfg: dict[str, Any]) -> tuple[np.ndarray, float]:
+    def _fit(self, img: np.ndarray, fit: str) -> tuple[np.ndarray, float]:
         th, tw = SOURCES[self.key].tile_hw
         scale = 1.0
-        if cfg["fit"] == "scale_to_fit":
+        if fit == "scale_to_fit":
             scale = min(1.0, th / img.shape[1], tw / img.shape[2])
             if scale < 1.0:
                 shape = (img.shape[0], max(1, round(img.shape[1] * scale)), max(1, round(img.shape[2] * scale)))
                 img = np.rint(resize(img.astype(np.float64), shape, order=1, anti_aliasing=True,
                                      preserve_range=True)).clip(0, 255).astype(np.uint8)
-        elif cfg["fit"] != "pad_crop":
-            raise ValueError(f"wtc11.fit must be pad_crop or scale_to_fit, got {cfg['fit']!r}")
         return center_crop_or_pad(img, (th, tw), fill=0), scale
 
-    def assign(self, table: pd.DataFrame, config: dict[str, Any]) -> pd.DataFrame:
-        return assign_tasks(table, load_rules(self.key, config))
-
     def synth(self, out_dir: Path, seed: int = 0) -> None:
+        from pipelines.wtc11_synth import write_sample
+
         write_sample(Path(out_dir), seed)
-
-
-# --- synthetic sample raw data (the Allen layout) ---------------------------------------------------------
-
-#: structure_name -> protein pattern; the first four form the training pool, the last three Task_two.
-SYNTH_STRUCTURES = {"SON": "speckles", "TOMM20": "mito", "TUBA1B": "tubules", "ST6GAL1": "golgi",
-                    "TJP1": "junction", "CETN2": "centrioles", "ACTN1": "fibres"}
-NAME_DICT = {"crop_raw": ["dna", "membrane", "structure"],
-             "crop_seg": ["dna_segmentation", "membrane_segmentation", "membrane_segmentation_roof",
-                          "struct_segmentation", "struct_segmentation_roof"]}
-PIXEL_UM = 0.108333
-
-
-def _ellipse(yy: np.ndarray, xx: np.ndarray, cy: float, cx: float, ry: float, rx: float) -> np.ndarray:
-    return ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2
-
-
-def _nuclei(stage: str, h: int, w: int) -> list[tuple[float, float, float, float, float]]:
-    """(cy, cx, ry, rx, brightness) of the nucleus blobs of a stage: the learnable label signal."""
-    cy, cx, r = h / 2, w / 2, min(h, w)
-    return {
-        "M0": [(cy, cx, 0.30 * r, 0.36 * r, 0.55)],
-        "M1M2": [(cy, cx, 0.26 * r, 0.28 * r, 0.8)],
-        "M3": [(cy, cx, 0.30 * r, 0.07 * r, 1.0)],
-        "M4M5": [(cy, cx - 0.16 * r, 0.28 * r, 0.06 * r, 1.0), (cy, cx + 0.16 * r, 0.28 * r, 0.06 * r, 1.0)],
-        "M6M7_single": [(cy, cx - 0.22 * r, 0.15 * r, 0.13 * r, 0.8), (cy, cx + 0.22 * r, 0.15 * r, 0.13 * r, 0.8)],
-        "M6M7_complete": [(cy, cx - 0.42 * r, 0.17 * r, 0.15 * r, 0.7), (cy, cx + 0.42 * r, 0.17 * r, 0.15 * r, 0.7)],
-    }[stage]
-
-
-def _protein(pattern: str, yy: np.ndarray, xx: np.ndarray, inside: np.ndarray, ring: np.ndarray,
-             nucleus: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    h, w = inside.shape
-    out = np.zeros((h, w))
-    if pattern == "junction":
-        return ring * (yy < h * 0.5)
-    if pattern in ("speckles", "mito", "centrioles", "golgi"):
-        where = {"speckles": nucleus > 0, "mito": inside & (nucleus == 0), "centrioles": inside,
-                 "golgi": inside & (nucleus == 0)}[pattern]
-        n, rad = {"speckles": (25, 2.0), "mito": (60, 1.5), "centrioles": (2, 2.5), "golgi": (1, 9.0)}[pattern]
-        ys, xs = np.nonzero(where)
-        if len(ys):
-            for i in rng.integers(0, len(ys), n):
-                out += np.exp(-((yy - ys[i]) ** 2 + (xx - xs[i]) ** 2) / (2 * rad ** 2))
-        return out * inside
-    angles = rng.uniform(0, np.pi, 12 if pattern == "tubules" else 5)
-    if pattern == "fibres":
-        angles = np.full(5, rng.uniform(0, np.pi)) + rng.normal(0, 0.05, 5)
-    for a in angles:  # straight filaments through the cell, radial (tubules) or parallel (fibres)
-        off = 0.0 if pattern == "tubules" else rng.uniform(-0.3, 0.3) * min(h, w)
-        dist = np.abs((yy - h / 2) * np.cos(a) - (xx - w / 2) * np.sin(a) - off)
-        out += np.exp(-dist ** 2 / 3.0)
-    return out * inside
-
-
-def synth_cell(stage: str, pattern: str, shape_yx: tuple[int, int], z: int, gain: float, background: float,
-               noise: float, rng: np.random.Generator) -> np.ndarray:
-    """One synthetic crop_raw stack (Z, C=dna/membrane/structure, Y, X) uint16."""
-    h, w = shape_yx
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
-    nucleus = np.zeros((h, w))
-    for cy, cx, ry, rx, b in _nuclei(stage, h, w):
-        nucleus = np.maximum(nucleus, b * (_ellipse(yy, xx, cy, cx, ry, rx) <= 1))
-    if stage == "M1M2":  # condensing chromatin: granular texture
-        nucleus *= 0.6 + 0.4 * (rng.random((h, w)) > 0.5)
-    body = _ellipse(yy, xx, h / 2, w / 2, 0.45 * h, 0.47 * w)
-    if stage == "M6M7_complete":  # two daughter cells
-        body = np.minimum(_ellipse(yy, xx, h / 2, 0.27 * w, 0.4 * h, 0.24 * w),
-                          _ellipse(yy, xx, h / 2, 0.73 * w, 0.4 * h, 0.24 * w))
-    inside, ring = body <= 1, np.abs(np.sqrt(body) - 1) < 0.05
-    protein = _protein(pattern, yy, xx, inside, ring, nucleus, rng)
-    planes = np.stack([nucleus, ring.astype(float) + 0.15 * inside, protein / max(protein.max(), 1e-9)])
-    depth = np.exp(-((np.arange(z) - (z - 1) / 2) ** 2) / 2.0)  # the middle plane is in focus
-    stack = background + gain * 3000.0 * depth[:, None, None, None] * planes[None]
-    stack = stack + rng.normal(0, noise, stack.shape)
-    return np.clip(stack, 0, 65535).astype(np.uint16)
-
-
-def write_sample(out_dir: Path, seed: int = 0, cells_per_structure: int = 28, z: int = 3) -> Path:
-    """Write ``metadata.csv`` + ``crop_raw/<CellId>.ome.tiff`` (+ ``crop_seg``) into ``out_dir``.
-
-    7 structures (4 train + 3 novel) on their own plates with plate-level gain/background/noise nuisance,
-    6 stages with stage-dependent nuclei. Crops vary in size (some larger than 238 x 374, most smaller).
-    Deterministic by ``seed`` (OME UUIDs are derived from it). Returns the metadata.csv path.
-    """
-    out_dir = Path(out_dir)
-    (out_dir / "crop_raw").mkdir(parents=True, exist_ok=True)
-    (out_dir / "crop_seg").mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    rows = []
-    for s, (structure, pattern) in enumerate(SYNTH_STRUCTURES.items()):
-        plate = 3500 + s
-        gain, background, noise = rng.uniform(0.5, 1.5), rng.uniform(80, 500), rng.uniform(20, 120)
-        for j in range(cells_per_structure):
-            stage = STAGES[(j + s) % len(STAGES)]
-            cell_id = 10_000 + 100 * s + j
-            shape = (int(rng.integers(110, 250)), int(rng.integers(170, 400)))
-            cell_rng = np.random.default_rng([seed, cell_id])
-            stack = synth_cell(stage, pattern, shape, z, gain * cell_rng.uniform(0.8, 1.2), background, noise, cell_rng)
-            raw, seg = f"crop_raw/{cell_id}.ome.tiff", f"crop_seg/{cell_id}.ome.tiff"
-            _write_ome(out_dir / raw, stack, NAME_DICT["crop_raw"], f"{seed:08x}-0000-4000-8000-{cell_id:012d}")
-            masks = np.stack([stack[:, 0] > background + noise * 4] + [stack[:, 1] > background + noise * 4] * 2
-                             + [stack[:, 2] > background + noise * 4] * 2, axis=1).astype(np.uint8) * 255
-            _write_ome(out_dir / seg, masks, NAME_DICT["crop_seg"], f"{seed:08x}-0000-4000-9000-{cell_id:012d}")
-            rows.append({"CellId": cell_id, "structure_name": structure, "cell_stage": stage,
-                         "FOVId": plate * 10 + j % 3, "PlateId": plate, "WellId": f"{plate}-{j % 3}",
-                         "crop_raw": raw, "crop_seg": seg, "name_dict": json.dumps(NAME_DICT),
-                         "scale_micron": json.dumps([PIXEL_UM] * 3)})
-    path = out_dir / "metadata.csv"
-    pd.DataFrame(rows).to_csv(path, index=False)
-    return path
-
-
-def _write_ome(path: Path, stack: np.ndarray, names: list[str], uuid: str) -> None:
-    tifffile.imwrite(path, stack, ome=True, compression="zlib", metadata={
-        "axes": "ZCYX", "Channel": {"Name": names}, "UUID": uuid, "Creator": "chammi synthetic",
-        "PhysicalSizeX": PIXEL_UM, "PhysicalSizeY": PIXEL_UM, "PhysicalSizeZ": PIXEL_UM})

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines import wtc11
+from pipelines import wtc11_synth
 from pipelines.engine import build
 
 #: row -> (what is broken, a word the reason must contain)
@@ -28,13 +28,13 @@ def _corrupt(root: Path) -> pd.DataFrame:
     path = {r: root / table.crop_raw[r] for r in CORPUS}
     data = path[1].read_bytes()
     path[1].write_bytes(data[: len(data) // 2])
-    wtc11._write_ome(path[2], np.ones((2, 2, 40, 50), np.uint16) * np.arange(50, dtype=np.uint16), ["dna", "membrane"],
+    wtc11_synth.write_ome(path[2], np.ones((2, 2, 40, 50), np.uint16) * np.arange(50, dtype=np.uint16), ["dna", "membrane"],
                      "0-0-0-0-2")
     path[3].unlink()
     bad = np.random.default_rng(0).random((2, 3, 40, 50)).astype(np.float32)
     bad[0, 1, 5, 5], bad[1, 2, 7, 7] = np.nan, np.inf
-    wtc11._write_ome(path[4], bad, wtc11.NAME_DICT["crop_raw"], "0-0-0-0-4")
-    wtc11._write_ome(path[5], np.full((2, 3, 40, 50), 700, np.uint16), wtc11.NAME_DICT["crop_raw"], "0-0-0-0-5")
+    wtc11_synth.write_ome(path[4], bad, wtc11_synth.NAME_DICT["crop_raw"], "0-0-0-0-4")
+    wtc11_synth.write_ome(path[5], np.full((2, 3, 40, 50), 700, np.uint16), wtc11_synth.NAME_DICT["crop_raw"], "0-0-0-0-5")
     table.loc[6, "cell_stage"] = "M9"
     table = pd.concat([table, table.iloc[[0]]], ignore_index=True)  # duplicate CellId at the last row
     table.to_csv(root / "metadata.csv", index=False)
@@ -49,7 +49,7 @@ def test_bad_inputs_are_skipped_and_listed(wtc_copy: Path, tmp_path: Path) -> No
     rep = json.loads((tmp_path / "rel" / "build_report.json").read_text())
     acc = rep["accounting"]["wtc11"]
     n_rows = len(table)
-    assert acc["in"] == n_rows == acc["written"] + acc["skipped"] and acc["skipped"] == len(CORPUS) + 1
+    assert acc["kinds"] == {"cells": {"in": n_rows, "used": n_rows - len(CORPUS) - 1, "skipped": len(CORPUS) + 1}}
     by_row = {s["row"]: s for s in rep["skipped"]}
     for row, (what, word) in CORPUS.items():
         assert word in by_row[row]["reason"], (what, by_row[row])
@@ -70,6 +70,6 @@ def test_strict_fails_without_writing_a_release(wtc_copy: Path, tmp_path: Path) 
     res = build("wtc11", input_dir=wtc_copy, output=tmp_path / "rel", workers=1, strict=True,
                 progress=False, processes=False)
     assert not res.ok and "--strict" in res.failed
-    rep = json.loads((tmp_path / "rel" / "build_report.json").read_text())
+    rep = json.loads((tmp_path / "rel" / "build_report.failed.json").read_text())
     assert rep["status"] == "failed" and len(rep["skipped"]) == len(CORPUS) + 1
     assert not (tmp_path / "rel" / "release.json").exists() and not (tmp_path / "rel" / "shards").exists()

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from pipelines import cli, wtc11
+from pipelines import cli, wtc11, wtc11_synth
 
 
 @pytest.fixture()
 def tiny_wtc_synth(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make the WTC sample generator tiny (the real sample takes ~20 s to write here)."""
     monkeypatch.setattr(wtc11.WTC11Pipeline, "synth",
-                        lambda self, out, seed=0: wtc11.write_sample(out, seed, cells_per_structure=2, z=1))
+                        lambda self, out, seed=0: wtc11_synth.write_sample(out, seed, cells_per_structure=2, z=1))
 
 
 def test_bad_arguments_exit_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -42,20 +44,52 @@ def test_build_from_sample_to_default_output(tmp_path: Path, tiny_wtc_synth: Non
     monkeypatch.setenv("CHAMMI_RELEASE", str(tmp_path / "release"))
     assert cli.main(["--source", "wtc11", "--workers", "1", "--quiet"]) == 0
     out = capsys.readouterr().out
-    assert "in 14 = written 14 + skipped 0" in out and "Task_two" in out
+    assert "cells in 14 = used 14 + skipped 0" in out and "Task_two" in out
     assert (tmp_path / "release" / "release.json").is_file()
-    assert (tmp_path / "release" / ".work" / "sample_raw" / "wtc11" / "metadata.csv").is_file()
-    # --strict with a skipped row: exit 1, report says why
-    meta_path = tmp_path / "release" / ".work" / "sample_raw" / "wtc11" / "metadata.csv"
+    # the generated sample raw data is work data: gone after a successful build without --keep-work
+    assert not (tmp_path / "release" / ".work").exists()
+    # --strict with a skipped row: exit 1, the failed report beside the untouched release
     raw = tmp_path / "raw"
-    import shutil
-
-    shutil.copytree(meta_path.parent, raw)
+    wtc11_synth.write_sample(raw, 0, cells_per_structure=2, z=1)
     table = pd.read_csv(raw / "metadata.csv")
     table.loc[0, "cell_stage"] = "M8"
     table.to_csv(raw / "metadata.csv", index=False)
     assert cli.main(["--source", "wtc11", "--input", str(raw), "--output", str(tmp_path / "s"), "--strict",
                      "--workers", "1", "--quiet"]) == 1
-    rep = json.loads((tmp_path / "s" / "build_report.json").read_text())
+    rep = json.loads((tmp_path / "s" / "build_report.failed.json").read_text())
     assert rep["status"] == "failed" and rep["skipped"][0]["row"] == 0
-    assert "FAILED" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "FAILED" in out and str(tmp_path / "s" / "build_report.failed.json") in out
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    import chammi_data
+
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"chammi-build {chammi_data.__version__}"
+
+
+def test_python_dash_m_pipelines_runs_chammi_build() -> None:
+    import chammi_data
+
+    run = subprocess.run([sys.executable, "-m", "pipelines", "--version"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and run.stdout.strip() == f"chammi-build {chammi_data.__version__}"
+    run = subprocess.run([sys.executable, "-m", "pipelines", "--source", "nope"], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 2 and "invalid choice" in run.stderr
+
+
+def test_a_foreign_pipelines_package_is_named(tmp_path: Path) -> None:
+    """Another project's ``pipelines`` first on sys.path: the CLI module refuses it, naming it and the fix."""
+    fake = tmp_path / "site" / "pipelines"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text('"""Some other project\'s pipelines."""\n')
+    code = ("import importlib.util, sys\n"
+            f"sys.path.insert(0, {str(tmp_path / 'site')!r})\n"
+            f"spec = importlib.util.spec_from_file_location('chammi_build_cli', {str(Path(cli.__file__))!r})\n"
+            "spec.loader.exec_module(importlib.util.module_from_spec(spec))\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0 and "ImportError" in run.stderr
+    assert str(fake / "__init__.py") in run.stderr and "not the CHAMMI toolkit's pipelines package" in run.stderr
+    assert "pip uninstall pipelines" in run.stderr and "fresh virtual environment" in run.stderr

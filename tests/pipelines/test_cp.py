@@ -67,8 +67,15 @@ def write_plate(root: Path, plate: str = "P1", dataset: str = "LINCS", wells: di
     return pdir
 
 
-def discover(root: Path, config: dict | None = None):
-    return CPPipeline().discover(root, config or {})
+def opts(**section):
+    """CP options: the defaults with ``section`` merged over them."""
+    return CPPipeline().options(section)
+
+
+def discover(root: Path, section: dict | None = None):
+    """(units, skipped) of the CP discovery of ``root``."""
+    found = CPPipeline().discover(root, opts(**(section or {})))
+    return found.units, found.skipped
 
 
 # ------------------------------------------------------------------------------------------------ layout
@@ -84,7 +91,7 @@ def test_site_unit_channels_follow_load_data(tmp_path):
     write_plate(tmp_path)
     units, skipped = discover(tmp_path)
     assert skipped == [] and [u.unit_id for u in units] == ["cp-LINCS-P1-A01-s1", "cp-LINCS-P1-A02-s1"]
-    res = CPPipeline().process(units[0], {})
+    res = CPPipeline().process(units[0], opts())
     assert res.skipped == [] and len(res.cells) == 2
     cell = res.cells[0]
     assert cell.image.shape == (5, 160, 160) and cell.image.dtype == np.uint8
@@ -96,27 +103,27 @@ def test_site_unit_channels_follow_load_data(tmp_path):
         y, x = np.unravel_index(np.argmax(cell.image[k]), cell.image[k].shape)
         assert (abs(y + 20 - MARK_AT[ch][0]) <= 5) and (abs(x + 20 - MARK_AT[ch][1]) <= 5), ch
     assert res.cells[1].label == "BRD-K21680192"
-    assert CPPipeline().process(units[1], {}).cells[0].label == "DMSO"
+    assert CPPipeline().process(units[1], opts()).cells[0].label == "DMSO"
 
 
 def test_border_policies(tmp_path):
     write_plate(tmp_path, positions=[(100.0, 100.0), (10.0, 10.0)])
     unit = discover(tmp_path)[0][0]
-    pad = CPPipeline().process(unit, {})
+    pad = CPPipeline().process(unit, opts())
     corner = pad.cells[1]
     assert corner.meta["touched_border"] and corner.image[:, :60, :60].max() == 0  # zero pad outside
-    skip = CPPipeline().process(unit, {"cp": {"border": "skip"}})
+    skip = CPPipeline().process(unit, opts(border="skip"))
     assert len(skip.cells) == 1 and len(skip.skipped) == 1
     assert "border" in skip.skipped[0].reason and skip.skipped[0].row == "ObjectNumber 2"
-    shift = CPPipeline().process(unit, {"border": "shift"})
+    shift = CPPipeline().process(unit, opts(border="shift"))
     assert len(shift.cells) == 2 and shift.cells[1].image[:, :10, :10].max() > 0
 
 
 def test_cell_ids_and_pixels_do_not_depend_on_location(tmp_path):
     write_plate(tmp_path / "a")
     shutil.copytree(tmp_path / "a", tmp_path / "b")
-    ca = CPPipeline().process(discover(tmp_path / "a")[0][0], {}).cells
-    cb = CPPipeline().process(discover(tmp_path / "b")[0][0], {}).cells
+    ca = CPPipeline().process(discover(tmp_path / "a")[0][0], opts()).cells
+    cb = CPPipeline().process(discover(tmp_path / "b")[0][0], opts()).cells
     assert [c.cell_id for c in ca] == [c.cell_id for c in cb]
     assert [c.checksum for c in ca] == [c.checksum for c in cb]
     assert [c.meta for c in ca] == [c.meta for c in cb]  # provenance paths are relative to the input root
@@ -158,38 +165,10 @@ def test_ixm_names_without_load_data(tmp_path):
     (pm / "M.txt").write_text("well_position\tbroad_sample\tmmoles_per_liter\tsolvent\nB02\t\t0\tDMSO\n")
     units, skipped = discover(tmp_path)
     assert not skipped and [u.unit_id for u in units] == ["cp-BBBC022-20585-B02-s2"]
-    cells = CPPipeline().process(units[0], {}).cells
+    cells = CPPipeline().process(units[0], opts()).cells
     assert len(cells) == 1 and cells[0].label == "DMSO" and cells[0].meta["positions"] == "plate_csv"
     y, x = np.unravel_index(np.argmax(cells[0].image[0]), (160, 160))
     assert abs(y + 20 - 60) <= 5 and abs(x + 20 - 60) <= 5  # w1 = DNA
-
-
-def test_sqlite_positions_filter_by_site(tmp_path):
-    pdir = tmp_path / "P"
-    pdir.mkdir()
-    images = pd.DataFrame({"TableNumber": [1, 1, 2], "ImageNumber": [1, 2, 1], "Image_Metadata_Plate": "P",
-                           "Image_Metadata_Well": ["A01", "A02", "A01"], "Image_Metadata_Site": [1, 1, 2]})
-    nuclei = pd.DataFrame({"TableNumber": [1, 1, 2, 2], "ImageNumber": [1, 2, 1, 1], "ObjectNumber": [1, 1, 1, 2],
-                           "Nuclei_Location_Center_X": [10.0, 20.0, 30.0, 40.0],
-                           "Nuclei_Location_Center_Y": [11.0, 21.0, 31.0, 41.0]})
-    lay.write_cellprofiler_sqlite(pdir / "P.sqlite", images, nuclei)
-    spec = lay.positions_source(pdir, "P", "A01", 2)
-    assert spec["kind"] == "sqlite"
-    assert lay.read_positions(spec, "P", "A01", 2) == [(1, 30.0, 31.0), (2, 40.0, 41.0)]
-    assert lay.read_positions(spec, "P", "A02", 1) == [(1, 20.0, 21.0)]
-
-
-def test_plate_csv_with_image_table(tmp_path):
-    pd.DataFrame({"ImageNumber": [1, 2, 2], "ObjectNumber": [1, 1, 2], "Nuclei_Location_Center_X": [1.0, 2.0, 3.0],
-                  "Nuclei_Location_Center_Y": [4.0, 5.0, 6.0]}).to_csv(tmp_path / "Nuclei.csv", index=False)
-    pd.DataFrame({"ImageNumber": [1, 2], "Metadata_Plate": "P", "Metadata_Well": ["A01", "B03"],
-                  "Metadata_Site": [1, 1]}).to_csv(tmp_path / "Image.csv", index=False)
-    spec = lay.positions_source(tmp_path, "P", "B03", 1)
-    assert spec["kind"] == "plate_csv"
-    assert lay.read_positions(spec, "P", "B03", 1) == [(1, 2.0, 5.0), (2, 3.0, 6.0)]
-    (tmp_path / "Image.csv").unlink()
-    with pytest.raises(lay.LayoutError, match="ImageNumber \\+ Image.csv"):
-        lay.read_positions(spec, "P", "B03", 1)
 
 
 def test_phenix_names_without_load_data_need_channel_numbers(tmp_path):
@@ -197,10 +176,10 @@ def test_phenix_names_without_load_data_need_channel_numbers(tmp_path):
     (pdir / "load_data.csv").unlink()
     units, skipped = discover(tmp_path)
     assert units == [] and "phenix_channels" in skipped[0].reason
-    config = {"cp": {"phenix_channels": {str(v): k for k, v in CH_NUMS.items()}}}
+    config = {"phenix_channels": {str(v): k for k, v in CH_NUMS.items()}}
     units, skipped = discover(tmp_path, config)
     assert not skipped and len(units) == 2 and units[0].payload["row"] is None
-    cell = CPPipeline().process(units[0], config).cells[0]
+    cell = CPPipeline().process(units[0], opts(**config)).cells[0]
     y, x = np.unravel_index(np.argmax(cell.image[4]), (160, 160))
     assert abs(y + 20 - 100) <= 5 and abs(x + 20 - 100) <= 5  # mito square
 
@@ -220,25 +199,80 @@ def test_missing_channel_file(tmp_path):
     next((pdir / "images").glob("r01c01f01p01-ch5*")).unlink()  # ER of A01
     units, _ = discover(tmp_path)
     with pytest.raises(UnitSkip) as exc:
-        CPPipeline().process(units[0], {})
-    assert "missing ER image file" in exc.value.reason and exc.value.row == 2
+        CPPipeline().process(units[0], opts())
+    assert "missing channel file(s): ER (r01c01f01p01-ch5sk1fk1fl1.tiff)" in exc.value.reason and exc.value.row == 2
     assert exc.value.file.endswith("ch5sk1fk1fl1.tiff")
+
+
+def _a01(pdir: Path, ch: str) -> Path:
+    """The A01 file of raw channel ``ch`` written by :func:`write_plate`."""
+    return pdir / "images" / f"r01c01f01p01-ch{CH_NUMS[ch]}sk1fk1fl1.tiff"
+
+
+def _a01_skip(tmp_path: Path, damage, **options) -> UnitSkip:
+    """The skip of site A01 of a sample plate after ``damage(plate folder)``."""
+    pdir = write_plate(tmp_path)
+    damage(pdir)
+    units, _ = discover(tmp_path)
+    with pytest.raises(UnitSkip) as exc:
+        CPPipeline().process(units[0], opts(**options))
+    return exc.value
+
+
+def test_every_missing_channel_file_is_named(tmp_path):
+    skip = _a01_skip(tmp_path, lambda pdir: [_a01(pdir, ch).unlink() for ch in ("ER", "Mito")])
+    assert skip.reason == "missing channel file(s): ER (r01c01f01p01-ch5sk1fk1fl1.tiff), Mito (r01c01f01p01-ch2sk1fk1fl1.tiff)"
+
+
+def test_size_mismatch_names_the_files_and_sizes(tmp_path):
+    skip = _a01_skip(tmp_path, lambda pdir: tifffile.imwrite(_a01(pdir, "RNA"), field_for("RNA", size=150)))
+    assert skip.reason == ("channel sizes differ from DNA (r01c01f01p01-ch3sk1fk1fl1.tiff) (200x200): "
+                           "RNA (r01c01f01p01-ch1sk1fk1fl1.tiff) is 150x150")
+    assert skip.file.endswith("ch1sk1fk1fl1.tiff")
+
+
+def test_mixed_bit_depth_is_skipped_unless_allowed(tmp_path):
+    skip = _a01_skip(tmp_path, lambda pdir: tifffile.imwrite(_a01(pdir, "Mito"), field_for("Mito", dtype=np.uint8)))
+    assert skip.reason.startswith("mixed bit depths in one field: DNA (r01c01f01p01-ch3sk1fk1fl1.tiff) 16-bit")
+    assert "Mito (r01c01f01p01-ch2sk1fk1fl1.tiff) 8-bit" in skip.reason and "cp.mixed_bit_depth" in skip.reason
+    cells = CPPipeline().process(discover(tmp_path)[0][0], opts(mixed_bit_depth="allow")).cells
+    assert cells[0].meta["bit_depth"] == 16 and cells[0].meta["channel_bit_depths"]["Mito"] == 8
+
+
+def test_a_tiff_over_the_size_limit_is_not_decoded(tmp_path, monkeypatch):
+    monkeypatch.setattr(tifffile.TiffFile, "asarray", lambda *a, **k: pytest.fail("decoded before the size check"))
+    # the header of a 512 MB plane (a sparse file): refused before any plane of the site is decoded
+    skip = _a01_skip(tmp_path, lambda pdir: tifffile.imwrite(_a01(pdir, "AGP"), shape=(16000, 16000), dtype=np.uint16))
+    assert skip.reason == ("image too large: r01c01f01p01-ch4sk1fk1fl1.tiff is 16000 x 16000 (256,000,000 "
+                           "pixels), over cp.max_field_pixels = 100,000,000; not decoded")
+    assert skip.file.endswith("ch4sk1fk1fl1.tiff")
+
+
+def test_nucleus_rows_without_coordinates_are_listed(tmp_path):
+    write_plate(tmp_path, positions=[(100.0, 100.0), (float("nan"), 50.0), (30.0, 170.0)])
+    units, _ = discover(tmp_path)
+    res = CPPipeline().process(units[0], opts())
+    assert len(res.cells) == 2 and res.found == {"cells": 3}
+    (skip,) = res.skipped
+    assert "without coordinates" in skip.reason and skip.row == "ObjectNumber 2" and skip.file.endswith("Nuclei.csv")
 
 
 def test_wrong_dims_and_8bit(tmp_path):
     pdir = write_plate(tmp_path, dtype=np.uint8)
     units, _ = discover(tmp_path)
-    cells = CPPipeline().process(units[0], {}).cells
+    cells = CPPipeline().process(units[0], opts()).cells
     assert len(cells) == 2 and cells[0].meta["bit_depth"] == 8 and cells[0].image.max() == 255
     tifffile.imwrite(next((pdir / "images").glob("r01c02f01p01-ch3*")), np.zeros((3, 20, 20), np.uint16),
                      photometric="minisblack")
     with pytest.raises(UnitSkip, match="DNA image must be 2-D"):
-        CPPipeline().process(units[1], {})
+        CPPipeline().process(units[1], opts())
 
 
 def test_well_missing_in_platemap(tmp_path):
     write_plate(tmp_path, platemap_wells={"A01": "BRD-K21680192-300-06-1"})
-    units, skipped = discover(tmp_path)
+    found = CPPipeline().discover(tmp_path, opts())
+    assert found.found == {"plates": 1, "sites": 2} and found.used == {"plates": 1}
+    units, skipped = found.units, found.skipped
     assert [u.payload["well"] for u in units] == ["A01"]
     assert len(skipped) == 1 and "well A02" in skipped[0].reason and "MAP1.txt" in skipped[0].reason
     assert skipped[0].row == 3
@@ -248,7 +282,7 @@ def test_nan_illumination_and_correction(tmp_path):
     pdir = write_plate(tmp_path)
     (pdir / "illum").mkdir()
     unit = discover(tmp_path)[0][0]
-    plain = CPPipeline().process(unit, {}).cells
+    plain = CPPipeline().process(unit, opts()).cells
     # vignetted raw images + the matching illumination function give back the flat result
     yy, xx = np.mgrid[0:200, 0:200]
     vig = 1.0 - 0.4 * ((yy - 100) ** 2 + (xx - 100) ** 2) / 20000.0
@@ -257,8 +291,8 @@ def test_nan_illumination_and_correction(tmp_path):
         tifffile.imwrite(f, tifffile.imread(f).astype(np.float64) * vig)
         np.save(pdir / "illum" / f"P1_Illum{ch}.npy", vig)
     unit = discover(tmp_path)[0][0]
-    corrected = CPPipeline().process(unit, {}).cells
-    uncorrected = CPPipeline().process(discover(tmp_path, {"illum": False})[0][0], {}).cells
+    corrected = CPPipeline().process(unit, opts()).cells
+    uncorrected = CPPipeline().process(discover(tmp_path, {"illum": False})[0][0], opts()).cells
     diff_c = np.abs(corrected[0].image.astype(int) - plain[0].image).mean()
     diff_u = np.abs(uncorrected[0].image.astype(int) - plain[0].image).mean()
     assert corrected[0].meta["illum"] and diff_c < 0.5 < diff_u
@@ -266,18 +300,18 @@ def test_nan_illumination_and_correction(tmp_path):
     bad[5, 5] = np.nan
     np.save(pdir / "illum" / "P1_IllumMito.npy", bad)
     with pytest.raises(UnitSkip, match="illumination function Mito holds NaN"):
-        CPPipeline().process(unit, {})
+        CPPipeline().process(unit, opts())
 
 
 def test_site_with_no_nuclei_and_constant_channel(tmp_path):
     pdir = write_plate(tmp_path, positions=[])
     units, _ = discover(tmp_path)
     with pytest.raises(UnitSkip, match="no nuclei") as exc:
-        CPPipeline().process(units[0], {})
+        CPPipeline().process(units[0], opts())
     assert exc.value.file.endswith("Nuclei.csv")
     tifffile.imwrite(units[1].payload["files"]["RNA"], np.full((200, 200), 7, np.uint16))
     with pytest.raises(UnitSkip, match="constant image"):
-        CPPipeline().process(units[1], {})
+        CPPipeline().process(units[1], opts())
     assert pdir.is_dir()
 
 
@@ -286,6 +320,7 @@ def test_plate_without_platemap_is_skipped(tmp_path):
     shutil.rmtree(tmp_path / "LINCS" / "platemaps")
     units, skipped = discover(tmp_path)
     assert units == [] and len(skipped) == 1 and "barcode_platemap.csv" in skipped[0].reason
+    assert skipped[0].kind == "plates"
 
 
 def test_segmentation_fallback(tmp_path):
@@ -293,7 +328,7 @@ def test_segmentation_fallback(tmp_path):
     shutil.rmtree(pdir / "analysis")
     units, _ = discover(tmp_path)
     assert units[0].payload["positions"]["kind"] == "segment"
-    cells = CPPipeline().process(units[0], {}).cells
+    cells = CPPipeline().process(units[0], opts()).cells
     centres = {(round(c.meta["nucleus_y"]), round(c.meta["nucleus_x"])) for c in cells}
     assert any(abs(y - 60) <= 3 and abs(x - 60) <= 3 for y, x in centres)  # the DNA square
 
@@ -322,8 +357,9 @@ def sample(tmp_path_factory):
     root = tmp_path_factory.mktemp("cp_sample")
     CPPipeline().synth(root, seed=3, field_size=384)
     pipe = CPPipeline()
-    units, skipped = pipe.discover(root, {})
-    cells = [c for u in units for c in pipe.process(u, {}).cells]
+    found = pipe.discover(root, pipe.options())
+    units, skipped = found.units, found.skipped
+    cells = [c for u in units for c in pipe.process(u, pipe.options()).cells]
     return root, units, skipped, cells
 
 
@@ -350,30 +386,9 @@ def test_sample_builds_every_task(sample):
 def test_sample_is_deterministic(sample, tmp_path):
     root, units, _, cells = sample
     CPPipeline().synth(tmp_path, seed=3, field_size=384)
-    again, _ = CPPipeline().discover(tmp_path, {})
+    again, _ = discover(tmp_path)
     assert [u.unit_id for u in again] == [u.unit_id for u in units]
-    first = CPPipeline().process(again[5], {}).cells
+    first = CPPipeline().process(again[5], opts()).cells
     ref = [c for c in cells if c.meta["plate"] == again[5].payload["plate"]
            and c.meta["well"] == again[5].payload["well"]]
     assert [c.checksum for c in first] == [c.checksum for c in ref]
-
-
-@pytest.mark.parametrize("text", [
-    "ObjectNumber,Nuclei_Location_Center_X,Nuclei_Location_Center_Y\n1,10.5,20\n2,,3\n\n3,7e1,NaN\n4,5,6\n",
-    "\ufeffNuclei_Location_Center_Y,Other,Nuclei_Location_Center_X\n1.5,a,2\n3,\"b,c\",4\nnan,x,1\n5,y\n",
-    "Nuclei_Location_Center_X,Nuclei_Location_Center_Y\n",
-])
-def test_site_csv_reader_matches_pandas(tmp_path: Path, text: str) -> None:
-    path = tmp_path / "Nuclei.csv"
-    path.write_text(text, encoding="utf-8")
-    assert lay._site_csv_objects(path, "w") == lay._objects(pd.read_csv(path), "w")
-
-
-def test_site_csv_reader_errors(tmp_path: Path) -> None:
-    path = tmp_path / "Nuclei.csv"
-    path.write_text("Nuclei_Location_Center_X,Other\n1,2\n", encoding="utf-8")
-    with pytest.raises(lay.LayoutError, match="missing column 'Nuclei_Location_Center_Y'"):
-        lay._site_csv_objects(path, "w")
-    path.write_text("Nuclei_Location_Center_X,Nuclei_Location_Center_Y\n1,2,3\n", encoding="utf-8")
-    with pytest.raises(lay.LayoutError, match="row 1 has 3 fields"):
-        lay._site_csv_objects(path, "w")

@@ -5,15 +5,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 
 from chammi_data.manifest import read_manifest
 from chammi_data.release_format import MANIFEST_COLUMNS
-from pipelines import engine
-from pipelines.engine import build, deep_merge, load_config
-from pipelines.report import order_cells, plan_shards
+from pipelines.build_config import config_hash, deep_merge, load_config
+from pipelines.engine import build
+from pipelines.ledger import order_cells
+from pipelines.registry import resolve_sources
+from pipelines.writing import plan_shards
 
 SMALL = {"cells_per_shard": 8}
 
@@ -33,14 +34,16 @@ def test_build_writes_a_complete_release(wtc_raw: Path, tmp_path: Path) -> None:
     assert set(man.train_test_split) == {"Train", "Task_one", "Task_two"}
     assert (man.loc[man.Structure.isin(["TJP1", "CETN2", "ACTN1"]), "train_test_split"] == "Task_two").all()
     rep = json.loads((tmp_path / "rel" / "build_report.json").read_text())
-    assert rep["status"] == "ok" and rep["accounting"]["wtc11"] == {"units": 42, "units_reused": 0, "written": 42,
-                                                                     "skipped": 0, "in": 42}
+    assert rep["status"] == "ok" and rep["accounting"]["wtc11"] == {
+        "units": 42, "units_reused": 0, "written": 42, "skipped": 0, "kinds": {"cells": {"in": 42, "used": 42, "skipped": 0}}}
     assert rep["written"]["wtc11"]["tasks"]["Task_two"] == 18
     release = json.loads(res.release_json.read_text())
-    assert release["config_hash"] == engine.config_hash(load_config(overrides=SMALL))
+    assert release["config_hash"] == config_hash(load_config(overrides=SMALL))
     assert release["extra"]["rules_sha256"]["wtc11"]
-    assert not (tmp_path / "rel" / ".work").exists()  # spills removed after success
-    assert "Task_two" in res.summary() and "in 42 = written 42 + skipped 0" in res.summary()
+    # exactly the release: no spills, staging folder, lock file or temp file left behind
+    assert sorted(p.name for p in (tmp_path / "rel").iterdir()) == [
+        "build_report.json", "manifest.csv", "manifest.parquet", "release.json", "shards", "zarr"]
+    assert "Task_two" in res.summary() and "cells in 42 = used 42 + skipped 0" in res.summary()
 
 
 @pytest.mark.slow
@@ -55,7 +58,7 @@ def test_output_independent_of_workers_and_resumes_from_spills(wtc_raw: Path, tm
     assert again.accounting()["wtc11"]["units_reused"] == 42
     assert tree_hashes(tmp_path / "b") == tree_hashes(tmp_path / "a")
     # the shard size and other sources' settings do not invalidate finished units; wtc11 settings do
-    reshard = _build(wtc_raw, tmp_path / "b", workers=1, keep_work=True, config={"cells_per_shard": 5, "hpa": {"x": 1}})
+    reshard = _build(wtc_raw, tmp_path / "b", workers=1, keep_work=True, config={"cells_per_shard": 5, "hpa": {"crop": 256}})
     assert reshard.accounting()["wtc11"]["units_reused"] == 42
     assert read_manifest(tmp_path / "b").shard.nunique() == 9
     changed = _build(wtc_raw, tmp_path / "b", workers=1, config={"wtc11": {"high_pct": 99.0}})
@@ -89,9 +92,13 @@ def test_config_merge_and_errors(tmp_path: Path) -> None:
         load_config(overrides={"cells_per_shard": 0})
     with pytest.raises(FileNotFoundError):
         load_config(tmp_path / "missing.yaml")
+    with pytest.raises(ValueError, match="unknown key"):
+        load_config(overrides={"border": "skip"})  # source options belong in the source's section
     with pytest.raises(KeyError, match="valid: wtc11, hpa, cp, chammi"):
-        engine.resolve_sources("nope")
-    assert engine.resolve_sources("all") == ["wtc11", "hpa", "cp"]
+        resolve_sources("nope")
+    assert list(resolve_sources("all")) == ["wtc11", "hpa", "cp"]
+    with pytest.raises(ValueError, match="on its own"):
+        resolve_sources(["chammi", "wtc11"])
     with pytest.raises(ValueError, match="needs --input"):
         build("chammi", output=tmp_path / "o", progress=False, processes=False)
 
@@ -105,22 +112,6 @@ def test_ordering_and_shard_plan() -> None:
     assert [(p["index"], p["zarr_start"], len(p["entries"])) for p in plans["wtc11"]] == [(0, 0, 2), (1, 2, 1)]
     with pytest.raises(ValueError, match="unknown cell order"):
         order_cells(cells, "random")
-
-
-def test_spill_roundtrip_and_stale_key(tmp_path: Path) -> None:
-    from chammi_data.schema import Cell
-    from pipelines.base import Skipped, UnitResult
-
-    cell = Cell(np.zeros((3, 238, 374), np.uint8), ("nucleus", "membrane", "protein"), "wtc11", "M0", "wtc11-x",
-                meta={"row": 1})
-    path = tmp_path / "u.spill"
-    engine.write_spill(path, "k1", UnitResult([cell], [Skipped("wtc11", "u", "why", "f", 2)]))
-    records, skips = engine.read_spill_meta(path, "k1")
-    assert records[0]["cell_id"] == "wtc11-x" and skips[0].reason == "why" and skips[0].row == 2
-    assert engine.read_spill_meta(path, "k2") is None  # other config -> recompute
-    path.write_bytes(path.read_bytes()[:100])  # torn file -> recompute, not crash
-    assert engine.read_spill_meta(path, "k1") is None
-    assert not list(tmp_path.glob(".*tmp"))
 
 
 @pytest.mark.slow
@@ -145,7 +136,7 @@ def test_all_sources_from_the_embedded_sample(tmp_path: Path, hash_tree) -> None
     from chammi_data.vocab import LOGO_TASKS, SOURCES
 
     res = build("all", output=tmp_path / "rel", workers=2, progress=False, processes=False,
-                config={"cells_per_shard": 16})
+                config={"cells_per_shard": 16}, keep_work=True)
     assert res.ok and (tmp_path / "rel" / ".work" / "sample_raw" / "cp").is_dir()
     one = build("all", input_dir=tmp_path / "rel" / ".work" / "sample_raw", output=tmp_path / "one", workers=1,
                 progress=False, processes=False, config={"cells_per_shard": 16})
@@ -163,5 +154,47 @@ def test_all_sources_from_the_embedded_sample(tmp_path: Path, hash_tree) -> None
         part = man[(man.source == key) & man[task]]
         assert part[group].nunique() >= 2, (key, task)
     rep = json.loads((tmp_path / "rel" / "build_report.json").read_text())
+    assert set(rep["accounting"]["hpa"]["kinds"]) == {"fields", "cells"}
+    assert set(rep["accounting"]["cp"]["kinds"]) == {"plates", "sites", "cells"}
+    assert "hpa: fields in " in res.summary() and "; cells in " in res.summary()
     for acc in rep["accounting"].values():
-        assert acc["in"] == acc["written"] + acc["skipped"]
+        for t in acc["kinds"].values():
+            assert t["in"] == t["used"] + t["skipped"] > 0
+
+
+def test_an_item_dropped_without_a_skip_fails_the_build(wtc_raw: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``in`` is counted where the items are found (the metadata rows), so a pipeline that loses one is caught."""
+    from pipelines.wtc11 import WTC11Pipeline
+
+    real = WTC11Pipeline.discover
+
+    def loses_a_row(self, input_dir, opts):
+        found = real(self, input_dir, opts)
+        found.units.pop()
+        return found
+
+    monkeypatch.setattr(WTC11Pipeline, "discover", loses_a_row)
+    res = _build(wtc_raw, tmp_path / "rel")
+    assert not res.ok and "wtc11 cells: in 42 != used 41 + skipped 0" in res.failed
+    assert not (tmp_path / "rel" / "release.json").exists()
+    rep = json.loads((tmp_path / "rel" / "build_report.failed.json").read_text())
+    assert rep["accounting"]["wtc11"]["kinds"]["cells"] == {"in": 42, "used": 41, "skipped": 0}
+
+
+def test_a_cell_dropped_inside_a_unit_fails_the_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipelines.base import UnitResult
+    from pipelines.chammi import OfficialPipeline, write_official_sample
+
+    root = write_official_sample(tmp_path / "CHAMMI", seed=1, cells_per_source=10)
+    real = OfficialPipeline.process
+
+    def loses_a_cell(self, unit, opts):
+        result = real(self, unit, opts)
+        return UnitResult(result.cells[1:] if unit.unit_id == "cp-rows-000000000" else result.cells, result.skipped)
+
+    monkeypatch.setattr(OfficialPipeline, "process", loses_a_cell)
+    res = build("chammi", input_dir=root, output=tmp_path / "rel", workers=1, config={"cells_per_shard": 4},
+                progress=False, processes=False)
+    assert not res.ok and "chammi rows: in 30 != used 29 + skipped 0" in res.failed
+    assert "FAILED: accounting does not add up" in res.summary()

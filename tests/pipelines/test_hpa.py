@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +13,10 @@ import pytest
 from PIL import Image
 
 from chammi_data.vocab import SOURCES
+from pipelines import hpa
 from pipelines.base import UnitSkip
-from pipelines.hpa import HPAPipeline, _image_keys, hpa_options, read_channel
-from pipelines.hpa_synth import _quantise, render_field
+from pipelines.hpa import HPAPipeline, _image_keys, read_channel
+from pipelines.hpa_synth import quantise, render_field
 
 STAINS = ("red", "green", "blue", "yellow")
 
@@ -24,7 +27,7 @@ def write_field(folder: Path, fid: str, cls: int, line: str, bits: int, seed: in
     images, _ = render_field(rng, cls, line)
     out = {}
     for stain in STAINS:
-        out[stain] = _quantise(rng, images[stain], bits, 1.0, 0.03, 0.02)
+        out[stain] = quantise(rng, images[stain], bits, 1.0, 0.03, 0.02)
         Image.fromarray(out[stain]).save(folder / f"{fid}_{stain}.png", compress_level=1)
     return out
 
@@ -50,8 +53,15 @@ def hpa_input(tmp_path_factory) -> Path:
     return root
 
 
-def _units(root: Path, config: dict | None = None):
-    return HPAPipeline().discover(root, config or {})
+def opts(**section):
+    """HPA options: the defaults with ``section`` merged over them."""
+    return HPAPipeline().options(section)
+
+
+def _units(root: Path, section: dict | None = None):
+    """(units, skipped) of the HPA discovery of ``root``."""
+    found = HPAPipeline().discover(root, opts(**(section or {})))
+    return found.units, found.skipped
 
 
 def test_discover_keeps_single_label_chammi_rows_and_counts_the_rest(hpa_input):
@@ -69,7 +79,7 @@ def test_discover_keeps_single_label_chammi_rows_and_counts_the_rest(hpa_input):
 def test_process_makes_512_crops_in_hpa_channel_order(hpa_input, uid):
     pipe = HPAPipeline()
     unit = next(u for u in _units(hpa_input)[0] if u.unit_id == uid)
-    result = pipe.process(unit, {})
+    result = pipe.process(unit, opts())
     assert 3 <= len(result.cells) <= 6 and not result.skipped
     raw_blue = read_channel(hpa_input / "train" / f"{uid}_blue.png")
     for cell in result.cells:
@@ -83,7 +93,7 @@ def test_process_makes_512_crops_in_hpa_channel_order(hpa_input, uid):
         assert cell.meta["original_size"] == [768, 768] and cell.meta["files"]["blue"] == f"train/{uid}_blue.png"
         for key in ("bbox", "area", "crop_touched_border", "cell_touches_edge", "ID"):
             assert key in cell.meta
-    again = pipe.process(unit, {})
+    again = pipe.process(unit, opts())
     assert [c.cell_id for c in again.cells] == [c.cell_id for c in result.cells]  # stable ids
     assert all(np.array_equal(a.image, b.image) for a, b in zip(again.cells, result.cells, strict=True))
 
@@ -91,9 +101,9 @@ def test_process_makes_512_crops_in_hpa_channel_order(hpa_input, uid):
 def test_border_policies(hpa_input):
     pipe = HPAPipeline()
     unit = next(u for u in _units(hpa_input)[0] if u.unit_id == "f16")
-    pad = pipe.process(unit, {"hpa": {"border": "pad"}})
-    shift = pipe.process(unit, {"hpa": {"border": "shift"}})
-    skip = pipe.process(unit, {"hpa": {"border": "skip"}})
+    pad = pipe.process(unit, opts(border="pad"))
+    shift = pipe.process(unit, opts(border="shift"))
+    skip = pipe.process(unit, opts(border="skip"))
     touched = [c.meta["crop_touched_border"] for c in pad.cells]
     assert any(touched)  # a 768 field always puts some 512 boxes past its edge
     assert len(skip.cells) == touched.count(False) and len(skip.skipped) == touched.count(True)
@@ -108,8 +118,8 @@ def test_border_policies(hpa_input):
 def test_masking_neighbours_zeroes_other_cells(hpa_input):
     pipe = HPAPipeline()
     unit = next(u for u in _units(hpa_input)[0] if u.unit_id == "f16")
-    plain = pipe.process(unit, {})
-    masked = pipe.process(unit, {"hpa": {"mask_neighbours": True}})
+    plain = pipe.process(unit, opts())
+    masked = pipe.process(unit, opts(mask_neighbours=True))
     assert not plain.cells[0].meta["masked_neighbours"] and masked.cells[0].meta["masked_neighbours"]
     assert all(m.image.sum() <= p.image.sum() for m, p in zip(masked.cells, plain.cells, strict=True))
     assert any(m.image.sum() < p.image.sum() for m, p in zip(masked.cells, plain.cells, strict=True))
@@ -130,9 +140,14 @@ def _one_field(tmp_path: Path, template: Path) -> tuple[Path, HPAPipeline]:
 
 
 @pytest.mark.parametrize("damage, reason", [
-    ("missing", "missing channel file"),
+    ("missing", "missing channel file\\(s\\): a_green.png$"),
+    ("two missing", "missing channel file\\(s\\): a_red.png, a_green.png$"),
     ("truncated", "unreadable or truncated"),
-    ("size", "channel sizes differ"),
+    ("size", r"channel sizes differ from a_blue.png \(768x768\): a_green.png is 100x100$"),
+    ("depth", "mixed bit depths in one field: a_red.png 8-bit, a_green.png 16-bit, a_blue.png 8-bit, a_yellow.png "
+              "8-bit"),
+    ("bomb", r"image too large: a_green.png is 16000 x 16000 \(256,000,000 pixels\), over hpa.max_field_pixels = "
+             "100,000,000; not decoded"),
     ("constant", "constant image"),
     ("rgb", "single-channel"),
     ("nocells", "no cells"),
@@ -142,6 +157,13 @@ def test_bad_fields_are_skipped_with_file_and_reason(tmp_path, template_field, d
     target = img / "a_green.png"
     if damage == "missing":
         target.unlink()
+    elif damage == "two missing":
+        target.unlink()
+        (img / "a_red.png").unlink()
+    elif damage == "depth":
+        Image.fromarray(np.full((768, 768), 1000, np.uint16) + np.arange(768, dtype=np.uint16)).save(target)
+    elif damage == "bomb":  # a PNG whose header promises 16000 x 16000 16-bit pixels: refused before decoding
+        target.write_bytes(png_header_only(16000, 16000, 16))
     elif damage == "truncated":
         target.write_bytes(target.read_bytes()[:300])
     elif damage == "size":
@@ -153,20 +175,64 @@ def test_bad_fields_are_skipped_with_file_and_reason(tmp_path, template_field, d
     elif damage == "nocells":
         blue = np.random.default_rng(0).poisson(5, (768, 768)).astype(np.uint8)  # an empty well
         Image.fromarray(blue).save(img / "a_blue.png")
-    units, _ = pipe.discover(tmp_path, {})
+    units = pipe.discover(tmp_path, opts()).units
     with pytest.raises(UnitSkip, match=reason) as err:
-        pipe.process(units[0], {})
-    expected = "a_blue.png" if damage == "nocells" else "a_green.png"
+        pipe.process(units[0], opts())
+    expected = "a_blue.png" if damage in ("nocells", "depth") else "a_red.png" if damage == "two missing" else "a_green.png"
     assert err.value.file.endswith(expected) and err.value.row == 1
+
+
+def png_header_only(width: int, height: int, bits: int) -> bytes:
+    """The signature and IHDR chunk of a grey PNG of that size, and nothing else."""
+    ihdr = struct.pack(">IIBBBBB", width, height, bits, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + b"IHDR" + ihdr
+            + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr)))
+
+
+def test_size_limit_is_checked_before_decoding(tmp_path, template_field, monkeypatch):
+    img, pipe = _one_field(tmp_path, template_field)
+    unit = pipe.discover(tmp_path, opts()).units[0]
+    monkeypatch.setattr(hpa, "read_channel", lambda *a: pytest.fail("decoded an image over the limit"))
+    with pytest.raises(UnitSkip, match=r"a_red.png is 768 x 768 \(589,824 pixels\), over hpa.max_field_pixels = 1,000"):
+        pipe.process(unit, opts(max_field_pixels=1000))
+
+
+def test_mixed_bit_depth_can_be_allowed(tmp_path, template_field):
+    img, pipe = _one_field(tmp_path, template_field)
+    green = np.asarray(Image.open(img / "a_green.png")).astype(np.uint16) * 200
+    Image.fromarray(green).save(img / "a_green.png")
+    unit = pipe.discover(tmp_path, opts()).units[0]
+    cells = pipe.process(unit, opts(mixed_bit_depth="allow")).cells
+    assert cells and cells[0].meta["bit_depth"] == 16
+    assert cells[0].meta["channel_bit_depths"] == {"microtubules": 8, "protein": 16, "nucleus": 8, "er": 8}
+    with pytest.raises(ValueError, match="mixed_bit_depth"):
+        opts(mixed_bit_depth="maybe")
+
+
+@pytest.mark.parametrize("sep", [",", "\t"])
+def test_cell_line_table_comma_or_tab_with_urls_or_ids(tmp_path, template_field, sep):
+    """HPA's kaggle_2021.tsv is comma-separated despite its suffix; Image values may be HPA public addresses."""
+    img = tmp_path / "train"
+    img.mkdir()
+    for p in template_field.iterdir():
+        shutil.copy(p, img / p.name.replace("a_", "10005_921_B9_1_"))
+        shutil.copy(p, img / p.name.replace("a_", "b7c3"))
+    pd.DataFrame({"ID": ["10005_921_B9_1", "b7c3"], "Label": ["10", "10"]}).to_csv(tmp_path / "train.csv", index=False)
+    pd.DataFrame({"Image": ["https://images.proteinatlas.org/10005/921_B9_1", "b7c3"], "Label": ["10", "10"],
+                  "Cellline": ["HeLa", "A549"], "in_trainset": ["True", "False"]}).to_csv(
+        tmp_path / "kaggle_2021.tsv", sep=sep, index=False)
+    found = HPAPipeline().discover(tmp_path, opts())
+    assert not found.skipped and found.found == {"fields": 2}
+    assert {u.payload["id"]: u.payload["cellline"] for u in found.units} == {"10005_921_B9_1": "HeLa", "b7c3": "A549"}
 
 
 def test_missing_tables_and_bad_options_raise(tmp_path):
     with pytest.raises(FileNotFoundError, match="train.csv"):
-        HPAPipeline().discover(tmp_path, {})
+        HPAPipeline().discover(tmp_path, opts())
     with pytest.raises(ValueError, match="border"):
-        hpa_options({"hpa": {"border": "wrap"}})
+        opts(border="wrap")
     with pytest.raises(ValueError, match="unknown option"):
-        hpa_options({"hpa": {"crop_size": 3}})
+        opts(crop_size=3)
 
 
 def test_cell_line_table_matches_urls_and_paths():
@@ -190,9 +256,10 @@ def test_assign_follows_the_task_rules():
 def test_synth_sample_fills_every_task(tmp_path):
     pipe = HPAPipeline()
     pipe.synth(tmp_path, seed=0)
-    units, skipped = pipe.discover(tmp_path, {})
+    found = pipe.discover(tmp_path, opts())
+    units, skipped = found.units, found.skipped
     assert len(skipped) == 3 and {s.reason.split(" ")[0] for s in skipped} == {"multi-label", "class"}
-    cells = [c for u in units for c in pipe.process(u, {}).cells]
+    cells = [c for u in units for c in pipe.process(u, opts()).cells]
     assert 150 <= len(cells) <= 250
     table = pd.DataFrame([{"cell_id": c.cell_id, "label": c.label, **c.groups} for c in cells])
     table = table.merge(pipe.assign(table, {}))

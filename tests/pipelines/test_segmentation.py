@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipelines.hpa_synth import _quantise, render_field
+from pipelines.hpa_synth import quantise, render_field
 from pipelines.segmentation import (
     cell_properties,
     estimate_nucleus_diameter,
@@ -25,7 +25,7 @@ def _disc(shape: tuple[int, int], cy: float, cx: float, r: float) -> np.ndarray:
 def hpa_field() -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     rng = np.random.default_rng(3)
     images, truth = render_field(rng, 14, "U-2 OS")
-    return {k: _quantise(rng, v, 16, 1.0, 0.03, 0.02) for k, v in images.items()}, truth
+    return {k: quantise(rng, v, 16, 1.0, 0.03, 0.02) for k, v in images.items()}, truth
 
 
 def test_watershed_recovers_cells_and_nuclei_of_a_synthetic_field(hpa_field):

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from chammi_data.vocab import SOURCES, TASK_COLUMNS
-from pipelines import wtc11
+from pipelines import wtc11_synth
 from pipelines.base import SourcePipeline, UnitSkip
+from pipelines.ledger import cell_table
 from pipelines.registry import PIPELINES, get_pipeline, list_pipelines
-from pipelines.report import cell_table
 
 HEAVY = {"hpa", "cp"}  # their sample generators take tens of seconds here
 PARAMS = [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY else n for n in PIPELINES]
@@ -24,15 +24,19 @@ def test_registry_resolves_every_name() -> None:
     for name in list_pipelines():
         pipe = get_pipeline(name)
         assert isinstance(pipe, SourcePipeline) and pipe.name == name
-        assert pipe.key in SOURCES or (name == "chammi" and pipe.key == "")
-        assert getattr(pipe, "order", "cell_id") in ("cell_id", "unit")
+        assert pipe.makes and set(pipe.makes) <= set(SOURCES)
+        assert pipe.key in pipe.makes or (pipe.reads_release and pipe.key == "")
+        assert pipe.order in ("cell_id", "unit") and pipe.units_per_task >= 1
+        assert pipe.options() == pipe.options({})  # every option has a default
+        with pytest.raises(ValueError, match=f"config {name}: unknown option"):  # one check for every source
+            pipe.options({"no_such_option": 1})
     with pytest.raises(KeyError, match="valid: wtc11, hpa, cp, chammi"):
         get_pipeline("allen")
 
 
 def _raw(name: str, tmp_path: Path) -> Path:
     if name == "wtc11":  # the full sample is ~200 cells; the contract needs a few
-        wtc11.write_sample(tmp_path, seed=0, cells_per_structure=1, z=1)
+        wtc11_synth.write_sample(tmp_path, seed=0, cells_per_structure=1, z=1)
     else:
         get_pipeline(name).synth(tmp_path, seed=0)
     return tmp_path
@@ -42,7 +46,9 @@ def _raw(name: str, tmp_path: Path) -> Path:
 def test_pipeline_contract(name: str, tmp_path: Path) -> None:
     pipe = get_pipeline(name)
     raw = _raw(name, tmp_path / "raw")
-    units, skipped = pipe.discover(raw, {})
+    opts = pipe.options()
+    found = pipe.discover(raw, opts)
+    units, skipped = found.units, found.skipped
     ids = [u.unit_id for u in units]
     assert units and ids == sorted(ids) and len(set(ids)) == len(ids)
     assert all(re.fullmatch(r"[A-Za-z0-9_-]+", i) for i in ids)
@@ -51,10 +57,10 @@ def test_pipeline_contract(name: str, tmp_path: Path) -> None:
     cells = []
     for unit in units[:3]:
         try:
-            first = pipe.process(unit, {})
+            first = pipe.process(unit, opts)
         except UnitSkip:
             continue
-        again = pipe.process(unit, {})
+        again = pipe.process(unit, opts)
         assert [c.cell_id for c in first.cells] == [c.cell_id for c in again.cells]  # stable ids
         assert [c.checksum for c in first.cells] == [c.checksum for c in again.cells]  # deterministic pixels
         cells.extend(first.cells)

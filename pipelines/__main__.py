@@ -1,0 +1,7 @@
+"""``python -m pipelines``: the ``chammi-build`` command."""
+
+import sys
+
+from pipelines.cli import main
+
+sys.exit(main())
