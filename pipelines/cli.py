@@ -19,18 +19,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-import pipelines as _package
-
-if not getattr(_package, "__chammi__", False):  # `import pipelines` found another project's package
-    raise ImportError(
-        f"'import pipelines' resolves to {getattr(_package, '__file__', None) or list(getattr(_package, '__path__', []))}, "
-        "which is not the CHAMMI toolkit's pipelines package (another distribution also named 'pipelines', or a "
-        "folder of that name earlier on sys.path). Uninstall the other 'pipelines' distribution "
-        "(pip uninstall pipelines), run from another folder, or use a fresh virtual environment for chammi.")
-
-from chammi_data.paths import default_release_dir  # noqa: E402
-from pipelines.output import OutputLocked  # noqa: E402
-from pipelines.registry import RAW_SOURCES, list_pipelines  # noqa: E402
+from chammi_data.paths import default_release_dir
+from pipelines.output import OutputLocked
+from pipelines.registry import RAW_SOURCES, list_pipelines
 
 
 def package_version() -> str:

@@ -108,8 +108,8 @@ class _BuildRun:
         from dask.distributed import as_completed
 
         self.t_units = time.perf_counter()
-        for position, ledger in enumerate(self.ledgers.values()):
-            self._submit_units(ledger, position)
+        for ledger in self.ledgers.values():
+            self._submit_units(ledger)
         for ledger in self.ledgers.values():
             if ledger.tasks_left == 0:
                 self._source_done(ledger)
@@ -124,9 +124,9 @@ class _BuildRun:
                 self._source_done(ledger)
         return self._finish()
 
-    def _submit_units(self, ledger: SourceLedger, position: int) -> None:
+    def _submit_units(self, ledger: SourceLedger) -> None:
         """Reuse every current spill; queue the other units, in batches of the pipeline's ``units_per_task``."""
-        from tqdm.auto import tqdm
+        from chammi_data.progress import progress as progress_bar
 
         options_hash = config_hash(ledger.options)
         todo: list[tuple[Unit, str, str]] = []
@@ -144,8 +144,8 @@ class _BuildRun:
             fut = self.client.submit(run_units, ledger.name, todo[i:i + per_task], ledger.options, pure=False)
             self.owner[fut] = ledger.name
         ledger.tasks_left = -(-len(todo) // per_task)
-        self.bars[ledger.name] = tqdm(total=len(ledger.units), initial=ledger.reused, desc=f"{ledger.name}: units",
-                                      unit="unit", disable=not self.progress, position=position)
+        self.bars[ledger.name] = progress_bar(total=len(ledger.units), initial=ledger.reused, desc=f"{ledger.name}: units",
+                                      unit="unit", disable=not self.progress)
 
     def _source_done(self, ledger: SourceLedger) -> None:
         self.timings[f"{ledger.name}.process_s"] = time.perf_counter() - self.t_units

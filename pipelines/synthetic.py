@@ -50,10 +50,10 @@ def write_source_sample(out_dir: Path, name: str, seed: int = 0) -> Path:
 def write_sample(out_dir: str | Path, seed: int = 0, sources: Sequence[str] = RAW_SOURCES,
                  progress: bool = False) -> Path:
     """Write the sample raw data of ``sources`` (default all three) into ``out_dir``; returns ``out_dir``."""
-    from tqdm.auto import tqdm
+    from chammi_data.progress import progress as progress_bar
 
     out_dir = Path(out_dir)
-    for name in tqdm(list(sources), desc="sample raw data", unit="source", disable=not progress):
+    for name in progress_bar(list(sources), desc="sample raw data", unit="source", disable=not progress):
         if name not in RAW_SOURCES:
             raise KeyError(f"no sample raw data for {name!r}; valid: {', '.join(RAW_SOURCES)}")
         write_source_sample(out_dir, name, seed)

@@ -68,10 +68,11 @@ class ShardWriting:
     def collect(self) -> list[Any]:
         """Wait for every write task; the shard records sorted by path."""
         from dask.distributed import as_completed
-        from tqdm.auto import tqdm
+
+        from chammi_data.progress import progress as progress_bar
 
         records = []
-        bar = tqdm(total=len(self.futures), desc="writing shards", unit="file", disable=not self.progress)
+        bar = progress_bar(total=len(self.futures), desc="writing shards", unit="file", disable=not self.progress)
         for fut in as_completed(self.futures):
             rec, seconds = fut.result()
             self.busy_s += seconds

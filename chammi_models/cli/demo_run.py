@@ -112,9 +112,12 @@ def run_demo(out: str | Path = "demo_out", *, seed: int = 0, workers: int = 2, q
     from chammi_data.montage import save_montage
     from chammi_data.plots import radar_plot
     from chammi_data.progress import progress as progress_bar
+    from chammi_models.cli.build import own_pipelines
     from chammi_models.config import load_config
     from chammi_models.embed import embed
     from chammi_models.train import train
+
+    own_pipelines()
     from pipelines.engine import build
     from pipelines.synthetic import write_sample
 

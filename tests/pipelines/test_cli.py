@@ -81,15 +81,15 @@ def test_python_dash_m_pipelines_runs_chammi_build() -> None:
 
 
 def test_a_foreign_pipelines_package_is_named(tmp_path: Path) -> None:
-    """Another project's ``pipelines`` first on sys.path: the CLI module refuses it, naming it and the fix."""
+    """Another project's ``pipelines`` first on sys.path: chammi-build refuses it, naming it and the fix."""
     fake = tmp_path / "site" / "pipelines"
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text('"""Some other project\'s pipelines."""\n')
-    code = ("import importlib.util, sys\n"
+    code = ("import sys\n"
             f"sys.path.insert(0, {str(tmp_path / 'site')!r})\n"
-            f"spec = importlib.util.spec_from_file_location('chammi_build_cli', {str(Path(cli.__file__))!r})\n"
-            "spec.loader.exec_module(importlib.util.module_from_spec(spec))\n")
+            "from chammi_models.cli.build import main\n"
+            "sys.exit(main(['--source', 'wtc11']))\n")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert run.returncode != 0 and "ImportError" in run.stderr
+    assert run.returncode == 2 and run.stderr.startswith("chammi-build: error: 'import pipelines' resolves to")
     assert str(fake / "__init__.py") in run.stderr and "not the CHAMMI toolkit's pipelines package" in run.stderr
     assert "pip uninstall pipelines" in run.stderr and "fresh virtual environment" in run.stderr
