@@ -24,8 +24,9 @@ from chammi_data.codec import CorruptSampleError
 from chammi_data.manifest import read_manifest, sources_in
 from chammi_data.release_format import parse_channels, sample_from_row, select_rows, to_float_tensor
 from chammi_data.shards import ShardReader, check_image
-from chammi_data.storage import open_store, open_zarr_images
+from chammi_data.storage import open_store
 from chammi_data.vocab import source_info
+from chammi_data.zarr_store import open_zarr_images
 
 BACKENDS = ("shards", "zarr")
 

@@ -16,8 +16,7 @@ from typing import Any
 import torch
 
 from chammi_data.release_format import make_sample, to_float_tensor
-from chammi_data.streaming import apply_seeded
-from chammi_data.transforms import accepts_generator
+from chammi_data.transforms import accepts_generator, apply_seeded
 
 
 class DeviceTransform:

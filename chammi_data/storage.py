@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from chammi_data.credentials import credentials_source
 from chammi_data.schema import file_sha256
 
 log = logging.getLogger(__name__)
@@ -87,41 +88,6 @@ def _protocol(location: str) -> str:
 
 def _strip_file(location: str) -> str:
     return location[len("file://"):] if location.lower().startswith("file://") else location
-
-
-def credentials_source(protocol: str, storage_options: Mapping[str, Any] | None = None) -> str:
-    """Where the credentials for ``protocol`` come from, in words, without any secret."""
-    opts = dict(storage_options or {})
-    if protocol in ("s3", "s3a"):
-        endpoint = (opts.get("endpoint_url") or (opts.get("client_kwargs") or {}).get("endpoint_url")
-                    or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "AWS default")
-        if opts.get("anon"):
-            who = "anonymous access (storage_options anon=True)"
-        elif opts.get("key") or opts.get("secret"):
-            who = "storage_options key/secret"
-        elif opts.get("profile"):
-            who = f"AWS profile {opts['profile']!r} (storage_options)"
-        elif os.environ.get("AWS_ACCESS_KEY_ID"):
-            key = os.environ["AWS_ACCESS_KEY_ID"]
-            who = f"environment variable AWS_ACCESS_KEY_ID ({key[:4]}...{key[-2:]})" if len(key) > 8 else \
-                "environment variable AWS_ACCESS_KEY_ID"
-        elif os.environ.get("AWS_PROFILE"):
-            who = f"AWS profile {os.environ['AWS_PROFILE']!r} (AWS_PROFILE)"
-        else:
-            who = "the default AWS credential chain (config files, instance role)"
-        return f"{who}; endpoint {endpoint}"
-    if protocol in ("gs", "gcs"):
-        if opts.get("token") == "anon":
-            return "anonymous access (storage_options token='anon')"
-        if opts.get("token"):
-            return "storage_options token"
-        if os.environ.get("GOOGLE_APPLICATION_CREDENTIALS"):
-            return f"GOOGLE_APPLICATION_CREDENTIALS ({os.environ['GOOGLE_APPLICATION_CREDENTIALS']})"
-        return "the default Google credentials (gcloud, metadata server)"
-    if protocol in ("http", "https"):
-        headers = (opts.get("client_kwargs") or {}).get("headers") or opts.get("headers") or {}
-        return f"HTTP headers {sorted(headers)} (storage_options)" if headers else "no credentials (plain HTTP)"
-    return f"the {protocol or 'local'} filesystem's defaults" + (" with storage_options" if opts else "")
 
 
 def _status(exc: BaseException) -> int | None:
@@ -404,36 +370,6 @@ class ReleaseStore:
             self.close()
         except Exception:
             pass
-
-
-def open_zarr_group(store: ReleaseStore, source: str) -> Any:
-    """The group ``zarr/<source>.zarr`` of a release at any location, read-only."""
-    import zarr
-
-    from chammi_data import zarr_store
-
-    if store.is_local:
-        path = zarr_store.zarr_path(store.root, source)
-        if not (path / "zarr.json").is_file():
-            raise FileNotFoundError(f"no zarr store for source {source!r} at {path}")
-        return zarr.open_group(str(path), mode="r", zarr_format=3)
-    rel = f"zarr/{source}.zarr"
-    try:
-        remote = zarr.storage.FsspecStore.from_url(store.path(rel), storage_options=store._fs_options(), read_only=True)
-        return zarr.open_group(store=remote, mode="r", zarr_format=3)
-    except (FileNotFoundError, KeyError) as exc:
-        raise FileNotFoundError(f"no zarr store for source {source!r} at {store.path(rel)} ({exc})") from None
-
-
-def open_zarr_images(store: ReleaseStore, source: str) -> Any:
-    """The ``images`` array of ``zarr/<source>.zarr`` of a release at any location, read-only."""
-    from chammi_data import zarr_store
-
-    group = open_zarr_group(store, source)
-    if zarr_store.ARRAY_NAME not in group:
-        raise FileNotFoundError(f"zarr store of {source!r} at {store.path(f'zarr/{source}.zarr')} has no array "
-                                f"{zarr_store.ARRAY_NAME!r}")
-    return group[zarr_store.ARRAY_NAME]
 
 
 def open_store(location: Any = None, storage_options: Mapping[str, Any] | None = None,

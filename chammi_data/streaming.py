@@ -15,7 +15,7 @@ worker and :class:`chammi_data.device_transforms.DeviceTransform` applies the fl
 device, giving the same tensors as the float path.
 
 **Progress.** Each sample's ``meta`` holds ``stream_epoch``, ``stream_index`` (its position in the epoch's
-global order G) and ``manifest_row``. A :class:`ProgressTracker` records what the trainer received;
+global order G) and ``manifest_row``. A :class:`~chammi_data.progress_tracker.ProgressTracker` records what the trainer received;
 ``stream.state_dict(seen=tracker.gather(epoch))`` stores the consumed positions (a prefix plus ``ahead``), and
 a resumed stream skips them. ``advance(n)`` (``exact`` order only) marks the next n positions of G consumed,
 exact when every rank received a prefix of its slice (``worker_block`` = the DataLoader batch size).
@@ -43,7 +43,7 @@ from chammi_data.readahead import ByteRange, RangeReadahead
 from chammi_data.release_format import make_sample, parse_channels, row_meta, select_rows, to_float_tensor
 from chammi_data.shards import ShardReader, check_image, decode_image_fast, has_frame_checksum
 from chammi_data.storage import open_store
-from chammi_data.transforms import accepts_generator
+from chammi_data.transforms import accepts_generator, apply_seeded
 from chammi_data.vocab import TASK_COLUMNS
 
 STATE_VERSION = 2
@@ -379,68 +379,6 @@ class ShardStream(IterableDataset):
         plan = state.get("plan")
         self.plan_topology = tuple(int(x) for x in plan) if plan else None  # type: ignore[assignment]
         self._sync_shared()
-
-
-def apply_seeded(transform: Callable[..., dict[str, Any]] | None, sample: dict[str, Any], seed: int,
-                 takes_generator: bool | None = None) -> dict[str, Any]:
-    """``transform(sample)`` with its randomness from ``seed``: through a ``generator=`` argument when it takes
-    one, else under a forked torch RNG seeded with it. The stream and the device transform both use this."""
-    if transform is None:
-        return sample
-    if takes_generator is None:
-        takes_generator = accepts_generator(transform)
-    if takes_generator:
-        g = torch.Generator()
-        g.manual_seed(seed)
-        return transform(sample, generator=g)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return transform(sample)
-
-
-class ProgressTracker:
-    """Records which global positions the trainer received, per epoch (reads ``meta["stream_index"]``).
-
-    ``update`` takes a sample, a batch dict, or a list of batches (``group_by_channels`` output).
-    """
-
-    def __init__(self) -> None:
-        self.seen: dict[int, set[int]] = {}
-
-    def update(self, item: dict[str, Any] | Sequence[dict[str, Any]]) -> None:
-        items = item if isinstance(item, list | tuple) else [item]
-        for it in items:
-            metas = it["meta"] if isinstance(it["meta"], list | tuple) else [it["meta"]]
-            for m in metas:
-                if "stream_index" not in m:
-                    raise KeyError(f"sample meta has no stream_index (not from a ShardStream?): keys {sorted(m)}")
-                index, epoch = m["stream_index"], m["stream_epoch"]
-                if isinstance(index, torch.Tensor | list | tuple):  # meta collated by torch's default_collate
-                    for e, i in zip(torch.as_tensor(epoch).tolist(), torch.as_tensor(index).tolist(), strict=True):
-                        self.seen.setdefault(int(e), set()).add(int(i))
-                else:
-                    self.seen.setdefault(int(epoch), set()).add(int(index))
-
-    def clear(self, epoch: int | None = None) -> None:
-        """Forget one epoch (e.g. after it completed), or everything."""
-        if epoch is None:
-            self.seen.clear()
-        else:
-            self.seen.pop(epoch, None)
-
-    def positions(self, epoch: int) -> list[int]:
-        """Positions of ``epoch`` received by this process, sorted."""
-        return sorted(self.seen.get(epoch, ()))
-
-    def gather(self, epoch: int) -> list[int]:
-        """Positions of ``epoch`` received by any rank (a collective: call on every rank when DDP is initialised)."""
-        mine = self.positions(epoch)
-        dist = torch.distributed
-        if not (dist.is_available() and dist.is_initialized()):
-            return mine
-        parts: list[list[int] | None] = [None] * dist.get_world_size()
-        dist.all_gather_object(parts, mine)
-        return sorted({p for part in parts for p in (part or [])})
 
 
 #: The public front door (``chammi_data.stream(...)``): same arguments as :class:`ShardStream`; ``root=None``

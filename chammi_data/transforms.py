@@ -38,6 +38,7 @@ __all__ = [
     "ResizeShorter",
     "ThinPlateSpline",
     "accepts_generator",
+    "apply_seeded",
     "eval_transform",
     "train_transform",
 ]
@@ -298,3 +299,20 @@ def eval_transform(size: int = 224, normalize: bool = True, channels: Sequence[s
     if normalize:
         steps.append(Normalize())
     return Compose(steps)
+
+
+def apply_seeded(transform: Callable[..., dict[str, Any]] | None, sample: dict[str, Any], seed: int,
+                 takes_generator: bool | None = None) -> dict[str, Any]:
+    """``transform(sample)`` with its randomness from ``seed``: through a ``generator=`` argument when it takes
+    one, else under a forked torch RNG seeded with it. The stream and the device transform both use this."""
+    if transform is None:
+        return sample
+    if takes_generator is None:
+        takes_generator = accepts_generator(transform)
+    if takes_generator:
+        g = torch.Generator()
+        g.manual_seed(seed)
+        return transform(sample, generator=g)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return transform(sample)

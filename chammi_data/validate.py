@@ -37,8 +37,9 @@ from chammi_data.release_format import (
 )
 from chammi_data.schema import image_checksum
 from chammi_data.shards import iter_members
-from chammi_data.storage import ReleaseStore, open_store, open_zarr_group
+from chammi_data.storage import ReleaseStore, open_store
 from chammi_data.vocab import SOURCE_KEYS, SOURCES, TASK_COLUMNS
+from chammi_data.zarr_store import open_zarr_group
 
 #: How many problems of one kind to list before summarising the rest (a wholly broken release would
 #: otherwise print a line per cell).

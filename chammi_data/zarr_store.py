@@ -35,6 +35,7 @@ import zarr
 from numcodecs import Blosc
 from zarr.codecs import BloscCodec, Crc32cCodec
 
+from chammi_data.storage import ReleaseStore
 from chammi_data.vocab import CHANNEL_COLORS, to_names
 
 ARRAY_NAME = "images"
@@ -286,3 +287,28 @@ def read_row(root: str | Path, source: str, row: int) -> np.ndarray:
     if not 0 <= row < arr.shape[0]:
         raise IndexError(f"zarr row {row} outside {source} images with {arr.shape[0]} rows")
     return np.asarray(arr[row])
+
+
+# --- reading at any location ----------------------------------------------------------------------------------
+def open_zarr_group(store: ReleaseStore, source: str) -> Any:
+    """The group ``zarr/<source>.zarr`` of a release at any location, read-only."""
+    if store.is_local:
+        path = zarr_path(store.root, source)
+        if not (path / "zarr.json").is_file():
+            raise FileNotFoundError(f"no zarr store for source {source!r} at {path}")
+        return zarr.open_group(str(path), mode="r", zarr_format=3)
+    rel = f"zarr/{source}.zarr"
+    try:
+        remote = zarr.storage.FsspecStore.from_url(store.path(rel), storage_options=store._fs_options(), read_only=True)
+        return zarr.open_group(store=remote, mode="r", zarr_format=3)
+    except (FileNotFoundError, KeyError) as exc:
+        raise FileNotFoundError(f"no zarr store for source {source!r} at {store.path(rel)} ({exc})") from None
+
+
+def open_zarr_images(store: ReleaseStore, source: str) -> Any:
+    """The ``images`` array of ``zarr/<source>.zarr`` of a release at any location, read-only."""
+    group = open_zarr_group(store, source)
+    if ARRAY_NAME not in group:
+        raise FileNotFoundError(f"zarr store of {source!r} at {store.path(f'zarr/{source}.zarr')} has no array "
+                                f"{ARRAY_NAME!r}")
+    return group[ARRAY_NAME]

@@ -21,7 +21,8 @@ from torch.utils.data import DataLoader
 
 from chammi_data.collate import group_by_channels_uint8
 from chammi_data.device_transforms import DeviceTransform
-from chammi_data.streaming import ProgressTracker, ShardStream
+from chammi_data.progress_tracker import ProgressTracker
+from chammi_data.streaming import ShardStream
 from chammi_data.transforms import train_transform
 from chammi_models.config import TrainConfig
 from chammi_models.ssl import TwoViews

@@ -241,4 +241,4 @@ class WTC11Pipeline(SourcePipeline):
     def synth(self, out_dir: Path, seed: int = 0) -> None:
         from pipelines.wtc11_synth import write_sample
 
-        write_sample(Path(out_dir), seed)
+        write_sample(Path(out_dir), seed, stages=STAGES)

@@ -9,13 +9,12 @@ vary per cell, some larger than the 238 x 374 tile. Deterministic by seed (the O
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import tifffile
-
-from pipelines.wtc11 import STAGES
 
 #: structure_name -> protein pattern; the first four form the training pool, the last three Task_two.
 SYNTH_STRUCTURES = {"SON": "speckles", "TOMM20": "mito", "TUBA1B": "tubules", "ST6GAL1": "golgi",
@@ -91,11 +90,12 @@ def synth_cell(stage: str, pattern: str, shape_yx: tuple[int, int], z: int, gain
     return np.clip(stack, 0, 65535).astype(np.uint16)
 
 
-def write_sample(out_dir: Path, seed: int = 0, cells_per_structure: int = 28, z: int = 3) -> Path:
+def write_sample(out_dir: Path, seed: int = 0, cells_per_structure: int = 28, z: int = 3, *,
+                 stages: Sequence[str]) -> Path:
     """Write ``metadata.csv`` + ``crop_raw/<CellId>.ome.tiff`` (+ ``crop_seg``) into ``out_dir``.
 
     7 structures (4 train + 3 novel) on their own plates with plate-level gain/background/noise nuisance,
-    6 stages with stage-dependent nuclei. Crops vary in size (some larger than 238 x 374, most smaller).
+    ``stages`` (the pipeline's label list, ``wtc11.STAGES``) with stage-dependent nuclei. Crops vary in size (some larger than 238 x 374, most smaller).
     Deterministic by ``seed`` (OME UUIDs are derived from it). Returns the metadata.csv path.
     """
     out_dir = Path(out_dir)
@@ -107,7 +107,7 @@ def write_sample(out_dir: Path, seed: int = 0, cells_per_structure: int = 28, z:
         plate = 3500 + s
         gain, background, noise = rng.uniform(0.5, 1.5), rng.uniform(80, 500), rng.uniform(20, 120)
         for j in range(cells_per_structure):
-            stage = STAGES[(j + s) % len(STAGES)]
+            stage = stages[(j + s) % len(stages)]
             cell_id = 10_000 + 100 * s + j
             shape = (int(rng.integers(110, 250)), int(rng.integers(170, 400)))
             cell_rng = np.random.default_rng([seed, cell_id])

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 import chammi_data
 from chammi_data.export import export_official
 from chammi_data.manifest import read_manifest
+from chammi_data.progress_tracker import ProgressTracker
 from chammi_data.storage import (
     ReleaseNotFoundError,
     ReleaseStore,
@@ -23,7 +24,6 @@ from chammi_data.storage import (
     RemoteReadError,
     RetryPolicy,
 )
-from chammi_data.streaming import ProgressTracker
 from chammi_data.validate import validate_release
 from tests.servers import HTTPServer, S3Server
 

@@ -11,7 +11,9 @@ from chammi_data.codec import CorruptSampleError
 from chammi_data.collate import HomogeneousBatcher, group_by_channels
 from chammi_data.dataset import load
 from chammi_data.manifest import read_manifest
-from chammi_data.streaming import ProgressTracker, ShardStream, sample_seed, select_rows, stream
+from chammi_data.progress_tracker import ProgressTracker
+from chammi_data.release_format import select_rows
+from chammi_data.streaming import ShardStream, sample_seed, stream
 from chammi_data.transforms import train_transform
 
 

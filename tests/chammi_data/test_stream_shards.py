@@ -12,8 +12,9 @@ from torch.utils.data import DataLoader
 from chammi_data import stream_order as so
 from chammi_data.collate import group_by_channels, group_by_channels_uint8
 from chammi_data.device_transforms import DeviceTransform
+from chammi_data.progress_tracker import ProgressTracker
 from chammi_data.storage import ReleaseStore
-from chammi_data.streaming import ProgressTracker, ShardStream, stream
+from chammi_data.streaming import ShardStream, stream
 from chammi_data.transforms import train_transform
 
 

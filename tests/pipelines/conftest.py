@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from pipelines import wtc11_synth
+from pipelines.wtc11 import STAGES
 
 #: the release files that must be byte-identical between builds (build_report.json holds paths/timings)
 RELEASE_EXCLUDE = ("build_report.json",)
@@ -27,7 +28,7 @@ def tree_hashes(root: Path) -> dict[str, str]:
 def wtc_raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small WTC-11 raw folder: 7 structures x 6 cells (42 cells), 2 z-planes."""
     root = tmp_path_factory.mktemp("wtc_raw")
-    wtc11_synth.write_sample(root, seed=0, cells_per_structure=6, z=2)
+    wtc11_synth.write_sample(root, seed=0, cells_per_structure=6, z=2, stages=STAGES)
     return root
 
 

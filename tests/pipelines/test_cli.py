@@ -11,13 +11,14 @@ import pandas as pd
 import pytest
 
 from pipelines import cli, wtc11, wtc11_synth
+from pipelines.wtc11 import STAGES
 
 
 @pytest.fixture()
 def tiny_wtc_synth(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make the WTC sample generator tiny (the real sample takes ~20 s to write here)."""
     monkeypatch.setattr(wtc11.WTC11Pipeline, "synth",
-                        lambda self, out, seed=0: wtc11_synth.write_sample(out, seed, cells_per_structure=2, z=1))
+                        lambda self, out, seed=0: wtc11_synth.write_sample(out, seed, cells_per_structure=2, z=1, stages=STAGES))
 
 
 def test_bad_arguments_exit_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -50,7 +51,7 @@ def test_build_from_sample_to_default_output(tmp_path: Path, tiny_wtc_synth: Non
     assert not (tmp_path / "release" / ".work").exists()
     # --strict with a skipped row: exit 1, the failed report beside the untouched release
     raw = tmp_path / "raw"
-    wtc11_synth.write_sample(raw, 0, cells_per_structure=2, z=1)
+    wtc11_synth.write_sample(raw, 0, cells_per_structure=2, z=1, stages=STAGES)
     table = pd.read_csv(raw / "metadata.csv")
     table.loc[0, "cell_stage"] = "M8"
     table.to_csv(raw / "metadata.csv", index=False)

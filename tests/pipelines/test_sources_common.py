@@ -14,6 +14,7 @@ from pipelines import wtc11_synth
 from pipelines.base import SourcePipeline, UnitSkip
 from pipelines.ledger import cell_table
 from pipelines.registry import PIPELINES, get_pipeline, list_pipelines
+from pipelines.wtc11 import STAGES
 
 HEAVY = {"hpa", "cp"}  # their sample generators take tens of seconds here
 PARAMS = [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY else n for n in PIPELINES]
@@ -36,7 +37,7 @@ def test_registry_resolves_every_name() -> None:
 
 def _raw(name: str, tmp_path: Path) -> Path:
     if name == "wtc11":  # the full sample is ~200 cells; the contract needs a few
-        wtc11_synth.write_sample(tmp_path, seed=0, cells_per_structure=1, z=1)
+        wtc11_synth.write_sample(tmp_path, seed=0, cells_per_structure=1, z=1, stages=STAGES)
     else:
         get_pipeline(name).synth(tmp_path, seed=0)
     return tmp_path

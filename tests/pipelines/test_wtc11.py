@@ -98,7 +98,7 @@ def test_missing_columns_is_a_clear_error(tmp_path: Path) -> None:
 def test_synth_is_deterministic_and_real_ome(tmp_path: Path) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
     for d in (a, b):
-        wtc11_synth.write_sample(d, seed=5, cells_per_structure=2, z=2)
+        wtc11_synth.write_sample(d, seed=5, cells_per_structure=2, z=2, stages=STAGES)
     files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
     assert files and all(hashlib.sha256((a / f).read_bytes()).digest() == hashlib.sha256((b / f).read_bytes()).digest()
                          for f in files)

@@ -1,0 +1,91 @@
+"""The house rules, checked on the source of all three packages (docs/CONTRACTS.md):
+
+- arrows point one way: ``pipelines -> chammi_data <- chammi_models``; ``chammi_data`` imports neither,
+  ``pipelines`` never imports ``chammi_models``, and inside ``chammi_models`` only ``cli/`` imports
+  ``pipelines``;
+- no module imports a private (``_name``) object from another module;
+- no import cycles inside a package (imports inside functions included);
+- a module is at most 400 lines, unless its docstring says why it is longer ("longer than 400 lines").
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("chammi_data", "chammi_models", "pipelines")
+MODULES = sorted(p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py") if "_manifests" not in p.parts)
+MAX_LINES = 400
+LONG_REASON = "longer than 400 lines"
+
+
+def _name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path) -> list[tuple[str, list[str]]]:
+    """(imported module, names taken from it) for every import statement in the file, at any depth."""
+    here = _name(path)
+    package = here if path.name == "__init__.py" else here.rpartition(".")[0]
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out += [(alias.name, []) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = package
+            for _ in range(node.level - 1):
+                base = base.rpartition(".")[0]
+            module = node.module or ""
+            full = (f"{base}.{module}" if module else base) if node.level else module
+            out.append((full, [alias.name for alias in node.names]))
+    return out
+
+
+#: packages each package may import
+ALLOWED = {"chammi_data": {"chammi_data"}, "pipelines": {"pipelines", "chammi_data"},
+           "chammi_models": {"chammi_models", "chammi_data"}}
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_module_rules(path: Path) -> None:
+    rel = path.relative_to(ROOT)
+    package = rel.parts[0]
+    in_cli = package == "chammi_models" and "cli" in rel.parts
+    for module, names in _imports(path):
+        top = module.split(".")[0]
+        if top in PACKAGES and top not in ALLOWED[package]:
+            assert top == "pipelines" and in_cli, f"{rel}: {package} may not import {module}"
+        if top in PACKAGES:
+            private = [n for n in names if n.startswith("_") and not n.startswith("__")]
+            assert not private, f"{rel}: imports private name(s) {private} from {module}"
+    text = path.read_text()
+    doc = ast.get_docstring(ast.parse(text)) or ""
+    lines = len(text.splitlines())
+    assert lines <= MAX_LINES or LONG_REASON in doc, f"{rel} has {lines} lines and its docstring says not why"
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_no_import_cycles(package: str) -> None:
+    mods = [p for p in MODULES if p.relative_to(ROOT).parts[0] == package]
+    known = {_name(p) for p in mods}
+    graph: dict[str, set[str]] = {}
+    for path in mods:
+        deps = set()
+        for module, names in _imports(path):
+            for target in [module, *(f"{module}.{n}" for n in names)]:
+                if target in known and target != package:
+                    deps.add(target)
+        graph[_name(path)] = deps
+
+    def visit(node: str, trail: list[str]) -> None:
+        if node in trail:
+            raise AssertionError("import cycle: " + " -> ".join([*trail[trail.index(node):], node]))
+        for dep in sorted(graph.get(node, ())):
+            visit(dep, [*trail, node])
+
+    for start in sorted(graph):
+        visit(start, [])
