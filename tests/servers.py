@@ -137,6 +137,11 @@ class S3Server(_Process):
         return f"s3://{bucket}/{prefix}"
 
 
+def _range_http(port: int, delay_ms: float, *args: str) -> list[str]:
+    """The command line of :mod:`tests.range_http` on ``port`` with ``delay_ms`` per request."""
+    return [sys.executable, "-m", "tests.range_http", *args, "--port", str(port), "--delay-ms", str(delay_ms)]
+
+
 class HTTPServer(_Process):
     """The Range-capable static server of :mod:`tests.range_http` serving ``root``."""
 
@@ -145,8 +150,7 @@ class HTTPServer(_Process):
         self.root, self.delay_ms = Path(root), delay_ms
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "tests.range_http", "--root", str(self.root), "--port", str(self.port),
-                "--delay-ms", str(self.delay_ms)]
+        return _range_http(self.port, self.delay_ms, "--root", str(self.root))
 
     @property
     def url(self) -> str:
@@ -177,8 +181,7 @@ class DelayProxy(_Process):
         self.target_port, self.delay_ms = target_port, delay_ms
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "tests.range_http", "--proxy", str(self.target_port), "--port", str(self.port),
-                "--delay-ms", str(self.delay_ms)]
+        return _range_http(self.port, self.delay_ms, "--proxy", str(self.target_port))
 
     @property
     def endpoint(self) -> str:
