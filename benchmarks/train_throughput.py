@@ -7,9 +7,10 @@
 For every strategy the SAME training step (``chammi_models.train.train_step``: one forward per channel
 group, proxy loss, AdamW + schedule, grad clipping, bf16 autocast + channels_last on CUDA) is timed twice:
 
-- ``loader``: batches from ``chammi_data.stream`` over a release written to a temporary folder (cells at
-  the REAL tile sizes: WTC 238x374x3, HPA 512x512x4, CP 160x160x5), decoded and augmented by the paper's
-  training transform in ``--workers`` DataLoader workers, exactly as ``chammi train`` feeds the model;
+- ``loader``: batches from the trainer's own data path (``chammi_models.train_data.TrainData``) over a release
+  written to a temporary folder (cells at the REAL tile sizes: WTC 238x374x3, HPA 512x512x4, CP 160x160x5):
+  ``--workers`` persistent DataLoader workers read, decode and stack integer batches per channel set, and the
+  paper's augmentation runs on the device, exactly as ``chammi train`` feeds the model;
 - ``synthetic``: pre-made batches with the same group sizes, already on the device (the model's ceiling).
 
 The ratio loader / synthetic says whether the input pipeline keeps the accelerator busy (target >= 0.9 with
@@ -29,7 +30,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from chammi_data.manifest import read_manifest
@@ -37,16 +37,10 @@ from chammi_data.schema import Cell, make_cell_id
 from chammi_data.vocab import SOURCES
 from chammi_data.writer import ReleaseWriter
 from chammi_models.config import config_from_dict
+from chammi_models.objective import Objective, build_model, class_index, global_classes, to_groups
 from chammi_models.schedule import WarmupCosine, build_optimizer
-from chammi_models.train import (
-    Objective,
-    build_model,
-    class_index,
-    global_classes,
-    make_stream,
-    to_groups,
-    train_step,
-)
+from chammi_models.train import train_step
+from chammi_models.train_data import TrainData
 
 STRATEGIES = ("fixed_channels", "target_param", "slice_param", "template_mixing", "hypernet", "depthwise")
 _LABELS = {"wtc11": ["M0", "M1M2", "M3"], "hpa": ["Golgi apparatus", "Microtubules"], "cp": ["DMSO", "BRD-A29260609"]}
@@ -115,16 +109,12 @@ def bench(args: argparse.Namespace, release: Path, name: str) -> dict[str, float
     def step_fn(groups):
         train_step(objective, objective, optimizer, scheduler, groups, autocast, 1.0)
 
-    stream = make_stream(cfg, release, 0, 1)
-    loader = DataLoader(stream, batch_size=args.batch, collate_fn=list, num_workers=args.workers, drop_last=True,
-                        pin_memory=cuda, persistent_workers=args.workers > 0,
-                        prefetch_factor=4 if args.workers > 0 else None)
+    data = TrainData(cfg, release, 0, 1, device)
 
     def real_batches():
         for epoch in itertools.count():
-            stream.set_epoch(epoch)
-            for samples in loader:
-                yield to_groups(samples, table, device, False, cuda)
+            for batches in data.epoch_batches(epoch):
+                yield to_groups(batches, table, device, False, cuda)
 
     real = _time_steps(real_batches(), step_fn, args.steps, args.warmup, device, f"{name} loader")
     # Synthetic: the first real batch's group sizes, random tensors resident on the device.
