@@ -63,7 +63,7 @@ BATCH = 32
 
 def build_release(root: Path, n: int) -> Path:
     rng = np.random.default_rng(0)
-    writer = ReleaseWriter(root, cells_per_shard=64, config={"benchmark": "stream"}, progress=False)
+    writer = ReleaseWriter(root, cells_per_shard=32, config={"benchmark": "stream"}, progress=False)
     for src in ("wtc11", "hpa", "cp"):
         writer.add_source(src, [synthetic_cell(rng, src, i) for i in range(n)])
     writer.close()
@@ -119,9 +119,19 @@ def _stream_rate(root, epochs: int, readahead: int, workers: int) -> float:
     return n / statistics.median(times)
 
 
+def _cpu_per_sample(root, readahead: int) -> float:
+    """CPU ms per sample of one in-process pass (this process's threads included)."""
+    st = stream(root, split="all", seed=0, order="shards", output="uint8", readahead=readahead, buffer=256)
+    list(st)  # warm
+    c0 = time.process_time()
+    n = sum(1 for _ in st)
+    return 1000 * (time.process_time() - c0) / n
+
+
 def bench_remote(release: Path, epochs: int, workers: int) -> dict:
     out: dict = {}
     out["local"] = _stream_rate(release, epochs, 2, workers)
+    out["local_cpu_ms"] = _cpu_per_sample(release, 2)
     shards = sorted(json.loads((release / "release.json").read_text())["shards"])
     total = sum((release / s).stat().st_size for s in shards)
     with S3Server() as server:
@@ -135,6 +145,9 @@ def bench_remote(release: Path, epochs: int, workers: int) -> dict:
             out["s3_server_cpu_s_per_epoch"] = (server.cpu_seconds() - c0) / epochs
             out["s3_wall_s_per_epoch"] = (time.perf_counter() - t0) / epochs
             out["s3_no_readahead"] = _stream_rate(url, epochs, 0, workers)
+            c0 = server.cpu_seconds()
+            out["s3_client_cpu_ms"] = _cpu_per_sample(url, 2)
+            out["s3_server_cpu_ms"] = 1000 * (server.cpu_seconds() - c0) / (2 * len(read_manifest(release)))
             store = ReleaseStore(url)
             t0 = time.perf_counter()
             for _ in range(epochs):
@@ -236,7 +249,11 @@ def markdown(res: dict) -> str:
                     ("s3_20ms", "S3 + 20 ms per request, read-ahead 2"),
                     ("s3_20ms_no_readahead", "S3 + 20 ms per request, no read-ahead")):
         lines.append(f"| {name} | {r[k]:.0f} | {r[k + '_vs_local']:.2f}x |")
-    lines += ["", f"The S3 server used {r['s3_server_cpu_s_per_epoch']:.2f} s of CPU per epoch of "
+    bound = r["local_cpu_ms"] / (r["s3_client_cpu_ms"] + r["s3_server_cpu_ms"])
+    lines += ["", f"CPU per sample (one process): local {r['local_cpu_ms']:.3f} ms; from S3 {r['s3_client_cpu_ms']:.3f} ms "
+              f"in the reader plus {r['s3_server_cpu_ms']:.3f} ms in the server. Readers that keep both cores busy "
+              f"can therefore reach at most {bound:.2f}x the local rate from this server on this machine.",
+              "", f"The S3 server used {r['s3_server_cpu_s_per_epoch']:.2f} s of CPU per epoch of "
               f"{r['s3_wall_s_per_epoch']:.2f} s wall (on the same 2 cores as the readers). Plain whole-object "
               f"downloads of the same shards from it run at {r['s3_download_mb_per_s']:.0f} MB/s; the stream "
               f"moved {r['stream_mb_per_s_s3']:.0f} MB/s.", "",

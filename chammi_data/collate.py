@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import IterableDataset
+from torch.utils.data import IterableDataset, default_collate
 
 from chammi_data.release_format import to_float_tensor
 from chammi_data.vocab import SOURCE_KEYS
@@ -81,7 +81,9 @@ def collate_homogeneous(samples: Sequence[Sample], raw: bool = False) -> Batch:
             )
         images.append(img)
     return {
-        "image": torch.stack(images),
+        # default_collate stacks straight into shared memory inside a DataLoader worker (no copy when the batch
+        # crosses to the main process); elsewhere it is torch.stack
+        "image": default_collate(images) if raw else torch.stack(images),
         "channels": key[1],
         "source": key[0],
         "label": [s["label"] for s in samples],

@@ -278,10 +278,10 @@ class ShardStream(IterableDataset):
             k = run_of[pos]
             while k not in fetched:
                 j, (_, data) = next(source)
-                fetched[j] = data
+                fetched[j] = memoryview(data)
             i = int(perm[pos % n])
             start = int(self._offset[i]) - runs[k].start
-            yield self.sample(i, epoch, pos, data=fetched[k][start:start + int(self._nbytes[i])])
+            yield self.sample(i, epoch, pos, data=fetched[k][start:start + int(self._nbytes[i])])  # a view, no copy
             left[k] -= 1
             if left[k] == 0:
                 del fetched[k]
