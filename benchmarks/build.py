@@ -57,7 +57,7 @@ def _serial(name: str, raw: Path) -> dict[str, float]:
 
     pipe = get_pipeline(name)
     opts = pipe.options()
-    units, _ = pipe.discover(raw, opts)
+    units = pipe.discover(raw, opts).units
     t0, cells = time.perf_counter(), 0
     for u in units:
         try:

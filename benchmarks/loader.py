@@ -423,6 +423,15 @@ def _targets(res: dict) -> list[str]:
     return out
 
 
+def _write_md(path: Path, md: str) -> None:
+    """Write loader.md, keeping the section benchmarks/stream.py maintains between its markers."""
+    start, end = "<!-- stream.py -->", "<!-- /stream.py -->"
+    old = path.read_text() if path.exists() else ""
+    if start in old and end in old:
+        md = md.rstrip("\n") + "\n\n" + old[old.index(start):old.index(end) + len(end)] + "\n"
+    path.write_text(md)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=200, help="cells per source (default 200)")
@@ -436,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.from_json is not None:
         md = to_markdown(json.loads(args.from_json.read_text()))
-        (args.out / "loader.md").write_text(md)
+        _write_md(args.out / "loader.md", md)
         print(md)
         return 0
     torch.set_num_threads(1)
@@ -454,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "loader.json").write_text(json.dumps(res, indent=1) + "\n")
     md = to_markdown(res)
-    (args.out / "loader.md").write_text(md)
+    _write_md(args.out / "loader.md", md)
     print(md)
     return 0
 

@@ -12,8 +12,10 @@ array as ``image``; its ``meta`` is the record's provenance plus ``train_test_sp
 
 from __future__ import annotations
 
+import functools
 import io
 import json
+import math
 import os
 import re
 from collections.abc import Iterator, Mapping
@@ -97,9 +99,12 @@ def _size_bounds(expected: Mapping[str, Any] | None) -> tuple[int, int, str]:
     """(least, most) decoded bytes an image member may have, and a description for errors."""
     if expected is None:
         return 10, MAX_IMAGE_BYTES, f"the {MAX_IMAGE_BYTES}-byte limit"
-    shape = expected_shape(expected)
-    dtype = np.dtype(str(expected.get("dtype", "uint16")))
-    pixels = int(np.prod(shape)) * dtype.itemsize
+    return _bounds_for(expected_shape(expected), str(expected.get("dtype", "uint16")))
+
+
+@functools.lru_cache(maxsize=64)
+def _bounds_for(shape: tuple[int, int, int], dtype: str) -> tuple[int, int, str]:
+    pixels = math.prod(shape) * np.dtype(dtype).itemsize
     return pixels + 10, pixels + _NPY_HEADER_MAX, f"{pixels} bytes of pixels for {shape} {dtype} (+ .npy header)"
 
 
@@ -139,7 +144,7 @@ def decode_image_fast(data: bytes, where: str = "image", expected: Mapping[str, 
         return decode_image(data, where, max_bytes=most)
     dtype = np.dtype(m.group(1).decode("ascii"))
     shape = tuple(int(x) for x in m.groups()[1:])
-    if size - start != int(np.prod(shape)) * dtype.itemsize:
+    if size - start != math.prod(shape) * dtype.itemsize:
         raise CorruptSampleError(f"{where}: cannot decode image (pixel data has {size - start} bytes for shape {shape} {dtype})")
     return buf[start:].view(dtype).reshape(shape)
 

@@ -113,3 +113,43 @@ def test_embed_cli_answers_user_errors_in_one_line(tiny_release: Path, tmp_path:
     assert run(folder, tiny_release) == 1
     assert "field 'channels'" in _one_line_error(capsys)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_eval_refuses_features_from_another_release_or_with_permuted_rows(tiny_release: Path, tmp_path: Path,
+                                                                        cell_factory, capsys) -> None:
+    """Features carry embedding.json; scoring them against another release of the same size, or after their
+    rows were permuted, is an error (exit 2, one line) unless --force."""
+    from chammi_data.writer import ReleaseWriter
+    from chammi_models.weights import save_model
+    from tests.chammi_models.zoo_helpers import small_model
+
+    folder = tmp_path / "weights"
+    save_model(small_model("slice_param", num_classes=0), folder)
+    feats = tmp_path / "features"
+    assert chammi(["embed", "--checkpoint", str(folder), "--release", str(tiny_release), "--out", str(feats),
+                   "--workers", "0", "--device", "cpu", "--image-size", "32"]) == 0
+    other = tmp_path / "other"
+    writer = ReleaseWriter(other, cells_per_shard=10, progress=False)
+    for source in SOURCES:  # the same sources and row counts, other cells
+        writer.add_source(source, cell_factory(source, 24, seed=99))
+    writer.close()
+    capsys.readouterr()
+
+    def score(release: Path, *extra: str) -> int:
+        return chammi(["eval", "--features", str(feats), "--release", str(release), "--out", str(tmp_path / "s"),
+                       *extra])
+
+    assert score(tiny_release) == 0
+    assert score(other) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("chammi eval: error:") and "not from the release being scored" in err and "\n" not in err
+    hpa = feats / "HPA" / "features.npy"
+    arr = np.load(hpa)
+    np.save(hpa, arr[::-1].copy())  # rows permuted after embedding
+    assert score(tiny_release) == 2
+    assert "changed since chammi embed wrote it" in capsys.readouterr().err
+    assert score(tiny_release, "--force") == 0
+    out = capsys.readouterr()
+    assert "warning:" in out.err and "CPS=" in out.out
+    assert json.loads((tmp_path / "s" / "results.json").read_text())["provenance"]["identity_warnings"]
