@@ -60,10 +60,17 @@ def main(args: argparse.Namespace) -> int:
     from chammi_data.evaluation import evaluate
     from chammi_data.features import identity_problems, load_features
     from chammi_data.plots import radar_plot
+    from chammi_data.protocol import load_protocol_tables
     from chammi_data.storage import default_location
 
     release = args.release if args.release is not None else default_location()
     features = load_features(args.features, args.feature_file)
+    _, provenance = load_protocol_tables(release)  # before scoring: refuse features of another release early
+    problems = identity_problems(args.features, provenance, args.feature_file)
+    if problems and not args.force:
+        raise UserError(" | ".join(problems) + " (pass --force to score them anyway)")
+    for p in problems:
+        print(f"chammi eval: warning: {p} (scored anyway: --force)", file=sys.stderr)
     result = evaluate(
         features,
         release,
@@ -72,11 +79,6 @@ def main(args: argparse.Namespace) -> int:
         block_size=args.block_size,
         device=args.device,
     )
-    problems = identity_problems(args.features, result.provenance, args.feature_file)
-    if problems and not args.force:
-        raise UserError(" | ".join(problems) + " (pass --force to score them anyway)")
-    for p in problems:
-        print(f"chammi eval: warning: {p} (scored anyway: --force)", file=sys.stderr)
     result.provenance.update(features=str(args.features), feature_file=args.feature_file,
                              identity_warnings=problems)
     name = args.name or Path(args.features).resolve().name
