@@ -17,8 +17,8 @@ files, so a reader never calls ``open``/``os.pread`` on a release itself:
 
 Credentials and endpoints come from the standard places (the AWS/GCS environment and config files,
 ``AWS_ENDPOINT_URL`` for S3-compatible servers) or from ``storage_options``, which is passed to fsspec as is.
-A store pickles without its open connections (DataLoader workers reconnect), and never pickles or prints
-``storage_options`` values.
+A store pickles without its open connections (DataLoader workers reconnect); ``storage_options`` travel to the
+workers that way and are never printed, logged or written into a checkpoint, card or report.
 """
 
 from __future__ import annotations
@@ -142,6 +142,8 @@ class ReleaseStore:
             self.url = str(Path(_strip_file(text)).expanduser().absolute())
         else:
             self.url = text.rstrip("/")
+        if storage_options is None and fs is not None:  # a mapper's filesystem: keep its options for the workers
+            storage_options = dict(getattr(fs, "storage_options", None) or {})
         self.storage_options = dict(storage_options or {})
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.retry = retry or RetryPolicy()
