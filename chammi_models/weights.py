@@ -12,7 +12,6 @@ edited card (e.g. reordered ``channels``) or swapped weights are refused instead
 
 from __future__ import annotations
 
-import hashlib
 import json
 import struct
 import warnings
@@ -22,6 +21,8 @@ from typing import Any
 
 import torch
 
+from chammi_data.release_format import to_jsonable
+from chammi_data.schema import file_sha256
 from chammi_data.vocab import SOURCES, VOCAB
 
 from .base import ChannelAdaptiveModel
@@ -57,15 +58,6 @@ class WeightsMismatchError(WeightsError, RuntimeError):
     """The card and the weights file of a folder do not belong together."""
 
 
-def _jsonable(value: Any) -> Any:
-    """Tuples -> lists, recursively (JSON has no tuples); anything else must already be JSON-able."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    return value
-
-
 def save_model(
     model: ChannelAdaptiveModel, directory: str | PathLike[str], card: dict[str, Any] | None = None
 ) -> Path:
@@ -86,7 +78,7 @@ def save_model(
     full = {
         "format": CARD_FORMAT,
         "model": cfg["name"],
-        "options": _jsonable(cfg["options"]),
+        "options": to_jsonable(cfg["options"]),
         "backbone": cfg["backbone"],
         "channels": list(cfg["channels"]),
         "num_classes": cfg["num_classes"],
@@ -98,9 +90,9 @@ def save_model(
     for key, value in (card or {}).items():
         if key == HASH_FIELD:
             raise ValueError(f"card field {HASH_FIELD!r} is computed by save_model; do not pass it")
-        if key in _MODEL_KEYS and _jsonable(value) != full[key]:
+        if key in _MODEL_KEYS and to_jsonable(value) != full[key]:
             raise ValueError(f"card field {key!r}={value!r} contradicts the model ({full[key]!r})")
-        full[key] = _jsonable(value)
+        full[key] = to_jsonable(value)
     try:
         json.dumps(full)
     except TypeError as err:
@@ -111,15 +103,6 @@ def save_model(
     full[HASH_FIELD] = file_sha256(weights)
     (out / CARD_FILE).write_text(json.dumps(full, indent=2, sort_keys=True) + "\n")
     return out
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def training_card(config: TrainConfig, *, classes: dict[str, list[str]], release: dict[str, Any],
