@@ -302,9 +302,8 @@ class ShardReader:
     Safe to pickle into DataLoader workers: connections and files are reopened per process.
     """
 
-    def __init__(self, root: Any, max_open: int = 64, storage_options: Mapping[str, Any] | None = None):
+    def __init__(self, root: Any, storage_options: Mapping[str, Any] | None = None):
         self.store = open_store(root, storage_options)
-        self.max_open = max_open
 
     @property
     def root(self) -> Any:
@@ -343,7 +342,7 @@ class ShardReader:
 
 def read_sample(root: Any, row: Mapping[str, Any], verify: bool | None = None) -> np.ndarray:
     """One image by manifest row (``shard``, ``key``, ``offset``, ``nbytes``): a single read, no scan."""
-    reader = ShardReader(root, max_open=1)
+    reader = ShardReader(root)
     try:
         return reader.read(row, verify=verify)
     finally:

@@ -39,6 +39,8 @@ from chammi_data.schema import file_sha256
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+#: Shard files a store keeps open for ``pread`` (the oldest is closed beyond this).
+MAX_OPEN_FILES = 64
 #: Environment variable naming the default release location (a folder or a URL).
 RELEASE_ENV = "CHAMMI_RELEASE"
 
@@ -278,7 +280,7 @@ class ReleaseStore:
             data = data[offset:offset + length]
         return data
 
-    def _pread(self, path: str, offset: int, length: int, max_open: int = 64) -> bytes:
+    def _pread(self, path: str, offset: int, length: int, max_open: int = MAX_OPEN_FILES) -> bytes:
         self._check_pid()
         fd = self._fds.get(path)
         if fd is None:
