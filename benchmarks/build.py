@@ -52,8 +52,8 @@ def _read_files(name: str, raw: Path) -> tuple[float, int]:
 
 def _serial(name: str, raw: Path) -> dict[str, float]:
     """Serial process() over all units, and (HPA) the segmentation alone."""
-    from pipelines.base import UnitSkip
-    from pipelines.registry import get_pipeline
+    from pipelines.sources.base import UnitSkip
+    from pipelines.sources.registry import get_pipeline
 
     pipe = get_pipeline(name)
     opts = pipe.options()
@@ -66,8 +66,8 @@ def _serial(name: str, raw: Path) -> dict[str, float]:
             pass
     out = {"process_s": time.perf_counter() - t0, "cells": cells, "units": len(units)}
     if name == "hpa":
-        from pipelines.hpa import STAINS, read_channel
-        from pipelines.segmentation import segment
+        from pipelines.sources.hpa.pipeline import STAINS, read_channel
+        from pipelines.steps.segmentation import segment
 
         seg_s, pixels = 0.0, 0
         for u in units:
@@ -87,7 +87,7 @@ def _median(runs: list[dict[str, float]]) -> dict[str, float]:
 
 
 def _build(name: str, raw: Path, workers: int) -> dict[str, float]:
-    from pipelines.engine import build
+    from pipelines.engine.build import build
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
@@ -140,7 +140,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="runs per measurement; the median is reported")
     args = ap.parse_args()
     if args.input is None:
-        from pipelines.synthetic import write_sample
+        from pipelines.sources.synthetic import write_sample
 
         args.input = write_sample(Path(tempfile.mkdtemp(prefix="chammi-sample-")), 0, args.sources, progress=True)
     root = Path(args.input)

@@ -35,9 +35,9 @@ import pandas as pd
 import torch
 from sklearn.neighbors import KNeighborsClassifier
 
-from chammi_data.evaluation import evaluate
-from chammi_data.knn import DEFAULT_BLOCK_SIZE, resolve_device
-from chammi_data.vocab import LOGO_TASKS, SOURCES
+from chammi_data.evaluation.scoring import evaluate
+from chammi_data.evaluation.knn import DEFAULT_BLOCK_SIZE, resolve_device
+from chammi_data.format.vocab import LOGO_TASKS, SOURCES
 
 #: Real split sizes of CHAMMI: Train then each task.
 SIZES = {

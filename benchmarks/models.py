@@ -23,7 +23,7 @@ import timm
 import torch
 from tqdm import tqdm
 
-from chammi_data.vocab import SOURCES
+from chammi_data.format.vocab import SOURCES
 from chammi_models import create_model, list_models
 
 RESULTS = Path(__file__).resolve().parent / "results" / "models.md"

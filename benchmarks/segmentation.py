@@ -9,7 +9,7 @@ dependency::
     pip install --no-deps stardist==0.9.2
 
 No real annotated whole-cell fluorescence image is available offline here, so whole-cell F1 is measured
-on the synthetic HPA fields of ``pipelines.hpa_synth`` (which carry their ground truth) and labelled so.
+on the synthetic HPA fields of ``pipelines.sources.hpa.synth`` (which carry their ground truth) and labelled so.
 
 Speed: seconds per 2048 x 2048 field on one thread (BLAS/OpenMP pinned to 1), best of ``--repeats``:
 the real DSB image upscaled 4x (nuclei ~95 px across, like HPA fields at 2048 px) with the nucleus
@@ -40,9 +40,9 @@ from PIL import Image  # noqa: E402
 from scipy import ndimage as ndi  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from pipelines.hpa import HPAPipeline  # noqa: E402
-from pipelines.hpa_synth import quantise, render_field  # noqa: E402
-from pipelines.segmentation import match_objects, segment  # noqa: E402
+from pipelines.sources.hpa.pipeline import HPAPipeline  # noqa: E402
+from pipelines.sources.hpa.synth import quantise, render_field  # noqa: E402
+from pipelines.steps.segmentation import match_objects, segment  # noqa: E402
 
 
 def load_dsb2018() -> tuple[np.ndarray, np.ndarray]:

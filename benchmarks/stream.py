@@ -5,7 +5,7 @@
 On a release of synthetic microscopy-like cells at the REAL tile sizes (``loader.synthetic_cell``; ``--n``
 cells per source) it measures, each against a baseline from the same run:
 
-1. **workers**: the training loader (``chammi_models.train_data``: ``stream(output="uint8")`` +
+1. **workers**: the training loader (``chammi_models.training.train_data``: ``stream(output="uint8")`` +
    ``group_by_channels_uint8``, persistent workers, device-ready integer batches per channel set) with 0, 1 and
    2 DataLoader workers: worker start-up (first batch of the first epoch) and steady state (whole later
    epochs), plus the main process's CPU time per sample (it only hands batches over). For reference, the
@@ -48,13 +48,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from loader import synthetic_cell  # noqa: E402
 
-from chammi_data.collate import group_by_channels_uint8  # noqa: E402
-from chammi_data.manifest import read_manifest, write_manifest  # noqa: E402
-from chammi_data.shards import ShardReader, decode_image_fast  # noqa: E402
-from chammi_data.storage import ReleaseStore  # noqa: E402
-from chammi_data.streaming import stream  # noqa: E402
-from chammi_data.transforms import train_transform  # noqa: E402
-from chammi_data.writer import ReleaseWriter  # noqa: E402
+from chammi_data.loading.collate import group_by_channels_uint8  # noqa: E402
+from chammi_data.format.manifest import read_manifest, write_manifest  # noqa: E402
+from chammi_data.loading.shards import ShardReader, decode_image_fast  # noqa: E402
+from chammi_data.store.storage import ReleaseStore  # noqa: E402
+from chammi_data.loading.streaming import stream  # noqa: E402
+from chammi_data.augment.transforms import train_transform  # noqa: E402
+from chammi_data.format.writer import ReleaseWriter  # noqa: E402
 from tests.servers import DelayProxy, S3Server  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -131,7 +131,7 @@ def _cpu_per_sample(root, readahead: int) -> float:
 def _readahead_alone(store: ReleaseStore, release: Path, shards: list[str], work_s: float = 0.02) -> dict:
     """Seconds to fetch 12 whole shards through the delaying proxy while 'working' ``work_s`` on each, with
     read-ahead depth 0, 2 and 4: what read-ahead hides, without the CPU of decoding competing."""
-    from chammi_data.readahead import ByteRange, RangeReadahead
+    from chammi_data.store.readahead import ByteRange, RangeReadahead
 
     ranges = [ByteRange(s, 0, (release / s).stat().st_size) for s in shards[:12]]
     out = {}

@@ -4,10 +4,10 @@
     python benchmarks/train_throughput.py --device cpu --backbone convnext_atto --size 64 --batch 16 \\
         --steps 4 --warmup 1 --workers 2 --cells 64 --strategies depthwise hypernet
 
-For every strategy the SAME training step (``chammi_models.train.train_step``: one forward per channel
+For every strategy the SAME training step (``chammi_models.training.train.train_step``: one forward per channel
 group, proxy loss, AdamW + schedule, grad clipping, bf16 autocast + channels_last on CUDA) is timed twice:
 
-- ``loader``: batches from the trainer's own data path (``chammi_models.train_data.TrainData``) over a release
+- ``loader``: batches from the trainer's own data path (``chammi_models.training.train_data.TrainData``) over a release
   written to a temporary folder (cells at the REAL tile sizes: WTC 238x374x3, HPA 512x512x4, CP 160x160x5):
   ``--workers`` persistent DataLoader workers read, decode and stack integer batches per channel set, and the
   paper's augmentation runs on the device, exactly as ``chammi train`` feeds the model;
@@ -32,15 +32,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from chammi_data.manifest import read_manifest
-from chammi_data.schema import Cell, make_cell_id
-from chammi_data.vocab import SOURCES
-from chammi_data.writer import ReleaseWriter
-from chammi_models.config import config_from_dict
-from chammi_models.objective import Objective, build_model, class_index, global_classes, to_groups
-from chammi_models.schedule import WarmupCosine, build_optimizer
-from chammi_models.train import train_step
-from chammi_models.train_data import TrainData
+from chammi_data.format.manifest import read_manifest
+from chammi_data.format.schema import Cell, make_cell_id
+from chammi_data.format.vocab import SOURCES
+from chammi_data.format.writer import ReleaseWriter
+from chammi_models.training.config import config_from_dict
+from chammi_models.training.objective import Objective, build_model, class_index, global_classes, to_groups
+from chammi_models.training.schedule import WarmupCosine, build_optimizer
+from chammi_models.training.train import train_step
+from chammi_models.training.train_data import TrainData
 
 STRATEGIES = ("fixed_channels", "target_param", "slice_param", "template_mixing", "hypernet", "depthwise")
 _LABELS = {"wtc11": ["M0", "M1M2", "M3"], "hpa": ["Golgi apparatus", "Microtubules"], "cp": ["DMSO", "BRD-A29260609"]}

@@ -7,21 +7,21 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from chammi_data.schema import SCHEMA_VERSION, Cell, make_cell_id
-from chammi_data.vocab import SOURCES, VOCAB, source_info
+from chammi_data.format.schema import SCHEMA_VERSION, Cell, make_cell_id
+from chammi_data.format.vocab import SOURCES, VOCAB, source_info
 
 if TYPE_CHECKING:  # the real objects for type checkers; at run time they are imported on first use
-    from chammi_data.dataset import load
-    from chammi_data.evaluation import evaluate
-    from chammi_data.streaming import stream
+    from chammi_data.loading.dataset import load
+    from chammi_data.evaluation.scoring import evaluate
+    from chammi_data.loading.streaming import stream
 
 __version__ = "0.1.0"
 
 # Heavier entry points are imported on first use so that `import chammi_data` stays cheap.
 _LAZY = {
-    "load": "chammi_data.dataset",
-    "stream": "chammi_data.streaming",
-    "evaluate": "chammi_data.evaluation",
+    "load": "chammi_data.loading.dataset",
+    "stream": "chammi_data.loading.streaming",
+    "evaluate": "chammi_data.evaluation.scoring",
 }
 
 

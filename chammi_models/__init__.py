@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-_LAZY = {"create_model": "chammi_models.registry", "list_models": "chammi_models.registry"}
+_LAZY = {"create_model": "chammi_models.zoo.registry", "list_models": "chammi_models.zoo.registry"}
 
 
 def __getattr__(name: str):

@@ -3,7 +3,7 @@
 - :func:`extract_features`: {source: (N_source, D) float32}, row i = the i-th manifest row of that source,
   computed with the paper's evaluation transform (shorter side to ``image_size``, centre crop, normalise).
 - :func:`evaluate_model`: extract + ``chammi_data.evaluate`` (used by the training loop's periodic evaluation).
-- :func:`load_trained`: (model, card) from a run folder or a weights folder (``chammi_models.weights``).
+- :func:`load_trained`: (model, card) from a run folder or a weights folder (``chammi_models.zoo.weights``).
 - :func:`embed`: ``chammi embed``: features of every manifest row in the official per-dataset layout
   ``OUT/<Allen|HPA|CP>/features.npy`` plus ``OUT/embedding.json``, which ``chammi eval --features OUT`` scores.
   The input size and normalisation come from the weights card, so features match what the model trained on.
@@ -23,12 +23,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from chammi_data.collate import collate_homogeneous
-from chammi_data.features import feature_file_digests, save_features
-from chammi_data.manifest import RELEASE_JSON, read_manifest, source_rows, sources_in
-from chammi_data.storage import open_store
-from chammi_data.transforms import Compose, Normalize, eval_transform
-from chammi_data.vocab import SOURCES
+from chammi_data.loading.collate import collate_homogeneous
+from chammi_data.evaluation.features import feature_file_digests, save_features
+from chammi_data.format.manifest import RELEASE_JSON, read_manifest, source_rows, sources_in
+from chammi_data.store.storage import open_store
+from chammi_data.augment.transforms import Compose, Normalize, eval_transform
+from chammi_data.format.vocab import SOURCES
 
 FEATURES_NAME = "features"  #: OUT/<Folder>/features.npy
 
@@ -110,7 +110,7 @@ def evaluate_model(model: nn.Module, release: str | Path, sources: Sequence[str]
 
 def load_trained(checkpoint: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """(model, card) from a run folder (``RUN_DIR/model``) or a weights folder written by ``save_model``."""
-    from chammi_models.weights import load_model
+    from chammi_models.zoo.weights import load_model
 
     path = Path(checkpoint)
     if (path / "model").is_dir():
@@ -127,9 +127,9 @@ def card_eval_transform(card: dict[str, Any], image_size: int | None = None) -> 
 
     The size is ``image_size`` if given, else the card's ``img_size``, else 224. Normalisation uses the card's
     per-(source, channel) ``normalisation`` stats; only a card without that field falls back to the
-    vocabulary's stats (``chammi_data.vocab``), and the third element says which ("card" | "vocabulary").
+    vocabulary's stats (``chammi_data.format.vocab``), and the third element says which ("card" | "vocabulary").
     """
-    from chammi_models.weights import card_normalisation
+    from chammi_models.zoo.weights import card_normalisation
 
     size = int(image_size or card.get("img_size") or 224)
     stats = card_normalisation(card)
@@ -146,7 +146,7 @@ def embed(checkpoint: str | Path, release: str | Path, out: str | Path, *, batch
     normalised as the weights card says (:func:`card_eval_transform`; ``image_size`` overrides the card's size).
 
     Raises ``FileNotFoundError`` for a missing release or model folder (checked in that order, before any
-    model is built) and ``chammi_models.weights.WeightsError`` for an unusable card or weights file.
+    model is built) and ``chammi_models.zoo.weights.WeightsError`` for an unusable card or weights file.
     """
     release, out = open_store(release), Path(out)
     identity = release_identity(release)

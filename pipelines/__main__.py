@@ -2,6 +2,6 @@
 
 import sys
 
-from pipelines.cli import main
+from chammi_cli.build import main
 
 sys.exit(main())

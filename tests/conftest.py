@@ -39,8 +39,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from chammi_data.schema import Cell, make_cell_id
-from chammi_data.vocab import SOURCES
+from chammi_data.format.schema import Cell, make_cell_id
+from chammi_data.format.vocab import SOURCES
 
 TINY_N = 24
 TINY_CELLS_PER_SHARD = 10
@@ -136,7 +136,7 @@ def write_official(root: Path, cells: list[Cell], tiff_sources: tuple[str, ...] 
     import tifffile
     from PIL import Image
 
-    from chammi_data.official import chw_to_tape
+    from chammi_data.interop.official_layout import chw_to_tape
 
     root = Path(root)
     rows: dict[str, list[dict]] = {}
@@ -186,7 +186,7 @@ def cell_factory():
 @pytest.fixture(scope="session")
 def tiny_release(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Path of a tiny three-source release (READ ONLY; see the module docstring)."""
-    from chammi_data.writer import ReleaseWriter
+    from chammi_data.format.writer import ReleaseWriter
 
     root = tmp_path_factory.mktemp("tiny_release") / "release"
     writer = ReleaseWriter(root, cells_per_shard=TINY_CELLS_PER_SHARD, config={"fixture": "tiny_release", "n": TINY_N},

@@ -9,9 +9,9 @@ from ome_zarr.io import parse_url  # third-party clients: the dev extra installs
 from ome_zarr.reader import Multiscales, Reader
 from ome_zarr_models.v05.image import Image
 
-from chammi_data.manifest import read_manifest, source_rows, sources_in
-from chammi_data.release_format import parse_channels
-from chammi_data.zarr_store import zarr_path
+from chammi_data.format.manifest import read_manifest, source_rows, sources_in
+from chammi_data.format.release_format import parse_channels
+from chammi_data.format.zarr_store import zarr_path
 
 
 def check_ome_zarr_store(store: Path, channels: tuple[str, ...], n_cells: int) -> None:

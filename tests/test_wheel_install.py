@@ -40,7 +40,7 @@ def test_pyproject_lists_every_package_and_data_folder():
     config = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]
     mapped = {folder: pkg for pkg, folder in config["package-dir"].items()}
     expected = set()
-    for top in ("chammi_data", "chammi_models", "pipelines"):
+    for top in ("chammi_cli", "chammi_data", "chammi_models", "pipelines"):
         expected |= {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / top).rglob("__init__.py")}
     for folder, pkg in mapped.items():
         for d in [REPO / folder, *(p for p in (REPO / folder).rglob("*") if p.is_dir())]:
@@ -98,7 +98,7 @@ def test_wheel_installs_and_runs_outside_checkout(tmp_path: Path):
     work.mkdir()
     env.update(CHAMMI_RELEASE=str(work / "default_release"), MPLBACKEND="Agg", TQDM_DISABLE="1")
     where = _run([vpy, "-c", "import chammi_data, chammi_models, pipelines\n"
-                  "from chammi_data.paths import manifests_dir, configs_dir\n"
+                  "from chammi_data.store.paths import manifests_dir, configs_dir\n"
                   "for x in (chammi_data.__file__, chammi_models.__file__, pipelines.__file__, manifests_dir(), "
                   "configs_dir()): print(x)"], work, env).split()
     for path in where:
@@ -114,7 +114,7 @@ def test_wheel_installs_and_runs_outside_checkout(tmp_path: Path):
                           text=True, timeout=300)
     assert proc.returncode == 0, (
         "chammi train --config tiny_cpu failed from the installed wheel"
-        + (" (chammi_models/config.py must take CONFIGS_DIR from chammi_data.paths.configs_dir())"
+        + (" (chammi_models/training/config.py must take CONFIGS_DIR from chammi_data.store.paths.configs_dir())"
            if "bundled configs" in proc.stderr else "")
         + f"\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
     )

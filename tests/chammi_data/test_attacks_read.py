@@ -18,9 +18,9 @@ import pytest
 import zstandard
 
 import chammi_data
-from chammi_data.codec import CorruptSampleError
-from chammi_data.manifest import ManifestDigestError, read_manifest, write_manifest
-from chammi_data.shards import MAX_RECORD_BYTES, ShardFormatError, iter_samples
+from chammi_data.format.codec import CorruptSampleError
+from chammi_data.format.manifest import ManifestDigestError, read_manifest, write_manifest
+from chammi_data.loading.shards import MAX_RECORD_BYTES, ShardFormatError, iter_samples
 
 
 def _flip(path: Path, offset: int) -> None:
@@ -137,8 +137,8 @@ def test_decompression_bombs_are_refused_before_allocating(tmp_path, declare_siz
            "height": 160, "width": 160, "dtype": "uint8", "sha256": ""}
     script = f"""
 import resource, json
-from chammi_data.shards import ShardReader
-from chammi_data.codec import CorruptSampleError
+from chammi_data.loading.shards import ShardReader
+from chammi_data.format.codec import CorruptSampleError
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 try:
     ShardReader({str(tmp_path)!r}).read(json.loads({json.dumps(json.dumps(row))}))

@@ -9,14 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from chammi_data.cli import errors
-from chammi_data.cli import evaluate as eval_cli
-from chammi_data.cli import export as export_cli
-from chammi_data.cli import report as report_cli
-from chammi_data.cli import validate as validate_cli
-from chammi_data.features import save_features
-from chammi_data.manifest import read_manifest, source_rows
-from chammi_data.vocab import SOURCES
+import chammi_cli.errors as errors
+import chammi_cli.evaluate as eval_cli
+import chammi_cli.export as export_cli
+import chammi_cli.report as report_cli
+import chammi_cli.validate as validate_cli
+from chammi_data.evaluation.features import save_features
+from chammi_data.format.manifest import read_manifest, source_rows
+from chammi_data.format.vocab import SOURCES
 
 
 def run_cli(module, argv: list[str]) -> int:
@@ -100,12 +100,12 @@ def test_report_user_errors(tmp_path: Path, capsys):
 
 
 def test_unexpected_errors_keep_their_traceback(tiny_release: Path, tmp_path: Path, monkeypatch, capsys):
-    import chammi_data.export
+    import chammi_data.interop.official_export
 
     def broken(*args, **kwargs):
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(chammi_data.export, "export_official", broken)
+    monkeypatch.setattr(chammi_data.interop.official_export, "export_official", broken)
     with pytest.raises(RuntimeError, match="a bug"):
         run_cli(export_cli, [str(tiny_release), str(tmp_path / "o")])
     monkeypatch.setenv(errors.DEBUG_ENV, "1")  # user errors with their traceback, for debugging

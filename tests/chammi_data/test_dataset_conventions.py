@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from chammi_data.dataset import load
+from chammi_data.loading.dataset import load
 
 
 def test_classes_are_per_source_sorted_labels(tiny_release: Path):

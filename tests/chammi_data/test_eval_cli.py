@@ -11,11 +11,11 @@ import pandas as pd
 import pytest
 
 from chammi_data import evaluate
-from chammi_data.cli import evaluate as eval_cli
-from chammi_data.cli import report as report_cli
-from chammi_data.features import EvaluationInputError, load_features, save_features
-from chammi_data.manifest import read_manifest, source_rows
-from chammi_data.vocab import SOURCES
+import chammi_cli.evaluate as eval_cli
+import chammi_cli.report as report_cli
+from chammi_data.evaluation.features import EvaluationInputError, load_features, save_features
+from chammi_data.format.manifest import read_manifest, source_rows
+from chammi_data.format.vocab import SOURCES
 
 
 def run_cli(module, argv: list[str]) -> int:

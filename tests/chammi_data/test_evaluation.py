@@ -10,8 +10,8 @@ from sklearn.metrics import f1_score
 from sklearn.neighbors import KNeighborsClassifier
 
 from chammi_data import evaluate
-from chammi_data.evaluation import EvaluationInputError, compute_cps, score
-from chammi_data.vocab import LOGO_TASKS, SOURCES
+from chammi_data.evaluation.scoring import EvaluationInputError, compute_cps, score
+from chammi_data.format.vocab import LOGO_TASKS, SOURCES
 
 
 def _frame(rows: list[tuple[str, str, str]], tasks: tuple[str, ...], group_col: str) -> pd.DataFrame:

@@ -10,15 +10,15 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from chammi_data.cam import CAM_COLUMNS, CAM_CSV, cam_classes
-from chammi_data.cli import export as cli
-from chammi_data.dataset import load
-from chammi_data.export import export_official, export_source, to_uint8
-from chammi_data.manifest import read_manifest, source_rows
-from chammi_data.official import iter_official_cells, read_official_metadata
-from chammi_data.paths import UnsafePathError, safe_join
-from chammi_data.vocab import SOURCE_KEYS, SOURCES, TASK_COLUMNS
-from chammi_data.writer import ReleaseWriter
+from chammi_data.interop.cam_training_csv import CAM_COLUMNS, CAM_CSV, cam_classes
+import chammi_cli.export as cli
+from chammi_data.loading.dataset import load
+from chammi_data.interop.official_export import export_official, export_source, to_uint8
+from chammi_data.format.manifest import read_manifest, source_rows
+from chammi_data.interop.official_layout import iter_official_cells, read_official_metadata
+from chammi_data.store.paths import UnsafePathError, safe_join
+from chammi_data.format.vocab import SOURCE_KEYS, SOURCES, TASK_COLUMNS
+from chammi_data.format.writer import ReleaseWriter
 
 
 def test_export_layout_and_columns(tiny_release: Path, tmp_path: Path, capsys):
@@ -156,8 +156,8 @@ def test_hostile_file_path_in_meta_stays_inside_outdir(tmp_path: Path, cell_fact
 
 
 def test_cell_id_that_bypassed_the_manifest_reader_is_refused(tiny_release: Path, tmp_path: Path):
-    from chammi_data.release_format import CellIdError
-    from chammi_data.shards import ShardReader
+    from chammi_data.format.release_format import CellIdError
+    from chammi_data.loading.shards import ShardReader
 
     rows = source_rows(read_manifest(tiny_release), "hpa").head(2).copy()
     rows["cell_id"] = ["../../x", "ok_id"]

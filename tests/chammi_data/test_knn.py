@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn.neighbors import KNeighborsClassifier
 
-from chammi_data.knn import NearestNeighborIndex, nearest_neighbors
+from chammi_data.evaluation.knn import NearestNeighborIndex, nearest_neighbors
 
 
 def _reference_argbest(q: np.ndarray, r: np.ndarray, metric: str) -> np.ndarray:

@@ -8,14 +8,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from chammi_data.manifest import (
+from chammi_data.format.manifest import (
     ReleaseNotFoundError,
     read_manifest,
     read_release_json,
     source_rows,
     write_manifest,
 )
-from chammi_data.release_format import MANIFEST_COLUMNS, parse_meta
+from chammi_data.format.release_format import MANIFEST_COLUMNS, parse_meta
 
 
 def test_types_and_order(tiny_release: Path):

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from chammi_data.official import (
+from chammi_data.interop.official_layout import (
     OfficialFormatError,
     chw_to_tape,
     iter_official_cells,
@@ -18,7 +18,7 @@ from chammi_data.official import (
     read_official_metadata,
     tape_to_chw,
 )
-from chammi_data.schema import make_cell_id
+from chammi_data.format.schema import make_cell_id
 
 
 def test_tape_fold_is_column_major():

@@ -14,17 +14,17 @@ import torch
 from torch.utils.data import DataLoader
 
 import chammi_data
-from chammi_data.export import export_official
-from chammi_data.manifest import read_manifest
-from chammi_data.progress_tracker import ProgressTracker
-from chammi_data.storage import (
+from chammi_data.interop.official_export import export_official
+from chammi_data.format.manifest import read_manifest
+from chammi_data.loading.stream_progress import ProgressTracker
+from chammi_data.store.storage import (
     ReleaseNotFoundError,
     ReleaseStore,
     RemoteObjectError,
     RemoteReadError,
     RetryPolicy,
 )
-from chammi_data.validate import validate_release
+from chammi_data.format.validate import validate_release
 from tests.servers import HTTPServer, S3Server
 
 QUICK = RetryPolicy(attempts=3, backoff=0.01, timeout=10)
@@ -216,7 +216,7 @@ def test_killed_server_mid_epoch_then_exact_resume(tiny_release, monkeypatch):
 
 def test_webdataset_reads_our_shards_locally_and_over_http(tiny_release, http):
     wds = pytest.importorskip("webdataset")
-    from chammi_data.interop import shard_urls, wds_decoder
+    from chammi_data.interop.webdataset import shard_urls, wds_decoder
 
     expected = {s["cell_id"]: s["image"] for s in chammi_data.load("all", root=tiny_release)}
     for root in (tiny_release, http.url):
@@ -228,4 +228,4 @@ def test_webdataset_reads_our_shards_locally_and_over_http(tiny_release, http):
             assert sample["json"]["cell_id"] == sample["__key__"]
         assert set(got) == set(expected)
         for key, img in got.items():
-            assert torch.equal(chammi_data.release_format.to_float_tensor(img), expected[key])
+            assert torch.equal(chammi_data.format.release_format.to_float_tensor(img), expected[key])

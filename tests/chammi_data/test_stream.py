@@ -7,14 +7,14 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from chammi_data.codec import CorruptSampleError
-from chammi_data.collate import HomogeneousBatcher, group_by_channels
-from chammi_data.dataset import load
-from chammi_data.manifest import read_manifest
-from chammi_data.progress_tracker import ProgressTracker
-from chammi_data.release_format import select_rows
-from chammi_data.streaming import ShardStream, sample_seed, stream
-from chammi_data.transforms import train_transform
+from chammi_data.format.codec import CorruptSampleError
+from chammi_data.loading.collate import HomogeneousBatcher, group_by_channels
+from chammi_data.loading.dataset import load
+from chammi_data.format.manifest import read_manifest
+from chammi_data.loading.stream_progress import ProgressTracker
+from chammi_data.format.release_format import select_rows
+from chammi_data.loading.streaming import ShardStream, sample_seed, stream
+from chammi_data.augment.transforms import train_transform
 
 
 def _positions(samples) -> list[int]:
@@ -259,7 +259,7 @@ def test_package_level_entry_point(tiny_release):
     import chammi_data
 
     # The package attribute is the function, also after the implementing module has been imported.
-    import chammi_data.streaming  # noqa: F401
+    import chammi_data.loading.streaming  # noqa: F401
 
     assert callable(chammi_data.stream) and chammi_data.stream is stream
     a = chammi_data.stream(tiny_release, split="train", seed=1)

@@ -9,13 +9,13 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from chammi_data import stream_order as so
-from chammi_data.collate import group_by_channels, group_by_channels_uint8
-from chammi_data.device_transforms import DeviceTransform
-from chammi_data.progress_tracker import ProgressTracker
-from chammi_data.storage import ReleaseStore
-from chammi_data.streaming import ShardStream, stream
-from chammi_data.transforms import train_transform
+import chammi_data.loading.stream_order as so
+from chammi_data.loading.collate import group_by_channels, group_by_channels_uint8
+from chammi_data.augment.device import DeviceTransform
+from chammi_data.loading.stream_progress import ProgressTracker
+from chammi_data.store.storage import ReleaseStore
+from chammi_data.loading.streaming import ShardStream, stream
+from chammi_data.augment.transforms import train_transform
 
 
 def _ids(batches) -> list[str]:

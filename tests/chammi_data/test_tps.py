@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from chammi_data.tps import (
+from chammi_data.augment.tps import (
     ThinPlateSpline,
     control_points,
     evaluate_tps,

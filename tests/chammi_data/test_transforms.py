@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from chammi_data.tps import ThinPlateSpline
-from chammi_data.transforms import (
+from chammi_data.augment.tps import ThinPlateSpline
+from chammi_data.augment.transforms import (
     CenterCrop,
     ChannelSubset,
     Compose,
@@ -19,7 +19,7 @@ from chammi_data.transforms import (
     eval_transform,
     train_transform,
 )
-from chammi_data.vocab import SOURCES, normalisation_stats
+from chammi_data.format.vocab import SOURCES, normalisation_stats
 
 
 def _sample(source: str = "hpa", hw: tuple[int, int] = (40, 56), seed: int = 0) -> dict:

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from chammi_data import zarr_store
-from chammi_data.cli import validate as cli
-from chammi_data.manifest import read_manifest, write_manifest
-from chammi_data.validate import validate_release
+import chammi_data.format.zarr_store as zarr_store
+import chammi_cli.validate as cli
+from chammi_data.format.manifest import read_manifest, write_manifest
+from chammi_data.format.validate import validate_release
 
 
 def _problems(root: Path) -> list[str]:

@@ -7,10 +7,10 @@ import io
 import numpy as np
 import pytest
 
-from chammi_data.codec import CorruptSampleError, decode_image, encode_image
-from chammi_data.release_format import canonical_json
-from chammi_data.schema import Cell, image_checksum, make_cell_id
-from chammi_data.vocab import (
+from chammi_data.format.codec import CorruptSampleError, decode_image, encode_image
+from chammi_data.format.release_format import canonical_json
+from chammi_data.format.schema import Cell, image_checksum, make_cell_id
+from chammi_data.format.vocab import (
     CHANNEL_COLORS,
     CPS_WEIGHTS,
     SOURCES,

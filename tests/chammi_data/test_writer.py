@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from chammi_data import zarr_store
-from chammi_data.manifest import read_manifest, read_release_json, source_rows
-from chammi_data.release_format import MANIFEST_COLUMNS, canonical_json
-from chammi_data.shards import ShardReader, iter_samples
-from chammi_data.vocab import SOURCE_KEYS
-from chammi_data.writer import (
+import chammi_data.format.zarr_store as zarr_store
+from chammi_data.format.manifest import read_manifest, read_release_json, source_rows
+from chammi_data.format.release_format import MANIFEST_COLUMNS, canonical_json
+from chammi_data.loading.shards import ShardReader, iter_samples
+from chammi_data.format.vocab import SOURCE_KEYS
+from chammi_data.format.writer import (
     ReleaseWriter,
     create_zarr_array,
     file_sha256,

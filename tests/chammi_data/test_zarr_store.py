@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from chammi_data import zarr_store
-from chammi_data.vocab import SOURCES
+import chammi_data.format.zarr_store as zarr_store
+from chammi_data.format.vocab import SOURCES
 from tests.ome_zarr_helpers import check_ome_zarr_store, check_release_ome_zarr
 
 

@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from chammi_data.cli import SUBCOMMANDS as DATA_SUBCOMMANDS
-from chammi_models.cli import MODEL_SUBCOMMANDS, SUBCOMMANDS, main
+from chammi_cli.data_commands import SUBCOMMANDS as DATA_SUBCOMMANDS
+from chammi_cli import MODEL_SUBCOMMANDS, SUBCOMMANDS, main
 
 
 def test_the_dispatcher_merges_both_libraries_subcommands():
     assert not set(DATA_SUBCOMMANDS) & set(MODEL_SUBCOMMANDS)  # neither library shadows the other
     assert SUBCOMMANDS == {**DATA_SUBCOMMANDS, **MODEL_SUBCOMMANDS}
     assert {"export", "validate", "eval", "report"} <= set(DATA_SUBCOMMANDS)
-    assert all(module.startswith("chammi_data.cli.") for module, _ in DATA_SUBCOMMANDS.values())
+    assert all(module.startswith("chammi_cli.") for module, _ in DATA_SUBCOMMANDS.values())
 
 
 @pytest.mark.parametrize("command", sorted(SUBCOMMANDS))

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from chammi_models.config import CONFIGS_DIR, config_from_dict, load_config, save_config, valid_keys
-from chammi_models.schedule import lr_at, steps_for
+from chammi_models.training.config import CONFIGS_DIR, config_from_dict, load_config, save_config, valid_keys
+from chammi_models.training.schedule import lr_at, steps_for
 
 
 def test_overrides_parse_yaml_values_and_dotted_keys() -> None:
@@ -92,7 +92,7 @@ def test_schedule_warmup_and_cosine() -> None:
 def test_scheduler_steps_optimizer_and_resumes() -> None:
     import torch
 
-    from chammi_models.schedule import WarmupCosine, build_optimizer
+    from chammi_models.training.schedule import WarmupCosine, build_optimizer
 
     def make():
         p = torch.nn.Parameter(torch.zeros(2))

@@ -14,8 +14,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from chammi_models.config import load_config
-from chammi_models.train import train
+from chammi_models.training.config import load_config
+from chammi_models.training.train import train
 
 ARGS = ["optim.max_steps=3", "optim.warmup_steps=1", "data.batch_size=8", "data.image_size=32", "data.workers=0",
         "run.eval_at_end=false", "run.checkpoint_every=2"]
@@ -31,7 +31,7 @@ def _free_port() -> int:
 def test_two_process_gloo_run_matches_single_process(tiny_release: Path, tmp_path: Path) -> None:
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), "-m", "chammi_models.train", "--config", "tiny_cpu",
+           "--master_port", str(_free_port()), "-m", "chammi_models.training.train", "--config", "tiny_cpu",
            "--release", str(tiny_release), "--out", str(out), *ARGS]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
@@ -69,7 +69,7 @@ def test_two_process_gloo_run_from_s3_equals_the_same_run_from_disk(tiny_release
 
     def torchrun(release: str, out: Path, env: dict[str, str]) -> None:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-               "--master_port", str(_free_port()), "-m", "chammi_models.train", "--config", "tiny_cpu",
+               "--master_port", str(_free_port()), "-m", "chammi_models.training.train", "--config", "tiny_cpu",
                "--release", release, "--out", str(out), *args]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
                               env={**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", **env})

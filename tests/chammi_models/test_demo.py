@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from chammi_models.cli import main
+from chammi_cli import main
 
 
 @pytest.mark.slow
@@ -26,6 +26,6 @@ def test_demo_quick_writes_the_report(tmp_path, capsys):
     page = (report / "index.html").read_text()
     assert 'src="radar.png"' in page and 'src="montage.png"' in page and "CPS" in page
     # the release the demo built is valid
-    from chammi_data.validate import validate_release
+    from chammi_data.format.validate import validate_release
 
     assert validate_release(out / "release").ok

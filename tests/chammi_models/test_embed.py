@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from chammi_data.manifest import read_manifest, source_rows
-from chammi_data.vocab import SOURCES
-from chammi_models.cli import main as chammi
-from chammi_models.config import load_config
+from chammi_data.format.manifest import read_manifest, source_rows
+from chammi_data.format.vocab import SOURCES
+from chammi_cli import main as chammi
+from chammi_models.training.config import load_config
 from chammi_models.embed import extract_features, load_trained
-from chammi_models.train import train
+from chammi_models.training.train import train
 
 
 @pytest.fixture
@@ -57,7 +57,7 @@ def test_embed_without_model_explains(tmp_path: Path, tiny_release: Path) -> Non
 
 def test_embed_normalises_with_the_card_stats(tiny_release: Path, tmp_path: Path) -> None:
     from chammi_models.embed import embed
-    from chammi_models.weights import save_model
+    from chammi_models.zoo.weights import save_model
     from tests.chammi_models.zoo_helpers import SIZE, small_model
 
     torch.manual_seed(0)
@@ -80,7 +80,7 @@ def test_embed_normalises_with_the_card_stats(tiny_release: Path, tmp_path: Path
 
 def test_embed_refuses_malformed_card_stats(tiny_release: Path, tmp_path: Path) -> None:
     from chammi_models.embed import embed
-    from chammi_models.weights import save_model
+    from chammi_models.zoo.weights import save_model
     from tests.chammi_models.zoo_helpers import small_model
 
     save_model(small_model("slice_param", num_classes=0), tmp_path / "m", {"normalisation": {"hpa": [[0.1], [0.2]]}})
@@ -95,7 +95,7 @@ def _one_line_error(capsys) -> str:
 
 
 def test_embed_cli_answers_user_errors_in_one_line(tiny_release: Path, tmp_path: Path, capsys) -> None:
-    from chammi_models.weights import save_model
+    from chammi_models.zoo.weights import save_model
     from tests.chammi_models.zoo_helpers import small_model
 
     def run(checkpoint: Path, release: Path) -> int:
@@ -120,8 +120,8 @@ def test_eval_refuses_features_from_another_release_or_with_permuted_rows(tiny_r
                                                                         cell_factory, capsys) -> None:
     """Features carry embedding.json; scoring them against another release of the same size, or after their
     rows were permuted, is an error (exit 2, one line) unless --force."""
-    from chammi_data.writer import ReleaseWriter
-    from chammi_models.weights import save_model
+    from chammi_data.format.writer import ReleaseWriter
+    from chammi_models.zoo.weights import save_model
     from tests.chammi_models.zoo_helpers import small_model
 
     folder = tmp_path / "weights"

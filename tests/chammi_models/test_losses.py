@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from chammi_models.losses import ProxyLoss
+from chammi_models.zoo.losses import ProxyLoss
 from tests.chammi_models import zoo_helpers
 
 

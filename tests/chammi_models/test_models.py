@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from chammi_data.vocab import SOURCES, VOCAB, to_indices
+from chammi_data.format.vocab import SOURCES, VOCAB, to_indices
 from chammi_models import create_model, list_models
 from tests.chammi_models.zoo_helpers import SIZE, first_layer_parameters, small_model
 

@@ -6,8 +6,8 @@ import pytest
 
 import tests.chammi_models.zoo_helpers  # noqa: F401  (sets one torch thread)
 from chammi_models import create_model
-from chammi_models.base import PAPER_CLASSES, PAPER_NUM_CLASSES
-from chammi_models.trunk import CONVNEXT_TINY_PARAMS, ConvNeXtTrunk, count_parameters, make_stem_conv
+from chammi_models.zoo.base import PAPER_CLASSES, PAPER_NUM_CLASSES
+from chammi_models.zoo.trunk import CONVNEXT_TINY_PARAMS, ConvNeXtTrunk, count_parameters, make_stem_conv
 
 #: Table 1 of the paper (millions of parameters, proxies included).
 TABLE_1 = {

@@ -7,10 +7,10 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from chammi_data.vocab import SOURCES
+from chammi_data.format.vocab import SOURCES
 from chammi_models import create_model
-from chammi_models.first_layers import pad_rgb_filters, rgb_mean_filter
-from chammi_models.pretrained import resolve_checkpoint
+from chammi_models.zoo.first_layers import pad_rgb_filters, rgb_mean_filter
+from chammi_models.zoo.pretrained import resolve_checkpoint
 from tests.chammi_models.zoo_helpers import SIZE, small_model
 
 

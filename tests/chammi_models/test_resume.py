@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from chammi_models.config import load_config
-from chammi_models.train import train
+from chammi_models.training.config import load_config
+from chammi_models.training.train import train
 
 # batch 8 of 30 Train cells -> 3 steps per epoch: 5 steps cross an epoch boundary, stopping at 2 is mid-epoch.
 OVERRIDES = [
@@ -82,7 +82,7 @@ def test_sigterm_checkpoints_and_stops(tiny_release: Path, tmp_path: Path, monke
     import os
     import signal
 
-    import chammi_models.train as train_mod
+    import chammi_models.training.train as train_mod
 
     real_step = train_mod.train_step
     calls = []

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from chammi_models.ssl import SimCLRLoss, nt_xent, positive_index
+from chammi_models.training.ssl import SimCLRLoss, nt_xent, positive_index
 
 
 def test_positive_index_pairs_views_of_the_same_image() -> None:
@@ -60,9 +60,9 @@ def test_module_with_projection_backpropagates() -> None:
 
 
 def test_two_views_are_different_deterministic_and_collate_aligned() -> None:
-    from chammi_data.collate import group_by_channels
-    from chammi_data.transforms import train_transform
-    from chammi_models.ssl import TwoViews, second_views
+    from chammi_data.loading.collate import group_by_channels
+    from chammi_data.augment.transforms import train_transform
+    from chammi_models.training.ssl import TwoViews, second_views
 
     t = TwoViews(train_transform(16, scale=(0.3, 1.0), hflip=0.5))
     samples = []

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from chammi_models.swad import WeightAverager
+from chammi_models.training.swad import WeightAverager
 
 
 def test_average_equals_mean_of_snapshots() -> None:

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from chammi_data.manifest import read_manifest
-from chammi_models.config import load_config
-from chammi_models.objective import Objective, class_index, global_classes
-from chammi_models.train import train
+from chammi_data.format.manifest import read_manifest
+from chammi_models.training.config import load_config
+from chammi_models.training.objective import Objective, class_index, global_classes
+from chammi_models.training.train import train
 
 # 32 x 32 is the smallest input a ConvNeXt (stride 32 overall) accepts; the tiny release has 30 Train cells.
 FAST = [

@@ -8,9 +8,9 @@ import pickle
 import pytest
 import torch
 
-from chammi_data.vocab import SOURCES
+from chammi_data.format.vocab import SOURCES
 from chammi_models import list_models
-from chammi_models.weights import load_model, read_card, save_model
+from chammi_models.zoo.weights import load_model, read_card, save_model
 from tests.chammi_models.zoo_helpers import SIZE, small_model
 
 
@@ -97,7 +97,7 @@ def _rewrite_weights(folder, change, keep_metadata=True):
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
-    from chammi_data.schema import file_sha256
+    from chammi_data.format.schema import file_sha256
 
     path = folder / "model.safetensors"
     with safe_open(str(path), "pt") as fh:
@@ -111,7 +111,7 @@ def _rewrite_weights(folder, change, keep_metadata=True):
 def test_card_records_the_weights_hash_and_the_weights_record_the_card(tmp_path):
     from safetensors import safe_open
 
-    from chammi_data.schema import file_sha256
+    from chammi_data.format.schema import file_sha256
 
     folder = _saved(tmp_path)
     card = read_card(folder)
@@ -139,7 +139,7 @@ def test_swapped_weights_are_refused(tmp_path):
 
 @pytest.mark.parametrize("bound", [True, False], ids=["bound", "old-folder"])
 def test_another_backbone_is_refused_before_building_it(tmp_path, monkeypatch, bound):
-    import chammi_models.registry as registry
+    import chammi_models.zoo.registry as registry
 
     folder = _saved(tmp_path)
     if not bound:  # a folder from before binding: no hash, no metadata copy; the header shapes decide
@@ -166,7 +166,7 @@ def test_another_backbone_is_refused_before_building_it(tmp_path, monkeypatch, b
 
 
 def test_run_time_options_in_the_card_are_refused(tmp_path, monkeypatch):
-    import chammi_models.pretrained as pretrained
+    import chammi_models.zoo.pretrained as pretrained
 
     def refuse(*args, **kwargs):
         raise AssertionError("loading a card must not load pretrained files")

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import wtc11_synth
-from pipelines.wtc11 import STAGES
+import pipelines.sources.wtc11.synth as wtc11_synth
+from pipelines.sources.wtc11.pipeline import STAGES
 
 #: the release files that must be byte-identical between builds (build_report.json holds paths/timings)
 RELEASE_EXCLUDE = ("build_report.json",)

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines import wtc11_synth
-from pipelines.engine import build
+import pipelines.sources.wtc11.synth as wtc11_synth
+from pipelines.engine.build import build
 
 #: row -> (what is broken, a word the reason must contain)
 CORPUS = {

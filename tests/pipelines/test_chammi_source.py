@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from chammi_data.manifest import read_manifest
-from chammi_data.official import META_FILE
-from chammi_data.vocab import SOURCES, TASK_COLUMNS
-from pipelines.chammi import write_official_sample
-from pipelines.engine import build
+from chammi_data.format.manifest import read_manifest
+from chammi_data.interop.official_layout import META_FILE
+from chammi_data.format.vocab import SOURCES, TASK_COLUMNS
+from pipelines.sources.official.pipeline import write_official_sample
+from pipelines.engine.build import build
 
 
 def test_official_download_converts_with_official_order_and_tasks(tmp_path: Path) -> None:

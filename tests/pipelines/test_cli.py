@@ -10,8 +10,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipelines import cli, wtc11, wtc11_synth
-from pipelines.wtc11 import STAGES
+import chammi_cli.build as cli
+
+import pipelines.sources.wtc11.pipeline as wtc11
+
+import pipelines.sources.wtc11.synth as wtc11_synth
+from pipelines.sources.wtc11.pipeline import STAGES
 
 
 @pytest.fixture()
@@ -88,7 +92,7 @@ def test_a_foreign_pipelines_package_is_named(tmp_path: Path) -> None:
     (fake / "__init__.py").write_text('"""Some other project\'s pipelines."""\n')
     code = ("import sys\n"
             f"sys.path.insert(0, {str(tmp_path / 'site')!r})\n"
-            "from chammi_models.cli.build import main\n"
+            "from chammi_cli.entry_build import main\n"
             "sys.exit(main(['--source', 'wtc11']))\n")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert run.returncode == 2 and run.stderr.startswith("chammi-build: error: 'import pipelines' resolves to")

@@ -11,12 +11,12 @@ import pytest
 import tifffile
 import yaml
 
-from chammi_data.paths import manifests_dir
-from chammi_data.vocab import SOURCES
-from pipelines import cp_layout as lay
-from pipelines import cp_synth
-from pipelines.base import UnitSkip
-from pipelines.cp import CPPipeline
+from chammi_data.store.paths import manifests_dir
+from chammi_data.format.vocab import SOURCES
+import pipelines.sources.cp.layout as lay
+import pipelines.sources.cp.synth as cp_synth
+from pipelines.sources.base import UnitSkip
+from pipelines.sources.cp.pipeline import CPPipeline
 
 CH_NUMS = {"DNA": 3, "ER": 5, "RNA": 1, "AGP": 4, "Mito": 2}  # deliberately not 1..5 in order
 MARK_AT = {"DNA": (60, 60), "ER": (60, 140), "RNA": (140, 60), "AGP": (140, 140), "Mito": (100, 100)}

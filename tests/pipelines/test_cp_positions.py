@@ -7,8 +7,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipelines import cp_positions as pos
-from pipelines.cp_layout import LayoutError
+import pipelines.sources.cp.positions as pos
+from pipelines.sources.cp.layout import LayoutError
 
 
 def test_sqlite_positions_filter_by_site(tmp_path):

@@ -8,13 +8,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from chammi_data.manifest import read_manifest
-from chammi_data.release_format import MANIFEST_COLUMNS
-from pipelines.build_config import config_hash, deep_merge, load_config
-from pipelines.engine import build
-from pipelines.ledger import order_cells
-from pipelines.registry import resolve_sources
-from pipelines.writing import plan_shards
+from chammi_data.format.manifest import read_manifest
+from chammi_data.format.release_format import MANIFEST_COLUMNS
+from pipelines.engine.build_config import config_hash, deep_merge, load_config
+from pipelines.engine.build import build
+from pipelines.engine.ledger import order_cells
+from pipelines.sources.registry import resolve_sources
+from pipelines.engine.writing import plan_shards
 
 SMALL = {"cells_per_shard": 8}
 
@@ -133,7 +133,7 @@ def test_all_sources_from_the_embedded_sample(tmp_path: Path, hash_tree) -> None
 
     The shards of a source are written while the next sources' units still run; a one-worker build of the
     same raw data (no overlap to speak of) must give the same bytes."""
-    from chammi_data.vocab import LOGO_TASKS, SOURCES
+    from chammi_data.format.vocab import LOGO_TASKS, SOURCES
 
     res = build("all", output=tmp_path / "rel", workers=2, progress=False, processes=False,
                 config={"cells_per_shard": 16}, keep_work=True)
@@ -165,7 +165,7 @@ def test_all_sources_from_the_embedded_sample(tmp_path: Path, hash_tree) -> None
 def test_an_item_dropped_without_a_skip_fails_the_build(wtc_raw: Path, tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """``in`` is counted where the items are found (the metadata rows), so a pipeline that loses one is caught."""
-    from pipelines.wtc11 import WTC11Pipeline
+    from pipelines.sources.wtc11.pipeline import WTC11Pipeline
 
     real = WTC11Pipeline.discover
 
@@ -183,8 +183,8 @@ def test_an_item_dropped_without_a_skip_fails_the_build(wtc_raw: Path, tmp_path:
 
 
 def test_a_cell_dropped_inside_a_unit_fails_the_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from pipelines.base import UnitResult
-    from pipelines.chammi import OfficialPipeline, write_official_sample
+    from pipelines.sources.base import UnitResult
+    from pipelines.sources.official.pipeline import OfficialPipeline, write_official_sample
 
     root = write_official_sample(tmp_path / "CHAMMI", seed=1, cells_per_source=10)
     real = OfficialPipeline.process

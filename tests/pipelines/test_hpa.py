@@ -12,11 +12,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from chammi_data.vocab import SOURCES
-from pipelines import hpa
-from pipelines.base import UnitSkip
-from pipelines.hpa import HPAPipeline, _image_keys, read_channel
-from pipelines.hpa_synth import quantise, render_field
+from chammi_data.format.vocab import SOURCES
+import pipelines.sources.hpa.pipeline as hpa
+from pipelines.sources.base import UnitSkip
+from pipelines.sources.hpa.pipeline import HPAPipeline, _image_keys, read_channel
+from pipelines.sources.hpa.synth import quantise, render_field
 
 STAINS = ("red", "green", "blue", "yellow")
 

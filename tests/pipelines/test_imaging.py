@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipelines.imaging import CropInfo, center_crop_or_pad, check_finite, crop_box, to_uint8
+from pipelines.steps.imaging import CropInfo, center_crop_or_pad, check_finite, crop_box, to_uint8
 
 
 def test_to_uint8_scales_each_channel_to_full_range() -> None:
@@ -84,7 +84,7 @@ def test_crop_box_policies() -> None:
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
 def test_histogram_percentiles_match_numpy(dtype) -> None:
-    from pipelines.imaging import _clip_points
+    from pipelines.steps.imaging import _clip_points
 
     rng = np.random.default_rng(2)
     for n in (1, 2, 7, 1000):

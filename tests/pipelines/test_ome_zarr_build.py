@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipelines.engine import build
+from pipelines.engine.build import build
 from tests.ome_zarr_helpers import check_release_ome_zarr
 
 

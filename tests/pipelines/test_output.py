@@ -14,10 +14,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from chammi_data.manifest import read_manifest
-from pipelines import output
-from pipelines.engine import build
-from pipelines.output import OutputLock, OutputLocked, publish
+from chammi_data.format.manifest import read_manifest
+import pipelines.engine.output as output
+from pipelines.engine.build import build
+from pipelines.engine.output import OutputLock, OutputLocked, publish
 
 RELEASE = ["build_report.json", "manifest.csv", "manifest.parquet", "release.json", "shards", "zarr"]
 
@@ -54,7 +54,7 @@ def test_two_builds_started_together_into_one_output(wtc_raw: Path, tmp_path: Pa
     """Two real chammi-build processes at the same moment: one builds, the other fails at once (exit 2) naming
     the holder; the release is complete and the lock file is gone."""
     out = tmp_path / "rel"
-    cmd = [sys.executable, "-m", "pipelines.cli", "--source", "wtc11", "--input", str(wtc_raw), "--output", str(out),
+    cmd = [sys.executable, "-m", "chammi_cli.build", "--source", "wtc11", "--input", str(wtc_raw), "--output", str(out),
            "--workers", "1", "--quiet"]
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     finished: list[subprocess.Popen] = []
@@ -123,8 +123,7 @@ def test_a_retried_shard_writer_leaves_no_temp_file(wtc_raw: Path, tmp_path: Pat
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """A worker killed while writing a zarr shard leaves a temp file beside it; dask reruns the task elsewhere and
     the build succeeds - the release must not carry the temp file."""
-    from chammi_data import zarr_store
-
+    import chammi_data.format.zarr_store as zarr_store
     real = zarr_store.write_encoded_shard
 
     def killed_once_before(root, source, shard_index, chunks):

@@ -9,7 +9,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from pipelines.rawio import FieldMismatch, ImageHeader, ImageTooLarge, check_field, check_size, image_header
+from pipelines.steps.rawio import FieldMismatch, ImageHeader, ImageTooLarge, check_field, check_size, image_header
 
 
 @pytest.mark.parametrize("array, shape, bits", [

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.engine import build
+from pipelines.engine.build import build
 
 #: what a finished build leaves in OUTPUT (without --keep-work)
 RELEASE = ["build_report.json", "manifest.csv", "manifest.parquet", "release.json", "shards", "zarr"]
@@ -31,17 +31,17 @@ def stop():
     time.sleep(600)
 
 if phase == "discover":
-    from pipelines.wtc11 import WTC11Pipeline
+    from pipelines.sources.wtc11.pipeline import WTC11Pipeline
     real = WTC11Pipeline.discover
     WTC11Pipeline.discover = lambda self, input_dir, opts: (real(self, input_dir, opts), stop())[0]
 elif phase == "finalize":
-    import chammi_data.writer as writer
+    import chammi_data.format.writer as writer
 
     def write_manifest(root, df):  # killed while manifest.parquet is written: a 0-byte temp file is left
         (Path(root) / f".manifest.parquet.{uuid.uuid4().hex}.tmp").write_bytes(b"")
         stop()
     writer.write_manifest = write_manifest
-from pipelines.cli import main
+from chammi_cli.build import main
 sys.exit(main(args))
 """
 
@@ -92,7 +92,7 @@ def test_sigkill_in_each_phase_then_rerun(wtc_raw: Path, tmp_path: Path, hash_tr
     # what an older build killed while writing its manifest in place left in the release folder
     (out / ".manifest.parquet.0123456789abcdef.tmp").write_bytes(b"")
 
-    rerun = subprocess.run([sys.executable, "-m", "pipelines.cli", *_args(wtc_raw, out, cfg)], capture_output=True,
+    rerun = subprocess.run([sys.executable, "-m", "chammi_cli.build", *_args(wtc_raw, out, cfg)], capture_output=True,
                            text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     report = json.loads((out / "build_report.json").read_text())

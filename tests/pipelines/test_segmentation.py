@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipelines.hpa_synth import quantise, render_field
-from pipelines.segmentation import (
+from pipelines.sources.hpa.synth import quantise, render_field
+from pipelines.steps.segmentation import (
     cell_properties,
     estimate_nucleus_diameter,
     iou_matrix,

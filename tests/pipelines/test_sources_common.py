@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from chammi_data.vocab import SOURCES, TASK_COLUMNS
-from pipelines import wtc11_synth
-from pipelines.base import SourcePipeline, UnitSkip
-from pipelines.ledger import cell_table
-from pipelines.registry import PIPELINES, get_pipeline, list_pipelines
-from pipelines.wtc11 import STAGES
+from chammi_data.format.vocab import SOURCES, TASK_COLUMNS
+import pipelines.sources.wtc11.synth as wtc11_synth
+from pipelines.sources.base import SourcePipeline, UnitSkip
+from pipelines.engine.ledger import cell_table
+from pipelines.sources.registry import PIPELINES, get_pipeline, list_pipelines
+from pipelines.sources.wtc11.pipeline import STAGES
 
 HEAVY = {"hpa", "cp"}  # their sample generators take tens of seconds here
 PARAMS = [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY else n for n in PIPELINES]

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from chammi_data.schema import Cell
-from pipelines.base import Skipped, UnitResult
-from pipelines.spill import SpillReader, read_spill_outcome, write_spill
+from chammi_data.format.schema import Cell
+from pipelines.sources.base import Skipped, UnitResult
+from pipelines.engine.spill import SpillReader, read_spill_outcome, write_spill
 
 
 def test_spill_roundtrip_and_stale_key(tmp_path: Path) -> None:

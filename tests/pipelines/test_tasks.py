@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipelines.tasks import RulesError, assign_tasks, load_rules, rules_digest, summarise
+from pipelines.steps.tasks import RulesError, assign_tasks, load_rules, rules_digest, summarise
 
 RULES = {
     "version": 1,

@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 import tifffile
 
-from pipelines import wtc11_synth
-from pipelines.base import UnitSkip
-from pipelines.wtc11 import STAGES, WTC11Pipeline, read_ome
+import pipelines.sources.wtc11.synth as wtc11_synth
+from pipelines.sources.base import UnitSkip
+from pipelines.sources.wtc11.pipeline import STAGES, WTC11Pipeline, read_ome
 
 
 def test_read_ome_names_and_sizes(wtc_raw: Path) -> None:

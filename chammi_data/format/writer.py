@@ -1,0 +1,333 @@
+"""Write a release: WebDataset tar shards + Zarr v3 images + manifest + ``release.json``.
+
+There is one write path, used by ``chammi-build`` (spread over dask workers) and by :class:`ReleaseWriter`
+(serial, for scripts and tests):
+
+1. :func:`encode_cell` once per cell, on the process that made it: the shard record, the compressed tar
+   member, the pixel sha256 and the zarr chunk (:class:`EncodedCell`), so writing is only concatenation;
+2. :func:`create_zarr_array` once per source (the final cell count, or grown shard by shard);
+3. per shard k of :func:`shard_plan`, in any process: :func:`write_tar_shard` (tar shard k) and
+   :func:`write_zarr_shard` (exactly zarr shard k: rows ``[k * cells_per_shard, ...)``), one writer per file;
+4. :func:`finalize_release` once, with every shard record: manifest.parquet/.csv and release.json.
+
+Identical cells give byte-identical tar shards, manifests and release.json (no timestamps, fixed tar
+headers, deterministic parquet).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tarfile
+import uuid
+from collections.abc import Iterable, Sequence, Sized
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+import chammi_data.format.zarr_store as zarr_store
+from chammi_data.format.codec import IMAGE_SUFFIX, JSON_SUFFIX, encode_image
+from chammi_data.format.manifest import write_manifest
+from chammi_data.progress import progress as progress_bar
+from chammi_data.format.release_format import canonical_json, manifest_row, parse_channels, release_counts
+from chammi_data.format.schema import SCHEMA_VERSION, Cell, file_sha256
+from chammi_data.format.vocab import SOURCE_KEYS
+
+#: Default number of cells per tar shard (= per zarr shard). 64 HPA cells are ~64 MiB in memory per writer.
+CELLS_PER_SHARD = 64
+_TAR_BLOCK = 512
+
+
+@dataclass
+class ShardRecord:
+    """What one :func:`write_tar_shard` call produced: the tar path (relative to the root), its sha256 and
+    the manifest rows (dicts keyed by ``release_format.MANIFEST_COLUMNS``) of its cells, in shard order."""
+
+    path: str
+    sha256: str
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    source: str = ""
+    shard_index: int = 0
+    nbytes: int = 0
+
+
+def shard_relpath(source: str, shard_index: int) -> str:
+    """``shards/<source>/<source>-%06d.tar`` (posix, relative to the release root)."""
+    return f"shards/{source}/{source}-{shard_index:06d}.tar"
+
+
+def shard_plan(n_cells: int, cells_per_shard: int) -> list[tuple[int, int, int]]:
+    """``(shard_index, first_row, end_row)`` of each shard of a source with ``n_cells`` cells in release order."""
+    if cells_per_shard < 1:
+        raise ValueError(f"cells_per_shard must be >= 1, got {cells_per_shard}")
+    return [(k // cells_per_shard, k, min(k + cells_per_shard, n_cells)) for k in range(0, n_cells, cells_per_shard)]
+
+
+def _tar_info(name: str, size: int) -> tarfile.TarInfo:
+    # Fixed header fields: the only things that vary between samples are the name and the size.
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mtime = 0
+    info.mode = 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    info.type = tarfile.REGTYPE
+    return info
+
+
+#: Once per source: create ``zarr/<source>.zarr`` (N, C, H, W) (``root, source, n_cells, channels, hw, dtype,
+#: cells_per_shard``). The zarr module owns the layout.
+create_zarr_array = zarr_store.create_images
+
+
+@dataclass(frozen=True)
+class EncodedCell:
+    """A cell ready to be written: its shard record (``Cell.record()``: ids, label, split, tasks, groups,
+    shape, dtype, pixel sha256, meta), its compressed tar image member and its zarr chunk
+    (``zarr_store.encode_chunk``). Shard writers only concatenate these bytes."""
+
+    record: dict[str, Any]
+    member: bytes
+    chunk: bytes
+
+    @property
+    def cell_id(self) -> str:
+        return self.record["cell_id"]
+
+
+def encode_cell(cell: Cell) -> EncodedCell:
+    """Hash one cell and compress it for both formats (``codec.encode_image``, ``zarr_store.encode_chunk``)."""
+    return EncodedCell(cell.record(), encode_image(cell.image), zarr_store.encode_chunk(cell.image))
+
+
+def write_shard(root: str | Path, source: str, shard_index: int, cells: Sequence[Cell | EncodedCell],
+                zarr_start: int) -> ShardRecord:
+    """Write tar shard ``shard_index`` of ``source`` and zarr rows ``[zarr_start, zarr_start + len(cells))``:
+    :func:`write_tar_shard` then :func:`write_zarr_shard`, encoding plain :class:`Cell` objects first."""
+    encoded = [c if isinstance(c, EncodedCell) else encode_cell(c) for c in cells]
+    record = write_tar_shard(root, source, shard_index, encoded, zarr_start)
+    write_zarr_shard(root, source, shard_index, zarr_start, [e.chunk for e in encoded])
+    return record
+
+
+def _check_shard(root: Path, source: str, shard_index: int, n: int, zarr_start: int) -> str:
+    rel = shard_relpath(source, shard_index)
+    if n == 0:
+        raise ValueError(f"write_shard({source}, {shard_index}): no cells")
+    per = zarr_store.cells_per_shard(zarr_store.open_images(root, source))
+    if zarr_start != shard_index * per:
+        raise ValueError(f"{rel}: zarr_start {zarr_start} != shard_index * cells_per_shard ({shard_index} * {per})")
+    return rel
+
+
+def write_zarr_shard(root: str | Path, source: str, shard_index: int, zarr_start: int, chunks: Sequence[bytes]) -> None:
+    """Write zarr shard ``shard_index`` of ``source`` (rows from ``zarr_start``, which must be the shard's first
+    row: one writer per zarr shard) from its cells' pre-encoded chunks (``EncodedCell.chunk``)."""
+    _check_shard(Path(root), source, shard_index, len(chunks), zarr_start)
+    zarr_store.write_encoded_shard(root, source, shard_index, chunks)
+
+
+def write_tar_shard(root: str | Path, source: str, shard_index: int, cells: Sequence[EncodedCell],
+                    zarr_start: int) -> ShardRecord:
+    """Write tar shard ``shard_index`` of ``source`` (manifest rows ``zarr_start...``); see the module docstring.
+
+    Members per cell: ``<key>.json`` (the record as canonical JSON) then ``<key>.npy.zst`` (the encoded
+    image). Written to a temp file and moved into place atomically, hashed on the way.
+    """
+    root = Path(root)
+    rel = _check_shard(root, source, shard_index, len(cells), zarr_start)
+    first = cells[0].record
+    for cell in cells:
+        rec = cell.record
+        where = f"{rel}: cell {rec['cell_id']!r}"
+        if rec["source"] != source:
+            raise ValueError(f"{where} has source {rec['source']!r}, expected {source!r}")
+        if (list(rec["shape"]), rec["dtype"], list(rec["channels"])) != (list(first["shape"]), first["dtype"], list(first["channels"])):
+            raise ValueError(
+                f"{where}: image {tuple(rec['shape'])} {rec['dtype']} {list(rec['channels'])} differs from the shard's "
+                f"first cell {tuple(first['shape'])} {first['dtype']} {list(first['channels'])}; a source needs one "
+                f"tile size and channel set"
+            )
+    path = root / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex}.tmp")
+    rows: list[dict[str, Any]] = []
+    try:
+        # The bytes tarfile would write (ustar headers, data padded to 512, two zero blocks, the archive padded
+        # to tarfile's 10240-byte records), written directly and hashed on the way.
+        digest_h = hashlib.sha256()
+        pos = 0
+        with open(tmp, "wb") as fh:
+
+            def put(data: bytes) -> None:
+                nonlocal pos
+                fh.write(data)
+                digest_h.update(data)
+                pos += len(data)
+
+            for i, cell in enumerate(cells):
+                key = cell.record["cell_id"]
+                record = canonical_json(cell.record).encode("utf-8")
+                for name, data in ((key + JSON_SUFFIX, record), (key + IMAGE_SUFFIX, cell.member)):
+                    put(_tar_info(name, len(data)).tobuf(tarfile.USTAR_FORMAT, tarfile.ENCODING, "surrogateescape"))
+                    offset = pos  # a ustar header is one 512-byte block: the data starts right after it
+                    put(data)
+                    if len(data) % _TAR_BLOCK:
+                        put(bytes(_TAR_BLOCK - len(data) % _TAR_BLOCK))
+                rows.append(manifest_row(cell.record, rel, offset, len(cell.member), zarr_start + i))
+            put(bytes(2 * _TAR_BLOCK))  # end-of-archive marker
+            if pos % tarfile.RECORDSIZE:
+                put(bytes(tarfile.RECORDSIZE - pos % tarfile.RECORDSIZE))
+        digest = digest_h.hexdigest()
+        size = tmp.stat().st_size
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return ShardRecord(path=rel, sha256=digest, rows=rows, source=source, shard_index=shard_index, nbytes=size)
+
+
+def _zarr_cells_per_shard(root: Path, source: str, fallback: int) -> int:
+    try:
+        return zarr_store.cells_per_shard(zarr_store.open_images(root, source))
+    except FileNotFoundError:
+        return fallback
+
+
+def _check_rows(df: pd.DataFrame) -> None:
+    unknown = sorted(set(df["source"]) - set(SOURCE_KEYS))
+    if unknown:
+        raise ValueError(f"manifest rows with unknown source(s) {unknown}; valid: {SOURCE_KEYS}")
+    dup = df["cell_id"][df["cell_id"].duplicated()]
+    if len(dup):
+        raise ValueError(f"duplicate cell_id(s) in the release: {sorted(set(dup))[:10]}")
+    for src, part in df.groupby("source", sort=False):
+        rows = part["zarr_row"].to_numpy()
+        if not np.array_equal(rows, np.arange(len(part))):
+            raise ValueError(f"source {src}: zarr rows are not 0..{len(part) - 1} in manifest order (missing shard?)")
+
+
+def finalize_release(
+    root: str | Path,
+    rows: pd.DataFrame | Sequence[dict[str, Any]] | None,
+    shard_records: Sequence[ShardRecord],
+    config: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write manifest.parquet, manifest.csv and release.json; record cell ids in each zarr store.
+
+    ``rows`` are the manifest rows of every cell (None: taken from ``shard_records``); they are ordered by
+    source (``SOURCE_KEYS``) then zarr row, which is the pipeline's order. ``config`` is the build
+    configuration (its sha256 of canonical JSON goes to release.json); ``extra`` is stored verbatim under
+    ``"extra"``. Returns the release.json path.
+    """
+    from chammi_data import __version__
+
+    root = Path(root)
+    if rows is None:
+        rows = [r for rec in shard_records for r in rec.rows]
+    df = rows.copy() if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
+    if df.empty:
+        raise ValueError(f"finalize_release({root}): no manifest rows")
+    order = {s: i for i, s in enumerate(SOURCE_KEYS)}
+    df["_o"] = df["source"].map(order).fillna(len(order))
+    df = df.sort_values(["_o", "zarr_row"], kind="stable").drop(columns="_o").reset_index(drop=True)
+    _check_rows(df)
+    listed = {rec.path for rec in shard_records}
+    missing = sorted(set(df["shard"]) - listed)
+    if missing:
+        raise ValueError(f"manifest rows point at shard(s) without a shard record: {missing[:5]}")
+    parquet, csv = write_manifest(root, df)
+    for src, part in df.groupby("source", sort=False):
+        if zarr_store.zarr_path(root, str(src)).exists():
+            zarr_store.set_cell_ids(root, str(src), part["cell_id"].tolist())
+    config = config or {}
+    sources_info = {}
+    for src, part in df.groupby("source", sort=False):
+        first = part.iloc[0]
+        recs = sorted((r for r in shard_records if r.source == src or r.path.startswith(f"shards/{src}/")), key=lambda r: r.path)
+        sources_info[str(src)] = {
+            "channels": list(parse_channels(first["channels"])),
+            "height": int(first["height"]),
+            "width": int(first["width"]),
+            "dtype": str(first["dtype"]),
+            "n_shards": len(recs),
+            "cells_per_shard": _zarr_cells_per_shard(root, str(src), int(part["shard"].value_counts().max())),
+        }
+    release = {
+        "schema_version": SCHEMA_VERSION,
+        "package": "chammi",
+        "package_version": __version__,
+        "counts": release_counts(df),
+        "sources": sources_info,
+        "shards": {rec.path: rec.sha256 for rec in sorted(shard_records, key=lambda r: r.path)},
+        "config_hash": hashlib.sha256(canonical_json(config).encode()).hexdigest(),
+        "config": config,
+        "manifest_sha256": file_sha256(parquet),
+        "manifest_csv_sha256": file_sha256(csv),
+        "extra": extra or {},
+    }
+    out = root / "release.json"
+    tmp = out.with_name(f".release.json.{uuid.uuid4().hex}.tmp")
+    tmp.write_text(canonical_json(release) + "\n", encoding="utf-8")
+    os.replace(tmp, out)
+    return out
+
+
+class ReleaseWriter:
+    """The serial face of the write path: ``add_source`` per source (cells in release order), then ``close``.
+
+    Each shard-sized batch of cells goes through the same :func:`encode_cell`, :func:`write_tar_shard` and
+    :func:`write_zarr_shard` as a ``chammi-build`` shard, so the bytes are the same; at most one shard of
+    cells is held in memory and the zarr array grows shard by shard (the total count is not needed up front).
+    """
+
+    def __init__(self, root: str | Path, cells_per_shard: int = CELLS_PER_SHARD, config: dict[str, Any] | None = None,
+                 progress: bool = True):
+        if cells_per_shard < 1:
+            raise ValueError(f"cells_per_shard must be >= 1, got {cells_per_shard}")
+        self.root = Path(root)
+        self.cells_per_shard = int(cells_per_shard)
+        self.config = dict(config or {})
+        self.config.setdefault("cells_per_shard", self.cells_per_shard)
+        self.progress = progress
+        self.records: list[ShardRecord] = []
+        self._sources: set[str] = set()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def add_source(self, source: str, cells: Iterable[Cell]) -> int:
+        """Write every cell of ``source`` (in the given order); returns the number of cells written."""
+        if source in self._sources:
+            raise ValueError(f"source {source!r} was already added to this release")
+        self._sources.add(source)
+        per, n = self.cells_per_shard, 0
+        batch: list[EncodedCell] = []
+        total = len(cells) if isinstance(cells, Sized) else None
+        for cell in progress_bar(cells, desc=f"write {source}", unit="cell", total=total, disable=not self.progress):
+            batch.append(encode_cell(cell))
+            if len(batch) == per:
+                self._flush(source, batch, n)
+                n, batch = n + len(batch), []
+        if batch:
+            self._flush(source, batch, n)
+            n += len(batch)
+        return n
+
+    def _flush(self, source: str, batch: list[EncodedCell], start: int) -> None:
+        first = batch[0].record
+        c, h, w = first["shape"]
+        if start == 0:
+            create_zarr_array(self.root, source, len(batch), first["channels"], (h, w), first["dtype"],
+                              self.cells_per_shard)
+        else:
+            zarr_store.open_images(self.root, source, mode="r+").resize((start + len(batch), c, h, w))
+        self.records.append(write_shard(self.root, source, start // self.cells_per_shard, batch, start))
+
+    def close(self, extra: dict[str, Any] | None = None) -> Path:
+        """Write the manifest and release.json; returns the release.json path."""
+        if not self.records:
+            raise ValueError(f"release {self.root}: no cells were added")
+        return finalize_release(self.root, None, self.records, self.config, extra)

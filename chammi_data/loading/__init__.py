@@ -1,0 +1,1 @@
+"""chammi_data.loading."""

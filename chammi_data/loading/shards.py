@@ -1,0 +1,349 @@
+"""Read WebDataset tar shards safely: a strict ustar parser, no extraction, no pickles.
+
+Python's ``tarfile`` treats a corrupted header in the middle of a file as the end of the archive, which
+would silently drop samples; so we parse the (simple) ustar format ourselves and fail loudly. Only plain
+files named ``<key>.json`` / ``<key>.npy.zst`` are accepted: absolute paths, ``..``, directories, links,
+devices, fifos, pax/GNU extension headers, keys with dots, bad header checksums and truncated members are
+errors (:class:`ShardFormatError`) naming the shard and the member/key. Nothing is written to disk.
+
+:func:`iter_samples` yields the usual sample dict (``release_format.make_sample``) with the (C, H, W) integer
+array as ``image``; its ``meta`` is the record's provenance plus ``train_test_split``, ``tasks`` and ``shard``.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+import math
+import os
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import imagecodecs
+import numpy as np
+import zstandard
+
+from chammi_data.format.codec import IMAGE_SUFFIX, JSON_SUFFIX, CorruptSampleError, decode_image
+from chammi_data.format.release_format import CELL_ID_PATTERN, expected_shape, make_sample
+from chammi_data.format.schema import image_checksum
+from chammi_data.store.storage import RemoteObjectError, open_store
+
+BLOCK = 512
+_EXTS = (JSON_SUFFIX.lstrip("."), IMAGE_SUFFIX.lstrip("."))  # "json", "npy.zst": the order within a sample
+_TYPE_NAMES = {b"1": "hard link", b"2": "symbolic link", b"3": "character device", b"4": "block device",
+               b"5": "directory", b"6": "fifo", b"7": "contiguous file", b"x": "pax extended header",
+               b"g": "pax global header", b"L": "GNU long name", b"K": "GNU long link name", b"S": "GNU sparse file"}
+
+
+# The exact header ``np.save`` writes for a C-order (C, H, W) uint8/uint16 array; anything else takes the
+# general (slower, equally strict) path of ``codec.decode_image``.
+_NPY_HEADER = re.compile(rb"\{'descr': '([<|]u[12])', 'fortran_order': False, 'shape': \((\d+), (\d+), (\d+)\), \} *\n")
+
+
+class ShardFormatError(CorruptSampleError):
+    """A shard is truncated, corrupted, or holds a member we refuse to read; names the shard and member."""
+
+
+@dataclass(frozen=True)
+class Member:
+    """One regular-file member: its name, key, extension, data offset in the shard and data size (bytes)."""
+
+    name: str
+    key: str
+    ext: str
+    offset: int
+    size: int
+
+
+def _octal(field: bytes, shard: str, what: str, name: str) -> int:
+    text = field.rstrip(b"\0 ").lstrip(b" ")
+    if not text:
+        return 0
+    if field[:1] and field[0] & 0x80:
+        raise ShardFormatError(f"{shard}: member {name!r}: base-256 {what} field is not supported")
+    try:
+        return int(text, 8)
+    except ValueError:
+        raise ShardFormatError(f"{shard}: member {name!r}: corrupted {what} field {field!r}") from None
+
+
+def _parse_header(block: bytes, shard: str, pos: int) -> tuple[str, int, bytes]:
+    """(name, size, typeflag) of a 512-byte ustar header at byte ``pos``; checks checksum and magic."""
+    raw_name = block[0:100].split(b"\0", 1)[0]
+    prefix = block[345:500].split(b"\0", 1)[0]
+    name_b = prefix + b"/" + raw_name if prefix else raw_name
+    name = name_b.decode("utf-8", errors="replace")
+    stored = _octal(block[148:156], shard, "checksum", name)
+    computed = sum(block[:148]) + 8 * 32 + sum(block[156:])
+    if stored != computed:
+        raise ShardFormatError(f"{shard}: corrupted tar header at byte {pos} (member {name!r}): checksum mismatch")
+    if block[257:262] != b"ustar":
+        raise ShardFormatError(f"{shard}: member {name!r} at byte {pos}: not a ustar header")
+    size = _octal(block[124:136], shard, "size", name)
+    return name, size, block[156:157]
+
+
+#: largest decoded image we allocate for when nothing better is known (a hostile frame may declare any size)
+MAX_IMAGE_BYTES = 1 << 28
+#: largest ``.json`` record member read from a shard
+MAX_RECORD_BYTES = 1 << 20
+#: slack for the ``.npy`` header in front of the pixels (np.save pads it to a multiple of 64 bytes)
+_NPY_HEADER_MAX = 4096
+
+
+def _size_bounds(expected: Mapping[str, Any] | None) -> tuple[int, int, str]:
+    """(least, most) decoded bytes an image member may have, and a description for errors."""
+    if expected is None:
+        return 10, MAX_IMAGE_BYTES, f"the {MAX_IMAGE_BYTES}-byte limit"
+    return _bounds_for(expected_shape(expected), str(expected.get("dtype", "uint16")))
+
+
+@functools.lru_cache(maxsize=64)
+def _bounds_for(shape: tuple[int, int, int], dtype: str) -> tuple[int, int, str]:
+    pixels = math.prod(shape) * np.dtype(dtype).itemsize
+    return pixels + 10, pixels + _NPY_HEADER_MAX, f"{pixels} bytes of pixels for {shape} {dtype} (+ .npy header)"
+
+
+def decode_image_fast(data: bytes, where: str = "image", expected: Mapping[str, Any] | None = None) -> np.ndarray:
+    """Same result and checks as ``codec.decode_image``, without ``np.load``'s copies and ``literal_eval``.
+
+    The zstd frame is decompressed straight into a new writable numpy buffer of the size its header declares
+    (imagecodecs' zstd binding), the fixed ``.npy`` header of our own writer is parsed with a strict regex and
+    the pixels are a view into that buffer. Frames without a declared size, and any other header, take the
+    general path of ``codec.decode_image``. Frames written with a content checksum are verified by zstd.
+
+    ``expected`` (a manifest row or record: shape and dtype) bounds the allocation: a frame that declares a
+    different size is refused before anything is allocated (a decompression bomb costs nothing).
+    """
+    least, most, want = _size_bounds(expected)
+    try:
+        size = zstandard.frame_content_size(data)
+    except zstandard.ZstdError as exc:
+        raise CorruptSampleError(f"{where}: cannot decode image (ZstdError: {exc})") from None
+    if size < 0:
+        return decode_image(data, where, max_bytes=most)
+    if not least <= size <= most:
+        raise CorruptSampleError(f"{where}: zstd frame declares {size} decoded bytes, expected {want}")
+    buf = np.empty(size, np.uint8)
+    try:
+        out = imagecodecs.zstd_decode(data, out=buf)
+    except imagecodecs.ZstdError as exc:
+        raise CorruptSampleError(f"{where}: cannot decode image (ZstdError: {exc})") from None
+    if len(out) != size:
+        raise CorruptSampleError(f"{where}: cannot decode image (zstd frame gave {len(out)} of {size} bytes)")
+    head = buf[:10].tobytes()
+    if head[:8] != b"\x93NUMPY\x01\x00" or size < 10:
+        return decode_image(data, where, max_bytes=most)
+    start = 10 + int.from_bytes(head[8:10], "little")
+    m = _NPY_HEADER.fullmatch(buf[10:start].tobytes())
+    if m is None:
+        return decode_image(data, where, max_bytes=most)
+    dtype = np.dtype(m.group(1).decode("ascii"))
+    shape = tuple(int(x) for x in m.groups()[1:])
+    if size - start != math.prod(shape) * dtype.itemsize:
+        raise CorruptSampleError(f"{where}: cannot decode image (pixel data has {size - start} bytes for shape {shape} {dtype})")
+    return buf[start:].view(dtype).reshape(shape)
+
+
+def _check_name(name: str, typeflag: bytes, shard: str) -> tuple[str, str]:
+    """Refuse anything but a flat regular file ``<key>.<json|npy.zst>``; return (key, ext)."""
+    if typeflag not in (b"0", b"\0"):
+        kind = _TYPE_NAMES.get(typeflag, f"type {typeflag!r}")
+        raise ShardFormatError(f"{shard}: member {name!r} is a {kind}; only regular files are allowed")
+    if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
+        raise ShardFormatError(f"{shard}: member {name!r} has an absolute path")
+    parts = name.replace("\\", "/").split("/")
+    if ".." in parts:
+        raise ShardFormatError(f"{shard}: member {name!r} contains '..'")
+    if len(parts) > 1:
+        raise ShardFormatError(f"{shard}: member {name!r} is in a folder; members must be flat <key>.<ext>")
+    key, _, ext = name.partition(".")
+    if key and CELL_ID_PATTERN.fullmatch(key) is None:
+        raise ShardFormatError(f"{shard}: member {name!r}: key {key!r} is not a valid cell id (letters, digits, "
+                               f"'_' and '-' only)")
+    if not key or ext not in _EXTS:
+        raise ShardFormatError(
+            f"{shard}: member {name!r} (key {key!r}): unexpected extension {ext!r}; members are <key>.json and "
+            f"<key>.npy.zst and keys contain no dots"
+        )
+    return key, ext
+
+
+def iter_members(fh: BinaryIO, shard: str, read_data: bool = True) -> Iterator[tuple[Member, bytes | None]]:
+    """Yield ``(Member, data)`` for every member of an open shard (data None when ``read_data`` is False)."""
+    pos = 0
+    while True:
+        block = fh.read(BLOCK)
+        if not block:
+            raise ShardFormatError(f"{shard}: truncated: ends at byte {pos} without the end-of-archive marker")
+        if len(block) < BLOCK:
+            raise ShardFormatError(f"{shard}: truncated tar header at byte {pos}")
+        if block == b"\0" * BLOCK:
+            return  # end-of-archive marker (a second zero block and padding may follow)
+        name, size, typeflag = _parse_header(block, shard, pos)
+        key, ext = _check_name(name, typeflag, shard)
+        member = Member(name=name, key=key, ext=ext, offset=pos + BLOCK, size=size)
+        padded = (size + BLOCK - 1) // BLOCK * BLOCK
+        limit = MAX_RECORD_BYTES if ext == "json" else MAX_IMAGE_BYTES
+        if size > limit:
+            raise ShardFormatError(f"{shard}: member {name!r} (key {key!r}) declares {size} bytes, more than the "
+                                   f"{limit}-byte limit for a .{ext} member")
+        if read_data:
+            data = fh.read(size)
+            if len(data) < size:
+                raise ShardFormatError(f"{shard}: member {name!r} (key {key!r}) is truncated: {len(data)} of {size} bytes")
+            fh.read(padded - size)
+        else:
+            data = None
+            end = fh.seek(0, os.SEEK_END)
+            if member.offset + size > end:
+                raise ShardFormatError(f"{shard}: member {name!r} (key {key!r}) is truncated: file ends at byte {end}")
+            fh.seek(member.offset + padded)
+        pos = member.offset + padded
+        yield member, data
+
+
+def index_shard(path: str | Path) -> list[Member]:
+    """Every member of a shard (headers only, data skipped), checked like :func:`iter_members`."""
+    with open(path, "rb") as fh:
+        return [m for m, _ in iter_members(fh, str(path), read_data=False)]
+
+
+def _decode_sample(key: str, parts: dict[str, bytes], shard: str, verify: bool) -> dict[str, Any]:
+    where = f"{shard}: key {key!r}"
+    for ext in _EXTS:
+        if ext not in parts:
+            raise ShardFormatError(f"{where}: sample has no {ext} member")
+    try:
+        record = json.loads(parts["json"].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ShardFormatError(f"{where}: corrupted json record ({exc})") from None
+    if not isinstance(record, dict):
+        raise ShardFormatError(f"{where}: json record is not an object")
+    try:
+        expected_shape(record)
+        np.dtype(str(record.get("dtype", "")))
+    except (KeyError, TypeError, ValueError):
+        raise ShardFormatError(f"{where}: json record lacks a valid shape/dtype") from None
+    image = decode_image_fast(parts["npy.zst"], where=where, expected=record)
+    check_image(image, record, where, verify=verify)
+    if record.get("cell_id", key) != key:
+        raise ShardFormatError(f"{where}: json record names cell {record.get('cell_id')!r}")
+    meta = dict(record.get("meta") or {})
+    meta.setdefault("train_test_split", record.get("train_test_split", ""))
+    meta.setdefault("tasks", list(record.get("tasks", [])))
+    meta["shard"] = shard
+    return make_sample(image, channels=record.get("channels", ()), source=record.get("source", ""),
+                       label=record.get("label", ""), cell_id=key, meta=meta)
+
+
+def check_image(image: np.ndarray, expected: Mapping[str, Any], where: str, verify: bool = False) -> None:
+    """Check an image against a record/manifest row: shape (``shape`` or height/width/channels), dtype,
+    and with ``verify`` its sha256. Raises :class:`ShardFormatError` naming ``where``."""
+    shape = expected_shape(expected)
+    if tuple(image.shape) != shape:
+        raise ShardFormatError(f"{where}: image shape {tuple(image.shape)} != expected {shape}")
+    if "dtype" in expected and str(image.dtype) != str(expected["dtype"]):
+        raise ShardFormatError(f"{where}: image dtype {image.dtype} != expected {expected['dtype']}")
+    if verify and expected.get("sha256") and image_checksum(image) != expected["sha256"]:
+        raise ShardFormatError(f"{where}: image checksum mismatch (pixels changed)")
+
+
+def iter_samples(path: str | Path, verify: bool = False, data: bytes | None = None) -> Iterator[dict[str, Any]]:
+    """Decoded samples of one shard in order (the shard file at ``path``, or its bytes ``data`` with ``path``
+    naming it in errors); ``verify`` also checks each image's sha256 against its record.
+
+    Each sample's members must be adjacent (json, then npy.zst); a key seen twice, a missing member or a
+    member of another key in between is an error naming the shard and key.
+    """
+    shard = str(path)
+    seen: set[str] = set()
+    current: str | None = None
+    parts: dict[str, bytes] = {}
+    with (open(path, "rb") if data is None else io.BytesIO(data)) as fh:
+        for member, blob in iter_members(fh, shard):
+            assert blob is not None
+            if member.key != current:
+                if current is not None:
+                    yield _decode_sample(current, parts, shard, verify)
+                if member.key in seen:
+                    raise ShardFormatError(f"{shard}: key {member.key!r} appears twice (members not adjacent)")
+                seen.add(member.key)
+                current, parts = member.key, {}
+            if member.ext in parts:
+                raise ShardFormatError(f"{shard}: key {member.key!r} has two {member.ext} members")
+            if member.ext == "npy.zst" and "json" not in parts:
+                raise ShardFormatError(f"{shard}: key {member.key!r}: npy.zst member before (or without) its json")
+            parts[member.ext] = blob
+        if current is not None:
+            yield _decode_sample(current, parts, shard, verify)
+
+
+def has_frame_checksum(data: bytes) -> bool:
+    """True when a zstd frame carries a content checksum (zstd then verifies it on every decode)."""
+    try:
+        return bool(zstandard.get_frame_parameters(data).has_checksum)
+    except zstandard.ZstdError:
+        return False
+
+
+class ShardReader:
+    """Random access to images by manifest row: one ``pread`` (local) or one ranged request (remote) at the
+    row's offset, no tar scan; see :class:`chammi_data.store.storage.ReleaseStore`.
+
+    Reads are verified by default: the row's shape and dtype bound the decode (before anything is allocated),
+    zstd checks the frame's content checksum, and a member written without one (older releases) has its
+    pixels checked against the row's sha256. ``verify=True`` checks the sha256 always. A corrupt sample
+    raises :class:`ShardFormatError` naming the release, shard and key; it is never returned.
+    Safe to pickle into DataLoader workers: connections and files are reopened per process.
+    """
+
+    def __init__(self, root: Any, storage_options: Mapping[str, Any] | None = None):
+        self.store = open_store(root, storage_options)
+
+    @property
+    def root(self) -> Any:
+        """The release location (a local Path for a local release, else the URL)."""
+        return self.store.root if self.store.is_local else self.store.url
+
+    def where(self, row: Mapping[str, Any]) -> str:
+        """How errors name a row: the shard's full path or URL and the key."""
+        return f"{self.store.path(str(row['shard']))}: key {row['key']!r}"
+
+    def read_bytes(self, row: Mapping[str, Any]) -> bytes:
+        """The compressed image bytes of one manifest row."""
+        shard, nbytes, offset = str(row["shard"]), int(row["nbytes"]), int(row["offset"])
+        try:
+            data = self.store.read_range(shard, offset, nbytes)
+        except FileNotFoundError as exc:
+            if isinstance(exc, RemoteObjectError):
+                raise
+            raise FileNotFoundError(f"shard {shard} not found in release {self.store}") from None
+        if len(data) != nbytes:
+            raise ShardFormatError(f"{self.where(row)}: truncated, read {len(data)} of {nbytes} bytes at offset {offset}")
+        return data
+
+    def read(self, row: Mapping[str, Any], verify: bool | None = None) -> np.ndarray:
+        """(C, H, W) image of one manifest row, checked as the class docstring says (``verify``: None = by
+        frame checksum, sha256 only where a frame has none; True = sha256 always)."""
+        where = self.where(row)
+        data = self.read_bytes(row)
+        image = decode_image_fast(data, where=where, expected=row)
+        check_image(image, row, where, verify=bool(verify) or (verify is None and not has_frame_checksum(data)))
+        return image
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def read_sample(root: Any, row: Mapping[str, Any], verify: bool | None = None) -> np.ndarray:
+    """One image by manifest row (``shard``, ``key``, ``offset``, ``nbytes``): a single read, no scan."""
+    reader = ShardReader(root)
+    try:
+        return reader.read(row, verify=verify)
+    finally:
+        reader.close()

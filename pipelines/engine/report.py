@@ -1,0 +1,148 @@
+"""What a build did: :class:`BuildResult`, its ``build_report.json`` and the printed summary table.
+
+The result holds the ledger of every pipeline (:mod:`pipelines.engine.ledger`): cells written, skips with file, row
+and reason, unassigned cells, units reused from an earlier run, the accounting per kind of item, timings.
+A successful build's report is ``OUTPUT/build_report.json``; a failed build's is
+``OUTPUT/build_report.failed.json`` (the previous release's report stays in place).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from chammi_data.format.vocab import SOURCE_KEYS, TASK_COLUMNS
+from pipelines.sources.base import Skipped
+from pipelines.engine.ledger import SourceLedger
+from pipelines.engine.output import FAILED_REPORT, REPORT
+
+
+def _reason_kind(reason: str) -> str:
+    """Group reasons for the summary: the leading words ("missing file", "duplicate CellId", ...)."""
+    m = re.match(r"[A-Za-z][A-Za-z _-]*", reason.strip())
+    words = m.group(0).split() if m else []
+    return " ".join(words[:3]) if words else "other"
+
+
+@dataclass
+class BuildResult:
+    """What :func:`pipelines.engine.build` did: the ledger of each pipeline (by build name), timings, outcome."""
+
+    output: Path
+    sources: list[str]
+    config_hash: str
+    ledgers: dict[str, SourceLedger] = field(repr=False, default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    release_json: Path | None = None
+    report_path: Path | None = None
+    failed: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    @property
+    def cells(self) -> list[dict[str, Any]]:
+        """Cell records of the release, in release order."""
+        return [c for ledger in self.ledgers.values() for c in ledger.cells]
+
+    @property
+    def skipped(self) -> list[Skipped]:
+        return [s for ledger in self.ledgers.values() for s in ledger.skipped]
+
+    @property
+    def unassigned(self) -> list[dict[str, Any]]:
+        """Cells that matched no task rule (split ""): kept in the release, listed in the report."""
+        return [u for ledger in self.ledgers.values() for u in ledger.unassigned]
+
+    def skip_counts(self) -> dict[str, int]:
+        """{reason kind: number of items}, sorted by kind."""
+        counts: Counter[str] = Counter()
+        for s in self.skipped:
+            counts[_reason_kind(s.reason)] += int(s.count)
+        return dict(sorted(counts.items()))
+
+    def accounting(self) -> dict[str, dict[str, Any]]:
+        """Per build name: units, units reused from spills, cells written, items skipped, and per kind of item
+        ``{"in", "used", "skipped"}`` (``kinds``)."""
+        return {name: ledger.accounting() for name, ledger in self.ledgers.items()}
+
+    def report(self) -> dict[str, Any]:
+        """The build_report.json content (input paths made relative to their source folder)."""
+        skipped = []
+        for s in sorted(self.skipped, key=lambda s: (s.source, s.unit_id, str(s.row), s.reason)):
+            d = s.to_dict()
+            for ledger in self.ledgers.values():
+                root = str(ledger.input_dir)
+                if root and d["file"].startswith(root + os.sep):
+                    d["file"] = os.path.relpath(d["file"], root)
+            skipped.append(d)
+        cells = self.cells
+        written: dict[str, Any] = {}
+        for src in SOURCE_KEYS:
+            mine = [c for c in cells if c["source"] == src]
+            if mine:
+                written[src] = {
+                    "cells": len(mine),
+                    "splits": dict(sorted(Counter(c.get("split") or "(unassigned)" for c in mine).items())),
+                    "tasks": {t: sum(t in c.get("tasks", []) for c in mine) for t in TASK_COLUMNS
+                              if any(t in c.get("tasks", []) for c in mine)},
+                    "labels": dict(sorted(Counter(c["label"] for c in mine).items())),
+                }
+        return {
+            "status": "failed" if self.failed else "ok",
+            "failure": self.failed,
+            "sources": self.sources,
+            "inputs": {n: str(ledger.input_dir) for n, ledger in self.ledgers.items()},
+            "config_hash": self.config_hash,
+            "accounting": self.accounting(),
+            "written": written,
+            "skipped_by_reason": self.skip_counts(),
+            "skipped": skipped,
+            "unassigned": self.unassigned,
+            "timings_s": {k: round(v, 3) for k, v in sorted(self.timings.items())},
+            "release_json": str(self.release_json) if self.release_json else "",
+        }
+
+    def write_report(self, t_start: float) -> BuildResult:
+        """Write the report atomically (with the total wall time): ``OUTPUT/build_report.json`` after a success,
+        ``OUTPUT/build_report.failed.json`` after a failure; return self."""
+        self.timings["total_s"] = time.perf_counter() - t_start
+        self.output.mkdir(parents=True, exist_ok=True)
+        path = self.output / (FAILED_REPORT if self.failed else REPORT)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        tmp.write_text(json.dumps(self.report(), indent=1, sort_keys=True, default=str) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+        self.report_path = path
+        return self
+
+    def summary(self) -> str:
+        """A plain-text table: cells per split / task / label per source, then skipped counts by reason."""
+        rep = self.report()
+        lines = [f"CHAMMI build {'FAILED: ' + self.failed if self.failed else 'ok'} -> {self.output}"]
+        for name, acc in rep["accounting"].items():
+            kinds = "; ".join(f"{kind} in {t['in']} = used {t['used']} + skipped {t['skipped']}"
+                              for kind, t in acc["kinds"].items())
+            lines.append(f"  {name}: {kinds}  ({acc['units']} units, {acc['units_reused']} reused from an earlier run)")
+        for src, w in rep["written"].items():
+            lines.append(f"\n  [{src}] {w['cells']} cells")
+            for title, counts in (("split", w["splits"]), ("task", w["tasks"]), ("label", w["labels"])):
+                width = max((len(k) for k in counts), default=0)
+                lines.append(f"    {title}:")
+                lines += [f"      {k:<{width}}  {v:>7}" for k, v in counts.items()]
+        if rep["skipped_by_reason"]:
+            lines.append("\n  skipped by reason:")
+            width = max(len(k) for k in rep["skipped_by_reason"])
+            lines += [f"    {k:<{width}}  {v:>7}" for k, v in rep["skipped_by_reason"].items()]
+        if self.unassigned:
+            lines.append(f"\n  {len(self.unassigned)} cell(s) matched no task rule (split \"\"): kept, listed in the report")
+        if self.report_path:
+            lines.append(f"\n  report: {self.report_path}")
+        return "\n".join(lines)

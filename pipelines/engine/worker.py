@@ -1,0 +1,144 @@
+"""The tasks a build runs on its dask workers: process units into spills, write tar and zarr shards, warm up.
+
+Every task takes and returns small, plain values (names, paths, JSON strings, records): pixels never travel
+between the workers and the client. A pipeline is looked up by name once per worker process.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from chammi_data.format.release_format import cell_record
+from chammi_data.format.schema import Cell
+from chammi_data.format.vocab import SOURCES
+from pipelines.sources.base import Skipped, Unit, UnitResult, UnitSkip
+from pipelines.sources.registry import shared_pipeline
+from pipelines.engine.spill import SpillReader, write_spill
+
+
+def check_cells(result: UnitResult, unit: Unit, makes: tuple[str, ...], kind: str = "cells") -> UnitResult:
+    """Keep cells that fit their source's tile and channels; the rest become skips of ``kind`` (wrong shape...)."""
+    good: list[Cell] = []
+    skipped = list(result.skipped)
+    for cell in result.cells:
+        info = SOURCES.get(cell.source)
+        problem = ""
+        if cell.source not in makes or info is None:
+            problem = f"cell source {cell.source!r} not made by this pipeline ({sorted(makes)})"
+        elif cell.channels != info.channels:
+            problem = f"channels {list(cell.channels)} != {cell.source} channels {list(info.channels)}"
+        elif cell.image.shape[1:] != info.tile_hw:
+            problem = f"wrong shape {tuple(cell.image.shape)}; {cell.source} tiles are {info.tile_hw}"
+        if problem:
+            skipped.append(Skipped(unit.source, unit.unit_id, f"{problem} (cell {cell.cell_id})",
+                                   str(cell.meta.get("file", "")), cell.meta.get("row"), kind=kind))
+        else:
+            good.append(cell)
+    return UnitResult(good, skipped, result.found)
+
+
+def run_unit(name: str, unit: Unit, opts: dict[str, Any], spill_path: str, key: str) -> dict[str, Any]:
+    """Process one unit with the options of pipeline ``name`` and spill it; returns the unit's outcome
+    (``UnitOutcome.to_dict()``: records, skips, found, ok - never the pixels), its id and the seconds it took.
+
+    A unit that fails as a whole (``UnitSkip``, an unexpected error, or neither cells nor skips) becomes one
+    skip of the pipeline's ``unit_kind`` standing for all the unit's items; a skip from ``process`` without a
+    kind is of the pipeline's ``cell_kind``.
+    """
+    t0 = time.perf_counter()
+    pipeline = shared_pipeline(name)
+
+    def whole_unit(reason: str, file: str = "", row: int | str | None = None) -> UnitResult:
+        return UnitResult([], [Skipped(unit.source, unit.unit_id, reason, file, row, unit.items, pipeline.unit_kind)])
+
+    ok = False
+    try:
+        result = pipeline.process(unit, opts)
+        ok = bool(result.cells or result.skipped)
+    except UnitSkip as exc:
+        result = whole_unit(exc.reason, exc.file, exc.row)
+    except Exception as exc:  # a bug or an input we did not foresee: never crash the build, report it
+        tb = traceback.format_exc(limit=3).strip().splitlines()[-1]
+        result = whole_unit(f"error: {type(exc).__name__}: {exc} [{tb}]")
+    else:
+        if not ok:
+            result = whole_unit("no cells found in unit", str(unit.payload.get("file", "")))
+        for s in result.skipped:
+            s.kind = s.kind or pipeline.cell_kind
+    result = check_cells(result, unit, pipeline.makes, pipeline.cell_kind)
+    outcome = write_spill(Path(spill_path), key, result, ok)
+    return {"unit_id": unit.unit_id, **outcome.to_dict(), "seconds": time.perf_counter() - t0}
+
+
+def run_units(name: str, batch: list[tuple[Unit, str, str]], opts: dict[str, Any]) -> list[dict[str, Any]]:
+    """Worker task: :func:`run_unit` over a batch of (unit, spill path, spill key)."""
+    return [run_unit(name, unit, opts, path, key) for unit, path, key in batch]
+
+
+def shard_parts(entries_json: str, what: str) -> list[Any]:
+    """What one shard writer needs, read from the spills (entries: spill path, index, split, tasks, record).
+
+    The entries travel as one JSON string: dask walks every nested list and dict of a task's arguments
+    looking for keys, a string it leaves alone.
+
+    ``what="tar"``: an ``EncodedCell`` per cell (its shard record with the assigned split and tasks, and its
+    tar member); ``what="zarr"``: the zarr chunk bytes.
+    """
+    from chammi_data.format.writer import EncodedCell
+
+    parts: list[Any] = []
+    with SpillReader() as spills:
+        for path, _idx, split, tasks, rec in json.loads(entries_json):
+            data = spills.read(path, rec[what], f"cell {rec['cell_id']}")
+            if what == "zarr":
+                parts.append(data)
+                continue
+            record = cell_record(cell_id=rec["cell_id"], source=rec["source"], label=rec["label"],
+                                 channels=rec["channels"], shape=rec["shape"], dtype=rec["dtype"], split=split,
+                                 tasks=tasks, groups=rec["groups"], sha256=rec["sha256"], meta=rec["meta"])
+            parts.append(EncodedCell(record, data, b""))
+    return parts
+
+
+def write_tar_task(root: str, source: str, shard_index: int, zarr_start: int, entries: str) -> tuple[Any, float]:
+    """Worker task: tar shard ``shard_index`` from the spills' encoded members; (ShardRecord, seconds)."""
+    from chammi_data.format.writer import write_tar_shard
+
+    t0 = time.perf_counter()
+    encoded = shard_parts(entries, "tar")
+    return write_tar_shard(root, source, shard_index, encoded, zarr_start), time.perf_counter() - t0
+
+
+def write_zarr_task(root: str, source: str, shard_index: int, zarr_start: int, entries: str) -> tuple[None, float]:
+    """Worker task: zarr shard ``shard_index`` (its only writer) from the spills' encoded chunks."""
+    from chammi_data.format.writer import write_zarr_shard
+
+    t0 = time.perf_counter()
+    write_zarr_shard(root, source, shard_index, zarr_start, shard_parts(entries, "zarr"))
+    return None, time.perf_counter() - t0
+
+
+def warm_up(names: list[str]) -> None:
+    """Run on each worker before the first unit: import the pipelines and the encoders, one core per worker.
+
+    A dask worker here is one thread on one core; zarr's codec pipeline would otherwise encode chunks on a
+    thread pool as wide as the machine, so one worker would use more than a core while writing shards and
+    n workers would fight over the same cores. One thread per worker makes "n workers" mean n cores, locally
+    and on an external cluster.
+    """
+    import zarr
+
+    from chammi_data.format.writer import encode_cell
+
+    zarr.config.set({"threading.max_workers": 1})
+    for name in names:
+        shared_pipeline(name)
+    # first use of the zstd / Blosc encoders (contexts, thread-locals) happens here, not in the first unit
+    info = next(iter(SOURCES.values()))
+    encode_cell(Cell(np.ones((len(info.channels), 8, 8), np.uint8), info.channels, info.key, "x", "warmup"))

@@ -1,0 +1,91 @@
+"""Shard writing on the cluster: the shard plan of a source's ordered cells, and the tar / zarr write tasks.
+
+Per shard, two tasks (tar and zarr: different files, one writer each) only concatenate the bytes the workers
+encoded in the unit phase. Which worker writes what, and when, does not change a byte of the output.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from chammi_data.format.release_format import canonical_json
+from chammi_data.format.vocab import SOURCE_KEYS, SOURCES
+from chammi_data.format.writer import shard_plan
+from pipelines.engine.worker import write_tar_task, write_zarr_task
+
+#: dask priority of shard-writing tasks: they run before the unit tasks of the sources still in progress
+WRITE_PRIORITY = 10
+#: the fields of a cell's spill record (``writer.EncodedCell.record``, where its bytes lie) that a shard writer needs
+SPILL_RECORD = ("cell_id", "source", "label", "channels", "dtype", "shape", "meta", "groups", "sha256", "tar", "zarr")
+
+
+def plan_shards(cells: list[dict[str, Any]], per: int) -> dict[str, list[dict[str, Any]]]:
+    """{source: [{index, zarr_start, entries: [(spill, index, split, tasks, record)]}]}, sources in canonical order.
+
+    ``record`` is the cell's spill record (ids, label, channels, dtype, shape, sha256, meta, groups and where its
+    encoded bytes lie in the spill), so a shard writer reads only those bytes."""
+    plans: dict[str, list[dict[str, Any]]] = {}
+    for src in SOURCE_KEYS:
+        mine = [c for c in cells if c["source"] == src]
+        plans_src = []
+        for index, start, end in shard_plan(len(mine), per):
+            entries = [(c["spill"], c["index"], c.get("split", ""), c.get("tasks", []),
+                        {f: c[f] for f in SPILL_RECORD if f in c}) for c in mine[start:end]]
+            plans_src.append({"index": index, "zarr_start": start, "entries": entries})
+        if plans_src:
+            plans[src] = plans_src
+    return plans
+
+
+class ShardWriting:
+    """The write tasks of a build into ``root`` (an empty staging folder), source by source: each source gets
+    its zarr array, then a tar and a zarr task per shard."""
+
+    def __init__(self, client: Any, root: Path, cells_per_shard: int, progress: bool):
+        self.client, self.root, self.cells_per_shard, self.progress = client, root, cells_per_shard, progress
+        self.futures: list[Any] = []
+        self.busy_s = 0.0
+
+    def submit(self, cells: list[dict[str, Any]]) -> None:
+        """Queue the shards of ``cells`` (one or more sources' cells, in release order)."""
+        from chammi_data.format.writer import create_zarr_array
+
+        if not cells:
+            return
+        for src, src_plans in plan_shards(cells, self.cells_per_shard).items():
+            info = SOURCES[src]
+            first = next(c for c in cells if c["source"] == src)
+            n = sum(len(p["entries"]) for p in src_plans)
+            create_zarr_array(self.root, src, n, info.channels, info.tile_hw, first.get("dtype", "uint8"),
+                              self.cells_per_shard)
+            for p in src_plans:
+                entries = canonical_json(p["entries"])
+                self.futures += [self.client.submit(task, str(self.root), src, p["index"], p["zarr_start"], entries,
+                                                    pure=False, priority=WRITE_PRIORITY)
+                                 for task in (write_zarr_task, write_tar_task)]
+
+    def collect(self) -> list[Any]:
+        """Wait for every write task; the shard records sorted by path."""
+        from dask.distributed import as_completed
+
+        from chammi_data.progress import progress as progress_bar
+
+        records = []
+        bar = progress_bar(total=len(self.futures), desc="writing shards", unit="file", disable=not self.progress)
+        for fut in as_completed(self.futures):
+            rec, seconds = fut.result()
+            self.busy_s += seconds
+            if rec is not None:
+                records.append(rec)
+            bar.update(1)
+        bar.close()
+        return sorted(records, key=lambda r: r.path)
+
+    def drain(self) -> None:
+        """Wait for every write task, ignoring results and errors (a failed build: nothing will be published,
+        but no task may still write into the folder when it is removed)."""
+        from dask.distributed import wait
+
+        if self.futures:
+            wait(self.futures)
