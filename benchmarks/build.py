@@ -1,6 +1,7 @@
 """Benchmark `chammi-build` on the embedded sample data: cells/s with 1 and 2 workers, read/segment/write.
 
-    python benchmarks/build.py [--input SAMPLE_DIR] [--sources wtc11 hpa cp] [--out benchmarks/results/build.md]
+    python benchmarks/build.py [--input SAMPLE_DIR] [--sources wtc11 hpa cp]
+                               [--out benchmarks/results/build.md]
 
 Measures, per source:
 
@@ -76,8 +77,12 @@ def _serial(name: str, raw: Path) -> dict[str, float]:
             segment(ch["blue"], [ch["red"], ch["yellow"], ch["green"]])
             seg_s += time.perf_counter() - t1
             pixels += ch["blue"].size
-        out.update(segment_s=seg_s, fields=len(units), megapixels=pixels / 1e6,
-                   s_per_2048_field=seg_s / max(pixels, 1) * 2048 * 2048)
+        out.update(
+            segment_s=seg_s,
+            fields=len(units),
+            megapixels=pixels / 1e6,
+            s_per_2048_field=seg_s / max(pixels, 1) * 2048 * 2048,
+        )
     return out
 
 
@@ -97,9 +102,15 @@ def _build(name: str, raw: Path, workers: int) -> dict[str, float]:
     cells = len(res.cells)
     names = ["wtc11", "hpa", "cp"] if name == "all" else [name]
     units = max(t[f"{n}.process_s"] for n in names)  # all sources' units run at once: the last one to finish
-    return {"cells": cells, "wall_s": wall, "units_s": units, "write_s": t["write_s"],
-            "cells_per_s": cells / (units + t["write_s"]), "start_s": t["cluster_start_s"],
-            "busy_s": sum(t[f"{n}.worker_busy_s"] for n in names)}
+    return {
+        "cells": cells,
+        "wall_s": wall,
+        "units_s": units,
+        "write_s": t["write_s"],
+        "cells_per_s": cells / (units + t["write_s"]),
+        "start_s": t["cluster_start_s"],
+        "busy_s": sum(t[f"{n}.worker_busy_s"] for n in names),
+    }
 
 
 NOTES = """## Reading the numbers
@@ -121,11 +132,11 @@ NOTES = """## Reading the numbers
   1.6-1.7x slower than in-process; the engine unsets it for its LocalCluster (set it yourself on the
   workers of an external cluster).
 - On this 2-core machine the dask scheduler and the client run on the same two cores as the workers. Each task
-  costs them a few ms of CPU (0.3-0.5 s per sample build before batching), which showed up as ~20% longer units
-  with 2 workers than with 1. HPA fields travel 2 per task and CP sites 3 per task (each still spilled on its
-  own), and the shard tasks get their entries as one JSON string (dask walks nested arguments). What remains
-  between the measured speed-up and 2x is that overhead, two workers doing file I/O at once, and the short,
-  unscaled write phase of the small CP sample (CP has moved between 1.56x and 1.76x across runs).
+  costs them a few ms of CPU (0.3-0.5 s per sample build before batching), which showed up as ~20% longer
+  units with 2 workers than with 1. HPA fields travel 2 per task and CP sites 3 per task (each still spilled
+  on its own), and the shard tasks get their entries as one JSON string (dask walks nested arguments). What
+  remains between the measured speed-up and 2x is that overhead, two workers doing file I/O at once, and the
+  short, unscaled write phase of the small CP sample (CP has moved between 1.56x and 1.76x across runs).
 - Serial `process` vs just reading the raw files is the target's measure (the work a source needs beyond
   reading). CP illumination-corrected planes are rounded back to integer counts so the percentile clip takes
   the exact histogram path, and the plate's illumination functions are cached per worker.
@@ -134,7 +145,9 @@ NOTES = """## Reading the numbers
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--input", default=None, help="sample folder with wtc11/ hpa/ cp/ (default: generate one)")
+    ap.add_argument(
+        "--input", default=None, help="sample folder with wtc11/ hpa/ cp/ (default: generate one)"
+    )
     ap.add_argument("--sources", nargs="*", default=["wtc11", "hpa", "cp"])
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "build.md"))
     ap.add_argument("--repeat", type=int, default=3, help="runs per measurement; the median is reported")
@@ -142,7 +155,9 @@ def main() -> None:
     if args.input is None:
         from pipelines.sources.synthetic import write_sample
 
-        args.input = write_sample(Path(tempfile.mkdtemp(prefix="chammi-sample-")), 0, args.sources, progress=True)
+        args.input = write_sample(
+            Path(tempfile.mkdtemp(prefix="chammi-sample-")), 0, args.sources, progress=True
+        )
     root = Path(args.input)
     rows, notes, targets = [], [], []
     for name in args.sources:
@@ -154,7 +169,11 @@ def main() -> None:
         b2 = _median([_build(name, raw, 2) for _ in range(args.repeat)])
         rows.append((name, b1["cells"], n_files, read_s, serial, b1, b2))
         print(name, f"read {read_s:.2f}s", serial, b1, b2, flush=True)
-    if set(args.sources) == {"wtc11", "hpa", "cp"}:  # the main job: --source all, shards written while units run
+    if set(args.sources) == {
+        "wtc11",
+        "hpa",
+        "cp",
+    }:  # the main job: --source all, shards written while units run
         b1 = _median([_build("all", root, 1) for _ in range(args.repeat)])
         b2 = _median([_build("all", root, 2) for _ in range(args.repeat)])
         all_row = (b1, b2)
@@ -165,9 +184,11 @@ def main() -> None:
         "# `chammi-build` benchmark (embedded sample data)",
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} logical CPUs (otherwise idle while measured), "
-        f"Python {platform.python_version()}. Produced by `python benchmarks/build.py` (median of 3 runs per measurement).",
+        f"Python {platform.python_version()}. Produced by `python benchmarks/build.py` (median of 3 runs "
+        "per measurement).",
         "",
-        "| source | cells | raw files | read only (s) | serial process (s) | process / read | 1 worker: units / write (s) | "
+        "| source | cells | raw files | read only (s) | serial process (s) | process / read | 1 worker: "
+        "units / write (s) | "
         "1 worker cells/s | 2 workers: units / write (s) | 2 workers cells/s | speed-up | units(1w) / read |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -177,29 +198,54 @@ def main() -> None:
             f"{serial['process_s'] / max(read_s, 1e-9):.2f}x | "
             f"{b1['units_s']:.2f} / {b1['write_s']:.2f} | {b1['cells_per_s']:.1f} | {b2['units_s']:.2f} / "
             f"{b2['write_s']:.2f} | {b2['cells_per_s']:.1f} | {b2['cells_per_s'] / b1['cells_per_s']:.2f}x | "
-            f"{b1['units_s'] / max(read_s, 1e-9):.2f}x |")
+            f"{b1['units_s'] / max(read_s, 1e-9):.2f}x |"
+        )
         speed = b2["cells_per_s"] / b1["cells_per_s"]
-        targets.append(f"- {name}: 2 workers vs 1 {speed:.2f}x (target >= 1.7x: {'met' if speed >= 1.7 else 'NOT met'})"
-                       + (f"; serial process / read {serial['process_s'] / read_s:.2f}x (target <= 2x: "
-                          f"{'met' if serial['process_s'] <= 2 * read_s else 'NOT met'})" if name in ("wtc11", "cp") else ""))
+        targets.append(
+            f"- {name}: 2 workers vs 1 {speed:.2f}x (target >= 1.7x: {'met' if speed >= 1.7 else 'NOT met'})"
+            + (
+                f"; serial process / read {serial['process_s'] / read_s:.2f}x (target <= 2x: "
+                f"{'met' if serial['process_s'] <= 2 * read_s else 'NOT met'})"
+                if name in ("wtc11", "cp")
+                else ""
+            )
+        )
         if "segment_s" in serial:
-            notes.append(f"- HPA segmentation (default watershed): {serial['segment_s']:.2f} s for {int(serial['fields'])} "
-                         f"fields ({serial['megapixels']:.1f} Mpx) = {serial['s_per_2048_field']:.2f} s per "
-                         f"2048 x 2048 field on one core (target <= 1 s).")
+            notes.append(
+                f"- HPA segmentation (default watershed): {serial['segment_s']:.2f} s for "
+                f"{int(serial['fields'])} "
+                f"fields ({serial['megapixels']:.1f} Mpx) = {serial['s_per_2048_field']:.2f} s per "
+                f"2048 x 2048 field on one core (target <= 1 s)."
+            )
     if all_row is not None:
         b1, b2 = all_row
         speed = b2["cells_per_s"] / b1["cells_per_s"]
-        lines.append(f"| all | {int(b1['cells'])} | - | - | - | - | {b1['units_s']:.2f} / {b1['write_s']:.2f} | "
-                     f"{b1['cells_per_s']:.1f} | {b2['units_s']:.2f} / {b2['write_s']:.2f} | {b2['cells_per_s']:.1f} | "
-                     f"{speed:.2f}x | - |")
-        targets.append(f"- all (`--source all`, one build of the three sources): 2 workers vs 1 {speed:.2f}x "
-                       f"(target >= 1.7x: {'met' if speed >= 1.7 else 'NOT met'})")
-    lines += ["", *notes, "", "## Targets on this run", "", *targets, "",
-              "Units phase = process + compress + spill on the dask workers incl. scheduling (cluster start and imports "
-              "excluded: workers are warmed first); write = the tar and zarr shard files (two tasks per shard, "
-              "concatenating the spilled bytes); cells/s = cells / (units + write). `process / read` compares "
-              "`pipeline.process` over every unit, serially in one process, with just reading the raw files "
-              "serially (the target's measure); `units(1w) / read` adds compression, the spill and scheduling.", ""]
+        lines.append(
+            f"| all | {int(b1['cells'])} | - | - | - | - | {b1['units_s']:.2f} / {b1['write_s']:.2f} | "
+            f"{b1['cells_per_s']:.1f} | {b2['units_s']:.2f} / {b2['write_s']:.2f} | {b2['cells_per_s']:.1f} "
+            "| "
+            f"{speed:.2f}x | - |"
+        )
+        targets.append(
+            f"- all (`--source all`, one build of the three sources): 2 workers vs 1 {speed:.2f}x "
+            f"(target >= 1.7x: {'met' if speed >= 1.7 else 'NOT met'})"
+        )
+    lines += [
+        "",
+        *notes,
+        "",
+        "## Targets on this run",
+        "",
+        *targets,
+        "",
+        "Units phase = process + compress + spill on the dask workers incl. scheduling (cluster start and "
+        "imports "
+        "excluded: workers are warmed first); write = the tar and zarr shard files (two tasks per shard, "
+        "concatenating the spilled bytes); cells/s = cells / (units + write). `process / read` compares "
+        "`pipeline.process` over every unit, serially in one process, with just reading the raw files "
+        "serially (the target's measure); `units(1w) / read` adds compression, the spill and scheduling.",
+        "",
+    ]
     lines += [f"Load average while measured: {', '.join(f'{x:.1f}' for x in os.getloadavg())}.", "", NOTES]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(lines), encoding="utf-8")

@@ -1,7 +1,8 @@
-"""Benchmark the evaluator at the real CHAMMI sizes: ours vs scikit-learn brute force vs a bare matrix product.
+"""Benchmark the evaluator at the real CHAMMI sizes: ours vs scikit-learn brute force vs a bare matrix
+product.
 
-Synthetic 768-d float32 features (class clusters + noise) with the real row counts of every split
-(the CHAMMI paper's Table of splits), scaled by ``--scale`` (rows of every split times the scale). One run times:
+Synthetic 768-d float32 features (class clusters + noise) with the real row counts of every split (the CHAMMI
+paper's Table of splits), scaled by ``--scale`` (rows of every split times the scale). One run times:
 
 * ``ours``: :func:`chammi_data.evaluate` (the whole protocol, scoring included);
 * ``sklearn``: the protocol written plainly with ``KNeighborsClassifier(n_neighbors=1, algorithm="brute")``,
@@ -35,8 +36,8 @@ import pandas as pd
 import torch
 from sklearn.neighbors import KNeighborsClassifier
 
-from chammi_data.evaluation.scoring import evaluate
 from chammi_data.evaluation.knn import DEFAULT_BLOCK_SIZE, resolve_device
+from chammi_data.evaluation.scoring import evaluate
 from chammi_data.format.vocab import LOGO_TASKS, SOURCES
 
 #: Real split sizes of CHAMMI: Train then each task.
@@ -49,10 +50,14 @@ N_LABELS = {"wtc11": 6, "hpa": 7, "cp": 7}
 N_GROUPS = {"wtc11": 7, "hpa": 17, "cp": 8}  # HPA: 17 cell lines; CP Task_four plates: a guess (unpublished)
 OUT = Path(__file__).resolve().parent / "results"
 CPU_NOTE = (
-    "Note: on a CPU scikit-learn's brute-force 1-NN is itself a BLAS matrix product (float32 for these inputs), "
-    "so no exact method can beat it by much more than its overhead: the `matmul` row is the floor. Ours stays "
-    "within 1.5x of that floor; the >= 3x target over scikit-learn is only reachable where the product runs on a "
-    "GPU (`--device cuda`), which this run did not have. Wall times on shared cores are noisy; compare `cpu s`."
+    "Note: on a CPU scikit-learn's brute-force 1-NN is itself a BLAS matrix product (float32 for these "
+    "inputs), "
+    "so no exact method can beat it by much more than its overhead: the `matmul` row is the floor. Ours "
+    "stays "
+    "within 1.5x of that floor; the >= 3x target over scikit-learn is only reachable where the product runs "
+    "on a "
+    "GPU (`--device cuda`), which this run did not have. Wall times on shared cores are noisy; compare `cpu "
+    "s`."
 )
 
 
@@ -243,11 +248,14 @@ def write(report: dict[str, Any], out: Path, tag: str) -> None:
     lines = [
         "# Evaluator benchmark",
         "",
-        f"Synthetic {report['dim']}-d float32 features at **scale {report['scale']}** of the real CHAMMI split sizes "
+        f"Synthetic {report['dim']}-d float32 features at **scale {report['scale']}** of the real CHAMMI "
+        "split sizes "
         f"(rows per source: {report['rows']}), device `{report['device']}`"
         + (f" ({gpu})" if gpu else f", {report['torch_threads']} torch threads")
-        + f", block size {report['block_size']} similarity entries; all 9 tasks, leave-one-group-out included. "
-        "`seconds` is wall time, `cpu s` the process CPU time (less sensitive to other jobs on shared cores).",
+        + f", block size {report['block_size']} similarity entries; all 9 tasks, leave-one-group-out "
+        "included. "
+        "`seconds` is wall time, `cpu s` the process CPU time (less sensitive to other jobs on shared "
+        "cores).",
     ]
     for metric, r in report["metrics"].items():
         lines += [
@@ -268,7 +276,8 @@ def write(report: dict[str, Any], out: Path, tag: str) -> None:
                 )
         lines += [
             "",
-            f"- ours / bare matmul: **{r['ours_over_matmul']:.2f}x** wall, {r['ours_over_matmul_cpu']:.2f}x CPU (target <= 1.5x)",
+            f"- ours / bare matmul: **{r['ours_over_matmul']:.2f}x** wall, {r['ours_over_matmul_cpu']:.2f}x "
+            "CPU (target <= 1.5x)",
         ]
         if "sklearn" in r:
             lines += [

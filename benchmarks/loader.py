@@ -2,17 +2,18 @@
 
     python benchmarks/loader.py --n 200 --workers 2
 
-Per source it makes ``--n`` synthetic cells at the REAL tile sizes (WTC 238x374x3, HPA 512x512x4,
-CP 160x160x5) with microscopy-like content (dark background, soft cell bodies with smooth blob texture,
-Poisson shot noise at 4 photons per grey level), writes them (a) as 8-bit tape PNGs in the official layout, (b)+(c) as a release (tar
-shards + zarr), and reads every cell back, in one process and with ``--workers`` DataLoader workers:
+Per source it makes ``--n`` synthetic cells at the REAL tile sizes (WTC 238x374x3, HPA 512x512x4, CP
+160x160x5) with microscopy-like content (dark background, soft cell bodies with smooth blob texture, Poisson
+shot noise at 4 photons per grey level), writes them (a) as 8-bit tape PNGs in the official layout, (b)+(c) as
+a release (tar shards + zarr), and reads every cell back, in one process and with ``--workers`` DataLoader
+workers:
 
 - ``png``: the official loaders' read, ``skimage.io.imread`` + column-major fold (the target's baseline),
 - ``pil``: a leaner PNG reader (PIL open + fold), reported as a stricter second baseline,
 - ``tar``: ``chammi_data.load`` (pread by manifest offset + zstd decode), ``stream``: ``chammi_data.stream``,
 - ``zarr``: ``chammi_data.load(backend="zarr")``,
-- ``*-u8``: the same reads stopped at the uint8 (C, H, W) array; ``tar-seq-u8`` a sequential pass over the shard
-  files, ``raw-u8`` the pixels stored uncompressed (one pread each),
+- ``*-u8``: the same reads stopped at the uint8 (C, H, W) array; ``tar-seq-u8`` a sequential pass over the
+  shard files, ``raw-u8`` the pixels stored uncompressed (one pread each),
 - ``ceiling``: reading the tar shard bytes with no decoding (page cache warm, like every other reader),
 
 plus a survey of candidate member codecs (size vs the PNGs, decode speed) on the benchmark cells and, with
@@ -43,15 +44,15 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, default_colla
 from tqdm import tqdm
 
 from chammi_data.format.codec import encode_image
-from chammi_data.loading.dataset import load
 from chammi_data.format.manifest import read_manifest
-from chammi_data.interop.official_layout import chw_to_tape, tape_to_chw
 from chammi_data.format.release_format import to_float_tensor
 from chammi_data.format.schema import Cell, make_cell_id
-from chammi_data.loading.shards import ShardReader, decode_image_fast, iter_samples
-from chammi_data.loading.streaming import stream
 from chammi_data.format.vocab import SOURCES
 from chammi_data.format.writer import ReleaseWriter
+from chammi_data.interop.official_layout import chw_to_tape, tape_to_chw
+from chammi_data.loading.dataset import load
+from chammi_data.loading.shards import ShardReader, decode_image_fast, iter_samples
+from chammi_data.loading.streaming import stream
 
 
 def synthetic_cell(rng: np.random.Generator, source: str, i: int) -> Cell:
@@ -61,8 +62,8 @@ def synthetic_cell(rng: np.random.Generator, source: str, i: int) -> Cell:
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     cy, cx = h / 2 + rng.normal(0, h / 20), w / 2 + rng.normal(0, w / 20)
     ry, rx = h * rng.uniform(0.25, 0.4), w * rng.uniform(0.25, 0.4)
-    body = np.exp(-(((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2) ** 2)  # soft-edged cell body
-    nucleus = np.exp(-(((yy - cy) / (0.45 * ry)) ** 2 + ((xx - cx) / (0.45 * rx)) ** 2) ** 2)
+    body = np.exp(-((((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2) ** 2))  # soft-edged cell body
+    nucleus = np.exp(-((((yy - cy) / (0.45 * ry)) ** 2 + ((xx - cx) / (0.45 * rx)) ** 2) ** 2))
     chans = []
     for c, name in enumerate(info.channels):
         small = ndimage.gaussian_filter(rng.random((h // 8 + 1, w // 8 + 1)), 1.0)
@@ -74,8 +75,15 @@ def synthetic_cell(rng: np.random.Generator, source: str, i: int) -> Cell:
         # Shot noise: Poisson counts at 4 photons per grey level (noise std ~1 at the dark background).
         chans.append(np.clip(rng.poisson(signal * 4) / 4.0, 0, 255))
     image = np.round(np.stack(chans)).astype(np.uint8)
-    return Cell(image=image, channels=info.channels, source=source, label="bench", cell_id=make_cell_id(source, "bench", i),
-                split="Train", groups={info.group_column: "g"})
+    return Cell(
+        image=image,
+        channels=info.channels,
+        source=source,
+        label="bench",
+        cell_id=make_cell_id(source, "bench", i),
+        split="Train",
+        groups={info.group_column: "g"},
+    )
 
 
 def official_fold(path: Path, width: int) -> np.ndarray:
@@ -107,7 +115,8 @@ class Tapes(Dataset):
 
 
 class TarArrays(Dataset):
-    """Our decode only: one pread + zstd + .npy header -> uint8 (C, H, W), as ReleaseDataset does before float."""
+    """Our decode only: one pread + zstd + .npy header -> uint8 (C, H, W), as ReleaseDataset does before
+    float."""
 
     def __init__(self, root: Path):
         self.rows = read_manifest(root).to_dict("records")
@@ -164,7 +173,8 @@ class Images(Dataset):
 def timed(ds: Dataset, workers: int, repeat: int = 2) -> float:
     """Best-of-``repeat`` seconds to read every item once: in this process, or through a DataLoader with
     ``workers`` persistent workers (started and warmed by one untimed pass, as in training) that stacks each
-    batch of 16 into one tensor (``default_collate``: one shared-memory block per batch, what training does)."""
+    batch of 16 into one tensor (``default_collate``: one shared-memory block per batch, what training
+    does)."""
     if workers == 0:
         best = float("inf")
         for _ in range(repeat):
@@ -177,7 +187,9 @@ def timed(ds: Dataset, workers: int, repeat: int = 2) -> float:
                     ds[i]
             best = min(best, time.perf_counter() - t0)
         return best
-    loader = DataLoader(ds, batch_size=16, num_workers=workers, collate_fn=default_collate, persistent_workers=True)
+    loader = DataLoader(
+        ds, batch_size=16, num_workers=workers, collate_fn=default_collate, persistent_workers=True
+    )
     for _ in loader:  # start and warm the workers
         pass
     best = float("inf")
@@ -201,7 +213,8 @@ def _delta(image: np.ndarray) -> np.ndarray:
 
 
 def _codecs() -> dict[str, tuple]:
-    """name -> (encode(image) -> bytes, decode(bytes, image) -> (C, H, W) uint8). Candidates for the tar member."""
+    """name -> (encode(image) -> bytes, decode(bytes, image) -> (C, H, W) uint8). Candidates for the tar
+    member."""
     ic = imagecodecs
     tape = lambda im: im.reshape(-1, im.shape[2])  # noqa: E731 - channels stacked as one 2-D image
 
@@ -209,21 +222,43 @@ def _codecs() -> dict[str, tuple]:
         return ic.delta_decode(np.frombuffer(ic.zstd_decode(b), np.uint8).reshape(im.shape), axis=-1)
 
     return {
-        "tape PNG (PIL)": (_png_bytes, lambda b, im: np.ascontiguousarray(tape_to_chw(np.asarray(Image.open(io.BytesIO(b))), im.shape[2]))),
+        "tape PNG (PIL)": (
+            _png_bytes,
+            lambda b, im: np.ascontiguousarray(
+                tape_to_chw(np.asarray(Image.open(io.BytesIO(b))), im.shape[2])
+            ),
+        ),
         "npy + zstd 3 (ours)": (lambda im: encode_image(im, 3), lambda b, im: decode_image_fast(b)),
         "npy + zstd 19": (lambda im: encode_image(im, 19), lambda b, im: decode_image_fast(b)),
         "row delta + zstd 3": (lambda im: ic.zstd_encode(_delta(im), level=3), undelta),
         "row delta + zstd 19": (lambda im: ic.zstd_encode(_delta(im), level=19), undelta),
         "row delta + bitshuffle + lz4 (blosc2)": (
-            lambda im: ic.blosc2_encode(_delta(im).tobytes(), level=5, compressor="lz4", shuffle="bitshuffle", typesize=1, numthreads=1),
-            lambda b, im: ic.delta_decode(np.frombuffer(ic.blosc2_decode(b, numthreads=1), np.uint8).reshape(im.shape), axis=-1)),
-        "JPEG-LS lossless (CharLS)": (lambda im: ic.jpegls_encode(tape(im)), lambda b, im: ic.jpegls_decode(b).reshape(im.shape)),
-        "HTJ2K lossless (OpenJPH)": (lambda im: ic.htj2k_encode(tape(im)), lambda b, im: ic.htj2k_decode(b).reshape(im.shape)),
+            lambda im: ic.blosc2_encode(
+                _delta(im).tobytes(),
+                level=5,
+                compressor="lz4",
+                shuffle="bitshuffle",
+                typesize=1,
+                numthreads=1,
+            ),
+            lambda b, im: ic.delta_decode(
+                np.frombuffer(ic.blosc2_decode(b, numthreads=1), np.uint8).reshape(im.shape), axis=-1
+            ),
+        ),
+        "JPEG-LS lossless (CharLS)": (
+            lambda im: ic.jpegls_encode(tape(im)),
+            lambda b, im: ic.jpegls_decode(b).reshape(im.shape),
+        ),
+        "HTJ2K lossless (OpenJPH)": (
+            lambda im: ic.htj2k_encode(tape(im)),
+            lambda b, im: ic.htj2k_decode(b).reshape(im.shape),
+        ),
     }
 
 
 def release_survey(root: Path, sources: list[str], n: int = 20) -> dict[str, dict[str, dict[str, float]]]:
-    """:func:`codec_survey` on the first ``n`` cells of each source of a built release (e.g. the demo sample)."""
+    """:func:`codec_survey` on the first ``n`` cells of each source of a built release (e.g. the demo
+    sample)."""
     rows = read_manifest(root)
     reader = ShardReader(root)
     out = {}
@@ -293,7 +328,12 @@ def bench_source(source: str, n: int, workers: int, work: Path, seed: int) -> di
         "tar-u8": TarArrays(rel),
         "raw-u8": RawArrays(raw_path, (info.num_channels, *info.tile_hw)),
     }
-    out: dict = {"n": n, "tile": [info.num_channels, *info.tile_hw], "pixel_MB": round(pixel_mb, 2), "read": {}}
+    out: dict = {
+        "n": n,
+        "tile": [info.num_channels, *info.tile_hw],
+        "pixel_MB": round(pixel_mb, 2),
+        "read": {},
+    }
     for name, ds in readers.items():
         for wk in (0, workers):
             s = timed(ds, wk)
@@ -307,8 +347,11 @@ def bench_source(source: str, n: int, workers: int, work: Path, seed: int) -> di
     nbytes = sum(len(p.read_bytes()) for p in shards)
     s = time.perf_counter() - t0
     out["read"]["ceiling/w0"] = {"samples_s": n / s, "MB_s": nbytes / 1e6 / s}
-    out["disk_MB"] = {"png": dir_bytes(png_dir, "*.png") / 1e6, "tar": dir_bytes(rel / "shards") / 1e6,
-                      "zarr": dir_bytes(rel / "zarr") / 1e6}
+    out["disk_MB"] = {
+        "png": dir_bytes(png_dir, "*.png") / 1e6,
+        "tar": dir_bytes(rel / "shards") / 1e6,
+        "zarr": dir_bytes(rel / "zarr") / 1e6,
+    }
     out["codecs_first20"] = survey
     return out
 
@@ -317,7 +360,8 @@ _READER_NOTES = {
     "png": "official loaders' read: skimage.io.imread + column-major fold (the baseline of the target)",
     "pil": "a leaner PNG reader: PIL open + fold",
     "tar": "chammi_data.load: pread by manifest offset + zstd + .npy header",
-    "stream": "chammi_data.stream, the training loader (pread by offset in the (seed, epoch) order; here unshuffled)",
+    "stream": "chammi_data.stream, the training loader (pread by offset in the (seed, epoch) order; here "
+    "unshuffled)",
     "tar-seq-u8": "a sequential pass over the shard files (shards.iter_samples: tar parse + JSON + decode)",
     "zarr": "chammi_data.load(backend='zarr')",
     "raw-u8": "the same pixels stored uncompressed, one pread per cell",
@@ -332,22 +376,39 @@ def to_markdown(res: dict) -> str:
         f"`python benchmarks/loader.py --n {res['n']} --workers {res['workers']}"
         + (f" --release {res['release_name']}" if res.get("release_name") else "")
         + f"` on {res['machine']} "
-        "(synthetic microscopy-like cells at the real tile sizes, Poisson shot noise; page cache warm for every reader; "
-        "2-core machine, otherwise idle; treat numbers as +-20%). MB/s = decoded uint8 pixel MB/s (ceiling: file MB/s). "
-        "Rows png/pil/tar/zarr deliver float (C,H,W) tensors in [0,1] (what `chammi_data.load` returns; every "
-        "reader uses the same float conversion, so only the read differs); rows *-u8 stop at the decoded uint8 "
+        "(synthetic microscopy-like cells at the real tile sizes, Poisson shot noise; page cache warm for "
+        "every reader; "
+        "2-core machine, otherwise idle; treat numbers as +-20%). MB/s = decoded uint8 pixel MB/s (ceiling: "
+        "file MB/s). "
+        "Rows png/pil/tar/zarr deliver float (C,H,W) tensors in [0,1] (what `chammi_data.load` returns; "
+        "every "
+        "reader uses the same float conversion, so only the read differs); rows *-u8 stop at the decoded "
+        "uint8 "
         "(C,H,W) array (the read itself).",
         "",
     ]
     lines += [f"- `{k}`: {v}" for k, v in _READER_NOTES.items()]
     lines += [
         "",
-        "| source | reader | samples/s (1 proc) | MB/s (1 proc) | samples/s (workers) | MB/s (workers) | vs png (1 proc) | vs pil (1 proc) |",
+        "| source | reader | samples/s (1 proc) | MB/s (1 proc) | samples/s (workers) | MB/s (workers) | vs "
+        "png (1 proc) | vs pil (1 proc) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for src, r in res["sources"].items():
         rd = r["read"]
-        for name in ("png", "pil", "tar", "stream", "zarr", "png-u8", "pil-u8", "tar-u8", "tar-seq-u8", "raw-u8", "ceiling"):
+        for name in (
+            "png",
+            "pil",
+            "tar",
+            "stream",
+            "zarr",
+            "png-u8",
+            "pil-u8",
+            "tar-u8",
+            "tar-seq-u8",
+            "raw-u8",
+            "ceiling",
+        ):
             one = rd.get(f"{name}/w0")
             if one is None:
                 continue
@@ -358,24 +419,42 @@ def to_markdown(res: dict) -> str:
             ref = rd["png-u8/w0" if u8 else "png/w0"]["samples_s"]
             ref_pil = rd.get("pil-u8/w0" if u8 else "pil/w0", {}).get("samples_s")
             vs_pil = f"{one['samples_s'] / ref_pil:.1f}x" if ref_pil else "-"
-            lines.append(f"| {src} | {name} | " + " | ".join(cells) + f" | {one['samples_s'] / ref:.1f}x | {vs_pil} |")
+            lines.append(
+                f"| {src} | {name} | " + " | ".join(cells) + f" | {one['samples_s'] / ref:.1f}x | {vs_pil} |"
+            )
     lines += ["", "| source | tape PNG MB | tar shards MB | tar / PNG | zarr MB |", "|---|---|---|---|---|"]
     for src, r in res["sources"].items():
         d = r["disk_MB"]
-        lines.append(f"| {src} | {d['png']:.2f} | {d['tar']:.2f} | {d['tar'] / d['png']:.2f} | {d['zarr']:.2f} |")
-    lines += ["", "## Candidate member codecs", "",
-              "First 20 cells of each source, bytes relative to the tape PNGs and single-core decode speed "
-              "(bytes -> uint8 (C,H,W)), measured in the same run. Every codec is checked to be lossless."]
+        lines.append(
+            f"| {src} | {d['png']:.2f} | {d['tar']:.2f} | {d['tar'] / d['png']:.2f} | {d['zarr']:.2f} |"
+        )
+    lines += [
+        "",
+        "## Candidate member codecs",
+        "",
+        "First 20 cells of each source, bytes relative to the tape PNGs and single-core decode speed "
+        "(bytes -> uint8 (C,H,W)), measured in the same run. Every codec is checked to be lossless.",
+    ]
     surveys = [("benchmark cells", {s: r["codecs_first20"] for s, r in res["sources"].items()})]
     if res.get("release_codecs"):
         surveys.append((f"cells of the release {res.get('release_name', '')}", res["release_codecs"]))
     for title, per_src in surveys:
         names = list(next(iter(per_src.values())))
-        lines += ["", f"{title}: size vs PNG / decode MB/s", "",
-                  "| codec | " + " | ".join(per_src) + " |", "|---|" + "---|" * len(per_src)]
+        lines += [
+            "",
+            f"{title}: size vs PNG / decode MB/s",
+            "",
+            "| codec | " + " | ".join(per_src) + " |",
+            "|---|" + "---|" * len(per_src),
+        ]
         for n in names:
-            lines.append(f"| {n} | " + " | ".join(f"{per_src[s][n]['vs_png']:.3f} / {per_src[s][n]['decode_MB_s']:.0f}"
-                                                   for s in per_src) + " |")
+            lines.append(
+                f"| {n} | "
+                + " | ".join(
+                    f"{per_src[s][n]['vs_png']:.3f} / {per_src[s][n]['decode_MB_s']:.0f}" for s in per_src
+                )
+                + " |"
+            )
     lines += ["", "## Targets on this run", ""] + _targets(res) + ["", _NOTES]
     return "\n".join(lines) + "\n"
 
@@ -403,9 +482,10 @@ _NOTES = """## Reading the numbers
   before deflate. The codec survey shows the trade-off measured on this machine: a row-delta filter brings
   zstd to 0.99-1.04x the PNGs but decodes 19-31% slower (the delta undo is a second pass), zstd level 19 to
   0.99-1.16x at ~40x the encode time (3-4 MB/s; measured separately), and the image codecs that are smaller
-  than PNG (JPEG-LS 0.84-0.94x, HTJ2K 0.91-1.09x) decode at 0.35-0.8x and 1.1-1.9x PNG's speed. No codec tried here is both no larger than PNG and 5x faster to
-  read, so the member stays a plain zstd `.npy` that any WebDataset reader can open; on the sample release the
-  members are 1.04 / 1.05 / 1.24x the PNGs (target <= 1.25x).
+  than PNG (JPEG-LS 0.84-0.94x, HTJ2K 0.91-1.09x) decode at 0.35-0.8x and 1.1-1.9x PNG's speed. No codec
+  tried here is both no larger than PNG and 5x faster to read, so the member stays a plain zstd `.npy` that
+  any WebDataset reader can open; on the sample release the members are 1.04 / 1.05 / 1.24x the PNGs
+  (target <= 1.25x).
 - zarr pays a per-chunk cost in zarr-python (index lookups, codec pipeline) that dominates at one cell per
   chunk: it is the random-access / inspection format, the tars are the training format."""
 
@@ -422,11 +502,17 @@ def _targets(res: dict) -> list[str]:
         pil8 = rd["tar-u8/w0"]["samples_s"] / rd["pil-u8/w0"]["samples_s"]
         ceil = rd["tar-u8/w0"]["samples_s"] / rd["raw-u8/w0"]["samples_s"]
         ours = (release.get(src) or {}).get("npy + zstd 3 (ours)")
-        size, where = (ours["vs_png"], "the sample release's cells") if ours else (d["tar"] / d["png"], "benchmark cells")
-        out.append(f"- {src}: tar vs the official PNG reader, decode to uint8 {speed8:.1f}x (target >= 5x: "
-                   f"{'met' if speed8 >= 5 else 'NOT met'}; to float tensors {speed:.1f}x; vs the leaner PIL reader "
-                   f"{pil8:.1f}x; {ceil:.0%} of reading uncompressed pixels); image members / tape PNGs on {where} "
-                   f"{size:.2f} (target <= 1.25: {'met' if size <= 1.25 else 'NOT met'})")
+        size, where = (
+            (ours["vs_png"], "the sample release's cells")
+            if ours
+            else (d["tar"] / d["png"], "benchmark cells")
+        )
+        out.append(
+            f"- {src}: tar vs the official PNG reader, decode to uint8 {speed8:.1f}x (target >= 5x: "
+            f"{'met' if speed8 >= 5 else 'NOT met'}; to float tensors {speed:.1f}x; vs the leaner PIL reader "
+            f"{pil8:.1f}x; {ceil:.0%} of reading uncompressed pixels); image members / tape PNGs on {where} "
+            f"{size:.2f} (target <= 1.25: {'met' if size <= 1.25 else 'NOT met'})"
+        )
     return out
 
 
@@ -435,7 +521,7 @@ def _write_md(path: Path, md: str) -> None:
     start, end = "<!-- stream.py -->", "<!-- /stream.py -->"
     old = path.read_text() if path.exists() else ""
     if start in old and end in old:
-        md = md.rstrip("\n") + "\n\n" + old[old.index(start):old.index(end) + len(end)] + "\n"
+        md = md.rstrip("\n") + "\n\n" + old[old.index(start) : old.index(end) + len(end)] + "\n"
     path.write_text(md)
 
 
@@ -446,9 +532,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sources", nargs="+", default=list(SOURCES), help="sources to run")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results", help="results folder")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--from-json", type=Path, default=None, help="only re-render loader.md from a loader.json")
-    ap.add_argument("--release", type=Path, default=None,
-                    help="also survey the member codecs on the first 20 cells per source of this release")
+    ap.add_argument(
+        "--from-json", type=Path, default=None, help="only re-render loader.md from a loader.json"
+    )
+    ap.add_argument(
+        "--release",
+        type=Path,
+        default=None,
+        help="also survey the member codecs on the first 20 cells per source of this release",
+    )
     args = ap.parse_args(argv)
     if args.from_json is not None:
         md = to_markdown(json.loads(args.from_json.read_text()))
@@ -458,8 +550,13 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     work = Path(tempfile.mkdtemp(prefix="chammi_bench_"))
     try:
-        res = {"n": args.n, "workers": args.workers, "machine": f"{platform.machine()} {platform.processor() or ''} "
-               f"python {sys.version.split()[0]}".strip(), "sources": {}}
+        res = {
+            "n": args.n,
+            "workers": args.workers,
+            "machine": f"{platform.machine()} {platform.processor() or ''} "
+            f"python {sys.version.split()[0]}".strip(),
+            "sources": {},
+        }
         for src in args.sources:
             res["sources"][src] = bench_source(src, args.n, args.workers, work, args.seed)
         if args.release is not None:

@@ -141,8 +141,10 @@ def run(args: argparse.Namespace) -> str:
         "",
         f"- date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
         f"- machine: {machine(device)}",
-        f"- device: {device.type}; backbone {args.backbone}; input {args.size}x{args.size}; batch {args.batch}; "
-        f"{args.steps} timed steps after {args.warmup} warm-up per source, sources WTC (3 ch), HPA (4), CP (5)",
+        f"- device: {device.type}; backbone {args.backbone}; input {args.size}x{args.size}; batch "
+        f"{args.batch}; "
+        f"{args.steps} timed steps after {args.warmup} warm-up per source, sources WTC (3 ch), HPA (4), CP "
+        "(5)",
         f"- baseline: plain timm {args.backbone} with a C-input stem (pooled forward_features), timed in "
         f"alternation with each model; {base_ips:.1f} images/s over the whole run",
         "- relative = baseline seconds / model seconds over the same alternating steps (steadier than the "

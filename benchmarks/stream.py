@@ -6,8 +6,8 @@ On a release of synthetic microscopy-like cells at the REAL tile sizes (``loader
 cells per source) it measures, each against a baseline from the same run:
 
 1. **workers**: the training loader (``chammi_models.training.train_data``: ``stream(output="uint8")`` +
-   ``group_by_channels_uint8``, persistent workers, device-ready integer batches per channel set) with 0, 1 and
-   2 DataLoader workers: worker start-up (first batch of the first epoch) and steady state (whole later
+   ``group_by_channels_uint8``, persistent workers, device-ready integer batches per channel set) with 0, 1
+   and 2 DataLoader workers: worker start-up (first batch of the first epoch) and steady state (whole later
    epochs), plus the main process's CPU time per sample (it only hands batches over). For reference, the
    previous trainer path (float samples augmented in the workers, ``collate_fn=list``) is timed too.
 2. **remote**: ``stream`` in ``shards`` order from moto's S3 server on 127.0.0.1 against the same release on
@@ -48,13 +48,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from loader import synthetic_cell  # noqa: E402
 
-from chammi_data.loading.collate import group_by_channels_uint8  # noqa: E402
-from chammi_data.format.manifest import read_manifest, write_manifest  # noqa: E402
-from chammi_data.loading.shards import ShardReader, decode_image_fast  # noqa: E402
-from chammi_data.store.storage import ReleaseStore  # noqa: E402
-from chammi_data.loading.streaming import stream  # noqa: E402
 from chammi_data.augment.transforms import train_transform  # noqa: E402
+from chammi_data.format.manifest import read_manifest, write_manifest  # noqa: E402
 from chammi_data.format.writer import ReleaseWriter  # noqa: E402
+from chammi_data.loading.collate import group_by_channels_uint8  # noqa: E402
+from chammi_data.loading.shards import ShardReader, decode_image_fast  # noqa: E402
+from chammi_data.loading.streaming import stream  # noqa: E402
+from chammi_data.store.storage import ReleaseStore  # noqa: E402
 from tests.servers import DelayProxy, S3Server  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -93,28 +93,58 @@ def bench_workers(release: Path, epochs: int) -> dict:
     out = {}
     for workers in (0, 1, 2):
         st = stream(release, split="all", seed=0, output="uint8", worker_block=BATCH, workers=workers)
-        loader = DataLoader(st, batch_size=BATCH, collate_fn=group_by_channels_uint8, num_workers=workers,
-                            persistent_workers=workers > 0)
+        loader = DataLoader(
+            st,
+            batch_size=BATCH,
+            collate_fn=group_by_channels_uint8,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+        )
         first, times, cpu, n = _epochs(loader, st, epochs)
-        out[f"uint8/{workers}"] = {"startup_s": first, "samples_per_s": n / statistics.median(times),
-                                   "main_cpu_ms_per_sample": 1000 * cpu, "samples": n}
+        out[f"uint8/{workers}"] = {
+            "startup_s": first,
+            "samples_per_s": n / statistics.median(times),
+            "main_cpu_ms_per_sample": 1000 * cpu,
+            "samples": n,
+        }
         del loader
         transform = train_transform(224, hflip=0.5)
         st = stream(release, split="all", seed=0, transform=transform, worker_block=BATCH)
         loader = DataLoader(st, batch_size=BATCH, collate_fn=list, num_workers=workers)
         first, times, cpu, n = _epochs(loader, st, min(epochs, 3))
-        out[f"float-previous/{workers}"] = {"startup_s": first, "samples_per_s": n / statistics.median(times),
-                                            "main_cpu_ms_per_sample": 1000 * cpu, "samples": n}
-        print(f"workers {workers}: uint8 {out[f'uint8/{workers}']['samples_per_s']:.0f}/s, previous float path "
-              f"{out[f'float-previous/{workers}']['samples_per_s']:.0f}/s", flush=True)
+        out[f"float-previous/{workers}"] = {
+            "startup_s": first,
+            "samples_per_s": n / statistics.median(times),
+            "main_cpu_ms_per_sample": 1000 * cpu,
+            "samples": n,
+        }
+        print(
+            f"workers {workers}: uint8 {out[f'uint8/{workers}']['samples_per_s']:.0f}/s, previous float path "
+            f"{out[f'float-previous/{workers}']['samples_per_s']:.0f}/s",
+            flush=True,
+        )
     return out
 
 
 def _stream_rate(root, epochs: int, readahead: int, workers: int) -> float:
-    st = stream(root, split="all", seed=0, order="shards", output="uint8", worker_block=BATCH, workers=workers,
-                readahead=readahead, buffer=256)
-    loader = DataLoader(st, batch_size=BATCH, collate_fn=group_by_channels_uint8, num_workers=workers,
-                        persistent_workers=workers > 0)
+    st = stream(
+        root,
+        split="all",
+        seed=0,
+        order="shards",
+        output="uint8",
+        worker_block=BATCH,
+        workers=workers,
+        readahead=readahead,
+        buffer=256,
+    )
+    loader = DataLoader(
+        st,
+        batch_size=BATCH,
+        collate_fn=group_by_channels_uint8,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+    )
     _, times, _, n = _epochs(loader, st, epochs)
     return n / statistics.median(times)
 
@@ -203,23 +233,44 @@ def _best(fn, repeat: int, count: int) -> float:
 
 def _codec_one(reader: ShardReader, mine: list[dict], repeat: int, ds) -> dict:
     blobs = [reader.read_bytes(r) for r in mine]
-    plain = [zstandard.ZstdCompressor(level=3, write_content_size=True).compress(
-        zstandard.ZstdDecompressor().decompress(b)) for b in blobs]
+    plain = [
+        zstandard.ZstdCompressor(level=3, write_content_size=True).compress(
+            zstandard.ZstdDecompressor().decompress(b)
+        )
+        for b in blobs
+    ]
     bufs = [np.empty(zstandard.frame_content_size(b), np.uint8) for b in blobs]
     n = len(mine)
-    bare = _best(lambda: [imagecodecs.zstd_decode(b, out=buf) for b, buf in zip(blobs, bufs, strict=True)], repeat, n)
-    ours = _best(lambda: [decode_image_fast(b, "bench", expected=r) for b, r in zip(blobs, mine, strict=True)], repeat, n)
+    bare = _best(
+        lambda: [imagecodecs.zstd_decode(b, out=buf) for b, buf in zip(blobs, bufs, strict=True)], repeat, n
+    )
+    ours = _best(
+        lambda: [decode_image_fast(b, "bench", expected=r) for b, r in zip(blobs, mine, strict=True)],
+        repeat,
+        n,
+    )
     read = _best(lambda: [reader.read(r) for r in mine], repeat, n)
-    no_sum = _best(lambda: [decode_image_fast(b, "bench", expected=r) for b, r in zip(plain, mine, strict=True)],
-                   repeat, n)
+    no_sum = _best(
+        lambda: [decode_image_fast(b, "bench", expected=r) for b, r in zip(plain, mine, strict=True)],
+        repeat,
+        n,
+    )
     index = {c: i for i, c in enumerate(ds.rows["cell_id"])}
     items = [index[r["cell_id"]] for r in mine]
     item = _best(lambda: [ds[i] for i in items], repeat, n)
     cost = max(0.0, ours - no_sum)
-    return {"bare_zstd_ms": 1000 * bare, "decode_ms": 1000 * ours, "read_ms": 1000 * read,
-            "decode_without_checksum_ms": 1000 * no_sum, "decode_vs_bare": ours / bare, "read_vs_bare": read / bare,
-            "load_item_ms": 1000 * item, "checksum_cost": ours / no_sum - 1, "checksum_of_read": cost / read,
-            "checksum_of_load_item": cost / item}
+    return {
+        "bare_zstd_ms": 1000 * bare,
+        "decode_ms": 1000 * ours,
+        "read_ms": 1000 * read,
+        "decode_without_checksum_ms": 1000 * no_sum,
+        "decode_vs_bare": ours / bare,
+        "read_vs_bare": read / bare,
+        "load_item_ms": 1000 * item,
+        "checksum_cost": ours / no_sum - 1,
+        "checksum_of_read": cost / read,
+        "checksum_of_load_item": cost / item,
+    }
 
 
 def bench_codec(release: Path, repeat: int) -> dict:
@@ -228,8 +279,10 @@ def bench_codec(release: Path, repeat: int) -> dict:
     import chammi_data
 
     ds = chammi_data.load("all", root=release)
-    return {src: _codec_one(reader, [r for r in rows if r["source"] == src][:64], repeat, ds)
-            for src in ("wtc11", "hpa", "cp")}
+    return {
+        src: _codec_one(reader, [r for r in rows if r["source"] == src][:64], repeat, ds)
+        for src in ("wtc11", "hpa", "cp")
+    }
 
 
 def bench_manifest_digest(release: Path, rows: int = 220_284) -> dict:
@@ -249,17 +302,25 @@ def bench_manifest_digest(release: Path, rows: int = 220_284) -> dict:
                 read_manifest(tmp, verify=verify)
                 runs.append(time.perf_counter() - t0)
             t[verify] = min(runs)
-    return {"rows": rows, "open_s": t[False], "open_verified_s": t[True], "digest_cost": t[True] / t[False] - 1}
+    return {
+        "rows": rows,
+        "open_s": t[False],
+        "open_verified_s": t[True],
+        "digest_cost": t[True] / t[False] - 1,
+    }
 
 
 def markdown(res: dict) -> str:
     w, r, c, v = res["workers"], res["remote"], res["codec"], res["manifest_digest"]
     a = r["readahead_alone"]
     lines = [
-        f"`python benchmarks/stream.py --n {res['n']}` on {res['machine']} ({res['cells']} cells of real tile "
+        f"`python benchmarks/stream.py --n {res['n']}` on {res['machine']} ({res['cells']} cells of real "
+        "tile "
         f"sizes, batches of {BATCH}, page cache warm; medians of whole epochs; 2 cores shared by readers and "
-        "servers).", "",
-        "### Training loader workers (device-ready uint8 batches per channel set, persistent workers)", "",
+        "servers).",
+        "",
+        "### Training loader workers (device-ready uint8 batches per channel set, persistent workers)",
+        "",
         "| loader | workers | start-up s | samples/s (steady) | vs 1 worker | main-process CPU ms/sample |",
         "|---|---|---|---|---|---|",
     ]
@@ -267,44 +328,70 @@ def markdown(res: dict) -> str:
         one = w[f"{kind}/1"]["samples_per_s"]
         for k in (0, 1, 2):
             x = w[f"{kind}/{k}"]
-            lines.append(f"| {kind} | {k} | {x['startup_s']:.2f} | {x['samples_per_s']:.0f} | "
-                         f"{x['samples_per_s'] / one:.2f}x | {x['main_cpu_ms_per_sample']:.3f} |")
-    lines += ["", "`uint8`: the training loader now (workers read, decode and stack; augmentation runs on the "
-              "device). `float-previous`: float samples augmented in the workers, one shared-memory block per "
-              "sample (the trainer's path before).", "",
-              f"### Remote release (shards order, {r['workers']} workers)", "",
-              "| source of the shards | samples/s | vs local disk |", "|---|---|---|",
-              f"| local disk | {r['local']:.0f} | 1.00x |"]
-    for k, name in (("s3", "S3 (moto, 127.0.0.1), read-ahead 2"), ("s3_no_readahead", "S3, no read-ahead"),
-                    ("s3_20ms", "S3 + 20 ms per request, read-ahead 2"),
-                    ("s3_20ms_no_readahead", "S3 + 20 ms per request, no read-ahead")):
+            lines.append(
+                f"| {kind} | {k} | {x['startup_s']:.2f} | {x['samples_per_s']:.0f} | "
+                f"{x['samples_per_s'] / one:.2f}x | {x['main_cpu_ms_per_sample']:.3f} |"
+            )
+    lines += [
+        "",
+        "`uint8`: the training loader now (workers read, decode and stack; augmentation runs on the "
+        "device). `float-previous`: float samples augmented in the workers, one shared-memory block per "
+        "sample (the trainer's path before).",
+        "",
+        f"### Remote release (shards order, {r['workers']} workers)",
+        "",
+        "| source of the shards | samples/s | vs local disk |",
+        "|---|---|---|",
+        f"| local disk | {r['local']:.0f} | 1.00x |",
+    ]
+    for k, name in (
+        ("s3", "S3 (moto, 127.0.0.1), read-ahead 2"),
+        ("s3_no_readahead", "S3, no read-ahead"),
+        ("s3_20ms", "S3 + 20 ms per request, read-ahead 2"),
+        ("s3_20ms_no_readahead", "S3 + 20 ms per request, no read-ahead"),
+    ):
         lines.append(f"| {name} | {r[k]:.0f} | {r[k + '_vs_local']:.2f}x |")
     bound = r["local_cpu_ms"] / (r["s3_client_cpu_ms"] + r["s3_server_cpu_ms"])
-    lines += ["", f"CPU per sample (one process): local {r['local_cpu_ms']:.3f} ms; from S3 {r['s3_client_cpu_ms']:.3f} ms "
-              f"in the reader plus {r['s3_server_cpu_ms']:.3f} ms in the server. Readers that keep both cores busy "
-              f"can therefore reach at most {bound:.2f}x the local rate from this server on this machine.",
-              "", f"The S3 server used {r['s3_server_cpu_s_per_epoch']:.2f} s of CPU per epoch of "
-              f"{r['s3_wall_s_per_epoch']:.2f} s wall (on the same 2 cores as the readers). Plain whole-object "
-              f"downloads of the same shards from it run at {r['s3_download_mb_per_s']:.0f} MB/s; the stream "
-              f"moved {r['stream_mb_per_s_s3']:.0f} MB/s.", "",
-              f"With the delaying proxy the proxy process itself used {r['proxy_cpu_ms']:.3f} ms of CPU per sample (it "
-              f"copies every byte through Python on the same cores), which lowers the bound to "
-              f"{r['local_cpu_ms'] / (r['s3_client_cpu_ms'] + r['s3_server_cpu_ms'] + r['proxy_cpu_ms']):.2f}x. "
-              f"Read-ahead alone, without decoding competing for the cores: {a['runs']} whole shards through the "
-              f"proxy with {1000 * a['work_s']:.0f} ms of work each take {a['0']:.2f} s without read-ahead, "
-              f"{a['2']:.2f} s with 2 runs in flight and {a['4']:.2f} s with 4 (the work alone: "
-              f"{a['runs'] * a['work_s']:.2f} s).", "",
-              "### Codec ceiling and verified reads (per member, single core)", "",
-              "| source | bare zstd into a buffer ms | our decode ms | our read (pread + decode) ms | decode / bare "
-              "| read / bare | `load()` item ms | checksum: of the decode | of our read | of a `load()` item |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        f"CPU per sample (one process): local {r['local_cpu_ms']:.3f} ms; from S3 "
+        f"{r['s3_client_cpu_ms']:.3f} ms "
+        f"in the reader plus {r['s3_server_cpu_ms']:.3f} ms in the server. Readers that keep both cores busy "
+        f"can therefore reach at most {bound:.2f}x the local rate from this server on this machine.",
+        "",
+        f"The S3 server used {r['s3_server_cpu_s_per_epoch']:.2f} s of CPU per epoch of "
+        f"{r['s3_wall_s_per_epoch']:.2f} s wall (on the same 2 cores as the readers). Plain whole-object "
+        f"downloads of the same shards from it run at {r['s3_download_mb_per_s']:.0f} MB/s; the stream "
+        f"moved {r['stream_mb_per_s_s3']:.0f} MB/s.",
+        "",
+        f"With the delaying proxy the proxy process itself used {r['proxy_cpu_ms']:.3f} ms of CPU per "
+        "sample (it "
+        f"copies every byte through Python on the same cores), which lowers the bound to "
+        f"{r['local_cpu_ms'] / (r['s3_client_cpu_ms'] + r['s3_server_cpu_ms'] + r['proxy_cpu_ms']):.2f}x. "
+        f"Read-ahead alone, without decoding competing for the cores: {a['runs']} whole shards through the "
+        f"proxy with {1000 * a['work_s']:.0f} ms of work each take {a['0']:.2f} s without read-ahead, "
+        f"{a['2']:.2f} s with 2 runs in flight and {a['4']:.2f} s with 4 (the work alone: "
+        f"{a['runs'] * a['work_s']:.2f} s).",
+        "",
+        "### Codec ceiling and verified reads (per member, single core)",
+        "",
+        "| source | bare zstd into a buffer ms | our decode ms | our read (pread + decode) ms | decode / "
+        "bare "
+        "| read / bare | `load()` item ms | checksum: of the decode | of our read | of a `load()` item |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for src, x in c.items():
-        lines.append(f"| {src} | {x['bare_zstd_ms']:.3f} | {x['decode_ms']:.3f} | {x['read_ms']:.3f} | "
-                     f"{x['decode_vs_bare']:.2f}x | {x['read_vs_bare']:.2f}x | {x['load_item_ms']:.3f} | "
-                     f"{100 * x['checksum_cost']:+.1f}% | {100 * x['checksum_of_read']:.1f}% | "
-                     f"{100 * x['checksum_of_load_item']:.1f}% |")
-    lines += ["", f"Manifest digest at open ({v['rows']:,} rows): {v['open_s'] * 1000:.0f} ms unverified, "
-              f"{v['open_verified_s'] * 1000:.0f} ms verified ({100 * v['digest_cost']:+.1f}%)."]
+        lines.append(
+            f"| {src} | {x['bare_zstd_ms']:.3f} | {x['decode_ms']:.3f} | {x['read_ms']:.3f} | "
+            f"{x['decode_vs_bare']:.2f}x | {x['read_vs_bare']:.2f}x | {x['load_item_ms']:.3f} | "
+            f"{100 * x['checksum_cost']:+.1f}% | {100 * x['checksum_of_read']:.1f}% | "
+            f"{100 * x['checksum_of_load_item']:.1f}% |"
+        )
+    lines += [
+        "",
+        f"Manifest digest at open ({v['rows']:,} rows): {v['open_s'] * 1000:.0f} ms unverified, "
+        f"{v['open_verified_s'] * 1000:.0f} ms verified ({100 * v['digest_cost']:+.1f}%).",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -313,7 +400,9 @@ def main() -> None:
     p.add_argument("--n", type=int, default=192, help="cells per source")
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--repeat", type=int, default=5)
-    p.add_argument("--from-json", type=Path, default=None, help="only re-render the loader.md section from a stream.json")
+    p.add_argument(
+        "--from-json", type=Path, default=None, help="only re-render the loader.md section from a stream.json"
+    )
     a = p.parse_args()
     if a.from_json is not None:
         _write_section(json.loads(a.from_json.read_text()))
@@ -321,7 +410,11 @@ def main() -> None:
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         release = build_release(Path(tmp) / "release", a.n)
-        res = {"n": a.n, "cells": 3 * a.n, "machine": f"{platform.machine()} python {platform.python_version()}"}
+        res = {
+            "n": a.n,
+            "cells": 3 * a.n,
+            "machine": f"{platform.machine()} python {platform.python_version()}",
+        }
         res["codec"] = bench_codec(release, a.repeat)
         res["manifest_digest"] = bench_manifest_digest(release)
         res["workers"] = bench_workers(release, a.epochs)
@@ -339,7 +432,7 @@ def _write_section(res: dict) -> None:
     start, end = "<!-- stream.py -->", "<!-- /stream.py -->"
     section = f"{start}\n## Streaming (benchmarks/stream.py)\n\n{markdown(res)}{end}\n"
     if start in text:
-        text = text[: text.index(start)] + section + text[text.index(end) + len(end) + 1:]
+        text = text[: text.index(start)] + section + text[text.index(end) + len(end) + 1 :]
     else:
         text += "\n" + section
     md.write_text(text)

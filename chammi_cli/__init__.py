@@ -1,7 +1,7 @@
 """The ``chammi`` command: one subcommand per module, loaded only when used.
 
-The data library declares its own subcommands (``chammi_cli.data_commands.SUBCOMMANDS``); this package adds the model
-ones and dispatches. Each subcommand module defines ``register(parser)`` (adds its arguments) and
+The data library declares its own subcommands (``chammi_cli.data_commands.SUBCOMMANDS``); this package adds
+the model ones and dispatches. Each subcommand module defines ``register(parser)`` (adds its arguments) and
 ``main(args) -> int``. CLI modules stay thin: parse arguments, call one library function, print where the
 output went.
 """

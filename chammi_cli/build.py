@@ -34,24 +34,39 @@ def package_version() -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="chammi-build", description="Build a CHAMMI release from raw sources.")
     p.add_argument("--version", action="version", version=f"chammi-build {package_version()}")
-    p.add_argument("--source", required=True, choices=[*list_pipelines(), "all"],
-                   help="which source to build; all = wtc11 + hpa + cp into one release; chammi = official download")
-    p.add_argument("--input", default=None, help="raw folder (with --source all: DIR/wtc11, DIR/hpa, DIR/cp); "
-                   "default: generate the embedded sample data")
+    p.add_argument(
+        "--source",
+        required=True,
+        choices=[*list_pipelines(), "all"],
+        help="which source to build; all = wtc11 + hpa + cp into one release; chammi = official download",
+    )
+    p.add_argument(
+        "--input",
+        default=None,
+        help="raw folder (with --source all: DIR/wtc11, DIR/hpa, DIR/cp); "
+        "default: generate the embedded sample data",
+    )
     p.add_argument("--output", default=None, help=f"release folder (default {default_release_dir()})")
     p.add_argument("--workers", type=int, default=2, help="local dask workers (processes, 1 thread each)")
-    p.add_argument("--scheduler", default=None, help="address of an existing dask scheduler (workers must see OUTPUT)")
+    p.add_argument(
+        "--scheduler", default=None, help="address of an existing dask scheduler (workers must see OUTPUT)"
+    )
     p.add_argument("--config", default=None, help="YAML build config merged over the defaults")
     p.add_argument("--strict", action="store_true", help="any skipped item fails the build (exit 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the generated sample data (no --input)")
-    p.add_argument("--keep-work", action="store_true",
-                   help="keep OUTPUT/.work (unit spills, generated sample data) after success")
+    p.add_argument(
+        "--keep-work",
+        action="store_true",
+        help="keep OUTPUT/.work (unit spills, generated sample data) after success",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
 
 def synth_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="chammi-build synth", description="Write the sample raw data in the real layouts.")
+    p = argparse.ArgumentParser(
+        prog="chammi-build synth", description="Write the sample raw data in the real layouts."
+    )
     p.add_argument("--output", required=True, help="folder to write DIR/wtc11, DIR/hpa, DIR/cp into")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--source", nargs="*", default=list(RAW_SOURCES), choices=list(RAW_SOURCES))
@@ -71,9 +86,18 @@ def main(argv: list[str] | None = None) -> int:
     from pipelines.engine.build import build
 
     try:
-        result = build(args.source, input_dir=args.input, output=args.output, workers=args.workers,
-                       scheduler=args.scheduler, config=args.config, strict=args.strict,
-                       progress=not args.quiet, seed=args.seed, keep_work=args.keep_work)
+        result = build(
+            args.source,
+            input_dir=args.input,
+            output=args.output,
+            workers=args.workers,
+            scheduler=args.scheduler,
+            config=args.config,
+            strict=args.strict,
+            progress=not args.quiet,
+            seed=args.seed,
+            keep_work=args.keep_work,
+        )
     except (FileNotFoundError, KeyError, ValueError, OutputLocked) as exc:
         print(f"chammi-build: error: {exc}", file=sys.stderr)
         return 2

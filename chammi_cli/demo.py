@@ -1,4 +1,5 @@
-"""``chammi demo``: sample data -> release -> train -> embed -> evaluate -> report (see chammi_cli.demo_run)."""
+"""``chammi demo``: sample data -> release -> train -> embed -> evaluate -> report (see
+chammi_cli.demo_run)."""
 
 from __future__ import annotations
 
@@ -7,19 +8,29 @@ from pathlib import Path
 
 
 def register(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default: demo_out)")
+    parser.add_argument(
+        "--out", type=Path, default=Path("demo_out"), help="output folder (default: demo_out)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the sample data and of training")
     parser.add_argument("--workers", type=int, default=2, help="dask workers for the build")
     parser.add_argument("--metric", choices=["cosine", "l2"], default="cosine")
     parser.add_argument("--quick", action="store_true", help="train a handful of steps only (smoke test)")
-    parser.add_argument("overrides", nargs="*", help="training config overrides key=value (configs/tiny_cpu.yaml)")
+    parser.add_argument(
+        "overrides", nargs="*", help="training config overrides key=value (configs/tiny_cpu.yaml)"
+    )
 
 
 def main(args: argparse.Namespace) -> int:
     from chammi_cli.demo_run import run_demo
 
-    res = run_demo(args.out, seed=args.seed, workers=args.workers, quick=args.quick, overrides=args.overrides,
-                   metric=args.metric)
+    res = run_demo(
+        args.out,
+        seed=args.seed,
+        workers=args.workers,
+        quick=args.quick,
+        overrides=args.overrides,
+        metric=args.metric,
+    )
     t, b = res.scores.get("trained"), res.scores.get("baseline")
     print(f"CPS ({args.metric}): trained {t:.3f}  vs  untrained ChannelReplication baseline {b:.3f}")
     if not args.quick and not res.trained_beats_baseline:

@@ -6,7 +6,8 @@ ChannelReplication baseline -> evaluate both with the official protocol -> repor
 radar plot, montage of cells per source and class, index.html).
 
 It belongs to the application layer (``chammi_models/cli/``), the only part of ``chammi_models`` that may
-import ``pipelines``: it builds the sample release with them (lazily, so ``chammi --help`` does not load them).
+import ``pipelines``: it builds the sample release with them (lazily, so ``chammi --help`` does not load
+them).
 """
 
 from __future__ import annotations
@@ -48,8 +49,9 @@ def _baseline_features(release: Path, backbone: str, image_size: int, seed: int)
     torch.manual_seed(seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = create_model("channel_replication", backbone=backbone).to(device)
-    return extract_features(model, release, image_size=image_size, batch_size=64, workers=0, device=device,
-                            progress=True)
+    return extract_features(
+        model, release, image_size=image_size, batch_size=64, workers=0, device=device, progress=True
+    )
 
 
 def _examples(release: Path, per_class: int = 3) -> dict[str, dict[str, list[np.ndarray]]]:
@@ -62,18 +64,27 @@ def _examples(release: Path, per_class: int = 3) -> dict[str, dict[str, list[np.
     out: dict[str, dict[str, list[np.ndarray]]] = {}
     for (source, label), rows in manifest.groupby(["source", "label"], sort=True):
         picked = rows.head(per_class)
-        out.setdefault(source, {})[label] = [np.asarray(reader.read(row)) for row in picked.to_dict("records")]
+        out.setdefault(source, {})[label] = [
+            np.asarray(reader.read(row)) for row in picked.to_dict("records")
+        ]
     return out
 
 
-def _write_index(report: Path, scores: dict[str, float | None], tables: dict[str, Any], timings: dict[str, float],
-                 metric: str) -> Path:
+def _write_index(
+    report: Path,
+    scores: dict[str, float | None],
+    tables: dict[str, Any],
+    timings: dict[str, float],
+    metric: str,
+) -> Path:
     rows = []
     trained, baseline = tables["trained"], tables["baseline"]
     for (_, t), (_, b) in zip(trained.iterrows(), baseline.iterrows(), strict=True):
-        rows.append(f"<tr><td>{html.escape(str(t.dataset))}</td><td>{html.escape(str(t.task))}</td>"
-                    f"<td>{int(t.n_test)}</td><td>{t.f1_score_macro:.3f}</td><td>{b.f1_score_macro:.3f}</td>"
-                    f"<td>{t.accuracy:.3f}</td><td>{b.accuracy:.3f}</td></tr>")
+        rows.append(
+            f"<tr><td>{html.escape(str(t.dataset))}</td><td>{html.escape(str(t.task))}</td>"
+            f"<td>{int(t.n_test)}</td><td>{t.f1_score_macro:.3f}</td><td>{b.f1_score_macro:.3f}</td>"
+            f"<td>{t.accuracy:.3f}</td><td>{b.accuracy:.3f}</td></tr>"
+        )
     fmt = {k: ("n/a" if v is None else f"{v:.3f}") for k, v in scores.items()}
     timing = ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
     page = f"""<!doctype html>
@@ -81,15 +92,15 @@ def _write_index(report: Path, scores: dict[str, float | None], tables: dict[str
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}img{{max-width:100%}}</style></head>
 <body><h1>CHAMMI demo report</h1>
-<p>Embedded sample data of all three sources, built with <code>chammi-build --source all</code>, scored with the
-official 1-NN protocol (metric: <b>{metric}</b>). CPS = W2/3 + (H2+H3)/6 + (C2+C3+C4)/9 over macro-F1.</p>
+<p>Embedded sample data of all three sources, built with <code>chammi-build --source all</code>, scored with
+the official 1-NN protocol (metric: <b>{metric}</b>). CPS = W2/3 + (H2+H3)/6 + (C2+C3+C4)/9 over macro-F1.</p>
 <h2>CHAMMI Performance Score</h2>
 <table><tr><th>model</th><th>CPS</th></tr>
-<tr><td>trained (configs/tiny_cpu.yaml)</td><td>{fmt['trained']}</td></tr>
-<tr><td>untrained ChannelReplication baseline</td><td>{fmt['baseline']}</td></tr></table>
+<tr><td>trained (configs/tiny_cpu.yaml)</td><td>{fmt["trained"]}</td></tr>
+<tr><td>untrained ChannelReplication baseline</td><td>{fmt["baseline"]}</td></tr></table>
 <h2>Per task (macro-F1 / accuracy)</h2>
 <table><tr><th>dataset</th><th>task</th><th>n test</th><th>F1 trained</th><th>F1 baseline</th>
-<th>acc trained</th><th>acc baseline</th></tr>{''.join(rows)}</table>
+<th>acc trained</th><th>acc baseline</th></tr>{"".join(rows)}</table>
 <h2>Radar</h2><img src="radar.png" alt="radar plot of per-task macro-F1">
 <h2>Sample cells per source and class</h2><img src="montage.png" alt="montage of cells">
 <p>Step times: {html.escape(timing)}. Files: <a href="results_trained.csv">results_trained.csv</a>,
@@ -101,20 +112,27 @@ official 1-NN protocol (metric: <b>{metric}</b>). CPS = W2/3 + (H2+H3)/6 + (C2+C
     return path
 
 
-def run_demo(out: str | Path = "demo_out", *, seed: int = 0, workers: int = 2, quick: bool = False,
-             overrides: Sequence[str] = (), metric: str = "cosine") -> DemoResult:
+def run_demo(
+    out: str | Path = "demo_out",
+    *,
+    seed: int = 0,
+    workers: int = 2,
+    quick: bool = False,
+    overrides: Sequence[str] = (),
+    metric: str = "cosine",
+) -> DemoResult:
     """Run every step of :data:`DEMO_STEPS` into ``out``; returns the report location and both CPS values.
 
     ``quick`` trains only a handful of steps (for tests: it checks that the path runs, not that it learns).
     """
     import chammi_data
+    from chammi_cli.entry_build import own_pipelines
     from chammi_data.evaluation.features import load_features, save_features
     from chammi_data.evaluation.montage import save_montage
     from chammi_data.evaluation.plots import radar_plot
     from chammi_data.progress import progress as progress_bar
-    from chammi_cli.entry_build import own_pipelines
-    from chammi_models.training.config import load_config
     from chammi_models.embed import embed
+    from chammi_models.training.config import load_config
     from chammi_models.training.train import train
 
     own_pipelines()
@@ -122,8 +140,13 @@ def run_demo(out: str | Path = "demo_out", *, seed: int = 0, workers: int = 2, q
     from pipelines.sources.synthetic import write_sample
 
     out = Path(out)
-    raw, release, run, feats, report = (out / "raw", out / "release", out / "run", out / "features",
-                                        out / "report")
+    raw, release, run, feats, report = (
+        out / "raw",
+        out / "release",
+        out / "run",
+        out / "features",
+        out / "report",
+    )
     timings: dict[str, float] = {}
     bar = progress_bar(total=len(DEMO_STEPS), desc="chammi demo", unit="step")
 
@@ -157,8 +180,10 @@ def run_demo(out: str | Path = "demo_out", *, seed: int = 0, workers: int = 2, q
 
     t0 = time.perf_counter()
     report.mkdir(parents=True, exist_ok=True)
-    results = {name: chammi_data.evaluate(load_features(feats / name), release, metric=metric)
-               for name in ("trained", "baseline")}
+    results = {
+        name: chammi_data.evaluate(load_features(feats / name), release, metric=metric)
+        for name in ("trained", "baseline")
+    }
     for name, res in results.items():
         res.official_table().to_csv(report / f"results_{name}.csv", index=False)
     step_done("evaluate", t0)
@@ -166,14 +191,24 @@ def run_demo(out: str | Path = "demo_out", *, seed: int = 0, workers: int = 2, q
     t0 = time.perf_counter()
     scores = {name: res.cps for name, res in results.items()}
     tables = {name: res.table for name, res in results.items()}
-    radar_plot({"trained (tiny_cpu)": tables["trained"], "untrained ChannelReplication": tables["baseline"]},
-               report / "radar.png", title=f"CHAMMI sample: macro-F1 per task ({metric})")
+    radar_plot(
+        {"trained (tiny_cpu)": tables["trained"], "untrained ChannelReplication": tables["baseline"]},
+        report / "radar.png",
+        title=f"CHAMMI sample: macro-F1 per task ({metric})",
+    )
     save_montage(_examples(release), report / "montage.png")
-    (report / "results.json").write_text(json.dumps(
-        {"metric": metric, "cps": scores, "timings_s": timings,
-         "tables": {k: v.to_dict(orient="records") for k, v in tables.items()}}, indent=2))
+    (report / "results.json").write_text(
+        json.dumps(
+            {
+                "metric": metric,
+                "cps": scores,
+                "timings_s": timings,
+                "tables": {k: v.to_dict(orient="records") for k, v in tables.items()},
+            },
+            indent=2,
+        )
+    )
     index = _write_index(report, scores, tables, timings, metric)
     step_done("report", t0)
     bar.close()
     return DemoResult(out=out, report=index, scores=scores, timings=timings)
-

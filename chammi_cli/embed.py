@@ -15,16 +15,27 @@ from pathlib import Path
 
 
 def register(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", type=Path, required=True,
-                        help="run folder of `chammi train` (uses RUN_DIR/model) or a weights folder")
-    parser.add_argument("--release", default=None,
-                        help="release folder or URL (s3://, gs://, http(s)://, file://; default: $CHAMMI_RELEASE or "
-                        "~/.cache/chammi/release)")
-    parser.add_argument("--out", type=Path, required=True, help="output folder: OUT/<Allen|HPA|CP>/features.npy")
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        required=True,
+        help="run folder of `chammi train` (uses RUN_DIR/model) or a weights folder",
+    )
+    parser.add_argument(
+        "--release",
+        default=None,
+        help="release folder or URL (s3://, gs://, http(s)://, file://; default: $CHAMMI_RELEASE or "
+        "~/.cache/chammi/release)",
+    )
+    parser.add_argument(
+        "--out", type=Path, required=True, help="output folder: OUT/<Allen|HPA|CP>/features.npy"
+    )
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--workers", type=int, default=4, help="DataLoader workers")
     parser.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if available)")
-    parser.add_argument("--image-size", type=int, default=None, help="eval input size (default: the model card's)")
+    parser.add_argument(
+        "--image-size", type=int, default=None, help="eval input size (default: the model card's)"
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -32,8 +43,15 @@ def main(args: argparse.Namespace) -> int:
     from chammi_models.zoo.weights import WeightsError
 
     try:
-        out = embed(args.checkpoint, args.release, args.out, batch_size=args.batch_size,
-                    workers=args.workers, device=args.device, image_size=args.image_size)
+        out = embed(
+            args.checkpoint,
+            args.release,
+            args.out,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            device=args.device,
+            image_size=args.image_size,
+        )
     except FileNotFoundError as exc:  # a checkpoint or release argument that names nothing usable
         return _fail(exc, 2)
     except WeightsError as exc:  # the model folder exists, but its card or weights are refused

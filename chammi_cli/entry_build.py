@@ -11,15 +11,19 @@ import sys
 
 
 def own_pipelines() -> None:
-    """Raise ``ImportError`` naming the package and the fix when ``import pipelines`` is not this toolkit's."""
+    """Raise ``ImportError`` naming the package and the fix when ``import pipelines`` is not this
+    toolkit's."""
     import pipelines
 
     if not getattr(pipelines, "__chammi__", False):
         where = getattr(pipelines, "__file__", None) or list(getattr(pipelines, "__path__", []))
         raise ImportError(
-            f"'import pipelines' resolves to {where}, which is not the CHAMMI toolkit's pipelines package (another "
-            "distribution also named 'pipelines', or a folder of that name earlier on sys.path). Uninstall the "
-            "other 'pipelines' distribution (pip uninstall pipelines), run from another folder, or use a fresh "
+            f"'import pipelines' resolves to {where}, which is not the CHAMMI toolkit's pipelines package "
+            "(another "
+            "distribution also named 'pipelines', or a folder of that name earlier on sys.path). Uninstall "
+            "the "
+            "other 'pipelines' distribution (pip uninstall pipelines), run from another folder, or use a "
+            "fresh "
             "virtual environment for chammi."
         )
 

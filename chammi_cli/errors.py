@@ -32,7 +32,13 @@ class UserError(Exception):
 
 #: Exceptions answered with one line and :data:`EXIT_USER_ERROR`.
 USER_ERRORS: tuple[type[BaseException], ...] = (
-    UserError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError,
+    UserError,
+    ValueError,
+    FileNotFoundError,
+    FileExistsError,
+    NotADirectoryError,
+    IsADirectoryError,
+    PermissionError,
 )
 
 

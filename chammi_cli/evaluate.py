@@ -50,7 +50,8 @@ def register(parser: argparse.ArgumentParser) -> None:
         "--name", default=None, help="model name for the radar legend (default: the features folder)"
     )
     parser.add_argument(
-        "--force", action="store_true",
+        "--force",
+        action="store_true",
         help="score even when embedding.json says the features come from another release or were changed",
     )
 
@@ -68,9 +69,9 @@ def _release_identity(release: object) -> dict[str, object]:
 
 @handles_user_errors("chammi eval")
 def main(args: argparse.Namespace) -> int:
-    from chammi_data.evaluation.scoring import evaluate
     from chammi_data.evaluation.features import identity_problems, load_features
     from chammi_data.evaluation.plots import radar_plot
+    from chammi_data.evaluation.scoring import evaluate
     from chammi_data.store.storage import default_location
 
     release = args.release if args.release is not None else default_location()
@@ -88,8 +89,9 @@ def main(args: argparse.Namespace) -> int:
         block_size=args.block_size,
         device=args.device,
     )
-    result.provenance.update(features=str(args.features), feature_file=args.feature_file,
-                             identity_warnings=problems)
+    result.provenance.update(
+        features=str(args.features), feature_file=args.feature_file, identity_warnings=problems
+    )
     name = args.name or Path(args.features).resolve().name
     result.provenance["name"] = name
     out = Path(args.out)

@@ -1,4 +1,5 @@
-"""``chammi report``: overlay several ``chammi eval`` runs in one radar plot and one markdown table with CPS."""
+"""``chammi report``: overlay several ``chammi eval`` runs in one radar plot and one markdown table with
+CPS."""
 
 from __future__ import annotations
 
@@ -33,7 +34,9 @@ def load_run(run: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path} is not valid JSON ({exc}): not a results.json written by `chammi eval`") from None
+        raise ValueError(
+            f"{path} is not valid JSON ({exc}): not a results.json written by `chammi eval`"
+        ) from None
     if not isinstance(data, dict):
         raise ValueError(f"{path} is not a JSON object: not a results.json written by `chammi eval`")
     for key in ("table", "metric", "classifier"):
@@ -66,7 +69,8 @@ def markdown_report(runs: dict[str, dict[str, Any]]) -> str:
     if len(metrics) > 1:
         lines += [
             "",
-            f"Note: the runs use different metrics ({', '.join(sorted(metrics))}); their scores are not comparable.",
+            f"Note: the runs use different metrics ({', '.join(sorted(metrics))}); their scores are not "
+            "comparable.",
         ]
     return "\n".join(lines) + "\n"
 

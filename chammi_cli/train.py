@@ -1,10 +1,10 @@
 """``chammi train``: train a model from a YAML config.
 
     chammi train --config configs/tiny_cpu.yaml --release RELEASE --out runs/tiny optim.lr=3e-3
-    torchrun --nproc_per_node 4 -m chammi_models.training.train --config configs/hypernet_finetune.yaml --out runs/hn
+    torchrun --nproc_per_node 4 -m chammi_models.training.train --config hypernet_finetune --out runs/hn
 
-The arguments and the command belong to ``chammi_models.training.train``, which is also the torchrun entry point, so
-both ways to start a run parse the same arguments; this module only plugs them into ``chammi``.
+The arguments and the command belong to ``chammi_models.training.train``, which is also the torchrun entry
+point, so both ways to start a run parse the same arguments; this module only plugs them into ``chammi``.
 """
 
 from __future__ import annotations

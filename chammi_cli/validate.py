@@ -13,7 +13,9 @@ from chammi_cli.errors import EXIT_PROBLEMS, handles_user_errors
 
 
 def register(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("release", help="release folder (contains release.json, manifest.parquet, shards/, zarr/)")
+    parser.add_argument(
+        "release", help="release folder (contains release.json, manifest.parquet, shards/, zarr/)"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress output")
 
 
@@ -26,8 +28,10 @@ def main(args: argparse.Namespace) -> int:
     if not root.is_dir():
         raise ReleaseNotFoundError(f"no release at {root}: the folder does not exist")
     if not (root / RELEASE_JSON).exists() and not (root / MANIFEST_PARQUET).exists():
-        raise ReleaseNotFoundError(f"no release at {root}: neither {RELEASE_JSON} nor {MANIFEST_PARQUET} is there "
-                                   "(run `chammi-build` to build one)")
+        raise ReleaseNotFoundError(
+            f"no release at {root}: neither {RELEASE_JSON} nor {MANIFEST_PARQUET} is there "
+            "(run `chammi-build` to build one)"
+        )
     report = validate_release(root, progress=not args.quiet)
     print(report.summary())
     return 0 if report.ok else EXIT_PROBLEMS

@@ -11,8 +11,8 @@ from chammi_data.format.schema import SCHEMA_VERSION, Cell, make_cell_id
 from chammi_data.format.vocab import SOURCES, VOCAB, source_info
 
 if TYPE_CHECKING:  # the real objects for type checkers; at run time they are imported on first use
-    from chammi_data.loading.dataset import load
     from chammi_data.evaluation.scoring import evaluate
+    from chammi_data.loading.dataset import load
     from chammi_data.loading.streaming import stream
 
 __version__ = "0.1.0"
@@ -33,4 +33,14 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'chammi_data' has no attribute {name!r}")
 
 
-__all__ = ["SCHEMA_VERSION", "SOURCES", "VOCAB", "Cell", "make_cell_id", "source_info", "load", "stream", "evaluate"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "SOURCES",
+    "VOCAB",
+    "Cell",
+    "make_cell_id",
+    "source_info",
+    "load",
+    "stream",
+    "evaluate",
+]

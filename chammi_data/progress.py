@@ -28,7 +28,8 @@ _NO_PLURAL = {"", "it", "B"}
 
 
 def bars_wanted(stream: IO[str] | None = None) -> bool:
-    """True when an animated bar suits ``stream`` (default stderr): a terminal, and ``$TQDM_DISABLE`` unset."""
+    """True when an animated bar suits ``stream`` (default stderr): a terminal, and ``$TQDM_DISABLE``
+    unset."""
     if os.environ.get(DISABLE_ENV, "").strip().lower() not in _FALSE_TEXT:
         return False
     stream = sys.stderr if stream is None else stream
@@ -47,9 +48,18 @@ def _amount(n: float, unit: str) -> str:
 class Progress(Generic[T]):
     """A progress bar (tqdm) or start/end lines; see the module docstring. Create it with :func:`progress`."""
 
-    def __init__(self, iterable: Iterable[T] | None = None, *, desc: str = "", total: float | None = None,
-                 unit: str = "it", disable: bool = False, leave: bool = True, initial: float = 0,
-                 stream: IO[str] | None = None):
+    def __init__(
+        self,
+        iterable: Iterable[T] | None = None,
+        *,
+        desc: str = "",
+        total: float | None = None,
+        unit: str = "it",
+        disable: bool = False,
+        leave: bool = True,
+        initial: float = 0,
+        stream: IO[str] | None = None,
+    ):
         if total is None and iterable is not None and hasattr(iterable, "__len__"):
             total = len(iterable)  # type: ignore[arg-type]
         self.iterable = iterable
@@ -66,7 +76,9 @@ class Progress(Generic[T]):
         if bars_wanted(self._stream):
             from tqdm.auto import tqdm
 
-            self._bar = tqdm(total=total, desc=desc, unit=unit, leave=leave, initial=initial, file=self._stream)
+            self._bar = tqdm(
+                total=total, desc=desc, unit=unit, leave=leave, initial=initial, file=self._stream
+            )
         else:
             size = "" if total is None else _amount(total, self._units(total))
             resumed = f" ({_amount(initial, '')} already done)" if initial else ""
@@ -134,12 +146,22 @@ class Progress(Generic[T]):
         self.close(ok=exc_type is None)
 
 
-def progress(iterable: Iterable[T] | None = None, *, desc: str = "", total: float | None = None, unit: str = "it",
-             disable: bool = False, leave: bool = True, initial: float = 0) -> Progress[T]:
+def progress(
+    iterable: Iterable[T] | None = None,
+    *,
+    desc: str = "",
+    total: float | None = None,
+    unit: str = "it",
+    disable: bool = False,
+    leave: bool = True,
+    initial: float = 0,
+) -> Progress[T]:
     """Wrap ``iterable`` (or, without one, make a bar to ``update()`` by hand) with progress reporting.
 
     ``total`` defaults to ``len(iterable)`` when it has one; ``unit`` names what is counted (plural: +"s");
     ``initial``: units already done (a resumed run). A tqdm bar on a terminal; otherwise a start line and an
     end line on stderr; nothing with ``disable``.
     """
-    return Progress(iterable, desc=desc, total=total, unit=unit, disable=disable, leave=leave, initial=initial)
+    return Progress(
+        iterable, desc=desc, total=total, unit=unit, disable=disable, leave=leave, initial=initial
+    )

@@ -60,17 +60,37 @@ _NOVEL_LABELS = {
 # Two groups per split: (grouping column, values); the grouping column of the source is set on every cell.
 _GROUPS = {
     "wtc11": {"Train": ["SON", "TOMM20"], "Task_one": ["TUBA1B", "ST6GAL1"], "Task_two": ["TJP1", "CETN2"]},
-    "hpa": {"Train": ["A-431", "U-2 OS"], "Task_one": ["HeLa", "A549"], "Task_two": ["HEK 293", "HEK 293"],
-            "Task_three": ["U-251 MG", "SiHa"]},
-    "cp": {"Train": ["24277", "25639"], "Task_one": ["24278", "25640"], "Task_two": ["24300", "25700"],
-           "Task_three": ["20585", "20586"], "Task_four": ["24279", "25641"]},
+    "hpa": {
+        "Train": ["A-431", "U-2 OS"],
+        "Task_one": ["HeLa", "A549"],
+        "Task_two": ["HEK 293", "HEK 293"],
+        "Task_three": ["U-251 MG", "SiHa"],
+    },
+    "cp": {
+        "Train": ["24277", "25639"],
+        "Task_one": ["24278", "25640"],
+        "Task_two": ["24300", "25700"],
+        "Task_three": ["20585", "20586"],
+        "Task_four": ["24279", "25641"],
+    },
 }
-_CP_DATASET = {"24277": "LINCS", "24278": "LINCS", "24300": "LINCS", "24279": "LINCS",
-               "25639": "CDRP", "25640": "CDRP", "25700": "CDRP", "25641": "CDRP",
-               "20585": "BBBC022", "20586": "BBBC022"}
+_CP_DATASET = {
+    "24277": "LINCS",
+    "24278": "LINCS",
+    "24300": "LINCS",
+    "24279": "LINCS",
+    "25639": "CDRP",
+    "25640": "CDRP",
+    "25700": "CDRP",
+    "25641": "CDRP",
+    "20585": "BBBC022",
+    "20586": "BBBC022",
+}
 
 
-def _smooth_image(rng: np.random.Generator, c: int, h: int, w: int, label_index: int, n_labels: int) -> np.ndarray:
+def _smooth_image(
+    rng: np.random.Generator, c: int, h: int, w: int, label_index: int, n_labels: int
+) -> np.ndarray:
     """(C, H, W) float in [0, 1]: a few gaussian blobs per channel + the label's blob and brightness."""
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
     img = np.zeros((c, h, w))
@@ -87,8 +107,9 @@ def _smooth_image(rng: np.random.Generator, c: int, h: int, w: int, label_index:
     return np.clip(img / 1.6, 0, 1)
 
 
-def make_cells(source: str, n: int, seed: int = 0, hw: tuple[int, int] | None = None,
-               dtype: type | np.dtype = np.uint8) -> list[Cell]:
+def make_cells(
+    source: str, n: int, seed: int = 0, hw: tuple[int, int] | None = None, dtype: type | np.dtype = np.uint8
+) -> list[Cell]:
     """``n`` deterministic synthetic cells of ``source``, sorted by cell_id (see the module docstring)."""
     info = SOURCES[source]
     h, w = hw or TINY_HW[source]
@@ -108,9 +129,21 @@ def make_cells(source: str, n: int, seed: int = 0, hw: tuple[int, int] | None = 
         meta: dict = {"synthetic": True, "seed": seed, "index": i}
         if source == "cp":
             groups["dataset"] = _CP_DATASET[group]
-            meta.update({"Well": f"{'ABCDEFGH'[i % 8]}{1 + i % 12:02d}", "Site": 1 + i % 9, "compound": labels[label_index]})
+            meta.update(
+                {
+                    "Well": f"{'ABCDEFGH'[i % 8]}{1 + i % 12:02d}",
+                    "Site": 1 + i % 9,
+                    "compound": labels[label_index],
+                }
+            )
         elif source == "hpa":
-            meta.update({"ID": f"synthetic_{seed}_{i // 3}", "cell_line": group, "centroid": [float(h / 2), float(w / 2)]})
+            meta.update(
+                {
+                    "ID": f"synthetic_{seed}_{i // 3}",
+                    "cell_line": group,
+                    "centroid": [float(h / 2), float(w / 2)],
+                }
+            )
         else:
             meta.update({"FOVId": 1000 + i // 4, "structure_name": group})
         image = _smooth_image(rng, info.num_channels, h, w, label_index, len(labels))
@@ -151,9 +184,15 @@ def write_official(root: Path, cells: list[Cell], tiff_sources: tuple[str, ...] 
             tifffile.imwrite(path, tape)
         else:
             Image.fromarray(tape).save(path, format="PNG")
-        row = {"file_path": rel, "channel_width": cell.image.shape[2], "Label": cell.label,
-               "train_test_split": cell.split, **{t: t in cell.tasks for t in info.tasks},
-               info.group_column: cell.groups.get(info.group_column, ""), "ID": cell.cell_id}
+        row = {
+            "file_path": rel,
+            "channel_width": cell.image.shape[2],
+            "Label": cell.label,
+            "train_test_split": cell.split,
+            **{t: t in cell.tasks for t in info.tasks},
+            info.group_column: cell.groups.get(info.group_column, ""),
+            "ID": cell.cell_id,
+        }
         if cell.source == "cp":
             row["source"] = cell.groups.get("dataset", "")
         row.update({k: v for k, v in cell.meta.items() if k not in row})
@@ -189,8 +228,12 @@ def tiny_release(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from chammi_data.format.writer import ReleaseWriter
 
     root = tmp_path_factory.mktemp("tiny_release") / "release"
-    writer = ReleaseWriter(root, cells_per_shard=TINY_CELLS_PER_SHARD, config={"fixture": "tiny_release", "n": TINY_N},
-                           progress=False)
+    writer = ReleaseWriter(
+        root,
+        cells_per_shard=TINY_CELLS_PER_SHARD,
+        config={"fixture": "tiny_release", "n": TINY_N},
+        progress=False,
+    )
     for source in SOURCES:
         writer.add_source(source, make_cells(source, TINY_N, seed=TINY_SEED[source]))
     writer.close()

@@ -33,7 +33,8 @@ def check_ome_zarr_store(store: Path, channels: tuple[str, ...], n_cells: int) -
 
 
 def check_release_ome_zarr(root: Path) -> list[str]:
-    """:func:`check_ome_zarr_store` on every source's store of the release at ``root``; returns the sources."""
+    """:func:`check_ome_zarr_store` on every source's store of the release at ``root``; returns the
+    sources."""
     manifest = read_manifest(root)
     sources = sources_in(manifest)
     for source in sources:

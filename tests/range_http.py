@@ -1,13 +1,14 @@
-"""A static HTTP/1.1 file server with ``Range`` support and fault injection, and a latency-injecting TCP proxy.
+"""A static HTTP/1.1 file server with ``Range`` support and fault injection, and a latency-injecting TCP
+proxy.
 
     python -m tests.range_http --root DIR --port N [--delay-ms MS]      # serve DIR on 127.0.0.1:N
-    python -m tests.range_http --proxy TARGET_PORT --port N --delay-ms MS  # 127.0.0.1:N -> 127.0.0.1:TARGET_PORT
+    python -m tests.range_http --proxy TARGET_PORT --port N --delay-ms MS  # 127.0.0.1:N -> :TARGET_PORT
 
 The server answers GET and HEAD with ``Accept-Ranges: bytes``; ``Range: bytes=a-b`` / ``a-`` / ``-n`` get 206.
-Control endpoints (for tests): ``/_control/fault?count=N&kind=K&path=P`` makes the next N requests under P fail
-(K: an HTTP status such as 503, 500, 403, 404; ``reset``: close without answering; ``truncate``: send half the
-body, then close), ``/_control/corrupt?path=P&offset=O`` flips one byte of P as served, ``/_control/count``
-returns the number of requests served. Only 127.0.0.1 is ever bound.
+Control endpoints (for tests): ``/_control/fault?count=N&kind=K&path=P`` makes the next N requests under P
+fail (K: an HTTP status such as 503, 500, 403, 404; ``reset``: close without answering; ``truncate``: send
+half the body, then close), ``/_control/corrupt?path=P&offset=O`` flips one byte of P as served,
+``/_control/count`` returns the number of requests served. Only 127.0.0.1 is ever bound.
 """
 
 from __future__ import annotations
@@ -171,7 +172,9 @@ def main() -> None:
     p.add_argument("--root", type=Path)
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--delay-ms", type=float, default=0.0)
-    p.add_argument("--proxy", type=int, default=None, help="forward to this 127.0.0.1 port instead of serving files")
+    p.add_argument(
+        "--proxy", type=int, default=None, help="forward to this 127.0.0.1 port instead of serving files"
+    )
     a = p.parse_args()
     if a.proxy is not None:
         asyncio.run(_proxy(a.port, a.proxy, a.delay_ms))

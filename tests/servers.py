@@ -44,7 +44,9 @@ def _wait_port(port: int, proc: subprocess.Popen, timeout: float = 30.0) -> None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"server process exited with {proc.returncode} before listening on {HOST}:{port}")
+            raise RuntimeError(
+                f"server process exited with {proc.returncode} before listening on {HOST}:{port}"
+            )
         try:
             socket.create_connection((HOST, port), 0.2).close()
             return
@@ -78,8 +80,9 @@ class _Process:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         repo = str(Path(__file__).resolve().parents[1])
         env["PYTHONPATH"] = repo + os.pathsep + env.get("PYTHONPATH", "")
-        self.proc = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
-                                     cwd=repo)
+        self.proc = subprocess.Popen(
+            self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=repo
+        )
         _RUNNING.add(self.proc)
         _wait_port(self.port, self.proc)
         return self
@@ -121,15 +124,23 @@ class S3Server(_Process):
         return f"http://{HOST}:{self.port}"
 
     def env(self) -> dict[str, str]:
-        return {"AWS_ACCESS_KEY_ID": self.KEY_ID, "AWS_SECRET_ACCESS_KEY": self.SECRET,
-                "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": self.endpoint}
+        return {
+            "AWS_ACCESS_KEY_ID": self.KEY_ID,
+            "AWS_SECRET_ACCESS_KEY": self.SECRET,
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL": self.endpoint,
+        }
 
     def upload(self, folder: Path, bucket: str, prefix: str) -> str:
         """Copy every file under ``folder`` to ``s3://bucket/prefix/`` (bucket created); returns that URL."""
         import s3fs
 
-        fs = s3fs.S3FileSystem(key=self.KEY_ID, secret=self.SECRET, client_kwargs={"endpoint_url": self.endpoint},
-                               skip_instance_cache=True)
+        fs = s3fs.S3FileSystem(
+            key=self.KEY_ID,
+            secret=self.SECRET,
+            client_kwargs={"endpoint_url": self.endpoint},
+            skip_instance_cache=True,
+        )
         if not fs.exists(bucket):
             fs.mkdir(bucket)
         for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
@@ -157,15 +168,17 @@ class HTTPServer(_Process):
         return f"http://{HOST}:{self.port}"
 
     def fault(self, count: int, kind: str = "503", path: str = "") -> None:
-        """Make the next ``count`` requests (under ``path``, if given) fail: ``503``/``500``/``403``/``404`` answers,
-        ``reset`` (connection closed without an answer) or ``truncate`` (half the body, then close)."""
+        """Make the next ``count`` requests (under ``path``, if given) fail: ``503``/``500``/``403``/``404``
+        answers, ``reset`` (connection closed without an answer) or ``truncate`` (half the body, then
+        close)."""
         query = f"count={count}&kind={kind}&path={urllib.request.quote(path)}"
         urllib.request.urlopen(f"{self.url}/_control/fault?{query}", timeout=10).read()
 
     def corrupt(self, path: str, offset: int) -> None:
         """Serve ``path`` with one byte flipped at ``offset`` from now on (as a bad disk or proxy would)."""
-        urllib.request.urlopen(f"{self.url}/_control/corrupt?path={urllib.request.quote(path)}&offset={offset}",
-                               timeout=10).read()
+        urllib.request.urlopen(
+            f"{self.url}/_control/corrupt?path={urllib.request.quote(path)}&offset={offset}", timeout=10
+        ).read()
 
     def requests(self) -> int:
         """Requests served so far (control requests excluded)."""
@@ -173,8 +186,8 @@ class HTTPServer(_Process):
 
 
 class DelayProxy(_Process):
-    """``python -m tests.range_http --proxy``: forwards 127.0.0.1:port to ``target_port``, holding each request
-    (each burst of client bytes) for ``delay_ms`` before passing it on."""
+    """``python -m tests.range_http --proxy``: forwards 127.0.0.1:port to ``target_port``, holding each
+    request (each burst of client bytes) for ``delay_ms`` before passing it on."""
 
     def __init__(self, target_port: int, delay_ms: float) -> None:
         super().__init__()

@@ -6,7 +6,9 @@
   import ``chammi_cli``);
 - no module imports a private (``_name``) object from another module;
 - no import cycles inside a package (imports inside functions included);
-- a module is at most 400 lines, unless its docstring says why it is longer ("longer than 400 lines").
+- a module is at most 500 lines of ruff-formatted code (the formatter spreads arguments one per line, about
+  20% more lines than the dense style the earlier 400-line rule counted), unless its docstring says why it is
+  longer ("longer than 500 lines").
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("chammi_cli", "chammi_data", "chammi_models", "pipelines")
 MODULES = sorted(p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py") if "_manifests" not in p.parts)
-MAX_LINES = 400
-LONG_REASON = "longer than 400 lines"
+MAX_LINES = 500
+LONG_REASON = "longer than 500 lines"
 
 
 def _name(path: Path) -> str:
@@ -47,8 +49,12 @@ def _imports(path: Path) -> list[tuple[str, list[str]]]:
 
 
 #: packages each package may import
-ALLOWED = {"chammi_data": {"chammi_data"}, "pipelines": {"pipelines", "chammi_data"},
-           "chammi_models": {"chammi_models", "chammi_data"}, "chammi_cli": set(PACKAGES)}
+ALLOWED = {
+    "chammi_data": {"chammi_data"},
+    "pipelines": {"pipelines", "chammi_data"},
+    "chammi_models": {"chammi_models", "chammi_data"},
+    "chammi_cli": set(PACKAGES),
+}
 
 
 @pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(ROOT)))
@@ -84,7 +90,7 @@ def test_no_import_cycles(package: str) -> None:
 
     def visit(node: str, trail: list[str]) -> None:
         if node in trail:
-            raise AssertionError("import cycle: " + " -> ".join([*trail[trail.index(node):], node]))
+            raise AssertionError("import cycle: " + " -> ".join([*trail[trail.index(node) :], node]))
         for dep in sorted(graph.get(node, ())):
             visit(dep, [*trail, node])
 

@@ -36,7 +36,8 @@ REQUIRED_IN_WHEEL = (
 
 
 def test_pyproject_lists_every_package_and_data_folder():
-    """``[tool.setuptools] packages`` is an explicit list: a new subpackage or manifests folder must be added."""
+    """``[tool.setuptools] packages`` is an explicit list: a new subpackage or manifests folder must be
+    added."""
     config = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]
     mapped = {folder: pkg for pkg, folder in config["package-dir"].items()}
     expected = set()
@@ -52,16 +53,25 @@ def test_pyproject_lists_every_package_and_data_folder():
 
 def _source_files() -> list[str]:
     """Tracked + untracked-not-ignored files of the checkout (what a clone or an sdist would hold)."""
-    out = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, check=True,
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard", "-z"],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     return [f for f in out.split("\0") if f and (REPO / f).is_file()]
 
 
 def _run(cmd: list[str | Path], cwd: Path, env: dict[str, str], timeout: int = 300) -> str:
-    proc = subprocess.run([str(c) for c in cmd], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [str(c) for c in cmd], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
     if proc.returncode != 0:
-        pytest.fail(f"{' '.join(map(str, cmd))} exited {proc.returncode}\n--- stdout\n{proc.stdout[-3000:]}\n"
-                    f"--- stderr\n{proc.stderr[-3000:]}")
+        pytest.fail(
+            f"{' '.join(map(str, cmd))} exited {proc.returncode}\n--- stdout\n{proc.stdout[-3000:]}\n"
+            f"--- stderr\n{proc.stderr[-3000:]}"
+        )
     return proc.stdout
 
 
@@ -77,8 +87,11 @@ def test_wheel_installs_and_runs_outside_checkout(tmp_path: Path):
         shutil.copy2(REPO / rel, src / rel)
     dist = tmp_path / "dist"
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH" and not k.startswith("CHAMMI_")}
-    _run([sys.executable, "-m", "pip", "wheel", src, "--no-deps", "--no-build-isolation", "-q", "-w", dist],
-         tmp_path, env)
+    _run(
+        [sys.executable, "-m", "pip", "wheel", src, "--no-deps", "--no-build-isolation", "-q", "-w", dist],
+        tmp_path,
+        env,
+    )
     (wheel,) = dist.glob("chammi-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert not [f for f in REQUIRED_IN_WHEEL if f not in names], sorted(names)
@@ -87,20 +100,33 @@ def test_wheel_installs_and_runs_outside_checkout(tmp_path: Path):
     venv = tmp_path / "venv"
     _run([sys.executable, "-m", "venv", "--without-pip", venv], tmp_path, env)
     vpy = venv / "bin" / "python"
-    site = Path(_run([vpy, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], tmp_path, env).strip())
+    site = Path(
+        _run([vpy, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], tmp_path, env).strip()
+    )
     borrowed = dict.fromkeys(sysconfig.get_paths()[k] for k in ("purelib", "platlib"))
     (site / "_chammi_test_deps.pth").write_text("\n".join(borrowed) + "\n", encoding="utf-8")
-    _run([sys.executable, "-m", "pip", "--python", vpy, "install", "--no-deps", "--no-index", "-q", wheel],
-         tmp_path, env)
+    _run(
+        [sys.executable, "-m", "pip", "--python", vpy, "install", "--no-deps", "--no-index", "-q", wheel],
+        tmp_path,
+        env,
+    )
 
     # 3. From another folder, nothing of the checkout importable: the installed code and data are used.
     work = tmp_path / "work"
     work.mkdir()
     env.update(CHAMMI_RELEASE=str(work / "default_release"), MPLBACKEND="Agg", TQDM_DISABLE="1")
-    where = _run([vpy, "-c", "import chammi_data, chammi_models, pipelines\n"
-                  "from chammi_data.store.paths import manifests_dir, configs_dir\n"
-                  "for x in (chammi_data.__file__, chammi_models.__file__, pipelines.__file__, manifests_dir(), "
-                  "configs_dir()): print(x)"], work, env).split()
+    where = _run(
+        [
+            vpy,
+            "-c",
+            "import chammi_data, chammi_models, pipelines\n"
+            "from chammi_data.store.paths import manifests_dir, configs_dir\n"
+            "for x in (chammi_data.__file__, chammi_models.__file__, pipelines.__file__, manifests_dir(), "
+            "configs_dir()): print(x)",
+        ],
+        work,
+        env,
+    ).split()
     for path in where:
         assert Path(path).resolve().is_relative_to(venv.resolve()), (path, where)
 
@@ -109,17 +135,55 @@ def test_wheel_installs_and_runs_outside_checkout(tmp_path: Path):
     _run([bin_ / "chammi-build", "--source", "all", "--output", rel, "--quiet"], work, env)
     assert check_release_ome_zarr(rel) == ["wtc11", "hpa", "cp"]  # a pipeline-built sample is OME-Zarr
     assert "OK" in _run([bin_ / "chammi", "validate", rel, "--quiet"], work, env)
-    proc = subprocess.run([str(bin_ / "chammi"), "train", "--config", "tiny_cpu", "--release", str(rel), "--out", str(run),
-                           "optim.max_steps=2"], cwd=work, env=env, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            str(bin_ / "chammi"),
+            "train",
+            "--config",
+            "tiny_cpu",
+            "--release",
+            str(rel),
+            "--out",
+            str(run),
+            "optim.max_steps=2",
+        ],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, (
         "chammi train --config tiny_cpu failed from the installed wheel"
-        + (" (chammi_models/training/config.py must take CONFIGS_DIR from chammi_data.store.paths.configs_dir())"
-           if "bundled configs" in proc.stderr else "")
+        + (
+            " (chammi_models/training/config.py must take CONFIGS_DIR from "
+            "chammi_data.store.paths.configs_dir())"
+            if "bundled configs" in proc.stderr
+            else ""
+        )
         + f"\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
     )
-    _run([bin_ / "chammi", "embed", "--checkpoint", run, "--release", rel, "--out", feats, "--workers", "0",
-          "--device", "cpu"], work, env)
-    out = _run([bin_ / "chammi", "eval", "--features", feats, "--release", rel, "--out", ev, "--device", "cpu"],
-               work, env)
+    _run(
+        [
+            bin_ / "chammi",
+            "embed",
+            "--checkpoint",
+            run,
+            "--release",
+            rel,
+            "--out",
+            feats,
+            "--workers",
+            "0",
+            "--device",
+            "cpu",
+        ],
+        work,
+        env,
+    )
+    out = _run(
+        [bin_ / "chammi", "eval", "--features", feats, "--release", rel, "--out", ev, "--device", "cpu"],
+        work,
+        env,
+    )
     assert "CPS=" in out and (ev / "results.csv").is_file()

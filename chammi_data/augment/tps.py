@@ -2,10 +2,10 @@
 
 The warp is defined by a ``grid x grid`` lattice of control points spread evenly over the image, in the
 normalised coordinates of :func:`torch.nn.functional.grid_sample` (x and y in [-1, 1], ``align_corners=False``
-so -1 / 1 are the outer edges of the border pixels). Each control point ``c_i`` is displaced by ``d_i`` and the
-warped image shows at ``c_i + d_i`` what the input showed at ``c_i``. We fit the *backward* map
-``f(c_i + d_i) = c_i`` with a TPS and sample the input at ``f(q)`` for every output pixel ``q``: one sampling
-grid for all channels, so every channel gets the same warp.
+so -1 / 1 are the outer edges of the border pixels). Each control point ``c_i`` is displaced by ``d_i`` and
+the warped image shows at ``c_i + d_i`` what the input showed at ``c_i``. We fit the *backward* map ``f(c_i +
+d_i) = c_i`` with a TPS and sample the input at ``f(q)`` for every output pixel ``q``: one sampling grid for
+all channels, so every channel gets the same warp.
 
 Displacements are uniform in ``[-max_shift, max_shift]`` times the image size along each axis (0.1 = up to 10%
 of the width horizontally, of the height vertically). Which points may move (``edges``):
@@ -47,8 +47,9 @@ def random_displacements(
 ) -> torch.Tensor:
     """Random control-point displacements, (grid*grid, 2) float64 in normalised units.
 
-    ``max_shift`` is a fraction of the image size; the normalised image spans 2 units, so a point moves at most
-    ``2 * max_shift`` units per axis. Corners get zero; edge points follow ``edges`` (see module docstring).
+    ``max_shift`` is a fraction of the image size; the normalised image spans 2 units, so a point moves at
+    most ``2 * max_shift`` units per axis. Corners get zero; edge points follow ``edges`` (see module
+    docstring).
     """
     if edges not in EDGE_MODES:
         raise ValueError(f"unknown TPS edge mode {edges!r}; valid: {', '.join(EDGE_MODES)}")
@@ -74,7 +75,9 @@ def _radial(d2: torch.Tensor) -> torch.Tensor:
     return torch.xlogy(d2, d2)
 
 
-def fit_tps(centres: torch.Tensor, values: torch.Tensor, regularisation: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+def fit_tps(
+    centres: torch.Tensor, values: torch.Tensor, regularisation: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Fit ``f(centres[i]) = values[i]`` with a 2-D thin-plate spline.
 
     centres, values: (n, 2). Returns (weights (n, 2), affine (3, 2)) such that
@@ -85,7 +88,9 @@ def fit_tps(centres: torch.Tensor, values: torch.Tensor, regularisation: float =
     v = values.to(torch.float64)
     n = c.shape[0]
     if c.shape != (n, 2) or v.shape != (n, 2) or n < 3:
-        raise ValueError(f"TPS needs (n, 2) centres and values with n >= 3, got {tuple(c.shape)} and {tuple(v.shape)}")
+        raise ValueError(
+            f"TPS needs (n, 2) centres and values with n >= 3, got {tuple(c.shape)} and {tuple(v.shape)}"
+        )
     k = _radial(torch.cdist(c, c).square()) + regularisation * torch.eye(n, dtype=torch.float64)
     p = torch.cat([torch.ones(n, 1, dtype=torch.float64), c], dim=1)
     system = torch.zeros(n + 3, n + 3, dtype=torch.float64)
@@ -100,7 +105,9 @@ def fit_tps(centres: torch.Tensor, values: torch.Tensor, regularisation: float =
     return sol[:n], sol[n:]
 
 
-def evaluate_tps(points: torch.Tensor, centres: torch.Tensor, weights: torch.Tensor, affine: torch.Tensor) -> torch.Tensor:
+def evaluate_tps(
+    points: torch.Tensor, centres: torch.Tensor, weights: torch.Tensor, affine: torch.Tensor
+) -> torch.Tensor:
     """Evaluate a fitted TPS at ``points`` (m, 2) -> (m, 2), float64."""
     q = points.to(torch.float64)
     u = _radial(torch.cdist(q, centres.to(torch.float64)).square())
@@ -150,7 +157,8 @@ def warp_image(
     padding_mode: str = "zeros",
     step: int = 4,
 ) -> torch.Tensor:
-    """Warp a (C, H, W) float image by control-point ``displacements`` (grid*grid, 2); same warp for all channels.
+    """Warp a (C, H, W) float image by control-point ``displacements`` (grid*grid, 2); same warp for all
+    channels.
 
     ``padding_mode`` is passed to ``grid_sample``: ``zeros`` (default) fills pulled-in area with 0, which is
     the dark background of fluorescence images before normalisation. ``step``: see :func:`tps_sampling_grid`
@@ -163,7 +171,9 @@ def warp_image(
     if g * g != n:
         raise ValueError(f"{n} displacements do not form a square control grid")
     src = control_points(g)
-    sampling = tps_sampling_grid(image.shape[1], image.shape[2], src, src + displacements.to(torch.float64), step)
+    sampling = tps_sampling_grid(
+        image.shape[1], image.shape[2], src, src + displacements.to(torch.float64), step
+    )
     dtype = image.dtype if image.is_floating_point() else torch.float32
     out = F.grid_sample(
         image[None].to(dtype),
@@ -200,7 +210,13 @@ class ThinPlateSpline:
         if padding_mode not in ("zeros", "border", "reflection"):
             raise ValueError(f"unknown padding_mode {padding_mode!r}; valid: zeros, border, reflection")
         control_points(grid)  # validates grid
-        self.p, self.grid, self.max_shift, self.edges, self.padding_mode = p, grid, max_shift, edges, padding_mode
+        self.p, self.grid, self.max_shift, self.edges, self.padding_mode = (
+            p,
+            grid,
+            max_shift,
+            edges,
+            padding_mode,
+        )
         self.step = max(1, int(step))
 
     def __call__(self, sample: dict[str, Any], generator: torch.Generator | None = None) -> dict[str, Any]:

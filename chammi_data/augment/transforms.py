@@ -1,10 +1,10 @@
 """Sample transforms for (C, H, W) float images of any channel count (the paper's recipe).
 
-Every transform takes a sample dict (``image``, ``channels``, ``source``, ``label``, ``cell_id``, ``meta``) and
-returns a new sample dict; the input dict is not modified. Random transforms take an optional
-``generator: torch.Generator``: the stream passes one seeded from (seed, epoch, global sample index), so an
-augmentation depends on that triple only, not on the number of workers or ranks. Without a generator they
-use torch's global RNG.
+Every transform takes a sample dict (``image``, ``channels``, ``source``, ``label``, ``cell_id``, ``meta``)
+and returns a new sample dict; the input dict is not modified. Random transforms take an optional ``generator:
+torch.Generator``: the stream passes one seeded from (seed, epoch, global sample index), so an augmentation
+depends on that triple only, not on the number of workers or ranks. Without a generator they use torch's
+global RNG.
 
 - :func:`train_transform`: [TPS with probability ``tps_p``] -> RandomResizedCrop -> horizontal flip ->
   per-source, per-channel normalisation.
@@ -22,8 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from chammi_data.format.release_format import to_float_tensor
 from chammi_data.augment.tps import ThinPlateSpline
+from chammi_data.format.release_format import to_float_tensor
 from chammi_data.format.vocab import normalisation_stats, to_names
 
 Sample = dict[str, Any]
@@ -50,7 +50,10 @@ def _image(sample: Sample, op: str) -> torch.Tensor:
     if isinstance(img, np.ndarray) or (isinstance(img, torch.Tensor) and not img.is_floating_point()):
         img = to_float_tensor(img)
     if not isinstance(img, torch.Tensor) or img.ndim != 3:
-        raise ValueError(f"{op}: sample {sample.get('cell_id')!r}: image must be (C, H, W), got {getattr(img, 'shape', type(img))}")
+        raise ValueError(
+            f"{op}: sample {sample.get('cell_id')!r}: image must be (C, H, W), got "
+            f"{getattr(img, 'shape', type(img))}"
+        )
     return img if img.is_floating_point() else img.float()
 
 
@@ -62,7 +65,8 @@ def _with_image(sample: Sample, image: torch.Tensor, **changes: Any) -> Sample:
 
 
 def _resize(img: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-    """Bilinear resize of (C, H, W) with antialiasing when shrinking (matches torchvision's tensor default)."""
+    """Bilinear resize of (C, H, W) with antialiasing when shrinking (matches torchvision's tensor
+    default)."""
     if tuple(img.shape[-2:]) == hw:
         return img
     return F.interpolate(img[None], size=hw, mode="bilinear", align_corners=False, antialias=True)[0]
@@ -76,7 +80,8 @@ def _pair(size: int | Sequence[int]) -> tuple[int, int]:
 
 
 def accepts_generator(fn: Callable[..., Any]) -> bool:
-    """True when ``fn`` can be called as ``fn(sample, generator=g)`` (a keyword ``generator`` or ``**kwargs``)."""
+    """True when ``fn`` can be called as ``fn(sample, generator=g)`` (a keyword ``generator`` or
+    ``**kwargs``)."""
     try:
         params = inspect.signature(fn).parameters.values()
     except (TypeError, ValueError):  # builtins without a signature
@@ -119,7 +124,10 @@ class ChannelSubset:
         wanted = [c for c in self.names if c in have]
         if len(wanted) < len(self.names) and (self.missing == "error" or not wanted):
             lacking = [c for c in self.names if c not in have]
-            raise KeyError(f"sample {sample.get('cell_id')!r} ({sample.get('source')}) has channels {list(have)}; missing {lacking}")
+            raise KeyError(
+                f"sample {sample.get('cell_id')!r} ({sample.get('source')}) has channels {list(have)}; "
+                f"missing {lacking}"
+            )
         img = _image(sample, "ChannelSubset")
         index = torch.tensor([have.index(c) for c in wanted], dtype=torch.long, device=img.device)
         return _with_image(sample, img.index_select(0, index), channels=tuple(wanted))
@@ -144,7 +152,9 @@ class Normalize:
             return normalisation_stats(source, channels)
         table = self.stats.get(source)
         if table is None or any(c not in table for c in channels):
-            raise KeyError(f"Normalize: no stats for source {source!r} channels {list(channels)}; have {self.stats}")
+            raise KeyError(
+                f"Normalize: no stats for source {source!r} channels {list(channels)}; have {self.stats}"
+            )
         return [table[c][0] for c in channels], [table[c][1] for c in channels]
 
     def __call__(self, sample: Sample) -> Sample:
@@ -175,7 +185,9 @@ class RandomResizedCrop:
         self.scale = (float(scale[0]), float(scale[1]))
         self.ratio = (float(ratio[0]), float(ratio[1]))
 
-    def params(self, height: int, width: int, generator: torch.Generator | None = None) -> tuple[int, int, int, int]:
+    def params(
+        self, height: int, width: int, generator: torch.Generator | None = None
+    ) -> tuple[int, int, int, int]:
         """(top, left, h, w) of the crop box in pixels."""
         area = height * width
         log_r = (math.log(self.ratio[0]), math.log(self.ratio[1]))
@@ -291,7 +303,8 @@ def train_transform(
 
 
 def eval_transform(size: int = 224, normalize: bool = True, channels: Sequence[str] | None = None) -> Compose:
-    """The paper's evaluation transform: shorter side to ``size``, centre crop ``size`` x ``size``, normalise."""
+    """The paper's evaluation transform: shorter side to ``size``, centre crop ``size`` x ``size``,
+    normalise."""
     steps: list[Callable[..., Sample]] = []
     if channels is not None:
         steps.append(ChannelSubset(channels))
@@ -301,10 +314,15 @@ def eval_transform(size: int = 224, normalize: bool = True, channels: Sequence[s
     return Compose(steps)
 
 
-def apply_seeded(transform: Callable[..., dict[str, Any]] | None, sample: dict[str, Any], seed: int,
-                 takes_generator: bool | None = None) -> dict[str, Any]:
-    """``transform(sample)`` with its randomness from ``seed``: through a ``generator=`` argument when it takes
-    one, else under a forked torch RNG seeded with it. The stream and the device transform both use this."""
+def apply_seeded(
+    transform: Callable[..., dict[str, Any]] | None,
+    sample: dict[str, Any],
+    seed: int,
+    takes_generator: bool | None = None,
+) -> dict[str, Any]:
+    """``transform(sample)`` with its randomness from ``seed``: through a ``generator=`` argument when it
+    takes one, else under a forked torch RNG seeded with it. The stream and the device transform both use
+    this."""
     if transform is None:
         return sample
     if takes_generator is None:

@@ -38,7 +38,8 @@ def load_features(directory: str | Path, feature_file: str | None = None) -> dic
     """{source key: (N, D) array} from ``directory/<Allen|HPA|CP|wtc11|hpa|cp>/*.npy``.
 
     With several ``.npy`` in a folder, ``feature_file`` (name with or without ``.npy``) picks one; without it
-    that is an error listing them. Folders of other names are ignored; two folders for one source are an error.
+    that is an error listing them. Folders of other names are ignored; two folders for one source are an
+    error.
     """
     root = Path(directory)
     if not root.is_dir():
@@ -65,7 +66,8 @@ def load_features(directory: str | Path, feature_file: str | None = None) -> dic
                 raise FileNotFoundError(f"no .npy feature file in {sub}")
             if len(files) > 1:
                 raise EvaluationInputError(
-                    f"{sub} holds several feature files {[p.name for p in files]}: pick one with --feature-file NAME"
+                    f"{sub} holds several feature files {[p.name for p in files]}: pick one with "
+                    "--feature-file NAME"
                 )
             path = files[0]
         found[key] = path
@@ -104,7 +106,8 @@ def save_features(directory: str | Path, features: Mapping[str, Any], name: str)
 
 
 def check_features(features: Mapping[str, Any], metric: str) -> dict[str, np.ndarray]:
-    """{source key: float (N, D) numpy array}, checked: known source, 2-D, finite, non-zero rows for cosine."""
+    """{source key: float (N, D) numpy array}, checked: known source, 2-D, finite, non-zero rows for
+    cosine."""
     if not isinstance(features, Mapping) or not features:
         raise EvaluationInputError("features must be a non-empty {source: (N, D) array} mapping")
     out: dict[str, np.ndarray] = {}
@@ -128,12 +131,11 @@ def check_features(features: Mapping[str, Any], metric: str) -> dict[str, np.nda
             zero = np.flatnonzero(~np.any(arr != 0, axis=1))
             if len(zero):
                 raise EvaluationInputError(
-                    f"source {key}: zero-norm feature rows cannot be L2-normalised for metric cosine: {rows_text(zero)}"
+                    f"source {key}: zero-norm feature rows cannot be L2-normalised for metric cosine: "
+                    f"{rows_text(zero)}"
                 )
         out[key] = arr
     return {k: out[k] for k in SOURCE_KEYS if k in out}
-
-
 
 
 #: ``chammi embed`` writes this beside the feature folders: where the features came from.
@@ -147,8 +149,9 @@ def feature_file_digests(paths: Mapping[str, Path]) -> dict[str, str]:
     return {SOURCES[source_key(k)].folder: file_sha256(p) for k, p in paths.items()}
 
 
-def identity_problems(directory: str | Path, provenance: Mapping[str, Any],
-                      feature_file: str | None = None) -> list[str]:
+def identity_problems(
+    directory: str | Path, provenance: Mapping[str, Any], feature_file: str | None = None
+) -> list[str]:
     """Why features in ``directory`` may not belong to the release being scored (empty: nothing found).
 
     Uses the ``embedding.json`` that ``chammi embed`` writes: the manifest sha256 of the release the features
@@ -170,12 +173,16 @@ def identity_problems(directory: str | Path, provenance: Mapping[str, Any],
     problems = []
     want, got = info.get("manifest_sha256"), provenance.get("manifest_sha256")
     if provenance.get("kind") == "release" and want and got and want != got:
-        problems.append(f"{path}: the features were embedded from release {info.get('release_dir')} (manifest sha256 "
-                        f"{want[:16]}...), not from the release being scored (manifest sha256 {got[:16]}...)")
+        problems.append(
+            f"{path}: the features were embedded from release {info.get('release_dir')} (manifest sha256 "
+            f"{want[:16]}...), not from the release being scored (manifest sha256 {got[:16]}...)"
+        )
     name = info.get("features_name") if feature_file is None else feature_file.removesuffix(".npy")
     for folder, digest in (info.get("files") or {}).items():
         npy = Path(directory) / folder / f"{name}.npy"
         if npy.is_file() and file_sha256(npy) != digest:
-            problems.append(f"{npy}: changed since chammi embed wrote it (sha256 differs from {EMBEDDING_JSON}): "
-                            f"rows permuted, replaced or edited")
+            problems.append(
+                f"{npy}: changed since chammi embed wrote it (sha256 differs from {EMBEDDING_JSON}): "
+                f"rows permuted, replaced or edited"
+            )
     return problems

@@ -126,7 +126,8 @@ class NearestNeighborIndex:
             self.r_max = 1.0
 
     def _to_device(self, x: np.ndarray, scale: np.ndarray, np_dtype: type, chunk: int = 8192) -> torch.Tensor:
-        """Rows of ``x`` times ``scale`` in the working dtype (two roundings per element, within the bound)."""
+        """Rows of ``x`` times ``scale`` in the working dtype (two roundings per element, within the
+        bound)."""
         out = torch.empty((len(x), x.shape[1]), dtype=self.dtype, device=self.device)
         for a in range(0, len(x), chunk):
             block = x[a : a + chunk].astype(np_dtype, copy=False) * scale[a : a + chunk, None].astype(
@@ -183,7 +184,9 @@ class NearestNeighborIndex:
         np_dtype = np.float32 if self.dtype == torch.float32 else np.float64
         scale = 1.0 / q_norms if self.metric == "cosine" else np.ones_like(q_norms)
         starts = range(0, len(q), rows)
-        for a in progress_bar(starts, desc=f"1-NN ({self.metric})", unit="block", disable=not progress, leave=False):
+        for a in progress_bar(
+            starts, desc=f"1-NN ({self.metric})", unit="block", disable=not progress, leave=False
+        ):
             b = min(a + rows, len(q))
             qb = self._to_device(q[a:b], scale[a:b], np_dtype)
             if self.metric == "cosine":

@@ -11,7 +11,8 @@ from chammi_data.format.vocab import SOURCES
 
 
 def _tile_row(images: Sequence[np.ndarray], pad: int) -> np.ndarray:
-    """(C, H, W) images -> one 2-D strip: per cell its C channel tiles side by side, cells separated by ``pad``."""
+    """(C, H, W) images -> one 2-D strip: per cell its C channel tiles side by side, cells separated by
+    ``pad``."""
     tiles = []
     for img in images:
         c, h, w = img.shape
@@ -19,7 +20,7 @@ def _tile_row(images: Sequence[np.ndarray], pad: int) -> np.ndarray:
         for k in range(c):
             ch = img[k].astype(np.float32)
             hi = float(np.percentile(ch, 99.5)) or 1.0  # per-tile contrast stretch for display only
-            strip[:, k * (w + 2): k * (w + 2) + w] = np.clip(ch / hi, 0, 1)
+            strip[:, k * (w + 2) : k * (w + 2) + w] = np.clip(ch / hi, 0, 1)
         tiles.append(strip)
         tiles.append(np.ones((tiles[-1].shape[0], pad), dtype=np.float32))
     return np.concatenate(tiles[:-1], axis=1)
@@ -50,8 +51,15 @@ def save_montage(
         names = list((channels or {}).get(source) or SOURCES[source].channels)
         rows = []
         for label in sorted(by_label):
-            cells = [resize(np.asarray(im, dtype=np.float32), (im.shape[0], tile, tile), anti_aliasing=True,
-                            preserve_range=True) for im in by_label[label]]
+            cells = [
+                resize(
+                    np.asarray(im, dtype=np.float32),
+                    (im.shape[0], tile, tile),
+                    anti_aliasing=True,
+                    preserve_range=True,
+                )
+                for im in by_label[label]
+            ]
             if cells:
                 rows.append((label, _tile_row(cells, pad=8)))
         if rows:
@@ -61,14 +69,21 @@ def save_montage(
     heights = [len(rows) for _, _, rows in blocks]
     width = max(strip.shape[1] for _, _, rows in blocks for _, strip in rows)
     fig_w = 2.2 + width / 90
-    fig, axes = plt.subplots(len(blocks), 1, figsize=(fig_w, sum(heights) * (tile / 90 + 0.25) + 0.9 * len(blocks)),
-                             gridspec_kw={"height_ratios": heights}, squeeze=False)
+    fig, axes = plt.subplots(
+        len(blocks),
+        1,
+        figsize=(fig_w, sum(heights) * (tile / 90 + 0.25) + 0.9 * len(blocks)),
+        gridspec_kw={"height_ratios": heights},
+        squeeze=False,
+    )
     for ax, (source, names, rows) in zip(axes[:, 0], blocks, strict=True):
         canvas = np.ones((len(rows) * (tile + 6), width), dtype=np.float32)
         for r, (_, strip) in enumerate(rows):
-            canvas[r * (tile + 6): r * (tile + 6) + tile, : strip.shape[1]] = strip
+            canvas[r * (tile + 6) : r * (tile + 6) + tile, : strip.shape[1]] = strip
         ax.imshow(canvas, cmap="gray", vmin=0, vmax=1, interpolation="nearest", aspect="equal")
-        ax.set_yticks([r * (tile + 6) + tile / 2 for r in range(len(rows))], [lab for lab, _ in rows], fontsize=8)
+        ax.set_yticks(
+            [r * (tile + 6) + tile / 2 for r in range(len(rows))], [lab for lab, _ in rows], fontsize=8
+        )
         ax.set_xticks([k * (tile + 2) + tile / 2 for k in range(len(names))], names, fontsize=7, rotation=30)
         ax.xaxis.tick_top()
         ax.set_title(f"{source} ({SOURCES[source].folder}): channels {', '.join(names)}", fontsize=9, pad=18)

@@ -34,7 +34,8 @@ def axis_label(source: str, task: str) -> str:
 def task_scores(
     table: pd.DataFrame | Sequence[Mapping[str, Any]], column: str = "f1_score_macro"
 ) -> np.ndarray:
-    """(9,) scores in :data:`RADAR_AXES` order from a results table (``dataset`` as folder or key); NaN if absent."""
+    """(9,) scores in :data:`RADAR_AXES` order from a results table (``dataset`` as folder or key); NaN if
+    absent."""
     frame = table if isinstance(table, pd.DataFrame) else pd.DataFrame(list(table))
     lookup = {
         (source_info(str(r["dataset"])).key, str(r["task"])): float(r[column]) for _, r in frame.iterrows()

@@ -20,8 +20,8 @@ import pandas as pd
 from chammi_data.evaluation.features import EvaluationInputError, rows_text, source_key
 from chammi_data.format.release_format import parse_bool, train_mask
 from chammi_data.format.schema import file_sha256
-from chammi_data.store.storage import ReleaseStore, open_store
 from chammi_data.format.vocab import LOGO_TASKS, SOURCE_KEYS, SOURCES
+from chammi_data.store.storage import ReleaseStore, open_store
 
 
 @dataclass
@@ -48,7 +48,8 @@ class ProtocolTable:
         return values
 
     def digest(self) -> str:
-        """sha256 of everything the protocol reads (labels, splits, tasks, groups), whatever the input form."""
+        """sha256 of everything the protocol reads (labels, splits, tasks, groups), whatever the input
+        form."""
         h = hashlib.sha256(self.key.encode())
         for part in (self.labels, self.train, *self.tasks.values(), *self.groups.values()):
             h.update("\x1f".join(map(str, part.tolist())).encode())
@@ -60,7 +61,8 @@ def task_rows(table: ProtocolTable, task: str) -> np.ndarray:
     rows = np.flatnonzero(table.tasks[task])
     if not len(rows):
         raise EvaluationInputError(
-            f"source {table.key} ({SOURCES[table.key].folder}), task {task}: no row is marked True ({table.origin})"
+            f"source {table.key} ({SOURCES[table.key].folder}), task {task}: no row is marked True "
+            f"({table.origin})"
         )
     return rows
 
@@ -79,7 +81,8 @@ def _bool_column(df: pd.DataFrame, col: str, key: str, origin: str) -> np.ndarra
     if bad:
         rows = np.asarray(bad)
         raise EvaluationInputError(
-            f"source {key}, column {col}: values {values.iloc[bad[0]]!r}... are not booleans in {rows_text(rows)} ({origin})"
+            f"source {key}, column {col}: values {values.iloc[bad[0]]!r}... are not booleans in "
+            f"{rows_text(rows)} ({origin})"
         )
     return out
 
@@ -124,7 +127,8 @@ def protocol_table(df: pd.DataFrame, key: str, origin: str) -> ProtocolTable:
 
 
 def _split_frame(df: pd.DataFrame, origin: str) -> dict[str, pd.DataFrame]:
-    """A single table of several sources -> {key: rows in order}; ours has `source`, merged official `chunk`."""
+    """A single table of several sources -> {key: rows in order}; ours has `source`, merged official
+    `chunk`."""
     col = (
         "source"
         if "label" in df.columns and "source" in df.columns
@@ -134,7 +138,8 @@ def _split_frame(df: pd.DataFrame, origin: str) -> dict[str, pd.DataFrame]:
     )
     if col is None:
         raise EvaluationInputError(
-            f"{origin}: a single table needs a `source` (our manifest) or `chunk` (official merged CSV) column"
+            f"{origin}: a single table needs a `source` (our manifest) or `chunk` (official merged CSV) "
+            "column"
         )
     out: dict[str, pd.DataFrame] = {}
     for name in pd.unique(df[col].astype(str)):
@@ -213,7 +218,8 @@ def load_protocol_tables(
         prov, origin = {"kind": "dataframes"}, "manifest mapping"
     else:
         raise EvaluationInputError(
-            f"unsupported manifest type {type(manifest).__name__}: give a path, a DataFrame or {{source: DataFrame}}"
+            f"unsupported manifest type {type(manifest).__name__}: give a path, a DataFrame or "
+            f"{{source: DataFrame}}"
         )
     wanted = sources if sources is not None else [k for k in SOURCE_KEYS if k in frames]
     missing = [k for k in wanted if k not in frames]

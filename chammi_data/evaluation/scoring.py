@@ -1,15 +1,15 @@
 """The CHAMMI benchmark protocol as one pure, strict function: features + manifest -> scores and CPS.
 
-Protocol (as the official evaluator): reference = all ``Train`` rows of a source; query = rows whose task column is
-true; exact 1-NN (``cosine`` on L2-normalised rows or ``l2`` on raw rows; ties -> lowest reference index)
-or the official ``sgd`` alternative; macro-F1 over the classes present in the task's ground truth, plus
-accuracy. Leave-one-group-out tasks (``vocab.LOGO_TASKS``): for each group g, reference = Train rows then
-the task's rows of every other group (both in manifest order: this concatenated order is the one ties are
-broken by), query = the task's rows of g; predictions of all groups are pooled and scored once, and
-per-group scores are reported beside the pooled one. CPS = W2/3 + (H2+H3)/6 + (C2+C3+C4)/9.
+Protocol (as the official evaluator): reference = all ``Train`` rows of a source; query = rows whose task
+column is true; exact 1-NN (``cosine`` on L2-normalised rows or ``l2`` on raw rows; ties -> lowest reference
+index) or the official ``sgd`` alternative; macro-F1 over the classes present in the task's ground truth, plus
+accuracy. Leave-one-group-out tasks (``vocab.LOGO_TASKS``): for each group g, reference = Train rows then the
+task's rows of every other group (both in manifest order: this concatenated order is the one ties are broken
+by), query = the task's rows of g; predictions of all groups are pooled and scored once, and per-group scores
+are reported beside the pooled one. CPS = W2/3 + (H2+H3)/6 + (C2+C3+C4)/9.
 
-Checking features lives in :mod:`chammi_data.evaluation.features`, reading manifests in :mod:`chammi_data.evaluation.protocol`, the
-search in :mod:`chammi_data.evaluation.knn`.
+Checking features lives in :mod:`chammi_data.evaluation.features`, reading manifests in
+:mod:`chammi_data.evaluation.protocol`, the search in :mod:`chammi_data.evaluation.knn`.
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ from sklearn.linear_model import SGDClassifier
 
 from chammi_data.evaluation.features import EvaluationInputError, check_features
 from chammi_data.evaluation.knn import DEFAULT_BLOCK_SIZE, METRICS, NearestNeighborIndex
-from chammi_data.progress import progress as progress_bar
 from chammi_data.evaluation.protocol import ProtocolTable, load_protocol_tables, task_rows
 from chammi_data.format.vocab import CPS_WEIGHTS, LOGO_TASKS, SOURCE_KEYS, SOURCES, source_info
+from chammi_data.progress import progress as progress_bar
 
 CLASSIFIERS: tuple[str, ...] = ("knn", "sgd")
 #: Columns of ``EvalResult.table``; the official results.csv keeps :data:`OFFICIAL_COLUMNS`.
@@ -166,7 +166,8 @@ class _Scorer:
                 ref = np.concatenate([self.train, queries[groups != g]])
                 pred[groups == g] = self._fit_sgd(ref).predict(self._sgd_features(queries[groups == g]))
             return pred.astype(str)
-        # One search over [Train ; task rows]: query-vs-Train and query-vs-task rows come from the same product,
+        # One search over [Train ; task rows]: query-vs-Train and query-vs-task rows come from the same
+        # product,
         # and the query's own group is masked out, which equals one search per group with the same order.
         ref = np.concatenate([self.train, queries])
         ref_groups = np.concatenate([np.full(len(self.train), -1, dtype=np.int64), groups])
@@ -195,13 +196,14 @@ def evaluate(
     Args:
         features: {source: (N_source, D) float array or tensor}, keys ``wtc11|hpa|cp`` or ``Allen|HPA|CP``;
             row i = row i of that source's manifest rows. Sources may be a subset (then ``cps`` is None).
-        manifest: a release folder (``manifest.parquet``), an official root (``Allen|HPA|CP/enriched_meta.csv``),
+        manifest: a release folder (``manifest.parquet``), an official root
+        (``Allen|HPA|CP/enriched_meta.csv``),
             a path to a manifest/metadata file, a DataFrame (our manifest: ``label``/``source`` columns, or an
             official merged CSV with ``chunk``), or {source: DataFrame} with official columns (``Label``...).
         metric: ``cosine`` (default; the paper's models) or ``l2`` (the official evaluator's default).
-        classifier: ``knn`` (exact 1-NN) or ``sgd`` (SGDClassifier(alpha=0.001, max_iter=100, random_state=0)).
-        block_size: maximum similarity entries held at once by the 1-NN search.
-        device: torch device for the 1-NN products (None: cuda if available, else cpu).
+        classifier: ``knn`` (exact 1-NN) or ``sgd`` (SGDClassifier(alpha=0.001, max_iter=100,
+        random_state=0)). block_size: maximum similarity entries held at once by the 1-NN search. device:
+        torch device for the 1-NN products (None: cuda if available, else cpu).
 
     Raises:
         EvaluationInputError: one clear message per failure (row counts, NaN/inf, zero-norm rows under
@@ -222,7 +224,8 @@ def evaluate(
     for key in feats:
         if len(feats[key]) != len(tables[key]):
             raise EvaluationInputError(
-                f"source {key} ({SOURCES[key].folder}): features have {len(feats[key])} rows but the manifest has "
+                f"source {key} ({SOURCES[key].folder}): features have {len(feats[key])} rows but the "
+                "manifest has "
                 f"{len(tables[key])} rows for this source ({tables[key].origin})"
             )
     queries_of = {(k, t): task_rows(tables[k], t) for k, t in jobs}

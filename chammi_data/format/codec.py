@@ -31,7 +31,9 @@ def encode_image(image: np.ndarray, level: int = ZSTD_LEVEL) -> bytes:
     buf = io.BytesIO()
     np.save(buf, arr, allow_pickle=False)
     # A fresh compressor per call, no threads, no content-size ambiguity: identical input -> identical bytes.
-    return zstandard.ZstdCompressor(level=level, write_content_size=True, write_checksum=True).compress(buf.getvalue())
+    return zstandard.ZstdCompressor(level=level, write_content_size=True, write_checksum=True).compress(
+        buf.getvalue()
+    )
 
 
 def decode_image(data: bytes, where: str = "image", max_bytes: int = 1 << 28) -> np.ndarray:
@@ -47,5 +49,7 @@ def decode_image(data: bytes, where: str = "image", max_bytes: int = 1 << 28) ->
     except Exception as exc:  # zstd errors, truncated npy, object arrays (pickle refused)
         raise CorruptSampleError(f"{where}: cannot decode image ({type(exc).__name__}: {exc})") from None
     if arr.ndim != 3 or arr.dtype not in _ALLOWED_DTYPES:
-        raise CorruptSampleError(f"{where}: expected a (C, H, W) uint8/uint16 array, got shape {arr.shape} dtype {arr.dtype}")
+        raise CorruptSampleError(
+            f"{where}: expected a (C, H, W) uint8/uint16 array, got shape {arr.shape} dtype {arr.dtype}"
+        )
     return arr

@@ -1,9 +1,9 @@
 """The release manifest (one row per cell) and ``release.json``: write, read, select.
 
-``manifest.parquet`` is the source of truth; ``manifest.csv`` is the same table for people and
-spreadsheets. Columns are exactly ``release_format.MANIFEST_COLUMNS`` with fixed types (:data:`MANIFEST_SCHEMA`);
-rows are grouped by source in ``SOURCE_KEYS`` order and, within a source, in feature order (row i of a
-source = feature row i = zarr row i).
+``manifest.parquet`` is the source of truth; ``manifest.csv`` is the same table for people and spreadsheets.
+Columns are exactly ``release_format.MANIFEST_COLUMNS`` with fixed types (:data:`MANIFEST_SCHEMA`); rows are
+grouped by source in ``SOURCE_KEYS`` order and, within a source, in feature order (row i of a source = feature
+row i = zarr row i).
 """
 
 from __future__ import annotations
@@ -30,17 +30,26 @@ from chammi_data.format.release_format import (
     check_cell_id,
     parse_bool_column,
 )
-from chammi_data.store.storage import ReleaseNotFoundError, ReleaseStore, RemoteObjectError, open_store
 from chammi_data.format.vocab import SOURCE_KEYS, source_info
+from chammi_data.store.storage import ReleaseNotFoundError, ReleaseStore, RemoteObjectError, open_store
 
-__all__ = ["MANIFEST_CSV", "MANIFEST_PARQUET", "MANIFEST_SCHEMA", "RELEASE_JSON", "ManifestDigestError",
-           "ReleaseNotFoundError", "read_manifest", "read_release_json", "source_rows", "sources_in",
-           "write_manifest"]
+__all__ = [
+    "MANIFEST_CSV",
+    "MANIFEST_PARQUET",
+    "MANIFEST_SCHEMA",
+    "RELEASE_JSON",
+    "ManifestDigestError",
+    "ReleaseNotFoundError",
+    "read_manifest",
+    "read_release_json",
+    "source_rows",
+    "sources_in",
+    "write_manifest",
+]
 
 MANIFEST_PARQUET = "manifest.parquet"
 MANIFEST_CSV = "manifest.csv"
 RELEASE_JSON = "release.json"
-
 
 
 def _arrow_type(col: str) -> pa.DataType:
@@ -65,8 +74,9 @@ def _missing(store: ReleaseStore, what: str) -> ReleaseNotFoundError:
             f"no release at {store} ({what} not found): run `chammi-build` (or `chammi demo`) to build one, "
             f"or pass root= / set $CHAMMI_RELEASE to an existing release folder or URL"
         )
-    return ReleaseNotFoundError(f"no release at {store} ({what} not found): check the location; "
-                                f"credentials: {store.credentials()}")
+    return ReleaseNotFoundError(
+        f"no release at {store} ({what} not found): check the location; credentials: {store.credentials()}"
+    )
 
 
 def _read(store: ReleaseStore, name: str) -> bytes | None:
@@ -120,8 +130,9 @@ def write_manifest(root: str | Path, df: pd.DataFrame) -> tuple[Path, Path]:
     return parquet, csv
 
 
-def read_manifest(root: Any = None, storage_options: Mapping[str, Any] | None = None,
-                  verify: bool = True) -> pd.DataFrame:
+def read_manifest(
+    root: Any = None, storage_options: Mapping[str, Any] | None = None, verify: bool = True
+) -> pd.DataFrame:
     """The manifest of the release at ``root`` (a folder, a URL, a :class:`ReleaseStore`; default:
     ``storage.default_location()``).
 
@@ -143,8 +154,10 @@ def read_manifest(root: Any = None, storage_options: Mapping[str, Any] | None = 
         got = hashlib.sha256(data).hexdigest()
         if expected != got:
             raise ManifestDigestError(
-                f"{store.path(name)}: sha256 {got[:16]}... differs from {RELEASE_JSON} ({str(expected)[:16]}...): the "
-                f"manifest was edited or corrupted; rebuild the release (chammi-build) or check it with chammi validate"
+                f"{store.path(name)}: sha256 {got[:16]}... differs from {RELEASE_JSON} "
+                f"({str(expected)[:16]}...): the "
+                "manifest was edited or corrupted; rebuild the release (chammi-build) or check it with "
+                "chammi validate"
             )
     try:
         if name == MANIFEST_PARQUET:

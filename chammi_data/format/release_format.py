@@ -75,7 +75,8 @@ def check_cell_id(value: Any, where: str = "cell") -> str:
     """``value`` when it is a valid cell id, else :class:`CellIdError` naming ``where`` and the value."""
     if not isinstance(value, str) or CELL_ID_PATTERN.fullmatch(value) is None:
         raise CellIdError(
-            f"{where}: invalid cell_id {value!r}: cell ids are 1-128 letters, digits, '_' or '-' (no dots, no slashes)"
+            f"{where}: invalid cell_id {value!r}: cell ids are 1-128 letters, digits, '_' or '-' (no dots, "
+            "no slashes)"
         )
     return value
 
@@ -103,7 +104,9 @@ def to_jsonable(value: Any) -> Any:
 
 def canonical_json(obj: Any) -> str:
     """JSON with sorted keys and no whitespace: the same object always gives the same bytes."""
-    return json.dumps(to_jsonable(obj), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return json.dumps(
+        to_jsonable(obj), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
 
 
 def format_channels(channels: Iterable[str]) -> str:
@@ -113,12 +116,23 @@ def format_channels(channels: Iterable[str]) -> str:
 
 @functools.lru_cache(maxsize=256)
 def parse_channels(text: str) -> tuple[str, ...]:
-    """A manifest ``channels`` value -> tuple of vocabulary names (checked; ``KeyError``/``ValueError`` else)."""
+    """A manifest ``channels`` value -> tuple of vocabulary names (checked; ``KeyError``/``ValueError``
+    else)."""
     return to_names(str(text).split(","))
 
 
-_BOOL_TEXT = {"true": True, "t": True, "yes": True, "1": True, "1.0": True,
-              "false": False, "f": False, "no": False, "0": False, "0.0": False}
+_BOOL_TEXT = {
+    "true": True,
+    "t": True,
+    "yes": True,
+    "1": True,
+    "1.0": True,
+    "false": False,
+    "f": False,
+    "no": False,
+    "0": False,
+    "0.0": False,
+}
 
 
 def parse_bool(value: Any, where: str = "value", empty: bool | None = None) -> bool:
@@ -194,8 +208,12 @@ def source_keys(sources: Sequence[str] | str | None) -> list[str] | None:
     return [source_info(s).key for s in ([sources] if isinstance(sources, str) else sources)]
 
 
-def select_rows(manifest: pd.DataFrame, split: str = "train", sources: Sequence[str] | str | None = None,
-                where: str = "the release") -> pd.DataFrame:
+def select_rows(
+    manifest: pd.DataFrame,
+    split: str = "train",
+    sources: Sequence[str] | str | None = None,
+    where: str = "the release",
+) -> pd.DataFrame:
     """Rows of ``manifest`` in ``split``, restricted to ``sources``, in manifest order (index kept).
 
     Splits: ``train`` (``train_test_split == "Train"``), ``test`` (rows of any task), ``all``, a task in every
@@ -208,8 +226,11 @@ def select_rows(manifest: pd.DataFrame, split: str = "train", sources: Sequence[
         manifest = manifest[manifest["source"].isin(keys)]
     rows = _select_split(manifest, split)
     if rows.empty:
-        have = {s: [t for t in TASK_COLUMNS if manifest.loc[manifest["source"] == s, t].any()]
-                for s in SOURCE_KEYS if (manifest["source"] == s).any()}
+        have = {
+            s: [t for t in TASK_COLUMNS if manifest.loc[manifest["source"] == s, t].any()]
+            for s in SOURCE_KEYS
+            if (manifest["source"] == s).any()
+        }
         raise ValueError(f"split {split!r} selects no cells in {where} (sources and their tasks: {have})")
     return rows
 
@@ -232,17 +253,31 @@ def _select_split(manifest: pd.DataFrame, split: str) -> pd.DataFrame:
     try:
         info = source_info(src)
     except KeyError:
-        raise ValueError(f"unknown source in split {split!r}; valid splits: {', '.join(valid_splits())}") from None
+        raise ValueError(
+            f"unknown source in split {split!r}; valid splits: {', '.join(valid_splits())}"
+        ) from None
     if task_col not in info.tasks:
         raise ValueError(f"source {info.key} has no {task_col}; its tasks: {', '.join(info.tasks)}")
     return manifest[(manifest["source"] == info.key) & manifest[task_col]]
 
 
 # ------------------------------------------------------------------------------ records and manifest rows
-def cell_record(*, cell_id: str, source: str, label: str, channels: Sequence[str], shape: Sequence[int],
-                dtype: str, split: str, tasks: Iterable[str], groups: Mapping[str, Any], sha256: str,
-                meta: Mapping[str, Any]) -> dict[str, Any]:
-    """The JSON record stored beside a cell's image in a tar shard (``<key>.json``): everything but the pixels."""
+def cell_record(
+    *,
+    cell_id: str,
+    source: str,
+    label: str,
+    channels: Sequence[str],
+    shape: Sequence[int],
+    dtype: str,
+    split: str,
+    tasks: Iterable[str],
+    groups: Mapping[str, Any],
+    sha256: str,
+    meta: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The JSON record stored beside a cell's image in a tar shard (``<key>.json``): everything but the
+    pixels."""
     return {
         "cell_id": cell_id,
         "source": source,
@@ -258,8 +293,11 @@ def cell_record(*, cell_id: str, source: str, label: str, channels: Sequence[str
     }
 
 
-def manifest_row(record: Mapping[str, Any], shard: str, offset: int, nbytes: int, zarr_row: int) -> dict[str, Any]:
-    """The manifest row (keys = :data:`MANIFEST_COLUMNS`) of a cell written with ``record`` (:func:`cell_record`)."""
+def manifest_row(
+    record: Mapping[str, Any], shard: str, offset: int, nbytes: int, zarr_row: int
+) -> dict[str, Any]:
+    """The manifest row (keys = :data:`MANIFEST_COLUMNS`) of a cell written with ``record``
+    (:func:`cell_record`)."""
     _c, h, w = record["shape"]
     tasks, groups = set(record["tasks"]), record["groups"]
     row: dict[str, Any] = {
@@ -270,28 +308,35 @@ def manifest_row(record: Mapping[str, Any], shard: str, offset: int, nbytes: int
     }
     row.update({t: t in tasks for t in TASK_COLUMNS})
     row.update({g: str(groups.get(g, "")) for g in GROUP_COLUMNS})
-    row.update({
-        "channels": format_channels(record["channels"]),
-        "height": int(h),
-        "width": int(w),
-        "dtype": str(record["dtype"]),
-        "shard": shard,
-        "key": record["cell_id"],
-        "offset": int(offset),
-        "nbytes": int(nbytes),
-        "zarr_row": int(zarr_row),
-        "sha256": record["sha256"],
-        "meta": format_meta(record["meta"]),
-    })
+    row.update(
+        {
+            "channels": format_channels(record["channels"]),
+            "height": int(h),
+            "width": int(w),
+            "dtype": str(record["dtype"]),
+            "shard": shard,
+            "key": record["cell_id"],
+            "offset": int(offset),
+            "nbytes": int(nbytes),
+            "zarr_row": int(zarr_row),
+            "sha256": record["sha256"],
+            "meta": format_meta(record["meta"]),
+        }
+    )
     return row
 
 
 def record_mismatches(record: Mapping[str, Any], row: Mapping[str, Any]) -> list[str]:
     """Fields of a shard's JSON record that disagree with its manifest row (empty: they agree)."""
     expect = {
-        "cell_id": row["cell_id"], "source": row["source"], "label": row["label"],
-        "train_test_split": row["train_test_split"], "channels": list(parse_channels(row["channels"])),
-        "dtype": row["dtype"], "sha256": row["sha256"], "tasks": sorted(task_list(row)),
+        "cell_id": row["cell_id"],
+        "source": row["source"],
+        "label": row["label"],
+        "train_test_split": row["train_test_split"],
+        "channels": list(parse_channels(row["channels"])),
+        "dtype": row["dtype"],
+        "sha256": row["sha256"],
+        "tasks": sorted(task_list(row)),
     }
     bad = [k for k, v in expect.items() if record.get(k) != v]
     groups = record.get("groups") or {}
@@ -305,7 +350,8 @@ def record_mismatches(record: Mapping[str, Any], row: Mapping[str, Any]) -> list
 
 
 def expected_shape(row: Mapping[str, Any]) -> tuple[int, int, int]:
-    """(C, H, W) of a manifest row's image (from ``channels``, ``height``, ``width``) or of a record (``shape``)."""
+    """(C, H, W) of a manifest row's image (from ``channels``, ``height``, ``width``) or of a record
+    (``shape``)."""
     if "shape" in row:
         c, h, w = (int(x) for x in row["shape"])
         return c, h, w
@@ -322,17 +368,26 @@ def release_counts(df: pd.DataFrame) -> dict[str, Any]:
         if part.empty:
             continue
         out["sources"][src] = int(len(part))
-        out["splits"][src] = {str(k): int(v) for k, v in sorted(part["train_test_split"].value_counts().items())}
+        out["splits"][src] = {
+            str(k): int(v) for k, v in sorted(part["train_test_split"].value_counts().items())
+        }
         out["tasks"][src] = {t: int(part[t].sum()) for t in TASK_COLUMNS if int(part[t].sum()) > 0}
     return out
 
 
 # --------------------------------------------------------------------------------------------- samples
-def make_sample(image: Any, *, channels: Sequence[str], source: str, label: str, cell_id: str,
-                meta: dict[str, Any]) -> dict[str, Any]:
+def make_sample(
+    image: Any, *, channels: Sequence[str], source: str, label: str, cell_id: str, meta: dict[str, Any]
+) -> dict[str, Any]:
     """The sample dict (keys :data:`SAMPLE_KEYS`) that flows from readers through transforms to models."""
-    return {"image": image, "channels": tuple(channels), "source": source, "label": label, "cell_id": cell_id,
-            "meta": meta}
+    return {
+        "image": image,
+        "channels": tuple(channels),
+        "source": source,
+        "label": label,
+        "cell_id": cell_id,
+        "meta": meta,
+    }
 
 
 def row_meta(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -347,12 +402,19 @@ def row_meta(row: Mapping[str, Any]) -> dict[str, Any]:
 
 def sample_from_row(row: Mapping[str, Any], image: Any, meta: dict[str, Any] | None = None) -> dict[str, Any]:
     """The sample of one manifest row with ``image``; ``meta`` defaults to :func:`row_meta`."""
-    return make_sample(image, channels=parse_channels(row["channels"]), source=row["source"], label=row["label"],
-                       cell_id=row["cell_id"], meta=row_meta(row) if meta is None else meta)
+    return make_sample(
+        image,
+        channels=parse_channels(row["channels"]),
+        source=row["source"],
+        label=row["label"],
+        cell_id=row["cell_id"],
+        meta=row_meta(row) if meta is None else meta,
+    )
 
 
 def to_float_tensor(image: Any) -> torch.Tensor:
-    """(..., C, H, W) uint8 / uint16 -> float32 tensor in [0, 1] (``x / 255`` or ``x / 65535``, correctly rounded).
+    """(..., C, H, W) uint8 / uint16 -> float32 tensor in [0, 1] (``x / 255`` or ``x / 65535``, correctly
+    rounded).
 
     The one conversion every reader and the training device use, so a cell is the same tensor whichever way
     it is read. Takes a numpy array or a tensor on any device (IEEE division gives the same bits on CPU and

@@ -84,11 +84,15 @@ class Cell:
         check_cell_id(self.cell_id, where)
         img = self.image
         if not isinstance(img, np.ndarray) or img.ndim != 3:
-            raise ValueError(f"{where}: image must be a (C, H, W) array, got {getattr(img, 'shape', type(img))}")
+            raise ValueError(
+                f"{where}: image must be a (C, H, W) array, got {getattr(img, 'shape', type(img))}"
+            )
         if img.dtype not in (np.uint8, np.uint16):
             raise ValueError(f"{where}: image dtype must be uint8 or uint16, got {img.dtype}")
         if img.shape[0] != len(self.channels):
-            raise ValueError(f"{where}: image has {img.shape[0]} channels but {len(self.channels)} names {self.channels}")
+            raise ValueError(
+                f"{where}: image has {img.shape[0]} channels but {len(self.channels)} names {self.channels}"
+            )
         if self.split and self.split not in SPLITS:
             raise ValueError(f"{where}: split {self.split!r} not one of {SPLITS}")
         bad = set(self.tasks) - set(TASK_COLUMNS)
@@ -105,14 +109,30 @@ class Cell:
         meta = dict(self.meta)
         meta.setdefault("train_test_split", self.split)
         meta.setdefault("tasks", [t for t in TASK_COLUMNS if t in self.tasks])
-        return make_sample(self.image, channels=self.channels, source=self.source, label=self.label,
-                           cell_id=self.cell_id, meta=meta)
+        return make_sample(
+            self.image,
+            channels=self.channels,
+            source=self.source,
+            label=self.label,
+            cell_id=self.cell_id,
+            meta=meta,
+        )
 
     def record(self, checksum: str | None = None) -> dict[str, Any]:
         """The JSON record stored beside the image in a shard (``release_format.cell_record``).
 
         ``checksum``: :attr:`checksum` when the caller already computed it (a build computes it once, on the
         worker that made the cell)."""
-        return cell_record(cell_id=self.cell_id, source=self.source, label=self.label, channels=self.channels,
-                           shape=self.image.shape, dtype=str(self.image.dtype), split=self.split, tasks=self.tasks,
-                           groups=self.groups, sha256=checksum or self.checksum, meta=self.meta)
+        return cell_record(
+            cell_id=self.cell_id,
+            source=self.source,
+            label=self.label,
+            channels=self.channels,
+            shape=self.image.shape,
+            dtype=str(self.image.dtype),
+            split=self.split,
+            tasks=self.tasks,
+            groups=self.groups,
+            sha256=checksum or self.checksum,
+            meta=self.meta,
+        )

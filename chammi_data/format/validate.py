@@ -27,7 +27,6 @@ from chammi_data.format.manifest import (
     read_manifest,
     read_release_json,
 )
-from chammi_data.progress import progress as progress_bar
 from chammi_data.format.release_format import (
     IMAGE_DTYPES,
     SPLITS,
@@ -36,10 +35,11 @@ from chammi_data.format.release_format import (
     release_counts,
 )
 from chammi_data.format.schema import image_checksum
-from chammi_data.loading.shards import iter_members
-from chammi_data.store.storage import ReleaseStore, open_store
 from chammi_data.format.vocab import SOURCE_KEYS, SOURCES, TASK_COLUMNS
 from chammi_data.format.zarr_store import open_zarr_group
+from chammi_data.loading.shards import iter_members
+from chammi_data.progress import progress as progress_bar
+from chammi_data.store.storage import ReleaseStore, open_store
 
 #: How many problems of one kind to list before summarising the rest (a wholly broken release would
 #: otherwise print a line per cell).
@@ -64,7 +64,12 @@ class ValidationReport:
         notes = "".join(f"\n  note: {n}" for n in self.notes)
         if self.ok:
             return head + " - OK" + notes
-        return head + f" - {len(self.problems)} problem(s):" + notes + "".join(f"\n  - {p}" for p in self.problems)
+        return (
+            head
+            + f" - {len(self.problems)} problem(s):"
+            + notes
+            + "".join(f"\n  - {p}" for p in self.problems)
+        )
 
 
 def _rows_check(m: pd.DataFrame) -> Iterator[str]:
@@ -122,21 +127,30 @@ def _check_shard(shard: str, data: bytes, rows: pd.DataFrame) -> Iterator[str]:
                     continue
                 got.append(key)
                 if (member.offset, member.size) != (row["offset"], row["nbytes"]):
-                    yield (f"{shard}: key {key!r}: image at offset {member.offset} size {member.size}, manifest says "
-                           f"{row['offset']} / {row['nbytes']}")
+                    yield (
+                        f"{shard}: key {key!r}: image at offset {member.offset} size {member.size}, "
+                        "manifest says "
+                        f"{row['offset']} / {row['nbytes']}"
+                    )
                 if key not in records:
                     yield f"{shard}: key {key!r}: no valid json record before its image"
                 else:
                     bad = record_mismatches(records[key], row)
                     if bad:
-                        yield f"{shard}: key {key!r}: json record disagrees with the manifest on {', '.join(bad)}"
+                        yield (
+                            f"{shard}: key {key!r}: json record disagrees with the manifest on "
+                            f"{', '.join(bad)}"
+                        )
                 try:
                     img = decode_image(blob, where=f"{shard}: key {key!r}")
                 except CorruptSampleError as exc:
                     yield str(exc)
                     continue
                 if image_checksum(img) != row["sha256"]:
-                    yield f"{shard}: key {key!r}: image sha256 differs from the manifest (shape {img.shape}, {img.dtype})"
+                    yield (
+                        f"{shard}: key {key!r}: image sha256 differs from the manifest "
+                        f"(shape {img.shape}, {img.dtype})"
+                    )
     except (CorruptSampleError, OSError) as exc:
         yield f"{exc} (shard unreadable from here on)"
     missing = [r["key"] for r in expected if r["key"] not in set(got)]
@@ -158,7 +172,10 @@ def _check_zarr(store: ReleaseStore, src: str, part: pd.DataFrame) -> Iterator[s
     channels = list(parse_channels(first["channels"]))
     shape = (len(part), len(channels), int(first["height"]), int(first["width"]))
     if tuple(arr.shape) != shape or str(arr.dtype) != first["dtype"]:
-        yield f"zarr/{src}.zarr: images {tuple(arr.shape)} {arr.dtype}, manifest implies {shape} {first['dtype']}"
+        yield (
+            f"zarr/{src}.zarr: images {tuple(arr.shape)} {arr.dtype}, "
+            f"manifest implies {shape} {first['dtype']}"
+        )
         return
     if attrs.get("channels") != channels:
         yield f"zarr/{src}.zarr: attribute channels {attrs.get('channels')} != manifest {first['channels']}"
@@ -170,8 +187,10 @@ def _check_zarr(store: ReleaseStore, src: str, part: pd.DataFrame) -> Iterator[s
     off = part[tar_index.ne(part["zarr_row"] // per)]
     if len(off):
         r = off.iloc[0]
-        yield (f"zarr/{src}.zarr: {len(off)} cell(s) are not in the zarr shard matching their tar shard "
-               f"(first: {r['cell_id']} in {r['shard']} at zarr row {r['zarr_row']}, {per} cells per zarr shard)")
+        yield (
+            f"zarr/{src}.zarr: {len(off)} cell(s) are not in the zarr shard matching their tar shard "
+            f"(first: {r['cell_id']} in {r['shard']} at zarr row {r['zarr_row']}, {per} cells per zarr shard)"
+        )
     sums = part["sha256"].tolist()
     ids = part["cell_id"].tolist()
     bad = 0
@@ -185,11 +204,17 @@ def _check_zarr(store: ReleaseStore, src: str, part: pd.DataFrame) -> Iterator[s
             if image_checksum(img) != sums[start + j]:
                 bad += 1
                 if bad <= MAX_PER_CHECK:
-                    yield f"zarr/{src}.zarr: row {start + j} ({ids[start + j]}): image sha256 differs from the manifest"
+                    yield (
+                        f"zarr/{src}.zarr: row {start + j} ({ids[start + j]}): "
+                        "image sha256 differs from the manifest"
+                    )
 
 
-def validate_release(root: Any, progress: bool = True, storage_options: Mapping[str, Any] | None = None) -> ValidationReport:
-    """Check a release end to end (at any location); never raises for a bad release, returns every problem found."""
+def validate_release(
+    root: Any, progress: bool = True, storage_options: Mapping[str, Any] | None = None
+) -> ValidationReport:
+    """Check a release end to end (at any location); never raises for a bad release, returns every problem
+    found."""
     store = open_store(root, storage_options)
     rep = ValidationReport(store.root if store.is_local else store.url)  # type: ignore[arg-type]
     try:
@@ -210,12 +235,24 @@ def validate_release(root: Any, progress: bool = True, storage_options: Mapping[
     listed: dict[str, str] = rel.get("shards", {})
     stored = store.glob("shards/*/*.tar")
     used = set(m["shard"])
-    rep.problems += [f"{s}: shard referenced by the manifest is not listed in {RELEASE_JSON}" for s in sorted(used - set(listed))]
+    rep.problems += [
+        f"{s}: shard referenced by the manifest is not listed in {RELEASE_JSON}"
+        for s in sorted(used - set(listed))
+    ]
     if stored is None:
-        rep.notes.append(f"{store.protocol}:// cannot list files: shard files not named in {RELEASE_JSON} were not looked for")
+        rep.notes.append(
+            f"{store.protocol}:// cannot list files: shard files not named in {RELEASE_JSON} were not "
+            "looked for"
+        )
     else:
-        rep.problems += [f"{s}: shard file in the release is not listed in {RELEASE_JSON}" for s in sorted(set(stored) - set(listed))]
-    rep.problems += [f"{s}: listed in {RELEASE_JSON} but no cell of the manifest is in it" for s in sorted(set(listed) - used)]
+        rep.problems += [
+            f"{s}: shard file in the release is not listed in {RELEASE_JSON}"
+            for s in sorted(set(stored) - set(listed))
+        ]
+    rep.problems += [
+        f"{s}: listed in {RELEASE_JSON} but no cell of the manifest is in it"
+        for s in sorted(set(listed) - used)
+    ]
     shards = sorted(set(listed) | used)
     rep.checked["shards"] = len(shards)
     for shard in progress_bar(shards, desc="validate shards", disable=not progress, unit="shard"):
@@ -230,7 +267,9 @@ def validate_release(root: Any, progress: bool = True, storage_options: Mapping[
         if shard in listed and hashlib.sha256(data).hexdigest() != listed[shard]:
             rep.problems.append(f"{shard}: sha256 differs from {RELEASE_JSON} (file changed or corrupted)")
         rep.problems += list(_check_shard(shard, data, m[m["shard"] == shard]))
-    for src, part in progress_bar(list(m.groupby("source", sort=False)), desc="validate zarr", disable=not progress, unit="source"):
+    for src, part in progress_bar(
+        list(m.groupby("source", sort=False)), desc="validate zarr", disable=not progress, unit="source"
+    ):
         rep.problems += list(_check_zarr(store, str(src), part.reset_index(drop=True)))
     rep.checked["zarr stores"] = m["source"].nunique()
     return rep

@@ -27,7 +27,8 @@ CHANNEL_COLORS: dict[str, str] = {
 
 @dataclass(frozen=True)
 class SourceInfo:
-    """Facts about one CHAMMI source: channels, tile size, training-split statistics, grouping column, tasks."""
+    """Facts about one CHAMMI source: channels, tile size, training-split statistics, grouping column,
+    tasks."""
 
     key: str  #: our key: wtc11 | hpa | cp
     folder: str  #: folder name in the official release: Allen | HPA | CP
@@ -131,7 +132,9 @@ def to_names(channels: Iterable[str | int]) -> tuple[str, ...]:
         else:
             i = int(c)
             if not 0 <= i < len(VOCAB):
-                raise KeyError(f"channel index {i} outside the vocabulary of {len(VOCAB)} names ({', '.join(VOCAB)})")
+                raise KeyError(
+                    f"channel index {i} outside the vocabulary of {len(VOCAB)} names ({', '.join(VOCAB)})"
+                )
             names.append(VOCAB[i])
     if len(set(names)) != len(names):
         raise ValueError(f"channel list {names} names a channel twice")
@@ -143,7 +146,9 @@ def to_indices(channels: Sequence[str | int]) -> tuple[int, ...]:
     return tuple(VOCAB.index(n) for n in to_names(channels))
 
 
-def normalisation_stats(source: str, channels: Sequence[str] | None = None) -> tuple[list[float], list[float]]:
+def normalisation_stats(
+    source: str, channels: Sequence[str] | None = None
+) -> tuple[list[float], list[float]]:
     """(mean, std) lists for ``channels`` of ``source`` (default: all of its channels, tile order)."""
     info = source_info(source)
     stats = info.stats()

@@ -31,10 +31,10 @@ import pandas as pd
 import chammi_data.format.zarr_store as zarr_store
 from chammi_data.format.codec import IMAGE_SUFFIX, JSON_SUFFIX, encode_image
 from chammi_data.format.manifest import write_manifest
-from chammi_data.progress import progress as progress_bar
 from chammi_data.format.release_format import canonical_json, manifest_row, parse_channels, release_counts
 from chammi_data.format.schema import SCHEMA_VERSION, Cell, file_sha256
 from chammi_data.format.vocab import SOURCE_KEYS
+from chammi_data.progress import progress as progress_bar
 
 #: Default number of cells per tar shard (= per zarr shard). 64 HPA cells are ~64 MiB in memory per writer.
 CELLS_PER_SHARD = 64
@@ -60,10 +60,14 @@ def shard_relpath(source: str, shard_index: int) -> str:
 
 
 def shard_plan(n_cells: int, cells_per_shard: int) -> list[tuple[int, int, int]]:
-    """``(shard_index, first_row, end_row)`` of each shard of a source with ``n_cells`` cells in release order."""
+    """``(shard_index, first_row, end_row)`` of each shard of a source with ``n_cells`` cells in release
+    order."""
     if cells_per_shard < 1:
         raise ValueError(f"cells_per_shard must be >= 1, got {cells_per_shard}")
-    return [(k // cells_per_shard, k, min(k + cells_per_shard, n_cells)) for k in range(0, n_cells, cells_per_shard)]
+    return [
+        (k // cells_per_shard, k, min(k + cells_per_shard, n_cells))
+        for k in range(0, n_cells, cells_per_shard)
+    ]
 
 
 def _tar_info(name: str, size: int) -> tarfile.TarInfo:
@@ -99,12 +103,14 @@ class EncodedCell:
 
 
 def encode_cell(cell: Cell) -> EncodedCell:
-    """Hash one cell and compress it for both formats (``codec.encode_image``, ``zarr_store.encode_chunk``)."""
+    """Hash one cell and compress it for both formats (``codec.encode_image``,
+    ``zarr_store.encode_chunk``)."""
     return EncodedCell(cell.record(), encode_image(cell.image), zarr_store.encode_chunk(cell.image))
 
 
-def write_shard(root: str | Path, source: str, shard_index: int, cells: Sequence[Cell | EncodedCell],
-                zarr_start: int) -> ShardRecord:
+def write_shard(
+    root: str | Path, source: str, shard_index: int, cells: Sequence[Cell | EncodedCell], zarr_start: int
+) -> ShardRecord:
     """Write tar shard ``shard_index`` of ``source`` and zarr rows ``[zarr_start, zarr_start + len(cells))``:
     :func:`write_tar_shard` then :func:`write_zarr_shard`, encoding plain :class:`Cell` objects first."""
     encoded = [c if isinstance(c, EncodedCell) else encode_cell(c) for c in cells]
@@ -119,20 +125,26 @@ def _check_shard(root: Path, source: str, shard_index: int, n: int, zarr_start: 
         raise ValueError(f"write_shard({source}, {shard_index}): no cells")
     per = zarr_store.cells_per_shard(zarr_store.open_images(root, source))
     if zarr_start != shard_index * per:
-        raise ValueError(f"{rel}: zarr_start {zarr_start} != shard_index * cells_per_shard ({shard_index} * {per})")
+        raise ValueError(
+            f"{rel}: zarr_start {zarr_start} != shard_index * cells_per_shard ({shard_index} * {per})"
+        )
     return rel
 
 
-def write_zarr_shard(root: str | Path, source: str, shard_index: int, zarr_start: int, chunks: Sequence[bytes]) -> None:
-    """Write zarr shard ``shard_index`` of ``source`` (rows from ``zarr_start``, which must be the shard's first
-    row: one writer per zarr shard) from its cells' pre-encoded chunks (``EncodedCell.chunk``)."""
+def write_zarr_shard(
+    root: str | Path, source: str, shard_index: int, zarr_start: int, chunks: Sequence[bytes]
+) -> None:
+    """Write zarr shard ``shard_index`` of ``source`` (rows from ``zarr_start``, which must be the shard's
+    first row: one writer per zarr shard) from its cells' pre-encoded chunks (``EncodedCell.chunk``)."""
     _check_shard(Path(root), source, shard_index, len(chunks), zarr_start)
     zarr_store.write_encoded_shard(root, source, shard_index, chunks)
 
 
-def write_tar_shard(root: str | Path, source: str, shard_index: int, cells: Sequence[EncodedCell],
-                    zarr_start: int) -> ShardRecord:
-    """Write tar shard ``shard_index`` of ``source`` (manifest rows ``zarr_start...``); see the module docstring.
+def write_tar_shard(
+    root: str | Path, source: str, shard_index: int, cells: Sequence[EncodedCell], zarr_start: int
+) -> ShardRecord:
+    """Write tar shard ``shard_index`` of ``source`` (manifest rows ``zarr_start...``); see the module
+    docstring.
 
     Members per cell: ``<key>.json`` (the record as canonical JSON) then ``<key>.npy.zst`` (the encoded
     image). Written to a temp file and moved into place atomically, hashed on the way.
@@ -145,10 +157,16 @@ def write_tar_shard(root: str | Path, source: str, shard_index: int, cells: Sequ
         where = f"{rel}: cell {rec['cell_id']!r}"
         if rec["source"] != source:
             raise ValueError(f"{where} has source {rec['source']!r}, expected {source!r}")
-        if (list(rec["shape"]), rec["dtype"], list(rec["channels"])) != (list(first["shape"]), first["dtype"], list(first["channels"])):
+        if (list(rec["shape"]), rec["dtype"], list(rec["channels"])) != (
+            list(first["shape"]),
+            first["dtype"],
+            list(first["channels"]),
+        ):
             raise ValueError(
-                f"{where}: image {tuple(rec['shape'])} {rec['dtype']} {list(rec['channels'])} differs from the shard's "
-                f"first cell {tuple(first['shape'])} {first['dtype']} {list(first['channels'])}; a source needs one "
+                f"{where}: image {tuple(rec['shape'])} {rec['dtype']} {list(rec['channels'])} differs from "
+                "the shard's "
+                f"first cell {tuple(first['shape'])} {first['dtype']} {list(first['channels'])}; a source "
+                "needs one "
                 f"tile size and channel set"
             )
     path = root / rel
@@ -156,7 +174,8 @@ def write_tar_shard(root: str | Path, source: str, shard_index: int, cells: Sequ
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex}.tmp")
     rows: list[dict[str, Any]] = []
     try:
-        # The bytes tarfile would write (ustar headers, data padded to 512, two zero blocks, the archive padded
+        # The bytes tarfile would write (ustar headers, data padded to 512, two zero blocks, the archive
+        # padded
         # to tarfile's 10240-byte records), written directly and hashed on the way.
         digest_h = hashlib.sha256()
         pos = 0
@@ -172,7 +191,11 @@ def write_tar_shard(root: str | Path, source: str, shard_index: int, cells: Sequ
                 key = cell.record["cell_id"]
                 record = canonical_json(cell.record).encode("utf-8")
                 for name, data in ((key + JSON_SUFFIX, record), (key + IMAGE_SUFFIX, cell.member)):
-                    put(_tar_info(name, len(data)).tobuf(tarfile.USTAR_FORMAT, tarfile.ENCODING, "surrogateescape"))
+                    put(
+                        _tar_info(name, len(data)).tobuf(
+                            tarfile.USTAR_FORMAT, tarfile.ENCODING, "surrogateescape"
+                        )
+                    )
                     offset = pos  # a ustar header is one 512-byte block: the data starts right after it
                     put(data)
                     if len(data) % _TAR_BLOCK:
@@ -187,7 +210,9 @@ def write_tar_shard(root: str | Path, source: str, shard_index: int, cells: Sequ
     finally:
         if tmp.exists():
             tmp.unlink()
-    return ShardRecord(path=rel, sha256=digest, rows=rows, source=source, shard_index=shard_index, nbytes=size)
+    return ShardRecord(
+        path=rel, sha256=digest, rows=rows, source=source, shard_index=shard_index, nbytes=size
+    )
 
 
 def _zarr_cells_per_shard(root: Path, source: str, fallback: int) -> int:
@@ -207,7 +232,9 @@ def _check_rows(df: pd.DataFrame) -> None:
     for src, part in df.groupby("source", sort=False):
         rows = part["zarr_row"].to_numpy()
         if not np.array_equal(rows, np.arange(len(part))):
-            raise ValueError(f"source {src}: zarr rows are not 0..{len(part) - 1} in manifest order (missing shard?)")
+            raise ValueError(
+                f"source {src}: zarr rows are not 0..{len(part) - 1} in manifest order (missing shard?)"
+            )
 
 
 def finalize_release(
@@ -248,7 +275,10 @@ def finalize_release(
     sources_info = {}
     for src, part in df.groupby("source", sort=False):
         first = part.iloc[0]
-        recs = sorted((r for r in shard_records if r.source == src or r.path.startswith(f"shards/{src}/")), key=lambda r: r.path)
+        recs = sorted(
+            (r for r in shard_records if r.source == src or r.path.startswith(f"shards/{src}/")),
+            key=lambda r: r.path,
+        )
         sources_info[str(src)] = {
             "channels": list(parse_channels(first["channels"])),
             "height": int(first["height"]),
@@ -285,8 +315,13 @@ class ReleaseWriter:
     cells is held in memory and the zarr array grows shard by shard (the total count is not needed up front).
     """
 
-    def __init__(self, root: str | Path, cells_per_shard: int = CELLS_PER_SHARD, config: dict[str, Any] | None = None,
-                 progress: bool = True):
+    def __init__(
+        self,
+        root: str | Path,
+        cells_per_shard: int = CELLS_PER_SHARD,
+        config: dict[str, Any] | None = None,
+        progress: bool = True,
+    ):
         if cells_per_shard < 1:
             raise ValueError(f"cells_per_shard must be >= 1, got {cells_per_shard}")
         self.root = Path(root)
@@ -306,7 +341,9 @@ class ReleaseWriter:
         per, n = self.cells_per_shard, 0
         batch: list[EncodedCell] = []
         total = len(cells) if isinstance(cells, Sized) else None
-        for cell in progress_bar(cells, desc=f"write {source}", unit="cell", total=total, disable=not self.progress):
+        for cell in progress_bar(
+            cells, desc=f"write {source}", unit="cell", total=total, disable=not self.progress
+        ):
             batch.append(encode_cell(cell))
             if len(batch) == per:
                 self._flush(source, batch, n)
@@ -320,8 +357,9 @@ class ReleaseWriter:
         first = batch[0].record
         c, h, w = first["shape"]
         if start == 0:
-            create_zarr_array(self.root, source, len(batch), first["channels"], (h, w), first["dtype"],
-                              self.cells_per_shard)
+            create_zarr_array(
+                self.root, source, len(batch), first["channels"], (h, w), first["dtype"], self.cells_per_shard
+            )
         else:
             zarr_store.open_images(self.root, source, mode="r+").resize((start + len(batch), c, h, w))
         self.records.append(write_shard(self.root, source, start // self.cells_per_shard, batch, start))

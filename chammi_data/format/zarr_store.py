@@ -35,8 +35,8 @@ import zarr
 from numcodecs import Blosc
 from zarr.codecs import BloscCodec, Crc32cCodec
 
-from chammi_data.store.storage import ReleaseStore
 from chammi_data.format.vocab import CHANNEL_COLORS, to_names
+from chammi_data.store.storage import ReleaseStore
 
 ARRAY_NAME = "images"
 #: Axis names of ``images`` (also its zarr ``dimension_names``, which OME-Zarr 0.5 requires to match).
@@ -73,16 +73,26 @@ def omero_metadata(channels: Sequence[str], dtype: np.dtype | str) -> dict[str, 
 
 def ome_metadata(source: str, channels: Sequence[str], dtype: np.dtype | str) -> dict[str, Any]:
     """The ``ome`` group attribute (OME-NGFF 0.5): one multiscale level = ``images``, plus ``omero``."""
-    axes: list[dict[str, str]] = [{"name": "cell"}, {"name": "c", "type": "channel"},
-                                  {"name": "y", "type": "space"}, {"name": "x", "type": "space"}]
+    axes: list[dict[str, str]] = [
+        {"name": "cell"},
+        {"name": "c", "type": "channel"},
+        {"name": "y", "type": "space"},
+        {"name": "x", "type": "space"},
+    ]
     return {
         "version": NGFF_VERSION,
-        "multiscales": [{
-            "name": source,
-            "axes": axes,
-            "datasets": [{"path": ARRAY_NAME,
-                          "coordinateTransformations": [{"type": "scale", "scale": [1.0] * len(AXES)}]}],
-        }],
+        "multiscales": [
+            {
+                "name": source,
+                "axes": axes,
+                "datasets": [
+                    {
+                        "path": ARRAY_NAME,
+                        "coordinateTransformations": [{"type": "scale", "scale": [1.0] * len(AXES)}],
+                    }
+                ],
+            }
+        ],
         "omero": omero_metadata(channels, dtype),
     }
 
@@ -109,18 +119,22 @@ def create_images(
     if dt not in (np.dtype(np.uint8), np.dtype(np.uint16)):
         raise ValueError(f"zarr images must be uint8 or uint16, got {dt}")
     group = zarr.open_group(str(zarr_path(root, source)), mode="w", zarr_format=3)
-    group.attrs.update({"ome": ome_metadata(source, names, dt), "source": source, "channels": list(names),
-                        "cell_ids": []})
+    group.attrs.update(
+        {"ome": ome_metadata(source, names, dt), "source": source, "channels": list(names), "cell_ids": []}
+    )
     return group.create_array(
         ARRAY_NAME,
         shape=(int(n_cells), c, int(h), int(w)),
         chunks=(1, c, int(h), int(w)),
         shards=(int(cells_per_shard), c, int(h), int(w)),
         dtype=dt,
-        # crc32c after Blosc: every chunk carries a checksum that zarr verifies on read, so a flipped byte in a
+        # crc32c after Blosc: every chunk carries a checksum that zarr verifies on read, so a flipped byte in
+        # a
         # chunk is an error instead of wrong pixels
-        compressors=[BloscCodec(cname="zstd", clevel=BLOSC_LEVEL, shuffle="shuffle", typesize=dt.itemsize),
-                     Crc32cCodec()],
+        compressors=[
+            BloscCodec(cname="zstd", clevel=BLOSC_LEVEL, shuffle="shuffle", typesize=dt.itemsize),
+            Crc32cCodec(),
+        ],
         fill_value=0,
         dimension_names=AXES,
     )
@@ -157,11 +171,14 @@ def write_rows(root: str | Path, source: str, start: int, images: np.ndarray) ->
         return
     if start % per != 0 or n > per:
         raise ValueError(
-            f"zarr write of rows [{start}, {start + n}) of {source} does not start at and stay inside one zarr "
+            f"zarr write of rows [{start}, {start + n}) of {source} does not start at and stay inside one "
+            "zarr "
             f"shard of {per} cells (one writer per shard is required)"
         )
     if start + n > arr.shape[0]:
-        raise ValueError(f"zarr write of rows [{start}, {start + n}) past the end of {source} images ({arr.shape[0]} rows)")
+        raise ValueError(
+            f"zarr write of rows [{start}, {start + n}) past the end of {source} images ({arr.shape[0]} rows)"
+        )
     if tuple(images.shape[1:]) != tuple(arr.shape[1:]) or images.dtype != arr.dtype:
         raise ValueError(
             f"zarr write for {source}: images {images.shape[1:]} {images.dtype} do not match the array "
@@ -170,7 +187,8 @@ def write_rows(root: str | Path, source: str, start: int, images: np.ndarray) ->
     arr[start : start + n] = images
 
 
-# --- pre-encoded shards --------------------------------------------------------------------------------------
+# --- pre-encoded shards
+# --------------------------------------------------------------------------------------
 # A build compresses each cell's zarr chunk on the worker that made the cell (in parallel with everything
 # else) and later writes a zarr shard by concatenating those chunks. The bytes are exactly what zarr-python
 # writes for the same rows (tested): chunks in order (the in-shard chunk grid is (cells_per_shard, 1, 1, 1),
@@ -183,8 +201,15 @@ _ABSENT = np.uint64(2**64 - 1)
 
 def _chunk_blosc(dtype: np.dtype | str) -> Blosc:
     """The numcodecs Blosc that zarr's ``BloscCodec`` of :func:`create_images` uses for one chunk."""
-    return Blosc.from_config({"cname": "zstd", "clevel": BLOSC_LEVEL, "shuffle": Blosc.SHUFFLE, "blocksize": 0,
-                              "typesize": np.dtype(dtype).itemsize})
+    return Blosc.from_config(
+        {
+            "cname": "zstd",
+            "clevel": BLOSC_LEVEL,
+            "shuffle": Blosc.SHUFFLE,
+            "blocksize": 0,
+            "typesize": np.dtype(dtype).itemsize,
+        }
+    )
 
 
 def encode_chunk(image: np.ndarray) -> bytes:
@@ -210,13 +235,33 @@ def _expected_codecs(dtype: np.dtype, per: int, chw: tuple[int, ...]) -> list[di
     inner_bytes: dict[str, Any] = {"name": "bytes"}
     if dtype.itemsize > 1:
         inner_bytes["configuration"] = {"endian": "little"}
-    return [{"name": "sharding_indexed", "configuration": {
-        "chunk_shape": (1, *chw),
-        "codecs": (inner_bytes, {"name": "blosc", "configuration": {
-            "typesize": dtype.itemsize, "cname": "zstd", "clevel": BLOSC_LEVEL, "shuffle": "shuffle", "blocksize": 0}},
-            {"name": "crc32c"}),
-        "index_codecs": ({"name": "bytes", "configuration": {"endian": "little"}}, {"name": "crc32c"}),
-        "index_location": "end"}}]
+    return [
+        {
+            "name": "sharding_indexed",
+            "configuration": {
+                "chunk_shape": (1, *chw),
+                "codecs": (
+                    inner_bytes,
+                    {
+                        "name": "blosc",
+                        "configuration": {
+                            "typesize": dtype.itemsize,
+                            "cname": "zstd",
+                            "clevel": BLOSC_LEVEL,
+                            "shuffle": "shuffle",
+                            "blocksize": 0,
+                        },
+                    },
+                    {"name": "crc32c"},
+                ),
+                "index_codecs": (
+                    {"name": "bytes", "configuration": {"endian": "little"}},
+                    {"name": "crc32c"},
+                ),
+                "index_location": "end",
+            },
+        }
+    ]
 
 
 def write_encoded_shard(root: str | Path, source: str, shard_index: int, chunks: Sequence[bytes]) -> None:
@@ -229,13 +274,17 @@ def write_encoded_shard(root: str | Path, source: str, shard_index: int, chunks:
     start = shard_index * per
     n = len(chunks)
     if n == 0 or n > per or start + n > arr.shape[0]:
-        raise ValueError(f"zarr shard {shard_index} of {source}: {n} chunks do not fit rows [{start}, {start + per}) "
-                         f"of an array with {arr.shape[0]} rows")
+        raise ValueError(
+            f"zarr shard {shard_index} of {source}: {n} chunks do not fit rows [{start}, {start + per}) "
+            f"of an array with {arr.shape[0]} rows"
+        )
     expected = _expected_codecs(np.dtype(arr.dtype), per, tuple(arr.shape[1:]))
     got = json.loads(json.dumps(arr.metadata.to_dict()["codecs"]))  # tuples -> lists, as in zarr.json
     if got != json.loads(json.dumps(expected)) or tuple(arr.shards or ()) != (per, *arr.shape[1:]):
-        raise ValueError(f"zarr store of {source} does not have the layout create_images makes; cannot write "
-                         f"pre-encoded chunks into it (codecs {got})")
+        raise ValueError(
+            f"zarr store of {source} does not have the layout create_images makes; cannot write "
+            f"pre-encoded chunks into it (codecs {got})"
+        )
     path = zarr_path(root, source) / ARRAY_NAME / arr.metadata.encode_chunk_key((shard_index, 0, 0, 0))
     if not any(chunks):  # every cell equals the fill value: zarr keeps no shard file at all
         path.unlink(missing_ok=True)
@@ -289,7 +338,8 @@ def read_row(root: str | Path, source: str, row: int) -> np.ndarray:
     return np.asarray(arr[row])
 
 
-# --- reading at any location ----------------------------------------------------------------------------------
+# --- reading at any location
+# ----------------------------------------------------------------------------------
 def open_zarr_group(store: ReleaseStore, source: str) -> Any:
     """The group ``zarr/<source>.zarr`` of a release at any location, read-only."""
     if store.is_local:
@@ -299,7 +349,9 @@ def open_zarr_group(store: ReleaseStore, source: str) -> Any:
         return zarr.open_group(str(path), mode="r", zarr_format=3)
     rel = f"zarr/{source}.zarr"
     try:
-        remote = zarr.storage.FsspecStore.from_url(store.path(rel), storage_options=store._fs_options(), read_only=True)
+        remote = zarr.storage.FsspecStore.from_url(
+            store.path(rel), storage_options=store._fs_options(), read_only=True
+        )
         return zarr.open_group(store=remote, mode="r", zarr_format=3)
     except (FileNotFoundError, KeyError) as exc:
         raise FileNotFoundError(f"no zarr store for source {source!r} at {store.path(rel)} ({exc})") from None
@@ -309,6 +361,7 @@ def open_zarr_images(store: ReleaseStore, source: str) -> Any:
     """The ``images`` array of ``zarr/<source>.zarr`` of a release at any location, read-only."""
     group = open_zarr_group(store, source)
     if ARRAY_NAME not in group:
-        raise FileNotFoundError(f"zarr store of {source!r} at {store.path(f'zarr/{source}.zarr')} has no array "
-                                f"{ARRAY_NAME!r}")
+        raise FileNotFoundError(
+            f"zarr store of {source!r} at {store.path(f'zarr/{source}.zarr')} has no array {ARRAY_NAME!r}"
+        )
     return group[ARRAY_NAME]

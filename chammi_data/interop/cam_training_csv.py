@@ -26,9 +26,9 @@ The contract, as CAM's code uses it:
   ``enriched_meta.csv``: the two orders must agree.
 
 Columns: ``file_path, channel_width, chunk, label, Label, train_test_split, Task_one .. Task_four``, then
-every other column of the three ``enriched_meta.csv`` (first-seen order). A cell of a column that a chunk
-does not have is empty (an empty task column reads as False). This is also the "merged CSV" some copies
-of the official release carry, which :func:`chammi_data.interop.official_layout.read_official_metadata` understands.
+every other column of the three ``enriched_meta.csv`` (first-seen order). A cell of a column that a chunk does
+not have is empty (an empty task column reads as False). This is also the "merged CSV" some copies of the
+official release carry, which :func:`chammi_data.interop.official_layout.read_official_metadata` understands.
 """
 
 from __future__ import annotations
@@ -38,16 +38,23 @@ from pathlib import Path
 
 import pandas as pd
 
-from chammi_data.interop.official_layout import META_FILE
-from chammi_data.store.paths import safe_join
 from chammi_data.format.release_format import TRAIN, parse_bool_column
 from chammi_data.format.vocab import SOURCES, TASK_COLUMNS, source_info
+from chammi_data.interop.official_layout import META_FILE
+from chammi_data.store.paths import safe_join
 
 #: File name CAM's config expects (``configs/morphem70k/dataset/morphem70k_v2.yaml``: ``file_name``).
 CAM_CSV = "morphem70k_v2.csv"
 #: Leading columns of the CAM CSV, in order.
-CAM_COLUMNS: tuple[str, ...] = ("file_path", "channel_width", "chunk", "label", "Label", "train_test_split",
-                                *TASK_COLUMNS)
+CAM_COLUMNS: tuple[str, ...] = (
+    "file_path",
+    "channel_width",
+    "chunk",
+    "label",
+    "Label",
+    "train_test_split",
+    *TASK_COLUMNS,
+)
 #: CAM's name for all three chunks together.
 ALL_CHUNKS = "morphem70k"
 #: Sources whose labels CAM spells in lower case.
@@ -99,7 +106,9 @@ def cam_classes(frame: pd.DataFrame) -> dict[str, dict[str, int]]:
     """CAM's class maps for a CAM table: ``{chunk: {label: index}}`` over the training rows (sorted labels)
     plus ``"morphem70k"`` for all chunks together."""
     train = frame[frame["train_test_split"].astype(str).str.strip() == TRAIN]
-    out = {chunk: {lab: i for i, lab in enumerate(sorted(set(part["label"])))}
-           for chunk, part in train.groupby("chunk", sort=False)}
+    out = {
+        chunk: {lab: i for i, lab in enumerate(sorted(set(part["label"])))}
+        for chunk, part in train.groupby("chunk", sort=False)
+    }
     out[ALL_CHUNKS] = {lab: i for i, lab in enumerate(sorted(set(train["label"])))}
     return out

@@ -13,9 +13,9 @@ the summary notes it.
 By default the export also writes ``OUTDIR/morphem70k_v2.csv``, the combined CSV the paper's training code
 reads (:mod:`chammi_data.interop.cam_training_csv`), from every ``enriched_meta.csv`` in OUTDIR.
 
-Every output path is joined with :func:`chammi_data.store.paths.safe_join`: a cell id or a ``file_path`` from a
-download's metadata can never place a file outside OUTDIR. A cell id that is not a valid id is an error;
-an unusable original ``file_path`` falls back to ``<Folder>/images/<cell_id>.png`` with a note.
+Every output path is joined with :func:`chammi_data.store.paths.safe_join`: a cell id or a ``file_path`` from
+a download's metadata can never place a file outside OUTDIR. A cell id that is not a valid id is an error; an
+unusable original ``file_path`` falls back to ``<Folder>/images/<cell_id>.png`` with a note.
 """
 
 from __future__ import annotations
@@ -30,15 +30,15 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from chammi_data.interop.cam_training_csv import write_cam_csv
 from chammi_data.format.manifest import read_manifest, source_rows, sources_in
-from chammi_data.interop.official_layout import META_FILE, chw_to_tape
-from chammi_data.store.paths import safe_join
-from chammi_data.progress import progress as progress_bar
 from chammi_data.format.release_format import canonical_json, check_cell_id, parse_meta
-from chammi_data.loading.shards import ShardReader
-from chammi_data.store.storage import open_store
 from chammi_data.format.vocab import SourceInfo, source_info
+from chammi_data.interop.cam_training_csv import write_cam_csv
+from chammi_data.interop.official_layout import META_FILE, chw_to_tape
+from chammi_data.loading.shards import ShardReader
+from chammi_data.progress import progress as progress_bar
+from chammi_data.store.paths import safe_join
+from chammi_data.store.storage import open_store
 
 FORMATS = ("chammi",)
 
@@ -90,8 +90,15 @@ def _meta_value(value: Any) -> Any:
     return value
 
 
-def export_source(release: Any, outdir: Path, source: str, rows: pd.DataFrame, reader: ShardReader,
-                  compress_level: int = 6, progress: bool = True) -> tuple[int, list[str]]:
+def export_source(
+    release: Any,
+    outdir: Path,
+    source: str,
+    rows: pd.DataFrame,
+    reader: ShardReader,
+    compress_level: int = 6,
+    progress: bool = True,
+) -> tuple[int, list[str]]:
     """Write one source folder; returns (cells written, notes)."""
     info = source_info(source)
     folder = safe_join(outdir, info.folder)
@@ -100,8 +107,9 @@ def export_source(release: Any, outdir: Path, source: str, rows: pd.DataFrame, r
     extra_cols: dict[str, None] = {}
     used: set[str] = set()
     n16 = n_renamed = 0
-    for i, row in enumerate(progress_bar(rows.to_dict("records"), desc=f"export {info.folder}", unit="cell",
-                                         disable=not progress)):
+    for i, row in enumerate(
+        progress_bar(rows.to_dict("records"), desc=f"export {info.folder}", unit="cell", disable=not progress)
+    ):
         cell_id = check_cell_id(row["cell_id"], f"{info.folder} manifest row {i}")
         meta = parse_meta(row["meta"])
         image = reader.read(row)
@@ -115,7 +123,9 @@ def export_source(release: Any, outdir: Path, source: str, rows: pd.DataFrame, r
         used.add(rel)
         path = safe_join(outdir, rel)
         path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(chw_to_tape(to_uint8(image)), mode="L").save(path, format="PNG", compress_level=compress_level)
+        Image.fromarray(chw_to_tape(to_uint8(image)), mode="L").save(
+            path, format="PNG", compress_level=compress_level
+        )
         rec: dict[str, Any] = {
             "file_path": rel,
             "channel_width": int(row["width"]),
@@ -137,22 +147,33 @@ def export_source(release: Any, outdir: Path, source: str, rows: pd.DataFrame, r
     df.to_csv(folder / META_FILE, index=False, lineterminator="\n")
     notes = []
     if n_renamed:
-        notes.append(f"{info.folder}: {n_renamed} original file_path value(s) unusable (outside {info.folder}/ or "
-                     f"repeated); those cells are written as {info.folder}/images/<cell_id>.png")
+        notes.append(
+            f"{info.folder}: {n_renamed} original file_path value(s) unusable (outside {info.folder}/ or "
+            f"repeated); those cells are written as {info.folder}/images/<cell_id>.png"
+        )
     if n16:
-        notes.append(f"{info.folder}: {n16} uint16 image(s) scaled to 8 bit (x / 257, rounded) for the official PNG format")
+        notes.append(
+            f"{info.folder}: {n16} uint16 image(s) scaled to 8 bit (x / 257, rounded) for the official PNG "
+            "format"
+        )
     return len(records), notes
 
 
-def export_official(release: Any, outdir: str | Path, sources: Sequence[str] | None = None,
-                    overwrite: bool = False, compress_level: int = 6, progress: bool = True,
-                    cam_csv: bool = True) -> ExportSummary:
+def export_official(
+    release: Any,
+    outdir: str | Path,
+    sources: Sequence[str] | None = None,
+    overwrite: bool = False,
+    compress_level: int = 6,
+    progress: bool = True,
+    cam_csv: bool = True,
+) -> ExportSummary:
     """Write the release at ``release`` into ``outdir`` in the official CHAMMI layout.
 
     ``sources`` restricts the export (keys or folder names). Existing source folders in ``outdir`` are an
     error (``FileExistsError``, before anything is written) unless ``overwrite`` (then they are replaced).
-    ``cam_csv``: also write ``outdir/morphem70k_v2.csv`` for the paper's training code (:mod:`chammi_data.interop.cam_training_csv`),
-    from every source folder in ``outdir``.
+    ``cam_csv``: also write ``outdir/morphem70k_v2.csv`` for the paper's training code
+    (:mod:`chammi_data.interop.cam_training_csv`), from every source folder in ``outdir``.
     """
     release, outdir = open_store(release), Path(outdir)
     manifest = read_manifest(release)
@@ -160,11 +181,15 @@ def export_official(release: Any, outdir: str | Path, sources: Sequence[str] | N
     parts = {key: source_rows(manifest, key) for key in keys}
     empty = [key for key, rows in parts.items() if rows.empty]
     if empty:
-        raise ValueError(f"release {release} has no cells of source(s) {empty}; it has {sources_in(manifest)}")
+        raise ValueError(
+            f"release {release} has no cells of source(s) {empty}; it has {sources_in(manifest)}"
+        )
     folders = {key: safe_join(outdir, source_info(key).folder) for key in keys}
     existing = [str(f) for f in folders.values() if f.exists()]
     if existing and not overwrite:
-        raise FileExistsError(f"{', '.join(existing)} already exist(s); pass overwrite=True (--overwrite) to replace")
+        raise FileExistsError(
+            f"{', '.join(existing)} already exist(s); pass overwrite=True (--overwrite) to replace"
+        )
     summary = ExportSummary(outdir)
     reader = ShardReader(release)
     try:

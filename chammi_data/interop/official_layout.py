@@ -153,12 +153,15 @@ def row_to_cell(root: Path, source: str, row: dict[str, str], index: int) -> Cel
         raise OfficialFormatError(f"{where}: {exc}") from None
     if image.shape[0] != info.num_channels:
         raise OfficialFormatError(
-            f"{where}: tape folds into {image.shape[0]} channels of width {width}, {info.folder} has {info.num_channels}"
+            f"{where}: tape folds into {image.shape[0]} channels of width {width}, {info.folder} has "
+            f"{info.num_channels}"
         )
     split = row["train_test_split"].strip()
     if split not in SPLITS:
         raise OfficialFormatError(f"{where}: train_test_split {split!r} not one of {SPLITS}")
-    tasks = frozenset(t for t in TASK_COLUMNS if t in row and t in info.tasks and _as_bool(row[t], f"{where} column {t}"))
+    tasks = frozenset(
+        t for t in TASK_COLUMNS if t in row and t in info.tasks and _as_bool(row[t], f"{where} column {t}")
+    )
     groups = {info.group_column: row[info.group_column]}
     if source == "cp" and "source" in row:
         groups["dataset"] = row["source"]
@@ -175,8 +178,9 @@ def row_to_cell(root: Path, source: str, row: dict[str, str], index: int) -> Cel
     )
 
 
-def iter_official_cells(root: str | Path, source: str, rows: Iterable[int] | None = None,
-                        metadata: pd.DataFrame | None = None) -> Iterator[Cell]:
+def iter_official_cells(
+    root: str | Path, source: str, rows: Iterable[int] | None = None, metadata: pd.DataFrame | None = None
+) -> Iterator[Cell]:
     """Cells of one source of an official download, in metadata file order.
 
     ``rows``: positional row numbers to read (default all); ``metadata``: the source's DataFrame from
@@ -194,5 +198,7 @@ def iter_official_cells(root: str | Path, source: str, rows: Iterable[int] | Non
     indices = range(len(records)) if rows is None else rows
     for i in indices:
         if not 0 <= int(i) < len(records):
-            raise IndexError(f"row {i} outside {source_info(key).folder}/{META_FILE} with {len(records)} rows")
+            raise IndexError(
+                f"row {i} outside {source_info(key).folder}/{META_FILE} with {len(records)} rows"
+            )
         yield row_to_cell(root, key, {str(k): str(v) for k, v in records[int(i)].items()}, int(i))

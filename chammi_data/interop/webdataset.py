@@ -32,7 +32,9 @@ def wds_decoder(key: str, data: bytes) -> np.ndarray | None:
     return decode_image_fast(data, where=f"webdataset member {key}")
 
 
-def shard_urls(release: Any, source: str | None = None, storage_options: dict[str, Any] | None = None) -> list[str]:
+def shard_urls(
+    release: Any, source: str | None = None, storage_options: dict[str, Any] | None = None
+) -> list[str]:
     """The full paths/URLs of a release's tar shards (all sources, or one), in ``release.json`` order."""
     from chammi_data.format.manifest import read_release_json
 

@@ -6,8 +6,9 @@ Two strategies, both deterministic:
   sub-batch per (source, channel set), as in the paper, where each source group gets its own forward pass
   and the losses are summed before one optimizer step. The list is ordered by ``SOURCE_KEYS`` then channel
   tuple; inside a group the samples keep their input order.
-- :class:`HomogeneousBatcher`: wraps a sample iterable (e.g. a :class:`~chammi_data.loading.streaming.ShardStream`) and
-  yields whole batches whose samples share one (source, channel set), buffering per key.
+- :class:`HomogeneousBatcher`: wraps a sample iterable (e.g. a
+  :class:`~chammi_data.loading.streaming.ShardStream`) and yields whole batches whose samples share one
+  (source, channel set), buffering per key.
 
 A batch is ``{"image": (B, C, H, W) float, "channels": tuple[str], "source": str, "label": list[str],
 "cell_id": list[str], "meta": list[dict]}`` (docs/CONTRACTS.md).
@@ -67,21 +68,29 @@ def collate_homogeneous(samples: Sequence[Sample], raw: bool = False) -> Batch:
     for s in samples:
         if group_key(s) != key:
             raise ValueError(
-                f"cannot stack sample {s.get('cell_id')!r} {group_key(s)} with {first.get('cell_id')!r} {key}: "
-                "different source or channels; batch mixed sources with chammi_data.loading.collate.group_by_channels "
+                f"cannot stack sample {s.get('cell_id')!r} {group_key(s)} with {first.get('cell_id')!r} "
+                f"{key}: "
+                "different source or channels; batch mixed sources with "
+                "chammi_data.loading.collate.group_by_channels "
                 "(DataLoader(..., collate_fn=group_by_channels), also ReleaseDataset.collate_fn)"
             )
         img = _as_tensor(s["image"], raw)
         if img.ndim != 3 or img.shape[0] != len(key[1]):
-            raise ValueError(f"sample {s.get('cell_id')!r}: image shape {tuple(img.shape)} does not match channels {key[1]}")
+            raise ValueError(
+                f"sample {s.get('cell_id')!r}: image shape {tuple(img.shape)} does not match channels "
+                f"{key[1]}"
+            )
         if images and img.shape != images[0].shape:
             raise ValueError(
-                f"cannot stack sample {s.get('cell_id')!r} of shape {tuple(img.shape)} with {first.get('cell_id')!r} of "
-                f"shape {tuple(images[0].shape)}: crop or resize to a common size first (e.g. train_transform)"
+                f"cannot stack sample {s.get('cell_id')!r} of shape {tuple(img.shape)} with "
+                f"{first.get('cell_id')!r} of "
+                f"shape {tuple(images[0].shape)}: crop or resize to a common size first (e.g. "
+                "train_transform)"
             )
         images.append(img)
     return {
-        # default_collate stacks straight into shared memory inside a DataLoader worker (no copy when the batch
+        # default_collate stacks straight into shared memory inside a DataLoader worker (no copy when the
+        # batch
         # crosses to the main process); elsewhere it is torch.stack
         "image": default_collate(images) if raw else torch.stack(images),
         "channels": key[1],
@@ -93,8 +102,8 @@ def collate_homogeneous(samples: Sequence[Sample], raw: bool = False) -> Batch:
 
 
 def group_by_channels_uint8(samples: Iterable[Sample]) -> list[Batch]:
-    """:func:`group_by_channels` for integer samples (``stream(output="uint8")``): each group's images stay one
-    integer (B, C, H, W) tensor, so a DataLoader worker ships one shared-memory block per channel set at a
+    """:func:`group_by_channels` for integer samples (``stream(output="uint8")``): each group's images stay
+    one integer (B, C, H, W) tensor, so a DataLoader worker ships one shared-memory block per channel set at a
     quarter of the float bytes, and the float math runs on the training device."""
     groups: dict[GroupKey, list[Sample]] = {}
     for s in samples:

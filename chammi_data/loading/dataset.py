@@ -23,10 +23,10 @@ import chammi_data.format.zarr_store as zarr_store
 from chammi_data.format.codec import CorruptSampleError
 from chammi_data.format.manifest import read_manifest, sources_in
 from chammi_data.format.release_format import parse_channels, sample_from_row, select_rows, to_float_tensor
-from chammi_data.loading.shards import ShardReader, check_image
-from chammi_data.store.storage import open_store
 from chammi_data.format.vocab import source_info
 from chammi_data.format.zarr_store import open_zarr_images
+from chammi_data.loading.shards import ShardReader, check_image
+from chammi_data.store.storage import open_store
 
 BACKENDS = ("shards", "zarr")
 
@@ -43,8 +43,14 @@ class ReleaseDataset(Dataset):
     the pixels' sha256 against the manifest.
     """
 
-    def __init__(self, root: Any, rows: pd.DataFrame, transform: Callable[[dict], dict] | None = None,
-                 backend: str = "shards", verify: bool | None = None):
+    def __init__(
+        self,
+        root: Any,
+        rows: pd.DataFrame,
+        transform: Callable[[dict], dict] | None = None,
+        backend: str = "shards",
+        verify: bool | None = None,
+    ):
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
         self.store = open_store(root)
@@ -120,7 +126,9 @@ class ReleaseDataset(Dataset):
             info = self._records[sample]
             names = parse_channels(info["channels"])
         if arr.ndim != 3 or arr.shape[0] != len(names):
-            raise ValueError(f"cannot plot an image of shape {arr.shape} with channels {names}: expected (C, H, W)")
+            raise ValueError(
+                f"cannot plot an image of shape {arr.shape} with channels {names}: expected (C, H, W)"
+            )
         fig = Figure(figsize=(2.2 * len(names), 2.6))
         axes = fig.subplots(1, len(names), squeeze=False)[0]
         for ax, chan, name in zip(axes, arr, names, strict=True):
@@ -145,8 +153,10 @@ class ReleaseDataset(Dataset):
     @cached_property
     def classes(self) -> dict[str, list[str]]:
         """``{source: sorted labels of that source in this dataset}``, sources in canonical order."""
-        return {src: sorted(set(self.rows.loc[self.rows["source"] == src, "label"].astype(str)))
-                for src in self.sources}
+        return {
+            src: sorted(set(self.rows.loc[self.rows["source"] == src, "label"].astype(str)))
+            for src in self.sources
+        }
 
     @cached_property
     def class_to_idx(self) -> dict[str, dict[str, int]]:
@@ -161,12 +171,13 @@ class ReleaseDataset(Dataset):
 
     @staticmethod
     def collate_fn(samples: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Collate for ``DataLoader(ds, collate_fn=ds.collate_fn)``: :func:`chammi_data.loading.collate.group_by_channels`.
+        """Collate for ``DataLoader(ds, collate_fn=ds.collate_fn)``:
+        :func:`chammi_data.loading.collate.group_by_channels`.
 
-        A batch mixing sources has images with different channel counts (WTC 3, HPA 4, CP 5), which no
-        single tensor holds: torch's default collate then fails inside ``torch.stack`` ("stack expects each
-        tensor to be equal size"). This returns a list of batches, one per (source, channel set); for one
-        batch per source use ``load(..., sources="hpa")`` or :class:`chammi_data.loading.collate.HomogeneousBatcher`.
+        A batch mixing sources has images with different channel counts (WTC 3, HPA 4, CP 5), which no single
+        tensor holds: torch's default collate then fails inside ``torch.stack`` ("stack expects each tensor to
+        be equal size"). This returns a list of batches, one per (source, channel set); for one batch per
+        source use ``load(..., sources="hpa")`` or :class:`chammi_data.loading.collate.HomogeneousBatcher`.
         Images must also share H x W (a crop/resize transform, e.g. ``train_transform``).
         """
         from chammi_data.loading.collate import group_by_channels
@@ -175,13 +186,22 @@ class ReleaseDataset(Dataset):
 
     def __repr__(self) -> str:
         counts = self.rows["source"].value_counts().to_dict()
-        return f"ReleaseDataset(root={str(self.root)!r}, n={len(self)}, sources={counts}, backend={self.backend!r})"
+        return (
+            f"ReleaseDataset(root={str(self.root)!r}, n={len(self)}, sources={counts}, "
+            f"backend={self.backend!r})"
+        )
 
 
-def load(split: str = "train", root: Any = None, sources: Sequence[str] | str | None = None,
-         transform: Callable[[dict], dict] | None = None, backend: str = "shards",
-         storage_options: Mapping[str, Any] | None = None, cache_dir: str | Path | None = None,
-         verify: bool | None = None) -> ReleaseDataset:
+def load(
+    split: str = "train",
+    root: Any = None,
+    sources: Sequence[str] | str | None = None,
+    transform: Callable[[dict], dict] | None = None,
+    backend: str = "shards",
+    storage_options: Mapping[str, Any] | None = None,
+    cache_dir: str | Path | None = None,
+    verify: bool | None = None,
+) -> ReleaseDataset:
     """A :class:`ReleaseDataset` of ``split`` from the release at ``root``.
 
     ``root``: a folder, ``file://``, ``s3://``, ``gs://``, ``http(s)://`` or any fsspec URL, or an fsspec

@@ -7,7 +7,8 @@ devices, fifos, pax/GNU extension headers, keys with dots, bad header checksums 
 errors (:class:`ShardFormatError`) naming the shard and the member/key. Nothing is written to disk.
 
 :func:`iter_samples` yields the usual sample dict (``release_format.make_sample``) with the (C, H, W) integer
-array as ``image``; its ``meta`` is the record's provenance plus ``train_test_split``, ``tasks`` and ``shard``.
+array as ``image``; its ``meta`` is the record's provenance plus ``train_test_split``, ``tasks`` and
+``shard``.
 """
 
 from __future__ import annotations
@@ -34,14 +35,27 @@ from chammi_data.store.storage import RemoteObjectError, open_store
 
 BLOCK = 512
 _EXTS = (JSON_SUFFIX.lstrip("."), IMAGE_SUFFIX.lstrip("."))  # "json", "npy.zst": the order within a sample
-_TYPE_NAMES = {b"1": "hard link", b"2": "symbolic link", b"3": "character device", b"4": "block device",
-               b"5": "directory", b"6": "fifo", b"7": "contiguous file", b"x": "pax extended header",
-               b"g": "pax global header", b"L": "GNU long name", b"K": "GNU long link name", b"S": "GNU sparse file"}
+_TYPE_NAMES = {
+    b"1": "hard link",
+    b"2": "symbolic link",
+    b"3": "character device",
+    b"4": "block device",
+    b"5": "directory",
+    b"6": "fifo",
+    b"7": "contiguous file",
+    b"x": "pax extended header",
+    b"g": "pax global header",
+    b"L": "GNU long name",
+    b"K": "GNU long link name",
+    b"S": "GNU sparse file",
+}
 
 
 # The exact header ``np.save`` writes for a C-order (C, H, W) uint8/uint16 array; anything else takes the
 # general (slower, equally strict) path of ``codec.decode_image``.
-_NPY_HEADER = re.compile(rb"\{'descr': '([<|]u[12])', 'fortran_order': False, 'shape': \((\d+), (\d+), (\d+)\), \} *\n")
+_NPY_HEADER = re.compile(
+    rb"\{'descr': '([<|]u[12])', 'fortran_order': False, 'shape': \((\d+), (\d+), (\d+)\), \} *\n"
+)
 
 
 class ShardFormatError(CorruptSampleError):
@@ -80,7 +94,9 @@ def _parse_header(block: bytes, shard: str, pos: int) -> tuple[str, int, bytes]:
     stored = _octal(block[148:156], shard, "checksum", name)
     computed = sum(block[:148]) + 8 * 32 + sum(block[156:])
     if stored != computed:
-        raise ShardFormatError(f"{shard}: corrupted tar header at byte {pos} (member {name!r}): checksum mismatch")
+        raise ShardFormatError(
+            f"{shard}: corrupted tar header at byte {pos} (member {name!r}): checksum mismatch"
+        )
     if block[257:262] != b"ustar":
         raise ShardFormatError(f"{shard}: member {name!r} at byte {pos}: not a ustar header")
     size = _octal(block[124:136], shard, "size", name)
@@ -105,10 +121,16 @@ def _size_bounds(expected: Mapping[str, Any] | None) -> tuple[int, int, str]:
 @functools.lru_cache(maxsize=64)
 def _bounds_for(shape: tuple[int, int, int], dtype: str) -> tuple[int, int, str]:
     pixels = math.prod(shape) * np.dtype(dtype).itemsize
-    return pixels + 10, pixels + _NPY_HEADER_MAX, f"{pixels} bytes of pixels for {shape} {dtype} (+ .npy header)"
+    return (
+        pixels + 10,
+        pixels + _NPY_HEADER_MAX,
+        f"{pixels} bytes of pixels for {shape} {dtype} (+ .npy header)",
+    )
 
 
-def decode_image_fast(data: bytes, where: str = "image", expected: Mapping[str, Any] | None = None) -> np.ndarray:
+def decode_image_fast(
+    data: bytes, where: str = "image", expected: Mapping[str, Any] | None = None
+) -> np.ndarray:
     """Same result and checks as ``codec.decode_image``, without ``np.load``'s copies and ``literal_eval``.
 
     The zstd frame is decompressed straight into a new writable numpy buffer of the size its header declares
@@ -145,7 +167,9 @@ def decode_image_fast(data: bytes, where: str = "image", expected: Mapping[str, 
     dtype = np.dtype(m.group(1).decode("ascii"))
     shape = tuple(int(x) for x in m.groups()[1:])
     if size - start != math.prod(shape) * dtype.itemsize:
-        raise CorruptSampleError(f"{where}: cannot decode image (pixel data has {size - start} bytes for shape {shape} {dtype})")
+        raise CorruptSampleError(
+            f"{where}: cannot decode image (pixel data has {size - start} bytes for shape {shape} {dtype})"
+        )
     return buf[start:].view(dtype).reshape(shape)
 
 
@@ -163,11 +187,14 @@ def _check_name(name: str, typeflag: bytes, shard: str) -> tuple[str, str]:
         raise ShardFormatError(f"{shard}: member {name!r} is in a folder; members must be flat <key>.<ext>")
     key, _, ext = name.partition(".")
     if key and CELL_ID_PATTERN.fullmatch(key) is None:
-        raise ShardFormatError(f"{shard}: member {name!r}: key {key!r} is not a valid cell id (letters, digits, "
-                               f"'_' and '-' only)")
+        raise ShardFormatError(
+            f"{shard}: member {name!r}: key {key!r} is not a valid cell id (letters, digits, "
+            f"'_' and '-' only)"
+        )
     if not key or ext not in _EXTS:
         raise ShardFormatError(
-            f"{shard}: member {name!r} (key {key!r}): unexpected extension {ext!r}; members are <key>.json and "
+            f"{shard}: member {name!r} (key {key!r}): unexpected extension {ext!r}; members are <key>.json "
+            "and "
             f"<key>.npy.zst and keys contain no dots"
         )
     return key, ext
@@ -179,7 +206,9 @@ def iter_members(fh: BinaryIO, shard: str, read_data: bool = True) -> Iterator[t
     while True:
         block = fh.read(BLOCK)
         if not block:
-            raise ShardFormatError(f"{shard}: truncated: ends at byte {pos} without the end-of-archive marker")
+            raise ShardFormatError(
+                f"{shard}: truncated: ends at byte {pos} without the end-of-archive marker"
+            )
         if len(block) < BLOCK:
             raise ShardFormatError(f"{shard}: truncated tar header at byte {pos}")
         if block == b"\0" * BLOCK:
@@ -190,18 +219,24 @@ def iter_members(fh: BinaryIO, shard: str, read_data: bool = True) -> Iterator[t
         padded = (size + BLOCK - 1) // BLOCK * BLOCK
         limit = MAX_RECORD_BYTES if ext == "json" else MAX_IMAGE_BYTES
         if size > limit:
-            raise ShardFormatError(f"{shard}: member {name!r} (key {key!r}) declares {size} bytes, more than the "
-                                   f"{limit}-byte limit for a .{ext} member")
+            raise ShardFormatError(
+                f"{shard}: member {name!r} (key {key!r}) declares {size} bytes, more than the "
+                f"{limit}-byte limit for a .{ext} member"
+            )
         if read_data:
             data = fh.read(size)
             if len(data) < size:
-                raise ShardFormatError(f"{shard}: member {name!r} (key {key!r}) is truncated: {len(data)} of {size} bytes")
+                raise ShardFormatError(
+                    f"{shard}: member {name!r} (key {key!r}) is truncated: {len(data)} of {size} bytes"
+                )
             fh.read(padded - size)
         else:
             data = None
             end = fh.seek(0, os.SEEK_END)
             if member.offset + size > end:
-                raise ShardFormatError(f"{shard}: member {name!r} (key {key!r}) is truncated: file ends at byte {end}")
+                raise ShardFormatError(
+                    f"{shard}: member {name!r} (key {key!r}) is truncated: file ends at byte {end}"
+                )
             fh.seek(member.offset + padded)
         pos = member.offset + padded
         yield member, data
@@ -237,8 +272,14 @@ def _decode_sample(key: str, parts: dict[str, bytes], shard: str, verify: bool) 
     meta.setdefault("train_test_split", record.get("train_test_split", ""))
     meta.setdefault("tasks", list(record.get("tasks", [])))
     meta["shard"] = shard
-    return make_sample(image, channels=record.get("channels", ()), source=record.get("source", ""),
-                       label=record.get("label", ""), cell_id=key, meta=meta)
+    return make_sample(
+        image,
+        channels=record.get("channels", ()),
+        source=record.get("source", ""),
+        label=record.get("label", ""),
+        cell_id=key,
+        meta=meta,
+    )
 
 
 def check_image(image: np.ndarray, expected: Mapping[str, Any], where: str, verify: bool = False) -> None:
@@ -253,7 +294,9 @@ def check_image(image: np.ndarray, expected: Mapping[str, Any], where: str, veri
         raise ShardFormatError(f"{where}: image checksum mismatch (pixels changed)")
 
 
-def iter_samples(path: str | Path, verify: bool = False, data: bytes | None = None) -> Iterator[dict[str, Any]]:
+def iter_samples(
+    path: str | Path, verify: bool = False, data: bytes | None = None
+) -> Iterator[dict[str, Any]]:
     """Decoded samples of one shard in order (the shard file at ``path``, or its bytes ``data`` with ``path``
     naming it in errors); ``verify`` also checks each image's sha256 against its record.
 
@@ -264,20 +307,24 @@ def iter_samples(path: str | Path, verify: bool = False, data: bytes | None = No
     seen: set[str] = set()
     current: str | None = None
     parts: dict[str, bytes] = {}
-    with (open(path, "rb") if data is None else io.BytesIO(data)) as fh:
+    with open(path, "rb") if data is None else io.BytesIO(data) as fh:
         for member, blob in iter_members(fh, shard):
             assert blob is not None
             if member.key != current:
                 if current is not None:
                     yield _decode_sample(current, parts, shard, verify)
                 if member.key in seen:
-                    raise ShardFormatError(f"{shard}: key {member.key!r} appears twice (members not adjacent)")
+                    raise ShardFormatError(
+                        f"{shard}: key {member.key!r} appears twice (members not adjacent)"
+                    )
                 seen.add(member.key)
                 current, parts = member.key, {}
             if member.ext in parts:
                 raise ShardFormatError(f"{shard}: key {member.key!r} has two {member.ext} members")
             if member.ext == "npy.zst" and "json" not in parts:
-                raise ShardFormatError(f"{shard}: key {member.key!r}: npy.zst member before (or without) its json")
+                raise ShardFormatError(
+                    f"{shard}: key {member.key!r}: npy.zst member before (or without) its json"
+                )
             parts[member.ext] = blob
         if current is not None:
             yield _decode_sample(current, parts, shard, verify)
@@ -324,7 +371,9 @@ class ShardReader:
                 raise
             raise FileNotFoundError(f"shard {shard} not found in release {self.store}") from None
         if len(data) != nbytes:
-            raise ShardFormatError(f"{self.where(row)}: truncated, read {len(data)} of {nbytes} bytes at offset {offset}")
+            raise ShardFormatError(
+                f"{self.where(row)}: truncated, read {len(data)} of {nbytes} bytes at offset {offset}"
+            )
         return data
 
     def read(self, row: Mapping[str, Any], verify: bool | None = None) -> np.ndarray:
@@ -333,7 +382,9 @@ class ShardReader:
         where = self.where(row)
         data = self.read_bytes(row)
         image = decode_image_fast(data, where=where, expected=row)
-        check_image(image, row, where, verify=bool(verify) or (verify is None and not has_frame_checksum(data)))
+        check_image(
+            image, row, where, verify=bool(verify) or (verify is None and not has_frame_checksum(data))
+        )
         return image
 
     def close(self) -> None:

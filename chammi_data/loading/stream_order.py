@@ -52,7 +52,8 @@ def global_order(mode: str, shard_codes: np.ndarray, seed: int, epoch: int, shuf
 
 
 def pad_to_world(positions: np.ndarray, n: int, world: int, drop_last: bool) -> np.ndarray:
-    """``positions`` cut (``drop_last``) or padded with wrap-around positions ``n, n+1, ...`` to a multiple of W."""
+    """``positions`` cut (``drop_last``) or padded with wrap-around positions ``n, n+1, ...`` to a multiple of
+    W."""
     m = len(positions)
     if drop_last:
         return positions[: m - m % world]
@@ -61,7 +62,9 @@ def pad_to_world(positions: np.ndarray, n: int, world: int, drop_last: bool) -> 
     return positions
 
 
-def exact_plan(positions: np.ndarray, rank: int, world: int, worker: int, workers: int, block: int) -> np.ndarray:
+def exact_plan(
+    positions: np.ndarray, rank: int, world: int, worker: int, workers: int, block: int
+) -> np.ndarray:
     """Positions (rank, worker) yields in ``exact`` order, from the padded remaining positions."""
     mine = positions[rank::world]
     if workers > 1:
@@ -74,10 +77,10 @@ def shard_parts(positions: np.ndarray, world: int, workers: int, block: int) -> 
     per_rank = len(positions) // world
     out = []
     for r in range(world):
-        mine = positions[r * per_rank:(r + 1) * per_rank]
+        mine = positions[r * per_rank : (r + 1) * per_rank]
         blocks = -(-len(mine) // block)
         cuts = [min(len(mine), (blocks * k // workers) * block) for k in range(workers + 1)]
-        out.append([mine[cuts[k]:cuts[k + 1]] for k in range(workers)])
+        out.append([mine[cuts[k] : cuts[k + 1]] for k in range(workers)])
     return out
 
 
@@ -107,7 +110,7 @@ def buffer_order(part: np.ndarray, buffer: int, seed: int, epoch: int, rank: int
 
 
 def logical_worker(worker: int, workers: int, batches_done: int) -> int:
-    """The part (and shuffle seed) DataLoader worker ``worker`` takes after ``batches_done`` whole batches of an
-    epoch were consumed: the DataLoader's first batch comes from worker 0, and it must be the batch logical
+    """The part (and shuffle seed) DataLoader worker ``worker`` takes after ``batches_done`` whole batches of
+    an epoch were consumed: the DataLoader's first batch comes from worker 0, and it must be the batch logical
     worker ``batches_done % K`` would have sent next."""
     return (worker + batches_done) % workers

@@ -28,10 +28,14 @@ class ProgressTracker:
             metas = it["meta"] if isinstance(it["meta"], list | tuple) else [it["meta"]]
             for m in metas:
                 if "stream_index" not in m:
-                    raise KeyError(f"sample meta has no stream_index (not from a ShardStream?): keys {sorted(m)}")
+                    raise KeyError(
+                        f"sample meta has no stream_index (not from a ShardStream?): keys {sorted(m)}"
+                    )
                 index, epoch = m["stream_index"], m["stream_epoch"]
                 if isinstance(index, torch.Tensor | list | tuple):  # meta collated by torch's default_collate
-                    for e, i in zip(torch.as_tensor(epoch).tolist(), torch.as_tensor(index).tolist(), strict=True):
+                    for e, i in zip(
+                        torch.as_tensor(epoch).tolist(), torch.as_tensor(index).tolist(), strict=True
+                    ):
                         self.seen.setdefault(int(e), set()).add(int(i))
                 else:
                     self.seen.setdefault(int(epoch), set()).add(int(index))
@@ -48,7 +52,8 @@ class ProgressTracker:
         return sorted(self.seen.get(epoch, ()))
 
     def gather(self, epoch: int) -> list[int]:
-        """Positions of ``epoch`` received by any rank (a collective: call on every rank when DDP is initialised)."""
+        """Positions of ``epoch`` received by any rank (a collective: call on every rank when DDP is
+        initialised)."""
         mine = self.positions(epoch)
         dist = torch.distributed
         if not (dist.is_available() and dist.is_initialized()):

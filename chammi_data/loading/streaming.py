@@ -1,24 +1,25 @@
 """Deterministic, resumable streaming of a release's tar shards for (distributed) training.
 
 ``stream(root, split, seed=...)`` is an ``IterableDataset`` of sample dicts. Which samples a (rank, worker)
-reads and in which order is :mod:`chammi_data.loading.stream_order`: ``order="exact"`` (a global permutation, one
-random read per cell; the default for local releases) or ``order="shards"`` (shards in a permutation, each
-worker reading its own shard runs front to back with ``readahead`` ranges in flight, emitting through a
-seeded shuffle buffer; the default for remote releases, where it needs one request per shard run instead
-of one per cell). Both give every rank the same number of samples and resume exactly.
+reads and in which order is :mod:`chammi_data.loading.stream_order`: ``order="exact"`` (a global permutation,
+one random read per cell; the default for local releases) or ``order="shards"`` (shards in a permutation, each
+worker reading its own shard runs front to back with ``readahead`` ranges in flight, emitting through a seeded
+shuffle buffer; the default for remote releases, where it needs one request per shard run instead of one per
+cell). Both give every rank the same number of samples and resume exactly.
 
 **Output.** ``output="float"`` (default): ``image`` is the float (C, H, W) tensor in [0, 1] after
 ``transform`` (scripts, ``load``-like use). ``output="uint8"``: ``image`` is the integer (C, H, W) array as
 stored, the transform is NOT applied, and ``meta["aug_seed"]`` carries the seed the transform must use;
-:func:`chammi_data.loading.collate.group_by_channels_uint8` stacks such samples per channel set in the DataLoader
-worker and :class:`chammi_data.augment.device.DeviceTransform` applies the float math on the training
-device, giving the same tensors as the float path.
+:func:`chammi_data.loading.collate.group_by_channels_uint8` stacks such samples per channel set in the
+DataLoader worker and :class:`chammi_data.augment.device.DeviceTransform` applies the float math on the
+training device, giving the same tensors as the float path.
 
 **Progress.** Each sample's ``meta`` holds ``stream_epoch``, ``stream_index`` (its position in the epoch's
-global order G) and ``manifest_row``. A :class:`~chammi_data.loading.stream_progress.ProgressTracker` records what the trainer received;
-``stream.state_dict(seen=tracker.gather(epoch))`` stores the consumed positions (a prefix plus ``ahead``), and
-a resumed stream skips them. ``advance(n)`` (``exact`` order only) marks the next n positions of G consumed,
-exact when every rank received a prefix of its slice (``worker_block`` = the DataLoader batch size).
+global order G) and ``manifest_row``. A :class:`~chammi_data.loading.stream_progress.ProgressTracker` records
+what the trainer received; ``stream.state_dict(seen=tracker.gather(epoch))`` stores the consumed positions (a
+prefix plus ``ahead``), and a resumed stream skips them. ``advance(n)`` (``exact`` order only) marks the next
+n positions of G consumed, exact when every rank received a prefix of its slice (``worker_block`` = the
+DataLoader batch size).
 
 **Workers.** ``set_epoch``, ``advance`` and ``load_state_dict`` are mirrored into shared memory, so
 DataLoader workers with ``persistent_workers=True`` follow them at the start of every epoch's iterator.
@@ -38,17 +39,24 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 import chammi_data.loading.stream_order as so
-from chammi_data.format.manifest import read_manifest
-from chammi_data.store.readahead import ByteRange, RangeReadahead
-from chammi_data.format.release_format import make_sample, parse_channels, row_meta, select_rows, to_float_tensor
-from chammi_data.loading.shards import ShardReader, check_image, decode_image_fast, has_frame_checksum
-from chammi_data.store.storage import open_store
 from chammi_data.augment.transforms import accepts_generator, apply_seeded
+from chammi_data.format.manifest import read_manifest
+from chammi_data.format.release_format import (
+    make_sample,
+    parse_channels,
+    row_meta,
+    select_rows,
+    to_float_tensor,
+)
 from chammi_data.format.vocab import TASK_COLUMNS
+from chammi_data.loading.shards import ShardReader, check_image, decode_image_fast, has_frame_checksum
+from chammi_data.store.readahead import ByteRange, RangeReadahead
+from chammi_data.store.storage import open_store
 
 STATE_VERSION = 2
 OUTPUTS = ("float", "uint8")
-#: the plan fields mirrored in shared memory: epoch, consumed prefix, plan world size / workers / block (-1: none)
+#: the plan fields mirrored in shared memory: epoch, consumed prefix, plan world size / workers / block (-1:
+#: none)
 _INFO = ("epoch", "consumed", "plan_world", "plan_workers", "plan_block")
 
 
@@ -149,7 +157,8 @@ class ShardStream(IterableDataset):
         self._shared_ahead = torch.zeros(max(1, self.num_samples), dtype=torch.bool).share_memory_()
         self._sync_shared()
 
-    # -- state ---------------------------------------------------------------------------------------------------
+    # -- state
+    # ---------------------------------------------------------------------------------------------------
     @property
     def root(self) -> Any:
         """The release location: a Path for a local release, else its URL."""
@@ -197,24 +206,30 @@ class ShardStream(IterableDataset):
         """Global positions not yet consumed in this epoch, in order, before padding/dropping."""
         return np.flatnonzero(~self._done()).astype(np.int64)
 
-    # -- plans ---------------------------------------------------------------------------------------------------
+    # -- plans
+    # ---------------------------------------------------------------------------------------------------
     def _shard_parts(self, world: int, workers: int) -> tuple[list[list[np.ndarray]], bool]:
         """[rank][worker] G-position runs and whether they are the epoch-start plan (exact continuation)."""
         n, block = self.num_samples, self.worker_block
         done = self._done()
         if not done.any() or self.plan_topology == (world, workers, block):
-            full = so.shard_parts(so.pad_to_world(np.arange(n, dtype=np.int64), n, world, self.drop_last),
-                                  world, workers, block)
+            full = so.shard_parts(
+                so.pad_to_world(np.arange(n, dtype=np.int64), n, world, self.drop_last), world, workers, block
+            )
             left = [sum(int((~done[p[p < n]]).sum()) + int((p >= n).sum()) for p in parts) for parts in full]
             if len(set(left)) == 1:  # every rank still has the same number of samples: continue as planned
                 return full, True
         rem = so.pad_to_world(self.remaining(), n, world, self.drop_last)
         return so.shard_parts(rem, world, workers, block), False
 
-    def plan(self, rank: int | None = None, world_size: int | None = None, worker: int = 0,
-             num_workers: int = 1) -> np.ndarray:
-        """Global positions (rank, worker) yields next, in emission order (see :mod:`chammi_data.loading.stream_order`)."""
-        r, w = _world(self._rank if rank is None else rank, self._world_size if world_size is None else world_size)
+    def plan(
+        self, rank: int | None = None, world_size: int | None = None, worker: int = 0, num_workers: int = 1
+    ) -> np.ndarray:
+        """Global positions (rank, worker) yields next, in emission order (see
+        :mod:`chammi_data.loading.stream_order`)."""
+        r, w = _world(
+            self._rank if rank is None else rank, self._world_size if world_size is None else world_size
+        )
         n = self.num_samples
         if self.order_mode == "exact":
             pos = so.pad_to_world(self.remaining(), n, w, self.drop_last)
@@ -222,7 +237,9 @@ class ShardStream(IterableDataset):
         parts, planned = self._shard_parts(w, num_workers)
         done = self._done()
         logical = worker
-        if planned:  # after b whole batches of this rank, the DataLoader's next batch is logical worker b % K's
+        if (
+            planned
+        ):  # after b whole batches of this rank, the DataLoader's next batch is logical worker b % K's
             used = sum(int(done[p[p < n]].sum()) for p in parts[r])
             logical = so.logical_worker(worker, num_workers, used // self.worker_block)
         emitted = so.buffer_order(parts[r][logical], self.buffer, self.seed, self.epoch, r, logical)
@@ -235,7 +252,9 @@ class ShardStream(IterableDataset):
         r, w = _world(self._rank, self._world_size)
         parts, _ = self._shard_parts(w, 1)
         done = self._done()
-        return sum(int((p >= self.num_samples).sum() + (~done[p[p < self.num_samples]]).sum()) for p in parts[r])
+        return sum(
+            int((p >= self.num_samples).sum() + (~done[p[p < self.num_samples]]).sum()) for p in parts[r]
+        )
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
@@ -254,7 +273,9 @@ class ShardStream(IterableDataset):
         for pos in positions.tolist():
             yield self.sample(int(perm[pos % n]), epoch, pos)
 
-    def _generate_shards(self, positions: np.ndarray, perm: np.ndarray, epoch: int) -> Iterator[dict[str, Any]]:
+    def _generate_shards(
+        self, positions: np.ndarray, perm: np.ndarray, epoch: int
+    ) -> Iterator[dict[str, Any]]:
         """Read the needed rows shard run by shard run (read order = G order), emit in ``positions`` order."""
         n = self.num_samples
         read_order = np.sort(positions, kind="stable")
@@ -281,19 +302,31 @@ class ShardStream(IterableDataset):
                 fetched[j] = memoryview(data)
             i = int(perm[pos % n])
             start = int(self._offset[i]) - runs[k].start
-            yield self.sample(i, epoch, pos, data=fetched[k][start:start + int(self._nbytes[i])])  # a view, no copy
+            yield self.sample(
+                i, epoch, pos, data=fetched[k][start : start + int(self._nbytes[i])]
+            )  # a view, no copy
             left[k] -= 1
             if left[k] == 0:
                 del fetched[k]
 
-    # -- samples -------------------------------------------------------------------------------------------------
+    # -- samples
+    # -------------------------------------------------------------------------------------------------
     def _row(self, i: int) -> dict[str, Any]:
-        return {"shard": self._shard[i], "key": self._key[i], "offset": int(self._offset[i]),
-                "nbytes": int(self._nbytes[i]), "channels": self._channels[i], "height": int(self._height[i]),
-                "width": int(self._width[i]), "dtype": self._dtype[i], "sha256": self._sha256[i]}
+        return {
+            "shard": self._shard[i],
+            "key": self._key[i],
+            "offset": int(self._offset[i]),
+            "nbytes": int(self._nbytes[i]),
+            "channels": self._channels[i],
+            "height": int(self._height[i]),
+            "width": int(self._width[i]),
+            "dtype": self._dtype[i],
+            "sha256": self._sha256[i],
+        }
 
-    def sample(self, i: int, epoch: int | None = None, position: int | None = None,
-               data: bytes | None = None) -> dict[str, Any]:
+    def sample(
+        self, i: int, epoch: int | None = None, position: int | None = None, data: bytes | None = None
+    ) -> dict[str, Any]:
         """Read selected row ``i`` (not a position) and build its sample; ``position`` seeds augmentation.
         ``data``: the row's compressed image bytes when already fetched (shard runs)."""
         row = self._row(i)
@@ -305,25 +338,46 @@ class ShardStream(IterableDataset):
             check_image(image, row, where, verify=not has_frame_checksum(data))
         e = self.epoch if epoch is None else epoch
         pos = -1 if position is None else position
-        meta = row_meta({"meta": self._meta[i], "train_test_split": self._split[i], "zarr_row": self._zarr_row[i],
-                         **dict(zip(TASK_COLUMNS, self._tasks[i].tolist(), strict=True))})
+        meta = row_meta(
+            {
+                "meta": self._meta[i],
+                "train_test_split": self._split[i],
+                "zarr_row": self._zarr_row[i],
+                **dict(zip(TASK_COLUMNS, self._tasks[i].tolist(), strict=True)),
+            }
+        )
         meta.update({"stream_epoch": e, "stream_index": pos, "manifest_row": int(self._manifest_row[i])})
-        # Direct reads (no position) seed from the row instead; the 4-word entropy cannot collide with positions.
+        # Direct reads (no position) seed from the row instead; the 4-word entropy cannot collide with
+        # positions.
         s = sample_seed(self.seed, e, pos) if pos >= 0 else sample_seed(self.seed, e, i, 1)
         if self.output == "uint8":
             meta["aug_seed"] = s
-            return make_sample(image, channels=self._channels[i], source=self._source[i], label=self._label[i],
-                               cell_id=self._cell_id[i], meta=meta)
-        sample = make_sample(to_float_tensor(image), channels=self._channels[i], source=self._source[i],
-                             label=self._label[i], cell_id=self._cell_id[i], meta=meta)
+            return make_sample(
+                image,
+                channels=self._channels[i],
+                source=self._source[i],
+                label=self._label[i],
+                cell_id=self._cell_id[i],
+                meta=meta,
+            )
+        sample = make_sample(
+            to_float_tensor(image),
+            channels=self._channels[i],
+            source=self._source[i],
+            label=self._label[i],
+            cell_id=self._cell_id[i],
+            meta=meta,
+        )
         return apply_seeded(self.transform, sample, s, self._takes_generator)
 
     def advance(self, n_global: int) -> None:
         """Mark the next ``n_global`` samples of the remaining global order (padding included) as consumed
         (``exact`` order only: in ``shards`` order progress is recorded with a :class:`ProgressTracker`)."""
         if self.order_mode != "exact":
-            raise ValueError("advance() needs order='exact'; record progress with a ProgressTracker and "
-                             "state_dict(seen=...) in 'shards' order")
+            raise ValueError(
+                "advance() needs order='exact'; record progress with a ProgressTracker and "
+                "state_dict(seen=...) in 'shards' order"
+            )
         if n_global < 0:
             raise ValueError(f"advance({n_global}): n must be >= 0")
         rem = self.remaining()
@@ -360,19 +414,27 @@ class ShardStream(IterableDataset):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Resume from :meth:`state_dict` output (any world size / worker count). Checks the selection matches."""
+        """Resume from :meth:`state_dict` output (any world size / worker count). Checks the selection
+        matches."""
         if state.get("version") not in (1, STATE_VERSION):
-            raise ValueError(f"stream state version {state.get('version')!r} not supported (expected {STATE_VERSION})")
+            raise ValueError(
+                f"stream state version {state.get('version')!r} not supported (expected {STATE_VERSION})"
+            )
         if state["num_samples"] != self.num_samples or state["fingerprint"] != self.fingerprint:
             raise ValueError(
                 f"stream state is for a different selection ({state['num_samples']} samples, fingerprint "
-                f"{state['fingerprint']}) than this stream ({self.num_samples}, {self.fingerprint}; split {self.split!r})"
+                f"{state['fingerprint']}) than this stream ({self.num_samples}, {self.fingerprint}; split "
+                f"{self.split!r})"
             )
         if bool(state.get("shuffle", True)) != self.shuffle:
-            raise ValueError(f"stream state has shuffle={state.get('shuffle')} but this stream has shuffle={self.shuffle}")
+            raise ValueError(
+                f"stream state has shuffle={state.get('shuffle')} but this stream has shuffle={self.shuffle}"
+            )
         if state.get("order", "exact") != self.order_mode:
-            raise ValueError(f"stream state is for order={state.get('order', 'exact')!r} but this stream has "
-                             f"order={self.order_mode!r}")
+            raise ValueError(
+                f"stream state is for order={state.get('order', 'exact')!r} but this stream has "
+                f"order={self.order_mode!r}"
+            )
         self.seed, self.epoch = int(state["seed"]), int(state["epoch"])
         self.consumed = int(state["consumed"])
         self.ahead = frozenset(int(p) for p in state.get("ahead", ()))

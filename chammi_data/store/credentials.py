@@ -15,8 +15,13 @@ def credentials_source(protocol: str, storage_options: Mapping[str, Any] | None 
     """Where the credentials for ``protocol`` come from, in words, without any secret."""
     opts = dict(storage_options or {})
     if protocol in ("s3", "s3a"):
-        endpoint = (opts.get("endpoint_url") or (opts.get("client_kwargs") or {}).get("endpoint_url")
-                    or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "AWS default")
+        endpoint = (
+            opts.get("endpoint_url")
+            or (opts.get("client_kwargs") or {}).get("endpoint_url")
+            or os.environ.get("AWS_ENDPOINT_URL_S3")
+            or os.environ.get("AWS_ENDPOINT_URL")
+            or "AWS default"
+        )
         if opts.get("anon"):
             who = "anonymous access (storage_options anon=True)"
         elif opts.get("key") or opts.get("secret"):
@@ -25,8 +30,11 @@ def credentials_source(protocol: str, storage_options: Mapping[str, Any] | None 
             who = f"AWS profile {opts['profile']!r} (storage_options)"
         elif os.environ.get("AWS_ACCESS_KEY_ID"):
             key = os.environ["AWS_ACCESS_KEY_ID"]
-            who = f"environment variable AWS_ACCESS_KEY_ID ({key[:4]}...{key[-2:]})" if len(key) > 8 else \
-                "environment variable AWS_ACCESS_KEY_ID"
+            who = (
+                f"environment variable AWS_ACCESS_KEY_ID ({key[:4]}...{key[-2:]})"
+                if len(key) > 8
+                else "environment variable AWS_ACCESS_KEY_ID"
+            )
         elif os.environ.get("AWS_PROFILE"):
             who = f"AWS profile {os.environ['AWS_PROFILE']!r} (AWS_PROFILE)"
         else:
@@ -42,5 +50,7 @@ def credentials_source(protocol: str, storage_options: Mapping[str, Any] | None 
         return "the default Google credentials (gcloud, metadata server)"
     if protocol in ("http", "https"):
         headers = (opts.get("client_kwargs") or {}).get("headers") or opts.get("headers") or {}
-        return f"HTTP headers {sorted(headers)} (storage_options)" if headers else "no credentials (plain HTTP)"
+        return (
+            f"HTTP headers {sorted(headers)} (storage_options)" if headers else "no credentials (plain HTTP)"
+        )
     return f"the {protocol or 'local'} filesystem's defaults" + (" with storage_options" if opts else "")

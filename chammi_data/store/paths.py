@@ -20,7 +20,8 @@ MANIFESTS_ENV = "CHAMMI_MANIFESTS"
 def default_release_dir() -> Path:
     """``$CHAMMI_RELEASE`` if set, else ``$XDG_CACHE_HOME/chammi/release`` (``~/.cache/chammi/release``).
 
-    ``chammi-build`` writes here when given no ``--output``; ``chammi_data.load`` reads here when given no root.
+    ``chammi-build`` writes here when given no ``--output``; ``chammi_data.load`` reads here when given no
+    root.
     """
     env = os.environ.get(RELEASE_ENV)
     if env:
@@ -89,5 +90,7 @@ def safe_join(root: str | Path, rel: str | Path) -> Path:
     base = Path(root)
     out = base.joinpath(*parts)
     if not out.resolve().is_relative_to(base.resolve()):
-        raise UnsafePathError(f"unsafe path {str(rel)!r}: resolves to {out.resolve()}, outside {base.resolve()}")
+        raise UnsafePathError(
+            f"unsafe path {str(rel)!r}: resolves to {out.resolve()}, outside {base.resolve()}"
+        )
     return out

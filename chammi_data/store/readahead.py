@@ -1,4 +1,5 @@
-"""Fetch byte ranges of a release's shards ahead of their use, so that reading speed does not depend on latency.
+"""Fetch byte ranges of a release's shards ahead of their use, so that reading speed does not depend on
+latency.
 
 :class:`RangeReadahead` takes the list of byte ranges a stream worker will need, in order, and keeps up to
 ``depth`` of them in flight on background threads (one request each: a ``pread`` locally, one ranged GET
@@ -36,8 +37,10 @@ class RangeReadahead:
         if len(data) != r.end - r.start:
             from chammi_data.loading.shards import ShardFormatError
 
-            raise ShardFormatError(f"{self.store.path(r.shard)}: truncated: read {len(data)} of {r.end - r.start} "
-                                   f"bytes at offset {r.start}")
+            raise ShardFormatError(
+                f"{self.store.path(r.shard)}: truncated: read {len(data)} of {r.end - r.start} "
+                f"bytes at offset {r.start}"
+            )
         return data
 
     def __iter__(self) -> Iterator[tuple[ByteRange, bytes]]:

@@ -1,12 +1,14 @@
-"""Where a release lives: a local folder or any fsspec location, read with retries and an optional shard cache.
+"""Where a release lives: a local folder or any fsspec location, read with retries and an optional shard
+cache.
 
 A release is named by a *location*: a local path, ``file://``, ``s3://``, ``gs://``, ``http(s)://``, any other
 fsspec URL, or an ``fsspec`` mapper. :class:`ReleaseStore` is the one object every reader uses to get at its
 files, so a reader never calls ``open``/``os.pread`` on a release itself:
 
-- :meth:`~ReleaseStore.read_bytes` (whole small files: manifest, release.json), :meth:`~ReleaseStore.read_range`
-  (one cell: a ``pread`` locally, one ranged GET remotely), :meth:`~ReleaseStore.read_shard` (a whole shard in
-  one streaming GET) and :meth:`~ReleaseStore.local_path` (a shard as a local file, from the cache);
+- :meth:`~ReleaseStore.read_bytes` (whole small files: manifest, release.json),
+  :meth:`~ReleaseStore.read_range` (one cell: a ``pread`` locally, one ranged GET remotely),
+  :meth:`~ReleaseStore.read_shard` (a whole shard in one streaming GET) and :meth:`~ReleaseStore.local_path`
+  (a shard as a local file, from the cache);
 - remote reads are retried with exponential backoff on timeouts, connection resets and 5xx answers; after the
   last attempt :class:`RemoteReadError` names the URL, what was being read and the attempt count. A missing
   object or a refused one (403/404) is not retried: the error names the object and the credentials source
@@ -33,8 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from chammi_data.store.credentials import credentials_source
 from chammi_data.format.schema import file_sha256
+from chammi_data.store.credentials import credentials_source
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -50,8 +52,8 @@ class ReleaseNotFoundError(FileNotFoundError):
 
 
 class RemoteObjectError(FileNotFoundError):
-    """A remote object is missing (``missing``) or access to it was refused (not retried); names the object and
-    the credentials source."""
+    """A remote object is missing (``missing``) or access to it was refused (not retried); names the object
+    and the credentials source."""
 
     def __init__(self, message: str, missing: bool = False) -> None:
         super().__init__(message)
@@ -64,8 +66,9 @@ class RemoteReadError(OSError):
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How remote reads are retried: ``attempts`` in all, sleeping ``backoff * 2**k`` (at most ``max_backoff``)
-    seconds between them; ``timeout`` is the per-request timeout in seconds given to the filesystem."""
+    """How remote reads are retried: ``attempts`` in all, sleeping ``backoff * 2**k`` (at most
+    ``max_backoff``) seconds between them; ``timeout`` is the per-request timeout in seconds given to the
+    filesystem."""
 
     attempts: int = 5
     backoff: float = 0.2
@@ -89,7 +92,7 @@ def _protocol(location: str) -> str:
 
 
 def _strip_file(location: str) -> str:
-    return location[len("file://"):] if location.lower().startswith("file://") else location
+    return location[len("file://") :] if location.lower().startswith("file://") else location
 
 
 def _status(exc: BaseException) -> int | None:
@@ -121,8 +124,13 @@ class ReleaseStore:
     :class:`RetryPolicy` of remote reads.
     """
 
-    def __init__(self, location: Any = None, storage_options: Mapping[str, Any] | None = None,
-                 cache_dir: str | os.PathLike[str] | None = None, retry: RetryPolicy | None = None) -> None:
+    def __init__(
+        self,
+        location: Any = None,
+        storage_options: Mapping[str, Any] | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> None:
         if isinstance(location, ReleaseStore):
             storage_options = storage_options if storage_options is not None else location.storage_options
             cache_dir = cache_dir if cache_dir is not None else location.cache_dir
@@ -134,7 +142,9 @@ class ReleaseStore:
         elif not isinstance(location, str | os.PathLike):
             fs, root = getattr(location, "fs", None), getattr(location, "root", None)
             if fs is None or root is None:
-                raise TypeError(f"a release location is a path, a URL or an fsspec mapper, not {type(location).__name__}")
+                raise TypeError(
+                    f"a release location is a path, a URL or an fsspec mapper, not {type(location).__name__}"
+                )
             protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
             location = root if protocol == "file" else fs.unstrip_protocol(root)
         text = os.fspath(location)
@@ -144,7 +154,9 @@ class ReleaseStore:
             self.url = str(Path(_strip_file(text)).expanduser().absolute())
         else:
             self.url = text.rstrip("/")
-        if storage_options is None and fs is not None:  # a mapper's filesystem: keep its options for the workers
+        if (
+            storage_options is None and fs is not None
+        ):  # a mapper's filesystem: keep its options for the workers
             storage_options = dict(getattr(fs, "storage_options", None) or {})
         self.storage_options = dict(storage_options or {})
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
@@ -179,8 +191,12 @@ class ReleaseStore:
 
     # -- pickling: never the connections, never the secrets in a repr -------------------------------------
     def __getstate__(self) -> dict[str, Any]:
-        return {"url": self.url, "storage_options": self.storage_options, "cache_dir": self.cache_dir,
-                "retry": self.retry}
+        return {
+            "url": self.url,
+            "storage_options": self.storage_options,
+            "cache_dir": self.cache_dir,
+            "retry": self.retry,
+        }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["url"], state["storage_options"], state["cache_dir"], state["retry"])  # type: ignore[misc]
@@ -201,7 +217,9 @@ class ReleaseStore:
             except ImportError as exc:
                 extra = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs", "http": "http", "https": "http"}
                 hint = f" (pip install 'chammi[{extra[self.protocol]}]')" if self.protocol in extra else ""
-                raise ImportError(f"reading {self.url} needs the fsspec backend for {self.protocol}://{hint}: {exc}") from None
+                raise ImportError(
+                    f"reading {self.url} needs the fsspec backend for {self.protocol}://{hint}: {exc}"
+                ) from None
         return self._fs
 
     def _fs_options(self) -> dict[str, Any]:
@@ -233,21 +251,33 @@ class ReleaseStore:
                     status = _status(exc)
                     kind = "not found" if isinstance(exc, FileNotFoundError) or status == 404 else "refused"
                     code = f" (HTTP {status})" if status else ""
-                    raise RemoteObjectError(f"{url}: {what}: object {kind}{code}; credentials: {self.credentials()}",
-                                            missing=kind == "not found") from exc
+                    raise RemoteObjectError(
+                        f"{url}: {what}: object {kind}{code}; credentials: {self.credentials()}",
+                        missing=kind == "not found",
+                    ) from exc
                 if attempt == policy.attempts:
-                    raise RemoteReadError(f"{url}: {what} failed after {attempt} attempts: "
-                                          f"{type(exc).__name__}: {exc}") from exc
+                    raise RemoteReadError(
+                        f"{url}: {what} failed after {attempt} attempts: {type(exc).__name__}: {exc}"
+                    ) from exc
                 delay = min(policy.max_backoff, policy.backoff * 2 ** (attempt - 1))
-                log.warning("%s: %s failed (attempt %d of %d: %s: %s); retrying in %.1f s", url, what, attempt,
-                            policy.attempts, type(exc).__name__, exc, delay)
+                log.warning(
+                    "%s: %s failed (attempt %d of %d: %s: %s); retrying in %.1f s",
+                    url,
+                    what,
+                    attempt,
+                    policy.attempts,
+                    type(exc).__name__,
+                    exc,
+                    delay,
+                )
                 time.sleep(delay)
         raise AssertionError("unreachable")
 
     def _remote_path(self, rel: str) -> str:
         return self.fs._strip_protocol(self.path(rel))
 
-    # -- reads -------------------------------------------------------------------------------------------------
+    # -- reads
+    # -------------------------------------------------------------------------------------------------
     def exists(self, rel: str) -> bool:
         """True when the file ``rel`` exists (a missing remote object is False, a refused one an error)."""
         if self.is_local:
@@ -268,16 +298,20 @@ class ReleaseStore:
         return self._remote(what, rel, lambda: self.fs.cat_file(self._remote_path(rel)))
 
     def read_range(self, rel: str, offset: int, length: int) -> bytes:
-        """``length`` bytes of ``rel`` from ``offset``: a ``pread`` locally (descriptors kept open), one ranged
-        request remotely, or a ``pread`` of the cached shard when a cache is set. Short reads are not padded."""
+        """``length`` bytes of ``rel`` from ``offset``: a ``pread`` locally (descriptors kept open), one
+        ranged request remotely, or a ``pread`` of the cached shard when a cache is set. Short reads are not
+        padded."""
         if not self.is_local and self.cache_dir is not None and rel.endswith(".tar"):
             return self._pread(str(self.local_path(rel)), offset, length)
         if self.is_local:
             return self._pread(self.path(rel), offset, length)
-        data = self._remote(f"read bytes {offset}..{offset + length - 1}", rel,
-                            lambda: self.fs.cat_file(self._remote_path(rel), start=offset, end=offset + length))
+        data = self._remote(
+            f"read bytes {offset}..{offset + length - 1}",
+            rel,
+            lambda: self.fs.cat_file(self._remote_path(rel), start=offset, end=offset + length),
+        )
         if len(data) > length:  # a server that ignores Range sends the whole object
-            data = data[offset:offset + length]
+            data = data[offset : offset + length]
         return data
 
     def _pread(self, path: str, offset: int, length: int, max_open: int = MAX_OPEN_FILES) -> bytes:
@@ -305,9 +339,10 @@ class ReleaseStore:
             return None
         base = self._remote_path("")
         found = self._remote("list files", pattern, lambda: self.fs.glob(f"{base.rstrip('/')}/{pattern}"))
-        return sorted(str(p)[len(base.rstrip("/")) + 1:] for p in found)
+        return sorted(str(p)[len(base.rstrip("/")) + 1 :] for p in found)
 
-    # -- the shard cache -----------------------------------------------------------------------------------------
+    # -- the shard cache
+    # -----------------------------------------------------------------------------------------
     def shard_sha256(self, rel: str) -> str | None:
         """The sha256 ``release.json`` records for shard ``rel`` (None when it records none)."""
         if self._shard_sums is None:
@@ -346,10 +381,18 @@ class ReleaseStore:
             if expected is None or got == expected:
                 self._verified.add(key)
                 return path
-            log.warning("%s: download %d has sha256 %s, release.json records %s", self.path(rel), attempt, got, expected)
+            log.warning(
+                "%s: download %d has sha256 %s, release.json records %s",
+                self.path(rel),
+                attempt,
+                got,
+                expected,
+            )
         path.unlink(missing_ok=True)
-        raise RemoteReadError(f"{self.path(rel)}: the downloaded shard does not match the sha256 in release.json "
-                              f"after 2 downloads (got {got}, expected {expected}); the cached copy was removed")
+        raise RemoteReadError(
+            f"{self.path(rel)}: the downloaded shard does not match the sha256 in release.json "
+            f"after 2 downloads (got {got}, expected {expected}); the cached copy was removed"
+        )
 
     def _download(self, rel: str, path: Path) -> str:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -376,8 +419,11 @@ class ReleaseStore:
             pass
 
 
-def open_store(location: Any = None, storage_options: Mapping[str, Any] | None = None,
-               cache_dir: str | os.PathLike[str] | None = None) -> ReleaseStore:
+def open_store(
+    location: Any = None,
+    storage_options: Mapping[str, Any] | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> ReleaseStore:
     """A :class:`ReleaseStore` for ``location`` (a store is returned as is when no option changes it)."""
     if isinstance(location, ReleaseStore) and storage_options is None and cache_dir is None:
         return location

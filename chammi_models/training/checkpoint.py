@@ -41,32 +41,63 @@ def _atomic_save(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def save_checkpoint(run_dir: Path, *, rank: int, world: int, step: int, epoch: int, batch_in_epoch: int, stream: Any,
-                    objective: nn.Module, optimizer: Any, scheduler: Any, scaler: Any, swad: WeightAverager | None,
-                    config: TrainConfig) -> Path:
+def save_checkpoint(
+    run_dir: Path,
+    *,
+    rank: int,
+    world: int,
+    step: int,
+    epoch: int,
+    batch_in_epoch: int,
+    stream: Any,
+    objective: nn.Module,
+    optimizer: Any,
+    scheduler: Any,
+    scaler: Any,
+    swad: WeightAverager | None,
+    config: TrainConfig,
+) -> Path:
     """Write a complete checkpoint of this step (every rank calls this); returns its folder."""
     root = run_dir / "checkpoints"
     folder = root / f"step-{step:07d}"
     folder.mkdir(parents=True, exist_ok=True)
     if rank == 0:
-        state = {"objective": objective.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict()}
+        state = {
+            "objective": objective.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
+        }
         if swad is not None:
             state["swad"] = swad.state_dict()
         _atomic_save(state, folder / "state.pt")
     np_name, np_keys, np_pos, np_gauss, np_cached = np.random.get_state()
-    rng = {"torch": torch.get_rng_state(), "numpy_keys": torch.from_numpy(np.asarray(np_keys, dtype=np.int64))}
+    rng = {
+        "torch": torch.get_rng_state(),
+        "numpy_keys": torch.from_numpy(np.asarray(np_keys, dtype=np.int64)),
+    }
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state()
     _atomic_save(rng, folder / f"rank{rank}.pt")
     py_version, py_state, py_gauss = random.getstate()
-    _atomic_save({"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "world_size": world,
-                  "stream": stream.state_dict(), "python_rng": [py_version, list(py_state), py_gauss],
-                  "numpy_rng": [np_name, int(np_pos), int(np_gauss), float(np_cached)]}, folder / f"rank{rank}.json")
+    _atomic_save(
+        {
+            "step": step,
+            "epoch": epoch,
+            "batch_in_epoch": batch_in_epoch,
+            "world_size": world,
+            "stream": stream.state_dict(),
+            "python_rng": [py_version, list(py_state), py_gauss],
+            "numpy_rng": [np_name, int(np_pos), int(np_gauss), float(np_cached)],
+        },
+        folder / f"rank{rank}.json",
+    )
     barrier(world)
     if rank == 0:
-        _atomic_save({"step": step, "path": folder.name, "world_size": world, "config": config.to_dict()},
-                     root / "latest.json")
+        _atomic_save(
+            {"step": step, "path": folder.name, "world_size": world, "config": config.to_dict()},
+            root / "latest.json",
+        )
         for old in sorted(root.glob("step-*"))[:-KEEP_CHECKPOINTS]:
             shutil.rmtree(old, ignore_errors=True)
     barrier(world)
@@ -81,24 +112,40 @@ def find_checkpoint(run_dir: Path) -> Path | None:
     return run_dir / "checkpoints" / json.loads(latest.read_text())["path"]
 
 
-def load_checkpoint(folder: Path, *, rank: int, world: int, objective: nn.Module, optimizer: Any, scheduler: Any,
-                    scaler: Any, swad: WeightAverager | None, config: TrainConfig) -> dict[str, Any]:
+def load_checkpoint(
+    folder: Path,
+    *,
+    rank: int,
+    world: int,
+    objective: nn.Module,
+    optimizer: Any,
+    scheduler: Any,
+    scaler: Any,
+    swad: WeightAverager | None,
+    config: TrainConfig,
+) -> dict[str, Any]:
     """Restore everything saved by :func:`save_checkpoint`; returns this rank's progress record."""
     progress_path = folder / f"rank{rank}.json"
     if not progress_path.is_file():
-        raise FileNotFoundError(f"{progress_path} missing: checkpoint {folder} was written by a run with a different "
-                                f"number of processes; resume with the same world size")
+        raise FileNotFoundError(
+            f"{progress_path} missing: checkpoint {folder} was written by a run with a different "
+            f"number of processes; resume with the same world size"
+        )
     progress = json.loads(progress_path.read_text())
     if progress["world_size"] != world:
-        raise ValueError(f"checkpoint {folder} was written with world size {progress['world_size']}, now {world}")
+        raise ValueError(
+            f"checkpoint {folder} was written with world size {progress['world_size']}, now {world}"
+        )
     # run.* (logging, checkpoint/eval cadence, device) may change on resume; the seed and the rest may not.
     saved = json.loads((folder.parent / "latest.json").read_text())["config"]
     now = config.to_dict()
     diff = sorted(k for k in saved if k != "run" and saved[k] != now.get(k))
     diff += ["run.seed"] if saved["run"]["seed"] != now["run"]["seed"] else []
     if diff:
-        raise ValueError(f"--resume with a config that differs from the checkpoint's in section(s) {diff}; "
-                         f"resume with the run's own config ({folder.parent.parent / 'config.yaml'})")
+        raise ValueError(
+            f"--resume with a config that differs from the checkpoint's in section(s) {diff}; "
+            f"resume with the run's own config ({folder.parent.parent / 'config.yaml'})"
+        )
     state = torch.load(folder / "state.pt", map_location="cpu", weights_only=True)
     objective.load_state_dict(state["objective"])
     optimizer.load_state_dict(state["optimizer"])

@@ -19,8 +19,8 @@ from typing import Any
 
 import yaml
 
-from chammi_data.store.paths import configs_dir
 from chammi_data.format.vocab import SOURCES
+from chammi_data.store.paths import configs_dir
 
 
 @dataclass
@@ -55,7 +55,8 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW + per-step cosine schedule with linear warm-up, the paper's recipe (``chammi_models.training.schedule``)."""
+    """AdamW + per-step cosine schedule with linear warm-up, the paper's recipe
+    (``chammi_models.training.schedule``)."""
 
     lr: float = 1e-3
     weight_decay: float = 5e-5
@@ -217,7 +218,8 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
     unknown = sorted(set(data) - names)
     if unknown:
         raise KeyError(
-            f"unknown config key(s) {[prefix + k for k in unknown]}; valid keys: {', '.join(valid_keys(TrainConfig))}"
+            f"unknown config key(s) {[prefix + k for k in unknown]}; valid keys: "
+            f"{', '.join(valid_keys(TrainConfig))}"
         )
     kwargs = {}
     for name, value in data.items():
@@ -236,7 +238,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, raw = text.split("=", 1)
     key = key.strip()
     if key not in valid_keys() and not key.startswith("model.options."):
-        raise KeyError(f"unknown config key {key!r} in override {text!r}; valid keys: {', '.join(valid_keys())}")
+        raise KeyError(
+            f"unknown config key {key!r} in override {text!r}; valid keys: {', '.join(valid_keys())}"
+        )
     return key.split("."), yaml.safe_load(raw) if raw.strip() else None
 
 

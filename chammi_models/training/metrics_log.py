@@ -1,8 +1,8 @@
 """Training metrics of one run, written where people and tools read them.
 
-``RUN_DIR/metrics.jsonl`` holds one JSON object per row (kind, step, time, values); ``RUN_DIR/metrics.csv`` the
-same values in long format (kind, step, name, value) for spreadsheets; TensorBoard gets the scalars when it is
-installed. Only rank 0 writes, so a multi-process run produces one log.
+``RUN_DIR/metrics.jsonl`` holds one JSON object per row (kind, step, time, values); ``RUN_DIR/metrics.csv``
+the same values in long format (kind, step, name, value) for spreadsheets; TensorBoard gets the scalars when
+it is installed. Only rank 0 writes, so a multi-process run produces one log.
 """
 
 from __future__ import annotations

@@ -19,7 +19,8 @@ from chammi_data.format.vocab import SOURCE_KEYS
 from chammi_models.training.config import TrainConfig
 from chammi_models.training.ssl import SimCLRLoss, second_views
 
-#: One Objective group: (images (B,C,H,W), channel names, targets (B,), the source's class indices, view 2 | None).
+#: One Objective group: (images (B,C,H,W), channel names, targets (B,), the source's class indices, view 2 |
+#: None).
 Group = tuple[Any, ...]
 
 
@@ -60,7 +61,9 @@ def build_model(config: TrainConfig, num_classes: int) -> nn.Module:
     options = dict(m.options)
     if config.loss.proxy_temperature is not None:
         options["temperature"] = config.loss.proxy_temperature
-    return create_model(m.name, backbone=m.backbone, pretrained=m.pretrained, num_classes=num_classes, **options)
+    return create_model(
+        m.name, backbone=m.backbone, pretrained=m.pretrained, num_classes=num_classes, **options
+    )
 
 
 class Objective(nn.Module):
@@ -95,22 +98,33 @@ class Objective(nn.Module):
         return total, sup_total, ssl_total
 
 
-def to_groups(batches: list[dict[str, Any]], table: dict[str, dict[str, int]], device: torch.device,
-              ssl: bool, channels_last: bool) -> list[Group]:
+def to_groups(
+    batches: list[dict[str, Any]],
+    table: dict[str, dict[str, int]],
+    device: torch.device,
+    ssl: bool,
+    channels_last: bool,
+) -> list[Group]:
     """Per-channel-set batches (float images, e.g. from ``TrainData``) -> Objective groups on ``device``
     (labels -> global class indices)."""
     groups = []
     for batch in batches:
         src = batch["source"]
         if src not in table:
-            raise ValueError(f"batch holds source {src!r} that is not among the training sources {list(table)}")
+            raise ValueError(
+                f"batch holds source {src!r} that is not among the training sources {list(table)}"
+            )
         try:
             targets = torch.tensor([table[src][lab] for lab in batch["label"]], dtype=torch.long)
         except KeyError as exc:
-            raise KeyError(f"label {exc.args[0]!r} of source {src} is not a training label {list(table[src])}") from None
+            raise KeyError(
+                f"label {exc.args[0]!r} of source {src} is not a training label {list(table[src])}"
+            ) from None
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         images = batch["image"].to(device, non_blocking=True).contiguous(memory_format=fmt)
-        view2 = second_views(batch).to(device, non_blocking=True).contiguous(memory_format=fmt) if ssl else None
+        view2 = (
+            second_views(batch).to(device, non_blocking=True).contiguous(memory_format=fmt) if ssl else None
+        )
         classes = torch.tensor(sorted(table[src].values()), dtype=torch.long, device=device)
         groups.append((images, tuple(batch["channels"]), targets.to(device), classes, view2))
     return groups

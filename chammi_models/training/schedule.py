@@ -14,7 +14,9 @@ import torch
 from torch.optim.lr_scheduler import LRScheduler
 
 
-def lr_at(step: int, *, lr: float, total_steps: int, warmup_steps: int, warmup_start_lr: float, min_lr: float) -> float:
+def lr_at(
+    step: int, *, lr: float, total_steps: int, warmup_steps: int, warmup_start_lr: float, min_lr: float
+) -> float:
     """Learning rate used by optimizer step ``step`` (0-based)."""
     if warmup_steps > 0 and step < warmup_steps:
         return warmup_start_lr + (lr - warmup_start_lr) * step / warmup_steps
@@ -66,7 +68,11 @@ class WarmupCosine(LRScheduler):
 
 
 def build_optimizer(
-    params: Iterable[torch.nn.Parameter], *, lr: float, weight_decay: float, betas: tuple[float, float] = (0.9, 0.999)
+    params: Iterable[torch.nn.Parameter],
+    *,
+    lr: float,
+    weight_decay: float,
+    betas: tuple[float, float] = (0.9, 0.999),
 ) -> torch.optim.AdamW:
     """AdamW over every trainable parameter (trunk, first layers, proxies, projection head).
 
@@ -80,7 +86,13 @@ def build_optimizer(
 
 
 def steps_for(
-    *, num_samples: int, batch_size: int, epochs: float, warmup_epochs: float, max_steps: int | None, warmup_steps: int | None
+    *,
+    num_samples: int,
+    batch_size: int,
+    epochs: float,
+    warmup_epochs: float,
+    max_steps: int | None,
+    warmup_steps: int | None,
 ) -> tuple[int, int, int]:
     """(steps_per_epoch, total_steps, warmup_steps) from the dataset size and the config.
 

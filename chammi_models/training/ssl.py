@@ -33,7 +33,10 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.07) -> to
         a scalar loss; log(2B - 1) for embeddings carrying no information, 0 in the limit of perfect pairs.
     """
     if z1.shape != z2.shape or z1.ndim != 2:
-        raise ValueError(f"nt_xent expects two (B, D) tensors of the same shape, got {tuple(z1.shape)} and {tuple(z2.shape)}")
+        raise ValueError(
+            f"nt_xent expects two (B, D) tensors of the same shape, got {tuple(z1.shape)} and "
+            f"{tuple(z2.shape)}"
+        )
     b = z1.shape[0]
     if b < 2:
         raise ValueError("nt_xent needs at least 2 images (otherwise there are no negatives)")
@@ -63,7 +66,9 @@ class SimCLRLoss(nn.Module):
     ``loss(f1, f2)`` takes backbone features (B, D) of view 1 and view 2 (row i = the same image).
     """
 
-    def __init__(self, dim: int, *, temperature: float = 0.07, projection: bool = True, projection_dim: int = 128) -> None:
+    def __init__(
+        self, dim: int, *, temperature: float = 0.07, projection: bool = True, projection_dim: int = 128
+    ) -> None:
         super().__init__()
         self.temperature = float(temperature)
         self.head: nn.Module = ProjectionHead(dim, projection_dim) if projection else nn.Identity()
@@ -101,4 +106,6 @@ def second_views(batch: dict[str, Any]) -> torch.Tensor:
     try:
         return torch.stack([m["view2"] for m in batch["meta"]])
     except KeyError:
-        raise KeyError("batch samples carry no meta['view2']: wrap the training transform in TwoViews") from None
+        raise KeyError(
+            "batch samples carry no meta['view2']: wrap the training transform in TwoViews"
+        ) from None

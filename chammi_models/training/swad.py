@@ -1,4 +1,5 @@
-"""SWAD-style dense weight averaging: the running mean of the weights after every optimizer step from a start step.
+"""SWAD-style dense weight averaging: the running mean of the weights after every optimizer step from a start
+step.
 
 The averaged model is the one that gets saved, embedded and evaluated (the reference code computed an
 average and then evaluated the last iterate). The zoo's ConvNeXt trunks use LayerNorm, not BatchNorm, so the
@@ -67,4 +68,6 @@ class WeightAverager:
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.count = int(state["count"])
         self.start_step = int(state["start_step"])
-        self.model.load_state_dict({k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")})
+        self.model.load_state_dict(
+            {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
+        )

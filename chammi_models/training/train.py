@@ -2,13 +2,17 @@
 
 ``train(config, release, out_dir, resume=False)`` runs on one CPU/GPU or, under ``torchrun``, on several
 processes: ``python -m chammi_models.training.train`` is the torchrun entry point and takes the arguments of
-``chammi train`` (RANK/WORLD_SIZE/LOCAL_RANK come from the environment; see ``chammi_models.training.distributed``).
+``chammi train`` (RANK/WORLD_SIZE/LOCAL_RANK come from the environment; see
+``chammi_models.training.distributed``).
 
 Each optimizer step takes one global batch from the deterministic stream (each rank its slice), lets the
-:class:`~chammi_models.training.objective.Objective` embed every channel set in one module call, and steps AdamW + the
-warm-up cosine schedule. Checkpoints (``chammi_models.training.checkpoint``) make a resumed run bitwise equal to an
-uninterrupted one on CPU; a stop signal makes every rank checkpoint at the next step boundary and return,
-ready for ``--resume``. A complete run saves its final weights with a card (``chammi_models.zoo.weights``).
+:class:`~chammi_models.training.objective.Objective` embed every channel set in one module call, and steps
+AdamW + the warm-up cosine schedule. Checkpoints (``chammi_models.training.checkpoint``) make a resumed run
+bitwise equal to an uninterrupted one on CPU; a stop signal makes every rank checkpoint at the next step
+boundary and return, ready for ``--resume``. A complete run saves its final weights with a card
+(``chammi_models.zoo.weights``).
+
+This module is longer than 500 lines until its command-line part moves to ``chammi_cli``.
 """
 
 from __future__ import annotations
@@ -29,12 +33,19 @@ from torch import nn
 from chammi_data.format.manifest import read_manifest
 from chammi_data.format.release_format import select_rows
 from chammi_data.store.storage import ReleaseStore, open_store
+from chammi_models.embed import evaluate_model, release_identity
 from chammi_models.training.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from chammi_models.training.config import TrainConfig, save_config
 from chammi_models.training.distributed import StopSignal, barrier, setup_distributed, shutdown_distributed
-from chammi_models.embed import evaluate_model, release_identity
 from chammi_models.training.metrics_log import MetricsLog
-from chammi_models.training.objective import Group, Objective, build_model, class_index, global_classes, to_groups
+from chammi_models.training.objective import (
+    Group,
+    Objective,
+    build_model,
+    class_index,
+    global_classes,
+    to_groups,
+)
 from chammi_models.training.schedule import WarmupCosine, build_optimizer, steps_for
 from chammi_models.training.ssl import SimCLRLoss
 from chammi_models.training.swad import WeightAverager
@@ -111,8 +122,13 @@ class Progress:
     stream_state: dict[str, Any] | None = None
 
 
-def train(config: TrainConfig, release: Any, out_dir: str | Path, resume: bool = False,
-          stop_after: int | None = None) -> TrainResult:
+def train(
+    config: TrainConfig,
+    release: Any,
+    out_dir: str | Path,
+    resume: bool = False,
+    stop_after: int | None = None,
+) -> TrainResult:
     """Train ``config`` on the release at ``release``, writing checkpoints/metrics/weights to ``out_dir``.
 
     Args:
@@ -150,9 +166,14 @@ def plan_run(config: TrainConfig, release: Any, world: int) -> Plan:
     if o.max_steps == 0:
         per_epoch, total, warm = 0, 0, 0
     else:
-        per_epoch, total, warm = steps_for(num_samples=n_train, batch_size=d.batch_size, epochs=o.epochs,
-                                           warmup_epochs=o.warmup_epochs, max_steps=o.max_steps,
-                                           warmup_steps=o.warmup_steps)
+        per_epoch, total, warm = steps_for(
+            num_samples=n_train,
+            batch_size=d.batch_size,
+            epochs=o.epochs,
+            warmup_epochs=o.warmup_epochs,
+            max_steps=o.max_steps,
+            warmup_steps=o.warmup_steps,
+        )
     return Plan(classes, global_classes(classes), per_epoch, total, warm)
 
 
@@ -160,19 +181,32 @@ def build_parts(config: TrainConfig, plan: Plan, device: torch.device) -> Parts:
     """Model, objective, optimizer, schedule and SWAD, identically initialised on every rank from the seed."""
     o, lo, r = config.optim, config.loss, config.run
     torch.manual_seed(r.seed)  # DDP also broadcasts rank 0's weights; the seed makes that a no-op
-    model = build_model(config, sum(len(v) for v in plan.classes.values()) if plan.total > 0 else 0).to(device)
+    model = build_model(config, sum(len(v) for v in plan.classes.values()) if plan.total > 0 else 0).to(
+        device
+    )
     if device.type == "cuda" and r.channels_last:
         model = model.to(memory_format=torch.channels_last)
     simclr = None
     if lo.ssl_lambda > 0:
-        simclr = SimCLRLoss(model.num_features, temperature=lo.ssl_temperature, projection=lo.ssl_projection,
-                            projection_dim=lo.ssl_projection_dim).to(device)
+        simclr = SimCLRLoss(
+            model.num_features,
+            temperature=lo.ssl_temperature,
+            projection=lo.ssl_projection,
+            projection_dim=lo.ssl_projection_dim,
+        ).to(device)
     objective = Objective(model, simclr, lo.ssl_lambda)
     optimizer = scheduler = None
     if plan.total > 0:
-        optimizer = build_optimizer(objective.parameters(), lr=o.lr, weight_decay=o.weight_decay, betas=tuple(o.betas))
-        scheduler = WarmupCosine(optimizer, total_steps=plan.total, warmup_steps=plan.warmup,
-                                 warmup_start_lr=o.warmup_start_lr, min_lr=o.min_lr)
+        optimizer = build_optimizer(
+            objective.parameters(), lr=o.lr, weight_decay=o.weight_decay, betas=tuple(o.betas)
+        )
+        scheduler = WarmupCosine(
+            optimizer,
+            total_steps=plan.total,
+            warmup_steps=plan.warmup,
+            warmup_start_lr=o.warmup_start_lr,
+            min_lr=o.min_lr,
+        )
     scaler = torch.amp.GradScaler("cuda", enabled=False)  # bf16 needs no loss scaling; kept for the state
     swad = WeightAverager(model, lo.swad_start) if lo.swad_start is not None else None
     return Parts(model, objective, optimizer, scheduler, scaler, swad)
@@ -186,10 +220,20 @@ def start_or_resume(ctx: Context, plan: Plan, parts: Parts, resume: bool) -> Pro
         return Progress()
     ckpt = find_checkpoint(ctx.run_dir)
     if ckpt is None:
-        raise FileNotFoundError(f"--resume: no checkpoint in {ctx.run_dir / 'checkpoints'}; start without --resume")
-    saved = load_checkpoint(ckpt, rank=ctx.rank, world=ctx.world, objective=parts.objective,
-                            optimizer=parts.optimizer, scheduler=parts.scheduler, scaler=parts.scaler,
-                            swad=parts.swad, config=ctx.config)
+        raise FileNotFoundError(
+            f"--resume: no checkpoint in {ctx.run_dir / 'checkpoints'}; start without --resume"
+        )
+    saved = load_checkpoint(
+        ckpt,
+        rank=ctx.rank,
+        world=ctx.world,
+        objective=parts.objective,
+        optimizer=parts.optimizer,
+        scheduler=parts.scheduler,
+        scaler=parts.scaler,
+        swad=parts.swad,
+        config=ctx.config,
+    )
     progress = Progress(saved["step"], saved["epoch"], saved["batch_in_epoch"], saved.get("stream"))
     if plan.per_epoch and progress.batch_in_epoch >= plan.per_epoch:  # saved on an epoch boundary
         progress = Progress(progress.step, progress.epoch + 1, 0, None)
@@ -203,13 +247,20 @@ def prepare_forward(ctx: Context, parts: Parts) -> nn.Module:
     if ctx.world == 1:
         return parts.objective
     # Groups use different first-layer parameters, so some receive no gradient on a given rank.
-    return nn.parallel.DistributedDataParallel(parts.objective, device_ids=[ctx.device.index] if ctx.cuda else None,
-                                               find_unused_parameters=True)
+    return nn.parallel.DistributedDataParallel(
+        parts.objective, device_ids=[ctx.device.index] if ctx.cuda else None, find_unused_parameters=True
+    )
 
 
-def train_step(wrapped: nn.Module, objective: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-               groups: list[Group], autocast: Any, grad_clip: float | None
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+def train_step(
+    wrapped: nn.Module,
+    objective: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    groups: list[Group],
+    autocast: Any,
+    grad_clip: float | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
     """One optimizer step on one global batch: (loss, proxy part, ssl part, learning rate used).
 
     ``wrapped`` is the DDP wrapper (or ``objective`` itself); clipping acts on the all-reduced gradients.
@@ -227,8 +278,16 @@ def train_step(wrapped: nn.Module, objective: nn.Module, optimizer: torch.optim.
     return loss, sup, ssl, lr
 
 
-def run_steps(ctx: Context, plan: Plan, parts: Parts, wrapped: nn.Module, progress: Progress, stop: int,
-              log: MetricsLog, result: TrainResult) -> None:
+def run_steps(
+    ctx: Context,
+    plan: Plan,
+    parts: Parts,
+    wrapped: nn.Module,
+    progress: Progress,
+    stop: int,
+    log: MetricsLog,
+    result: TrainResult,
+) -> None:
     """Take optimizer steps up to ``stop`` (earlier on a stop signal), logging, evaluating and checkpointing.
 
     ``progress`` is advanced in place and ``result.losses`` / ``result.scores`` filled as steps are taken.
@@ -238,7 +297,9 @@ def run_steps(ctx: Context, plan: Plan, parts: Parts, wrapped: nn.Module, progre
     config, d, r = ctx.config, ctx.config.data, ctx.config.run
     data = TrainData(config, ctx.release, ctx.rank, ctx.world, ctx.device)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if (ctx.cuda and r.amp) else nullcontext()
-    bar = progress_bar(total=stop, initial=progress.step, desc=f"train {config.name}", unit="step", disable=ctx.rank != 0)
+    bar = progress_bar(
+        total=stop, initial=progress.step, desc=f"train {config.name}", unit="step", disable=ctx.rank != 0
+    )
     t_last, step_last = time.perf_counter(), progress.step  # images/s between logged steps
     stopper = StopSignal()
     try:
@@ -248,18 +309,31 @@ def run_steps(ctx: Context, plan: Plan, parts: Parts, wrapped: nn.Module, progre
             batches = data.epoch_batches(progress.epoch, resume_state)
             while progress.batch_in_epoch < plan.per_epoch and progress.step < stop:
                 device_batches = _next_batch(batches, ctx.rank, progress, plan.per_epoch)
-                groups = to_groups(device_batches, plan.table, ctx.device, parts.objective.simclr is not None,
-                                   ctx.cuda and r.channels_last)
-                loss, sup, ssl, lr = train_step(wrapped, parts.objective, parts.optimizer, parts.scheduler, groups,
-                                                autocast, config.optim.grad_clip)
+                groups = to_groups(
+                    device_batches,
+                    plan.table,
+                    ctx.device,
+                    parts.objective.simclr is not None,
+                    ctx.cuda and r.channels_last,
+                )
+                loss, sup, ssl, lr = train_step(
+                    wrapped,
+                    parts.objective,
+                    parts.optimizer,
+                    parts.scheduler,
+                    groups,
+                    autocast,
+                    config.optim.grad_clip,
+                )
                 progress.step += 1
                 progress.batch_in_epoch += 1
                 if parts.swad is not None:
                     parts.swad.update(parts.model, progress.step)
                 value = float(loss.detach())
                 if not math.isfinite(value):
-                    raise FloatingPointError(f"loss became {value} at step {progress.step}; lower optim.lr or "
-                                             f"check the data")
+                    raise FloatingPointError(
+                        f"loss became {value} at step {progress.step}; lower optim.lr or check the data"
+                    )
                 result.losses.append(value)
                 if stopper.should_stop(ctx.world, ctx.device):
                     stop = progress.step  # checkpoint below, then leave both loops
@@ -268,17 +342,38 @@ def run_steps(ctx: Context, plan: Plan, parts: Parts, wrapped: nn.Module, progre
                     now = time.perf_counter()
                     rate = (step - step_last) * d.batch_size / max(now - t_last, 1e-9)
                     t_last, step_last = now, step
-                    log.write("train", step, {"epoch": progress.epoch, "loss": value, "loss_proxy": float(sup),
-                                              "loss_ssl": float(ssl), "lr": lr, "images_per_s": rate})
+                    log.write(
+                        "train",
+                        step,
+                        {
+                            "epoch": progress.epoch,
+                            "loss": value,
+                            "loss_proxy": float(sup),
+                            "loss_ssl": float(ssl),
+                            "lr": lr,
+                            "images_per_s": rate,
+                        },
+                    )
                     bar.set_postfix(loss=f"{value:.4f}", img_s=f"{rate:.1f}")
                 bar.update(1)
                 if r.eval_every and step % r.eval_every == 0 and step < plan.total:
                     result.scores = evaluate_on_rank0(ctx, parts, log, step)
                 if step % r.checkpoint_every == 0 or step == stop:
-                    save_checkpoint(ctx.run_dir, rank=ctx.rank, world=ctx.world, step=step, epoch=progress.epoch,
-                                    batch_in_epoch=progress.batch_in_epoch, stream=data,
-                                    objective=parts.objective, optimizer=parts.optimizer, scheduler=parts.scheduler,
-                                    scaler=parts.scaler, swad=parts.swad, config=config)
+                    save_checkpoint(
+                        ctx.run_dir,
+                        rank=ctx.rank,
+                        world=ctx.world,
+                        step=step,
+                        epoch=progress.epoch,
+                        batch_in_epoch=progress.batch_in_epoch,
+                        stream=data,
+                        objective=parts.objective,
+                        optimizer=parts.optimizer,
+                        scheduler=parts.scheduler,
+                        scaler=parts.scaler,
+                        swad=parts.swad,
+                        config=config,
+                    )
             batches.close()
             if progress.batch_in_epoch >= plan.per_epoch:
                 progress.epoch, progress.batch_in_epoch = progress.epoch + 1, 0
@@ -292,8 +387,10 @@ def _next_batch(batches: Any, rank: int, progress: Progress, per_epoch: int) -> 
     try:
         return next(batches)
     except StopIteration:
-        raise RuntimeError(f"rank {rank}: the stream ended after {progress.batch_in_epoch} of {per_epoch} "
-                           f"batches in epoch {progress.epoch}; ranks must see equal numbers of samples") from None
+        raise RuntimeError(
+            f"rank {rank}: the stream ended after {progress.batch_in_epoch} of {per_epoch} "
+            f"batches in epoch {progress.epoch}; ranks must see equal numbers of samples"
+        ) from None
 
 
 def evaluate_on_rank0(ctx: Context, parts: Parts, log: MetricsLog, step: int) -> dict[str, Any] | None:
@@ -301,39 +398,71 @@ def evaluate_on_rank0(ctx: Context, parts: Parts, log: MetricsLog, step: int) ->
     scores = None
     d, r = ctx.config.data, ctx.config.run
     if ctx.rank == 0:
-        scores = evaluate_model(parts.final_model(), ctx.release, sources=d.eval_sources, image_size=d.image_size,
-                                batch_size=d.eval_batch_size, workers=d.workers, device=ctx.device,
-                                metric=r.eval_metric, amp=r.amp)
+        scores = evaluate_model(
+            parts.final_model(),
+            ctx.release,
+            sources=d.eval_sources,
+            image_size=d.image_size,
+            batch_size=d.eval_batch_size,
+            workers=d.workers,
+            device=ctx.device,
+            metric=r.eval_metric,
+            amp=r.amp,
+        )
         log.write("eval", step, scores["flat"])
     barrier(ctx.world)
     return scores
 
 
-def finish_run(ctx: Context, plan: Plan, parts: Parts, step: int, log: MetricsLog, result: TrainResult) -> None:
+def finish_run(
+    ctx: Context, plan: Plan, parts: Parts, step: int, log: MetricsLog, result: TrainResult
+) -> None:
     """A complete run: the final evaluation (if configured), then rank 0 saves the weights and their card."""
     if ctx.config.run.eval_at_end:
         result.scores = evaluate_on_rank0(ctx, parts, log, step)
     if ctx.rank == 0:
-        card = training_card(ctx.config, classes=plan.classes, release=release_identity(ctx.release),
-                             scores=result.scores, step=step, swad=parts.swad)
+        card = training_card(
+            ctx.config,
+            classes=plan.classes,
+            release=release_identity(ctx.release),
+            scores=result.scores,
+            step=step,
+            swad=parts.swad,
+        )
         result.weights_dir = save_model(parts.final_model(), ctx.run_dir / "model", card)
     barrier(ctx.world)
 
 
-# -- command line: `chammi train` and the torchrun entry point `python -m chammi_models.training.train` --------------
+# -- command line: `chammi train` and the torchrun entry point `python -m chammi_models.training.train`
+# --------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The arguments of ``chammi train`` (and of ``python -m chammi_models.training.train``)."""
-    parser.add_argument("--config", required=True,
-                        help="YAML config file, or the name of a bundled one (configs/<name>.yaml), e.g. tiny_cpu")
-    parser.add_argument("--release", default=None,
-                        help="release folder or URL (s3://, gs://, http(s)://, file://; default: $CHAMMI_RELEASE or "
-                        "~/.cache/chammi/release)")
+    parser.add_argument(
+        "--config",
+        required=True,
+        help="YAML config file, or the name of a bundled one (configs/<name>.yaml), e.g. tiny_cpu",
+    )
+    parser.add_argument(
+        "--release",
+        default=None,
+        help="release folder or URL (s3://, gs://, http(s)://, file://; default: $CHAMMI_RELEASE or "
+        "~/.cache/chammi/release)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="run folder (default: runs/<config name>)")
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
-    parser.add_argument("--stop-after", type=int, default=None, metavar="STEPS",
-                        help="stop with a checkpoint after this many steps (the schedule still plans the full run)")
-    parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="config overrides with dotted keys, e.g. optim.lr=3e-4 data.batch_size=64")
+    parser.add_argument(
+        "--stop-after",
+        type=int,
+        default=None,
+        metavar="STEPS",
+        help="stop with a checkpoint after this many steps (the schedule still plans the full run)",
+    )
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="config overrides with dotted keys, e.g. optim.lr=3e-4 data.batch_size=64",
+    )
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -355,13 +484,18 @@ def run_command(args: argparse.Namespace) -> int:
             print(f"weights: {result.weights_dir}")
         if result.scores is not None:
             cps = result.scores["cps"]
-            print(f"CPS ({result.scores['metric']}): {'n/a (not all sources evaluated)' if cps is None else f'{cps:.4f}'}")
+            print(
+                f"CPS ({result.scores['metric']}): "
+                f"{'n/a (not all sources evaluated)' if cps is None else f'{cps:.4f}'}"
+            )
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """torchrun entry point: the arguments of ``chammi train``; destroys the process group at the end."""
-    parser = argparse.ArgumentParser(prog="python -m chammi_models.training.train", description="train a CHAMMI model")
+    parser = argparse.ArgumentParser(
+        prog="python -m chammi_models.training.train", description="train a CHAMMI model"
+    )
     add_arguments(parser)
     code = run_command(parser.parse_args(argv))
     shutdown_distributed()

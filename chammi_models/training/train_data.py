@@ -19,11 +19,11 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from chammi_data.loading.collate import group_by_channels_uint8
 from chammi_data.augment.device import DeviceTransform
+from chammi_data.augment.transforms import train_transform
+from chammi_data.loading.collate import group_by_channels_uint8
 from chammi_data.loading.stream_progress import ProgressTracker
 from chammi_data.loading.streaming import ShardStream
-from chammi_data.augment.transforms import train_transform
 from chammi_models.training.config import TrainConfig
 from chammi_models.training.ssl import TwoViews
 
@@ -31,36 +31,60 @@ from chammi_models.training.ssl import TwoViews
 def augmentation(config: TrainConfig) -> Any:
     """The sample transform of training: the paper's recipe, wrapped in TwoViews when SimCLR is on."""
     d = config.data
-    transform: Any = train_transform(d.image_size, tuple(d.scale), tuple(d.ratio), hflip=0.5 if d.hflip else 0.0,
-                                     tps_p=d.tps_p)
+    transform: Any = train_transform(
+        d.image_size, tuple(d.scale), tuple(d.ratio), hflip=0.5 if d.hflip else 0.0, tps_p=d.tps_p
+    )
     return TwoViews(transform) if config.loss.ssl_lambda > 0 else transform
 
 
 def make_stream(config: TrainConfig, release: Any, rank: int, world: int) -> ShardStream:
-    """This rank's training stream: integer samples, ``worker_block`` = the per-rank batch (each DataLoader batch
-    is one worker's block, which keeps the order independent of the worker count in ``exact`` order)."""
+    """This rank's training stream: integer samples, ``worker_block`` = the per-rank batch (each DataLoader
+    batch is one worker's block, which keeps the order independent of the worker count in ``exact`` order)."""
     d = config.data
-    return ShardStream(release, split="train", sources=list(d.train_sources), seed=config.run.seed, shuffle=True,
-                       rank=rank, world_size=world, drop_last=True, worker_block=d.batch_size // world,
-                       order=d.stream_order, buffer=d.shuffle_buffer, readahead=d.readahead, output="uint8",
-                       workers=d.workers, cache_dir=d.cache_dir)
+    return ShardStream(
+        release,
+        split="train",
+        sources=list(d.train_sources),
+        seed=config.run.seed,
+        shuffle=True,
+        rank=rank,
+        world_size=world,
+        drop_last=True,
+        worker_block=d.batch_size // world,
+        order=d.stream_order,
+        buffer=d.shuffle_buffer,
+        readahead=d.readahead,
+        output="uint8",
+        workers=d.workers,
+        cache_dir=d.cache_dir,
+    )
 
 
 class TrainData:
     """The stream, its DataLoader, the device-side augmentation and the progress record of one rank."""
 
-    def __init__(self, config: TrainConfig, release: Any, rank: int, world: int, device: torch.device) -> None:
+    def __init__(
+        self, config: TrainConfig, release: Any, rank: int, world: int, device: torch.device
+    ) -> None:
         d = config.data
         self.stream = make_stream(config, release, rank, world)
-        self.loader = DataLoader(self.stream, batch_size=d.batch_size // world, collate_fn=group_by_channels_uint8,
-                                 num_workers=d.workers, drop_last=True, pin_memory=device.type == "cuda",
-                                 persistent_workers=d.workers > 0)
+        self.loader = DataLoader(
+            self.stream,
+            batch_size=d.batch_size // world,
+            collate_fn=group_by_channels_uint8,
+            num_workers=d.workers,
+            drop_last=True,
+            pin_memory=device.type == "cuda",
+            persistent_workers=d.workers > 0,
+        )
         self.augment = DeviceTransform(augmentation(config))
         self.device = device
         self.tracker = ProgressTracker()
         self.epoch = 0
 
-    def epoch_batches(self, epoch: int, state: dict[str, Any] | None = None) -> Iterator[list[dict[str, Any]]]:
+    def epoch_batches(
+        self, epoch: int, state: dict[str, Any] | None = None
+    ) -> Iterator[list[dict[str, Any]]]:
         """The batches of ``epoch`` (from ``state`` when resuming inside it): lists of per-channel-set batches
         with float images on the device."""
         if epoch != self.epoch:

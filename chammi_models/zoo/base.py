@@ -22,7 +22,6 @@ import torch
 from torch import nn
 
 from chammi_data.format.vocab import SOURCES, VOCAB, to_names
-
 from chammi_models.zoo.losses import ProxyLoss
 
 #: The paper's training classes: WTC 6 cell-cycle stages, HPA 4 localisations, CP 3 compounds + DMSO.

@@ -25,7 +25,6 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from chammi_data.format.vocab import VOCAB
-
 from chammi_models.zoo.base import ChannelAdaptiveModel, check_vocabulary
 from chammi_models.zoo.registry import register_model
 from chammi_models.zoo.strategies import attach_proxy_head
@@ -63,7 +62,9 @@ class ChannelViT(ChannelAdaptiveModel):
         self.channel_embed = nn.Parameter(torch.zeros(len(self.channels), embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, self.grid * self.grid, embed_dim))
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        rates = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()  # plain floats, on any default device
+        rates = torch.linspace(
+            0, drop_path_rate, depth, device="cpu"
+        ).tolist()  # plain floats, on any default device
         self.blocks = nn.Sequential(
             *[Block(embed_dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=True, drop_path=r) for r in rates]
         )

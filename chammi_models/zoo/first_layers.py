@@ -24,7 +24,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from chammi_data.format.vocab import SOURCES
-
 from chammi_models.zoo.base import source_for_channels
 
 
@@ -121,7 +120,8 @@ class TemplateMixingStem(nn.Module):
 
 
 class HyperNetStem(nn.Module):
-    """Per-name embedding (V, z) -> Linear(z, hidden) -> GELU -> Linear(hidden, K*p*p) = that channel's filters.
+    """Per-name embedding (V, z) -> Linear(z, hidden) -> GELU -> Linear(hidden, K*p*p) = that channel's
+    filters.
 
     The reference stacks two linear maps without a nonlinearity (a single linear map in disguise); the
     GELU makes the hypernetwork an MLP at no parameter cost.

@@ -15,7 +15,6 @@ from os import PathLike
 from typing import Any
 
 from chammi_data.format.vocab import VOCAB
-
 from chammi_models.zoo.base import ChannelAdaptiveModel
 
 Builder = Callable[..., ChannelAdaptiveModel]

@@ -36,10 +36,14 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from chammi_data.format.vocab import SOURCES, VOCAB
-
 import chammi_models.zoo.first_layers as fl
-from chammi_models.zoo.base import PAPER_NUM_CLASSES, ChannelAdaptiveModel, check_vocabulary, source_for_channels
+from chammi_data.format.vocab import SOURCES, VOCAB
+from chammi_models.zoo.base import (
+    PAPER_NUM_CLASSES,
+    ChannelAdaptiveModel,
+    check_vocabulary,
+    source_for_channels,
+)
 from chammi_models.zoo.registry import register_model
 from chammi_models.zoo.trunk import ConvNeXtTrunk, make_stem_conv
 
@@ -168,9 +172,14 @@ def attach_proxy_head(
     return model
 
 
-def first_layer_model(channels: Sequence[str | int], backbone: str, num_classes: int | None, temperature: float,
-                      learnable_temperature: bool,
-                      make_stem: Callable[[tuple[str, ...], ConvNeXtTrunk], nn.Module]) -> ChannelAdaptiveModel:
+def first_layer_model(
+    channels: Sequence[str | int],
+    backbone: str,
+    num_classes: int | None,
+    temperature: float,
+    learnable_temperature: bool,
+    make_stem: Callable[[tuple[str, ...], ConvNeXtTrunk], nn.Module],
+) -> ChannelAdaptiveModel:
     """A single-trunk model: the first layer ``make_stem(vocab, trunk)`` in front of a new ConvNeXt trunk of
     ``backbone``, with its proxies attached."""
     vocab = check_vocabulary(channels)
@@ -217,8 +226,14 @@ def target_param(
     temperature: float = 0.07,
     learnable_temperature: bool = False,
 ) -> ChannelAdaptiveModel:
-    return first_layer_model(channels, backbone, num_classes, temperature, learnable_temperature,
-                             lambda v, t: fl.PerSourceStem(_sources_for(v, sources), t.stem_dim, t.patch_size))
+    return first_layer_model(
+        channels,
+        backbone,
+        num_classes,
+        temperature,
+        learnable_temperature,
+        lambda v, t: fl.PerSourceStem(_sources_for(v, sources), t.stem_dim, t.patch_size),
+    )
 
 
 @register_model("slice_param")
@@ -231,8 +246,14 @@ def slice_param(
     temperature: float = 0.15,
     learnable_temperature: bool = True,
 ) -> ChannelAdaptiveModel:
-    return first_layer_model(channels, backbone, num_classes, temperature, learnable_temperature,
-                             lambda v, t: fl.SliceParamStem(v, t.stem_dim, t.patch_size, source_offsets=source_offsets))
+    return first_layer_model(
+        channels,
+        backbone,
+        num_classes,
+        temperature,
+        learnable_temperature,
+        lambda v, t: fl.SliceParamStem(v, t.stem_dim, t.patch_size, source_offsets=source_offsets),
+    )
 
 
 @register_model("template_mixing")
@@ -245,8 +266,14 @@ def template_mixing(
     temperature: float = 0.05,
     learnable_temperature: bool = False,
 ) -> ChannelAdaptiveModel:
-    return first_layer_model(channels, backbone, num_classes, temperature, learnable_temperature,
-                             lambda v, t: fl.TemplateMixingStem(v, t.stem_dim, t.patch_size, num_templates))
+    return first_layer_model(
+        channels,
+        backbone,
+        num_classes,
+        temperature,
+        learnable_temperature,
+        lambda v, t: fl.TemplateMixingStem(v, t.stem_dim, t.patch_size, num_templates),
+    )
 
 
 @register_model("hypernet")
@@ -260,8 +287,14 @@ def hypernet(
     temperature: float = 0.07,
     learnable_temperature: bool = False,
 ) -> ChannelAdaptiveModel:
-    return first_layer_model(channels, backbone, num_classes, temperature, learnable_temperature,
-                             lambda v, t: fl.HyperNetStem(v, t.stem_dim, t.patch_size, z_dim, hidden_dim))
+    return first_layer_model(
+        channels,
+        backbone,
+        num_classes,
+        temperature,
+        learnable_temperature,
+        lambda v, t: fl.HyperNetStem(v, t.stem_dim, t.patch_size, z_dim, hidden_dim),
+    )
 
 
 @register_model("depthwise")
@@ -274,5 +307,11 @@ def depthwise(
     temperature: float = 0.07,
     learnable_temperature: bool = False,
 ) -> ChannelAdaptiveModel:
-    return first_layer_model(channels, backbone, num_classes, temperature, learnable_temperature,
-                             lambda v, t: fl.DepthwiseStem(v, t.stem_dim, t.patch_size, kernels_per_channel))
+    return first_layer_model(
+        channels,
+        backbone,
+        num_classes,
+        temperature,
+        learnable_temperature,
+        lambda v, t: fl.DepthwiseStem(v, t.stem_dim, t.patch_size, kernels_per_channel),
+    )

@@ -24,9 +24,8 @@ import torch
 from chammi_data.format.release_format import to_jsonable
 from chammi_data.format.schema import file_sha256
 from chammi_data.format.vocab import SOURCES, VOCAB
-
-from chammi_models.zoo.base import ChannelAdaptiveModel
 from chammi_models.training.config import TrainConfig
+from chammi_models.zoo.base import ChannelAdaptiveModel
 
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "card.json"
@@ -51,7 +50,8 @@ _MODEL_KEYS = (
 
 
 class WeightsError(ValueError):
-    """A weights folder that cannot be used: a malformed card, a malformed weights file, non-finite tensors."""
+    """A weights folder that cannot be used: a malformed card, a malformed weights file, non-finite
+    tensors."""
 
 
 class WeightsMismatchError(WeightsError, RuntimeError):
@@ -105,8 +105,15 @@ def save_model(
     return out
 
 
-def training_card(config: TrainConfig, *, classes: dict[str, list[str]], release: dict[str, Any],
-                  scores: dict[str, Any] | None, step: int, swad: Any = None) -> dict[str, Any]:
+def training_card(
+    config: TrainConfig,
+    *,
+    classes: dict[str, list[str]],
+    release: dict[str, Any],
+    scores: dict[str, Any] | None,
+    step: int,
+    swad: Any = None,
+) -> dict[str, Any]:
     """The card fields of a training run's final weights, for :func:`save_model` to add to the model's own.
 
     Records the run (name, config, steps, SWAD averaging), the data it saw (``release``: the release identity
@@ -124,8 +131,9 @@ def training_card(config: TrainConfig, *, classes: dict[str, list[str]], release
         "config": config.to_dict(),
         "steps": step,
         "swad": None if swad is None else {"start_step": swad.start_step, "averaged_steps": swad.count},
-        "scores": None if scores is None else {"cps": scores["cps"], "metric": scores["metric"],
-                                               "table": scores["table"]},
+        "scores": None
+        if scores is None
+        else {"cps": scores["cps"], "metric": scores["metric"], "table": scores["table"]},
     }
 
 
@@ -147,8 +155,10 @@ def read_card(directory: str | PathLike[str]) -> dict[str, Any]:
         "model": (isinstance(card["model"], str), "a string"),
         "backbone": (isinstance(card["backbone"], str), "a string"),
         "options": (isinstance(card["options"], dict), "an object"),
-        "channels": (isinstance(card["channels"], list) and all(isinstance(c, str) for c in card["channels"]),
-                     "a list of channel names"),
+        "channels": (
+            isinstance(card["channels"], list) and all(isinstance(c, str) for c in card["channels"]),
+            "a list of channel names",
+        ),
         "num_classes": (type(card["num_classes"]) is int and card["num_classes"] >= 0, "an integer >= 0"),
     }
     for key, (ok, expected) in valid.items():
@@ -160,23 +170,29 @@ def read_card(directory: str | PathLike[str]) -> dict[str, Any]:
 def card_normalisation(card: dict[str, Any]) -> dict[str, dict[str, tuple[float, float]]] | None:
     """The card's ``normalisation`` as {source: {channel: (mean, std)}}, or None for a card without it.
 
-    Raises :class:`WeightsError` naming the entry when the field is not of that shape or a std is not positive.
+    Raises :class:`WeightsError` naming the entry when the field is not of that shape or a std is not
+    positive.
     """
     table = card.get("normalisation")
     if table is None:
         return None
     out: dict[str, dict[str, tuple[float, float]]] = {}
     if not isinstance(table, dict):
-        raise WeightsError(f"card field normalisation must map source -> channel -> [mean, std], got {table!r}")
+        raise WeightsError(
+            f"card field normalisation must map source -> channel -> [mean, std], got {table!r}"
+        )
     for source, channels in table.items():
         if not isinstance(channels, dict):
-            raise WeightsError(f"card field normalisation[{source!r}] must map channel -> [mean, std], got {channels!r}")
+            raise WeightsError(
+                f"card field normalisation[{source!r}] must map channel -> [mean, std], got {channels!r}"
+            )
         for channel, pair in channels.items():
             ok = isinstance(pair, list | tuple) and len(pair) == 2
             ok = ok and all(isinstance(v, int | float) and not isinstance(v, bool) for v in pair)
             if not ok or not pair[1] > 0:
-                raise WeightsError(f"card field normalisation[{source!r}][{channel!r}] must be [mean, std > 0], "
-                                 f"got {pair!r}")
+                raise WeightsError(
+                    f"card field normalisation[{source!r}][{channel!r}] must be [mean, std > 0], got {pair!r}"
+                )
             out.setdefault(source, {})[channel] = (float(pair[0]), float(pair[1]))
     return out
 
@@ -210,18 +226,29 @@ def load_model(directory: str | PathLike[str], device: str = "cpu") -> ChannelAd
     _check_options(card, card_path)
     shapes, metadata = read_header(weights)
     if not _check_binding(card, card_path, weights, metadata):
-        warnings.warn(f"{card_path} predates binding cards to weights (no {HASH_FIELD} or no metadata copy): "
-                      f"only the tensor names and shapes of {weights} are checked", UserWarning, stacklevel=2)
+        warnings.warn(
+            f"{card_path} predates binding cards to weights (no {HASH_FIELD} or no metadata copy): "
+            f"only the tensor names and shapes of {weights} are checked",
+            UserWarning,
+            stacklevel=2,
+        )
     _check_shapes(card, card_path, weights, shapes, metadata)
-    model = create_model(card["model"], channels=card["channels"], num_classes=card["num_classes"],
-                         backbone=card["backbone"], **card["options"])
+    model = create_model(
+        card["model"],
+        channels=card["channels"],
+        num_classes=card["num_classes"],
+        backbone=card["backbone"],
+        **card["options"],
+    )
     try:
         st_load(model, str(weights), strict=True)
     except RuntimeError as err:
         raise WeightsMismatchError(f"{weights} does not match the model its card describes: {err}") from err
     for name, tensor in model.state_dict().items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise WeightsError(f"{weights}: tensor {name!r} holds non-finite values (NaN or inf); refusing it")
+            raise WeightsError(
+                f"{weights}: tensor {name!r} holds non-finite values (NaN or inf); refusing it"
+            )
     model.card = card
     return model.to(device).eval()
 
@@ -262,13 +289,16 @@ def _check_options(card: dict[str, Any], card_path: Path) -> None:
         raise WeightsError(f"{card_path}: field 'model': {err.args[0]}") from None
     extra = sorted(set(card["options"]) - set(valid))
     if extra:
-        raise WeightsError(f"{card_path}: field 'options' holds {extra}, which are not options of model "
-                           f"{card['model']!r} ({sorted(valid)}); run-time options such as 'pretrained' are "
-                           f"refused: the weights file alone defines the model")
+        raise WeightsError(
+            f"{card_path}: field 'options' holds {extra}, which are not options of model "
+            f"{card['model']!r} ({sorted(valid)}); run-time options such as 'pretrained' are "
+            f"refused: the weights file alone defines the model"
+        )
 
 
 def _check_binding(card: dict[str, Any], card_path: Path, weights: Path, metadata: dict[str, str]) -> bool:
-    """Card fields vs the weights' metadata copy, and the file's hash vs the card's; False for an old folder."""
+    """Card fields vs the weights' metadata copy, and the file's hash vs the card's; False for an old
+    folder."""
     stored = metadata.get(ARCH_METADATA)
     if stored is not None:
         try:
@@ -279,26 +309,39 @@ def _check_binding(card: dict[str, Any], card_path: Path, weights: Path, metadat
             if card[key] != arch.get(key):
                 raise WeightsMismatchError(
                     f"{weights} does not match the model its card describes: field {key!r} of {card_path} is "
-                    f"{card[key]!r}, the weights were saved with {arch.get(key)!r}")
+                    f"{card[key]!r}, the weights were saved with {arch.get(key)!r}"
+                )
     expected = card.get(HASH_FIELD)
     if expected is not None:
         actual = file_sha256(weights)
         if actual != expected:
             raise WeightsMismatchError(
                 f"{weights} does not match the model its card describes: its sha256 is {actual}, field "
-                f"{HASH_FIELD!r} of {card_path} says {expected}")
+                f"{HASH_FIELD!r} of {card_path} says {expected}"
+            )
     return stored is not None and expected is not None
 
 
-def _check_shapes(card: dict[str, Any], card_path: Path, weights: Path, shapes: dict[str, tuple[int, ...]],
-                  metadata: dict[str, str]) -> None:
-    """The header's tensor names and shapes against the network the card describes, built on the meta device."""
+def _check_shapes(
+    card: dict[str, Any],
+    card_path: Path,
+    weights: Path,
+    shapes: dict[str, tuple[int, ...]],
+    metadata: dict[str, str],
+) -> None:
+    """The header's tensor names and shapes against the network the card describes, built on the meta
+    device."""
     from chammi_models.zoo.registry import create_model
 
     try:
         with torch.device("meta"):
-            model = create_model(card["model"], channels=card["channels"], num_classes=card["num_classes"],
-                                 backbone=card["backbone"], **card["options"])
+            model = create_model(
+                card["model"],
+                channels=card["channels"],
+                num_classes=card["num_classes"],
+                backbone=card["backbone"],
+                **card["options"],
+            )
     except (KeyError, ValueError, TypeError) as err:
         reason = err.args[0] if err.args else err
         raise WeightsError(f"{card_path}: cannot build the model it describes: {reason}") from None
@@ -308,11 +351,14 @@ def _check_shapes(card: dict[str, Any], card_path: Path, weights: Path, shapes: 
     wanted = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     missing = sorted(set(wanted) - set(present))
     unexpected = sorted(set(shapes) - set(wanted))
-    differ = [(n, present[n], wanted[n]) for n in sorted(set(wanted) & set(present)) if present[n] != wanted[n]]
+    differ = [
+        (n, present[n], wanted[n]) for n in sorted(set(wanted) & set(present)) if present[n] != wanted[n]
+    ]
     if missing or unexpected or differ:
         described = ", ".join(f"{k}={card[k]!r}" for k in ("model", "backbone", "options", "num_classes"))
         raise WeightsMismatchError(
             f"{weights} does not match the model its card describes ({card_path}: {described}, "
             f"{len(card['channels'])} channels): {len(missing)} tensors missing {missing[:3]}, "
             f"{len(unexpected)} unexpected {unexpected[:3]}, {len(differ)} of another shape "
-            f"(name, file, card) {differ[:3]}")
+            f"(name, file, card) {differ[:3]}"
+        )

@@ -1,14 +1,14 @@
 """The curation engine: source pipelines on dask.distributed -> one reproducible, resumable release.
 
-Per build: discover every pipeline's units (sorted) -> run ``process`` on each unit not done yet as a
-dask task (the units of all sources are queued at once; :mod:`pipelines.engine.worker`), each unit spilled to
-``OUTPUT/.work/<name>/units/<unit_id>.spill`` (:mod:`pipelines.engine.spill`) -> as soon as a pipeline's units are
-done: its ledger (:mod:`pipelines.engine.ledger`) deduplicates, assigns splits and tasks and orders the cells ->
-its shards are written by dask tasks (:mod:`pipelines.engine.writing`) into ``OUTPUT/.staging`` while other
-pipelines' units still run (``--strict``: only once no pipeline has a skip) -> ``finalize_release`` in the
-staging folder -> the staged release replaces the one in ``OUTPUT`` -> build_report.json
-(:mod:`pipelines.engine.report`). The whole build holds an exclusive lock on ``OUTPUT``; a failed build leaves the
-previous release untouched and writes ``build_report.failed.json`` (:mod:`pipelines.engine.output`).
+Per build: discover every pipeline's units (sorted) -> run ``process`` on each unit not done yet as a dask
+task (the units of all sources are queued at once; :mod:`pipelines.engine.worker`), each unit spilled to
+``OUTPUT/.work/<name>/units/<unit_id>.spill`` (:mod:`pipelines.engine.spill`) -> as soon as a pipeline's units
+are done: its ledger (:mod:`pipelines.engine.ledger`) deduplicates, assigns splits and tasks and orders the
+cells -> its shards are written by dask tasks (:mod:`pipelines.engine.writing`) into ``OUTPUT/.staging`` while
+other pipelines' units still run (``--strict``: only once no pipeline has a skip) -> ``finalize_release`` in
+the staging folder -> the staged release replaces the one in ``OUTPUT`` -> build_report.json
+(:mod:`pipelines.engine.report`). The whole build holds an exclusive lock on ``OUTPUT``; a failed build leaves
+the previous release untouched and writes ``build_report.failed.json`` (:mod:`pipelines.engine.output`).
 
 Every build checks its accounting: per pipeline and kind of item, ``in == used + skipped``
 (:mod:`pipelines.engine.ledger`); an item dropped without a skip entry fails the build.
@@ -29,23 +29,32 @@ from pathlib import Path
 from typing import Any
 
 from chammi_data.store.paths import default_release_dir
-from pipelines.sources.base import Unit
 from pipelines.engine.build_config import config_hash, load_config, source_options
 from pipelines.engine.cluster import start_cluster
 from pipelines.engine.inputs import input_dirs
 from pipelines.engine.ledger import SourceLedger
 from pipelines.engine.output import STAGING, WORK, OutputLock, clear_leftovers, finish_output, publish
-from pipelines.sources.registry import resolve_sources
 from pipelines.engine.report import BuildResult
 from pipelines.engine.spill import UnitOutcome, read_spill_outcome, spill_key
 from pipelines.engine.worker import run_units, warm_up
 from pipelines.engine.writing import ShardWriting
+from pipelines.sources.base import Unit
+from pipelines.sources.registry import resolve_sources
 
 
-def build(sources: str | Sequence[str], input_dir: str | Path | None = None, output: str | Path | None = None,
-          workers: int = 2, scheduler: str | None = None, config: Mapping[str, Any] | str | Path | None = None,
-          strict: bool = False, progress: bool = True, seed: int = 0, processes: bool = True,
-          keep_work: bool = False) -> BuildResult:
+def build(
+    sources: str | Sequence[str],
+    input_dir: str | Path | None = None,
+    output: str | Path | None = None,
+    workers: int = 2,
+    scheduler: str | None = None,
+    config: Mapping[str, Any] | str | Path | None = None,
+    strict: bool = False,
+    progress: bool = True,
+    seed: int = 0,
+    processes: bool = True,
+    keep_work: bool = False,
+) -> BuildResult:
     """Build one release from ``sources`` (``wtc11|hpa|cp|chammi|all`` or a list) into ``output``.
 
     ``config``: a mapping merged over :data:`pipelines.engine.build_config.DEFAULT_CONFIG`, or a YAML path.
@@ -64,18 +73,26 @@ def build(sources: str | Sequence[str], input_dir: str | Path | None = None, out
     with OutputLock(out):
         clear_leftovers(out)
         work = out / WORK
-        dirs = input_dirs(pipelines, options, Path(input_dir) if input_dir is not None else None, work, seed,
-                          progress)
+        dirs = input_dirs(
+            pipelines, options, Path(input_dir) if input_dir is not None else None, work, seed, progress
+        )
         timings: dict[str, float] = {}
         ledgers: dict[str, SourceLedger] = {}
-        for name, pipeline in pipelines.items():  # discover first: a missing table fails before any cluster starts
+        for (
+            name,
+            pipeline,
+        ) in pipelines.items():  # discover first: a missing table fails before any cluster starts
             t0 = time.perf_counter()
             discovery = pipeline.discover(dirs[name], options[name])
-            ledgers[name] = SourceLedger(name, pipeline, options[name], dirs[name], work / name / "units", discovery)
+            ledgers[name] = SourceLedger(
+                name, pipeline, options[name], dirs[name], work / name / "units", discovery
+            )
             timings[f"{name}.discover_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         with start_cluster(workers, scheduler, processes) as client:
-            client.run(warm_up, list(pipelines))  # imports on every worker now, so unit timings measure the work
+            client.run(
+                warm_up, list(pipelines)
+            )  # imports on every worker now, so unit timings measure the work
             timings["cluster_start_s"] = time.perf_counter() - t0
             result = _BuildRun(client, ledgers, cfg, out, strict, progress, timings).run()
         if result.ok:
@@ -92,8 +109,16 @@ class _BuildRun:
     ``--source all`` build. With ``strict`` nothing is written until every source is known to have no skip.
     """
 
-    def __init__(self, client: Any, ledgers: dict[str, SourceLedger], cfg: dict[str, Any], out: Path, strict: bool,
-                 progress: bool, timings: dict[str, float]):
+    def __init__(
+        self,
+        client: Any,
+        ledgers: dict[str, SourceLedger],
+        cfg: dict[str, Any],
+        out: Path,
+        strict: bool,
+        progress: bool,
+        timings: dict[str, float],
+    ):
         self.client, self.ledgers, self.cfg, self.out = client, ledgers, cfg, out
         self.strict, self.progress, self.timings = strict, progress, timings
         self.staging = out / STAGING
@@ -125,7 +150,8 @@ class _BuildRun:
         return self._finish()
 
     def _submit_units(self, ledger: SourceLedger) -> None:
-        """Reuse every current spill; queue the other units, in batches of the pipeline's ``units_per_task``."""
+        """Reuse every current spill; queue the other units, in batches of the pipeline's
+        ``units_per_task``."""
         from chammi_data.progress import progress as progress_bar
 
         options_hash = config_hash(ledger.options)
@@ -141,11 +167,18 @@ class _BuildRun:
         # small units travel in batches (each still spilled on its own, so resume stays per unit)
         per_task = max(1, int(ledger.pipeline.units_per_task))
         for i in range(0, len(todo), per_task):
-            fut = self.client.submit(run_units, ledger.name, todo[i:i + per_task], ledger.options, pure=False)
+            fut = self.client.submit(
+                run_units, ledger.name, todo[i : i + per_task], ledger.options, pure=False
+            )
             self.owner[fut] = ledger.name
         ledger.tasks_left = -(-len(todo) // per_task)
-        self.bars[ledger.name] = progress_bar(total=len(ledger.units), initial=ledger.reused, desc=f"{ledger.name}: units",
-                                      unit="unit", disable=not self.progress)
+        self.bars[ledger.name] = progress_bar(
+            total=len(ledger.units),
+            initial=ledger.reused,
+            desc=f"{ledger.name}: units",
+            unit="unit",
+            disable=not self.progress,
+        )
 
     def _source_done(self, ledger: SourceLedger) -> None:
         self.timings[f"{ledger.name}.process_s"] = time.perf_counter() - self.t_units
@@ -161,19 +194,27 @@ class _BuildRun:
             self.writing.submit(ledger.cells)
 
     def _finish(self) -> BuildResult:
-        """Every unit is back: fail (accounting that does not add up, strict with skips, no cells), or wait for
-        the shards and finalize the release in the staging folder."""
+        """Every unit is back: fail (accounting that does not add up, strict with skips, no cells), or wait
+        for the shards and finalize the release in the staging folder."""
         from chammi_data.format.writer import finalize_release
 
-        result = BuildResult(output=self.out, sources=list(self.ledgers), config_hash=config_hash(self.cfg),
-                             ledgers=self.ledgers, timings=self.timings)
+        result = BuildResult(
+            output=self.out,
+            sources=list(self.ledgers),
+            config_hash=config_hash(self.cfg),
+            ledgers=self.ledgers,
+            timings=self.timings,
+        )
         if self.unbalanced:
             self.writing.drain()
-            result.failed = ("accounting does not add up (items lost without a skip entry): "
-                             + "; ".join(self.unbalanced))
+            result.failed = "accounting does not add up (items lost without a skip entry): " + "; ".join(
+                self.unbalanced
+            )
             return result
         if self.strict and (result.skipped or not result.cells):
-            result.failed = f"--strict: {len(result.skipped)} skipped item(s)" if result.skipped else "no cells"
+            result.failed = (
+                f"--strict: {len(result.skipped)} skipped item(s)" if result.skipped else "no cells"
+            )
             return result
         if not result.cells:
             result.failed = "no cells were produced; see the skipped items"
@@ -183,12 +224,17 @@ class _BuildRun:
             for ledger in self.ledgers.values():
                 self.writing.submit(ledger.cells)
         records = self.writing.collect()
-        # from the last source's writing set-up (old outputs cleared, zarr arrays, tasks) to its last shard: for one
+        # from the last source's writing set-up (old outputs cleared, zarr arrays, tasks) to its last shard:
+        # for one
         # source all of its writing, for several the part that did not overlap with units
         self.timings["write_s"] = time.perf_counter() - self.write_started
         self.timings["write_busy_s"] = self.writing.busy_s
         rules = {name: ledger.pipeline.rules_digest(self.cfg) for name, ledger in self.ledgers.items()}
-        extra = {"sources_built": list(self.ledgers), "rules_sha256": rules, "skipped": result.skip_counts(),
-                 "unassigned": len(result.unassigned)}
+        extra = {
+            "sources_built": list(self.ledgers),
+            "rules_sha256": rules,
+            "skipped": result.skip_counts(),
+            "unassigned": len(result.unassigned),
+        }
         finalize_release(self.staging, None, records, self.cfg, extra)
         return result

@@ -35,7 +35,11 @@ def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, An
     """``over`` merged into a copy of ``base``; nested mappings merge, everything else replaces."""
     out = copy.deepcopy(dict(base))
     for k, v in over.items():
-        out[k] = deep_merge(out[k], v) if isinstance(out.get(k), Mapping) and isinstance(v, Mapping) else copy.deepcopy(v)
+        out[k] = (
+            deep_merge(out[k], v)
+            if isinstance(out.get(k), Mapping) and isinstance(v, Mapping)
+            else copy.deepcopy(v)
+        )
     return out
 
 
@@ -49,17 +53,23 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | N
             raise FileNotFoundError(f"build config {p} not found")
         data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
         if not isinstance(data, Mapping):
-            raise ValueError(f"build config {p}: expected a YAML mapping at the top level, got {type(data).__name__}")
+            raise ValueError(
+                f"build config {p}: expected a YAML mapping at the top level, got {type(data).__name__}"
+            )
         config = deep_merge(config, data)
     if overrides:
         config = deep_merge(config, overrides)
     valid = sorted({*DEFAULT_CONFIG, *list_pipelines()})
     unknown = sorted(str(k) for k in config if k not in valid)
     if unknown:
-        raise ValueError(f"build config: unknown key(s) {unknown}; valid: {valid} (source options go in their "
-                         "source's section)")
+        raise ValueError(
+            f"build config: unknown key(s) {unknown}; valid: {valid} (source options go in their "
+            "source's section)"
+        )
     if not isinstance(config.get("cells_per_shard"), int) or config["cells_per_shard"] < 1:
-        raise ValueError(f"build config: cells_per_shard must be a positive integer, got {config.get('cells_per_shard')!r}")
+        raise ValueError(
+            f"build config: cells_per_shard must be a positive integer, got {config.get('cells_per_shard')!r}"
+        )
     return config
 
 
@@ -68,7 +78,9 @@ def config_hash(config: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical_json(dict(config)).encode()).hexdigest()
 
 
-def source_options(pipelines: Mapping[str, SourcePipeline], config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+def source_options(
+    pipelines: Mapping[str, SourcePipeline], config: Mapping[str, Any]
+) -> dict[str, dict[str, Any]]:
     """``{name: options}``: each pipeline's section of ``config`` parsed once for the whole build."""
     out = {}
     for name, pipeline in pipelines.items():

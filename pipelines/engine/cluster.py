@@ -26,12 +26,19 @@ def start_cluster(workers: int, scheduler: str | None = None, processes: bool = 
         finally:
             client.close()
         return
-    # dask's nanny sets MALLOC_TRIM_THRESHOLD_=65536 in every worker. In glibc any explicit trim threshold also
-    # freezes the mmap threshold at 128 KiB, so every image-sized numpy array becomes a fresh mmap with its page
+    # dask's nanny sets MALLOC_TRIM_THRESHOLD_=65536 in every worker. In glibc any explicit trim threshold
+    # also
+    # freezes the mmap threshold at 128 KiB, so every image-sized numpy array becomes a fresh mmap with its
+    # page
     # faults, and units run markedly slower in a worker than in-process. Unset, they run at the same speed.
     with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
-        cluster = LocalCluster(n_workers=max(1, int(workers)), threads_per_worker=1, processes=processes,
-                               dashboard_address=None, silence_logs=logging.ERROR)
+        cluster = LocalCluster(
+            n_workers=max(1, int(workers)),
+            threads_per_worker=1,
+            processes=processes,
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
+        )
     client = Client(cluster)
     try:
         yield client

@@ -1,4 +1,5 @@
-"""Where each pipeline of a build reads from: ``--input DIR`` itself, ``DIR/<name>``, or the generated sample."""
+"""Where each pipeline of a build reads from: ``--input DIR`` itself, ``DIR/<name>``, or the generated
+sample."""
 
 from __future__ import annotations
 
@@ -9,8 +10,14 @@ from typing import Any
 from pipelines.sources.base import SourcePipeline
 
 
-def input_dirs(pipelines: Mapping[str, SourcePipeline], options: Mapping[str, dict[str, Any]], input_dir: Path | None,
-               work: Path, seed: int = 0, progress: bool = False) -> dict[str, Path]:
+def input_dirs(
+    pipelines: Mapping[str, SourcePipeline],
+    options: Mapping[str, dict[str, Any]],
+    input_dir: Path | None,
+    work: Path,
+    seed: int = 0,
+    progress: bool = False,
+) -> dict[str, Path]:
     """``{name: folder}`` for every pipeline of a build.
 
     No ``input_dir``: the embedded sample raw data is generated into ``work/sample_raw`` (or reused there) and
@@ -22,8 +29,10 @@ def input_dirs(pipelines: Mapping[str, SourcePipeline], options: Mapping[str, di
     if input_dir is None:
         need = [n for n, p in pipelines.items() if p.reads_release]
         if need:
-            raise ValueError(f"--source {need[0]} needs --input DIR: it converts a ready-made release (a downloaded "
-                             "official CHAMMI folder); there is no sample to generate")
+            raise ValueError(
+                f"--source {need[0]} needs --input DIR: it converts a ready-made release (a downloaded "
+                "official CHAMMI folder); there is no sample to generate"
+            )
         from pipelines.sources.synthetic import ensure_sample
 
         sample = ensure_sample(work / "sample_raw", names, seed=seed, progress=progress)
@@ -31,11 +40,16 @@ def input_dirs(pipelines: Mapping[str, SourcePipeline], options: Mapping[str, di
     if len(names) == 1:
         name, pipeline = next(iter(pipelines.items()))
         sub = input_dir / name
-        own = pipeline.reads_release or not sub.is_dir() or holds_tables(input_dir, pipeline.tables(options[name]))
+        own = (
+            pipeline.reads_release
+            or not sub.is_dir()
+            or holds_tables(input_dir, pipeline.tables(options[name]))
+        )
         return {name: input_dir if own else sub}
     return {n: input_dir / n for n in names}
 
 
 def holds_tables(folder: Path, tables: tuple[str, ...]) -> bool:
-    """True when ``folder`` itself holds one of the named tables (then it is a source folder, not a parent)."""
+    """True when ``folder`` itself holds one of the named tables (then it is a source folder, not a
+    parent)."""
     return any((folder / t).exists() for t in tables)

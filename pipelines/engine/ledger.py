@@ -23,8 +23,8 @@ import pandas as pd
 
 from chammi_data.format.release_format import GROUP_COLUMNS
 from chammi_data.format.vocab import TASK_COLUMNS
-from pipelines.sources.base import Discovery, Skipped, SourcePipeline, Unit
 from pipelines.engine.spill import UnitOutcome
+from pipelines.sources.base import Discovery, Skipped, SourcePipeline, Unit
 
 
 @dataclass
@@ -79,13 +79,28 @@ class SourceLedger:
             for idx, rec in enumerate(out.records):
                 cid = rec["cell_id"]
                 if cid in seen:
-                    skipped.append(Skipped(rec["source"], unit.unit_id, f"duplicate cell_id {cid} (first from unit {seen[cid]})",
-                                           str(rec["meta"].get("file", rec["meta"].get("crop_raw", ""))), rec["meta"].get("row"),
-                                           kind=self.pipeline.cell_kind))
+                    skipped.append(
+                        Skipped(
+                            rec["source"],
+                            unit.unit_id,
+                            f"duplicate cell_id {cid} (first from unit {seen[cid]})",
+                            str(rec["meta"].get("file", rec["meta"].get("crop_raw", ""))),
+                            rec["meta"].get("row"),
+                            kind=self.pipeline.cell_kind,
+                        )
+                    )
                     continue
                 seen[cid] = unit.unit_id
-                cells.append({**rec, "build": self.name, "unit_id": unit.unit_id, "unit_pos": pos, "index": idx,
-                              "spill": str(self.spill_path(unit))})
+                cells.append(
+                    {
+                        **rec,
+                        "build": self.name,
+                        "unit_id": unit.unit_id,
+                        "unit_pos": pos,
+                        "index": idx,
+                        "spill": str(self.spill_path(unit)),
+                    }
+                )
         return cells, skipped
 
     def tally(self) -> dict[str, dict[str, int]]:
@@ -113,13 +128,21 @@ class SourceLedger:
 
     def mismatches(self) -> list[str]:
         """One line per kind whose items do not add up: "fields: in 7 != used 3 + skipped 3"."""
-        return [f"{kind}: in {t['in']} != used {t['used']} + skipped {t['skipped']}"
-                for kind, t in self.tally().items() if t["in"] != t["used"] + t["skipped"]]
+        return [
+            f"{kind}: in {t['in']} != used {t['used']} + skipped {t['skipped']}"
+            for kind, t in self.tally().items()
+            if t["in"] != t["used"] + t["skipped"]
+        ]
 
     def accounting(self) -> dict[str, Any]:
         """units, units reused from spills, cells written, items skipped, and the per-kind :meth:`tally`."""
-        return {"units": len(self.units), "units_reused": self.reused, "written": len(self.cells),
-                "skipped": sum(int(s.count) for s in self.skipped), "kinds": self.tally()}
+        return {
+            "units": len(self.units),
+            "units_reused": self.reused,
+            "written": len(self.cells),
+            "skipped": sum(int(s.count) for s in self.skipped),
+            "kinds": self.tally(),
+        }
 
 
 def cell_table(cells: list[dict[str, Any]]) -> pd.DataFrame:
@@ -135,7 +158,9 @@ def cell_table(cells: list[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def assemble(name: str, cells: list[dict[str, Any]], assigned: pd.DataFrame) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def assemble(
+    name: str, cells: list[dict[str, Any]], assigned: pd.DataFrame
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Attach split and tasks from ``assign`` output; returns (cells, unassigned cells' summaries)."""
     need = {"cell_id", "train_test_split", *TASK_COLUMNS}
     missing_cols = need - set(assigned.columns)
@@ -144,15 +169,24 @@ def assemble(name: str, cells: list[dict[str, Any]], assigned: pd.DataFrame) -> 
     by_id = assigned.set_index("cell_id")
     absent = [c["cell_id"] for c in cells if c["cell_id"] not in by_id.index]
     if absent:
-        raise ValueError(f"pipeline {name}: assign() returned no row for {len(absent)} cell(s), e.g. {absent[:3]}")
+        raise ValueError(
+            f"pipeline {name}: assign() returned no row for {len(absent)} cell(s), e.g. {absent[:3]}"
+        )
     unassigned = []
     for c in cells:
         row = by_id.loc[c["cell_id"]]
         c["split"] = str(row["train_test_split"] or "")
         c["tasks"] = [t for t in TASK_COLUMNS if bool(row[t])]
         if not c["split"]:
-            unassigned.append({"source": c["source"], "cell_id": c["cell_id"], "label": c["label"],
-                               "unit": c["unit_id"], "groups": c["groups"]})
+            unassigned.append(
+                {
+                    "source": c["source"],
+                    "cell_id": c["cell_id"],
+                    "label": c["label"],
+                    "unit": c["unit_id"],
+                    "groups": c["groups"],
+                }
+            )
     return cells, unassigned
 
 

@@ -67,8 +67,10 @@ class OutputLock:
                 os.close(fd)
                 if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                     raise
-                raise OutputLocked(f"{self.out} is being built by another chammi-build ({self._holder()}); wait "
-                                   f"for it to finish or choose another --output (lock file {self.path})") from None
+                raise OutputLocked(
+                    f"{self.out} is being built by another chammi-build ({self._holder()}); wait "
+                    f"for it to finish or choose another --output (lock file {self.path})"
+                ) from None
             try:  # the holder before us may have removed the file after we opened it: lock the file now there
                 same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
             except FileNotFoundError:
@@ -76,15 +78,18 @@ class OutputLock:
             if same:
                 break
             os.close(fd)
-        holder = {"host": socket.gethostname(), "pid": os.getpid(),
-                  "started": datetime.now().astimezone().isoformat(timespec="seconds")}
+        holder = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "started": datetime.now().astimezone().isoformat(timespec="seconds"),
+        }
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
         self.fd = fd
         return self
 
     def _holder(self) -> str:
-        """"host H, pid P, started T" from the lock file (its holder may be writing it: a short wait)."""
+        """ "host H, pid P, started T" from the lock file (its holder may be writing it: a short wait)."""
         for _ in range(20):
             try:
                 info: dict[str, Any] = json.loads(self.path.read_text(encoding="utf-8"))
@@ -97,7 +102,9 @@ class OutputLock:
         if self.fd is None:
             return
         try:
-            self.path.unlink(missing_ok=True)  # removed while still locked: a waiting build re-checks the inode
+            self.path.unlink(
+                missing_ok=True
+            )  # removed while still locked: a waiting build re-checks the inode
         finally:
             os.close(self.fd)  # releases the lock
             self.fd = None

@@ -1,8 +1,8 @@
 """What a build did: :class:`BuildResult`, its ``build_report.json`` and the printed summary table.
 
-The result holds the ledger of every pipeline (:mod:`pipelines.engine.ledger`): cells written, skips with file, row
-and reason, unassigned cells, units reused from an earlier run, the accounting per kind of item, timings.
-A successful build's report is ``OUTPUT/build_report.json``; a failed build's is
+The result holds the ledger of every pipeline (:mod:`pipelines.engine.ledger`): cells written, skips with
+file, row and reason, unassigned cells, units reused from an earlier run, the accounting per kind of item,
+timings. A successful build's report is ``OUTPUT/build_report.json``; a failed build's is
 ``OUTPUT/build_report.failed.json`` (the previous release's report stays in place).
 """
 
@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from chammi_data.format.vocab import SOURCE_KEYS, TASK_COLUMNS
-from pipelines.sources.base import Skipped
 from pipelines.engine.ledger import SourceLedger
 from pipelines.engine.output import FAILED_REPORT, REPORT
+from pipelines.sources.base import Skipped
 
 
 def _reason_kind(reason: str) -> str:
@@ -33,7 +33,8 @@ def _reason_kind(reason: str) -> str:
 
 @dataclass
 class BuildResult:
-    """What :func:`pipelines.engine.build` did: the ledger of each pipeline (by build name), timings, outcome."""
+    """What :func:`pipelines.engine.build` did: the ledger of each pipeline (by build name), timings,
+    outcome."""
 
     output: Path
     sources: list[str]
@@ -92,8 +93,11 @@ class BuildResult:
                 written[src] = {
                     "cells": len(mine),
                     "splits": dict(sorted(Counter(c.get("split") or "(unassigned)" for c in mine).items())),
-                    "tasks": {t: sum(t in c.get("tasks", []) for c in mine) for t in TASK_COLUMNS
-                              if any(t in c.get("tasks", []) for c in mine)},
+                    "tasks": {
+                        t: sum(t in c.get("tasks", []) for c in mine)
+                        for t in TASK_COLUMNS
+                        if any(t in c.get("tasks", []) for c in mine)
+                    },
                     "labels": dict(sorted(Counter(c["label"] for c in mine).items())),
                 }
         return {
@@ -112,13 +116,15 @@ class BuildResult:
         }
 
     def write_report(self, t_start: float) -> BuildResult:
-        """Write the report atomically (with the total wall time): ``OUTPUT/build_report.json`` after a success,
-        ``OUTPUT/build_report.failed.json`` after a failure; return self."""
+        """Write the report atomically (with the total wall time): ``OUTPUT/build_report.json`` after a
+        success, ``OUTPUT/build_report.failed.json`` after a failure; return self."""
         self.timings["total_s"] = time.perf_counter() - t_start
         self.output.mkdir(parents=True, exist_ok=True)
         path = self.output / (FAILED_REPORT if self.failed else REPORT)
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        tmp.write_text(json.dumps(self.report(), indent=1, sort_keys=True, default=str) + "\n", encoding="utf-8")
+        tmp.write_text(
+            json.dumps(self.report(), indent=1, sort_keys=True, default=str) + "\n", encoding="utf-8"
+        )
         os.replace(tmp, path)
         self.report_path = path
         return self
@@ -128,9 +134,13 @@ class BuildResult:
         rep = self.report()
         lines = [f"CHAMMI build {'FAILED: ' + self.failed if self.failed else 'ok'} -> {self.output}"]
         for name, acc in rep["accounting"].items():
-            kinds = "; ".join(f"{kind} in {t['in']} = used {t['used']} + skipped {t['skipped']}"
-                              for kind, t in acc["kinds"].items())
-            lines.append(f"  {name}: {kinds}  ({acc['units']} units, {acc['units_reused']} reused from an earlier run)")
+            kinds = "; ".join(
+                f"{kind} in {t['in']} = used {t['used']} + skipped {t['skipped']}"
+                for kind, t in acc["kinds"].items()
+            )
+            lines.append(
+                f"  {name}: {kinds}  ({acc['units']} units, {acc['units_reused']} reused from an earlier run)"
+            )
         for src, w in rep["written"].items():
             lines.append(f"\n  [{src}] {w['cells']} cells")
             for title, counts in (("split", w["splits"]), ("task", w["tasks"]), ("label", w["labels"])):
@@ -142,7 +152,10 @@ class BuildResult:
             width = max(len(k) for k in rep["skipped_by_reason"])
             lines += [f"    {k:<{width}}  {v:>7}" for k, v in rep["skipped_by_reason"].items()]
         if self.unassigned:
-            lines.append(f"\n  {len(self.unassigned)} cell(s) matched no task rule (split \"\"): kept, listed in the report")
+            lines.append(
+                f'\n  {len(self.unassigned)} cell(s) matched no task rule (split ""): kept, listed in the '
+                "report"
+            )
         if self.report_path:
             lines.append(f"\n  report: {self.report_path}")
         return "\n".join(lines)

@@ -1,11 +1,11 @@
 """The unit spill file: one finished unit's encoded cells, records and skips, written once, read by offset.
 
 A spill (``OUTPUT/.work/<name>/units/<unit_id>.spill``) holds the encoded bytes of every cell of the unit (its
-tar image member, then its zarr chunk: ``chammi_data.format.writer.encode_cell``), then a JSON trailer ``{"key",
-"records", "skipped", "found", "ok"}`` (the unit's :class:`UnitOutcome`), the trailer's length (uint64
-little-endian) and a marker line. Each record holds the
-cell's ids, metadata, pixel sha256 and shape, and ``tar`` / ``zarr`` = [offset, length] of its bytes, so a
-shard writer reads exactly its bytes with one ``pread`` each.
+tar image member, then its zarr chunk: ``chammi_data.format.writer.encode_cell``), then a JSON trailer
+``{"key", "records", "skipped", "found", "ok"}`` (the unit's :class:`UnitOutcome`), the trailer's length
+(uint64 little-endian) and a marker line. Each record holds the cell's ids, metadata, pixel sha256 and shape,
+and ``tar`` / ``zarr`` = [offset, length] of its bytes, so a shard writer reads exactly its bytes with one
+``pread`` each.
 
 A spill is written to a temp file and moved into place, so it is complete or absent; its ``key`` says what it
 was made from (pipeline, unit, options, format version): a spill with another key, a torn file or a foreign
@@ -44,21 +44,31 @@ class UnitOutcome:
     ok: bool = True
 
     def to_dict(self) -> dict[str, Any]:
-        return {"records": self.records, "skipped": [s.to_dict() for s in self.skipped], "found": self.found,
-                "ok": self.ok}
+        return {
+            "records": self.records,
+            "skipped": [s.to_dict() for s in self.skipped],
+            "found": self.found,
+            "ok": self.ok,
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> UnitOutcome:
-        return cls(d["records"], [Skipped.from_dict(s) for s in d["skipped"]], dict(d["found"]), bool(d["ok"]))
+        return cls(
+            d["records"], [Skipped.from_dict(s) for s in d["skipped"]], dict(d["found"]), bool(d["ok"])
+        )
 
 
 def spill_key(name: str, unit: Unit, options_hash: str) -> str:
-    """What a spill depends on: pipeline name, unit id and payload, the pipeline's options. A mismatch = recompute."""
-    return hashlib.sha256(canonical_json([SPILL_VERSION, name, unit.unit_id, unit.payload, options_hash]).encode()).hexdigest()
+    """What a spill depends on: pipeline name, unit id and payload, the pipeline's options. A mismatch =
+    recompute."""
+    return hashlib.sha256(
+        canonical_json([SPILL_VERSION, name, unit.unit_id, unit.payload, options_hash]).encode()
+    ).hexdigest()
 
 
 def write_spill(path: Path, key: str, result: UnitResult, ok: bool = True) -> UnitOutcome:
-    """Atomically write a unit's cells to one spill file; returns the unit's outcome (see the module docstring).
+    """Atomically write a unit's cells to one spill file; returns the unit's outcome (see the module
+    docstring).
 
     Compressing here, on the worker that made the cells, spreads the heaviest part of writing over the unit
     phase; the shard writers only concatenate.
@@ -75,8 +85,13 @@ def write_spill(path: Path, key: str, result: UnitResult, ok: bool = True) -> Un
                 enc = encode_cell(c)
                 fh.write(enc.member)
                 fh.write(enc.chunk)
-                records.append({**enc.record, "tar": [pos, len(enc.member)],
-                                "zarr": [pos + len(enc.member), len(enc.chunk)]})
+                records.append(
+                    {
+                        **enc.record,
+                        "tar": [pos, len(enc.member)],
+                        "zarr": [pos + len(enc.member), len(enc.chunk)],
+                    }
+                )
                 pos += len(enc.member) + len(enc.chunk)
             outcome = UnitOutcome(records, list(result.skipped), dict(result.found), ok)
             trailer = canonical_json({"key": key, **outcome.to_dict()}).encode("utf-8")

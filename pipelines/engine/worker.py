@@ -17,13 +17,14 @@ import numpy as np
 from chammi_data.format.release_format import cell_record
 from chammi_data.format.schema import Cell
 from chammi_data.format.vocab import SOURCES
+from pipelines.engine.spill import SpillReader, write_spill
 from pipelines.sources.base import Skipped, Unit, UnitResult, UnitSkip
 from pipelines.sources.registry import shared_pipeline
-from pipelines.engine.spill import SpillReader, write_spill
 
 
 def check_cells(result: UnitResult, unit: Unit, makes: tuple[str, ...], kind: str = "cells") -> UnitResult:
-    """Keep cells that fit their source's tile and channels; the rest become skips of ``kind`` (wrong shape...)."""
+    """Keep cells that fit their source's tile and channels; the rest become skips of ``kind`` (wrong
+    shape...)."""
     good: list[Cell] = []
     skipped = list(result.skipped)
     for cell in result.cells:
@@ -36,8 +37,16 @@ def check_cells(result: UnitResult, unit: Unit, makes: tuple[str, ...], kind: st
         elif cell.image.shape[1:] != info.tile_hw:
             problem = f"wrong shape {tuple(cell.image.shape)}; {cell.source} tiles are {info.tile_hw}"
         if problem:
-            skipped.append(Skipped(unit.source, unit.unit_id, f"{problem} (cell {cell.cell_id})",
-                                   str(cell.meta.get("file", "")), cell.meta.get("row"), kind=kind))
+            skipped.append(
+                Skipped(
+                    unit.source,
+                    unit.unit_id,
+                    f"{problem} (cell {cell.cell_id})",
+                    str(cell.meta.get("file", "")),
+                    cell.meta.get("row"),
+                    kind=kind,
+                )
+            )
         else:
             good.append(cell)
     return UnitResult(good, skipped, result.found)
@@ -55,7 +64,9 @@ def run_unit(name: str, unit: Unit, opts: dict[str, Any], spill_path: str, key: 
     pipeline = shared_pipeline(name)
 
     def whole_unit(reason: str, file: str = "", row: int | str | None = None) -> UnitResult:
-        return UnitResult([], [Skipped(unit.source, unit.unit_id, reason, file, row, unit.items, pipeline.unit_kind)])
+        return UnitResult(
+            [], [Skipped(unit.source, unit.unit_id, reason, file, row, unit.items, pipeline.unit_kind)]
+        )
 
     ok = False
     try:
@@ -99,14 +110,26 @@ def shard_parts(entries_json: str, what: str) -> list[Any]:
             if what == "zarr":
                 parts.append(data)
                 continue
-            record = cell_record(cell_id=rec["cell_id"], source=rec["source"], label=rec["label"],
-                                 channels=rec["channels"], shape=rec["shape"], dtype=rec["dtype"], split=split,
-                                 tasks=tasks, groups=rec["groups"], sha256=rec["sha256"], meta=rec["meta"])
+            record = cell_record(
+                cell_id=rec["cell_id"],
+                source=rec["source"],
+                label=rec["label"],
+                channels=rec["channels"],
+                shape=rec["shape"],
+                dtype=rec["dtype"],
+                split=split,
+                tasks=tasks,
+                groups=rec["groups"],
+                sha256=rec["sha256"],
+                meta=rec["meta"],
+            )
             parts.append(EncodedCell(record, data, b""))
     return parts
 
 
-def write_tar_task(root: str, source: str, shard_index: int, zarr_start: int, entries: str) -> tuple[Any, float]:
+def write_tar_task(
+    root: str, source: str, shard_index: int, zarr_start: int, entries: str
+) -> tuple[Any, float]:
     """Worker task: tar shard ``shard_index`` from the spills' encoded members; (ShardRecord, seconds)."""
     from chammi_data.format.writer import write_tar_shard
 
@@ -115,7 +138,9 @@ def write_tar_task(root: str, source: str, shard_index: int, zarr_start: int, en
     return write_tar_shard(root, source, shard_index, encoded, zarr_start), time.perf_counter() - t0
 
 
-def write_zarr_task(root: str, source: str, shard_index: int, zarr_start: int, entries: str) -> tuple[None, float]:
+def write_zarr_task(
+    root: str, source: str, shard_index: int, zarr_start: int, entries: str
+) -> tuple[None, float]:
     """Worker task: zarr shard ``shard_index`` (its only writer) from the spills' encoded chunks."""
     from chammi_data.format.writer import write_zarr_shard
 

@@ -16,22 +16,44 @@ from pipelines.engine.worker import write_tar_task, write_zarr_task
 
 #: dask priority of shard-writing tasks: they run before the unit tasks of the sources still in progress
 WRITE_PRIORITY = 10
-#: the fields of a cell's spill record (``writer.EncodedCell.record``, where its bytes lie) that a shard writer needs
-SPILL_RECORD = ("cell_id", "source", "label", "channels", "dtype", "shape", "meta", "groups", "sha256", "tar", "zarr")
+#: the fields of a cell's spill record (``writer.EncodedCell.record``, where its bytes lie) that a shard
+#: writer needs
+SPILL_RECORD = (
+    "cell_id",
+    "source",
+    "label",
+    "channels",
+    "dtype",
+    "shape",
+    "meta",
+    "groups",
+    "sha256",
+    "tar",
+    "zarr",
+)
 
 
 def plan_shards(cells: list[dict[str, Any]], per: int) -> dict[str, list[dict[str, Any]]]:
-    """{source: [{index, zarr_start, entries: [(spill, index, split, tasks, record)]}]}, sources in canonical order.
+    """{source: [{index, zarr_start, entries: [(spill, index, split, tasks, record)]}]}, sources in canonical
+    order.
 
-    ``record`` is the cell's spill record (ids, label, channels, dtype, shape, sha256, meta, groups and where its
-    encoded bytes lie in the spill), so a shard writer reads only those bytes."""
+    ``record`` is the cell's spill record (ids, label, channels, dtype, shape, sha256, meta, groups and where
+    its encoded bytes lie in the spill), so a shard writer reads only those bytes."""
     plans: dict[str, list[dict[str, Any]]] = {}
     for src in SOURCE_KEYS:
         mine = [c for c in cells if c["source"] == src]
         plans_src = []
         for index, start, end in shard_plan(len(mine), per):
-            entries = [(c["spill"], c["index"], c.get("split", ""), c.get("tasks", []),
-                        {f: c[f] for f in SPILL_RECORD if f in c}) for c in mine[start:end]]
+            entries = [
+                (
+                    c["spill"],
+                    c["index"],
+                    c.get("split", ""),
+                    c.get("tasks", []),
+                    {f: c[f] for f in SPILL_RECORD if f in c},
+                )
+                for c in mine[start:end]
+            ]
             plans_src.append({"index": index, "zarr_start": start, "entries": entries})
         if plans_src:
             plans[src] = plans_src
@@ -57,13 +79,30 @@ class ShardWriting:
             info = SOURCES[src]
             first = next(c for c in cells if c["source"] == src)
             n = sum(len(p["entries"]) for p in src_plans)
-            create_zarr_array(self.root, src, n, info.channels, info.tile_hw, first.get("dtype", "uint8"),
-                              self.cells_per_shard)
+            create_zarr_array(
+                self.root,
+                src,
+                n,
+                info.channels,
+                info.tile_hw,
+                first.get("dtype", "uint8"),
+                self.cells_per_shard,
+            )
             for p in src_plans:
                 entries = canonical_json(p["entries"])
-                self.futures += [self.client.submit(task, str(self.root), src, p["index"], p["zarr_start"], entries,
-                                                    pure=False, priority=WRITE_PRIORITY)
-                                 for task in (write_zarr_task, write_tar_task)]
+                self.futures += [
+                    self.client.submit(
+                        task,
+                        str(self.root),
+                        src,
+                        p["index"],
+                        p["zarr_start"],
+                        entries,
+                        pure=False,
+                        priority=WRITE_PRIORITY,
+                    )
+                    for task in (write_zarr_task, write_tar_task)
+                ]
 
     def collect(self) -> list[Any]:
         """Wait for every write task; the shard records sorted by path."""
@@ -72,7 +111,9 @@ class ShardWriting:
         from chammi_data.progress import progress as progress_bar
 
         records = []
-        bar = progress_bar(total=len(self.futures), desc="writing shards", unit="file", disable=not self.progress)
+        bar = progress_bar(
+            total=len(self.futures), desc="writing shards", unit="file", disable=not self.progress
+        )
         for fut in as_completed(self.futures):
             rec, seconds = fut.result()
             self.busy_s += seconds

@@ -1,14 +1,13 @@
 """The one shape every source pipeline has, and the records the engine passes around.
 
 A source module (``pipelines/sources/wtc11/pipeline.py``, ``hpa.py``, ``cp.py``, ``chammi.py``) subclasses
-:class:`SourcePipeline` and registers itself in ``pipelines.sources.registry``. The engine (``pipelines.engine.build``)
-discovers units, runs ``process`` on each on dask.distributed, spills each unit's cells atomically (resume),
-then calls ``assign`` once on the metadata of all cells and hands the sorted cells to the ``chammi_data``
-writers. The engine knows a source only through what its class declares here (defaults and options, tables,
-the sources it makes, whether it reads a ready-made release, order, batch size, what its units and cells are
-for the accounting): it names no source.
-What is shared (normalisation, cropping, segmentation) lives once in ``pipelines.steps.imaging`` and
-``pipelines.steps.segmentation``.
+:class:`SourcePipeline` and registers itself in ``pipelines.sources.registry``. The engine
+(``pipelines.engine.build``) discovers units, runs ``process`` on each on dask.distributed, spills each unit's
+cells atomically (resume), then calls ``assign`` once on the metadata of all cells and hands the sorted cells
+to the ``chammi_data`` writers. The engine knows a source only through what its class declares here (defaults
+and options, tables, the sources it makes, whether it reads a ready-made release, order, batch size, what its
+units and cells are for the accounting): it names no source. What is shared (normalisation, cropping,
+segmentation) lives once in ``pipelines.steps.imaging`` and ``pipelines.steps.segmentation``.
 """
 
 from __future__ import annotations
@@ -39,7 +38,7 @@ def safe_id(text: object, max_len: int = 80) -> str:
     value = str(text)
     if _SAFE_ID.fullmatch(value) and len(value) <= max_len:
         return value
-    base = re.sub(r"[^A-Za-z0-9_-]+", "_", value).strip("_")[:max(1, max_len - 9)] or "x"
+    base = re.sub(r"[^A-Za-z0-9_-]+", "_", value).strip("_")[: max(1, max_len - 9)] or "x"
     return f"{base}-{hashlib.sha256(value.encode('utf-8')).hexdigest()[:8]}"
 
 
@@ -74,14 +73,28 @@ class Skipped:
     kind: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"source": self.source, "unit": self.unit_id, "file": self.file, "row": self.row,
-                "reason": self.reason, "count": self.count, "kind": self.kind}
+        return {
+            "source": self.source,
+            "unit": self.unit_id,
+            "file": self.file,
+            "row": self.row,
+            "reason": self.reason,
+            "count": self.count,
+            "kind": self.kind,
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Skipped:
         """The inverse of :meth:`to_dict`."""
-        return cls(d["source"], d["unit"], d["reason"], d.get("file", ""), d.get("row"), d.get("count", 1),
-                   d.get("kind", ""))
+        return cls(
+            d["source"],
+            d["unit"],
+            d["reason"],
+            d.get("file", ""),
+            d.get("row"),
+            d.get("count", 1),
+            d.get("kind", ""),
+        )
 
 
 class UnitSkip(Exception):
@@ -146,9 +159,11 @@ class SourcePipeline(ABC):
     #: differ, each unit holds several cells and ``process`` reports how many it found (``UnitResult.found``).
     unit_kind: str = "cells"
     cell_kind: str = "cells"
-    #: release order of the cells: ``"cell_id"`` (sorted), or ``"unit"`` (unit order, then the order in a unit)
+    #: release order of the cells: ``"cell_id"`` (sorted), or ``"unit"`` (unit order, then the order in a
+    #: unit)
     order: str = "cell_id"
-    #: units sent to a dask worker per task. Each task costs the scheduler and the client a few ms of CPU, on the
+    #: units sent to a dask worker per task. Each task costs the scheduler and the client a few ms of CPU, on
+    #: the
     #: same cores as the workers when they share a machine: batching small units keeps that off the critical
     #: path. Every unit is still spilled on its own, so resume and the output bytes do not depend on it.
     units_per_task: int = 1
@@ -162,7 +177,9 @@ class SourcePipeline(ABC):
         section = dict(section or {})
         unknown = sorted(set(section) - set(self.DEFAULTS))
         if unknown:
-            raise ValueError(f"config {self.name}: unknown option(s) {unknown}; valid: {sorted(self.DEFAULTS)}")
+            raise ValueError(
+                f"config {self.name}: unknown option(s) {unknown}; valid: {sorted(self.DEFAULTS)}"
+            )
         opts = {**copy.deepcopy(self.DEFAULTS), **section}
         self.check_options(opts)
         return opts
@@ -171,8 +188,8 @@ class SourcePipeline(ABC):
         """Raise ``ValueError`` for an unusable option value; may normalise values in place."""
 
     def tables(self, opts: Mapping[str, Any]) -> tuple[str, ...]:
-        """File names of the source's top-level tables: a folder holding one of them is the source's own folder
-        (not a parent folder with one subfolder per source)."""
+        """File names of the source's top-level tables: a folder holding one of them is the source's own
+        folder (not a parent folder with one subfolder per source)."""
         return ()
 
     def rules_digest(self, config: Mapping[str, Any]) -> str:

@@ -60,10 +60,12 @@ def resolve_sources(source: str | Sequence[str]) -> dict[str, SourcePipeline]:
     names = [source] if isinstance(source, str) else list(source)
     out: dict[str, SourcePipeline] = {}
     for n in names:
-        for m in (RAW_SOURCES if n == "all" else (n,)):
+        for m in RAW_SOURCES if n == "all" else (n,):
             out.setdefault(m, shared_pipeline(m))  # unknown name -> KeyError listing the valid ones
     alone = [n for n, p in out.items() if p.reads_release]
     if alone and len(out) > 1:
-        raise ValueError(f"--source {alone[0]} converts a ready-made release on its own; do not combine it with "
-                         "other sources")
+        raise ValueError(
+            f"--source {alone[0]} converts a ready-made release on its own; do not combine it with "
+            "other sources"
+        )
     return out

@@ -47,8 +47,9 @@ def write_source_sample(out_dir: Path, name: str, seed: int = 0) -> Path:
     return final
 
 
-def write_sample(out_dir: str | Path, seed: int = 0, sources: Sequence[str] = RAW_SOURCES,
-                 progress: bool = False) -> Path:
+def write_sample(
+    out_dir: str | Path, seed: int = 0, sources: Sequence[str] = RAW_SOURCES, progress: bool = False
+) -> Path:
     """Write the sample raw data of ``sources`` (default all three) into ``out_dir``; returns ``out_dir``."""
     from chammi_data.progress import progress as progress_bar
 

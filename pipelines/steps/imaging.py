@@ -51,8 +51,9 @@ def _histogram_ok(flat: np.ndarray) -> bool:
     return int(flat.min()) >= 0 and int(flat.max()) < _HIST_LIMIT
 
 
-def _clip_points(ch: np.ndarray, low_pct: float, high_pct: float,
-                 histogram: bool | None = None) -> tuple[float, float, float, float]:
+def _clip_points(
+    ch: np.ndarray, low_pct: float, high_pct: float, histogram: bool | None = None
+) -> tuple[float, float, float, float]:
     """(low percentile, high percentile, min, max) of one channel, as ``np.percentile`` (linear) gives them.
 
     Unsigned images of up to 16 bits (and non-negative integer images below 2**22) go through a histogram
@@ -83,8 +84,13 @@ def _clip_points(ch: np.ndarray, low_pct: float, high_pct: float,
     return float(lo), float(hi), float(f.min()), float(f.max())
 
 
-def to_uint8(arr: np.ndarray, low_pct: float = 0.0, high_pct: float = 100.0, axis: int | None = None,
-             where: str = "image") -> np.ndarray:
+def to_uint8(
+    arr: np.ndarray,
+    low_pct: float = 0.0,
+    high_pct: float = 100.0,
+    axis: int | None = None,
+    where: str = "image",
+) -> np.ndarray:
     """Clip each channel to its [low_pct, high_pct] percentiles and scale linearly to uint8 [0, 255].
 
     ``axis`` is the channel axis, scaled independently per channel. ``None`` means axis 0 for a 3-D
@@ -113,7 +119,8 @@ def to_uint8(arr: np.ndarray, low_pct: float = 0.0, high_pct: float = 100.0, axi
             raise ValueError(f"constant image{which}: {where} has every pixel equal to {lo:g}")
         if histogram:
             # A lookup table over every value up to the channel's maximum: the same float64 formula, evaluated
-            # once per value instead of once per pixel (a 16-bit field has far fewer values than pixels), same bytes.
+            # once per value instead of once per pixel (a 16-bit field has far fewer values than pixels), same
+            # bytes.
             values = np.arange(int(vmax) + 1, dtype=np.float64)
             out[k] = np.rint((np.clip(values, lo, hi) - lo) * (255.0 / (hi - lo))).astype(np.uint8)[ch]
         else:
@@ -138,7 +145,7 @@ def center_crop_or_pad(arr: np.ndarray, hw: tuple[int, int], fill: float = 0) ->
     # source window (crop) and destination offset (pad), per axis
     sy, dy, ny = _centre_window(h, th)
     sx, dx, nx = _centre_window(w, tw)
-    out[:, dy:dy + ny, dx:dx + nx] = arr[:, sy:sy + ny, sx:sx + nx]
+    out[:, dy : dy + ny, dx : dx + nx] = arr[:, sy : sy + ny, sx : sx + nx]
     return out
 
 
@@ -165,8 +172,13 @@ class CropInfo:
         return asdict(self)
 
 
-def crop_box(arr: np.ndarray, center_yx: tuple[float, float], hw: tuple[int, int],
-             policy: BorderPolicy = "pad", fill: float = 0) -> tuple[np.ndarray | None, CropInfo]:
+def crop_box(
+    arr: np.ndarray,
+    center_yx: tuple[float, float],
+    hw: tuple[int, int],
+    policy: BorderPolicy = "pad",
+    fill: float = 0,
+) -> tuple[np.ndarray | None, CropInfo]:
     """Cut an (h, w) box centred on ``center_yx`` out of a (C, H, W) field.
 
     The box is ``[round(cy) - h//2, round(cy) - h//2 + h)`` (same for x). When it reaches past the field:
@@ -200,6 +212,6 @@ def crop_box(arr: np.ndarray, center_yx: tuple[float, float], hw: tuple[int, int
     y0, y1 = max(top, 0), min(top + h, fh)
     x0, x1 = max(left, 0), min(left + w, fw)
     if y1 > y0 and x1 > x0:
-        out[:, y0 - top:y1 - top, x0 - left:x1 - left] = arr[:, y0:y1, x0:x1]
+        out[:, y0 - top : y1 - top, x0 - left : x1 - left] = arr[:, y0:y1, x0:x1]
     padded = (y1 - y0) < h or (x1 - x0) < w
     return out, CropInfo(top, left, touched, shift_y, shift_x, padded, policy)

@@ -1,4 +1,5 @@
-"""Raw image headers, read without decoding pixels: shape and bit depth of PNG and TIFF files, and size limits.
+"""Raw image headers, read without decoding pixels: shape and bit depth of PNG and TIFF files, and size
+limits.
 
 A small file can decode to a huge image (a few hundred KB of compressed TIFF or PNG can hold a 16000 x 16000
 16-bit plane, half a gigabyte once decoded). Every source therefore reads each raw image's header first and
@@ -29,8 +30,9 @@ class ImageTooLarge(ValueError):
 
 @dataclass(frozen=True)
 class ImageHeader:
-    """What a raw image's header says: ``shape`` as it decodes ((H, W) for a grey plane, (H, W, S) with S samples
-    per pixel, or a TIFF series' shape such as (Z, C, Y, X)) and ``bits`` per sample (8, 16, 32, 64)."""
+    """What a raw image's header says: ``shape`` as it decodes ((H, W) for a grey plane, (H, W, S) with S
+    samples per pixel, or a TIFF series' shape such as (Z, C, Y, X)) and ``bits`` per sample (8, 16, 32,
+    64)."""
 
     shape: tuple[int, ...]
     bits: int
@@ -91,11 +93,13 @@ def image_header(path: str | Path) -> ImageHeader:
 
 
 def check_size(header: ImageHeader, limit: int, name: str, option: str) -> None:
-    """Raise :class:`ImageTooLarge` when ``header`` decodes to more than ``limit`` pixels; ``name`` is the file
-    as the message shows it, ``option`` the option that sets the limit."""
+    """Raise :class:`ImageTooLarge` when ``header`` decodes to more than ``limit`` pixels; ``name`` is the
+    file as the message shows it, ``option`` the option that sets the limit."""
     if header.size > limit:
-        raise ImageTooLarge(f"image too large: {name} is {header.dims()} ({header.size:,} pixels), over "
-                            f"{option} = {limit:,}; not decoded")
+        raise ImageTooLarge(
+            f"image too large: {name} is {header.dims()} ({header.size:,} pixels), over "
+            f"{option} = {limit:,}; not decoded"
+        )
 
 
 class FieldMismatch(ValueError):
@@ -106,8 +110,14 @@ class FieldMismatch(ValueError):
         self.key = key
 
 
-def check_field(planes: Mapping[str, tuple[int, ...]], depths: Mapping[str, int], names: Mapping[str, str],
-                reference: str, allow_mixed_depth: bool, option: str) -> None:
+def check_field(
+    planes: Mapping[str, tuple[int, ...]],
+    depths: Mapping[str, int],
+    names: Mapping[str, str],
+    reference: str,
+    allow_mixed_depth: bool,
+    option: str,
+) -> None:
     """Raise :class:`FieldMismatch` when the channel files of one field (by channel key: their plane shapes,
     bit depths and names as messages show them) differ in size from the ``reference`` channel (naming each
     differing file and its size), or mix bit depths while ``allow_mixed_depth`` is false (naming each file's
@@ -115,11 +125,18 @@ def check_field(planes: Mapping[str, tuple[int, ...]], depths: Mapping[str, int]
     size = {k: "x".join(map(str, s)) for k, s in planes.items()}
     odd = [k for k in planes if planes[k] != planes[reference]]
     if odd:
-        raise FieldMismatch(f"channel sizes differ from {names[reference]} ({size[reference]}): "
-                            + ", ".join(f"{names[k]} is {size[k]}" for k in odd), odd[0])
+        raise FieldMismatch(
+            f"channel sizes differ from {names[reference]} ({size[reference]}): "
+            + ", ".join(f"{names[k]} is {size[k]}" for k in odd),
+            odd[0],
+        )
     if len(set(depths.values())) > 1 and not allow_mixed_depth:
-        raise FieldMismatch("mixed bit depths in one field: " + ", ".join(f"{names[k]} {d}-bit" for k, d in depths.items())
-                            + f" (option {option}: allow accepts them)", reference)
+        raise FieldMismatch(
+            "mixed bit depths in one field: "
+            + ", ".join(f"{names[k]} {d}-bit" for k, d in depths.items())
+            + f" (option {option}: allow accepts them)",
+            reference,
+        )
 
 
 def missing_files(files: Mapping[str, Path], names: Mapping[str, str]) -> tuple[str, str] | None:

@@ -64,9 +64,11 @@ BACKENDS: dict[str, Backend] = {}
 
 def register_backend(name: str) -> Callable[[Backend], Backend]:
     """Decorator adding a backend to :data:`BACKENDS` under ``name``."""
+
     def deco(fn: Backend) -> Backend:
         BACKENDS[name] = fn
         return fn
+
     return deco
 
 
@@ -74,8 +76,13 @@ def list_backends() -> list[str]:
     return sorted(BACKENDS)
 
 
-def segment(nucleus: np.ndarray, cell_body: np.ndarray | Sequence[np.ndarray] | None = None, *,
-            backend: str = "watershed", **options: Any) -> Segmentation:
+def segment(
+    nucleus: np.ndarray,
+    cell_body: np.ndarray | Sequence[np.ndarray] | None = None,
+    *,
+    backend: str = "watershed",
+    **options: Any,
+) -> Segmentation:
     """Segment one field into cells.
 
     ``nucleus`` is the (H, W) nuclear stain; ``cell_body`` one (H, W) image or a list of them (channels
@@ -95,11 +102,14 @@ def segment(nucleus: np.ndarray, cell_body: np.ndarray | Sequence[np.ndarray] | 
         bodies = [np.asarray(b) for b in cell_body]
     for b in bodies:
         if b.shape != nuc.shape:
-            raise ValueError(f"cell-body image of shape {b.shape} does not match the nucleus image {nuc.shape}")
+            raise ValueError(
+                f"cell-body image of shape {b.shape} does not match the nucleus image {nuc.shape}"
+            )
     return BACKENDS[backend](nuc, bodies, **options)
 
 
 # ----------------------------------------------------------------------------------------------- helpers
+
 
 def _normalise(img: np.ndarray, low: float = 1.0, high: float = 99.8) -> np.ndarray:
     """float32 image scaled so its [low, high] percentiles map to [0, 1] (clipped); constant -> zeros."""
@@ -122,7 +132,9 @@ def _block_mean(img: np.ndarray, factor: int) -> np.ndarray:
     if factor <= 1:
         return a
     h, w = a.shape
-    sums = np.add.reduceat(np.add.reduceat(a, np.arange(0, h, factor), axis=0), np.arange(0, w, factor), axis=1)
+    sums = np.add.reduceat(
+        np.add.reduceat(a, np.arange(0, h, factor), axis=0), np.arange(0, w, factor), axis=1
+    )
     rows = np.minimum(factor, h - np.arange(0, h, factor)).astype(np.float32)
     cols = np.minimum(factor, w - np.arange(0, w, factor)).astype(np.float32)
     return sums / (rows[:, None] * cols[None, :])
@@ -143,7 +155,9 @@ def _threshold(img: np.ndarray, method: str, block: int) -> np.ndarray:
     if method == "local":
         # local threshold for uneven illumination, but never below a global floor (dark background)
         block = block | 1
-        return (img > filters.threshold_local(img, block_size=block, offset=0)) & (img > 0.5 * filters.threshold_otsu(img))
+        return (img > filters.threshold_local(img, block_size=block, offset=0)) & (
+            img > 0.5 * filters.threshold_otsu(img)
+        )
     raise ValueError(f"unknown threshold method {method!r}; valid: otsu, li, local")
 
 
@@ -235,12 +249,22 @@ def _relabel_raster(labels: np.ndarray) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------- watershed
 
+
 @register_backend("watershed")
-def watershed_backend(nucleus: np.ndarray, cell_body: list[np.ndarray], *, downsample: int | str = "auto",
-                      nucleus_diameter: float | None = None, target_diameter: float = 24.0,
-                      nucleus_threshold: str = "local", cell_threshold: str = "li",
-                      threshold_scale: float = 1.0, min_size_fraction: float = 0.15,
-                      sigma: float | None = None, min_contrast: float = 2.0) -> Segmentation:
+def watershed_backend(
+    nucleus: np.ndarray,
+    cell_body: list[np.ndarray],
+    *,
+    downsample: int | str = "auto",
+    nucleus_diameter: float | None = None,
+    target_diameter: float = 24.0,
+    nucleus_threshold: str = "local",
+    cell_threshold: str = "li",
+    threshold_scale: float = 1.0,
+    min_size_fraction: float = 0.15,
+    sigma: float | None = None,
+    min_contrast: float = 2.0,
+) -> Segmentation:
     """Nuclei-seeded watershed (see the module docstring). Options:
 
     ``downsample``: block factor (int >= 1) or "auto"; ``nucleus_diameter``: typical nucleus diameter in
@@ -302,6 +326,7 @@ def watershed_backend(nucleus: np.ndarray, cell_body: list[np.ndarray], *, downs
 
 # -------------------------------------------------------------------------------------------- cellpose
 
+
 @lru_cache(maxsize=4)
 def _cellpose_model(weights: str) -> Any:
     from cellpose import models  # imported lazily: optional extra
@@ -310,21 +335,32 @@ def _cellpose_model(weights: str) -> Any:
 
 
 @register_backend("cellpose")
-def cellpose_backend(nucleus: np.ndarray, cell_body: list[np.ndarray], *, weights: str | Path | None = None,
-                     diameter: float | None = None) -> Segmentation:
+def cellpose_backend(
+    nucleus: np.ndarray,
+    cell_body: list[np.ndarray],
+    *,
+    weights: str | Path | None = None,
+    diameter: float | None = None,
+) -> Segmentation:
     """Cellpose with a LOCAL model file ``weights`` (never downloaded). Nuclei are not returned."""
     if weights is None:
-        raise ValueError("the cellpose backend needs weights=PATH to a local Cellpose model file; "
-                         "it never downloads weights")
+        raise ValueError(
+            "the cellpose backend needs weights=PATH to a local Cellpose model file; "
+            "it never downloads weights"
+        )
     path = Path(weights).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"cellpose weights file not found: {path} (pass weights=PATH to a local model "
-                                "file; the backend never downloads weights)")
+        raise FileNotFoundError(
+            f"cellpose weights file not found: {path} (pass weights=PATH to a local model "
+            "file; the backend never downloads weights)"
+        )
     try:
         import cellpose  # noqa: F401
     except ImportError as err:
-        raise ImportError("the cellpose backend needs the optional extra: pip install 'chammi[cellpose]' "
-                          f"(importing cellpose failed: {err})") from err
+        raise ImportError(
+            "the cellpose backend needs the optional extra: pip install 'chammi[cellpose]' "
+            f"(importing cellpose failed: {err})"
+        ) from err
     model = _cellpose_model(str(path))
     nuc = _normalise(nucleus)
     body = np.mean([_normalise(b) for b in cell_body], axis=0) if cell_body else nuc
@@ -337,6 +373,7 @@ def cellpose_backend(nucleus: np.ndarray, cell_body: list[np.ndarray], *, weight
 
 
 # ----------------------------------------------------------------------------------------------- scoring
+
 
 def iou_matrix(gt: np.ndarray, pred: np.ndarray) -> np.ndarray:
     """IoU of every ground-truth object (rows, labels 1..G) with every predicted object (cols, 1..P).
@@ -373,8 +410,15 @@ def match_objects(gt: np.ndarray, pred: np.ndarray, iou_threshold: float = 0.5) 
     precision = tp / n_pred if n_pred else (1.0 if n_gt == 0 else 0.0)
     recall = tp / n_gt if n_gt else 1.0
     f1 = 2 * tp / (2 * tp + fp + fn) if (2 * tp + fp + fn) else 1.0
-    return {"tp": tp, "fp": fp, "fn": fn, "precision": precision, "recall": recall, "f1": f1,
-            "mean_matched_iou": float(np.mean(matched)) if matched else 0.0}
+    return {
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "mean_matched_iou": float(np.mean(matched)) if matched else 0.0,
+    }
 
 
 def cell_properties(labels: np.ndarray) -> list[dict[str, Any]]:
@@ -389,7 +433,13 @@ def cell_properties(labels: np.ndarray) -> list[dict[str, Any]]:
             continue
         ys, xs = np.nonzero(labels[sl] == k)
         y0, y1, x0, x1 = sl[0].start, sl[0].stop, sl[1].start, sl[1].stop
-        out.append({"label": k, "centroid": (float(ys.mean() + y0), float(xs.mean() + x0)),
-                    "bbox": (int(y0), int(x0), int(y1), int(x1)), "area": int(ys.size),
-                    "touches_edge": bool(y0 == 0 or x0 == 0 or y1 == h or x1 == w)})
+        out.append(
+            {
+                "label": k,
+                "centroid": (float(ys.mean() + y0), float(xs.mean() + x0)),
+                "bbox": (int(y0), int(x0), int(y1), int(x1)),
+                "area": int(ys.size),
+                "touches_edge": bool(y0 == 0 or x0 == 0 or y1 == h or x1 == w),
+            }
+        )
     return out

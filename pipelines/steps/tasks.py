@@ -33,9 +33,9 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from chammi_data.store.paths import manifests_dir
 from chammi_data.format.release_format import canonical_json
 from chammi_data.format.vocab import TASK_COLUMNS
+from chammi_data.store.paths import manifests_dir
 
 RULES_VERSION = 1
 
@@ -82,9 +82,13 @@ def _check_where(where: Any, ctx: str) -> None:
     for col, cond in where.items():
         if isinstance(cond, Mapping):
             if set(cond) != {"not"} or not isinstance(cond["not"], list):
-                raise RulesError(f"{ctx}: column {col!r} condition must be a list or {{not: [...]}}, got {cond!r}")
+                raise RulesError(
+                    f"{ctx}: column {col!r} condition must be a list or {{not: [...]}}, got {cond!r}"
+                )
         elif not isinstance(cond, list):
-            raise RulesError(f"{ctx}: column {col!r} condition must be a list or {{not: [...]}}, got {cond!r}")
+            raise RulesError(
+                f"{ctx}: column {col!r} condition must be a list or {{not: [...]}}, got {cond!r}"
+            )
 
 
 def validate_rules(rules: Any, where: str = "rules") -> None:
@@ -124,7 +128,9 @@ def match(table: pd.DataFrame, where: Mapping[str, Any], ctx: str = "rule") -> n
     mask = np.ones(len(table), dtype=bool)
     for col, cond in where.items():
         if col not in table.columns:
-            raise KeyError(f"{ctx}: column {col!r} not in the cell table; columns: {sorted(map(str, table.columns))}")
+            raise KeyError(
+                f"{ctx}: column {col!r} not in the cell table; columns: {sorted(map(str, table.columns))}"
+            )
         values = table[col].astype(str).to_numpy()
         if isinstance(cond, Mapping):
             mask &= ~np.isin(values, [str(v) for v in cond["not"]])
@@ -138,7 +144,8 @@ def _rank_key(seed: int, cell_id: str) -> str:
 
 
 def iid_mask(table: pd.DataFrame, pool: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """Rows of the training pool sent to the IID task: per label, the first round(fraction * n) by hash rank."""
+    """Rows of the training pool sent to the IID task: per label, the first round(fraction * n) by hash
+    rank."""
     out = np.zeros(len(table), dtype=bool)
     if fraction <= 0:
         return out

@@ -50,16 +50,16 @@ def test_legacy_members_without_frame_checksums_are_checked_by_pixel_sha256(tiny
     row = m[m["source"] == "cp"].iloc[0]
     shard = tiny_release_copy / row["shard"]
     data = bytearray(shard.read_bytes())
-    member = bytes(data[row["offset"]:row["offset"] + row["nbytes"]])
+    member = bytes(data[row["offset"] : row["offset"] + row["nbytes"]])
     raw = zstandard.ZstdDecompressor().decompress(member)
     legacy = zstandard.ZstdCompressor(level=3, write_content_size=True).compress(raw)
     assert len(legacy) == len(member) - 4  # the same frame without its 4-byte checksum
-    data[row["offset"]:row["offset"] + row["nbytes"]] = legacy + b"\0" * 4
+    data[row["offset"] : row["offset"] + row["nbytes"]] = legacy + b"\0" * 4
     # one flipped pixel byte in the uncompressed-literal part would pass zstd; the sha256 catches any change
     bad = bytearray(raw)
     bad[-1] ^= 1
     legacy_bad = zstandard.ZstdCompressor(level=3, write_content_size=True).compress(bytes(bad))
-    data[row["offset"]:row["offset"] + len(legacy_bad)] = legacy_bad
+    data[row["offset"] : row["offset"] + len(legacy_bad)] = legacy_bad
     shard.write_bytes(bytes(data))
     m.loc[m["cell_id"] == row["cell_id"], "nbytes"] = len(legacy_bad)
     _rewrite_manifest(tiny_release_copy, m)
@@ -92,9 +92,11 @@ def test_edited_manifest_rows_are_refused_at_open(tiny_release_copy, edit):
         m.loc[i, "train_test_split"] = "Train"
         m.loc[i, ["Task_one", "Task_two", "Task_three", "Task_four"]] = False
     write_manifest(tiny_release_copy, m)
-    for open_it in (lambda: chammi_data.load("all", root=tiny_release_copy),
-                    lambda: chammi_data.stream(tiny_release_copy, split="all"),
-                    lambda: chammi_data.evaluate({"cp": np.ones((24, 2))}, tiny_release_copy, progress=False)):
+    for open_it in (
+        lambda: chammi_data.load("all", root=tiny_release_copy),
+        lambda: chammi_data.stream(tiny_release_copy, split="all"),
+        lambda: chammi_data.evaluate({"cp": np.ones((24, 2))}, tiny_release_copy, progress=False),
+    ):
         with pytest.raises(ManifestDigestError, match="manifest was edited or corrupted"):
             open_it()
 
@@ -133,8 +135,17 @@ def _bomb(path: Path, shape: tuple[int, int, int], declare_size: bool) -> int:
 def test_decompression_bombs_are_refused_before_allocating(tmp_path, declare_size):
     size = _bomb(tmp_path / "bomb.bin", (1, 20000, 20000), declare_size)
     assert size < 200_000  # 400 MB of pixels in a small member
-    row = {"shard": "bomb.bin", "key": "cp-bomb", "offset": 0, "nbytes": size, "channels": "nucleus,er,rna,golgi,mito",
-           "height": 160, "width": 160, "dtype": "uint8", "sha256": ""}
+    row = {
+        "shard": "bomb.bin",
+        "key": "cp-bomb",
+        "offset": 0,
+        "nbytes": size,
+        "channels": "nucleus,er,rna,golgi,mito",
+        "height": 160,
+        "width": 160,
+        "dtype": "uint8",
+        "sha256": "",
+    }
     script = f"""
 import resource, json
 from chammi_data.loading.shards import ShardReader
@@ -159,7 +170,9 @@ def test_oversized_json_member_is_refused_from_its_header(tmp_path):
         info = tarfile.TarInfo("cp-x.json")
         info.size = MAX_RECORD_BYTES + 1
         tar.addfile(info, io.BytesIO(b"{" + b" " * (MAX_RECORD_BYTES - 1) + b"}"))
-    with pytest.raises(ShardFormatError, match=r"cp-x.json.*declares \d+ bytes, more than the 1048576-byte limit"):
+    with pytest.raises(
+        ShardFormatError, match=r"cp-x.json.*declares \d+ bytes, more than the 1048576-byte limit"
+    ):
         list(iter_samples(shard))
 
 
@@ -179,5 +192,6 @@ def test_flipped_byte_in_a_zarr_chunk_is_an_error(tiny_release_copy):
     ds = chammi_data.load("all", root=tiny_release_copy, sources="hpa", backend="zarr")
     with pytest.raises(CorruptSampleError, match=r"hpa.zarr: row 10 .*unreadable chunk"):
         ds.read_array(10)
-    np.testing.assert_array_equal(ds.read_array(9), chammi_data.load("all", root=tiny_release_copy,
-                                                                     sources="hpa").read_array(9))
+    np.testing.assert_array_equal(
+        ds.read_array(9), chammi_data.load("all", root=tiny_release_copy, sources="hpa").read_array(9)
+    )

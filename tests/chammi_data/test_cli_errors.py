@@ -60,17 +60,36 @@ def test_export_user_errors(tiny_release: Path, broken_manifest: Path, tmp_path:
     (tmp_path / "o" / "HPA").mkdir(parents=True)
     assert run_cli(export_cli, [str(tiny_release), str(tmp_path / "o"), "--quiet"]) == 2
     one_error_line(capsys, "chammi export", "already exist", "--overwrite")
-    assert run_cli(export_cli, [str(tiny_release), str(tmp_path / "o"), "--quiet", "--overwrite",
-                                "--sources", "hpa"]) == 0
+    assert (
+        run_cli(
+            export_cli, [str(tiny_release), str(tmp_path / "o"), "--quiet", "--overwrite", "--sources", "hpa"]
+        )
+        == 0
+    )
 
 
-def test_eval_user_errors(tiny_release: Path, broken_manifest: Path, good_features: Path, tmp_path: Path, capsys):
+def test_eval_user_errors(
+    tiny_release: Path, broken_manifest: Path, good_features: Path, tmp_path: Path, capsys
+):
     out = str(tmp_path / "run")
-    assert run_cli(eval_cli, ["--features", str(tmp_path / "nope"), "--release", str(tiny_release), "--out", out]) == 2
+    assert (
+        run_cli(
+            eval_cli, ["--features", str(tmp_path / "nope"), "--release", str(tiny_release), "--out", out]
+        )
+        == 2
+    )
     one_error_line(capsys, "chammi eval", "features folder", "does not exist")
-    assert run_cli(eval_cli, ["--features", str(good_features), "--release", str(tmp_path / "none"), "--out", out]) == 2
+    assert (
+        run_cli(
+            eval_cli, ["--features", str(good_features), "--release", str(tmp_path / "none"), "--out", out]
+        )
+        == 2
+    )
     one_error_line(capsys, "chammi eval")
-    assert run_cli(eval_cli, ["--features", str(good_features), "--release", str(broken_manifest), "--out", out]) == 2
+    assert (
+        run_cli(eval_cli, ["--features", str(good_features), "--release", str(broken_manifest), "--out", out])
+        == 2
+    )
     one_error_line(capsys, "chammi eval", "manifest.parquet")
     bad = tmp_path / "bad"
     save_features(bad, {"hpa": np.zeros((3, 4), np.float32)}, "f")
@@ -84,7 +103,9 @@ def test_validate_user_error_vs_problems(tiny_release: Path, broken_manifest: Pa
     (tmp_path / "empty").mkdir()
     assert run_cli(validate_cli, [str(tmp_path / "empty")]) == 2
     one_error_line(capsys, "chammi validate", "release.json")
-    assert run_cli(validate_cli, [str(broken_manifest), "--quiet"]) == errors.EXIT_PROBLEMS  # a damaged release
+    assert (
+        run_cli(validate_cli, [str(broken_manifest), "--quiet"]) == errors.EXIT_PROBLEMS
+    )  # a damaged release
     assert "manifest.parquet" in capsys.readouterr().out
 
 
@@ -95,7 +116,9 @@ def test_report_user_errors(tmp_path: Path, capsys):
     (tmp_path / "run" / "results.json").write_text("{not json", encoding="utf-8")
     assert run_cli(report_cli, [str(tmp_path / "run"), "--out", str(tmp_path / "r")]) == 2
     one_error_line(capsys, "chammi report", "not valid JSON")
-    assert run_cli(report_cli, [str(tmp_path / "run"), "--names", "a", "b", "--out", str(tmp_path / "r")]) == 2
+    assert (
+        run_cli(report_cli, [str(tmp_path / "run"), "--names", "a", "b", "--out", str(tmp_path / "r")]) == 2
+    )
     one_error_line(capsys, "chammi report", "--names")
 
 
@@ -115,5 +138,8 @@ def test_unexpected_errors_keep_their_traceback(tiny_release: Path, tmp_path: Pa
 
 def test_one_line_messages():
     assert errors.one_line(ValueError("first\n  second\n")) == "first; second"
-    assert errors.one_line(FileNotFoundError(2, "No such file or directory", "/x/y")) == "No such file or directory: /x/y"
+    assert (
+        errors.one_line(FileNotFoundError(2, "No such file or directory", "/x/y"))
+        == "No such file or directory: /x/y"
+    )
     assert errors.one_line(errors.UserError()) == "UserError"

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from chammi_data.loading.collate import HomogeneousBatcher, collate_homogeneous, group_by_channels
 from chammi_data.format.vocab import SOURCES
+from chammi_data.loading.collate import HomogeneousBatcher, collate_homogeneous, group_by_channels
 
 
 def _sample(source: str, i: int, hw: tuple[int, int] = (8, 8)) -> dict:

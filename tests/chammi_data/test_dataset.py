@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import chammi_data
-from chammi_data.loading.dataset import load
 from chammi_data.format.manifest import read_manifest
 from chammi_data.format.release_format import SAMPLE_KEYS, select_rows, valid_splits
+from chammi_data.loading.dataset import load
 
 
 def test_sample_dict(tiny_release: Path, cell_factory):

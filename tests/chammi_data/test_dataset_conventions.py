@@ -1,4 +1,5 @@
-"""torchvision/torchgeo conventions on ReleaseDataset: classes, class_to_idx, targets, plot(sample), collate_fn."""
+"""torchvision/torchgeo conventions on ReleaseDataset: classes, class_to_idx, targets, plot(sample),
+collate_fn."""
 
 from __future__ import annotations
 

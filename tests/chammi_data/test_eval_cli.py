@@ -1,4 +1,5 @@
-"""`chammi eval` / `chammi report` end to end on a tiny official layout and on the tiny release; feature files."""
+"""`chammi eval` / `chammi report` end to end on a tiny official layout and on the tiny release; feature
+files."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from chammi_data import evaluate
 import chammi_cli.evaluate as eval_cli
 import chammi_cli.report as report_cli
+from chammi_data import evaluate
 from chammi_data.evaluation.features import EvaluationInputError, load_features, save_features
 from chammi_data.format.manifest import read_manifest, source_rows
 from chammi_data.format.vocab import SOURCES

@@ -90,7 +90,8 @@ def test_ties_and_absent_predicted_class_by_hand() -> None:
         res = evaluate({"Allen": x}, {"Allen": df}, metric=metric, progress=False)
         t = res.table.set_index("task")
         assert t.loc["Task_one", "accuracy"] == 1.0 and t.loc["Task_one", "f1_score_macro"] == 1.0
-        # Row 6 ties between Train rows 0 (A) and 2 (C): the lowest index wins -> A, absent from the ground truth.
+        # Row 6 ties between Train rows 0 (A) and 2 (C): the lowest index wins -> A, absent from the ground
+        # truth.
         assert res.predictions[("Allen", "Task_two")].tolist() == ["A", "B", "B"]
         assert t.loc["Task_two", "accuracy"] == pytest.approx(2 / 3)
         assert t.loc["Task_two", "f1_score_macro"] == pytest.approx(

@@ -1,4 +1,5 @@
-"""chammi export --format chammi: official layout, and official -> release -> export -> official round trip."""
+"""chammi export --format chammi: official layout, and official -> release -> export -> official round
+trip."""
 
 from __future__ import annotations
 
@@ -10,21 +11,32 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from chammi_data.interop.cam_training_csv import CAM_COLUMNS, CAM_CSV, cam_classes
 import chammi_cli.export as cli
-from chammi_data.loading.dataset import load
-from chammi_data.interop.official_export import export_official, export_source, to_uint8
 from chammi_data.format.manifest import read_manifest, source_rows
-from chammi_data.interop.official_layout import iter_official_cells, read_official_metadata
-from chammi_data.store.paths import UnsafePathError, safe_join
 from chammi_data.format.vocab import SOURCE_KEYS, SOURCES, TASK_COLUMNS
 from chammi_data.format.writer import ReleaseWriter
+from chammi_data.interop.cam_training_csv import CAM_COLUMNS, CAM_CSV, cam_classes
+from chammi_data.interop.official_export import export_official, export_source, to_uint8
+from chammi_data.interop.official_layout import iter_official_cells, read_official_metadata
+from chammi_data.loading.dataset import load
+from chammi_data.store.paths import UnsafePathError, safe_join
 
 
 def test_export_layout_and_columns(tiny_release: Path, tmp_path: Path, capsys):
     out = tmp_path / "out"
-    assert cli.main(argparse.Namespace(release=str(tiny_release), outdir=str(out), format="chammi", sources=None,
-                                       overwrite=False, quiet=True)) == 0
+    assert (
+        cli.main(
+            argparse.Namespace(
+                release=str(tiny_release),
+                outdir=str(out),
+                format="chammi",
+                sources=None,
+                overwrite=False,
+                quiet=True,
+            )
+        )
+        == 0
+    )
     assert "Allen: 24" in capsys.readouterr().out
     m = read_manifest(tiny_release)
     meta = read_official_metadata(out)
@@ -42,7 +54,9 @@ def test_export_layout_and_columns(tiny_release: Path, tmp_path: Path, capsys):
     assert set(cp["source"]) == {"LINCS", "CDRP", "BBBC022"} and cp["Plate"].str.len().gt(0).all()
     with pytest.raises(FileExistsError, match="overwrite"):
         export_official(tiny_release, out, progress=False)
-    assert export_official(tiny_release, out, sources=["HPA"], overwrite=True, progress=False).counts == {"HPA": 24}
+    assert export_official(tiny_release, out, sources=["HPA"], overwrite=True, progress=False).counts == {
+        "HPA": 24
+    }
 
 
 def test_round_trip_official_release_export(official_download: Path, tmp_path: Path):
@@ -87,9 +101,22 @@ CAM_TRAIN_CLASSES = {
     "HPA": ["golgi apparatus", "microtubules", "mitochondria", "nuclear speckles"],
     "CP": ["BRD-A29260609", "BRD-K04185004", "BRD-K21680192", "DMSO"],
 }
-CAM_ALL_CLASSES = ["BRD-A29260609", "BRD-K04185004", "BRD-K21680192", "DMSO", "M0", "M1M2", "M3", "M4M5",
-                   "M6M7_complete", "M6M7_single", "golgi apparatus", "microtubules", "mitochondria",
-                   "nuclear speckles"]
+CAM_ALL_CLASSES = [
+    "BRD-A29260609",
+    "BRD-K04185004",
+    "BRD-K21680192",
+    "DMSO",
+    "M0",
+    "M1M2",
+    "M3",
+    "M4M5",
+    "M6M7_complete",
+    "M6M7_single",
+    "golgi apparatus",
+    "microtubules",
+    "mitochondria",
+    "nuclear speckles",
+]
 
 
 def test_cam_csv_follows_cams_contract(tiny_release: Path, tmp_path: Path):
@@ -103,9 +130,14 @@ def test_cam_csv_follows_cams_contract(tiny_release: Path, tmp_path: Path):
         folder = SOURCES[key].folder
         part = cam[cam["chunk"] == folder].reset_index(drop=True)
         official = pd.read_csv(out / folder / "enriched_meta.csv")
-        assert part["file_path"].tolist() == official["file_path"].tolist()  # CAM's feature order = evaluator's
+        assert (
+            part["file_path"].tolist() == official["file_path"].tolist()
+        )  # CAM's feature order = evaluator's
         expected = official["Label"].str.lower() if key == "hpa" else official["Label"]
-        assert part["label"].tolist() == expected.tolist() and part["Label"].tolist() == official["Label"].tolist()
+        assert (
+            part["label"].tolist() == expected.tolist()
+            and part["Label"].tolist() == official["Label"].tolist()
+        )
         train = part[part["train_test_split"] == "Train"]
         assert len(train) > 0
         for label in train["label"]:  # CAM: self.train_classes_dict[label] for every training row

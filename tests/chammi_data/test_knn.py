@@ -1,4 +1,5 @@
-"""Exact 1-NN: ties to the lowest index, float32 == float64, blocks, groups, and agreement with scikit-learn."""
+"""Exact 1-NN: ties to the lowest index, float32 == float64, blocks, groups, and agreement with
+scikit-learn."""
 
 from __future__ import annotations
 
@@ -45,7 +46,8 @@ def test_equidistant_l2_references_tie_to_lowest_index() -> None:
 def test_float32_matches_float64_on_near_ties(metric: str) -> None:
     rng = np.random.default_rng(1)
     base = rng.normal(size=(40, 32))
-    # Clusters of near-duplicates closer than float32 resolution: plain float32 argmax would be unreliable here.
+    # Clusters of near-duplicates closer than float32 resolution: plain float32 argmax would be unreliable
+    # here.
     refs = np.repeat(base, 6, axis=0) + 1e-9 * rng.normal(size=(240, 32))
     refs[::7] = np.repeat(base, 6, axis=0)[::7]  # and some exact duplicates
     queries = base[rng.integers(0, 40, size=100)] + 1e-3 * rng.normal(size=(100, 32))
@@ -76,7 +78,8 @@ def test_agrees_with_sklearn_brute_force(metric: str) -> None:
     rng = np.random.default_rng(3)
     refs = rng.normal(size=(300, 24)).astype(np.float32)
     queries = rng.normal(size=(200, 24)).astype(np.float32)
-    # Labels = reference indices, so the classifier's prediction is the neighbour's index (no ties in random data).
+    # Labels = reference indices, so the classifier's prediction is the neighbour's index (no ties in random
+    # data).
     clf = KNeighborsClassifier(
         n_neighbors=1, algorithm="brute", metric="cosine" if metric == "cosine" else "euclidean"
     )

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from chammi_data.format.schema import make_cell_id
 from chammi_data.interop.official_layout import (
     OfficialFormatError,
     chw_to_tape,
@@ -18,7 +19,6 @@ from chammi_data.interop.official_layout import (
     read_official_metadata,
     tape_to_chw,
 )
-from chammi_data.format.schema import make_cell_id
 
 
 def test_tape_fold_is_column_major():

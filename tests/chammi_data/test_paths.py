@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 import chammi_data.store.paths as paths
+
+
 @pytest.fixture
 def fake_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     root = tmp_path / "site"

@@ -37,7 +37,9 @@ def test_terminal_gets_a_tqdm_bar_unless_tqdm_disable(monkeypatch: pytest.Monkey
         monkeypatch.setenv(DISABLE_ENV, value)
         term = FakeTerminal()
         list(Progress(range(5), desc="lines", unit="cell", stream=term))
-        assert "\r" not in term.getvalue() and term.getvalue().startswith("lines: 5 cells\nlines: done 5 cells in")
+        assert "\r" not in term.getvalue() and term.getvalue().startswith(
+            "lines: 5 cells\nlines: done 5 cells in"
+        )
     monkeypatch.setenv(DISABLE_ENV, "0")
     assert bars_wanted(FakeTerminal())
 

@@ -14,8 +14,9 @@ import torch
 from torch.utils.data import DataLoader
 
 import chammi_data
-from chammi_data.interop.official_export import export_official
 from chammi_data.format.manifest import read_manifest
+from chammi_data.format.validate import validate_release
+from chammi_data.interop.official_export import export_official
 from chammi_data.loading.stream_progress import ProgressTracker
 from chammi_data.store.storage import (
     ReleaseNotFoundError,
@@ -24,7 +25,6 @@ from chammi_data.store.storage import (
     RemoteReadError,
     RetryPolicy,
 )
-from chammi_data.format.validate import validate_release
 from tests.servers import HTTPServer, S3Server
 
 QUICK = RetryPolicy(attempts=3, backoff=0.01, timeout=10)
@@ -76,7 +76,9 @@ def test_load_at_any_location_equals_local(kind, tiny_release, request):
         root = fsspec.get_mapper("memory://tiny")
     remote = chammi_data.load("all", root=root)
     _same_samples(local, remote)
-    assert remote.store.url.startswith({"s3": "s3://", "http": "http://", "file": "/", "mapper": "memory://"}[kind])
+    assert remote.store.url.startswith(
+        {"s3": "s3://", "http": "http://", "file": "/", "mapper": "memory://"}[kind]
+    )
 
 
 def test_zarr_backend_over_s3(s3_env, tiny_release):
@@ -132,7 +134,9 @@ def test_missing_release_names_url_and_credentials_not_the_secret(s3_env):
 def test_refused_object_is_not_retried(http):
     before = http.requests()
     http.fault(1, "403", path="manifest.parquet")
-    with pytest.raises(RemoteObjectError, match=r"manifest.parquet: read: object refused \(HTTP 403\); credentials: no"):
+    with pytest.raises(
+        RemoteObjectError, match=r"manifest.parquet: read: object refused \(HTTP 403\); credentials: no"
+    ):
         chammi_data.load(root=ReleaseStore(http.url, retry=QUICK))
     assert http.requests() - before == 1
 
@@ -151,7 +155,9 @@ def test_persistent_faults_name_url_shard_and_attempts(http):
     ds = chammi_data.load("all", root=ReleaseStore(http.url, retry=QUICK))
     shard = ds.rows.iloc[7]["shard"]
     http.fault(3, "503", path=shard)
-    with pytest.raises(RemoteReadError, match=rf"{http.url}/{shard}: read bytes \d+\.\.\d+ failed after 3 attempts"):
+    with pytest.raises(
+        RemoteReadError, match=rf"{http.url}/{shard}: read bytes \d+\.\.\d+ failed after 3 attempts"
+    ):
         ds[7]
 
 
@@ -167,7 +173,9 @@ def test_cache_dir_verifies_and_refetches(http, tiny_release, tmp_path):
     data[len(data) // 2] ^= 0xFF
     cached.write_bytes(bytes(data))
     again = chammi_data.load("all", root=ReleaseStore(http.url, cache_dir=tmp_path / "cache", retry=QUICK))
-    np.testing.assert_array_equal(again.read_array(0), chammi_data.load("all", root=tiny_release).read_array(0))
+    np.testing.assert_array_equal(
+        again.read_array(0), chammi_data.load("all", root=tiny_release).read_array(0)
+    )
     assert cached.read_bytes() == (tiny_release / shard).read_bytes()
 
 
@@ -178,7 +186,9 @@ def test_corrupt_download_is_refetched_once_then_refused(tiny_release, tmp_path)
         ds = chammi_data.load("all", root=ReleaseStore(server.url, cache_dir=tmp_path / "cache", retry=QUICK))
         shard = ds.rows.iloc[0]["shard"]
         server.corrupt(shard, 2000)
-        with pytest.raises(RemoteReadError, match="does not match the sha256 in release.json after 2 downloads"):
+        with pytest.raises(
+            RemoteReadError, match="does not match the sha256 in release.json after 2 downloads"
+        ):
             ds.read_array(0)
         assert not ReleaseStore(server.url, cache_dir=tmp_path / "cache").cache_path(shard).exists()
 
@@ -187,7 +197,10 @@ def test_killed_server_mid_epoch_then_exact_resume(tiny_release, monkeypatch):
     def stream(url):
         return chammi_data.stream(root=ReleaseStore(url, retry=QUICK), split="all", seed=5, buffer=16)
 
-    full = [s["cell_id"] for s in chammi_data.stream(root=tiny_release, split="all", seed=5, order="shards", buffer=16)]
+    full = [
+        s["cell_id"]
+        for s in chammi_data.stream(root=tiny_release, split="all", seed=5, order="shards", buffer=16)
+    ]
     with S3Server() as server:
         for k, v in server.env().items():
             monkeypatch.setenv(k, v)

@@ -45,8 +45,14 @@ def test_reads_a_clean_shard(tiny_release: Path):
     assert set(first) == {"image", "channels", "source", "label", "cell_id", "meta"}
     assert first["image"].shape == (4, 16, 16) and first["image"].dtype == np.uint8
     row = m.loc[first["cell_id"]]
-    assert (first["source"], first["label"], ",".join(first["channels"])) == ("hpa", row["label"], row["channels"])
-    assert first["meta"]["shard"] == str(shard) and first["meta"]["train_test_split"] == row["train_test_split"]
+    assert (first["source"], first["label"], ",".join(first["channels"])) == (
+        "hpa",
+        row["label"],
+        row["channels"],
+    )
+    assert (
+        first["meta"]["shard"] == str(shard) and first["meta"]["train_test_split"] == row["train_test_split"]
+    )
 
 
 @pytest.mark.parametrize(

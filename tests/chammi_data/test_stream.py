@@ -7,14 +7,14 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from chammi_data.augment.transforms import train_transform
 from chammi_data.format.codec import CorruptSampleError
+from chammi_data.format.manifest import read_manifest
+from chammi_data.format.release_format import select_rows
 from chammi_data.loading.collate import HomogeneousBatcher, group_by_channels
 from chammi_data.loading.dataset import load
-from chammi_data.format.manifest import read_manifest
 from chammi_data.loading.stream_progress import ProgressTracker
-from chammi_data.format.release_format import select_rows
 from chammi_data.loading.streaming import ShardStream, sample_seed, stream
-from chammi_data.augment.transforms import train_transform
 
 
 def _positions(samples) -> list[int]:

@@ -10,12 +10,12 @@ import torch
 from torch.utils.data import DataLoader
 
 import chammi_data.loading.stream_order as so
-from chammi_data.loading.collate import group_by_channels, group_by_channels_uint8
 from chammi_data.augment.device import DeviceTransform
-from chammi_data.loading.stream_progress import ProgressTracker
-from chammi_data.store.storage import ReleaseStore
-from chammi_data.loading.streaming import ShardStream, stream
 from chammi_data.augment.transforms import train_transform
+from chammi_data.loading.collate import group_by_channels, group_by_channels_uint8
+from chammi_data.loading.stream_progress import ProgressTracker
+from chammi_data.loading.streaming import ShardStream, stream
+from chammi_data.store.storage import ReleaseStore
 
 
 def _ids(batches) -> list[str]:
@@ -23,8 +23,14 @@ def _ids(batches) -> list[str]:
 
 
 def _loader(st, workers: int, batch: int, collate=group_by_channels, persistent: bool = False):
-    return DataLoader(st, batch_size=batch, num_workers=workers, collate_fn=collate, drop_last=False,
-                      persistent_workers=persistent)
+    return DataLoader(
+        st,
+        batch_size=batch,
+        num_workers=workers,
+        collate_fn=collate,
+        drop_last=False,
+        persistent_workers=persistent,
+    )
 
 
 @pytest.mark.parametrize("world,workers", [(1, 1), (1, 2), (2, 2), (3, 1)])
@@ -33,8 +39,16 @@ def test_every_sample_once_equal_counts_per_rank(tiny_release, world, workers):
     per_rank = []
     seen: Counter[str] = Counter()
     for r in range(world):
-        st = stream(tiny_release, split="all", order="shards", seed=1, rank=r, world_size=world, worker_block=4,
-                    buffer=8)
+        st = stream(
+            tiny_release,
+            split="all",
+            order="shards",
+            seed=1,
+            rank=r,
+            world_size=world,
+            worker_block=4,
+            buffer=8,
+        )
         got = [s["meta"]["stream_index"] for b in _loader(st, workers, 4) for g in b for s in _unbatch(g)]
         per_rank.append(len(got))
         seen.update(got)
@@ -78,8 +92,16 @@ def test_buffer_order_is_a_bounded_shuffle():
 @pytest.mark.parametrize("stop_after", [3, 4, 5])
 def test_resume_continues_exactly_with_the_same_topology(tiny_release, stop_after):
     def make():
-        return stream(tiny_release, split="train", order="shards", seed=7, worker_block=4, buffer=8, workers=2,
-                      drop_last=True)
+        return stream(
+            tiny_release,
+            split="train",
+            order="shards",
+            seed=7,
+            worker_block=4,
+            buffer=8,
+            workers=2,
+            drop_last=True,
+        )
 
     full = _ids(_loader(make(), 2, 4))
     st, tracker = make(), ProgressTracker()
@@ -97,7 +119,10 @@ def test_resume_continues_exactly_with_the_same_topology(tiny_release, stop_afte
 
 
 def test_resume_with_another_topology_gives_exactly_the_rest(tiny_release):
-    st, tracker = stream(tiny_release, split="all", order="shards", seed=2, worker_block=4, workers=2), ProgressTracker()
+    st, tracker = (
+        stream(tiny_release, split="all", order="shards", seed=2, worker_block=4, workers=2),
+        ProgressTracker(),
+    )
     first = []
     for k, groups in enumerate(_loader(st, 2, 4)):
         if k == 5:
@@ -107,7 +132,9 @@ def test_resume_with_another_topology_gives_exactly_the_rest(tiny_release):
     state = st.state_dict(seen=tracker.positions(0))
     rest = []
     for r in range(2):
-        other = stream(tiny_release, split="all", order="shards", seed=2, worker_block=3, rank=r, world_size=2)
+        other = stream(
+            tiny_release, split="all", order="shards", seed=2, worker_block=3, rank=r, world_size=2
+        )
         other.load_state_dict(state)
         rest += _ids(_loader(other, 1, 3))
     everything = [s["cell_id"] for s in stream(tiny_release, split="all", order="exact")]
@@ -151,7 +178,8 @@ def test_persistent_workers_follow_set_epoch_and_resume(tiny_release):
         fresh.append(_ids(_loader(s2, 2, 4)))
     assert epochs == fresh and epochs[0] != epochs[1]
     # a state loaded into the main copy reaches the persistent workers too
-    state = ShardStream(tiny_release, split="all", order="shards", seed=3, worker_block=4, workers=2).state_dict(
-        consumed=40)
+    state = ShardStream(
+        tiny_release, split="all", order="shards", seed=3, worker_block=4, workers=2
+    ).state_dict(consumed=40)
     st.load_state_dict({**state, "epoch": 1})
     assert len(_ids(loader)) == 72 - 40

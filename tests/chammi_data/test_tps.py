@@ -103,13 +103,17 @@ def test_coarse_grid_matches_exact_spline():
     err_px = ((coarse - exact).abs() * torch.tensor([140 / 2, 100 / 2], dtype=torch.float64)).max()
     assert 0 < err_px < 0.2
     # Lattice nodes (here the first pixel centre) are exact.
-    assert torch.allclose(tps_sampling_grid(7, 9, src, tgt, step=8)[0, 0], tps_sampling_grid(7, 9, src, tgt)[0, 0], atol=1e-12)
+    assert torch.allclose(
+        tps_sampling_grid(7, 9, src, tgt, step=8)[0, 0], tps_sampling_grid(7, 9, src, tgt)[0, 0], atol=1e-12
+    )
 
 
 def test_same_warp_for_every_channel():
     base = torch.rand(1, 20, 30, generator=torch.Generator().manual_seed(4))
     img = base.repeat(6, 1, 1)
-    out = ThinPlateSpline(p=1.0)({"image": img, "cell_id": "x"}, generator=torch.Generator().manual_seed(5))["image"]
+    out = ThinPlateSpline(p=1.0)({"image": img, "cell_id": "x"}, generator=torch.Generator().manual_seed(5))[
+        "image"
+    ]
     assert out.shape == img.shape
     assert not torch.allclose(out, img)
     for c in range(1, 6):

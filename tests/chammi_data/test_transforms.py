@@ -73,7 +73,9 @@ def test_generator_makes_augmentation_reproducible():
 
 def test_horizontal_flip():
     s = _sample()
-    assert torch.equal(RandomHorizontalFlip(1.0)(s, generator=torch.Generator().manual_seed(0))["image"], s["image"].flip(-1))
+    assert torch.equal(
+        RandomHorizontalFlip(1.0)(s, generator=torch.Generator().manual_seed(0))["image"], s["image"].flip(-1)
+    )
     assert RandomHorizontalFlip(0.0)(s, generator=torch.Generator().manual_seed(0)) is s
 
 

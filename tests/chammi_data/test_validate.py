@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-import chammi_data.format.zarr_store as zarr_store
 import chammi_cli.validate as cli
+import chammi_data.format.zarr_store as zarr_store
 from chammi_data.format.manifest import read_manifest, write_manifest
 from chammi_data.format.validate import validate_release
 

@@ -13,7 +13,9 @@ from tests.ome_zarr_helpers import check_ome_zarr_store, check_release_ome_zarr
 
 
 def _files(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted((root / "zarr").rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted((root / "zarr").rglob("*")) if p.is_file()
+    }
 
 
 @pytest.mark.parametrize("source,dtype", [("cp", "uint8"), ("wtc11", "uint16")])
@@ -27,8 +29,10 @@ def test_encoded_shards_equal_zarr_python(tmp_path: Path, source: str, dtype: st
     for root in (ref, ours):
         zarr_store.create_images(root, source, n, info.channels, info.tile_hw, dtype, per)
     for k in range(0, n, per):
-        zarr_store.write_rows(ref, source, k, images[k:k + per])
-        zarr_store.write_encoded_shard(ours, source, k // per, [zarr_store.encode_chunk(x) for x in images[k:k + per]])
+        zarr_store.write_rows(ref, source, k, images[k : k + per])
+        zarr_store.write_encoded_shard(
+            ours, source, k // per, [zarr_store.encode_chunk(x) for x in images[k : k + per]]
+        )
     assert _files(ours) == _files(ref)
     assert np.array_equal(np.asarray(zarr_store.open_images(ours, source)[:]), images)
 
@@ -50,14 +54,21 @@ def test_encoded_shard_refuses_other_layouts_and_overflow(tmp_path: Path):
     with pytest.raises(ValueError, match="do not fit"):
         zarr_store.write_encoded_shard(tmp_path, "cp", 1, [chunk, chunk])  # rows 2..3 of a 3-row array
     group = zarr.open_group(str(zarr_store.zarr_path(tmp_path, "cp")), mode="w", zarr_format=3)
-    group.create_array(zarr_store.ARRAY_NAME, shape=(2, 5, 160, 160), chunks=(1, 5, 160, 160), shards=(2, 5, 160, 160),
-                       dtype="uint8", compressors=zarr.codecs.ZstdCodec(level=3))
+    group.create_array(
+        zarr_store.ARRAY_NAME,
+        shape=(2, 5, 160, 160),
+        chunks=(1, 5, 160, 160),
+        shards=(2, 5, 160, 160),
+        dtype="uint8",
+        compressors=zarr.codecs.ZstdCodec(level=3),
+    )
     with pytest.raises(ValueError, match="layout"):
         zarr_store.write_encoded_shard(tmp_path, "cp", 0, [chunk, chunk])
 
 
 def test_every_store_is_an_ome_zarr_image(tiny_release: Path):
-    """ome-zarr-models validates each store as an OME-Zarr 0.5 Image; the ome-zarr reader finds the channels."""
+    """ome-zarr-models validates each store as an OME-Zarr 0.5 Image; the ome-zarr reader finds the
+    channels."""
     assert check_release_ome_zarr(tiny_release) == ["wtc11", "hpa", "cp"]
 
 
@@ -76,7 +87,11 @@ def test_ome_check_fails_without_ome_metadata(tiny_release_copy: Path):
 
 def test_read_attrs_keeps_our_keys_and_omero(tiny_release: Path):
     attrs = zarr_store.read_attrs(tiny_release, "cp")
-    assert attrs["source"] == "cp" and attrs["channels"] == list(SOURCES["cp"].channels) and len(attrs["cell_ids"]) == 24
+    assert (
+        attrs["source"] == "cp"
+        and attrs["channels"] == list(SOURCES["cp"].channels)
+        and len(attrs["cell_ids"]) == 24
+    )
     assert attrs["omero"] == attrs["ome"]["omero"]
     assert [c["label"] for c in attrs["omero"]["channels"]] == list(SOURCES["cp"].channels)
     assert attrs["ome"]["version"] == zarr_store.NGFF_VERSION

@@ -8,7 +8,8 @@ import torch
 
 @pytest.fixture(autouse=True)
 def one_torch_thread():
-    """One intra-op thread per test: the test machine's few cores are shared, and more threads only contend."""
+    """One intra-op thread per test: the test machine's few cores are shared, and more threads only
+    contend."""
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from chammi_cli.data_commands import SUBCOMMANDS as DATA_SUBCOMMANDS
 from chammi_cli import MODEL_SUBCOMMANDS, SUBCOMMANDS, main
+from chammi_cli.data_commands import SUBCOMMANDS as DATA_SUBCOMMANDS
 
 
 def test_the_dispatcher_merges_both_libraries_subcommands():
@@ -30,7 +30,9 @@ def test_every_subcommand_has_help(command, capsys):
 def test_validate_and_export_through_the_dispatcher(tiny_release, tmp_path, capsys):
     assert main(["validate", str(tiny_release), "--quiet"]) == 0
     assert "OK" in capsys.readouterr().out
-    assert main(["export", "--format", "chammi", str(tiny_release), str(tmp_path / "official"), "--quiet"]) == 0
+    assert (
+        main(["export", "--format", "chammi", str(tiny_release), str(tmp_path / "official"), "--quiet"]) == 0
+    )
     for folder in ("Allen", "HPA", "CP"):
         assert (tmp_path / "official" / folder / "enriched_meta.csv").is_file()
 
@@ -46,11 +48,13 @@ def test_unknown_subcommand_lists_the_valid_ones(capsys):
 def test_console_scripts_are_installed():
     # the scripts pip installs beside this interpreter (CI runs .venv/bin/python without activating the venv)
     bindir = Path(sys.executable).parent
-    out = subprocess.run([str(bindir / "chammi"), "--help"], capture_output=True, text=True, timeout=120,
-                         check=True).stdout
+    out = subprocess.run(
+        [str(bindir / "chammi"), "--help"], capture_output=True, text=True, timeout=120, check=True
+    ).stdout
     assert all(name in out for name in SUBCOMMANDS)
-    out = subprocess.run([str(bindir / "chammi-build"), "--help"], capture_output=True, text=True, timeout=120,
-                         check=True).stdout
+    out = subprocess.run(
+        [str(bindir / "chammi-build"), "--help"], capture_output=True, text=True, timeout=120, check=True
+    ).stdout
     assert "--source" in out
 
 
@@ -58,7 +62,20 @@ def test_python_dash_m_chammi_models_is_the_chammi_command(tmp_path):
     run = [sys.executable, "-m", "chammi_models"]
     out = subprocess.run([*run, "--help"], capture_output=True, text=True, timeout=120, check=True).stdout
     assert all(name in out for name in SUBCOMMANDS)
-    proc = subprocess.run([*run, "embed", "--checkpoint", str(tmp_path / "missing"), "--release", str(tmp_path),
-                           "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            *run,
+            "embed",
+            "--checkpoint",
+            str(tmp_path / "missing"),
+            "--release",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("chammi embed: ") and proc.stderr.count("\n") == 1, proc.stderr

@@ -17,8 +17,15 @@ from safetensors.torch import load_file
 from chammi_models.training.config import load_config
 from chammi_models.training.train import train
 
-ARGS = ["optim.max_steps=3", "optim.warmup_steps=1", "data.batch_size=8", "data.image_size=32", "data.workers=0",
-        "run.eval_at_end=false", "run.checkpoint_every=2"]
+ARGS = [
+    "optim.max_steps=3",
+    "optim.warmup_steps=1",
+    "data.batch_size=8",
+    "data.image_size=32",
+    "data.workers=0",
+    "run.eval_at_end=false",
+    "run.checkpoint_every=2",
+]
 
 
 def _free_port() -> int:
@@ -30,9 +37,26 @@ def _free_port() -> int:
 @pytest.mark.slow
 def test_two_process_gloo_run_matches_single_process(tiny_release: Path, tmp_path: Path) -> None:
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), "-m", "chammi_models.training.train", "--config", "tiny_cpu",
-           "--release", str(tiny_release), "--out", str(out), *ARGS]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        "-m",
+        "chammi_models.training.train",
+        "--config",
+        "tiny_cpu",
+        "--release",
+        str(tiny_release),
+        "--out",
+        str(out),
+        *ARGS,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -60,7 +84,9 @@ def test_two_process_gloo_run_matches_single_process(tiny_release: Path, tmp_pat
 
 
 @pytest.mark.slow
-def test_two_process_gloo_run_from_s3_equals_the_same_run_from_disk(tiny_release: Path, tmp_path: Path) -> None:
+def test_two_process_gloo_run_from_s3_equals_the_same_run_from_disk(
+    tiny_release: Path, tmp_path: Path
+) -> None:
     """Ranks stream a release from an S3-compatible server (moto, on 127.0.0.1) in shards order with two
     persistent workers each; the weights equal those of the same run reading the same files from disk."""
     from tests.servers import S3Server
@@ -68,11 +94,33 @@ def test_two_process_gloo_run_from_s3_equals_the_same_run_from_disk(tiny_release
     args = [*ARGS, "data.workers=2", "data.stream_order=shards", "data.shuffle_buffer=8"]
 
     def torchrun(release: str, out: Path, env: dict[str, str]) -> None:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-               "--master_port", str(_free_port()), "-m", "chammi_models.training.train", "--config", "tiny_cpu",
-               "--release", release, "--out", str(out), *args]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
-                              env={**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", **env})
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(_free_port()),
+            "-m",
+            "chammi_models.training.train",
+            "--config",
+            "tiny_cpu",
+            "--release",
+            release,
+            "--out",
+            str(out),
+            *args,
+        ]
+        proc = subprocess.run(
+            cmd,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", **env},
+        )
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         assert "finished" in proc.stdout
 

@@ -16,8 +16,14 @@ def test_demo_quick_writes_the_report(tmp_path, capsys):
     printed = capsys.readouterr().out
     report = out / "report"
     assert f"report: {(report / 'index.html').resolve()}" in printed
-    for name in ("index.html", "radar.png", "montage.png", "results.json", "results_trained.csv",
-                 "results_baseline.csv"):
+    for name in (
+        "index.html",
+        "radar.png",
+        "montage.png",
+        "results.json",
+        "results_trained.csv",
+        "results_baseline.csv",
+    ):
         assert (report / name).stat().st_size > 0, name
     results = json.loads((report / "results.json").read_text())
     assert set(results["cps"]) == {"trained", "baseline"}

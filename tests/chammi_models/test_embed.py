@@ -1,4 +1,5 @@
-"""`chammi embed` + `chammi eval` end to end: features row-aligned with the manifest, results files written."""
+"""`chammi embed` + `chammi eval` end to end: features row-aligned with the manifest, results files
+written."""
 
 from __future__ import annotations
 
@@ -9,18 +10,26 @@ import numpy as np
 import pytest
 import torch
 
+from chammi_cli import main as chammi
 from chammi_data.format.manifest import read_manifest, source_rows
 from chammi_data.format.vocab import SOURCES
-from chammi_cli import main as chammi
-from chammi_models.training.config import load_config
 from chammi_models.embed import extract_features, load_trained
+from chammi_models.training.config import load_config
 from chammi_models.training.train import train
 
 
 @pytest.fixture
 def trained_run(tiny_release: Path, tmp_path: Path) -> Path:
-    cfg = load_config("tiny_cpu", ["optim.max_steps=2", "data.batch_size=8", "data.image_size=32", "data.workers=0",
-                                   "run.eval_at_end=true"])
+    cfg = load_config(
+        "tiny_cpu",
+        [
+            "optim.max_steps=2",
+            "data.batch_size=8",
+            "data.image_size=32",
+            "data.workers=0",
+            "run.eval_at_end=true",
+        ],
+    )
     result = train(cfg, tiny_release, tmp_path / "run")
     assert result.scores is not None and result.scores["cps"] is not None  # evaluated at the end
     return tmp_path / "run"
@@ -29,8 +38,26 @@ def trained_run(tiny_release: Path, tmp_path: Path) -> Path:
 @pytest.mark.slow
 def test_embed_then_eval(trained_run: Path, tiny_release: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "features"
-    assert chammi(["embed", "--checkpoint", str(trained_run), "--release", str(tiny_release), "--out", str(out),
-                   "--batch-size", "7", "--workers", "0", "--device", "cpu"]) == 0
+    assert (
+        chammi(
+            [
+                "embed",
+                "--checkpoint",
+                str(trained_run),
+                "--release",
+                str(tiny_release),
+                "--out",
+                str(out),
+                "--batch-size",
+                "7",
+                "--workers",
+                "0",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     manifest = read_manifest(tiny_release)
     info = json.loads((out / "embedding.json").read_text())
     assert info["model"]["name"] == "depthwise" and info["image_size"] == 32
@@ -62,14 +89,22 @@ def test_embed_normalises_with_the_card_stats(tiny_release: Path, tmp_path: Path
 
     torch.manual_seed(0)
     vocab_stats = {key: info.stats() for key, info in SOURCES.items()}
-    shifted = {key: {c: (m + 0.2, s * 2.0) for c, (m, s) in stats.items()} for key, stats in vocab_stats.items()}
+    shifted = {
+        key: {c: (m + 0.2, s * 2.0) for c, (m, s) in stats.items()} for key, stats in vocab_stats.items()
+    }
     model = small_model("slice_param", num_classes=0)
     cards = {"vocab": {"normalisation": vocab_stats}, "none": {}, "shifted": {"normalisation": shifted}}
     feats = {}
     for name, fields in cards.items():
         save_model(model, tmp_path / name, {"img_size": SIZE, **fields})
-        out = embed(tmp_path / name, tiny_release, tmp_path / f"features_{name}", batch_size=64, workers=0,
-                    device="cpu")
+        out = embed(
+            tmp_path / name,
+            tiny_release,
+            tmp_path / f"features_{name}",
+            batch_size=64,
+            workers=0,
+            device="cpu",
+        )
         info = json.loads((out / "embedding.json").read_text())
         assert info["image_size"] == SIZE
         assert info["normalisation"] == ("vocabulary" if name == "none" else "card")
@@ -83,7 +118,9 @@ def test_embed_refuses_malformed_card_stats(tiny_release: Path, tmp_path: Path) 
     from chammi_models.zoo.weights import save_model
     from tests.chammi_models.zoo_helpers import small_model
 
-    save_model(small_model("slice_param", num_classes=0), tmp_path / "m", {"normalisation": {"hpa": [[0.1], [0.2]]}})
+    save_model(
+        small_model("slice_param", num_classes=0), tmp_path / "m", {"normalisation": {"hpa": [[0.1], [0.2]]}}
+    )
     with pytest.raises(ValueError, match=r"normalisation\['hpa'\]"):
         embed(tmp_path / "m", tiny_release, tmp_path / "out", workers=0, device="cpu")
 
@@ -99,8 +136,21 @@ def test_embed_cli_answers_user_errors_in_one_line(tiny_release: Path, tmp_path:
     from tests.chammi_models.zoo_helpers import small_model
 
     def run(checkpoint: Path, release: Path) -> int:
-        return chammi(["embed", "--checkpoint", str(checkpoint), "--release", str(release), "--out",
-                       str(tmp_path / "out"), "--workers", "0", "--device", "cpu"])
+        return chammi(
+            [
+                "embed",
+                "--checkpoint",
+                str(checkpoint),
+                "--release",
+                str(release),
+                "--out",
+                str(tmp_path / "out"),
+                "--workers",
+                "0",
+                "--device",
+                "cpu",
+            ]
+        )
 
     assert run(tmp_path / "no-such-run", tiny_release) == 2
     assert "run `chammi train` first" in _one_line_error(capsys)
@@ -116,8 +166,9 @@ def test_embed_cli_answers_user_errors_in_one_line(tiny_release: Path, tmp_path:
 
 
 @pytest.mark.slow
-def test_eval_refuses_features_from_another_release_or_with_permuted_rows(tiny_release: Path, tmp_path: Path,
-                                                                        cell_factory, capsys) -> None:
+def test_eval_refuses_features_from_another_release_or_with_permuted_rows(
+    tiny_release: Path, tmp_path: Path, cell_factory, capsys
+) -> None:
     """Features carry embedding.json; scoring them against another release of the same size, or after their
     rows were permuted, is an error (exit 2, one line) unless --force."""
     from chammi_data.format.writer import ReleaseWriter
@@ -127,8 +178,26 @@ def test_eval_refuses_features_from_another_release_or_with_permuted_rows(tiny_r
     folder = tmp_path / "weights"
     save_model(small_model("slice_param", num_classes=0), folder)
     feats = tmp_path / "features"
-    assert chammi(["embed", "--checkpoint", str(folder), "--release", str(tiny_release), "--out", str(feats),
-                   "--workers", "0", "--device", "cpu", "--image-size", "32"]) == 0
+    assert (
+        chammi(
+            [
+                "embed",
+                "--checkpoint",
+                str(folder),
+                "--release",
+                str(tiny_release),
+                "--out",
+                str(feats),
+                "--workers",
+                "0",
+                "--device",
+                "cpu",
+                "--image-size",
+                "32",
+            ]
+        )
+        == 0
+    )
     other = tmp_path / "other"
     writer = ReleaseWriter(other, cells_per_shard=10, progress=False)
     for source in SOURCES:  # the same sources and row counts, other cells
@@ -137,12 +206,24 @@ def test_eval_refuses_features_from_another_release_or_with_permuted_rows(tiny_r
     capsys.readouterr()
 
     def score(release: Path, *extra: str) -> int:
-        return chammi(["eval", "--features", str(feats), "--release", str(release), "--out", str(tmp_path / "s"),
-                       *extra])
+        return chammi(
+            [
+                "eval",
+                "--features",
+                str(feats),
+                "--release",
+                str(release),
+                "--out",
+                str(tmp_path / "s"),
+                *extra,
+            ]
+        )
 
     assert score(tiny_release) == 0
     assert score(other) == 2
-    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress lines of the first, scored run
+    err = (
+        capsys.readouterr().err.strip().splitlines()[-1]
+    )  # after the progress lines of the first, scored run
     assert err.startswith("chammi eval: error:") and "not from the release being scored" in err
     hpa = feats / "HPA" / "features.npy"
     arr = np.load(hpa)

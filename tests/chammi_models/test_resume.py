@@ -1,4 +1,5 @@
-"""Resume is exact: N steps straight == N/2 steps, stop, resume to N (bitwise on CPU), with SSL + TPS + SWAD on."""
+"""Resume is exact: N steps straight == N/2 steps, stop, resume to N (bitwise on CPU), with SSL + TPS + SWAD
+on."""
 
 from __future__ import annotations
 
@@ -78,7 +79,9 @@ def test_resume_with_a_changed_config_is_refused(tiny_release: Path, tmp_path: P
     assert done.step == 3
 
 
-def test_sigterm_checkpoints_and_stops(tiny_release: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sigterm_checkpoints_and_stops(
+    tiny_release: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import os
     import signal
 
@@ -95,7 +98,13 @@ def test_sigterm_checkpoints_and_stops(tiny_release: Path, tmp_path: Path, monke
         return out
 
     monkeypatch.setattr(train_mod, "train_step", step_then_signal)
-    base = ["data.image_size=32", "data.workers=0", "data.batch_size=8", "optim.max_steps=4", "run.eval_at_end=false"]
+    base = [
+        "data.image_size=32",
+        "data.workers=0",
+        "data.batch_size=8",
+        "optim.max_steps=4",
+        "run.eval_at_end=false",
+    ]
     before = signal.getsignal(signal.SIGTERM)
     result = train(load_config("tiny_cpu", base), tiny_release, tmp_path / "run")
     assert result.step == 2 and not result.finished

@@ -1,4 +1,5 @@
-"""SimCLR NT-Xent: positive pairs are (i, i + B), the loss matches a hand computation and drops for paired views."""
+"""SimCLR NT-Xent: positive pairs are (i, i + B), the loss matches a hand computation and drops for paired
+views."""
 
 from __future__ import annotations
 
@@ -60,19 +61,27 @@ def test_module_with_projection_backpropagates() -> None:
 
 
 def test_two_views_are_different_deterministic_and_collate_aligned() -> None:
-    from chammi_data.loading.collate import group_by_channels
     from chammi_data.augment.transforms import train_transform
+    from chammi_data.loading.collate import group_by_channels
     from chammi_models.training.ssl import TwoViews, second_views
 
     t = TwoViews(train_transform(16, scale=(0.3, 1.0), hflip=0.5))
     samples = []
     for i in range(3):
         img = torch.rand(3, 24, 24, generator=torch.Generator().manual_seed(i))
-        s = {"image": img, "channels": ("nucleus", "membrane", "protein"), "source": "wtc11", "label": "M0",
-             "cell_id": f"c{i}", "meta": {}}
+        s = {
+            "image": img,
+            "channels": ("nucleus", "membrane", "protein"),
+            "source": "wtc11",
+            "label": "M0",
+            "cell_id": f"c{i}",
+            "meta": {},
+        }
         out = t(s, generator=torch.Generator().manual_seed(10 + i))
         again = t(s, generator=torch.Generator().manual_seed(10 + i))
-        assert torch.equal(out["image"], again["image"]) and torch.equal(out["meta"]["view2"], again["meta"]["view2"])
+        assert torch.equal(out["image"], again["image"]) and torch.equal(
+            out["meta"]["view2"], again["meta"]["view2"]
+        )
         assert not torch.equal(out["image"], out["meta"]["view2"])
         samples.append(out)
     (batch,) = group_by_channels(samples)

@@ -173,7 +173,9 @@ def test_run_time_options_in_the_card_are_refused(tmp_path, monkeypatch):
 
     monkeypatch.setattr(pretrained, "load_pretrained", refuse)
     folder = _saved(tmp_path)
-    _edit_card(folder, options={**read_card(folder)["options"], "pretrained": str(folder / "model.safetensors")})
+    _edit_card(
+        folder, options={**read_card(folder)["options"], "pretrained": str(folder / "model.safetensors")}
+    )
     with pytest.raises(ValueError, match=r"'options' holds \['pretrained'\].*run-time options"):
         load_model(folder)
 
@@ -199,7 +201,9 @@ def test_a_folder_without_hash_loads_with_a_warning(tmp_path):
     assert model.card["img_size"] == SIZE
 
 
-@pytest.mark.parametrize("field, value", [("channels", "dna"), ("num_classes", -1), ("options", []), ("model", 3)])
+@pytest.mark.parametrize(
+    "field, value", [("channels", "dna"), ("num_classes", -1), ("options", []), ("model", 3)]
+)
 def test_malformed_card_fields_are_named(tmp_path, field, value):
     folder = _saved(tmp_path)
     _edit_card(folder, **{field: value})

@@ -8,10 +8,10 @@ from pathlib import Path
 import pandas as pd
 
 from chammi_data.format.manifest import read_manifest
-from chammi_data.interop.official_layout import META_FILE
 from chammi_data.format.vocab import SOURCES, TASK_COLUMNS
-from pipelines.sources.official.pipeline import write_official_sample
+from chammi_data.interop.official_layout import META_FILE
 from pipelines.engine.build import build
+from pipelines.sources.official.pipeline import write_official_sample
 
 
 def test_official_download_converts_with_official_order_and_tasks(tmp_path: Path) -> None:
@@ -19,8 +19,15 @@ def test_official_download_converts_with_official_order_and_tasks(tmp_path: Path
     cp_meta = root / "CP" / META_FILE
     table = pd.read_csv(cp_meta, dtype=str, keep_default_na=False)
     (root / table.file_path[3]).unlink()  # a row pointing at a missing image
-    res = build("chammi", input_dir=root, output=tmp_path / "rel", workers=2,
-                config={"cells_per_shard": 4, "chammi": {"chunk_rows": 3}}, progress=False, processes=False)
+    res = build(
+        "chammi",
+        input_dir=root,
+        output=tmp_path / "rel",
+        workers=2,
+        config={"cells_per_shard": 4, "chammi": {"chunk_rows": 3}},
+        progress=False,
+        processes=False,
+    )
     assert res.ok
     man = read_manifest(tmp_path / "rel")
     assert list(man.source.drop_duplicates()) == ["wtc11", "hpa", "cp"]
@@ -36,7 +43,11 @@ def test_official_download_converts_with_official_order_and_tasks(tmp_path: Path
         assert list(mine.label) == list(official.Label)
         assert list(mine.train_test_split) == list(official.train_test_split)
         for t in TASK_COLUMNS:
-            want = official[t].str.lower().eq("true") if t in official else pd.Series(False, index=official.index)
+            want = (
+                official[t].str.lower().eq("true")
+                if t in official
+                else pd.Series(False, index=official.index)
+            )
             assert list(mine[t]) == list(want), (key, t)
         assert list(mine[info.group_column]) == list(official[info.group_column])
     assert list(man[man.source == "cp"].dataset) == list(table.drop(index=3).source)

@@ -11,9 +11,7 @@ import pandas as pd
 import pytest
 
 import chammi_cli.build as cli
-
 import pipelines.sources.wtc11.pipeline as wtc11
-
 import pipelines.sources.wtc11.synth as wtc11_synth
 from pipelines.sources.wtc11.pipeline import STAGES
 
@@ -21,8 +19,13 @@ from pipelines.sources.wtc11.pipeline import STAGES
 @pytest.fixture()
 def tiny_wtc_synth(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make the WTC sample generator tiny (the real sample takes ~20 s to write here)."""
-    monkeypatch.setattr(wtc11.WTC11Pipeline, "synth",
-                        lambda self, out, seed=0: wtc11_synth.write_sample(out, seed, cells_per_structure=2, z=1, stages=STAGES))
+    monkeypatch.setattr(
+        wtc11.WTC11Pipeline,
+        "synth",
+        lambda self, out, seed=0: wtc11_synth.write_sample(
+            out, seed, cells_per_structure=2, z=1, stages=STAGES
+        ),
+    )
 
 
 def test_bad_arguments_exit_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -31,8 +34,22 @@ def test_bad_arguments_exit_2(capsys: pytest.CaptureFixture[str], tmp_path: Path
     assert e.value.code == 2 and "invalid choice" in capsys.readouterr().err
     assert cli.main(["--source", "chammi", "--output", str(tmp_path / "o"), "--quiet"]) == 2
     assert "needs --input" in capsys.readouterr().err
-    assert cli.main(["--source", "wtc11", "--input", str(tmp_path / "none"), "--output", str(tmp_path / "o"),
-                     "--quiet", "--workers", "1"]) == 2
+    assert (
+        cli.main(
+            [
+                "--source",
+                "wtc11",
+                "--input",
+                str(tmp_path / "none"),
+                "--output",
+                str(tmp_path / "o"),
+                "--quiet",
+                "--workers",
+                "1",
+            ]
+        )
+        == 2
+    )
     assert "metadata.csv" in capsys.readouterr().err
 
 
@@ -44,8 +61,9 @@ def test_synth_subcommand(tmp_path: Path, tiny_wtc_synth: None, capsys: pytest.C
 
 
 @pytest.mark.slow
-def test_build_from_sample_to_default_output(tmp_path: Path, tiny_wtc_synth: None, monkeypatch: pytest.MonkeyPatch,
-                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_build_from_sample_to_default_output(
+    tmp_path: Path, tiny_wtc_synth: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("CHAMMI_RELEASE", str(tmp_path / "release"))
     assert cli.main(["--source", "wtc11", "--workers", "1", "--quiet"]) == 0
     out = capsys.readouterr().out
@@ -59,8 +77,23 @@ def test_build_from_sample_to_default_output(tmp_path: Path, tiny_wtc_synth: Non
     table = pd.read_csv(raw / "metadata.csv")
     table.loc[0, "cell_stage"] = "M8"
     table.to_csv(raw / "metadata.csv", index=False)
-    assert cli.main(["--source", "wtc11", "--input", str(raw), "--output", str(tmp_path / "s"), "--strict",
-                     "--workers", "1", "--quiet"]) == 1
+    assert (
+        cli.main(
+            [
+                "--source",
+                "wtc11",
+                "--input",
+                str(raw),
+                "--output",
+                str(tmp_path / "s"),
+                "--strict",
+                "--workers",
+                "1",
+                "--quiet",
+            ]
+        )
+        == 1
+    )
     rep = json.loads((tmp_path / "s" / "build_report.failed.json").read_text())
     assert rep["status"] == "failed" and rep["skipped"][0]["row"] == 0
     out = capsys.readouterr().out
@@ -78,10 +111,13 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
 def test_python_dash_m_pipelines_runs_chammi_build() -> None:
     import chammi_data
 
-    run = subprocess.run([sys.executable, "-m", "pipelines", "--version"], capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [sys.executable, "-m", "pipelines", "--version"], capture_output=True, text=True, timeout=120
+    )
     assert run.returncode == 0 and run.stdout.strip() == f"chammi-build {chammi_data.__version__}"
-    run = subprocess.run([sys.executable, "-m", "pipelines", "--source", "nope"], capture_output=True, text=True,
-                         timeout=120)
+    run = subprocess.run(
+        [sys.executable, "-m", "pipelines", "--source", "nope"], capture_output=True, text=True, timeout=120
+    )
     assert run.returncode == 2 and "invalid choice" in run.stderr
 
 
@@ -90,11 +126,17 @@ def test_a_foreign_pipelines_package_is_named(tmp_path: Path) -> None:
     fake = tmp_path / "site" / "pipelines"
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text('"""Some other project\'s pipelines."""\n')
-    code = ("import sys\n"
-            f"sys.path.insert(0, {str(tmp_path / 'site')!r})\n"
-            "from chammi_cli.entry_build import main\n"
-            "sys.exit(main(['--source', 'wtc11']))\n")
+    code = (
+        "import sys\n"
+        f"sys.path.insert(0, {str(tmp_path / 'site')!r})\n"
+        "from chammi_cli.entry_build import main\n"
+        "sys.exit(main(['--source', 'wtc11']))\n"
+    )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert run.returncode == 2 and run.stderr.startswith("chammi-build: error: 'import pipelines' resolves to")
-    assert str(fake / "__init__.py") in run.stderr and "not the CHAMMI toolkit's pipelines package" in run.stderr
+    assert run.returncode == 2 and run.stderr.startswith(
+        "chammi-build: error: 'import pipelines' resolves to"
+    )
+    assert (
+        str(fake / "__init__.py") in run.stderr and "not the CHAMMI toolkit's pipelines package" in run.stderr
+    )
     assert "pip uninstall pipelines" in run.stderr and "fresh virtual environment" in run.stderr

@@ -11,10 +11,10 @@ import pytest
 import tifffile
 import yaml
 
-from chammi_data.store.paths import manifests_dir
-from chammi_data.format.vocab import SOURCES
 import pipelines.sources.cp.layout as lay
 import pipelines.sources.cp.synth as cp_synth
+from chammi_data.format.vocab import SOURCES
+from chammi_data.store.paths import manifests_dir
 from pipelines.sources.base import UnitSkip
 from pipelines.sources.cp.pipeline import CPPipeline
 
@@ -28,13 +28,20 @@ def field_for(ch: str, size: int = 200, seed: int = 0, dtype: type = np.uint16) 
     top = 4000 if dtype == np.uint16 else 250
     img = rng.integers(100 if dtype == np.uint16 else 5, 400 if dtype == np.uint16 else 30, (size, size))
     y, x = MARK_AT[ch]
-    img[y - 5:y + 5, x - 5:x + 5] = top
+    img[y - 5 : y + 5, x - 5 : x + 5] = top
     return img.astype(dtype)
 
 
-def write_plate(root: Path, plate: str = "P1", dataset: str = "LINCS", wells: dict[str, str] | None = None,
-                positions: list[tuple[float, float]] | None = None, dtype: type = np.uint16,
-                platemap_wells: dict[str, str] | None = None, url: bool = False) -> Path:
+def write_plate(
+    root: Path,
+    plate: str = "P1",
+    dataset: str = "LINCS",
+    wells: dict[str, str] | None = None,
+    positions: list[tuple[float, float]] | None = None,
+    dtype: type = np.uint16,
+    platemap_wells: dict[str, str] | None = None,
+    url: bool = False,
+) -> Path:
     """A tiny plate in the documented layout: Phenix names, load_data.csv, per-site Nuclei.csv, platemaps."""
     wells = wells if wells is not None else {"A01": "BRD-K21680192-300-06-1", "A02": ""}
     pdir = root / dataset / plate
@@ -53,17 +60,29 @@ def write_plate(root: Path, plate: str = "P1", dataset: str = "LINCS", wells: di
         sdir = pdir / "analysis" / f"{plate}-{well}-1"
         sdir.mkdir(parents=True)
         pos = positions if positions is not None else [(100.0, 100.0), (30.0, 170.0)]
-        pd.DataFrame({"ImageNumber": 1, "ObjectNumber": range(1, len(pos) + 1),
-                      "Nuclei_Location_Center_X": [x for x, _ in pos],
-                      "Nuclei_Location_Center_Y": [y for _, y in pos]}).to_csv(sdir / "Nuclei.csv", index=False)
+        pd.DataFrame(
+            {
+                "ImageNumber": 1,
+                "ObjectNumber": range(1, len(pos) + 1),
+                "Nuclei_Location_Center_X": [x for x, _ in pos],
+                "Nuclei_Location_Center_Y": [y for _, y in pos],
+            }
+        ).to_csv(sdir / "Nuclei.csv", index=False)
     pd.DataFrame(rows).to_csv(pdir / "load_data.csv", index=False)
     pm = root / dataset / "platemaps"
     pm.mkdir(parents=True, exist_ok=True)
     pd.DataFrame({"Assay_Plate_Barcode": [plate], "Plate_Map_Name": ["MAP1"]}).to_csv(
-        pm / "barcode_platemap.csv", index=False)
+        pm / "barcode_platemap.csv", index=False
+    )
     pmw = platemap_wells if platemap_wells is not None else wells
-    pd.DataFrame({"well_position": list(pmw), "broad_sample": list(pmw.values()),
-                  "mmoles_per_liter": 10.0, "solvent": "DMSO"}).to_csv(pm / "MAP1.txt", sep="\t", index=False)
+    pd.DataFrame(
+        {
+            "well_position": list(pmw),
+            "broad_sample": list(pmw.values()),
+            "mmoles_per_liter": 10.0,
+            "solvent": "DMSO",
+        }
+    ).to_csv(pm / "MAP1.txt", sep="\t", index=False)
     return pdir
 
 
@@ -79,6 +98,7 @@ def discover(root: Path, section: dict | None = None):
 
 
 # ------------------------------------------------------------------------------------------------ layout
+
 
 def test_label_from_broad_sample():
     assert lay.label_from_broad_sample("BRD-K21680192-300-06-1") == "BRD-K21680192"
@@ -155,10 +175,18 @@ def test_ixm_names_without_load_data(tmp_path):
     pdir = tmp_path / "BBBC022" / "20585"
     (pdir / "images").mkdir(parents=True)
     for w, ch in lay.IXM_WAVELENGTHS.items():
-        tifffile.imwrite(pdir / "images" / f"20585_B02_s2_w{w}0A1B2C3D-AAAA-BBBB-CCCC-0123456789AB.tif", field_for(ch))
-    pd.DataFrame({"Metadata_Plate": ["20585"], "Metadata_Well": ["B02"], "Metadata_Site": [2],
-                  "Nuclei_Location_Center_X": [100.0], "Nuclei_Location_Center_Y": [100.0]}).to_csv(
-        pdir / "Nuclei.csv", index=False)
+        tifffile.imwrite(
+            pdir / "images" / f"20585_B02_s2_w{w}0A1B2C3D-AAAA-BBBB-CCCC-0123456789AB.tif", field_for(ch)
+        )
+    pd.DataFrame(
+        {
+            "Metadata_Plate": ["20585"],
+            "Metadata_Well": ["B02"],
+            "Metadata_Site": [2],
+            "Nuclei_Location_Center_X": [100.0],
+            "Nuclei_Location_Center_Y": [100.0],
+        }
+    ).to_csv(pdir / "Nuclei.csv", index=False)
     pm = tmp_path / "BBBC022" / "platemaps"
     pm.mkdir()
     (pm / "barcode_platemap.csv").write_text("Assay_Plate_Barcode,Plate_Map_Name\n20585,M\n")
@@ -186,6 +214,7 @@ def test_phenix_names_without_load_data_need_channel_numbers(tmp_path):
 
 # ------------------------------------------------------------------------------------------------ bad input
 
+
 def test_duplicate_site_rows(tmp_path):
     pdir = write_plate(tmp_path)
     df = pd.read_csv(pdir / "load_data.csv")
@@ -194,13 +223,17 @@ def test_duplicate_site_rows(tmp_path):
     assert len(units) == 2 and len(skipped) == 1
     assert "duplicate site" in skipped[0].reason and skipped[0].row == 4
 
+
 def test_missing_channel_file(tmp_path):
     pdir = write_plate(tmp_path)
     next((pdir / "images").glob("r01c01f01p01-ch5*")).unlink()  # ER of A01
     units, _ = discover(tmp_path)
     with pytest.raises(UnitSkip) as exc:
         CPPipeline().process(units[0], opts())
-    assert "missing channel file(s): ER (r01c01f01p01-ch5sk1fk1fl1.tiff)" in exc.value.reason and exc.value.row == 2
+    assert (
+        "missing channel file(s): ER (r01c01f01p01-ch5sk1fk1fl1.tiff)" in exc.value.reason
+        and exc.value.row == 2
+    )
     assert exc.value.file.endswith("ch5sk1fk1fl1.tiff")
 
 
@@ -221,30 +254,47 @@ def _a01_skip(tmp_path: Path, damage, **options) -> UnitSkip:
 
 def test_every_missing_channel_file_is_named(tmp_path):
     skip = _a01_skip(tmp_path, lambda pdir: [_a01(pdir, ch).unlink() for ch in ("ER", "Mito")])
-    assert skip.reason == "missing channel file(s): ER (r01c01f01p01-ch5sk1fk1fl1.tiff), Mito (r01c01f01p01-ch2sk1fk1fl1.tiff)"
+    assert (
+        skip.reason == "missing channel file(s): ER (r01c01f01p01-ch5sk1fk1fl1.tiff), Mito "
+        "(r01c01f01p01-ch2sk1fk1fl1.tiff)"
+    )
 
 
 def test_size_mismatch_names_the_files_and_sizes(tmp_path):
     skip = _a01_skip(tmp_path, lambda pdir: tifffile.imwrite(_a01(pdir, "RNA"), field_for("RNA", size=150)))
-    assert skip.reason == ("channel sizes differ from DNA (r01c01f01p01-ch3sk1fk1fl1.tiff) (200x200): "
-                           "RNA (r01c01f01p01-ch1sk1fk1fl1.tiff) is 150x150")
+    assert skip.reason == (
+        "channel sizes differ from DNA (r01c01f01p01-ch3sk1fk1fl1.tiff) (200x200): "
+        "RNA (r01c01f01p01-ch1sk1fk1fl1.tiff) is 150x150"
+    )
     assert skip.file.endswith("ch1sk1fk1fl1.tiff")
 
 
 def test_mixed_bit_depth_is_skipped_unless_allowed(tmp_path):
-    skip = _a01_skip(tmp_path, lambda pdir: tifffile.imwrite(_a01(pdir, "Mito"), field_for("Mito", dtype=np.uint8)))
-    assert skip.reason.startswith("mixed bit depths in one field: DNA (r01c01f01p01-ch3sk1fk1fl1.tiff) 16-bit")
-    assert "Mito (r01c01f01p01-ch2sk1fk1fl1.tiff) 8-bit" in skip.reason and "cp.mixed_bit_depth" in skip.reason
+    skip = _a01_skip(
+        tmp_path, lambda pdir: tifffile.imwrite(_a01(pdir, "Mito"), field_for("Mito", dtype=np.uint8))
+    )
+    assert skip.reason.startswith(
+        "mixed bit depths in one field: DNA (r01c01f01p01-ch3sk1fk1fl1.tiff) 16-bit"
+    )
+    assert (
+        "Mito (r01c01f01p01-ch2sk1fk1fl1.tiff) 8-bit" in skip.reason and "cp.mixed_bit_depth" in skip.reason
+    )
     cells = CPPipeline().process(discover(tmp_path)[0][0], opts(mixed_bit_depth="allow")).cells
     assert cells[0].meta["bit_depth"] == 16 and cells[0].meta["channel_bit_depths"]["Mito"] == 8
 
 
 def test_a_tiff_over_the_size_limit_is_not_decoded(tmp_path, monkeypatch):
-    monkeypatch.setattr(tifffile.TiffFile, "asarray", lambda *a, **k: pytest.fail("decoded before the size check"))
+    monkeypatch.setattr(
+        tifffile.TiffFile, "asarray", lambda *a, **k: pytest.fail("decoded before the size check")
+    )
     # the header of a 512 MB plane (a sparse file): refused before any plane of the site is decoded
-    skip = _a01_skip(tmp_path, lambda pdir: tifffile.imwrite(_a01(pdir, "AGP"), shape=(16000, 16000), dtype=np.uint16))
-    assert skip.reason == ("image too large: r01c01f01p01-ch4sk1fk1fl1.tiff is 16000 x 16000 (256,000,000 "
-                           "pixels), over cp.max_field_pixels = 100,000,000; not decoded")
+    skip = _a01_skip(
+        tmp_path, lambda pdir: tifffile.imwrite(_a01(pdir, "AGP"), shape=(16000, 16000), dtype=np.uint16)
+    )
+    assert skip.reason == (
+        "image too large: r01c01f01p01-ch4sk1fk1fl1.tiff is 16000 x 16000 (256,000,000 "
+        "pixels), over cp.max_field_pixels = 100,000,000; not decoded"
+    )
     assert skip.file.endswith("ch4sk1fk1fl1.tiff")
 
 
@@ -254,7 +304,11 @@ def test_nucleus_rows_without_coordinates_are_listed(tmp_path):
     res = CPPipeline().process(units[0], opts())
     assert len(res.cells) == 2 and res.found == {"cells": 3}
     (skip,) = res.skipped
-    assert "without coordinates" in skip.reason and skip.row == "ObjectNumber 2" and skip.file.endswith("Nuclei.csv")
+    assert (
+        "without coordinates" in skip.reason
+        and skip.row == "ObjectNumber 2"
+        and skip.file.endswith("Nuclei.csv")
+    )
 
 
 def test_wrong_dims_and_8bit(tmp_path):
@@ -262,8 +316,11 @@ def test_wrong_dims_and_8bit(tmp_path):
     units, _ = discover(tmp_path)
     cells = CPPipeline().process(units[0], opts()).cells
     assert len(cells) == 2 and cells[0].meta["bit_depth"] == 8 and cells[0].image.max() == 255
-    tifffile.imwrite(next((pdir / "images").glob("r01c02f01p01-ch3*")), np.zeros((3, 20, 20), np.uint16),
-                     photometric="minisblack")
+    tifffile.imwrite(
+        next((pdir / "images").glob("r01c02f01p01-ch3*")),
+        np.zeros((3, 20, 20), np.uint16),
+        photometric="minisblack",
+    )
     with pytest.raises(UnitSkip, match="DNA image must be 2-D"):
         CPPipeline().process(units[1], opts())
 
@@ -333,7 +390,9 @@ def test_segmentation_fallback(tmp_path):
     assert any(abs(y - 60) <= 3 and abs(x - 60) <= 3 for y, x in centres)  # the DNA square
 
 
-# ------------------------------------------------------------------------------------------------ sample + tasks
+# ------------------------------------------------------------------------------------------------ sample +
+# tasks
+
 
 def test_rules_agree_with_synthetic_sample():
     rules = yaml.safe_load((manifests_dir() / "tasks" / "cp.yaml").read_text())
@@ -389,6 +448,9 @@ def test_sample_is_deterministic(sample, tmp_path):
     again, _ = discover(tmp_path)
     assert [u.unit_id for u in again] == [u.unit_id for u in units]
     first = CPPipeline().process(again[5], opts()).cells
-    ref = [c for c in cells if c.meta["plate"] == again[5].payload["plate"]
-           and c.meta["well"] == again[5].payload["well"]]
+    ref = [
+        c
+        for c in cells
+        if c.meta["plate"] == again[5].payload["plate"] and c.meta["well"] == again[5].payload["well"]
+    ]
     assert [c.checksum for c in first] == [c.checksum for c in ref]

@@ -10,18 +10,26 @@ import pytest
 
 from chammi_data.format.manifest import read_manifest
 from chammi_data.format.release_format import MANIFEST_COLUMNS
-from pipelines.engine.build_config import config_hash, deep_merge, load_config
 from pipelines.engine.build import build
+from pipelines.engine.build_config import config_hash, deep_merge, load_config
 from pipelines.engine.ledger import order_cells
-from pipelines.sources.registry import resolve_sources
 from pipelines.engine.writing import plan_shards
+from pipelines.sources.registry import resolve_sources
 
 SMALL = {"cells_per_shard": 8}
 
 
 def _build(raw: Path, out: Path, workers: int = 2, **kw):
-    return build("wtc11", input_dir=raw, output=out, workers=workers, config={**SMALL, **kw.pop("config", {})},
-                 progress=False, processes=False, **kw)
+    return build(
+        "wtc11",
+        input_dir=raw,
+        output=out,
+        workers=workers,
+        config={**SMALL, **kw.pop("config", {})},
+        progress=False,
+        processes=False,
+        **kw,
+    )
 
 
 def test_build_writes_a_complete_release(wtc_raw: Path, tmp_path: Path) -> None:
@@ -35,19 +43,32 @@ def test_build_writes_a_complete_release(wtc_raw: Path, tmp_path: Path) -> None:
     assert (man.loc[man.Structure.isin(["TJP1", "CETN2", "ACTN1"]), "train_test_split"] == "Task_two").all()
     rep = json.loads((tmp_path / "rel" / "build_report.json").read_text())
     assert rep["status"] == "ok" and rep["accounting"]["wtc11"] == {
-        "units": 42, "units_reused": 0, "written": 42, "skipped": 0, "kinds": {"cells": {"in": 42, "used": 42, "skipped": 0}}}
+        "units": 42,
+        "units_reused": 0,
+        "written": 42,
+        "skipped": 0,
+        "kinds": {"cells": {"in": 42, "used": 42, "skipped": 0}},
+    }
     assert rep["written"]["wtc11"]["tasks"]["Task_two"] == 18
     release = json.loads(res.release_json.read_text())
     assert release["config_hash"] == config_hash(load_config(overrides=SMALL))
     assert release["extra"]["rules_sha256"]["wtc11"]
     # exactly the release: no spills, staging folder, lock file or temp file left behind
     assert sorted(p.name for p in (tmp_path / "rel").iterdir()) == [
-        "build_report.json", "manifest.csv", "manifest.parquet", "release.json", "shards", "zarr"]
+        "build_report.json",
+        "manifest.csv",
+        "manifest.parquet",
+        "release.json",
+        "shards",
+        "zarr",
+    ]
     assert "Task_two" in res.summary() and "cells in 42 = used 42 + skipped 0" in res.summary()
 
 
 @pytest.mark.slow
-def test_output_independent_of_workers_and_resumes_from_spills(wtc_raw: Path, tmp_path: Path, hash_tree) -> None:
+def test_output_independent_of_workers_and_resumes_from_spills(
+    wtc_raw: Path, tmp_path: Path, hash_tree
+) -> None:
     tree_hashes = hash_tree
     a = _build(wtc_raw, tmp_path / "a", workers=2)
     _build(wtc_raw, tmp_path / "b", workers=1, keep_work=True)
@@ -58,7 +79,13 @@ def test_output_independent_of_workers_and_resumes_from_spills(wtc_raw: Path, tm
     assert again.accounting()["wtc11"]["units_reused"] == 42
     assert tree_hashes(tmp_path / "b") == tree_hashes(tmp_path / "a")
     # the shard size and other sources' settings do not invalidate finished units; wtc11 settings do
-    reshard = _build(wtc_raw, tmp_path / "b", workers=1, keep_work=True, config={"cells_per_shard": 5, "hpa": {"crop": 256}})
+    reshard = _build(
+        wtc_raw,
+        tmp_path / "b",
+        workers=1,
+        keep_work=True,
+        config={"cells_per_shard": 5, "hpa": {"crop": 256}},
+    )
     assert reshard.accounting()["wtc11"]["units_reused"] == 42
     assert read_manifest(tmp_path / "b").shard.nunique() == 9
     changed = _build(wtc_raw, tmp_path / "b", workers=1, config={"wtc11": {"high_pct": 99.0}})
@@ -104,12 +131,25 @@ def test_config_merge_and_errors(tmp_path: Path) -> None:
 
 
 def test_ordering_and_shard_plan() -> None:
-    cells = [{"cell_id": f"wtc11-{c}", "source": "wtc11", "unit_pos": p, "index": i, "spill": "s", "split": "Train",
-              "tasks": []} for c, p, i in (("b", 0, 1), ("a", 1, 0), ("c", 0, 0))]
+    cells = [
+        {
+            "cell_id": f"wtc11-{c}",
+            "source": "wtc11",
+            "unit_pos": p,
+            "index": i,
+            "spill": "s",
+            "split": "Train",
+            "tasks": [],
+        }
+        for c, p, i in (("b", 0, 1), ("a", 1, 0), ("c", 0, 0))
+    ]
     assert [c["cell_id"] for c in order_cells(cells, "cell_id")] == ["wtc11-a", "wtc11-b", "wtc11-c"]
     assert [c["cell_id"] for c in order_cells(cells, "unit")] == ["wtc11-c", "wtc11-b", "wtc11-a"]
     plans = plan_shards(cells, 2)
-    assert [(p["index"], p["zarr_start"], len(p["entries"])) for p in plans["wtc11"]] == [(0, 0, 2), (1, 2, 1)]
+    assert [(p["index"], p["zarr_start"], len(p["entries"])) for p in plans["wtc11"]] == [
+        (0, 0, 2),
+        (1, 2, 1),
+    ]
     with pytest.raises(ValueError, match="unknown cell order"):
         order_cells(cells, "random")
 
@@ -120,8 +160,14 @@ def test_existing_scheduler_gives_the_same_release(wtc_raw: Path, tmp_path: Path
 
     _build(wtc_raw, tmp_path / "local", workers=1)
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
-        res = build("wtc11", input_dir=wtc_raw, output=tmp_path / "remote", scheduler=cluster.scheduler_address,
-                    config=SMALL, progress=False)
+        res = build(
+            "wtc11",
+            input_dir=wtc_raw,
+            output=tmp_path / "remote",
+            scheduler=cluster.scheduler_address,
+            config=SMALL,
+            progress=False,
+        )
         assert res.ok
         assert len(cluster.scheduler.workers) == 2  # the cluster outlives the build (only the client closed)
     assert hash_tree(tmp_path / "remote") == hash_tree(tmp_path / "local")
@@ -135,11 +181,25 @@ def test_all_sources_from_the_embedded_sample(tmp_path: Path, hash_tree) -> None
     same raw data (no overlap to speak of) must give the same bytes."""
     from chammi_data.format.vocab import LOGO_TASKS, SOURCES
 
-    res = build("all", output=tmp_path / "rel", workers=2, progress=False, processes=False,
-                config={"cells_per_shard": 16}, keep_work=True)
+    res = build(
+        "all",
+        output=tmp_path / "rel",
+        workers=2,
+        progress=False,
+        processes=False,
+        config={"cells_per_shard": 16},
+        keep_work=True,
+    )
     assert res.ok and (tmp_path / "rel" / ".work" / "sample_raw" / "cp").is_dir()
-    one = build("all", input_dir=tmp_path / "rel" / ".work" / "sample_raw", output=tmp_path / "one", workers=1,
-                progress=False, processes=False, config={"cells_per_shard": 16})
+    one = build(
+        "all",
+        input_dir=tmp_path / "rel" / ".work" / "sample_raw",
+        output=tmp_path / "one",
+        workers=1,
+        progress=False,
+        processes=False,
+        config={"cells_per_shard": 16},
+    )
     assert one.ok and hash_tree(tmp_path / "one") == hash_tree(tmp_path / "rel")
     man = read_manifest(tmp_path / "rel")
     assert list(man.source.drop_duplicates()) == ["wtc11", "hpa", "cp"]
@@ -162,9 +222,11 @@ def test_all_sources_from_the_embedded_sample(tmp_path: Path, hash_tree) -> None
             assert t["in"] == t["used"] + t["skipped"] > 0
 
 
-def test_an_item_dropped_without_a_skip_fails_the_build(wtc_raw: Path, tmp_path: Path,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    """``in`` is counted where the items are found (the metadata rows), so a pipeline that loses one is caught."""
+def test_an_item_dropped_without_a_skip_fails_the_build(
+    wtc_raw: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``in`` is counted where the items are found (the metadata rows), so a pipeline that loses one is
+    caught."""
     from pipelines.sources.wtc11.pipeline import WTC11Pipeline
 
     real = WTC11Pipeline.discover
@@ -182,7 +244,9 @@ def test_an_item_dropped_without_a_skip_fails_the_build(wtc_raw: Path, tmp_path:
     assert rep["accounting"]["wtc11"]["kinds"]["cells"] == {"in": 42, "used": 41, "skipped": 0}
 
 
-def test_a_cell_dropped_inside_a_unit_fails_the_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_cell_dropped_inside_a_unit_fails_the_build(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from pipelines.sources.base import UnitResult
     from pipelines.sources.official.pipeline import OfficialPipeline, write_official_sample
 
@@ -191,10 +255,19 @@ def test_a_cell_dropped_inside_a_unit_fails_the_build(tmp_path: Path, monkeypatc
 
     def loses_a_cell(self, unit, opts):
         result = real(self, unit, opts)
-        return UnitResult(result.cells[1:] if unit.unit_id == "cp-rows-000000000" else result.cells, result.skipped)
+        return UnitResult(
+            result.cells[1:] if unit.unit_id == "cp-rows-000000000" else result.cells, result.skipped
+        )
 
     monkeypatch.setattr(OfficialPipeline, "process", loses_a_cell)
-    res = build("chammi", input_dir=root, output=tmp_path / "rel", workers=1, config={"cells_per_shard": 4},
-                progress=False, processes=False)
+    res = build(
+        "chammi",
+        input_dir=root,
+        output=tmp_path / "rel",
+        workers=1,
+        config={"cells_per_shard": 4},
+        progress=False,
+        processes=False,
+    )
     assert not res.ok and "chammi rows: in 30 != used 29 + skipped 0" in res.failed
     assert "FAILED: accounting does not add up" in res.summary()

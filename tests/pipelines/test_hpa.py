@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from chammi_data.format.vocab import SOURCES
 import pipelines.sources.hpa.pipeline as hpa
+from chammi_data.format.vocab import SOURCES
 from pipelines.sources.base import UnitSkip
 from pipelines.sources.hpa.pipeline import HPAPipeline, _image_keys, read_channel
 from pipelines.sources.hpa.synth import quantise, render_field
@@ -33,11 +33,19 @@ def write_field(folder: Path, fid: str, cls: int, line: str, bits: int, seed: in
 
 
 def write_tables(root: Path, rows: list[tuple[str, str, str]]) -> None:
-    """train.csv (ID, Label) and kaggle_2021.tsv (Image, Label, Cellline, in_trainset) for (ID, Label, line)."""
-    pd.DataFrame({"ID": [r[0] for r in rows], "Label": [r[1] for r in rows]}).to_csv(root / "train.csv", index=False)
-    pd.DataFrame({"Image": [r[0] for r in rows if r[2]], "Label": [r[1] for r in rows if r[2]],
-                  "Cellline": [r[2] for r in rows if r[2]], "in_trainset": "True"}).to_csv(
-        root / "kaggle_2021.tsv", sep="\t", index=False)
+    """train.csv (ID, Label) and kaggle_2021.tsv (Image, Label, Cellline, in_trainset) for (ID, Label,
+    line)."""
+    pd.DataFrame({"ID": [r[0] for r in rows], "Label": [r[1] for r in rows]}).to_csv(
+        root / "train.csv", index=False
+    )
+    pd.DataFrame(
+        {
+            "Image": [r[0] for r in rows if r[2]],
+            "Label": [r[1] for r in rows if r[2]],
+            "Cellline": [r[2] for r in rows if r[2]],
+            "in_trainset": "True",
+        }
+    ).to_csv(root / "kaggle_2021.tsv", sep="\t", index=False)
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +55,18 @@ def hpa_input(tmp_path_factory) -> Path:
     img.mkdir()
     write_field(img, "f16", 4, "U-2 OS", 16, seed=1)
     write_field(img, "f08", 14, "HEK 293", 8, seed=2)
-    write_tables(root, [("f16", "4", "U-2 OS"), ("f08", "14", "HEK 293"), ("multi", "4|14", "HeLa"),
-                        ("other", "2", "HeLa"), ("bad", "x", "HeLa"), ("f16", "4", "U-2 OS"),
-                        ("noline", "7", "")])
+    write_tables(
+        root,
+        [
+            ("f16", "4", "U-2 OS"),
+            ("f08", "14", "HEK 293"),
+            ("multi", "4|14", "HeLa"),
+            ("other", "2", "HeLa"),
+            ("bad", "x", "HeLa"),
+            ("f16", "4", "U-2 OS"),
+            ("noline", "7", ""),
+        ],
+    )
     return root
 
 
@@ -69,7 +86,11 @@ def test_discover_keeps_single_label_chammi_rows_and_counts_the_rest(hpa_input):
     assert [u.unit_id for u in units] == ["f08", "f16"]  # sorted by unit id
     reasons = {s.row: s.reason for s in skipped}
     assert reasons[3].startswith("multi-label") and "class not in CHAMMI" in reasons[4]
-    assert reasons[5].startswith("unknown label") and "duplicate ID" in reasons[6] and "no cell line" in reasons[7]
+    assert (
+        reasons[5].startswith("unknown label")
+        and "duplicate ID" in reasons[6]
+        and "no cell line" in reasons[7]
+    )
     assert len(units) + len(skipped) == 7  # in = kept + skipped
     assert units[1].payload["label"] == "Nuclear speckles" and units[1].payload["cellline"] == "U-2 OS"
     assert units[1].payload["files"]["blue"].endswith("train/f16_blue.png")
@@ -90,7 +111,9 @@ def test_process_makes_512_crops_in_hpa_channel_order(hpa_input, uid):
         assert raw_blue[int(cy), int(cx)] > np.median(raw_blue)  # nucleus channel is the blue file
         assert cell.image[2, 256, 256] > np.median(cell.image[2])  # ...and the crop is centred on the cell
         assert cell.meta["bit_depth"] == (16 if uid == "f16" else 8)
-        assert cell.meta["original_size"] == [768, 768] and cell.meta["files"]["blue"] == f"train/{uid}_blue.png"
+        assert (
+            cell.meta["original_size"] == [768, 768] and cell.meta["files"]["blue"] == f"train/{uid}_blue.png"
+        )
         for key in ("bbox", "area", "crop_touched_border", "cell_touches_edge", "ID"):
             assert key in cell.meta
     again = pipe.process(unit, opts())
@@ -139,19 +162,30 @@ def _one_field(tmp_path: Path, template: Path) -> tuple[Path, HPAPipeline]:
     return img, HPAPipeline()
 
 
-@pytest.mark.parametrize("damage, reason", [
-    ("missing", "missing channel file\\(s\\): a_green.png$"),
-    ("two missing", "missing channel file\\(s\\): a_red.png, a_green.png$"),
-    ("truncated", "unreadable or truncated"),
-    ("size", r"channel sizes differ from a_blue.png \(768x768\): a_green.png is 100x100$"),
-    ("depth", "mixed bit depths in one field: a_red.png 8-bit, a_green.png 16-bit, a_blue.png 8-bit, a_yellow.png "
-              "8-bit"),
-    ("bomb", r"image too large: a_green.png is 16000 x 16000 \(256,000,000 pixels\), over hpa.max_field_pixels = "
-             "100,000,000; not decoded"),
-    ("constant", "constant image"),
-    ("rgb", "single-channel"),
-    ("nocells", "no cells"),
-])
+@pytest.mark.parametrize(
+    "damage, reason",
+    [
+        ("missing", "missing channel file\\(s\\): a_green.png$"),
+        ("two missing", "missing channel file\\(s\\): a_red.png, a_green.png$"),
+        ("truncated", "unreadable or truncated"),
+        ("size", r"channel sizes differ from a_blue.png \(768x768\): a_green.png is 100x100$"),
+        (
+            "depth",
+            "mixed bit depths in one field: a_red.png 8-bit, a_green.png 16-bit, a_blue.png 8-bit, "
+            "a_yellow.png "
+            "8-bit",
+        ),
+        (
+            "bomb",
+            r"image too large: a_green.png is 16000 x 16000 \(256,000,000 pixels\), over "
+            r"hpa.max_field_pixels = "
+            "100,000,000; not decoded",
+        ),
+        ("constant", "constant image"),
+        ("rgb", "single-channel"),
+        ("nocells", "no cells"),
+    ],
+)
 def test_bad_fields_are_skipped_with_file_and_reason(tmp_path, template_field, damage, reason):
     img, pipe = _one_field(tmp_path, template_field)
     target = img / "a_green.png"
@@ -178,22 +212,35 @@ def test_bad_fields_are_skipped_with_file_and_reason(tmp_path, template_field, d
     units = pipe.discover(tmp_path, opts()).units
     with pytest.raises(UnitSkip, match=reason) as err:
         pipe.process(units[0], opts())
-    expected = "a_blue.png" if damage in ("nocells", "depth") else "a_red.png" if damage == "two missing" else "a_green.png"
+    expected = (
+        "a_blue.png"
+        if damage in ("nocells", "depth")
+        else "a_red.png"
+        if damage == "two missing"
+        else "a_green.png"
+    )
     assert err.value.file.endswith(expected) and err.value.row == 1
 
 
 def png_header_only(width: int, height: int, bits: int) -> bytes:
     """The signature and IHDR chunk of a grey PNG of that size, and nothing else."""
     ihdr = struct.pack(">IIBBBBB", width, height, bits, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + b"IHDR" + ihdr
-            + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr)))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + struct.pack(">I", len(ihdr))
+        + b"IHDR"
+        + ihdr
+        + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    )
 
 
 def test_size_limit_is_checked_before_decoding(tmp_path, template_field, monkeypatch):
     img, pipe = _one_field(tmp_path, template_field)
     unit = pipe.discover(tmp_path, opts()).units[0]
     monkeypatch.setattr(hpa, "read_channel", lambda *a: pytest.fail("decoded an image over the limit"))
-    with pytest.raises(UnitSkip, match=r"a_red.png is 768 x 768 \(589,824 pixels\), over hpa.max_field_pixels = 1,000"):
+    with pytest.raises(
+        UnitSkip, match=r"a_red.png is 768 x 768 \(589,824 pixels\), over hpa.max_field_pixels = 1,000"
+    ):
         pipe.process(unit, opts(max_field_pixels=1000))
 
 
@@ -211,19 +258,30 @@ def test_mixed_bit_depth_can_be_allowed(tmp_path, template_field):
 
 @pytest.mark.parametrize("sep", [",", "\t"])
 def test_cell_line_table_comma_or_tab_with_urls_or_ids(tmp_path, template_field, sep):
-    """HPA's kaggle_2021.tsv is comma-separated despite its suffix; Image values may be HPA public addresses."""
+    """HPA's kaggle_2021.tsv is comma-separated despite its suffix; Image values may be HPA public
+    addresses."""
     img = tmp_path / "train"
     img.mkdir()
     for p in template_field.iterdir():
         shutil.copy(p, img / p.name.replace("a_", "10005_921_B9_1_"))
         shutil.copy(p, img / p.name.replace("a_", "b7c3"))
-    pd.DataFrame({"ID": ["10005_921_B9_1", "b7c3"], "Label": ["10", "10"]}).to_csv(tmp_path / "train.csv", index=False)
-    pd.DataFrame({"Image": ["https://images.proteinatlas.org/10005/921_B9_1", "b7c3"], "Label": ["10", "10"],
-                  "Cellline": ["HeLa", "A549"], "in_trainset": ["True", "False"]}).to_csv(
-        tmp_path / "kaggle_2021.tsv", sep=sep, index=False)
+    pd.DataFrame({"ID": ["10005_921_B9_1", "b7c3"], "Label": ["10", "10"]}).to_csv(
+        tmp_path / "train.csv", index=False
+    )
+    pd.DataFrame(
+        {
+            "Image": ["https://images.proteinatlas.org/10005/921_B9_1", "b7c3"],
+            "Label": ["10", "10"],
+            "Cellline": ["HeLa", "A549"],
+            "in_trainset": ["True", "False"],
+        }
+    ).to_csv(tmp_path / "kaggle_2021.tsv", sep=sep, index=False)
     found = HPAPipeline().discover(tmp_path, opts())
     assert not found.skipped and found.found == {"fields": 2}
-    assert {u.payload["id"]: u.payload["cellline"] for u in found.units} == {"10005_921_B9_1": "HeLa", "b7c3": "A549"}
+    assert {u.payload["id"]: u.payload["cellline"] for u in found.units} == {
+        "10005_921_B9_1": "HeLa",
+        "b7c3": "A549",
+    }
 
 
 def test_missing_tables_and_bad_options_raise(tmp_path):
@@ -242,11 +300,13 @@ def test_cell_line_table_matches_urls_and_paths():
 
 
 def test_assign_follows_the_task_rules():
-    table = pd.DataFrame({
-        "cell_id": [f"hpa-{i:016x}" for i in range(8)],
-        "label": ["Mitochondria"] * 4 + ["Cytosol", "Nucleoplasm", "Mitochondria", "Cytosol"],
-        "cell_type": ["HeLa", "A549", "HeLa", "A549", "HeLa", "A549", "HEK 293", "HEK 293"],
-    })
+    table = pd.DataFrame(
+        {
+            "cell_id": [f"hpa-{i:016x}" for i in range(8)],
+            "label": ["Mitochondria"] * 4 + ["Cytosol", "Nucleoplasm", "Mitochondria", "Cytosol"],
+            "cell_type": ["HeLa", "A549", "HeLa", "A549", "HeLa", "A549", "HEK 293", "HEK 293"],
+        }
+    )
     out = HPAPipeline().assign(table, {}).set_index("cell_id")["train_test_split"]
     assert set(out.iloc[:4]) <= {"Train", "Task_one"}
     assert list(out.iloc[4:]) == ["Task_three", "Task_three", "Task_two", ""]  # novel class in HEK 293: none

@@ -1,4 +1,5 @@
-"""The output folder: one build at a time, all-or-nothing publishing, failed builds keep the old release, no leftovers."""
+"""The output folder: one build at a time, all-or-nothing publishing, failed builds keep the old release, no
+leftovers."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from chammi_data.format.manifest import read_manifest
 import pipelines.engine.output as output
+from chammi_data.format.manifest import read_manifest
 from pipelines.engine.build import build
 from pipelines.engine.output import OutputLock, OutputLocked, publish
 
@@ -23,8 +24,16 @@ RELEASE = ["build_report.json", "manifest.csv", "manifest.parquet", "release.jso
 
 
 def _build(raw: Path, out: Path, **kw):
-    return build("wtc11", input_dir=raw, output=out, workers=1, config={"cells_per_shard": 16}, progress=False,
-                 processes=False, **kw)
+    return build(
+        "wtc11",
+        input_dir=raw,
+        output=out,
+        workers=1,
+        config={"cells_per_shard": 16},
+        progress=False,
+        processes=False,
+        **kw,
+    )
 
 
 def test_a_held_lock_refuses_a_second_build_naming_the_holder(tmp_path: Path) -> None:
@@ -54,9 +63,23 @@ def test_two_builds_started_together_into_one_output(wtc_raw: Path, tmp_path: Pa
     """Two real chammi-build processes at the same moment: one builds, the other fails at once (exit 2) naming
     the holder; the release is complete and the lock file is gone."""
     out = tmp_path / "rel"
-    cmd = [sys.executable, "-m", "chammi_cli.build", "--source", "wtc11", "--input", str(wtc_raw), "--output", str(out),
-           "--workers", "1", "--quiet"]
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "chammi_cli.build",
+        "--source",
+        "wtc11",
+        "--input",
+        str(wtc_raw),
+        "--output",
+        str(out),
+        "--workers",
+        "1",
+        "--quiet",
+    ]
+    procs = [
+        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)
+    ]
     finished: list[subprocess.Popen] = []
     t0 = time.monotonic()
     while len(finished) < 2 and time.monotonic() - t0 < 300:
@@ -71,7 +94,9 @@ def test_two_builds_started_together_into_one_output(wtc_raw: Path, tmp_path: Pa
     assert len(read_manifest(out)) == 42
 
 
-def test_publish_never_shows_a_release_json_beside_other_parts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_publish_never_shows_a_release_json_beside_other_parts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     out, staging = tmp_path / "rel", tmp_path / "rel" / output.STAGING
     for root, tag in ((out, "old"), (staging, "new")):
         (root / "shards").mkdir(parents=True)
@@ -119,11 +144,13 @@ def test_a_failed_build_keeps_the_previous_release(wtc_copy: Path, tmp_path: Pat
 
 
 @pytest.mark.slow
-def test_a_retried_shard_writer_leaves_no_temp_file(wtc_raw: Path, tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    """A worker killed while writing a zarr shard leaves a temp file beside it; dask reruns the task elsewhere and
-    the build succeeds - the release must not carry the temp file."""
+def test_a_retried_shard_writer_leaves_no_temp_file(
+    wtc_raw: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker killed while writing a zarr shard leaves a temp file beside it; dask reruns the task elsewhere
+    and the build succeeds - the release must not carry the temp file."""
     import chammi_data.format.zarr_store as zarr_store
+
     real = zarr_store.write_encoded_shard
 
     def killed_once_before(root, source, shard_index, chunks):

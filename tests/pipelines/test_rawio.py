@@ -9,14 +9,24 @@ import pytest
 import tifffile
 from PIL import Image
 
-from pipelines.steps.rawio import FieldMismatch, ImageHeader, ImageTooLarge, check_field, check_size, image_header
+from pipelines.steps.rawio import (
+    FieldMismatch,
+    ImageHeader,
+    ImageTooLarge,
+    check_field,
+    check_size,
+    image_header,
+)
 
 
-@pytest.mark.parametrize("array, shape, bits", [
-    (np.zeros((30, 40), np.uint8), (30, 40), 8),
-    (np.zeros((30, 40), np.uint16), (30, 40), 16),
-    (np.zeros((30, 40, 3), np.uint8), (30, 40, 3), 8),
-])
+@pytest.mark.parametrize(
+    "array, shape, bits",
+    [
+        (np.zeros((30, 40), np.uint8), (30, 40), 8),
+        (np.zeros((30, 40), np.uint16), (30, 40), 16),
+        (np.zeros((30, 40, 3), np.uint8), (30, 40, 3), 8),
+    ],
+)
 def test_png_and_tiff_headers_by_content(tmp_path: Path, array: np.ndarray, shape: tuple, bits: int) -> None:
     Image.fromarray(array).save(tmp_path / "a.png")
     (tmp_path / "a.png").rename(tmp_path / "a.tif")  # the name lies: the content decides
@@ -29,8 +39,10 @@ def test_size_limit_message_names_file_dimensions_and_limit() -> None:
     check_size(ImageHeader((100, 100), 16), 10_000, "f.tif", "cp.max_field_pixels")
     with pytest.raises(ImageTooLarge) as err:
         check_size(ImageHeader((2, 3, 100, 101), 16), 10_000, "s.ome.tiff", "wtc11.max_stack_voxels")
-    assert str(err.value) == ("image too large: s.ome.tiff is 2 x 3 x 100 x 101 (60,600 pixels), over "
-                              "wtc11.max_stack_voxels = 10,000; not decoded")
+    assert str(err.value) == (
+        "image too large: s.ome.tiff is 2 x 3 x 100 x 101 (60,600 pixels), over "
+        "wtc11.max_stack_voxels = 10,000; not decoded"
+    )
 
 
 def test_field_checks_name_every_odd_file() -> None:
@@ -40,6 +52,8 @@ def test_field_checks_name_every_odd_file() -> None:
         check_field({"a": (5, 5), "b": (4, 5), "c": (5, 4)}, {k: 8 for k in names}, names, "a", False, "x")
     assert err.value.key == "b"
     depths = {"a": 8, "b": 16, "c": 8}
-    with pytest.raises(FieldMismatch, match=r"a.png 8-bit, b.png 16-bit, c.png 8-bit \(option x.mixed_bit_depth"):
+    with pytest.raises(
+        FieldMismatch, match=r"a.png 8-bit, b.png 16-bit, c.png 8-bit \(option x.mixed_bit_depth"
+    ):
         check_field({k: (5, 5) for k in names}, depths, names, "a", False, "x.mixed_bit_depth")
     check_field({k: (5, 5) for k in names}, depths, names, "a", True, "x.mixed_bit_depth")

@@ -17,8 +17,8 @@ from pipelines.steps.segmentation import (
 
 
 def _disc(shape: tuple[int, int], cy: float, cx: float, r: float) -> np.ndarray:
-    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
-    return (yy - cy) ** 2 + (xx - cx) ** 2 < r ** 2
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
+    return (yy - cy) ** 2 + (xx - cx) ** 2 < r**2
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,10 @@ def test_touching_nuclei_are_split():
     img = np.where(mask, 200, 10).astype(np.uint8)
     seg = segment(img, downsample=1)
     assert seg.nuclei.max() == 2
-    assert seg.nuclei[100, 95] != seg.nuclei[100, 160] and 0 not in (seg.nuclei[100, 95], seg.nuclei[100, 160])
+    assert seg.nuclei[100, 95] != seg.nuclei[100, 160] and 0 not in (
+        seg.nuclei[100, 95],
+        seg.nuclei[100, 160],
+    )
 
 
 def test_forced_downsampling_returns_full_size_labels(hpa_field):
@@ -109,8 +112,15 @@ def test_match_objects_on_hand_made_masks():
     gt[10:18, 10:18] = 2
     gt[2:6, 12:18] = 7  # labels need not be consecutive
     perfect = match_objects(gt, gt * 3)  # renumbered prediction
-    assert perfect == {"tp": 3, "fp": 0, "fn": 0, "precision": 1.0, "recall": 1.0, "f1": 1.0,
-                       "mean_matched_iou": 1.0}
+    assert perfect == {
+        "tp": 3,
+        "fp": 0,
+        "fn": 0,
+        "precision": 1.0,
+        "recall": 1.0,
+        "f1": 1.0,
+        "mean_matched_iou": 1.0,
+    }
     pred = np.zeros_like(gt)
     pred[2:8, 2:8] = 5  # exact
     pred[10:18, 14:18] = 6  # IoU 0.5 with gt 2 -> counts at threshold 0.5

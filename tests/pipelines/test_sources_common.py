@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from chammi_data.format.vocab import SOURCES, TASK_COLUMNS
 import pipelines.sources.wtc11.synth as wtc11_synth
-from pipelines.sources.base import SourcePipeline, UnitSkip
+from chammi_data.format.vocab import SOURCES, TASK_COLUMNS
 from pipelines.engine.ledger import cell_table
+from pipelines.sources.base import SourcePipeline, UnitSkip
 from pipelines.sources.registry import PIPELINES, get_pipeline, list_pipelines
 from pipelines.sources.wtc11.pipeline import STAGES
 
@@ -72,8 +72,10 @@ def test_pipeline_contract(name: str, tmp_path: Path) -> None:
         assert cell.image.dtype == np.uint8 and cell.cell_id.startswith(f"{cell.source}-")
         assert cell.label and json.dumps(cell.meta)
         assert set(cell.groups) <= {"Structure", "cell_type", "Plate", "dataset"}
-    records = [{"cell_id": c.cell_id, "source": c.source, "label": c.label, "meta": c.meta, "groups": c.groups}
-               for c in cells]
+    records = [
+        {"cell_id": c.cell_id, "source": c.source, "label": c.label, "meta": c.meta, "groups": c.groups}
+        for c in cells
+    ]
     assigned = pipe.assign(cell_table(records), {})
     assert list(assigned["cell_id"]) == [c.cell_id for c in cells]
     assert {"train_test_split", *TASK_COLUMNS} <= set(assigned.columns)

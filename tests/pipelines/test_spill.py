@@ -7,19 +7,32 @@ from pathlib import Path
 import numpy as np
 
 from chammi_data.format.schema import Cell
-from pipelines.sources.base import Skipped, UnitResult
 from pipelines.engine.spill import SpillReader, read_spill_outcome, write_spill
+from pipelines.sources.base import Skipped, UnitResult
 
 
 def test_spill_roundtrip_and_stale_key(tmp_path: Path) -> None:
-    cell = Cell(np.zeros((3, 238, 374), np.uint8), ("nucleus", "membrane", "protein"), "wtc11", "M0", "wtc11-x",
-                meta={"row": 1})
+    cell = Cell(
+        np.zeros((3, 238, 374), np.uint8),
+        ("nucleus", "membrane", "protein"),
+        "wtc11",
+        "M0",
+        "wtc11-x",
+        meta={"row": 1},
+    )
     path = tmp_path / "u.spill"
-    written = write_spill(path, "k1", UnitResult([cell], [Skipped("wtc11", "u", "why", "f", 2, kind="cells")],
-                                                 found={"cells": 2}))
+    written = write_spill(
+        path,
+        "k1",
+        UnitResult([cell], [Skipped("wtc11", "u", "why", "f", 2, kind="cells")], found={"cells": 2}),
+    )
     back = read_spill_outcome(path, "k1")
     assert back == written and back.ok and back.found == {"cells": 2}
-    assert back.records[0]["cell_id"] == "wtc11-x" and back.skipped[0].reason == "why" and back.skipped[0].row == 2
+    assert (
+        back.records[0]["cell_id"] == "wtc11-x"
+        and back.skipped[0].reason == "why"
+        and back.skipped[0].row == 2
+    )
     with SpillReader() as spills:  # a cell's bytes are exactly where its record says
         assert len(spills.read(str(path), back.records[0]["tar"])) == back.records[0]["tar"][1]
     assert read_spill_outcome(path, "k2") is None  # other options -> recompute

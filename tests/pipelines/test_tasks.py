@@ -21,11 +21,13 @@ RULES = {
 
 def _table(n: int = 200) -> pd.DataFrame:
     rng = np.random.default_rng(1)
-    return pd.DataFrame({
-        "cell_id": [f"wtc11-{i:05d}" for i in range(n)],
-        "label": rng.choice(["M0", "M1M2", "M3"], n),
-        "Structure": rng.choice(["A", "B", "C", "D"], n),
-    })
+    return pd.DataFrame(
+        {
+            "cell_id": [f"wtc11-{i:05d}" for i in range(n)],
+            "label": rng.choice(["M0", "M1M2", "M3"], n),
+            "Structure": rng.choice(["A", "B", "C", "D"], n),
+        }
+    )
 
 
 def test_assign_split_sizes_and_rules() -> None:

@@ -48,10 +48,25 @@ def test_process_projects_reorders_and_fits(wtc_raw: Path) -> None:
 def test_scale_to_fit_keeps_whole_cell(tmp_path: Path) -> None:
     big = wtc11_synth.synth_cell("M0", "mito", (300, 500), 2, 1.0, 100.0, 10.0, np.random.default_rng(0))
     (tmp_path / "crop_raw").mkdir()
-    wtc11_synth.write_ome(tmp_path / "crop_raw" / "1.ome.tiff", big, wtc11_synth.NAME_DICT["crop_raw"], "0-0-0-0-1")
-    pd.DataFrame([{"CellId": 1, "structure_name": "SON", "cell_stage": "M0", "FOVId": 1, "PlateId": 1, "WellId": 1,
-                   "crop_raw": "crop_raw/1.ome.tiff", "crop_seg": "", "name_dict": json.dumps(wtc11_synth.NAME_DICT),
-                   "scale_micron": json.dumps([wtc11_synth.PIXEL_UM] * 3)}]).to_csv(tmp_path / "metadata.csv", index=False)
+    wtc11_synth.write_ome(
+        tmp_path / "crop_raw" / "1.ome.tiff", big, wtc11_synth.NAME_DICT["crop_raw"], "0-0-0-0-1"
+    )
+    pd.DataFrame(
+        [
+            {
+                "CellId": 1,
+                "structure_name": "SON",
+                "cell_stage": "M0",
+                "FOVId": 1,
+                "PlateId": 1,
+                "WellId": 1,
+                "crop_raw": "crop_raw/1.ome.tiff",
+                "crop_seg": "",
+                "name_dict": json.dumps(wtc11_synth.NAME_DICT),
+                "scale_micron": json.dumps([wtc11_synth.PIXEL_UM] * 3),
+            }
+        ]
+    ).to_csv(tmp_path / "metadata.csv", index=False)
     pipe = WTC11Pipeline()
     unit = pipe.discover(tmp_path, pipe.options()).units[0]
     cropped = pipe.process(unit, pipe.options()).cells[0]
@@ -70,7 +85,9 @@ def test_metadata_mismatches_skip(wtc_copy: Path) -> None:
     table.to_csv(wtc_copy / "metadata.csv", index=False)
     pipe = WTC11Pipeline()
     units = {u.payload["row"]: u for u in pipe.discover(wtc_copy, pipe.options()).units}
-    with pytest.raises(UnitSkip, match=r"\['dna', 'membrane', 'structure'\] != name_dict crop_raw \['membrane'") as e:
+    with pytest.raises(
+        UnitSkip, match=r"\['dna', 'membrane', 'structure'\] != name_dict crop_raw \['membrane'"
+    ) as e:
         pipe.process(units[0], pipe.options())
     assert e.value.file.endswith(table.crop_raw[0]) and e.value.row == 0
     with pytest.raises(UnitSkip, match="PhysicalSizeZ"):
@@ -80,9 +97,14 @@ def test_metadata_mismatches_skip(wtc_copy: Path) -> None:
 def test_stack_over_the_voxel_limit_is_not_decoded(wtc_raw: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pipe = WTC11Pipeline()
     unit = pipe.discover(wtc_raw, pipe.options()).units[0]
-    monkeypatch.setattr(tifffile.TiffPageSeries, "asarray", lambda *a, **k: pytest.fail("decoded before the check"))
-    with pytest.raises(UnitSkip, match=r"image too large: \d+\.ome\.tiff is 2 x 3 x \d+ x \d+ \([\d,]+ pixels\), over "
-                                       r"wtc11\.max_stack_voxels = 1,000; not decoded") as exc:
+    monkeypatch.setattr(
+        tifffile.TiffPageSeries, "asarray", lambda *a, **k: pytest.fail("decoded before the check")
+    )
+    with pytest.raises(
+        UnitSkip,
+        match=r"image too large: \d+\.ome\.tiff is 2 x 3 x \d+ x \d+ \([\d,]+ pixels\), over "
+        r"wtc11\.max_stack_voxels = 1,000; not decoded",
+    ) as exc:
         pipe.process(unit, pipe.options({"max_stack_voxels": 1000}))
     assert exc.value.file.endswith(unit.payload["crop_raw"])
 
@@ -100,8 +122,10 @@ def test_synth_is_deterministic_and_real_ome(tmp_path: Path) -> None:
     for d in (a, b):
         wtc11_synth.write_sample(d, seed=5, cells_per_structure=2, z=2, stages=STAGES)
     files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
-    assert files and all(hashlib.sha256((a / f).read_bytes()).digest() == hashlib.sha256((b / f).read_bytes()).digest()
-                         for f in files)
+    assert files and all(
+        hashlib.sha256((a / f).read_bytes()).digest() == hashlib.sha256((b / f).read_bytes()).digest()
+        for f in files
+    )
     meta = pd.read_csv(a / "metadata.csv")
     assert set(meta.structure_name) == set(wtc11_synth.SYNTH_STRUCTURES)
     with tifffile.TiffFile(a / meta.crop_raw[0]) as tf:

@@ -3,15 +3,16 @@
 The layout follows the Cell Painting Gallery closely enough that a Gallery download can be arranged into it
 by moving folders, never by rewriting files::
 
-    <root>/<dataset>/                       dataset folder: LINCS | CDRP | BBBC022 (its name -> groups["dataset"])
-      platemaps/barcode_platemap.csv        Assay_Plate_Barcode, Plate_Map_Name
-      platemaps/<Plate_Map_Name>.txt        tab-separated: well_position, broad_sample, mmoles_per_liter, solvent
-      <plate>/load_data.csv                 one row per site (optional for ImageXpress names, see below)
-      <plate>/images/*.tif[f]               16-bit TIFF, one per channel per site
-      <plate>/illum/<plate>_Illum<Ch>.npy   optional illumination functions (divide), Ch in DNA ER RNA AGP Mito
-      <plate>/analysis/<plate>-<well>-<site>/Nuclei.csv   per-site CellProfiler nuclei, or
-      <plate>/Nuclei.csv (+ <plate>/Image.csv)            per-plate nuclei, or
-      <plate>/<plate>.sqlite                              CellProfiler SQLite backend (tables Image, Nuclei)
+    <root>/<dataset>/                       dataset folder: LINCS | CDRP | BBBC022 (its name ->
+    groups["dataset"])
+      platemaps/barcode_platemap.csv        Assay_Plate_Barcode, Plate_Map_Name platemaps/<Plate_Map_Name>.txt
+      tab-separated: well_position, broad_sample, mmoles_per_liter, solvent <plate>/load_data.csv
+      one row per site (optional for ImageXpress names, see below) <plate>/images/*.tif[f]
+      16-bit TIFF, one per channel per site <plate>/illum/<plate>_Illum<Ch>.npy   optional illumination
+      functions (divide), Ch in DNA ER RNA AGP Mito <plate>/analysis/<plate>-<well>-<site>/Nuclei.csv
+      per-site CellProfiler nuclei, or <plate>/Nuclei.csv (+ <plate>/Image.csv)            per-plate nuclei,
+      or <plate>/<plate>.sqlite                              CellProfiler SQLite backend (tables Image,
+      Nuclei)
 
 A channel file that is not where the table says (absolute paths of another machine, ``s3://`` URLs) is
 taken from ``<plate>/images/`` when a file of the same name is there; nothing is ever downloaded.
@@ -39,10 +40,14 @@ RAW_TO_VOCAB: dict[str, str] = {"DNA": "nucleus", "ER": "er", "RNA": "rna", "AGP
 #: ImageXpress wavelength index -> channel (BBBC022 convention).
 IXM_WAVELENGTHS: dict[int, str] = {1: "DNA", 2: "ER", 3: "RNA", 4: "AGP", 5: "Mito"}
 
-PHENIX_RE = re.compile(r"^r(?P<row>\d{2})c(?P<col>\d{2})f(?P<site>\d{2})p\d{2}-ch(?P<ch>\d+)sk\d+fk\d+fl\d+\.tiff?$",
-                       re.IGNORECASE)
-IXM_RE = re.compile(r"^(?P<prefix>.+?)_(?P<well>[A-Pa-p]\d{2})_s(?P<site>\d+)_w(?P<w>[1-9])(?P<guid>[0-9A-Fa-f-]*)"
-                    r"\.tiff?$")
+PHENIX_RE = re.compile(
+    r"^r(?P<row>\d{2})c(?P<col>\d{2})f(?P<site>\d{2})p\d{2}-ch(?P<ch>\d+)sk\d+fk\d+fl\d+\.tiff?$",
+    re.IGNORECASE,
+)
+IXM_RE = re.compile(
+    r"^(?P<prefix>.+?)_(?P<well>[A-Pa-p]\d{2})_s(?P<site>\d+)_w(?P<w>[1-9])(?P<guid>[0-9A-Fa-f-]*)"
+    r"\.tiff?$"
+)
 _REMOTE_SCHEMES = ("http", "https", "s3", "gs", "ftp", "az")
 
 
@@ -60,7 +65,9 @@ class SiteRow:
     files: dict[str, str]  #: raw channel (DNA, ER, ...) -> absolute path
     table: str  #: file the row came from (load_data.csv, or the images folder)
     row: int | None  #: line number in ``table`` (header = line 1), None for file-name discovery
-    problems: list[str] = field(default_factory=list)  #: reasons the site cannot be used (missing/remote files)
+    problems: list[str] = field(
+        default_factory=list
+    )  #: reasons the site cannot be used (missing/remote files)
 
 
 def normalise_well(well: str) -> str:
@@ -77,7 +84,8 @@ def well_from_row_col(row: int, col: int) -> str:
 
 
 def label_from_broad_sample(broad_sample: object) -> str:
-    """CHAMMI label: first 13 characters of ``broad_sample`` (``BRD-K21680192``); empty or missing -> ``DMSO``."""
+    """CHAMMI label: first 13 characters of ``broad_sample`` (``BRD-K21680192``); empty or missing ->
+    ``DMSO``."""
     if broad_sample is None or (isinstance(broad_sample, float) and pd.isna(broad_sample)):
         return "DMSO"
     text = str(broad_sample).strip()
@@ -87,7 +95,8 @@ def label_from_broad_sample(broad_sample: object) -> str:
 
 
 def _resolve_url(url: str, base: Path) -> tuple[str, str | None]:
-    """(path, problem) for a ``URL_Orig`` value: file:// or relative paths resolve, remote ones never download."""
+    """(path, problem) for a ``URL_Orig`` value: file:// or relative paths resolve, remote ones never
+    download."""
     parsed = urlparse(url)
     if parsed.scheme.lower() in _REMOTE_SCHEMES:
         return url, f"remote URL {url!r} is not downloaded; fetch the plate and use local paths"
@@ -112,8 +121,11 @@ def read_load_data(path: Path) -> list[SiteRow]:
     need = [c for c in ("Metadata_Plate", "Metadata_Well", "Metadata_Site") if c not in df.columns]
     if need:
         raise LayoutError(f"{path}: missing column(s) {need}")
-    missing = [ch for ch in RAW_CHANNELS
-               if f"FileName_Orig{ch}" not in df.columns and f"URL_Orig{ch}" not in df.columns]
+    missing = [
+        ch
+        for ch in RAW_CHANNELS
+        if f"FileName_Orig{ch}" not in df.columns and f"URL_Orig{ch}" not in df.columns
+    ]
     if missing:
         raise LayoutError(f"{path}: no FileName_Orig<Ch> or URL_Orig<Ch> column for channel(s) {missing}")
     base = path.parent
@@ -141,8 +153,10 @@ def read_load_data(path: Path) -> list[SiteRow]:
                     files[ch] = f"{folder.rstrip('/')}/{name}"
                     local = local_copy(name)
                     if local is None:
-                        problems.append(f"channel {ch}: remote path {folder!r} is not downloaded (and no "
-                                        f"images/{name} next to the table)")
+                        problems.append(
+                            f"channel {ch}: remote path {folder!r} is not downloaded (and no "
+                            f"images/{name} next to the table)"
+                        )
                     else:
                         files[ch] = str(local)
                     continue
@@ -162,8 +176,11 @@ def read_load_data(path: Path) -> list[SiteRow]:
     return sites
 
 
-def sites_from_filenames(images_dir: Path, plate: str, phenix_channels: dict[int, str] | None = None) -> list[SiteRow]:
-    """Sites of a plate without ``load_data.csv``: ImageXpress names, or Phenix names given the channel numbers.
+def sites_from_filenames(
+    images_dir: Path, plate: str, phenix_channels: dict[int, str] | None = None
+) -> list[SiteRow]:
+    """Sites of a plate without ``load_data.csv``: ImageXpress names, or Phenix names given the channel
+    numbers.
 
     ``phenix_channels`` maps Phenix ``ch`` numbers to raw channels (``{1: "DNA", ...}``). A site missing a
     channel file gets a problem naming it.
@@ -174,7 +191,10 @@ def sites_from_filenames(images_dir: Path, plate: str, phenix_channels: dict[int
             continue
         m = IXM_RE.match(p.name)
         if m and int(m.group("w")) in IXM_WAVELENGTHS:
-            key, ch = (normalise_well(m.group("well")), int(m.group("site"))), IXM_WAVELENGTHS[int(m.group("w"))]
+            key, ch = (
+                (normalise_well(m.group("well")), int(m.group("site"))),
+                IXM_WAVELENGTHS[int(m.group("w"))],
+            )
         else:
             m = PHENIX_RE.match(p.name)
             if not m or not phenix_channels or int(m.group("ch")) not in phenix_channels:
@@ -188,14 +208,19 @@ def sites_from_filenames(images_dir: Path, plate: str, phenix_channels: dict[int
             files[ch] = str(p)
     sites = []
     for (well, site), files in sorted(groups.items()):
-        problems = [f"channel {ch}: no image file for well {well} site {site}" for ch in RAW_CHANNELS if ch not in files]
+        problems = [
+            f"channel {ch}: no image file for well {well} site {site}"
+            for ch in RAW_CHANNELS
+            if ch not in files
+        ]
         problems += [f"channel {ch}: several files {v.split('|')}" for ch, v in files.items() if "|" in v]
         sites.append(SiteRow(plate, well, site, files, str(images_dir), None, problems))
     return sites
 
 
 def find_platemaps(plate_dir: Path, root: Path) -> Path | None:
-    """The nearest ``platemaps/`` folder holding ``barcode_platemap.csv``, from the plate folder up to ``root``."""
+    """The nearest ``platemaps/`` folder holding ``barcode_platemap.csv``, from the plate folder up to
+    ``root``."""
     here = plate_dir.resolve()
     stop = root.resolve()
     while True:
@@ -218,7 +243,8 @@ class WellInfo:
 
 
 def read_platemap(platemaps: Path, plate: str) -> tuple[dict[str, WellInfo], str]:
-    """{well: WellInfo} for ``plate`` via ``barcode_platemap.csv`` -> ``<Plate_Map_Name>.txt``; also the map file."""
+    """{well: WellInfo} for ``plate`` via ``barcode_platemap.csv`` -> ``<Plate_Map_Name>.txt``; also the map
+    file."""
     barcode_file = platemaps / "barcode_platemap.csv"
     bc = pd.read_csv(barcode_file, dtype=str, keep_default_na=False)
     for col in ("Assay_Plate_Barcode", "Plate_Map_Name"):
@@ -243,5 +269,9 @@ def read_platemap(platemaps: Path, plate: str) -> tuple[dict[str, WellInfo], str
         except ValueError:
             conc = None
         wells[normalise_well(rec["well_position"])] = WellInfo(
-            rec["broad_sample"].strip(), conc, rec.get("solvent", "").strip(), label_from_broad_sample(rec["broad_sample"]))
+            rec["broad_sample"].strip(),
+            conc,
+            rec.get("solvent", "").strip(),
+            label_from_broad_sample(rec["broad_sample"]),
+        )
     return wells, str(map_file)

@@ -2,9 +2,9 @@
 
 Per site, in this order (``positions_source``): the per-site ``<plate>/analysis/<plate>-<well>-<site>/
 Nuclei.csv``, the per-plate ``<plate>/Nuclei.csv`` (filtered by its ``Metadata_`` columns, or joined to
-``Image.csv`` on ``ImageNumber``), the plate's CellProfiler SQLite backend (table ``Nuclei`` joined to ``Image``
-on ``ImageNumber`` (+ ``TableNumber``)), else segmentation of the DNA channel by the caller. Positions are
-``Nuclei_Location_Center_X`` / ``_Y`` in field pixels.
+``Image.csv`` on ``ImageNumber``), the plate's CellProfiler SQLite backend (table ``Nuclei`` joined to
+``Image`` on ``ImageNumber`` (+ ``TableNumber``)), else segmentation of the DNA channel by the caller.
+Positions are ``Nuclei_Location_Center_X`` / ``_Y`` in field pixels.
 """
 
 from __future__ import annotations
@@ -28,12 +28,15 @@ def site_nuclei_csv(plate_dir: Path, plate: str, well: str, site: int) -> Path:
 
 
 def positions_source(plate_dir: Path, plate: str, well: str, site: int, mode: str = "auto") -> dict[str, str]:
-    """Pick where this site's nucleus positions come from: ``{"kind": site_csv|plate_csv|sqlite|segment, "path"}``.
+    """Pick where this site's nucleus positions come from: ``{"kind": site_csv|plate_csv|sqlite|segment,
+    "path"}``.
 
     ``mode`` ``auto`` takes the first that exists in that order; a named kind forces it (``segment`` always).
     """
-    candidates = [("site_csv", site_nuclei_csv(plate_dir, plate, well, site)),
-                  ("plate_csv", plate_dir / "Nuclei.csv")]
+    candidates = [
+        ("site_csv", site_nuclei_csv(plate_dir, plate, well, site)),
+        ("plate_csv", plate_dir / "Nuclei.csv"),
+    ]
     sqlite = sorted(plate_dir.glob("*.sqlite"))
     candidates.append(("sqlite", sqlite[0] if sqlite else plate_dir / f"{plate}.sqlite"))
     for kind, path in candidates:
@@ -64,14 +67,36 @@ def _objects(df: pd.DataFrame, where: str) -> tuple[list[Position], list[Dropped
         if pd.notna(x) and pd.notna(y):
             out.append((int(o), float(x), float(y)))
         else:
-            dropped.append((f"ObjectNumber {int(o)}" if has_obj and pd.notna(o) else f"row {n}", NO_COORDINATES))
+            dropped.append(
+                (f"ObjectNumber {int(o)}" if has_obj and pd.notna(o) else f"row {n}", NO_COORDINATES)
+            )
     return out, dropped
 
 
-#: what pandas reads as missing by default; a per-site table is parsed with the csv module (pandas' start-up cost
+#: what pandas reads as missing by default; a per-site table is parsed with the csv module (pandas' start-up
+#: cost
 #: per call is large next to a small table) with the same meaning for empty and NA cells
-_NA = {"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>", "N/A", "NA",
-       "NULL", "NaN", "None", "n/a", "nan", "null"}
+_NA = {
+    "",
+    "#N/A",
+    "#N/A N/A",
+    "#NA",
+    "-1.#IND",
+    "-1.#QNAN",
+    "-NaN",
+    "-nan",
+    "1.#IND",
+    "1.#QNAN",
+    "<NA>",
+    "N/A",
+    "NA",
+    "NULL",
+    "NaN",
+    "None",
+    "n/a",
+    "nan",
+    "null",
+}
 
 
 def _site_csv_objects(path: Path, where: str) -> tuple[list[Position], list[Dropped]]:
@@ -101,7 +126,9 @@ def _site_csv_objects(path: Path, where: str) -> tuple[list[Position], list[Drop
             fy = math.nan if y in _NA else float(y)
             if math.isnan(fx) or math.isnan(fy):
                 o = row[io].strip() if io is not None else ""
-                dropped.append((f"ObjectNumber {int(float(o))}" if o not in _NA else f"row {n}", NO_COORDINATES))
+                dropped.append(
+                    (f"ObjectNumber {int(float(o))}" if o not in _NA else f"row {n}", NO_COORDINATES)
+                )
                 continue
             out.append((int(float(row[io])) if io is not None else n, fx, fy))
     return out, dropped
@@ -131,7 +158,9 @@ def _table(path: Path) -> pd.DataFrame:
     return _read_table(str(path), path.stat().st_mtime_ns)
 
 
-def read_positions(spec: dict[str, str], plate: str, well: str, site: int) -> tuple[list[Position], list[Dropped]]:
+def read_positions(
+    spec: dict[str, str], plate: str, well: str, site: int
+) -> tuple[list[Position], list[Dropped]]:
     """The site's nuclei from a :func:`positions_source` spec: [(ObjectNumber, x, y)] in pixels, and
     [(where, reason)] of its rows that have no coordinates (the caller lists them as skipped)."""
     kind, path = spec["kind"], Path(spec["path"])
@@ -143,7 +172,9 @@ def read_positions(spec: dict[str, str], plate: str, well: str, site: int) -> tu
         if "Metadata_Well" not in df.columns:
             image_csv = path.parent / "Image.csv"
             if "ImageNumber" not in df.columns or not image_csv.is_file():
-                raise LayoutError(f"{where}: needs Metadata_Well/Metadata_Site columns, or ImageNumber + Image.csv")
+                raise LayoutError(
+                    f"{where}: needs Metadata_Well/Metadata_Site columns, or ImageNumber + Image.csv"
+                )
             img = _table(image_csv)
             prefix = "Image_" if "Image_Metadata_Well" in img.columns else ""
             keep = img.loc[_site_filter(img, plate, well, site, prefix), "ImageNumber"]
@@ -154,7 +185,9 @@ def read_positions(spec: dict[str, str], plate: str, well: str, site: int) -> tu
     raise LayoutError(f"{where}: unknown positions kind {kind!r}")
 
 
-def _sqlite_positions(path: Path, plate: str, well: str, site: int, where: str) -> tuple[list[Position], list[Dropped]]:
+def _sqlite_positions(
+    path: Path, plate: str, well: str, site: int, where: str
+) -> tuple[list[Position], list[Dropped]]:
     con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
         cols = {r[1] for r in con.execute("PRAGMA table_info(Image)")}
@@ -163,25 +196,37 @@ def _sqlite_positions(path: Path, plate: str, well: str, site: int, where: str) 
             raise LayoutError(f"{where}: SQLite needs tables Image and Nuclei")
         join = "n.ImageNumber = i.ImageNumber"
         if "TableNumber" in cols and "TableNumber" in ncols:
-            join += " AND n.TableNumber = i.TableNumber"  # CellProfiler splits big plates into numbered tables
+            join += (
+                " AND n.TableNumber = i.TableNumber"  # CellProfiler splits big plates into numbered tables
+            )
         obj = "n.Nuclei_Number_Object_Number" if "Nuclei_Number_Object_Number" in ncols else "n.ObjectNumber"
-        sql = (f"SELECT {obj}, n.{X_COL}, n.{Y_COL}, i.Image_Metadata_Well FROM Nuclei n JOIN Image i ON {join} "
-               "WHERE CAST(i.Image_Metadata_Plate AS TEXT) = ? AND CAST(i.Image_Metadata_Site AS INTEGER) = ? ORDER BY 1")
+        sql = (
+            f"SELECT {obj}, n.{X_COL}, n.{Y_COL}, i.Image_Metadata_Well FROM Nuclei n JOIN Image i ON {join} "
+            "WHERE CAST(i.Image_Metadata_Plate AS TEXT) = ? AND CAST(i.Image_Metadata_Site AS INTEGER) = ? "
+            "ORDER BY 1"
+        )
         rows = con.execute(sql, (plate, site)).fetchall()
     except sqlite3.Error as exc:
         raise LayoutError(f"{where}: SQLite query failed ({exc})") from None
     finally:
         con.close()
     rows = [(o, x, y) for o, x, y, w in rows if normalise_well(w) == well]
-    good = [(int(o), float(x), float(y)) for o, x, y in rows if x is not None and y is not None
-            and not (math.isnan(float(x)) or math.isnan(float(y)))]
-    dropped = [(f"ObjectNumber {o}", NO_COORDINATES) for o, x, y in rows if x is None or y is None
-               or math.isnan(float(x)) or math.isnan(float(y))]
+    good = [
+        (int(o), float(x), float(y))
+        for o, x, y in rows
+        if x is not None and y is not None and not (math.isnan(float(x)) or math.isnan(float(y)))
+    ]
+    dropped = [
+        (f"ObjectNumber {o}", NO_COORDINATES)
+        for o, x, y in rows
+        if x is None or y is None or math.isnan(float(x)) or math.isnan(float(y))
+    ]
     return good, dropped
 
 
 def write_cellprofiler_sqlite(path: Path, images: pd.DataFrame, nuclei: pd.DataFrame) -> None:
-    """Write a minimal CellProfiler-style SQLite backend with tables ``Image`` and ``Nuclei`` (synthetic data)."""
+    """Write a minimal CellProfiler-style SQLite backend with tables ``Image`` and ``Nuclei`` (synthetic
+    data)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.unlink(missing_ok=True)
     con = sqlite3.connect(path)

@@ -1,4 +1,5 @@
-"""Synthetic Cell Painting raw data in the real layout (:mod:`pipelines.sources.cp.layout`), deterministic by seed.
+"""Synthetic Cell Painting raw data in the real layout (:mod:`pipelines.sources.cp.layout`), deterministic by
+seed.
 
 Seven plates in three datasets, chosen so every CP task of ``manifests/tasks/cp.yaml`` is non-empty:
 
@@ -14,8 +15,8 @@ BBBC022   20585       bbbc022   ImageXpress names, load_data              per-si
 BBBC022   20586       bbbc022   ImageXpress names, no load_data           per-plate Nuclei.csv (Metadata_)
 ========  ==========  ========  =======================================  ==============================
 
-Training plates carry the 4 training labels and the 3 novel compounds (Task_four, leave-one-plate-out over
-3 plates); novel and BBBC022 plates carry the 4 training labels. One site per well, 512 x 512 (``field_size``),
+Training plates carry the 4 training labels and the 3 novel compounds (Task_four, leave-one-plate-out over 3
+plates); novel and BBBC022 plates carry the 4 training labels. One site per well, 512 x 512 (``field_size``),
 6-8 nuclei per site: about 280 cells. Each compound has its own look (nucleus size/shape/texture, ER, RNA,
 Golgi and mitochondria intensity and pattern); each plate has its own gain, background and noise, BBBC022 a
 stronger shift, and SQ00014812 a vignetting that its illumination functions undo. Plate effects that survive
@@ -64,7 +65,8 @@ PHENIX_CH: dict[str, dict[str, int]] = {
     "lincs": {"DNA": 5, "ER": 4, "RNA": 3, "AGP": 2, "Mito": 1},
     "cdrp": {"DNA": 1, "ER": 2, "RNA": 3, "AGP": 4, "Mito": 5},
 }
-#: Per label: nucleus radius px, elongation, DNA brightness, DNA texture, ER, RNA, AGP, Mito gains, mito spottiness.
+#: Per label: nucleus radius px, elongation, DNA brightness, DNA texture, ER, RNA, AGP, Mito gains, mito
+#: spottiness.
 PHENOTYPES: dict[str, tuple[float, float, float, float, float, float, float, float, float]] = {
     "DMSO": (13, 1.0, 1.0, 0.15, 1.0, 1.0, 1.0, 1.0, 0.3),
     "BRD-A29260609": (17, 1.0, 0.9, 0.15, 1.7, 1.0, 1.0, 1.0, 0.3),
@@ -88,13 +90,14 @@ def _centres(rng: np.random.Generator, size: int, n: int, min_dist: float) -> li
         if len(pts) == n:
             break
         y, x = rng.uniform(20, size - 20, 2)
-        if all((y - py) ** 2 + (x - px) ** 2 >= min_dist ** 2 for py, px in pts):
+        if all((y - py) ** 2 + (x - px) ** 2 >= min_dist**2 for py, px in pts):
             pts.append((float(y), float(x)))
     return pts
 
 
-def render_site(rng: np.random.Generator, label: str, size: int, n_cells: int,
-                nuisance: dict[str, np.ndarray | float]) -> tuple[np.ndarray, list[tuple[float, float]]]:
+def render_site(
+    rng: np.random.Generator, label: str, size: int, n_cells: int, nuisance: dict[str, np.ndarray | float]
+) -> tuple[np.ndarray, list[tuple[float, float]]]:
     """(5, size, size) uint16 field (RAW_CHANNELS order) and the nucleus centres (y, x) it contains."""
     r0, elong, dna_b, dna_tex, er, rna, agp, mito, spots = PHENOTYPES[label]
     sig = np.zeros((5, size, size))
@@ -141,7 +144,7 @@ def render_site(rng: np.random.Generator, label: str, size: int, n_cells: int,
 def _vignette(size: int) -> np.ndarray:
     yy, xx = np.mgrid[0:size, 0:size]
     rr = np.hypot(yy - size / 2, xx - size / 2) / (size / np.sqrt(2))
-    return 1.0 - 0.45 * rr ** 2
+    return 1.0 - 0.45 * rr**2
 
 
 def _file_name(naming: str, plate: str, well: str, site: int, ch: str, rng: np.random.Generator) -> str:
@@ -169,9 +172,12 @@ def write_sample(out_dir: Path, seed: int = 0, *, field_size: int = 512) -> None
         shift = 1.6 if dataset == "BBBC022" else 1.0
         nuisance: dict[str, np.ndarray | float] = {
             "gain": rng.uniform(0.7, 1.3, 5) * (rng.uniform(0.5, 1.5, 5) if shift > 1 else 1.0),
-            "background": float(rng.uniform(300, 900) * shift), "noise": float(rng.uniform(40, 120) * shift),
-            "size": float(rng.uniform(0.9, 1.1) ** shift), "blur": float(rng.uniform(0.0, 1.2) * shift),
-            "crosstalk": float(rng.uniform(0.0, 0.25) * shift)}
+            "background": float(rng.uniform(300, 900) * shift),
+            "noise": float(rng.uniform(40, 120) * shift),
+            "size": float(rng.uniform(0.9, 1.1) ** shift),
+            "blur": float(rng.uniform(0.0, 1.2) * shift),
+            "crosstalk": float(rng.uniform(0.0, 0.25) * shift),
+        }
         if plate == "SQ00014812":
             nuisance["vignette"] = _vignette(field_size)
             (pdir / "illum").mkdir(exist_ok=True)
@@ -190,20 +196,35 @@ def write_sample(out_dir: Path, seed: int = 0, *, field_size: int = 512) -> None
                 else:
                     row[f"FileName_Orig{ch}"], row[f"PathName_Orig{ch}"] = name, "images"
             rows.append(row)
-            images.append({"TableNumber": 1, "ImageNumber": image_number, "Image_Metadata_Plate": plate,
-                           "Image_Metadata_Well": well, "Image_Metadata_Site": site})
-            site_nuclei = [{"ImageNumber": image_number, "ObjectNumber": i + 1, "Metadata_Plate": plate,
-                            "Metadata_Well": well, "Metadata_Site": site,
-                            # CellProfiler centroids are a little off the drawn centre
-                            "Nuclei_Location_Center_X": round(cx + rng.normal(0, 0.7), 3),
-                            "Nuclei_Location_Center_Y": round(cy + rng.normal(0, 0.7), 3)}
-                           for i, (cy, cx) in enumerate(centres)]
+            images.append(
+                {
+                    "TableNumber": 1,
+                    "ImageNumber": image_number,
+                    "Image_Metadata_Plate": plate,
+                    "Image_Metadata_Well": well,
+                    "Image_Metadata_Site": site,
+                }
+            )
+            site_nuclei = [
+                {
+                    "ImageNumber": image_number,
+                    "ObjectNumber": i + 1,
+                    "Metadata_Plate": plate,
+                    "Metadata_Well": well,
+                    "Metadata_Site": site,
+                    # CellProfiler centroids are a little off the drawn centre
+                    "Nuclei_Location_Center_X": round(cx + rng.normal(0, 0.7), 3),
+                    "Nuclei_Location_Center_Y": round(cy + rng.normal(0, 0.7), 3),
+                }
+                for i, (cy, cx) in enumerate(centres)
+            ]
             nuclei += site_nuclei
             if pos_kind == "site_csv":
                 sdir = pdir / "analysis" / f"{plate}-{well}-{site}"
                 sdir.mkdir(parents=True, exist_ok=True)
-                pd.DataFrame(site_nuclei).drop(columns=["Metadata_Plate", "Metadata_Well", "Metadata_Site"]).to_csv(
-                    sdir / "Nuclei.csv", index=False)
+                pd.DataFrame(site_nuclei).drop(
+                    columns=["Metadata_Plate", "Metadata_Well", "Metadata_Site"]
+                ).to_csv(sdir / "Nuclei.csv", index=False)
         if naming != "ixm_noload":
             pd.DataFrame(rows).to_csv(pdir / "load_data.csv", index=False)
         nuc_df = pd.DataFrame(nuclei)
@@ -211,20 +232,33 @@ def write_sample(out_dir: Path, seed: int = 0, *, field_size: int = 512) -> None
             nuc_df.drop(columns=["ImageNumber"]).to_csv(pdir / "Nuclei.csv", index=False)
         elif pos_kind == "plate_csv_image":
             nuc_df.drop(columns=["Metadata_Plate", "Metadata_Well", "Metadata_Site"]).to_csv(
-                pdir / "Nuclei.csv", index=False)
+                pdir / "Nuclei.csv", index=False
+            )
             img_df = pd.DataFrame(images).drop(columns=["TableNumber"])
             img_df.columns = ["ImageNumber", "Metadata_Plate", "Metadata_Well", "Metadata_Site"]
             img_df.to_csv(pdir / "Image.csv", index=False)
         elif pos_kind == "sqlite":
-            nuc = nuc_df[["ImageNumber", "ObjectNumber", "Nuclei_Location_Center_X", "Nuclei_Location_Center_Y"]]
-            write_cellprofiler_sqlite(pdir / f"{plate}.sqlite", pd.DataFrame(images), nuc.assign(TableNumber=1))
+            nuc = nuc_df[
+                ["ImageNumber", "ObjectNumber", "Nuclei_Location_Center_X", "Nuclei_Location_Center_Y"]
+            ]
+            write_cellprofiler_sqlite(
+                pdir / f"{plate}.sqlite", pd.DataFrame(images), nuc.assign(TableNumber=1)
+            )
     for dataset, entries in barcodes.items():
         pm = out_dir / dataset / "platemaps"
         pm.mkdir(parents=True, exist_ok=True)
         pd.DataFrame(entries, columns=["Assay_Plate_Barcode", "Plate_Map_Name"]).to_csv(
-            pm / "barcode_platemap.csv", index=False)
+            pm / "barcode_platemap.csv", index=False
+        )
         for map_name in sorted({m for _, m in entries}):
             full = {**TRAIN_COMPOUNDS, **NOVEL_COMPOUNDS}
-            recs = [{"well_position": w, "broad_sample": full[lab], "mmoles_per_liter": 0.0 if lab == "DMSO" else 10.0,
-                     "solvent": "DMSO"} for w, lab in sorted(maps[map_name].items())]
+            recs = [
+                {
+                    "well_position": w,
+                    "broad_sample": full[lab],
+                    "mmoles_per_liter": 0.0 if lab == "DMSO" else 10.0,
+                    "solvent": "DMSO",
+                }
+                for w, lab in sorted(maps[map_name].items())
+            ]
             pd.DataFrame(recs).to_csv(pm / f"{map_name}.txt", sep="\t", index=False)

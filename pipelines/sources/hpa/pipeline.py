@@ -64,10 +64,25 @@ from pipelines.steps.segmentation import cell_properties, segment
 
 #: The 19 HPA classes by index (the class indices of ``train.csv`` ``Label``).
 HPA_CLASSES: tuple[str, ...] = (
-    "Nucleoplasm", "Nuclear membrane", "Nucleoli", "Nucleoli fibrillar center", "Nuclear speckles",
-    "Nuclear bodies", "Endoplasmic reticulum", "Golgi apparatus", "Intermediate filaments", "Actin filaments",
-    "Microtubules", "Mitotic spindle", "Centrosome", "Plasma membrane", "Mitochondria", "Aggresome", "Cytosol",
-    "Vesicles and punctate cytosolic patterns", "Negative",
+    "Nucleoplasm",
+    "Nuclear membrane",
+    "Nucleoli",
+    "Nucleoli fibrillar center",
+    "Nuclear speckles",
+    "Nuclear bodies",
+    "Endoplasmic reticulum",
+    "Golgi apparatus",
+    "Intermediate filaments",
+    "Actin filaments",
+    "Microtubules",
+    "Mitotic spindle",
+    "Centrosome",
+    "Plasma membrane",
+    "Mitochondria",
+    "Aggresome",
+    "Cytosol",
+    "Vesicles and punctate cytosolic patterns",
+    "Negative",
 )
 #: The class indices CHAMMI keeps.
 CHAMMI_CLASSES: tuple[int, ...] = (4, 14, 10, 7, 0, 16, 6)
@@ -101,29 +116,38 @@ def find_image_dir(input_dir: Path) -> Path:
 
 def table_delimiter(path: Path) -> str:
     """Tab or comma, whichever the header line holds more of: HPA's ``kaggle_2021.tsv`` is comma-separated
-    despite its suffix (the public Kaggle solutions read it with ``pd.read_csv(path)``), other copies use tabs."""
+    despite its suffix (the public Kaggle solutions read it with ``pd.read_csv(path)``), other copies use
+    tabs."""
     with open(path, encoding="utf-8-sig", newline="") as fh:
         header = fh.readline()
     return "\t" if header.count("\t") > header.count(",") else ","
 
 
 def read_cellline_table(path: Path) -> dict[str, dict[str, Any]]:
-    """{field ID: {"cellline", "in_trainset"}} from a ``kaggle_2021.tsv``-style table, tab- or comma-separated;
-    ``Image`` values may be field IDs, file paths or HPA public addresses (see :func:`_image_keys`)."""
+    """{field ID: {"cellline", "in_trainset"}} from a ``kaggle_2021.tsv``-style table, tab- or
+    comma-separated; ``Image`` values may be field IDs, file paths or HPA public addresses (see
+    :func:`_image_keys`)."""
     table = pd.read_csv(path, sep=table_delimiter(path), dtype=str, keep_default_na=False)
     missing = {"Image", "Cellline"} - set(table.columns)
     if missing:
-        raise ValueError(f"{path}: cell-line table lacks column(s) {sorted(missing)}; has {list(table.columns)}")
+        raise ValueError(
+            f"{path}: cell-line table lacks column(s) {sorted(missing)}; has {list(table.columns)}"
+        )
     out: dict[str, dict[str, Any]] = {}
-    for image, line, in_train in zip(table["Image"], table["Cellline"],
-                                     table.get("in_trainset", pd.Series([""] * len(table))), strict=True):
+    for image, line, in_train in zip(
+        table["Image"], table["Cellline"], table.get("in_trainset", pd.Series([""] * len(table))), strict=True
+    ):
         for key in _image_keys(image):
             out.setdefault(key, {"cellline": line.strip(), "in_trainset": in_train})
     return out
 
 
-def read_field(files: dict[str, Path], row: int | None, max_pixels: int, mixed_bit_depth: str = "skip",
-               ) -> dict[str, np.ndarray]:
+def read_field(
+    files: dict[str, Path],
+    row: int | None,
+    max_pixels: int,
+    mixed_bit_depth: str = "skip",
+) -> dict[str, np.ndarray]:
     """The four stain images of a field ({stain: 2-D uint8/uint16 array}), checked from their headers before
     any is decoded; ``UnitSkip`` naming the file(s) and the table row when the field cannot be used.
 
@@ -143,10 +167,18 @@ def read_field(files: dict[str, Path], row: int | None, max_pixels: int, mixed_b
         except ImageTooLarge as err:
             raise UnitSkip(str(err), files[stain], row) from None
         except Exception as err:  # not an image, or a header cut short
-            raise UnitSkip(f"unreadable or truncated image ({type(err).__name__}: {err})", files[stain], row) from None
+            raise UnitSkip(
+                f"unreadable or truncated image ({type(err).__name__}: {err})", files[stain], row
+            ) from None
     try:
-        check_field({s: h.shape[:2] for s, h in headers.items()}, {s: h.bits for s, h in headers.items()}, names,
-                    "blue", mixed_bit_depth == "allow", "hpa.mixed_bit_depth")
+        check_field(
+            {s: h.shape[:2] for s, h in headers.items()},
+            {s: h.bits for s, h in headers.items()},
+            names,
+            "blue",
+            mixed_bit_depth == "allow",
+            "hpa.mixed_bit_depth",
+        )
     except FieldMismatch as err:
         raise UnitSkip(str(err), files[err.key], row) from None
     return {s: read_channel(files[s], row) for s in STAINS}
@@ -190,18 +222,30 @@ class HPAPipeline(SourcePipeline):
     unit_kind = "fields"
     units_per_task = 2  # fields per dask task
     DEFAULTS = {
-        "border": "pad", "crop": 512, "low_pct": 0.0, "high_pct": 99.9, "segmentation": "watershed",
-        "segmentation_options": {}, "mask_neighbours": False, "min_cell_area": 0,
-        "cellline_table": "kaggle_2021.tsv", "labels_table": "train.csv",
-        "max_field_pixels": 10_000 * 10_000, "mixed_bit_depth": "skip",
+        "border": "pad",
+        "crop": 512,
+        "low_pct": 0.0,
+        "high_pct": 99.9,
+        "segmentation": "watershed",
+        "segmentation_options": {},
+        "mask_neighbours": False,
+        "min_cell_area": 0,
+        "cellline_table": "kaggle_2021.tsv",
+        "labels_table": "train.csv",
+        "max_field_pixels": 10_000 * 10_000,
+        "mixed_bit_depth": "skip",
     }
 
     def check_options(self, opts: dict[str, Any]) -> None:
         if opts["border"] not in BORDER_POLICIES:
-            raise ValueError(f"config hpa.border: {opts['border']!r} is not one of {', '.join(BORDER_POLICIES)}")
+            raise ValueError(
+                f"config hpa.border: {opts['border']!r} is not one of {', '.join(BORDER_POLICIES)}"
+            )
         if opts["mixed_bit_depth"] not in MIXED_BIT_DEPTH:
-            raise ValueError(f"config hpa.mixed_bit_depth: {opts['mixed_bit_depth']!r} is not one of "
-                             f"{', '.join(MIXED_BIT_DEPTH)}")
+            raise ValueError(
+                f"config hpa.mixed_bit_depth: {opts['mixed_bit_depth']!r} is not one of "
+                f"{', '.join(MIXED_BIT_DEPTH)}"
+            )
 
     def tables(self, opts: dict[str, Any]) -> tuple[str, ...]:
         return (opts["labels_table"],)
@@ -210,8 +254,10 @@ class HPAPipeline(SourcePipeline):
         input_dir = Path(input_dir)
         labels_path = input_dir / opts["labels_table"]
         lines_path = input_dir / opts["cellline_table"]
-        for p, what in ((labels_path, "labels table (ID, Label)"),
-                        (lines_path, "cell-line table (Image, Label, Cellline, in_trainset)")):
+        for p, what in (
+            (labels_path, "labels table (ID, Label)"),
+            (lines_path, "cell-line table (Image, Label, Cellline, in_trainset)"),
+        ):
             if not p.is_file():
                 raise FileNotFoundError(f"HPA input {input_dir}: {what} not found: {p}")
         labels = pd.read_csv(labels_path, dtype=str, keep_default_na=False)
@@ -252,10 +298,22 @@ class HPAPipeline(SourcePipeline):
                 skip(f"no cell line for {field_id!r}", lines_path)
                 continue
             files = {stain: str(image_dir / f"{field_id}_{stain}.png") for stain in STAINS}
-            units.append(Unit("hpa", uid, {
-                "id": field_id, "row": row, "class_index": cls, "label": HPA_CLASSES[cls],
-                "cellline": info["cellline"], "in_trainset": info["in_trainset"], "files": files,
-                "root": str(input_dir)}))
+            units.append(
+                Unit(
+                    "hpa",
+                    uid,
+                    {
+                        "id": field_id,
+                        "row": row,
+                        "class_index": cls,
+                        "label": HPA_CLASSES[cls],
+                        "cellline": info["cellline"],
+                        "in_trainset": info["in_trainset"],
+                        "files": files,
+                        "root": str(input_dir),
+                    },
+                )
+            )
         units.sort(key=lambda u: u.unit_id)
         return Discovery(units, skipped, found={"fields": len(labels)})
 
@@ -280,8 +338,12 @@ class HPAPipeline(SourcePipeline):
                 raise UnitSkip(str(err), files[stain], p["row"]) from None
         field = np.stack(field8)  # (4, H, W) uint8
 
-        seg = segment(raw["blue"], [raw["red"], raw["yellow"], raw["green"]], backend=opts["segmentation"],
-                      **dict(opts["segmentation_options"]))
+        seg = segment(
+            raw["blue"],
+            [raw["red"], raw["yellow"], raw["green"]],
+            backend=opts["segmentation"],
+            **dict(opts["segmentation_options"]),
+        )
         props = [c for c in cell_properties(seg.cells) if c["area"] >= int(opts["min_cell_area"])]
         if not props:
             raise UnitSkip("no cells found by segmentation", files["blue"], p["row"])
@@ -296,14 +358,28 @@ class HPAPipeline(SourcePipeline):
             cy, cx = c["centroid"]
             cell_id = make_cell_id("hpa", p["id"], int(round(cy)), int(round(cx)))
             if cell_id in seen_ids:  # two cells with one rounded centroid (a ring around a cell): keep one
-                skipped.append(Skipped("hpa", unit.unit_id, f"cell {c['label']} shares its centroid with another",
-                                       rel["blue"], p["row"]))
+                skipped.append(
+                    Skipped(
+                        "hpa",
+                        unit.unit_id,
+                        f"cell {c['label']} shares its centroid with another",
+                        rel["blue"],
+                        p["row"],
+                    )
+                )
                 continue
             seen_ids.add(cell_id)
             crop, info = crop_box(field, (cy, cx), (size, size), opts["border"])
             if crop is None:
-                skipped.append(Skipped("hpa", unit.unit_id, f"cell {c['label']} at the field border (policy skip)",
-                                       rel["blue"], p["row"]))
+                skipped.append(
+                    Skipped(
+                        "hpa",
+                        unit.unit_id,
+                        f"cell {c['label']} at the field border (policy skip)",
+                        rel["blue"],
+                        p["row"],
+                    )
+                )
                 continue
             if opts["mask_neighbours"]:
                 lab, _ = crop_box(seg.cells[None], (cy, cx), (size, size), opts["border"])
@@ -311,20 +387,40 @@ class HPAPipeline(SourcePipeline):
                 crop = np.where(other[None], 0, crop).astype(np.uint8)
             centroid = [round(cy, 2), round(cx, 2)]
             meta = {
-                "ID": p["id"], "row": p["row"], "field_file": rel["blue"], "files": rel,
-                "class_index": p["class_index"], "cellline": p["cellline"], "in_trainset": p["in_trainset"],
-                "centroid": centroid, "bbox": list(c["bbox"]), "area": c["area"], "cell_label": c["label"],
-                "cell_touches_edge": c["touches_edge"], "crop_touched_border": info.touched_border,
-                "crop_top": info.top, "crop_left": info.left, "border_policy": info.policy,
-                "bit_depth": bit_depth, "original_size": list(shapes["blue"]),
-                "segmentation": opts["segmentation"], "masked_neighbours": bool(opts["mask_neighbours"]),
+                "ID": p["id"],
+                "row": p["row"],
+                "field_file": rel["blue"],
+                "files": rel,
+                "class_index": p["class_index"],
+                "cellline": p["cellline"],
+                "in_trainset": p["in_trainset"],
+                "centroid": centroid,
+                "bbox": list(c["bbox"]),
+                "area": c["area"],
+                "cell_label": c["label"],
+                "cell_touches_edge": c["touches_edge"],
+                "crop_touched_border": info.touched_border,
+                "crop_top": info.top,
+                "crop_left": info.left,
+                "border_policy": info.policy,
+                "bit_depth": bit_depth,
+                "original_size": list(shapes["blue"]),
+                "segmentation": opts["segmentation"],
+                "masked_neighbours": bool(opts["mask_neighbours"]),
             }
             if len(set(depths.values())) > 1:  # mixed_bit_depth: allow
                 meta["channel_bit_depths"] = depths
-            cells.append(Cell(
-                image=np.ascontiguousarray(crop), channels=SOURCES["hpa"].channels, source="hpa",
-                label=p["label"], cell_id=cell_id,
-                meta=meta, groups={"cell_type": p["cellline"]}))
+            cells.append(
+                Cell(
+                    image=np.ascontiguousarray(crop),
+                    channels=SOURCES["hpa"].channels,
+                    source="hpa",
+                    label=p["label"],
+                    cell_id=cell_id,
+                    meta=meta,
+                    groups={"cell_type": p["cellline"]},
+                )
+            )
         return UnitResult(cells=cells, skipped=skipped, found={"cells": len(props)})
 
     def synth(self, out_dir: Path, seed: int = 0) -> None:

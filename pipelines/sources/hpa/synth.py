@@ -1,4 +1,5 @@
-"""Small, realistic HPA raw sample: 4-PNG fields + ``train.csv`` + ``kaggle_2021.tsv`` (``HPAPipeline.synth``).
+"""Small, realistic HPA raw sample: 4-PNG fields + ``train.csv`` + ``kaggle_2021.tsv``
+(``HPAPipeline.synth``).
 
 About 40 fields of 768 x 768 px, each with 3-6 cells drawn from simple biophysics-free but structured
 models: textured nuclei with nucleoli (blue), microtubule filaments grown as persistent random walks from
@@ -48,8 +49,11 @@ def _field_id(seed: int, index: int) -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"
 
 
-def _place_cells(rng: np.random.Generator, n: int, radius: float, min_sep: float = 1.6) -> list[tuple[float, float]]:
-    """Up to ``n`` centres at least ``min_sep`` radii apart; nuclei stay inside the field, cells may be cut."""
+def _place_cells(
+    rng: np.random.Generator, n: int, radius: float, min_sep: float = 1.6
+) -> list[tuple[float, float]]:
+    """Up to ``n`` centres at least ``min_sep`` radii apart; nuclei stay inside the field, cells may be
+    cut."""
     centres: list[tuple[float, float]] = []
     lo, hi = 0.55 * radius, FIELD - 0.55 * radius
     for _ in range(400):
@@ -61,9 +65,18 @@ def _place_cells(rng: np.random.Generator, n: int, radius: float, min_sep: float
     return centres
 
 
-def _walks(rng: np.random.Generator, starts: np.ndarray, angles: np.ndarray, steps: int, inside: np.ndarray,
-           owner: np.ndarray, turn: float = 0.12, step: float = 2.0) -> np.ndarray:
-    """Accumulate persistent random walks (filaments, rods) into an image; a walk stops on leaving its cell."""
+def _walks(
+    rng: np.random.Generator,
+    starts: np.ndarray,
+    angles: np.ndarray,
+    steps: int,
+    inside: np.ndarray,
+    owner: np.ndarray,
+    turn: float = 0.12,
+    step: float = 2.0,
+) -> np.ndarray:
+    """Accumulate persistent random walks (filaments, rods) into an image; a walk stops on leaving its
+    cell."""
     acc = np.zeros((FIELD, FIELD), np.float32)
     pos = starts.astype(np.float64).copy()
     ang = angles.astype(np.float64).copy()
@@ -81,8 +94,9 @@ def _walks(rng: np.random.Generator, starts: np.ndarray, angles: np.ndarray, ste
     return acc
 
 
-def render_field(rng: np.random.Generator, cls: int, line: str, n_cells: int | None = None,
-                 min_sep: float = 1.6) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+def render_field(
+    rng: np.random.Generator, cls: int, line: str, n_cells: int | None = None, min_sep: float = 1.6
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """One field of class ``cls`` in cell line ``line``: float images (about 0..1.5, (768, 768)) per stain,
     and the ground truth ``{"cells", "nuclei"}`` label images (int32, 0 = background).
 
@@ -132,7 +146,10 @@ def render_field(rng: np.random.Generator, cls: int, line: str, n_cells: int | N
     nucleoli = np.zeros((FIELD, FIELD), np.float32)
     for ny, nx in nuc_centres:
         for _ in range(int(rng.integers(1, 4))):
-            nucleoli[int(np.clip(ny + rng.normal(0, 12), 0, FIELD - 1)), int(np.clip(nx + rng.normal(0, 12), 0, FIELD - 1))] = 1
+            nucleoli[
+                int(np.clip(ny + rng.normal(0, 12), 0, FIELD - 1)),
+                int(np.clip(nx + rng.normal(0, 12), 0, FIELD - 1)),
+            ] = 1
     nucleoli = np.clip(ndi.gaussian_filter(nucleoli, 5) * 300, 0, 1)
     blue = ndi.gaussian_filter(blue * (1 - 0.6 * nucleoli), 1.5)
 
@@ -153,7 +170,7 @@ def render_field(rng: np.random.Generator, cls: int, line: str, n_cells: int | N
     noise = ndi.gaussian_filter(rng.normal(0, 1, (FIELD, FIELD)).astype(np.float32), 2.5)
     net = np.exp(-((noise / (0.25 * noise.std())) ** 2))
     density = np.clip(1.3 - 0.8 * cmin, 0, 1)
-    rim = np.exp(-((nmin - 1.0) / 0.08) ** 2) * (in_cell > 0)
+    rim = np.exp(-(((nmin - 1.0) / 0.08) ** 2)) * (in_cell > 0)
     yellow = ndi.gaussian_filter(net * cyto * density + 0.6 * rim + 0.1 * cyto, 1.0)
 
     # green: the protein, patterned by class, scaled per cell by its expression level
@@ -168,8 +185,16 @@ def render_field(rng: np.random.Generator, cls: int, line: str, n_cells: int | N
     elif cls == 14:  # mitochondria: short rods in the cytoplasm
         pts = np.argwhere(cyto)
         pick = pts[rng.choice(len(pts), size=min(len(pts), 90 * len(centres)), replace=False)]
-        rods = _walks(rng, pick, rng.uniform(0, 2 * np.pi, len(pick)), 6, in_cell, in_cell[pick[:, 0], pick[:, 1]],
-                      turn=0.05, step=1.5)
+        rods = _walks(
+            rng,
+            pick,
+            rng.uniform(0, 2 * np.pi, len(pick)),
+            6,
+            in_cell,
+            in_cell[pick[:, 0], pick[:, 1]],
+            turn=0.05,
+            step=1.5,
+        )
         green = np.clip(ndi.gaussian_filter(rods, 1.3) * 3.0, 0, 1.3)
     elif cls == 10:  # microtubules
         green = fil * 1.1
@@ -179,7 +204,10 @@ def render_field(rng: np.random.Generator, cls: int, line: str, n_cells: int | N
             a0 = rng.uniform(0, 2 * np.pi)
             for _ in range(12):
                 a, r = a0 + rng.normal(0, 0.35), 0.42 * radius * rng.uniform(1.05, 1.45)
-                y, x = int(np.clip(ny + r * np.sin(a), 0, FIELD - 1)), int(np.clip(nx + r * np.cos(a), 0, FIELD - 1))
+                y, x = (
+                    int(np.clip(ny + r * np.sin(a), 0, FIELD - 1)),
+                    int(np.clip(nx + r * np.cos(a), 0, FIELD - 1)),
+                )
                 blobs[y, x] += 1.0
         green = np.clip(ndi.gaussian_filter(blobs, 4.0) * 120, 0, 1.4) * (in_cell > 0)
     elif cls == 0:  # nucleoplasm
@@ -195,8 +223,9 @@ def render_field(rng: np.random.Generator, cls: int, line: str, n_cells: int | N
     return {"red": red * gain, "green": green * gain, "blue": blue * gain, "yellow": yellow * gain}, truth
 
 
-def quantise(rng: np.random.Generator, img: np.ndarray, bits: int, field_gain: float, bg: float,
-              noise: float) -> np.ndarray:
+def quantise(
+    rng: np.random.Generator, img: np.ndarray, bits: int, field_gain: float, bg: float, noise: float
+) -> np.ndarray:
     """Add background and noise, scale to the bit depth and round (clipped)."""
     x = field_gain * img + bg + rng.normal(0, noise, img.shape).astype(np.float32)
     top = 65535 if bits == 16 else 255

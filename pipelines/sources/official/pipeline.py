@@ -2,11 +2,12 @@
 
 The download holds ``Allen/``, ``HPA/``, ``CP/`` with ``enriched_meta.csv`` and one tape image per cell (the
 channel tiles side by side). Units are chunks of ``chunk_rows`` consecutive rows of one source's metadata
-(config ``chammi.chunk_rows``, default 256). Cells come from :func:`chammi_data.interop.official_layout.row_to_cell`: every
-original column is kept in ``meta`` (as the CSV text), the cell id is derived from ``file_path``, and the
-split and task membership are the official columns, taken as they are (no task rules are applied). The
-release keeps the official row order (``order = "unit"``) so features computed on our release line up
-with the official CSV row for row. A row that cannot be read is skipped and reported with its CSV row.
+(config ``chammi.chunk_rows``, default 256). Cells come from
+:func:`chammi_data.interop.official_layout.row_to_cell`: every original column is kept in ``meta`` (as the CSV
+text), the cell id is derived from ``file_path``, and the split and task membership are the official columns,
+taken as they are (no task rules are applied). The release keeps the official row order (``order = "unit"``)
+so features computed on our release line up with the official CSV row for row. A row that cannot be read is
+skipped and reported with its CSV row.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from chammi_data.format.release_format import parse_bool_column
+from chammi_data.format.vocab import SOURCE_KEYS, SOURCES, TASK_COLUMNS
 from chammi_data.interop.official_layout import (
     META_FILE,
     OfficialFormatError,
@@ -27,8 +30,6 @@ from chammi_data.interop.official_layout import (
     read_official_metadata,
     row_to_cell,
 )
-from chammi_data.format.release_format import parse_bool_column
-from chammi_data.format.vocab import SOURCE_KEYS, SOURCES, TASK_COLUMNS
 from pipelines.sources.base import Discovery, Skipped, SourcePipeline, Unit, UnitResult
 
 
@@ -65,28 +66,44 @@ class OfficialPipeline(SourcePipeline):
         for key, df in tables.items():
             for start in range(0, len(df), chunk):
                 stop = min(start + chunk, len(df))
-                units.append(Unit(key, f"{key}-rows-{start:09d}", {"root": str(root), "source": key,
-                                                                    "start": start, "stop": stop}, stop - start))
-        return Discovery(sorted(units, key=lambda u: u.unit_id), [], found={"rows": sum(map(len, tables.values()))})
+                units.append(
+                    Unit(
+                        key,
+                        f"{key}-rows-{start:09d}",
+                        {"root": str(root), "source": key, "start": start, "stop": stop},
+                        stop - start,
+                    )
+                )
+        return Discovery(
+            sorted(units, key=lambda u: u.unit_id), [], found={"rows": sum(map(len, tables.values()))}
+        )
 
     def process(self, unit: Unit, opts: dict[str, Any]) -> UnitResult:
         p = unit.payload
         root = Path(p["root"])
         df = _metadata(p["root"])[p["source"]]
-        records = df.iloc[p["start"]:p["stop"]].to_dict("records")
+        records = df.iloc[p["start"] : p["stop"]].to_dict("records")
         cells, skipped = [], []
         for offset, rec in enumerate(records):
             row = p["start"] + offset
             try:
                 cells.append(row_to_cell(root, p["source"], {str(k): str(v) for k, v in rec.items()}, row))
             except (OfficialFormatError, ValueError) as exc:
-                skipped.append(Skipped(p["source"], unit.unit_id, str(exc), str(root / str(rec.get("file_path", ""))), row))
+                skipped.append(
+                    Skipped(
+                        p["source"], unit.unit_id, str(exc), str(root / str(rec.get("file_path", ""))), row
+                    )
+                )
         return UnitResult(cells, skipped)
 
     def assign(self, table: pd.DataFrame, config: dict[str, Any]) -> pd.DataFrame:
         """The official ``train_test_split`` and task columns, unchanged (missing task column = False)."""
-        out = pd.DataFrame({"cell_id": table["cell_id"].to_numpy(),
-                            "train_test_split": table["train_test_split"].astype(str).str.strip().to_numpy()})
+        out = pd.DataFrame(
+            {
+                "cell_id": table["cell_id"].to_numpy(),
+                "train_test_split": table["train_test_split"].astype(str).str.strip().to_numpy(),
+            }
+        )
         for col in TASK_COLUMNS:
             if col in table.columns:
                 out[col] = parse_bool_column(table[col], f"official metadata column {col}", empty=False)
@@ -107,7 +124,11 @@ def write_official_sample(out_dir: Path, seed: int = 0, cells_per_source: int = 
     """Write ``Allen/``, ``HPA/``, ``CP/`` with tapes and ``enriched_meta.csv`` (official columns)."""
     rng = np.random.default_rng(seed)
     groups = {"wtc11": ["SON", "TJP1"], "hpa": ["A549", "HEK 293"], "cp": ["P1", "P2"]}
-    labels = {"wtc11": ["M0", "M3"], "hpa": ["Mitochondria", "Golgi apparatus"], "cp": ["DMSO", "BRD-K04185004"]}
+    labels = {
+        "wtc11": ["M0", "M3"],
+        "hpa": ["Mitochondria", "Golgi apparatus"],
+        "cp": ["DMSO", "BRD-K04185004"],
+    }
     for key, info in SOURCES.items():
         folder = out_dir / info.folder
         (folder / "images").mkdir(parents=True, exist_ok=True)
@@ -119,9 +140,14 @@ def write_official_sample(out_dir: Path, seed: int = 0, cells_per_source: int = 
             image = rng.integers(0, 256, (info.num_channels, h, w), dtype=np.uint8)
             rel = f"{info.folder}/images/{key}_{i:04d}.png"
             Image.fromarray(chw_to_tape(image)).save(out_dir / rel)
-            row: dict[str, Any] = {"file_path": rel, "ID": f"{key}_{i:04d}", "Label": labels[key][i % 2],
-                                   "channel_width": w, "train_test_split": split,
-                                   info.group_column: groups[key][(i // 2) % 2]}
+            row: dict[str, Any] = {
+                "file_path": rel,
+                "ID": f"{key}_{i:04d}",
+                "Label": labels[key][i % 2],
+                "channel_width": w,
+                "train_test_split": split,
+                info.group_column: groups[key][(i // 2) % 2],
+            }
             row.update({t: t == split for t in info.tasks})
             if key == "cp":
                 row.update({"source": ["LINCS", "CDRP"][i % 2], "Key": f"P{i % 2 + 1}/A0{i % 9 + 1}/1"})

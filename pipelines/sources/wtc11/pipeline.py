@@ -46,8 +46,17 @@ from pipelines.steps.rawio import ImageHeader, ImageTooLarge, check_size
 
 #: The six cell-cycle stage labels of CHAMMI WTC-11.
 STAGES: tuple[str, ...] = ("M0", "M1M2", "M3", "M4M5", "M6M7_complete", "M6M7_single")
-REQUIRED_COLUMNS = ("CellId", "structure_name", "cell_stage", "FOVId", "PlateId", "WellId", "crop_raw",
-                    "name_dict", "scale_micron")
+REQUIRED_COLUMNS = (
+    "CellId",
+    "structure_name",
+    "cell_stage",
+    "FOVId",
+    "PlateId",
+    "WellId",
+    "crop_raw",
+    "name_dict",
+    "scale_micron",
+)
 FITS = ("pad_crop", "scale_to_fit")
 TABLE = "metadata.csv"
 
@@ -65,8 +74,10 @@ def _parse_listish(text: Any, what: str) -> Any:
             raise ValueError(f"cannot parse {what} {text!r}") from None
 
 
-def read_ome(path: Path, max_voxels: int | None = None,
-             ) -> tuple[np.ndarray, list[str], tuple[float | None, float | None, float | None]]:
+def read_ome(
+    path: Path,
+    max_voxels: int | None = None,
+) -> tuple[np.ndarray, list[str], tuple[float | None, float | None, float | None]]:
     """(array (Z, C, Y, X), OME channel names, physical sizes (z, y, x) in um) of an OME-TIFF.
 
     ``max_voxels``: a stack whose header says it is larger raises :class:`pipelines.steps.rawio.ImageTooLarge`
@@ -79,7 +90,9 @@ def read_ome(path: Path, max_voxels: int | None = None,
         with tifffile.TiffFile(path) as tf:
             series = tf.series[0]
             if max_voxels is not None:
-                check_size(ImageHeader.of_series(series), max_voxels, Path(path).name, "wtc11.max_stack_voxels")
+                check_size(
+                    ImageHeader.of_series(series), max_voxels, Path(path).name, "wtc11.max_stack_voxels"
+                )
             arr = series.asarray(maxworkers=1)  # one core per dask worker: no decoder thread pool
             axes = series.axes
             xml = tf.ome_metadata
@@ -123,7 +136,8 @@ class WTC11Pipeline(SourcePipeline):
         "fit": "pad_crop",  # see FITS
         "pixel_size_tolerance": 0.02,
         "channel_map": {"dna": "nucleus", "membrane": "membrane", "structure": "protein"},
-        "max_stack_voxels": 500_000_000,  # Z * C * Y * X of one crop_raw, checked from its header: 1 GB at 16 bits
+        # Z * C * Y * X of one crop_raw, checked from its header: 1 GB at 16 bits
+        "max_stack_voxels": 500_000_000,
     }
 
     def check_options(self, opts: dict[str, Any]) -> None:
@@ -137,7 +151,9 @@ class WTC11Pipeline(SourcePipeline):
         input_dir = Path(input_dir)
         table_path = input_dir / TABLE
         if not table_path.is_file():
-            raise FileNotFoundError(f"WTC-11: {table_path} not found (expected metadata.csv + crop_raw OME-TIFFs)")
+            raise FileNotFoundError(
+                f"WTC-11: {table_path} not found (expected metadata.csv + crop_raw OME-TIFFs)"
+            )
         table = pd.read_csv(table_path, dtype=str, keep_default_na=False)
         missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
         if missing:
@@ -151,15 +167,37 @@ class WTC11Pipeline(SourcePipeline):
             if not cell_id:
                 skipped.append(Skipped(self.key, f"row-{row}", "empty CellId", str(table_path), row))
             elif cell_id in first_row:
-                skipped.append(Skipped(self.key, unit_id, f"duplicate CellId {cell_id} (first at row {first_row[cell_id]})",
-                                       str(table_path), row))
+                skipped.append(
+                    Skipped(
+                        self.key,
+                        unit_id,
+                        f"duplicate CellId {cell_id} (first at row {first_row[cell_id]})",
+                        str(table_path),
+                        row,
+                    )
+                )
             elif rec["cell_stage"] not in STAGES:
-                skipped.append(Skipped(self.key, unit_id, f"unknown label cell_stage={rec['cell_stage']!r}; "
-                                       f"valid: {', '.join(STAGES)}", str(table_path), row))
+                skipped.append(
+                    Skipped(
+                        self.key,
+                        unit_id,
+                        f"unknown label cell_stage={rec['cell_stage']!r}; valid: {', '.join(STAGES)}",
+                        str(table_path),
+                        row,
+                    )
+                )
             else:
                 first_row[cell_id] = row
-                units[unit_id] = Unit(self.key, unit_id, {
-                    "row": row, "table": str(table_path), "root": str(input_dir), **{k: str(v) for k, v in rec.items()}})
+                units[unit_id] = Unit(
+                    self.key,
+                    unit_id,
+                    {
+                        "row": row,
+                        "table": str(table_path),
+                        "root": str(input_dir),
+                        **{k: str(v) for k, v in rec.items()},
+                    },
+                )
         return Discovery([units[k] for k in sorted(units)], skipped, found={"cells": len(table)})
 
     def process(self, unit: Unit, opts: dict[str, Any]) -> UnitResult:
@@ -180,16 +218,24 @@ class WTC11Pipeline(SourcePipeline):
             raise UnitSkip(f"bad name_dict ({exc})", p["table"], row) from None
         target = SOURCES[self.key].channels
         if stack.shape[1] != len(target) or len(names) != stack.shape[1]:
-            raise UnitSkip(f"wrong channel count: image has {stack.shape[1]} channels (OME names {names}), "
-                           f"expected {len(target)} like name_dict crop_raw {expected}", path, row)
+            raise UnitSkip(
+                f"wrong channel count: image has {stack.shape[1]} channels (OME names {names}), "
+                f"expected {len(target)} like name_dict crop_raw {expected}",
+                path,
+                row,
+            )
         if names != expected:
-            raise UnitSkip(f"channel names in OME metadata {names} != name_dict crop_raw {expected}", path, row)
+            raise UnitSkip(
+                f"channel names in OME metadata {names} != name_dict crop_raw {expected}", path, row
+            )
         self._check_pixel_size(p, sizes, opts, path, row)
         mapping = opts["channel_map"]
         try:
             order = [names.index(next(n for n, t in mapping.items() if t == ch)) for ch in target]
         except (StopIteration, ValueError):
-            raise UnitSkip(f"channels {names} cannot be mapped to {list(target)} with {mapping}", path, row) from None
+            raise UnitSkip(
+                f"channels {names} cannot be mapped to {list(target)} with {mapping}", path, row
+            ) from None
         try:
             check_finite(stack, "crop_raw")
         except ValueError as exc:
@@ -201,17 +247,33 @@ class WTC11Pipeline(SourcePipeline):
             raise UnitSkip(str(exc), path, row) from None
         img, scale = self._fit(img, opts["fit"])
         meta = {
-            "CellId": p["CellId"], "structure_name": p["structure_name"], "cell_stage": p["cell_stage"],
-            "FOVId": p["FOVId"], "PlateId": p["PlateId"], "WellId": p["WellId"], "crop_raw": p["crop_raw"],
-            "row": row, "shape_zcyx": list(stack.shape), "physical_size_zyx": list(sizes), "scale": scale,
+            "CellId": p["CellId"],
+            "structure_name": p["structure_name"],
+            "cell_stage": p["cell_stage"],
+            "FOVId": p["FOVId"],
+            "PlateId": p["PlateId"],
+            "WellId": p["WellId"],
+            "crop_raw": p["crop_raw"],
+            "row": row,
+            "shape_zcyx": list(stack.shape),
+            "physical_size_zyx": list(sizes),
+            "scale": scale,
         }
-        cell = Cell(image=img, channels=target, source=self.key, label=p["cell_stage"],
-                    cell_id=make_cell_id(self.key, p["CellId"]), meta=meta,
-                    groups={"Structure": p["structure_name"]})
+        cell = Cell(
+            image=img,
+            channels=target,
+            source=self.key,
+            label=p["cell_stage"],
+            cell_id=make_cell_id(self.key, p["CellId"]),
+            meta=meta,
+            groups={"Structure": p["structure_name"]},
+        )
         return UnitResult([cell])
 
     @staticmethod
-    def _check_pixel_size(p: dict[str, Any], sizes: tuple, opts: dict[str, Any], path: Path, row: int) -> None:
+    def _check_pixel_size(
+        p: dict[str, Any], sizes: tuple, opts: dict[str, Any], path: Path, row: int
+    ) -> None:
         """PhysicalSizeZ/Y/X must agree with ``scale_micron`` (a number or a list) when both are given."""
         text = p.get("scale_micron", "")
         if not text or all(s is None for s in sizes):
@@ -224,8 +286,12 @@ class WTC11Pipeline(SourcePipeline):
         tol = float(opts["pixel_size_tolerance"])
         for axis, got, want in zip("ZYX", sizes, values[-3:], strict=False):
             if got is not None and abs(got - want) > tol * max(abs(want), 1e-12):
-                raise UnitSkip(f"PhysicalSize{axis}={got} um in OME metadata != scale_micron {values} "
-                               f"(tolerance {tol:.0%})", path, row)
+                raise UnitSkip(
+                    f"PhysicalSize{axis}={got} um in OME metadata != scale_micron {values} "
+                    f"(tolerance {tol:.0%})",
+                    path,
+                    row,
+                )
 
     def _fit(self, img: np.ndarray, fit: str) -> tuple[np.ndarray, float]:
         th, tw = SOURCES[self.key].tile_hw
@@ -233,9 +299,20 @@ class WTC11Pipeline(SourcePipeline):
         if fit == "scale_to_fit":
             scale = min(1.0, th / img.shape[1], tw / img.shape[2])
             if scale < 1.0:
-                shape = (img.shape[0], max(1, round(img.shape[1] * scale)), max(1, round(img.shape[2] * scale)))
-                img = np.rint(resize(img.astype(np.float64), shape, order=1, anti_aliasing=True,
-                                     preserve_range=True)).clip(0, 255).astype(np.uint8)
+                shape = (
+                    img.shape[0],
+                    max(1, round(img.shape[1] * scale)),
+                    max(1, round(img.shape[2] * scale)),
+                )
+                img = (
+                    np.rint(
+                        resize(
+                            img.astype(np.float64), shape, order=1, anti_aliasing=True, preserve_range=True
+                        )
+                    )
+                    .clip(0, 255)
+                    .astype(np.uint8)
+                )
         return center_crop_or_pad(img, (th, tw), fill=0), scale
 
     def synth(self, out_dir: Path, seed: int = 0) -> None:
