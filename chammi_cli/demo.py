@@ -22,7 +22,10 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from chammi_cli.demo_run import run_demo
+    from chammi_data.errors import UserError
 
+    if args.out.exists() and not args.out.is_dir():
+        raise UserError(f"--out {args.out} is a file, not a folder")
     res = run_demo(
         args.out,
         seed=args.seed,

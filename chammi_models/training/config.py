@@ -277,7 +277,12 @@ def load_config(path: str | Path, overrides: Iterable[str] = ()) -> TrainConfig:
         names = ", ".join(sorted(c.stem for c in CONFIGS_DIR.glob("*.yaml")))
         raise FileNotFoundError(f"config {str(path)!r} not found; bundled configs: {names}")
     with open(p) as fh:
-        data = yaml.safe_load(fh) or {}
+        try:
+            data = yaml.safe_load(fh) or {}
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{p} is not valid YAML: {' '.join(str(exc).split())}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{p}: a config is a YAML mapping of sections, not a {type(data).__name__}")
     data.setdefault("name", p.stem)
     try:
         return config_from_dict(data, overrides)
