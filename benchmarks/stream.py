@@ -54,7 +54,10 @@ from chammi_data.format.writer import ReleaseWriter  # noqa: E402
 from chammi_data.loading.collate import group_by_channels_uint8  # noqa: E402
 from chammi_data.loading.shards import ShardReader, decode_image_fast  # noqa: E402
 from chammi_data.loading.streaming import stream  # noqa: E402
-from chammi_data.store.storage import ReleaseStore  # noqa: E402
+from chammi_data.store.storage import (
+    ReleaseStore,  # noqa: E402
+    open_store,
+)
 from tests.servers import DelayProxy, S3Server  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -275,7 +278,7 @@ def _codec_one(reader: ShardReader, mine: list[dict], repeat: int, ds) -> dict:
 
 def bench_codec(release: Path, repeat: int) -> dict:
     rows = read_manifest(release).to_dict("records")
-    reader = ShardReader(release)
+    reader = ShardReader(open_store(release))
     import chammi_data
 
     ds = chammi_data.load("all", root=release)

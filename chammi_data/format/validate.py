@@ -216,7 +216,7 @@ def validate_release(
     """Check a release end to end (at any location); never raises for a bad release, returns every problem
     found."""
     store = open_store(root, storage_options)
-    rep = ValidationReport(store.root if store.is_local else store.url)  # type: ignore[arg-type]
+    rep = ValidationReport(store.location)
     try:
         rel = read_release_json(store)
         m = read_manifest(store, verify=False)  # its digest is one of the checks below

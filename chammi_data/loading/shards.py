@@ -31,7 +31,7 @@ import zstandard
 from chammi_data.format.codec import IMAGE_SUFFIX, JSON_SUFFIX, CorruptSampleError, decode_image
 from chammi_data.format.release_format import CELL_ID_PATTERN, expected_shape, make_sample
 from chammi_data.format.schema import image_checksum
-from chammi_data.store.storage import RemoteObjectError, open_store
+from chammi_data.store.storage import ReleaseStore, RemoteObjectError, open_store, require_store
 
 BLOCK = 512
 _EXTS = (JSON_SUFFIX.lstrip("."), IMAGE_SUFFIX.lstrip("."))  # "json", "npy.zst": the order within a sample
@@ -349,13 +349,8 @@ class ShardReader:
     Safe to pickle into DataLoader workers: connections and files are reopened per process.
     """
 
-    def __init__(self, root: Any, storage_options: Mapping[str, Any] | None = None):
-        self.store = open_store(root, storage_options)
-
-    @property
-    def root(self) -> Any:
-        """The release location (a local Path for a local release, else the URL)."""
-        return self.store.root if self.store.is_local else self.store.url
+    def __init__(self, store: ReleaseStore):
+        self.store = require_store(store, "ShardReader")
 
     def where(self, row: Mapping[str, Any]) -> str:
         """How errors name a row: the shard's full path or URL and the key."""
@@ -393,7 +388,7 @@ class ShardReader:
 
 def read_sample(root: Any, row: Mapping[str, Any], verify: bool | None = None) -> np.ndarray:
     """One image by manifest row (``shard``, ``key``, ``offset``, ``nbytes``): a single read, no scan."""
-    reader = ShardReader(root)
+    reader = ShardReader(open_store(root))
     try:
         return reader.read(row, verify=verify)
     finally:

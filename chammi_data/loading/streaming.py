@@ -15,7 +15,7 @@ DataLoader worker and :class:`chammi_data.augment.device.DeviceTransform` applie
 training device, giving the same tensors as the float path.
 
 **Progress.** Each sample's ``meta`` holds ``stream_epoch``, ``stream_index`` (its position in the epoch's
-global order G) and ``manifest_row``. A :class:`~chammi_data.loading.stream_progress.ProgressTracker` records
+global order G) and ``manifest_row``. A :class:`~chammi_data.loading.stream_tracker.StreamTracker` records
 what the trainer received; ``stream.state_dict(seen=tracker.gather(epoch))`` stores the consumed positions (a
 prefix plus ``ahead``), and a resumed stream skips them. ``advance(n)`` (``exact`` order only) marks the next
 n positions of G consumed, exact when every rank received a prefix of its slice (``worker_block`` = the
@@ -51,7 +51,7 @@ from chammi_data.format.release_format import (
 from chammi_data.format.vocab import TASK_COLUMNS
 from chammi_data.loading.shards import ShardReader, check_image, decode_image_fast, has_frame_checksum
 from chammi_data.store.readahead import ByteRange, RangeReadahead
-from chammi_data.store.storage import open_store
+from chammi_data.store.storage import OnRelease, open_store
 
 STATE_VERSION = 2
 OUTPUTS = ("float", "uint8")
@@ -80,7 +80,7 @@ def _world(rank: int | None, world_size: int | None) -> tuple[int, int]:
     return rank, world_size
 
 
-class ShardStream(IterableDataset):
+class ShardStream(OnRelease, IterableDataset):
     """IterableDataset of sample dicts over a release's tar shards; see the module docstring.
 
     ``len()`` = samples this rank yields in the current state. ``workers``: the number of DataLoader workers
@@ -160,11 +160,6 @@ class ShardStream(IterableDataset):
     # -- state
     # ---------------------------------------------------------------------------------------------------
     @property
-    def root(self) -> Any:
-        """The release location: a Path for a local release, else its URL."""
-        return self.store.root if self.store.is_local else self.store.url
-
-    @property
     def num_samples(self) -> int:
         """N: selected samples per epoch before padding/dropping."""
         return len(self._cell_id)
@@ -237,9 +232,8 @@ class ShardStream(IterableDataset):
         parts, planned = self._shard_parts(w, num_workers)
         done = self._done()
         logical = worker
-        if (
-            planned
-        ):  # after b whole batches of this rank, the DataLoader's next batch is logical worker b % K's
+        # after b whole batches of this rank, the DataLoader's next batch is logical worker b % K's
+        if planned:
             used = sum(int(done[p[p < n]].sum()) for p in parts[r])
             logical = so.logical_worker(worker, num_workers, used // self.worker_block)
         emitted = so.buffer_order(parts[r][logical], self.buffer, self.seed, self.epoch, r, logical)
@@ -302,9 +296,8 @@ class ShardStream(IterableDataset):
                 fetched[j] = memoryview(data)
             i = int(perm[pos % n])
             start = int(self._offset[i]) - runs[k].start
-            yield self.sample(
-                i, epoch, pos, data=fetched[k][start : start + int(self._nbytes[i])]
-            )  # a view, no copy
+            # a view, no copy
+            yield self.sample(i, epoch, pos, data=fetched[k][start : start + int(self._nbytes[i])])
             left[k] -= 1
             if left[k] == 0:
                 del fetched[k]
@@ -372,10 +365,10 @@ class ShardStream(IterableDataset):
 
     def advance(self, n_global: int) -> None:
         """Mark the next ``n_global`` samples of the remaining global order (padding included) as consumed
-        (``exact`` order only: in ``shards`` order progress is recorded with a :class:`ProgressTracker`)."""
+        (``exact`` order only: in ``shards`` order progress is recorded with a :class:`StreamTracker`)."""
         if self.order_mode != "exact":
             raise ValueError(
-                "advance() needs order='exact'; record progress with a ProgressTracker and "
+                "advance() needs order='exact'; record progress with a StreamTracker and "
                 "state_dict(seen=...) in 'shards' order"
             )
         if n_global < 0:

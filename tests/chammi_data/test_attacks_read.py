@@ -152,7 +152,8 @@ from chammi_data.loading.shards import ShardReader
 from chammi_data.format.codec import CorruptSampleError
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 try:
-    ShardReader({str(tmp_path)!r}).read(json.loads({json.dumps(json.dumps(row))}))
+    from chammi_data.store.storage import open_store
+    ShardReader(open_store({str(tmp_path)!r})).read(json.loads({json.dumps(json.dumps(row))}))
     print("returned")
 except CorruptSampleError as exc:
     print("refused:", exc)
