@@ -47,11 +47,11 @@ from chammi_data.format.codec import encode_image
 from chammi_data.format.manifest import read_manifest
 from chammi_data.format.release_format import to_float_tensor
 from chammi_data.format.schema import Cell, make_cell_id
+from chammi_data.format.shards import ShardReader, decode_image_fast, iter_samples
 from chammi_data.format.vocab import SOURCES
 from chammi_data.format.writer import ReleaseWriter
 from chammi_data.interop.official_layout import chw_to_tape, tape_to_chw
 from chammi_data.loading.dataset import load
-from chammi_data.loading.shards import ShardReader, decode_image_fast, iter_samples
 from chammi_data.loading.streaming import stream
 from chammi_data.store.storage import open_store
 

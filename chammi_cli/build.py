@@ -121,17 +121,17 @@ def build(args: argparse.Namespace) -> int:
     """``chammi-build --source ...``: build, print the summary; 1 when the build failed."""
     from pipelines.engine.build import build as run_build
 
+    same_names = (
+        "workers",
+        "scheduler",
+        "config",
+        "strict",
+        "seed",
+        "keep_work",
+    )  # build()'s parameter names
+    options = {name: getattr(args, name) for name in same_names}
     result = run_build(
-        args.source,
-        input_dir=args.input,
-        output=args.output,
-        workers=args.workers,
-        scheduler=args.scheduler,
-        config=args.config,
-        strict=args.strict,
-        progress=not args.quiet,
-        seed=args.seed,
-        keep_work=args.keep_work,
+        args.source, input_dir=args.input, output=args.output, progress=not args.quiet, **options
     )
     print(result.summary())
     return 0 if result.ok else EXIT_PROBLEMS

@@ -26,14 +26,8 @@ def main(args: argparse.Namespace) -> int:
 
     if args.out.exists() and not args.out.is_dir():
         raise UserError(f"--out {args.out} is a file, not a folder")
-    res = run_demo(
-        args.out,
-        seed=args.seed,
-        workers=args.workers,
-        quick=args.quick,
-        overrides=args.overrides,
-        metric=args.metric,
-    )
+    options = {name: getattr(args, name) for name in ("seed", "workers", "quick", "overrides", "metric")}
+    res = run_demo(args.out, **options)
     t, b = res.scores.get("trained"), res.scores.get("baseline")
     print(f"CPS ({args.metric}): trained {t:.3f}  vs  untrained ChannelReplication baseline {b:.3f}")
     if not args.quick and not res.trained_beats_baseline:

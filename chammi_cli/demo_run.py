@@ -57,7 +57,7 @@ def _baseline_features(release: Path, backbone: str, image_size: int, seed: int)
 def _examples(release: Path, per_class: int = 3) -> dict[str, dict[str, list[np.ndarray]]]:
     """Up to ``per_class`` training cells per (source, label), first in manifest order."""
     from chammi_data.format.manifest import read_manifest
-    from chammi_data.loading.shards import ShardReader
+    from chammi_data.format.shards import ShardReader
     from chammi_data.store.storage import open_store
 
     manifest = read_manifest(release)
@@ -149,7 +149,7 @@ def run_demo(
         out / "report",
     )
     timings: dict[str, float] = {}
-    bar = progress_bar(total=len(DEMO_STEPS), desc="chammi demo", unit="step")
+    bar: Any = progress_bar(total=len(DEMO_STEPS), desc="chammi demo", unit="step")
 
     def step_done(name: str, t0: float) -> None:
         timings[name] = time.perf_counter() - t0

@@ -98,7 +98,7 @@ class ArgumentParser(argparse.ArgumentParser):
     """argparse with the same one-line answer for bad arguments: ``prog: error: message (see prog --help)``,
     exit status 2 (argparse's own answer puts the whole usage text first)."""
 
-    def error(self, message: str) -> Any:  # type: ignore[override]
+    def error(self, message: str) -> Any:
         print(
             f"{self.prog}: error: {one_line(ValueError(message))} (see {self.prog} --help)", file=sys.stderr
         )

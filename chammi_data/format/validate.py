@@ -1,6 +1,6 @@
 """``chammi validate``: check that release.json, the manifest, the tar shards and the zarr stores agree.
 
-Every shard is re-hashed and fully parsed (see :mod:`chammi_data.loading.shards`); every image is decoded from
+Every shard is re-hashed and fully parsed (see :mod:`chammi_data.format.shards`); every image is decoded from
 the tar and read from zarr and its sha256 compared with the manifest. All problems are collected (one
 line each, naming the file / key / row) instead of stopping at the first.
 """
@@ -35,9 +35,9 @@ from chammi_data.format.release_format import (
     release_counts,
 )
 from chammi_data.format.schema import image_checksum
+from chammi_data.format.shards import iter_members
 from chammi_data.format.vocab import SOURCE_KEYS, SOURCES, TASK_COLUMNS
 from chammi_data.format.zarr_store import open_zarr_group
-from chammi_data.loading.shards import iter_members
 from chammi_data.progress import progress as progress_bar
 from chammi_data.store.storage import ReleaseStore, open_store
 

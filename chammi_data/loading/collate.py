@@ -64,7 +64,7 @@ def collate_homogeneous(samples: Sequence[Sample], raw: bool = False) -> Batch:
         raise ValueError("cannot collate an empty list of samples")
     first = samples[0]
     key = group_key(first)
-    images = []
+    images: list[Any] = []
     for s in samples:
         if group_key(s) != key:
             raise ValueError(

@@ -23,9 +23,9 @@ import chammi_data.format.zarr_store as zarr_store
 from chammi_data.format.codec import CorruptSampleError
 from chammi_data.format.manifest import read_manifest, sources_in
 from chammi_data.format.release_format import parse_channels, sample_from_row, select_rows, to_float_tensor
+from chammi_data.format.shards import ShardReader, check_image
 from chammi_data.format.vocab import source_info
 from chammi_data.format.zarr_store import open_zarr_images
-from chammi_data.loading.shards import ShardReader, check_image
 from chammi_data.store.storage import OnRelease, ReleaseStore, open_store, require_store
 
 BACKENDS = ("shards", "zarr")

@@ -48,9 +48,9 @@ from chammi_data.format.release_format import (
     select_rows,
     to_float_tensor,
 )
+from chammi_data.format.shards import ShardReader, check_image, decode_image_fast, has_frame_checksum
 from chammi_data.format.vocab import TASK_COLUMNS
-from chammi_data.loading.shards import ShardReader, check_image, decode_image_fast, has_frame_checksum
-from chammi_data.store.readahead import ByteRange, RangeReadahead
+from chammi_data.loading.readahead import ByteRange, RangeReadahead
 from chammi_data.store.storage import OnRelease, open_store
 
 STATE_VERSION = 2
@@ -150,7 +150,8 @@ class ShardStream(OnRelease, IterableDataset):
         self._sha256 = rows["sha256"].tolist()
         self.fingerprint = hashlib.sha256("\n".join(self._cell_id).encode()).hexdigest()[:16]
         self._reader = ShardReader(self.store)
-        self.epoch, self.consumed, self.ahead = 0, 0, frozenset()
+        self.epoch, self.consumed = 0, 0
+        self.ahead: frozenset[int] = frozenset()
         self.plan_topology: tuple[int, int, int] | None = None
         # shared with DataLoader workers (also persistent ones): the plan info and the consumed-ahead mask
         self._shared_info = torch.full((len(_INFO),), -1, dtype=torch.int64).share_memory_()
@@ -287,7 +288,7 @@ class ShardStream(OnRelease, IterableDataset):
                 runs.append(ByteRange(shard, start, end))
                 left.append(1)
             run_of[pos] = len(runs) - 1
-        fetched: dict[int, bytes] = {}
+        fetched: dict[int, memoryview] = {}
         source = iter(enumerate(RangeReadahead(self.store, runs, self.readahead)))
         for pos in positions.tolist():
             k = run_of[pos]
@@ -318,7 +319,11 @@ class ShardStream(OnRelease, IterableDataset):
         }
 
     def sample(
-        self, i: int, epoch: int | None = None, position: int | None = None, data: bytes | None = None
+        self,
+        i: int,
+        epoch: int | None = None,
+        position: int | None = None,
+        data: bytes | memoryview | None = None,
     ) -> dict[str, Any]:
         """Read selected row ``i`` (not a position) and build its sample; ``position`` seeds augmentation.
         ``data``: the row's compressed image bytes when already fetched (shard runs)."""

@@ -7,6 +7,7 @@ lookups here try the installed copy first and then the checkout's folder (editab
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -106,3 +107,12 @@ def safe_join(root: str | Path, rel: str | Path) -> Path:
             f"unsafe path {str(rel)!r}: resolves to {out.resolve()}, outside {base.resolve()}"
         )
     return out
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    """sha256 hex digest of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()

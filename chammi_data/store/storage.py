@@ -35,9 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from chammi_data.format.schema import file_sha256
 from chammi_data.store.credentials import credentials_source
-from chammi_data.store.paths import default_release_location, protocol_of, strip_file_scheme
+from chammi_data.store.paths import default_release_location, file_sha256, protocol_of, strip_file_scheme
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -126,6 +125,11 @@ class ReleaseStore:
     :class:`RetryPolicy` of remote reads.
     """
 
+    url: str
+    storage_options: dict[str, Any]
+    cache_dir: Path | None
+    retry: RetryPolicy
+
     def __init__(
         self,
         location: Any = None,
@@ -197,12 +201,7 @@ class ReleaseStore:
 
     # -- pickling: never the connections, never the secrets in a repr -------------------------------------
     def __getstate__(self) -> dict[str, Any]:
-        return {
-            "url": self.url,
-            "storage_options": self.storage_options,
-            "cache_dir": self.cache_dir,
-            "retry": self.retry,
-        }
+        return {name: getattr(self, name) for name in ("url", "storage_options", "cache_dir", "retry")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["url"], state["storage_options"], state["cache_dir"], state["retry"])  # type: ignore[misc]

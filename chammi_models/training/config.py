@@ -112,6 +112,18 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def eval_options(self) -> dict[str, Any]:
+        """How a run scores its model: the options of ``chammi_models.embed.evaluate_model``."""
+        d, r = self.data, self.run
+        return {
+            "sources": d.eval_sources,
+            "image_size": d.image_size,
+            "batch_size": d.eval_batch_size,
+            "workers": d.workers,
+            "metric": r.eval_metric,
+            "amp": r.amp,
+        }
+
     def validate(self) -> TrainConfig:
         """Check value ranges and names; raise ``ValueError`` naming the key."""
         d, o, lo, r = self.data, self.optim, self.loss, self.run

@@ -28,6 +28,7 @@ from chammi_data.format.manifest import read_manifest
 from chammi_data.format.release_format import select_rows
 from chammi_data.store.storage import ReleaseStore, open_store
 from chammi_models.embed import evaluate_model, release_identity
+from chammi_models.training.card import training_card
 from chammi_models.training.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from chammi_models.training.config import TrainConfig, save_config
 from chammi_models.training.distributed import StopSignal, barrier, setup_distributed
@@ -44,7 +45,7 @@ from chammi_models.training.schedule import WarmupCosine, build_optimizer, steps
 from chammi_models.training.ssl import SimCLRLoss
 from chammi_models.training.swad import WeightAverager
 from chammi_models.training.train_data import TrainData
-from chammi_models.zoo.weights import save_model, training_card
+from chammi_models.zoo.weights import save_model
 
 
 @dataclass
@@ -217,17 +218,7 @@ def start_or_resume(ctx: Context, plan: Plan, parts: Parts, resume: bool) -> Run
         raise FileNotFoundError(
             f"--resume: no checkpoint in {ctx.run_dir / 'checkpoints'}; start without --resume"
         )
-    saved = load_checkpoint(
-        ckpt,
-        rank=ctx.rank,
-        world=ctx.world,
-        objective=parts.objective,
-        optimizer=parts.optimizer,
-        scheduler=parts.scheduler,
-        scaler=parts.scaler,
-        swad=parts.swad,
-        config=ctx.config,
-    )
+    saved = load_checkpoint(ckpt, ctx, parts)
     position = RunPosition(saved["step"], saved["epoch"], saved["batch_in_epoch"], saved.get("stream"))
     if plan.per_epoch and position.batch_in_epoch >= plan.per_epoch:  # saved on an epoch boundary
         position = RunPosition(position.step, position.epoch + 1, 0, None)
@@ -353,21 +344,7 @@ def run_steps(
                 if r.eval_every and step % r.eval_every == 0 and step < plan.total:
                     result.scores = evaluate_on_rank0(ctx, parts, log, step)
                 if step % r.checkpoint_every == 0 or step == stop:
-                    save_checkpoint(
-                        ctx.run_dir,
-                        rank=ctx.rank,
-                        world=ctx.world,
-                        step=step,
-                        epoch=position.epoch,
-                        batch_in_epoch=position.batch_in_epoch,
-                        stream=data,
-                        objective=parts.objective,
-                        optimizer=parts.optimizer,
-                        scheduler=parts.scheduler,
-                        scaler=parts.scaler,
-                        swad=parts.swad,
-                        config=config,
-                    )
+                    save_checkpoint(ctx, parts, position, stream=data)
             batches.close()
             if position.batch_in_epoch >= plan.per_epoch:
                 position.epoch, position.batch_in_epoch = position.epoch + 1, 0
@@ -390,18 +367,9 @@ def _next_batch(batches: Any, rank: int, position: RunPosition, per_epoch: int) 
 def evaluate_on_rank0(ctx: Context, parts: Parts, log: MetricsLog, step: int) -> dict[str, Any] | None:
     """Embed + score on rank 0 (the SWAD average once it exists); other ranks wait at a barrier."""
     scores = None
-    d, r = ctx.config.data, ctx.config.run
     if ctx.rank == 0:
         scores = evaluate_model(
-            parts.final_model(),
-            ctx.release,
-            sources=d.eval_sources,
-            image_size=d.image_size,
-            batch_size=d.eval_batch_size,
-            workers=d.workers,
-            device=ctx.device,
-            metric=r.eval_metric,
-            amp=r.amp,
+            parts.final_model(), ctx.release, device=ctx.device, **ctx.config.eval_options()
         )
         log.write("eval", step, scores["flat"])
     barrier(ctx.world)

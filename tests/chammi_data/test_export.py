@@ -176,7 +176,7 @@ def test_hostile_file_path_in_meta_stays_inside_outdir(tmp_path: Path, cell_fact
 
 def test_cell_id_that_bypassed_the_manifest_reader_is_refused(tiny_release: Path, tmp_path: Path):
     from chammi_data.format.release_format import CellIdError
-    from chammi_data.loading.shards import ShardReader
+    from chammi_data.format.shards import ShardReader
 
     rows = source_rows(read_manifest(tiny_release), "hpa").head(2).copy()
     rows["cell_id"] = ["../../x", "ok_id"]

@@ -12,7 +12,7 @@ import pytest
 from chammi_data.format.codec import CorruptSampleError, encode_image
 from chammi_data.format.manifest import read_manifest
 from chammi_data.format.release_format import canonical_json
-from chammi_data.loading.shards import ShardFormatError, ShardReader, index_shard, iter_samples, read_sample
+from chammi_data.format.shards import ShardFormatError, ShardReader, index_shard, iter_samples, read_sample
 from chammi_data.store.storage import open_store
 
 
@@ -154,7 +154,7 @@ def test_fast_decode_matches_codec():
     import zstandard
 
     from chammi_data.format.codec import CorruptSampleError, decode_image
-    from chammi_data.loading.shards import decode_image_fast
+    from chammi_data.format.shards import decode_image_fast
 
     for dtype in (np.uint8, np.uint16):
         img = (np.arange(3 * 5 * 7) * 37 % 251).astype(dtype).reshape(3, 5, 7)

@@ -14,6 +14,7 @@ import pytest
 import chammi_data.format.zarr_store as zarr_store
 from chammi_data.format.manifest import read_manifest, read_release_json, source_rows
 from chammi_data.format.release_format import MANIFEST_COLUMNS, canonical_json
+from chammi_data.format.shards import ShardReader, iter_samples
 from chammi_data.format.vocab import SOURCE_KEYS
 from chammi_data.format.writer import (
     ReleaseWriter,
@@ -23,7 +24,6 @@ from chammi_data.format.writer import (
     shard_relpath,
     write_shard,
 )
-from chammi_data.loading.shards import ShardReader, iter_samples
 from chammi_data.store.storage import open_store
 
 

@@ -129,7 +129,7 @@ def _bounds_for(shape: tuple[int, int, int], dtype: str) -> tuple[int, int, str]
 
 
 def decode_image_fast(
-    data: bytes, where: str = "image", expected: Mapping[str, Any] | None = None
+    data: bytes | memoryview, where: str = "image", expected: Mapping[str, Any] | None = None
 ) -> np.ndarray:
     """Same result and checks as ``codec.decode_image``, without ``np.load``'s copies and ``literal_eval``.
 
@@ -330,7 +330,7 @@ def iter_samples(
             yield _decode_sample(current, parts, shard, verify)
 
 
-def has_frame_checksum(data: bytes) -> bool:
+def has_frame_checksum(data: bytes | memoryview) -> bool:
     """True when a zstd frame carries a content checksum (zstd then verifies it on every decode)."""
     try:
         return bool(zstandard.get_frame_parameters(data).has_checksum)
