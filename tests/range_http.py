@@ -1,14 +1,16 @@
 """A static HTTP/1.1 file server with ``Range`` support and fault injection, and a latency-injecting TCP
 proxy.
 
-    python -m tests.range_http --root DIR --port N [--delay-ms MS]      # serve DIR on 127.0.0.1:N
+    python -m tests.range_http --root DIR --port N [--delay-ms MS] [--stall-after K [--stall-path P]]
     python -m tests.range_http --proxy TARGET_PORT --port N --delay-ms MS  # 127.0.0.1:N -> :TARGET_PORT
 
 The server answers GET and HEAD with ``Accept-Ranges: bytes``; ``Range: bytes=a-b`` / ``a-`` / ``-n`` get 206.
 Control endpoints (for tests): ``/_control/fault?count=N&kind=K&path=P`` makes the next N requests under P
 fail (K: an HTTP status such as 503, 500, 403, 404; ``reset``: close without answering; ``truncate``: send
 half the body, then close), ``/_control/corrupt?path=P&offset=O`` flips one byte of P as served,
-``/_control/count`` returns the number of requests served. Only 127.0.0.1 is ever bound.
+``/_control/count`` returns the number of requests served. ``--stall-after K``: the server stops its own
+process (SIGSTOP) on the first GET of a path containing P once K such requests were answered (a stall at
+a known point; the test continues and stops it). Only 127.0.0.1 is ever bound.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -26,9 +29,12 @@ HOST = "127.0.0.1"
 
 
 class State:
-    def __init__(self, root: Path, delay_ms: float) -> None:
+    def __init__(
+        self, root: Path, delay_ms: float, stall_after: int | None = None, stall_path: str = ""
+    ) -> None:
         self.root = root.resolve()
         self.delay = delay_ms / 1000.0
+        self.stall_after, self.stall_path, self.stall_seen = stall_after, stall_path, 0
         self.lock = threading.Lock()
         self.faults: list[tuple[str, str]] = []  # (kind, path prefix), consumed in order
         self.corrupt: dict[str, set[int]] = {}
@@ -62,11 +68,17 @@ def make_handler(state: State) -> type[BaseHTTPRequestHandler]:
             if url.path.startswith("/_control/"):
                 return self._control(url)
             rel = unquote(url.path).lstrip("/")
+            stall = False
             with state.lock:
                 state.count += 1
+                if state.stall_after is not None and not head and state.stall_path in rel:
+                    state.stall_seen += 1
+                    stall = state.stall_seen == state.stall_after + 1
                 fault = next((f for f in state.faults if rel.startswith(f[1].lstrip("/"))), None)
                 if fault is not None:
                     state.faults.remove(fault)
+            if stall:
+                os.kill(os.getpid(), signal.SIGSTOP)
             if state.delay:
                 time.sleep(state.delay)
             if fault is not None and fault[0] == "reset":
@@ -131,8 +143,10 @@ def make_handler(state: State) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def serve(root: Path, port: int, delay_ms: float) -> None:
-    server = ThreadingHTTPServer((HOST, port), make_handler(State(root, delay_ms)))
+def serve(
+    root: Path, port: int, delay_ms: float, stall_after: int | None = None, stall_path: str = ""
+) -> None:
+    server = ThreadingHTTPServer((HOST, port), make_handler(State(root, delay_ms, stall_after, stall_path)))
     server.daemon_threads = True
     server.serve_forever()
 
@@ -175,13 +189,15 @@ def main() -> None:
     p.add_argument(
         "--proxy", type=int, default=None, help="forward to this 127.0.0.1 port instead of serving files"
     )
+    p.add_argument("--stall-after", type=int, default=None, help="SIGSTOP self after this many requests")
+    p.add_argument("--stall-path", default="", help="count only requests for paths containing this")
     a = p.parse_args()
     if a.proxy is not None:
         asyncio.run(_proxy(a.port, a.proxy, a.delay_ms))
     else:
         if a.root is None or not a.root.is_dir():
             raise SystemExit("--root must be a folder")
-        serve(a.root, a.port, a.delay_ms)
+        serve(a.root, a.port, a.delay_ms, a.stall_after, a.stall_path)
 
 
 if __name__ == "__main__":

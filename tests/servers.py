@@ -3,10 +3,16 @@
 - :class:`S3Server`: ``moto_server`` (an S3-compatible server from the ``moto[server]`` package);
 - :class:`HTTPServer`: ``python -m tests.range_http`` (a static file server with ``Range`` support and fault
   injection, see that module);
+- :class:`PlainHTTPServer`: ``python -m http.server``, which ignores ``Range`` (answers 200 with the whole
+  file), as many simple servers do;
 - :class:`DelayProxy`: a TCP proxy that holds each client request for a fixed time (injected latency).
 
 Every server binds 127.0.0.1 on a free port, is started with ``start()`` (or as a context manager) and stopped
-with ``stop()``: terminate, wait, kill if needed. An ``atexit`` hook stops whatever is still running.
+with ``stop()``: continue (if stopped), terminate, wait, kill if needed. An ``atexit`` hook stops whatever is
+still running. ``pause()`` / ``resume()`` send SIGSTOP / SIGCONT, a stalled server.
+``S3Server(stall_after=N)`` and ``HTTPServer(stall_after=N)`` stop THEMSELVES (SIGSTOP) on the first GET of a
+path containing ``stall_path`` after N such requests were answered, so a stall lands at a known point of
+a command run in another process (``python -m tests.servers moto ...`` runs moto's app under that counter).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -57,6 +64,7 @@ def _wait_port(port: int, proc: subprocess.Popen, timeout: float = 30.0) -> None
 
 def _terminate(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
+        proc.send_signal(signal.SIGCONT)  # a stopped process handles SIGTERM only once continued
         proc.terminate()
         try:
             proc.wait(10)
@@ -91,6 +99,22 @@ class _Process:
         if self.proc is not None:
             _terminate(self.proc)
 
+    def pause(self) -> None:
+        """SIGSTOP: the server accepts connections (the kernel does) but answers nothing, a stall."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after :meth:`pause` (or a stall the server gave itself)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+
+    def stalled(self) -> bool:
+        """True while the server process is stopped (state T in /proc)."""
+        assert self.proc is not None
+        stat = Path(f"/proc/{self.proc.pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] in ("T", "t")
+
     def kill(self) -> None:
         """SIGKILL, as a crash would."""
         if self.proc is not None and self.proc.poll() is None:
@@ -116,8 +140,15 @@ class S3Server(_Process):
 
     KEY_ID, SECRET = "chammitestkey", "chammitestsecret"
 
+    def __init__(self, stall_after: int | None = None, stall_path: str = "") -> None:
+        super().__init__()
+        self.stall_after, self.stall_path = stall_after, stall_path
+
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "moto.server", "-H", HOST, "-p", str(self.port)]
+        if self.stall_after is None:
+            return [sys.executable, "-m", "moto.server", "-H", HOST, "-p", str(self.port)]
+        stall = ["--stall-after", str(self.stall_after), "--stall-path", self.stall_path]
+        return [sys.executable, "-m", "tests.servers", "moto", "--port", str(self.port), *stall]
 
     @property
     def endpoint(self) -> str:
@@ -156,12 +187,18 @@ def _range_http(port: int, delay_ms: float, *args: str) -> list[str]:
 class HTTPServer(_Process):
     """The Range-capable static server of :mod:`tests.range_http` serving ``root``."""
 
-    def __init__(self, root: Path, delay_ms: float = 0.0) -> None:
+    def __init__(
+        self, root: Path, delay_ms: float = 0.0, stall_after: int | None = None, stall_path: str = ""
+    ) -> None:
         super().__init__()
         self.root, self.delay_ms = Path(root), delay_ms
+        self.stall_after, self.stall_path = stall_after, stall_path
 
     def command(self) -> list[str]:
-        return _range_http(self.port, self.delay_ms, "--root", str(self.root))
+        stall = [] if self.stall_after is None else ["--stall-after", str(self.stall_after)]
+        if self.stall_after is not None:
+            stall += ["--stall-path", self.stall_path]
+        return _range_http(self.port, self.delay_ms, "--root", str(self.root), *stall)
 
     @property
     def url(self) -> str:
@@ -185,6 +222,30 @@ class HTTPServer(_Process):
         return int(urllib.request.urlopen(f"{self.url}/_control/count", timeout=10).read())
 
 
+class PlainHTTPServer(_Process):
+    """``python -m http.server`` serving ``root``: no ``Range`` support, a 200 with the whole file."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__()
+        self.root = Path(root)
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "http.server",
+            "--bind",
+            HOST,
+            "--directory",
+            str(self.root),
+            str(self.port),
+        ]
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+
 class DelayProxy(_Process):
     """``python -m tests.range_http --proxy``: forwards 127.0.0.1:port to ``target_port``, holding each
     request (each burst of client bytes) for ``delay_ms`` before passing it on."""
@@ -199,3 +260,88 @@ class DelayProxy(_Process):
     @property
     def endpoint(self) -> str:
         return f"http://{HOST}:{self.port}"
+
+
+def stall_middleware(app: Any, after: int, path: str) -> Any:
+    """A WSGI app that stops its own process (SIGSTOP) on the first GET of a path containing ``path`` once
+    ``after`` such requests were let through (uploads do not count); after SIGCONT it answers as ``app``
+    would."""
+    seen = [0]
+    lock = threading.Lock()
+
+    def wrapped(environ: dict, start_response: Any) -> Any:
+        if environ.get("REQUEST_METHOD") == "GET" and path in environ.get("PATH_INFO", ""):  # reads only
+            with lock:
+                seen[0] += 1
+                stall = seen[0] == after + 1
+            if stall:
+                os.kill(os.getpid(), signal.SIGSTOP)
+        return app(environ, start_response)
+
+    return wrapped
+
+
+def _run_moto(port: int, stall_after: int, stall_path: str) -> None:
+    """moto's S3 server (as ``python -m moto.server``) under :func:`stall_middleware`."""
+    from moto.moto_server.werkzeug_app import (
+        DomainDispatcherApplication,
+        MotoRequestHandler,
+        create_backend_app,
+    )
+    from werkzeug.serving import run_simple
+
+    os.environ.setdefault("MOTO_PORT", str(port))
+    app = DomainDispatcherApplication(create_backend_app)
+    run_simple(
+        HOST,
+        port,
+        stall_middleware(app, stall_after, stall_path),
+        threaded=True,
+        request_handler=MotoRequestHandler,
+    )
+
+
+def _processes() -> dict[int, list[str]]:
+    """{pid: the fields of /proc/pid/stat after the command name} of every live (not zombie) process."""
+    out = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z":
+            out[int(entry.name)] = fields
+    return out
+
+
+def in_session(sid: int) -> list[int]:
+    """Live processes of session ``sid`` (a command started with ``start_new_session=True`` has its pid as
+    session id; its DataLoader workers stay in the session even when orphaned)."""
+    return [pid for pid, fields in _processes().items() if int(fields[3]) == sid]
+
+
+def descendants(pid: int) -> list[int]:
+    """Live processes below ``pid`` (children, grandchildren, ...), from /proc; zombies excluded."""
+    children: dict[int, list[int]] = {}
+    for child, fields in _processes().items():
+        children.setdefault(int(fields[1]), []).append(child)
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="moto's S3 server that stalls itself after N requests")
+    parser.add_argument("server", choices=["moto"])
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--stall-after", type=int, required=True)
+    parser.add_argument("--stall-path", default="")
+    a = parser.parse_args()
+    _run_moto(a.port, a.stall_after, a.stall_path)
