@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -23,6 +24,7 @@ from typing import Any
 import yaml
 
 from chammi_data.errors import UserError
+from chammi_data.store.remote import RemoteReadError
 
 #: Exit status of a command stopped by a user error (argparse's status for bad arguments, too).
 EXIT_USER_ERROR = 2
@@ -34,9 +36,12 @@ EXIT_INTERRUPTED = 130
 DEBUG_ENV = "CHAMMI_DEBUG"
 
 #: Exceptions answered with one line and :data:`EXIT_USER_ERROR`: the library's input errors. ``KeyError`` is
-#: what the registries raise for an unknown name (model, source, channel, config key).
+#: what the registries raise for an unknown name (model, source, channel, config key). ``RemoteReadError``: a
+#: release's server failed or stalled past the read deadline (the message names the URL and the byte range),
+#: like an unreachable scheduler something for the user to fix, not a bug.
 USER_ERRORS: tuple[type[BaseException], ...] = (
     UserError,
+    RemoteReadError,
     ValueError,
     KeyError,
     yaml.YAMLError,
@@ -58,8 +63,25 @@ def one_line(exc: BaseException) -> str:
     elif isinstance(exc, KeyError) and len(exc.args) == 1:
         text = str(exc.args[0])
     else:
-        text = str(exc) or type(exc).__name__
+        text = _unwrap_worker_error(str(exc)) or type(exc).__name__
     return "; ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+_WORKER_ERROR = re.compile(r"^Caught \w+ in DataLoader worker process \d+\.\nOriginal Traceback")
+_EXC_PREFIX = re.compile(r"^[A-Za-z_][\w.]*: ")
+
+
+def _unwrap_worker_error(text: str) -> str:
+    """The original message of an error a DataLoader worker raised: torch re-raises it in the main process
+    with the worker's whole traceback as its message (``Caught X in DataLoader worker process N.``)."""
+    if not _WORKER_ERROR.match(text):
+        return text
+    lines = text.splitlines()
+    frames = [i for i, line in enumerate(lines) if line.startswith("  File ")]
+    i = frames[-1] + 1 if frames else 1
+    while i < len(lines) and lines[i].startswith("    "):  # the frame's source line and its ^^^ markers
+        i += 1
+    return _EXC_PREFIX.sub("", "\n".join(lines[i:]).strip(), count=1)
 
 
 def _rank_tag() -> str:

@@ -39,7 +39,7 @@ from chammi_data.format.shards import iter_members
 from chammi_data.format.vocab import SOURCE_KEYS, SOURCES, TASK_COLUMNS
 from chammi_data.format.zarr_store import open_zarr_group
 from chammi_data.progress import progress as progress_bar
-from chammi_data.store.storage import ReleaseStore, open_store
+from chammi_data.store.storage import ReleaseStore, RemoteReadError, open_store
 
 #: How many problems of one kind to list before summarising the rest (a wholly broken release would
 #: otherwise print a line per cell).
@@ -165,6 +165,8 @@ def _check_zarr(store: ReleaseStore, src: str, part: pd.DataFrame) -> Iterator[s
         group = open_zarr_group(store, src)
         arr = group[zarr_store.ARRAY_NAME]
         attrs = dict(group.attrs)
+    except RemoteReadError:  # the server failed, not the release: one error, not one per store
+        raise
     except Exception as exc:
         yield f"zarr/{src}.zarr: cannot open ({type(exc).__name__}: {exc})"
         return
@@ -197,6 +199,8 @@ def _check_zarr(store: ReleaseStore, src: str, part: pd.DataFrame) -> Iterator[s
     for start in range(0, len(part), per):
         try:
             block = np.asarray(arr[start : start + per])
+        except RemoteReadError:
+            raise
         except Exception as exc:
             yield f"zarr/{src}.zarr: rows {start}..{start + per - 1} unreadable ({type(exc).__name__}: {exc})"
             continue
@@ -261,6 +265,8 @@ def validate_release(
         except FileNotFoundError:
             rep.problems.append(f"{shard}: shard file missing")
             continue
+        except RemoteReadError:  # a stalled or dead server: one error within the deadline, not one per shard
+            raise
         except OSError as exc:
             rep.problems.append(f"{shard}: unreadable ({exc})")
             continue

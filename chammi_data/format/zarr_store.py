@@ -37,6 +37,7 @@ from zarr.codecs import BloscCodec, Crc32cCodec
 
 from chammi_data.format.vocab import CHANNEL_COLORS, to_names
 from chammi_data.store.storage import ReleaseStore
+from chammi_data.store.zarr_remote import ReleaseZarrStore
 
 ARRAY_NAME = "images"
 #: Axis names of ``images`` (also its zarr ``dimension_names``, which OME-Zarr 0.5 requires to match).
@@ -348,10 +349,8 @@ def open_zarr_group(store: ReleaseStore, source: str) -> Any:
         return zarr.open_group(str(path), mode="r", zarr_format=3)
     rel = f"zarr/{source}.zarr"
     try:
-        remote = zarr.storage.FsspecStore.from_url(
-            store.path(rel), storage_options=store._fs_options(), read_only=True
-        )
-        return zarr.open_group(store=remote, mode="r", zarr_format=3)
+        # through the release's store: its deadlines, retries and Range handling (store.zarr_remote)
+        return zarr.open_group(store=ReleaseZarrStore(store, rel), mode="r", zarr_format=3)
     except (FileNotFoundError, KeyError) as exc:
         raise FileNotFoundError(f"no zarr store for source {source!r} at {store.path(rel)} ({exc})") from None
 

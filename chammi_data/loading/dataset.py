@@ -207,6 +207,7 @@ def load(
     """
     store = open_store(root, storage_options, cache_dir)
     rows = select_rows(read_manifest(store), split, sources, where=f"release {store}")
+    store.check_ranges()  # a server that ignores Range is said here once, not in every DataLoader worker
     return ReleaseDataset(store, rows, transform=transform, backend=backend, verify=verify)
 
 

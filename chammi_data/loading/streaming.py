@@ -111,6 +111,7 @@ class ShardStream(OnRelease, IterableDataset):
     ) -> None:
         self.store = open_store(root, storage_options, cache_dir)
         rows = select_rows(read_manifest(self.store), split, sources, where=f"release {self.store}")
+        self.store.check_ranges()  # said once here, not in every DataLoader worker
         if order == "auto":
             order = "exact" if self.store.is_local else "shards"
         if order not in so.ORDERS:

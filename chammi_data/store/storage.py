@@ -9,13 +9,17 @@ files, so a reader never calls ``open``/``os.pread`` on a release itself:
   :meth:`~ReleaseStore.read_range` (one cell: a ``pread`` locally, one ranged GET remotely),
   :meth:`~ReleaseStore.read_shard` (a whole shard in one streaming GET) and :meth:`~ReleaseStore.local_path`
   (a shard as a local file, from the cache);
-- remote reads are retried with exponential backoff on timeouts, connection resets and 5xx answers; after the
-  last attempt :class:`RemoteReadError` names the URL, what was being read and the attempt count. A missing
-  object or a refused one (403/404) is not retried: the error names the object and the credentials source
-  that was used (never a secret);
+- every remote request has a deadline and is retried with exponential backoff on timeouts, connection resets
+  and 5xx answers (:mod:`chammi_data.store.remote`: ``RetryPolicy``, ``$CHAMMI_REMOTE_TIMEOUT_S``,
+  ``$CHAMMI_REMOTE_DEADLINE_S``); a stalled or dead server becomes one :class:`RemoteReadError` naming the
+  URL, the byte range or shard, the attempt count and the seconds spent, within the deadline (60 s by
+  default). A missing object or a refused one (403/404) is not retried: the error names the object and the
+  credentials source that was used (never a secret);
+- a server that ignores ``Range`` (answers 200 with the whole object) is read correctly, and said once;
 - ``cache_dir``: whole shards are downloaded once into ``cache_dir/<location hash>/`` and checked against the
   sha256 that ``release.json`` records before use; a bad download is fetched once more, then an error. A
-  cached shard that fails the check is never read.
+  cached shard that fails the check is never read; a full disk is one error naming the path and the bytes
+  needed, and temporary files of killed downloads are removed (:mod:`chammi_data.store.cache`).
 
 Credentials and endpoints come from the standard places (the AWS/GCS environment and config files,
 ``AWS_ENDPOINT_URL`` for S3-compatible servers) or from ``storage_options``, which is passed to fsspec as is.
@@ -28,93 +32,45 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import time
-import uuid
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
+from chammi_data.store.cache import clean_stale_temp_files, write_atomically
 from chammi_data.store.credentials import credentials_source
 from chammi_data.store.paths import default_release_location, file_sha256, protocol_of, strip_file_scheme
+from chammi_data.store.remote import (
+    RemoteObjectError,
+    RemoteReadError,
+    RetryPolicy,
+    call_fs,
+    call_with_retries,
+    client_options,
+    limit_client_retries,
+)
+
+__all__ = [
+    "MAX_OPEN_FILES",
+    "OnRelease",
+    "ReleaseNotFoundError",
+    "ReleaseStore",
+    "RemoteObjectError",
+    "RemoteReadError",
+    "RetryPolicy",
+    "open_store",
+    "require_store",
+]
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 #: Shard files a store keeps open for ``pread`` (the oldest is closed beyond this).
 MAX_OPEN_FILES = 64
+#: Bytes per request when a shard is downloaded into the cache (each request has its own deadline).
+DOWNLOAD_CHUNK = 16 << 20
 
 
 class ReleaseNotFoundError(FileNotFoundError):
     """No release at the given location; the message says what was looked for and what to do."""
-
-
-class RemoteObjectError(FileNotFoundError):
-    """A remote object is missing (``missing``) or access to it was refused (not retried); names the object
-    and the credentials source."""
-
-    def __init__(self, message: str, missing: bool = False) -> None:
-        super().__init__(message)
-        self.missing = missing
-
-
-class RemoteReadError(OSError):
-    """A remote read still failed after every retry; names the URL, what was read and the attempt count."""
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How remote reads are retried: ``attempts`` in all, sleeping ``backoff * 2**k`` (at most
-    ``max_backoff``) seconds between them; ``timeout`` is the per-request timeout in seconds given to the
-    filesystem."""
-
-    attempts: int = 5
-    backoff: float = 0.2
-    max_backoff: float = 5.0
-    timeout: float = 60.0
-
-
-def _status(exc: BaseException) -> int | None:
-    """The HTTP status behind an exception, when it carries one (aiohttp, botocore)."""
-    status = getattr(exc, "status", None)
-    if isinstance(status, int):
-        return status
-    response = getattr(exc, "response", None)
-    if isinstance(response, Mapping):
-        code = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
-        if isinstance(code, int):
-            return code
-    return None
-
-
-#: Exception class names of the storage clients for "no credentials at all" (botocore, google-auth, azure):
-#: not a transient fault, so never retried.
-NO_CREDENTIALS = (
-    "NoCredentialsError",
-    "PartialCredentialsError",
-    "DefaultCredentialsError",
-    "ClientAuthenticationError",
-)
-
-
-def _no_credentials(exc: BaseException) -> bool:
-    """True when ``exc`` (or what it was raised from) says that no usable credentials were found."""
-    seen = 0
-    while exc is not None and seen < 5:
-        if type(exc).__name__ in NO_CREDENTIALS:
-            return True
-        exc, seen = exc.__cause__ or exc.__context__, seen + 1  # type: ignore[assignment]
-    return False
-
-
-def _refused(exc: BaseException) -> bool:
-    """Errors that another attempt cannot fix: missing objects, refused access, no credentials."""
-    if isinstance(exc, FileNotFoundError | PermissionError | IsADirectoryError | NotADirectoryError):
-        return True
-    if _no_credentials(exc):
-        return True
-    status = _status(exc)
-    return status is not None and 400 <= status < 500 and status not in (408, 429)
 
 
 class ReleaseStore:
@@ -171,6 +127,9 @@ class ReleaseStore:
         self._fds: dict[str, int] = {}
         self._verified: set[str] = set()
         self._shard_sums: dict[str, str] | None = None
+        #: True once the server answered a ranged request with the whole object (said once, then cut here)
+        self.ranges_ignored = False
+        self._cache_cleaned = False
 
     # -- identity ------------------------------------------------------------------------------------------
     def __repr__(self) -> str:
@@ -201,10 +160,12 @@ class ReleaseStore:
 
     # -- pickling: never the connections, never the secrets in a repr -------------------------------------
     def __getstate__(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in ("url", "storage_options", "cache_dir", "retry")}
+        names = ("url", "storage_options", "cache_dir", "retry", "ranges_ignored")
+        return {name: getattr(self, name) for name in names}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["url"], state["storage_options"], state["cache_dir"], state["retry"])  # type: ignore[misc]
+        self.ranges_ignored = bool(state.get("ranges_ignored", False))
 
     def _check_pid(self) -> None:
         if self._pid != os.getpid():  # forked: descriptors and event loops belong to the parent
@@ -218,7 +179,8 @@ class ReleaseStore:
             import fsspec
 
             try:
-                self._fs = fsspec.filesystem(self.protocol, skip_instance_cache=True, **self._fs_options())
+                fs = fsspec.filesystem(self.protocol, skip_instance_cache=True, **self._fs_options())
+                self._fs = limit_client_retries(fs)
             except ImportError as exc:
                 extra = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs", "http": "http", "https": "http"}
                 hint = f" (pip install 'chammi[{extra[self.protocol]}]')" if self.protocol in extra else ""
@@ -228,84 +190,55 @@ class ReleaseStore:
         return self._fs
 
     def _fs_options(self) -> dict[str, Any]:
-        """storage_options plus request timeouts where the user gave none."""
-        opts = dict(self.storage_options)
-        t = self.retry.timeout
-        if self.protocol in ("http", "https"):
-            import aiohttp
+        """storage_options plus bounded requests (timeouts, one attempt per client call) where the user gave
+        none (:func:`chammi_data.store.remote.client_options`)."""
+        return client_options(self.protocol, self.storage_options, self.retry)
 
-            ck = dict(opts.get("client_kwargs") or {})
-            ck.setdefault("timeout", aiohttp.ClientTimeout(total=None, sock_connect=t, sock_read=t))
-            opts["client_kwargs"] = ck
-        elif self.protocol in ("s3", "s3a"):
-            cfg = dict(opts.get("config_kwargs") or {})
-            cfg.setdefault("connect_timeout", t)
-            cfg.setdefault("read_timeout", t)
-            opts["config_kwargs"] = cfg
-        return opts
-
-    # -- remote calls with retries ---------------------------------------------------------------------------
-    def _remote(self, what: str, rel: str, call: Callable[[], T]) -> T:
-        policy = self.retry
-        url = self.path(rel)
-        for attempt in range(1, policy.attempts + 1):
-            try:
-                return call()
-            except Exception as exc:
-                if _refused(exc):
-                    status = _status(exc)
-                    if _no_credentials(exc):
-                        raise RemoteObjectError(
-                            f"{url}: {what}: no credentials found ({type(exc).__name__}); credentials: "
-                            f"{self.credentials()}; for a public bucket pass storage_options={{'anon': True}}"
-                        ) from exc
-                    kind = "not found" if isinstance(exc, FileNotFoundError) or status == 404 else "refused"
-                    code = f" (HTTP {status})" if status else ""
-                    raise RemoteObjectError(
-                        f"{url}: {what}: object {kind}{code}; credentials: {self.credentials()}",
-                        missing=kind == "not found",
-                    ) from exc
-                if attempt == policy.attempts:
-                    raise RemoteReadError(
-                        f"{url}: {what} failed after {attempt} attempts: {type(exc).__name__}: {exc}"
-                    ) from exc
-                delay = min(policy.max_backoff, policy.backoff * 2 ** (attempt - 1))
-                log.warning(
-                    "%s: %s failed (attempt %d of %d: %s: %s); retrying in %.1f s",
-                    url,
-                    what,
-                    attempt,
-                    policy.attempts,
-                    type(exc).__name__,
-                    exc,
-                    delay,
-                )
-                time.sleep(delay)
-        raise AssertionError("unreachable")
+    # -- remote calls: a deadline, retries, errors that name the object ------------------------------------
+    def _remote(
+        self, what: str, rel: str, method: str, *args: Any, nbytes: int | None = None, **kw: Any
+    ) -> Any:
+        """``fs.<method>(<path of rel>, *args, **kw)`` under the store's :class:`RetryPolicy`."""
+        path = self._remote_path(rel)
+        return call_with_retries(
+            self.retry,
+            self.path(rel),
+            what,
+            lambda left: call_fs(self.fs, method, path, *args, limit=left, **kw),
+            self.credentials,
+            nbytes,
+        )
 
     def _remote_path(self, rel: str) -> str:
         return self.fs._strip_protocol(self.path(rel))
 
-    # -- reads
-    # -------------------------------------------------------------------------------------------------
+    # -- reads -----------------------------------------------------------------------------------------------
     def exists(self, rel: str) -> bool:
         """True when the file ``rel`` exists (a missing remote object is False, a refused one an error)."""
         if self.is_local:
             return os.path.isfile(self.path(rel))
         try:
-            self._remote("stat", rel, lambda: self.fs.info(self._remote_path(rel)))
+            self._remote("stat", rel, "info")
         except RemoteObjectError as exc:
             if exc.missing:
                 return False
             raise
         return True
 
-    def read_bytes(self, rel: str, what: str = "read") -> bytes:
-        """A whole file of the release (manifest, release.json, a shard)."""
+    def size(self, rel: str) -> int | None:
+        """Bytes in the file ``rel`` (None where a remote server does not say)."""
+        if self.is_local:
+            return os.path.getsize(self.path(rel))
+        size = self._remote("stat", rel, "info").get("size")
+        return int(size) if isinstance(size, int) else None
+
+    def read_bytes(self, rel: str, what: str = "read", nbytes: int | None = None) -> bytes:
+        """A whole file of the release (manifest, release.json, a shard); ``nbytes``: its size when known
+        (a larger read gets a longer deadline)."""
         if self.is_local:
             with open(self.path(rel), "rb") as fh:
                 return fh.read()
-        return self._remote(what, rel, lambda: self.fs.cat_file(self._remote_path(rel)))
+        return self._remote(what, rel, "cat_file", nbytes=nbytes)
 
     def read_range(self, rel: str, offset: int, length: int) -> bytes:
         """``length`` bytes of ``rel`` from ``offset``: a ``pread`` locally (descriptors kept open), one
@@ -315,14 +248,52 @@ class ReleaseStore:
             return self._pread(str(self.local_path(rel)), offset, length)
         if self.is_local:
             return self._pread(self.path(rel), offset, length)
-        data = self._remote(
-            f"read bytes {offset}..{offset + length - 1}",
-            rel,
-            lambda: self.fs.cat_file(self._remote_path(rel), start=offset, end=offset + length),
+        data, whole = self._fetch(rel, offset, length)
+        return data[offset : offset + length] if whole else data
+
+    def read_suffix(self, rel: str, length: int) -> bytes:
+        """The last ``length`` bytes of ``rel`` (the whole file when it is shorter)."""
+        if self.is_local:
+            with open(self.path(rel), "rb") as fh:
+                fh.seek(max(0, os.fstat(fh.fileno()).st_size - length))
+                return fh.read()
+        data, whole = self._fetch(rel, -length, length)
+        return data[-length:] if whole else data
+
+    def _fetch(self, rel: str, offset: int, length: int) -> tuple[bytes, bool]:
+        """One ranged request (``offset < 0``: the last ``length`` bytes) and whether the server sent the
+        whole object instead: a server that ignores ``Range`` answers 200 with everything, which the caller
+        cuts (said once per store, see :meth:`check_ranges`)."""
+        if length <= 0:
+            return b"", False
+        start, end = (offset, None) if offset < 0 else (offset, offset + length)
+        what = (
+            f"read the last {length} bytes" if offset < 0 else f"read bytes {offset}..{offset + length - 1}"
         )
-        if len(data) > length:  # a server that ignores Range sends the whole object
-            data = data[offset : offset + length]
-        return data
+        data = self._remote(what, rel, "cat_file", start=start, end=end, nbytes=length)
+        whole = len(data) > length
+        if whole and not self.ranges_ignored:
+            self.ranges_ignored = True
+            log.warning(
+                "%s: the server ignores Range requests (asked for %d bytes, it sent %d): reads are correct "
+                "but each downloads whole files; serve the release with Range support, or set cache_dir",
+                self.url,
+                length,
+                len(data),
+            )
+        return data, whole
+
+    def check_ranges(self) -> bool:
+        """Whether the server honours ``Range`` (one 1-byte request for ``release.json`` over HTTP; other
+        stores always do). A server that does not is said once, here, in the process that opened the store,
+        rather than once in every DataLoader worker."""
+        if self.protocol in ("http", "https") and not self.ranges_ignored:
+            try:
+                self._fetch("release.json", 0, 2)
+            except RemoteObjectError as exc:
+                if not exc.missing:
+                    raise
+        return not self.ranges_ignored
 
     def _pread(self, path: str, offset: int, length: int, max_open: int = MAX_OPEN_FILES) -> bytes:
         self._check_pid()
@@ -335,10 +306,13 @@ class ReleaseStore:
         return os.pread(fd, length, offset)
 
     def read_shard(self, rel: str) -> bytes:
-        """A whole shard in one read (one streaming GET remotely; from the cache when one is set)."""
+        """A whole shard in one read (one streaming GET remotely, its deadline set by its size; from the
+        cache when one is set)."""
         if not self.is_local and self.cache_dir is not None:
             return Path(self.local_path(rel)).read_bytes()
-        return self.read_bytes(rel, what="read shard")
+        if self.is_local:
+            return self.read_bytes(rel)
+        return self.read_bytes(rel, what="read shard", nbytes=self.size(rel))
 
     def glob(self, pattern: str) -> list[str] | None:
         """Release-relative paths of the files matching ``pattern`` (e.g. ``shards/*/*.tar``), sorted; None
@@ -348,12 +322,17 @@ class ReleaseStore:
             return sorted(p.relative_to(root).as_posix() for p in root.glob(pattern) if p.is_file())
         if self.protocol in ("http", "https"):
             return None
-        base = self._remote_path("")
-        found = self._remote("list files", pattern, lambda: self.fs.glob(f"{base.rstrip('/')}/{pattern}"))
-        return sorted(str(p)[len(base.rstrip("/")) + 1 :] for p in found)
+        base = self._remote_path("").rstrip("/")
+        found = call_with_retries(
+            self.retry,
+            self.path(pattern),
+            "list files",
+            lambda left: call_fs(self.fs, "glob", f"{base}/{pattern}", limit=left),
+            self.credentials,
+        )
+        return sorted(str(p)[len(base) + 1 :] for p in found)
 
-    # -- the shard cache
-    # -----------------------------------------------------------------------------------------
+    # -- the shard cache -------------------------------------------------------------------------------------
     def shard_sha256(self, rel: str) -> str | None:
         """The sha256 ``release.json`` records for shard ``rel`` (None when it records none)."""
         if self._shard_sums is None:
@@ -365,20 +344,29 @@ class ReleaseStore:
                 self._shard_sums = {}
         return self._shard_sums.get(rel)
 
-    def cache_path(self, rel: str) -> Path:
-        """Where shard ``rel`` of this location lives in the cache."""
+    def cache_root(self) -> Path:
+        """This location's folder in the cache."""
         if self.cache_dir is None:
             raise ValueError("no cache_dir set")
-        tag = hashlib.sha256(self.url.encode()).hexdigest()[:16]
-        return self.cache_dir / tag / rel
+        return self.cache_dir / hashlib.sha256(self.url.encode()).hexdigest()[:16]
+
+    def cache_path(self, rel: str) -> Path:
+        """Where shard ``rel`` of this location lives in the cache."""
+        return self.cache_root() / rel
 
     def local_path(self, rel: str) -> Path:
         """A local file holding ``rel``: the file itself for a local store; for a remote one the cached copy,
-        downloaded when missing and checked against ``release.json`` once per process before its first use."""
+        downloaded when missing and checked against ``release.json`` once per process before its first use.
+        The first use in a process removes the temporary files of downloads whose writer is gone."""
         if self.is_local:
             return Path(self.path(rel))
         if self.cache_dir is None:
             raise ValueError(f"{self.path(rel)} is remote and no cache_dir is set")
+        self._check_pid()
+        if not self._cache_cleaned:
+            self._cache_cleaned = True
+            for stale in clean_stale_temp_files(self.cache_root()):
+                log.info("removed %s (a download whose writer is gone)", stale)
         path = self.cache_path(rel)
         key = str(path)
         if key in self._verified:
@@ -406,15 +394,27 @@ class ReleaseStore:
         )
 
     def _download(self, rel: str, path: Path) -> str:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        data = self.read_bytes(rel, what="download shard")
-        tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex}.tmp")
-        try:
-            tmp.write_bytes(data)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return hashlib.sha256(data).hexdigest()
+        """Download ``rel`` into ``path`` (atomically, in requests of :data:`DOWNLOAD_CHUNK` bytes, each with
+        its deadline); returns the sha256 of what was written."""
+        size = self.size(rel)
+        return write_atomically(path, self._chunks(rel, size), size, self.path(rel))
+
+    def _chunks(self, rel: str, size: int | None) -> Iterator[bytes]:
+        if size is None or size <= DOWNLOAD_CHUNK or self.ranges_ignored:
+            yield self.read_bytes(rel, what="download shard", nbytes=size)
+            return
+        for offset in range(0, size, DOWNLOAD_CHUNK):
+            n = min(DOWNLOAD_CHUNK, size - offset)
+            data, whole = self._fetch(rel, offset, n)
+            if whole:  # the server sent everything at once
+                yield data
+                return
+            if len(data) != n:
+                raise RemoteReadError(
+                    f"{self.path(rel)}: download shard: got {len(data)} of {n} bytes at offset {offset} "
+                    f"(the object is {size} bytes)"
+                )
+            yield data
 
     def close(self) -> None:
         """Close the open file descriptors of this process."""

@@ -1,0 +1,149 @@
+"""A stalled or killed server never hangs a reader: real servers on 127.0.0.1 (moto's S3 server, the Range
+HTTP server), stopped with SIGSTOP or SIGKILL after a few samples, for ``load`` and for ``stream`` read by two
+DataLoader workers. Each fault must become ONE ``RemoteReadError`` naming the URL and the byte range within
+the deadline (set short here through ``$CHAMMI_REMOTE_TIMEOUT_S`` / ``$CHAMMI_REMOTE_DEADLINE_S``, the way a
+user would), and leave no worker process behind.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from torch.utils.data import DataLoader
+
+import chammi_data
+from chammi_data.store.remote import DEADLINE_ENV, TIMEOUT_ENV, RetryPolicy, env_seconds
+from chammi_data.store.storage import ReleaseStore, RemoteReadError
+from tests.conftest import make_cells
+from tests.servers import HTTPServer, S3Server, descendants
+
+TIMEOUT_S, DEADLINE_S = 1.0, 4.0
+#: what "bounded" means here: the deadline, plus process and thread start-up on a busy 2-core machine
+BOUND_S = DEADLINE_S + 8.0
+
+
+@pytest.fixture(scope="module")
+def small_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A release of 2 cells per shard (18 shards), so that a stream is still reading when the server
+    stops."""
+    from chammi_data.format.writer import ReleaseWriter
+
+    root = tmp_path_factory.mktemp("small_shards") / "release"
+    writer = ReleaseWriter(root, cells_per_shard=2, config={"fixture": "small_shards"}, progress=False)
+    for k, source in enumerate(("wtc11", "hpa", "cp")):
+        writer.add_source(source, make_cells(source, 12, seed=k))
+    writer.close()
+    return root
+
+
+@pytest.fixture
+def short_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(TIMEOUT_ENV, str(TIMEOUT_S))
+    monkeypatch.setenv(DEADLINE_ENV, str(DEADLINE_S))
+
+
+@pytest.fixture(params=["s3", "http"])
+def server(request, small_shards: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[object, str]]:
+    """A fresh server of each kind holding ``small_shards`` and its URL; continued and stopped afterwards."""
+    if request.param == "s3":
+        srv = S3Server().start()
+        for k, v in srv.env().items():
+            monkeypatch.setenv(k, v)
+        url = srv.upload(small_shards, "chammi", "faults")
+    else:
+        srv = HTTPServer(small_shards).start()
+        url = srv.url
+    try:
+        yield srv, url
+    finally:
+        srv.resume()
+        srv.stop()
+
+
+def test_the_deadline_is_documented_and_configurable(monkeypatch):
+    assert RetryPolicy().deadline == 60.0 and RetryPolicy().timeout == 15.0
+    monkeypatch.setenv(DEADLINE_ENV, "7.5")
+    assert RetryPolicy().deadline == 7.5 and RetryPolicy(deadline=3).deadline == 3
+    assert RetryPolicy(deadline=10).budget(5 << 20) == pytest.approx(15.0)  # 1 MiB/s for large reads
+    monkeypatch.setenv(DEADLINE_ENV, "soon")
+    with pytest.raises(ValueError, match=f"{DEADLINE_ENV}='soon' is not a number of seconds"):
+        RetryPolicy()
+    assert env_seconds("CHAMMI_NO_SUCH_VARIABLE", 2.0) == 2.0
+
+
+def _fault(srv, kind: str) -> None:
+    if kind == "stalled":
+        srv.pause()
+    else:
+        srv.kill()
+
+
+@pytest.mark.parametrize("kind", ["stalled", "killed"])
+def test_load_fails_once_within_the_deadline(server, kind, short_deadline):
+    srv, url = server
+    ds = chammi_data.load("all", root=url)
+    shard_of = ds.rows["shard"].tolist()
+    for i in range(3):
+        ds.read_array(i)
+    todo = next(i for i in range(len(ds)) if shard_of[i] not in shard_of[:3])  # a shard not read yet
+    _fault(srv, kind)
+    t0 = time.monotonic()
+    with pytest.raises(RemoteReadError) as err:
+        ds.read_array(todo)
+    elapsed = time.monotonic() - t0
+    msg = str(err.value)
+    assert msg.startswith(f"{url}/{shard_of[todo]}: read bytes "), msg
+    assert "failed after" in msg and "\n" not in msg
+    if kind == "stalled":
+        assert "did not answer" in msg and f"deadline {DEADLINE_S:.0f} s" in msg, msg
+    assert elapsed < BOUND_S, (elapsed, msg)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["stalled", "killed"])
+def test_stream_with_two_workers_fails_once_within_the_deadline(server, kind, short_deadline):
+    srv, url = server
+    st = chammi_data.stream(root=url, split="all", seed=1, order="shards", readahead=1, buffer=2)
+    loader = DataLoader(st, batch_size=2, num_workers=2, collate_fn=list, prefetch_factor=1)
+    it = iter(loader)
+    got = [s["cell_id"] for _ in range(2) for s in next(it)]
+    assert len(got) == 4
+    _fault(srv, kind)
+    t0 = time.monotonic()
+    with pytest.raises(RemoteReadError) as err:
+        for batch in it:
+            got += [s["cell_id"] for s in batch]
+    elapsed = time.monotonic() - t0
+    assert len(got) < st.num_samples  # the fault stopped the epoch
+    msg = str(err.value)
+    assert f"{url}/shards/" in msg and ": read bytes " in msg and "failed after" in msg, msg
+    assert elapsed < BOUND_S, (elapsed, msg)
+    del it, loader, err  # the traceback holds the DataLoader iterator, which holds its workers
+    gc.collect()
+
+    def workers() -> list[int]:
+        return [p for p in descendants(os.getpid()) if p != srv.proc.pid]
+
+    deadline = time.monotonic() + BOUND_S
+    while workers() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not workers(), "worker processes left behind"
+
+
+def test_a_store_retries_a_slow_answer_within_the_deadline(tiny_release):
+    """A server slower than the per-request timeout is retried until the deadline, then named once."""
+    with HTTPServer(tiny_release, delay_ms=1500) as srv:
+        store = ReleaseStore(srv.url, retry=RetryPolicy(attempts=10, backoff=0.01, timeout=0.5, deadline=2.0))
+        t0 = time.monotonic()
+        with pytest.raises(
+            RemoteReadError, match=r"release.json: read failed after \d+ attempts.*deadline 2 s"
+        ):
+            store.read_bytes("release.json")
+        assert time.monotonic() - t0 < 2.0 + 2.5
+        slow_but_fine = ReleaseStore(srv.url, retry=RetryPolicy(timeout=5, deadline=10))
+        assert slow_but_fine.read_bytes("release.json") == (tiny_release / "release.json").read_bytes()
