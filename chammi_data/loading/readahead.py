@@ -4,15 +4,22 @@ latency.
 :class:`RangeReadahead` takes the list of byte ranges a stream worker will need, in order, and keeps up to
 ``depth`` of them in flight on background threads (one request each: a ``pread`` locally, one ranged GET
 remotely). Memory is bounded by ``depth`` ranges plus the one being consumed. Errors (after the store's
-retries) are raised in the consumer, at the range they belong to.
+retries, within its deadline) are raised in the consumer, at the range they belong to.
+
+The threads are daemon threads: a DataLoader worker that stops (an error, Ctrl-C, the end of an epoch) exits
+at once instead of waiting for a request in flight to a stalled server to reach its deadline (a
+``ThreadPoolExecutor``'s threads are joined when the interpreter exits).
 """
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections import deque
-from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import Any
 
 from chammi_data.store.storage import ReleaseStore
 
@@ -24,6 +31,38 @@ class ByteRange:
     shard: str
     start: int
     end: int
+
+
+class _DaemonPool:
+    """``n`` daemon threads running submitted calls in order; :meth:`shutdown` cancels what has not
+    started and lets running calls finish (or the process exit) without waiting for them."""
+
+    def __init__(self, n: int) -> None:
+        self._todo: queue.SimpleQueue[tuple[Future[Any], Callable[..., Any], tuple[Any, ...]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._n = n
+        for k in range(n):
+            threading.Thread(target=self._run, name=f"chammi-readahead-{k}", daemon=True).start()
+
+    def _run(self) -> None:
+        while (item := self._todo.get()) is not None:
+            fut, fn, args = item
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                fut.set_result(fn(*args))
+            except BaseException as exc:  # handed to the consumer, raised there
+                fut.set_exception(exc)
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        fut: Future[Any] = Future()
+        self._todo.put((fut, fn, args))
+        return fut
+
+    def shutdown(self) -> None:
+        for _ in range(self._n):
+            self._todo.put(None)
 
 
 class RangeReadahead:
@@ -48,7 +87,7 @@ class RangeReadahead:
             for r in self.ranges:
                 yield r, self._fetch(r)
             return
-        pool = ThreadPoolExecutor(max_workers=self.depth, thread_name_prefix="chammi-readahead")
+        pool = _DaemonPool(self.depth)
         pending: deque[tuple[ByteRange, Future[bytes]]] = deque()
         todo = iter(self.ranges)
         try:
@@ -65,4 +104,4 @@ class RangeReadahead:
         finally:
             for _, fut in pending:
                 fut.cancel()
-            pool.shutdown(wait=False, cancel_futures=True)
+            pool.shutdown()

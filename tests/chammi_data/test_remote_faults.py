@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import gc
 import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +23,7 @@ import chammi_data
 from chammi_data.store.remote import DEADLINE_ENV, TIMEOUT_ENV, RetryPolicy, env_seconds
 from chammi_data.store.storage import ReleaseStore, RemoteReadError
 from tests.conftest import make_cells
-from tests.servers import HTTPServer, S3Server, descendants
+from tests.servers import HTTPServer, S3Server, descendants, in_session
 
 TIMEOUT_S, DEADLINE_S = 1.0, 4.0
 #: what "bounded" means here: the deadline, plus process and thread start-up on a busy 2-core machine
@@ -147,3 +150,53 @@ def test_a_store_retries_a_slow_answer_within_the_deadline(tiny_release):
         assert time.monotonic() - t0 < 2.0 + 2.5
         slow_but_fine = ReleaseStore(srv.url, retry=RetryPolicy(timeout=5, deadline=10))
         assert slow_but_fine.read_bytes("release.json") == (tiny_release / "release.json").read_bytes()
+
+
+INTERRUPTED = """
+import sys
+from torch.utils.data import DataLoader
+import chammi_data
+
+url, kind = sys.argv[1], sys.argv[2]
+try:
+    if kind == "stream":
+        data = chammi_data.stream(root=url, split="all", seed=1, order="shards", readahead=2, buffer=2)
+    else:
+        data = chammi_data.load("all", root=url)
+    for k, batch in enumerate(DataLoader(data, batch_size=2, num_workers=2, collate_fn=list)):
+        if k == 1:
+            print("reading", flush=True)
+except KeyboardInterrupt:  # what a training script does with Ctrl-C
+    print("interrupted", file=sys.stderr)
+    sys.exit(130)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["load", "stream"])
+def test_ctrl_c_with_dataloader_workers_ends_cleanly(kind, small_shards, tmp_path):
+    """SIGINT to the whole process group (a terminal's Ctrl-C) while two workers read from a stalled HTTP
+    server: the script's own answer only, no worker traceback, no process left, at once."""
+    with HTTPServer(small_shards, delay_ms=150) as srv:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", INTERRUPTED, srv.url, kind],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "reading"
+        srv.pause()  # the hardest moment: requests in flight to a server that answers nothing
+        time.sleep(1.0)
+        t0 = time.monotonic()
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        while in_session(proc.pid) and time.monotonic() - t0 < 30:
+            time.sleep(0.1)
+        elapsed = time.monotonic() - t0
+        srv.resume()
+    assert not in_session(proc.pid), "worker processes left behind"
+    assert proc.returncode == 130 and err.strip() == "interrupted", (proc.returncode, err[-3000:])
+    # no waiting for the stalled requests' deadline (60 s by default) nor for torch's worker join timeouts
+    assert elapsed < 4.0, elapsed
