@@ -24,6 +24,7 @@ import time
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from chammi_data.errors import UserError
 
@@ -95,7 +96,7 @@ def _free_bytes(path: Path) -> int | None:
         return None
 
 
-def write_atomically(path: Path, chunks: Iterable[bytes], size: int | None, what: str) -> str:
+def write_atomically(path: Path, chunks: Iterable[bytes | memoryview], size: int | None, what: str) -> str:
     """Write ``chunks`` to ``path`` through a temporary file and rename it into place; returns the sha256 of
     what was written. ``size``: the bytes expected (for the error message); ``what``: the object being
     cached, for errors. A full disk raises :class:`CacheFullError`; no partial file is left."""
@@ -126,6 +127,6 @@ def write_atomically(path: Path, chunks: Iterable[bytes], size: int | None, what
     return digest.hexdigest()
 
 
-def _write(fh, chunk: bytes) -> None:
+def _write(fh: Any, chunk: bytes | memoryview) -> None:
     """One write into the cache (a function of its own so tests can make the disk full)."""
     fh.write(chunk)

@@ -38,6 +38,7 @@ from typing import Any
 
 from chammi_data.store.cache import clean_stale_temp_files, write_atomically
 from chammi_data.store.credentials import credentials_source
+from chammi_data.store.obstore_client import ObstoreReader, obstore_reader
 from chammi_data.store.paths import default_release_location, file_sha256, protocol_of, strip_file_scheme
 from chammi_data.store.remote import (
     RemoteObjectError,
@@ -123,6 +124,8 @@ class ReleaseStore:
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.retry = retry or RetryPolicy()
         self._fs = fs
+        self._fs_given = fs is not None  # a mapper's own filesystem is used as it is
+        self._obstore: ObstoreReader | None | bool = False  # False: not decided yet in this process
         self._pid = os.getpid()
         self._fds: dict[str, int] = {}
         self._verified: set[str] = set()
@@ -169,7 +172,7 @@ class ReleaseStore:
 
     def _check_pid(self) -> None:
         if self._pid != os.getpid():  # forked: descriptors and event loops belong to the parent
-            self._fds, self._fs, self._pid = {}, None, os.getpid()
+            self._fds, self._fs, self._obstore, self._pid = {}, None, False, os.getpid()
 
     @property
     def fs(self) -> Any:
@@ -188,6 +191,19 @@ class ReleaseStore:
                     f"reading {self.url} needs the fsspec backend for {self.protocol}://{hint}: {exc}"
                 ) from None
         return self._fs
+
+    @property
+    def obstore(self) -> ObstoreReader | None:
+        """The obstore reader of the ranged reads of an ``s3://`` store where obstore serves them (created on
+        first use in each process; :mod:`chammi_data.store.obstore_client`), else None: fsspec reads."""
+        self._check_pid()
+        if self._obstore is False:
+            self._obstore = (
+                None
+                if self._fs_given
+                else obstore_reader(self.protocol, self.url, self.storage_options, self.retry)
+            )
+        return self._obstore  # type: ignore[return-value]
 
     def _fs_options(self) -> dict[str, Any]:
         """storage_options plus bounded requests (timeouts, one attempt per client call) where the user gave
@@ -240,10 +256,10 @@ class ReleaseStore:
                 return fh.read()
         return self._remote(what, rel, "cat_file", nbytes=nbytes)
 
-    def read_range(self, rel: str, offset: int, length: int) -> bytes:
+    def read_range(self, rel: str, offset: int, length: int) -> bytes | memoryview:
         """``length`` bytes of ``rel`` from ``offset``: a ``pread`` locally (descriptors kept open), one
-        ranged request remotely, or a ``pread`` of the cached shard when a cache is set. Short reads are not
-        padded."""
+        ranged request remotely (a ``memoryview`` of obstore's buffer: no copy), or a ``pread`` of the cached
+        shard when a cache is set. Short reads are not padded."""
         if not self.is_local and self.cache_dir is not None and rel.endswith(".tar"):
             return self._pread(str(self.local_path(rel)), offset, length)
         if self.is_local:
@@ -251,7 +267,7 @@ class ReleaseStore:
         data, whole = self._fetch(rel, offset, length)
         return data[offset : offset + length] if whole else data
 
-    def read_suffix(self, rel: str, length: int) -> bytes:
+    def read_suffix(self, rel: str, length: int) -> bytes | memoryview:
         """The last ``length`` bytes of ``rel`` (the whole file when it is shorter)."""
         if self.is_local:
             with open(self.path(rel), "rb") as fh:
@@ -260,7 +276,7 @@ class ReleaseStore:
         data, whole = self._fetch(rel, -length, length)
         return data[-length:] if whole else data
 
-    def _fetch(self, rel: str, offset: int, length: int) -> tuple[bytes, bool]:
+    def _fetch(self, rel: str, offset: int, length: int) -> tuple[bytes | memoryview, bool]:
         """One ranged request (``offset < 0``: the last ``length`` bytes) and whether the server sent the
         whole object instead: a server that ignores ``Range`` answers 200 with everything, which the caller
         cuts (said once per store, see :meth:`check_ranges`)."""
@@ -270,7 +286,20 @@ class ReleaseStore:
         what = (
             f"read the last {length} bytes" if offset < 0 else f"read bytes {offset}..{offset + length - 1}"
         )
-        data = self._remote(what, rel, "cat_file", start=start, end=end, nbytes=length)
+        fast = self.obstore
+        if fast is not None:
+            data = memoryview(
+                call_with_retries(
+                    self.retry,
+                    self.path(rel),
+                    what,
+                    lambda left: fast.get_range(rel, start, end, left),
+                    self.credentials,
+                    length,
+                )
+            )
+        else:
+            data = self._remote(what, rel, "cat_file", start=start, end=end, nbytes=length)
         whole = len(data) > length
         if whole and not self.ranges_ignored:
             self.ranges_ignored = True
@@ -399,7 +428,7 @@ class ReleaseStore:
         size = self.size(rel)
         return write_atomically(path, self._chunks(rel, size), size, self.path(rel))
 
-    def _chunks(self, rel: str, size: int | None) -> Iterator[bytes]:
+    def _chunks(self, rel: str, size: int | None) -> Iterator[bytes | memoryview]:
         if size is None or size <= DOWNLOAD_CHUNK or self.ranges_ignored:
             yield self.read_bytes(rel, what="download shard", nbytes=size)
             return

@@ -44,7 +44,7 @@ class ReleaseZarrStore(Store):
     def _rel(self, key: str) -> str:
         return f"{self.prefix}/{key}"
 
-    def _read(self, key: str, byte_range: ByteRequest | None) -> bytes | None:
+    def _read(self, key: str, byte_range: ByteRequest | None) -> bytes | memoryview | None:
         rel = self._rel(key)
         try:
             if byte_range is None:

@@ -242,3 +242,19 @@ def test_webdataset_reads_our_shards_locally_and_over_http(tiny_release, http):
         assert set(got) == set(expected)
         for key, img in got.items():
             assert torch.equal(chammi_data.format.release_format.to_float_tensor(img), expected[key])
+
+
+@pytest.mark.parametrize("client", ["auto", "fsspec"])
+def test_s3_ranged_reads_by_either_client_survive_forked_workers(client, s3_env, tiny_release, monkeypatch):
+    """obstore (the default for s3:// when installed) and fsspec give the same samples; a DataLoader worker
+    forked after the main process used obstore (whose runtime threads a fork does not copy) reads with
+    fsspec instead of waiting forever."""
+    monkeypatch.setenv("CHAMMI_REMOTE_CLIENT", client)
+    ds = chammi_data.load("all", root=s3_env)
+    assert (ds.store.obstore is not None) == (client == "auto")
+    local = chammi_data.load("all", root=tiny_release)
+    np.testing.assert_array_equal(ds.read_array(3), local.read_array(3))  # the runtime starts here
+    loader = DataLoader(ds, batch_size=8, num_workers=2, collate_fn=list, timeout=60)
+    got = {s["cell_id"]: s["image"] for batch in loader for s in batch}
+    assert len(got) == len(local)
+    assert all(torch.equal(got[local[i]["cell_id"]], local[i]["image"]) for i in range(0, len(local), 7))
