@@ -42,10 +42,9 @@ def command_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def run(argv: list[str], cwd: Path, env: dict[str, str]) -> tuple[subprocess.CompletedProcess[str], float]:
-    """Run a command in its own session; (the finished process, seconds); fails if a process of it is left."""
-    t0 = time.monotonic()
-    proc = subprocess.Popen(
+def _start(argv: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Popen[str]:
+    """A command in its own session (a terminal's process group), its output piped."""
+    return subprocess.Popen(
         argv,
         cwd=cwd,
         env=env,
@@ -54,6 +53,12 @@ def run(argv: list[str], cwd: Path, env: dict[str, str]) -> tuple[subprocess.Com
         text=True,
         start_new_session=True,
     )
+
+
+def run(argv: list[str], cwd: Path, env: dict[str, str]) -> tuple[subprocess.CompletedProcess[str], float]:
+    """Run a command in its own session; (the finished process, seconds); fails if a process of it is left."""
+    t0 = time.monotonic()
+    proc = _start(argv, cwd, env)
     out, err = proc.communicate(timeout=300)
     elapsed = time.monotonic() - t0
     _no_process_left(proc.pid)
@@ -136,29 +141,30 @@ def test_every_release_command_over_a_url(kind, tiny_release, weights, tmp_path,
         server.stop()
 
 
+def _one_error_under_fault(argv: list[str], server, fault: str, env: dict[str, str], cwd: Path, prog: str):
+    """Run ``argv`` against a server that stops itself at a known request; for ``killed`` SIGKILL it there.
+    Returns (the one error line, seconds from start to exit); checks exit 2 and that no process is left."""
+    proc = _start(argv, cwd, env)
+    t0 = time.monotonic()
+    if fault == "killed":
+        while not server.stalled():
+            assert proc.poll() is None and time.monotonic() - t0 < 90, "the server never stalled"
+            time.sleep(0.05)
+        server.kill()
+    out, err = proc.communicate(timeout=300)
+    elapsed = time.monotonic() - t0
+    _no_process_left(proc.pid)
+    return one_error_line(subprocess.CompletedProcess(argv, proc.returncode, out, err), prog), elapsed
+
+
 @pytest.mark.parametrize(("kind", "fault"), [("s3", "stalled"), ("http", "killed")])
 def test_validate_over_a_url_fails_once_when_the_server_stalls_or_dies(kind, fault, tiny_release, tmp_path):
-    server, url, extra = _serve(kind, tiny_release, stall_after=2, stall_path="shards/")
+    server, url, extra = _serve(kind, tiny_release, stall_after=2, stall_path="shards/")  # at the 3rd shard
     try:
-        proc = subprocess.Popen(
-            [*CHAMMI, "validate", url],
-            cwd=tmp_path,
-            env=command_env(extra),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
+        argv = [*CHAMMI, "validate", url]
+        line, elapsed = _one_error_under_fault(
+            argv, server, fault, command_env(extra), tmp_path, "chammi validate"
         )
-        t0 = time.monotonic()
-        if fault == "killed":
-            while not server.stalled():  # it stops itself at the third shard, then dies
-                assert proc.poll() is None and time.monotonic() - t0 < 60, "the server never stalled"
-                time.sleep(0.05)
-            server.kill()
-        out, err = proc.communicate(timeout=300)
-        elapsed = time.monotonic() - t0
-        _no_process_left(proc.pid)
-        line = one_error_line(subprocess.CompletedProcess([], proc.returncode, out, err), "chammi validate")
         assert f"{url}/shards/" in line and "failed after" in line, line
         assert elapsed < BOUND_S, (elapsed, line)
     finally:
@@ -172,37 +178,11 @@ def test_embed_over_a_url_with_workers_fails_once_when_the_server_stalls_or_dies
 ):
     server, url, extra = _serve(kind, tiny_release, stall_after=4, stall_path="shards/")
     try:
-        argv = [
-            *CHAMMI,
-            "embed",
-            "--checkpoint",
-            str(weights),
-            "--release",
-            url,
-            "--out",
-            "f",
-            "--workers",
-            "2",
-        ]
-        proc = subprocess.Popen(
-            [*argv, "--device", "cpu", "--batch-size", "4"],
-            cwd=tmp_path,
-            env=command_env(extra),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
+        argv = [*CHAMMI, "embed", "--checkpoint", str(weights), "--release", url, "--out", "f"]
+        argv += ["--workers", "2", "--device", "cpu", "--batch-size", "4"]
+        line, elapsed = _one_error_under_fault(
+            argv, server, fault, command_env(extra), tmp_path, "chammi embed"
         )
-        t0 = time.monotonic()
-        if fault == "killed":
-            while not server.stalled():
-                assert proc.poll() is None and time.monotonic() - t0 < 90, "the server never stalled"
-                time.sleep(0.05)
-            server.kill()
-        out, err = proc.communicate(timeout=300)
-        elapsed = time.monotonic() - t0
-        _no_process_left(proc.pid)
-        line = one_error_line(subprocess.CompletedProcess([], proc.returncode, out, err), "chammi embed")
         assert f"{url}/shards/" in line and ": read bytes " in line and "failed after" in line, line
         assert "DataLoader" not in line and elapsed < BOUND_S, (elapsed, line)
     finally:
@@ -213,14 +193,8 @@ def test_embed_over_a_url_with_workers_fails_once_when_the_server_stalls_or_dies
 def test_ctrl_c_during_embed_with_workers_is_one_line_and_no_process_left(tiny_release, weights, tmp_path):
     with HTTPServer(tiny_release, delay_ms=150) as server:  # slow enough to be interrupted mid-way
         argv = [*CHAMMI, "embed", "--checkpoint", str(weights), "--release", server.url, "--out", "f"]
-        proc = subprocess.Popen(
-            [*argv, "--workers", "2", "--device", "cpu", "--batch-size", "2"],
-            cwd=tmp_path,
-            env=command_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
+        proc = _start(
+            [*argv, "--workers", "2", "--device", "cpu", "--batch-size", "2"], tmp_path, command_env()
         )
         assert proc.stderr is not None
         first = proc.stderr.readline()  # the first progress line: the workers are reading
