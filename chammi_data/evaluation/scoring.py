@@ -167,8 +167,8 @@ class _Scorer:
                 pred[groups == g] = self._fit_sgd(ref).predict(self._sgd_features(queries[groups == g]))
             return pred.astype(str)
         # One search over [Train ; task rows]: query-vs-Train and query-vs-task rows come from the same
-        # product,
-        # and the query's own group is masked out, which equals one search per group with the same order.
+        # product, and the query's own group is masked out, which equals one search per group with the same
+        # order.
         ref = np.concatenate([self.train, queries])
         ref_groups = np.concatenate([np.full(len(self.train), -1, dtype=np.int64), groups])
         index = NearestNeighborIndex(self.feats[ref], self.metric, device=self.device)

@@ -175,8 +175,7 @@ def write_tar_shard(
     rows: list[dict[str, Any]] = []
     try:
         # The bytes tarfile would write (ustar headers, data padded to 512, two zero blocks, the archive
-        # padded
-        # to tarfile's 10240-byte records), written directly and hashed on the way.
+        # padded to tarfile's 10240-byte records), written directly and hashed on the way.
         digest_h = hashlib.sha256()
         pos = 0
         with open(tmp, "wb") as fh:

@@ -129,8 +129,7 @@ def create_images(
         shards=(int(cells_per_shard), c, int(h), int(w)),
         dtype=dt,
         # crc32c after Blosc: every chunk carries a checksum that zarr verifies on read, so a flipped byte in
-        # a
-        # chunk is an error instead of wrong pixels
+        # a chunk is an error instead of wrong pixels
         compressors=[
             BloscCodec(cname="zstd", clevel=BLOSC_LEVEL, shuffle="shuffle", typesize=dt.itemsize),
             Crc32cCodec(),
@@ -188,11 +187,11 @@ def write_rows(root: str | Path, source: str, start: int, images: np.ndarray) ->
 
 
 # --- pre-encoded shards
-# --------------------------------------------------------------------------------------
-# A build compresses each cell's zarr chunk on the worker that made the cell (in parallel with everything
-# else) and later writes a zarr shard by concatenating those chunks. The bytes are exactly what zarr-python
-# writes for the same rows (tested): chunks in order (the in-shard chunk grid is (cells_per_shard, 1, 1, 1),
-# whose Morton order is the row order), chunks equal to the fill value (all zero) left out as zarr does with
+# -------------------------------------------------------------------------------------- A build compresses
+# each cell's zarr chunk on the worker that made the cell (in parallel with everything else) and later writes
+# a zarr shard by concatenating those chunks. The bytes are exactly what zarr-python writes for the same rows
+# (tested): chunks in order (the in-shard chunk grid is (cells_per_shard, 1, 1, 1), whose Morton order is the
+# row order), chunks equal to the fill value (all zero) left out as zarr does with
 # ``write_empty_chunks=False``, then the index ((offset, nbytes) uint64 little-endian per chunk, 2**64-1 for
 # an absent chunk) and its crc32c. The array's codec configuration is checked first: anything else -> error.
 

@@ -90,8 +90,7 @@ def collate_homogeneous(samples: Sequence[Sample], raw: bool = False) -> Batch:
         images.append(img)
     return {
         # default_collate stacks straight into shared memory inside a DataLoader worker (no copy when the
-        # batch
-        # crosses to the main process); elsewhere it is torch.stack
+        # batch crosses to the main process); elsewhere it is torch.stack
         "image": default_collate(images) if raw else torch.stack(images),
         "channels": key[1],
         "source": key[0],

@@ -225,8 +225,7 @@ class _BuildRun:
                 self.writing.submit(ledger.cells)
         records = self.writing.collect()
         # from the last source's writing set-up (old outputs cleared, zarr arrays, tasks) to its last shard:
-        # for one
-        # source all of its writing, for several the part that did not overlap with units
+        # for one source all of its writing, for several the part that did not overlap with units
         self.timings["write_s"] = time.perf_counter() - self.write_started
         self.timings["write_busy_s"] = self.writing.busy_s
         rules = {name: ledger.pipeline.rules_digest(self.cfg) for name, ledger in self.ledgers.items()}

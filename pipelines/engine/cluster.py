@@ -27,10 +27,9 @@ def start_cluster(workers: int, scheduler: str | None = None, processes: bool = 
             client.close()
         return
     # dask's nanny sets MALLOC_TRIM_THRESHOLD_=65536 in every worker. In glibc any explicit trim threshold
-    # also
-    # freezes the mmap threshold at 128 KiB, so every image-sized numpy array becomes a fresh mmap with its
-    # page
-    # faults, and units run markedly slower in a worker than in-process. Unset, they run at the same speed.
+    # also freezes the mmap threshold at 128 KiB, so every image-sized numpy array becomes a fresh mmap with
+    # its page faults, and units run markedly slower in a worker than in-process. Unset, they run at the same
+    # speed.
     with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
         cluster = LocalCluster(
             n_workers=max(1, int(workers)),

@@ -163,9 +163,9 @@ class SourcePipeline(ABC):
     #: unit)
     order: str = "cell_id"
     #: units sent to a dask worker per task. Each task costs the scheduler and the client a few ms of CPU, on
-    #: the
-    #: same cores as the workers when they share a machine: batching small units keeps that off the critical
-    #: path. Every unit is still spilled on its own, so resume and the output bytes do not depend on it.
+    #: the same cores as the workers when they share a machine: batching small units keeps that off the
+    #: critical path. Every unit is still spilled on its own, so resume and the output bytes do not depend on
+    #: it.
     units_per_task: int = 1
 
     def options(self, section: Mapping[str, Any] | None = None) -> dict[str, Any]:

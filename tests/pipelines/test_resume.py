@@ -20,8 +20,7 @@ from pipelines.engine.build import build
 RELEASE = ["build_report.json", "manifest.csv", "manifest.parquet", "release.json", "shards", "zarr"]
 
 #: runs chammi-build; for the phases too short to catch by polling, a patch stops the process there (after
-#: leaving
-#: what a kill at that moment leaves, and a marker file) until it is killed
+#: leaving what a kill at that moment leaves, and a marker file) until it is killed
 HARNESS = """
 import sys, time, uuid
 from pathlib import Path

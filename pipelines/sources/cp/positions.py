@@ -74,8 +74,7 @@ def _objects(df: pd.DataFrame, where: str) -> tuple[list[Position], list[Dropped
 
 
 #: what pandas reads as missing by default; a per-site table is parsed with the csv module (pandas' start-up
-#: cost
-#: per call is large next to a small table) with the same meaning for empty and NA cells
+#: cost per call is large next to a small table) with the same meaning for empty and NA cells
 _NA = {
     "",
     "#N/A",
