@@ -1,8 +1,9 @@
 """``chammi-build`` (also ``python -m pipelines``): regenerate CHAMMI from raw sources (or convert an official
 download) into a release.
 
-    chammi-build --source {wtc11,hpa,cp,chammi,all} [--input DIR] [--output DIR] [--workers N]
-                 [--scheduler ADDRESS] [--config FILE] [--strict] [--seed N] [--keep-work] [--quiet]
+    chammi-build --source {wtc11,hpa,cp,chammi,chammi75,all} [--input DIR|URL] [--output DIR] [--workers N]
+                 [--scheduler ADDRESS] [--config FILE] [--set SECTION.KEY=VALUE ...] [--strict] [--seed N]
+                 [--keep-work] [--quiet]
     chammi-build synth --output DIR [--seed N] [--source NAME ...]
     chammi-build --version
 
@@ -21,7 +22,7 @@ import sys
 
 from chammi_data.store.paths import default_release_dir
 from pipelines.engine.output import OutputLocked
-from pipelines.sources.registry import RAW_SOURCES, list_pipelines
+from pipelines.sources.registry import RAW_SOURCES, SAMPLE_SOURCES, list_pipelines
 
 
 def package_version() -> str:
@@ -43,8 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--input",
         default=None,
-        help="raw folder (with --source all: DIR/wtc11, DIR/hpa, DIR/cp); "
-        "default: generate the embedded sample data",
+        help="raw folder (with --source all: DIR/wtc11, DIR/hpa, DIR/cp); for chammi75 the CHAMMI-75 root, "
+        "a folder or a URL such as s3://chammi-data/CHAMMI-75; default: generate the embedded sample data",
     )
     p.add_argument("--output", default=None, help=f"release folder (default {default_release_dir()})")
     p.add_argument("--workers", type=int, default=2, help="local dask workers (processes, 1 thread each)")
@@ -52,6 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--scheduler", default=None, help="address of an existing dask scheduler (workers must see OUTPUT)"
     )
     p.add_argument("--config", default=None, help="YAML build config merged over the defaults")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="one build option over --config (the value is YAML), e.g. chammi75.metadata=small "
+        "chammi75.studies=[wtc0001] chammi75.cap_per_study=100 chammi75.holdout_studies=[idr0017]",
+    )
     p.add_argument("--strict", action="store_true", help="any skipped item fails the build (exit 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the generated sample data (no --input)")
     p.add_argument(
@@ -69,7 +78,7 @@ def synth_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--output", required=True, help="folder to write DIR/wtc11, DIR/hpa, DIR/cp into")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--source", nargs="*", default=list(RAW_SOURCES), choices=list(RAW_SOURCES))
+    p.add_argument("--source", nargs="*", default=list(RAW_SOURCES), choices=list(SAMPLE_SOURCES))
     return p
 
 
@@ -84,15 +93,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     args = build_parser().parse_args(argv)
     from pipelines.engine.build import build
+    from pipelines.engine.build_config import load_config, parse_settings
 
     try:
+        config = load_config(args.config, parse_settings(args.set)) if args.set else args.config
         result = build(
             args.source,
             input_dir=args.input,
             output=args.output,
             workers=args.workers,
             scheduler=args.scheduler,
-            config=args.config,
+            config=config,
             strict=args.strict,
             progress=not args.quiet,
             seed=args.seed,

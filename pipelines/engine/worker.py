@@ -16,7 +16,7 @@ import numpy as np
 
 from chammi_data.format.release_format import cell_record
 from chammi_data.format.schema import Cell
-from chammi_data.format.vocab import SOURCES
+from chammi_data.format.vocab import SOURCES, is_variable
 from pipelines.engine.spill import SpillReader, write_spill
 from pipelines.sources.base import Skipped, Unit, UnitResult, UnitSkip
 from pipelines.sources.registry import shared_pipeline
@@ -24,14 +24,16 @@ from pipelines.sources.registry import shared_pipeline
 
 def check_cells(result: UnitResult, unit: Unit, makes: tuple[str, ...], kind: str = "cells") -> UnitResult:
     """Keep cells that fit their source's tile and channels; the rest become skips of ``kind`` (wrong
-    shape...)."""
+    shape...). A variable source's cells may have any size; their channels were checked by ``Cell``."""
     good: list[Cell] = []
     skipped = list(result.skipped)
     for cell in result.cells:
         info = SOURCES.get(cell.source)
         problem = ""
-        if cell.source not in makes or info is None:
+        if cell.source not in makes or (info is None and not is_variable(cell.source)):
             problem = f"cell source {cell.source!r} not made by this pipeline ({sorted(makes)})"
+        elif info is None:
+            pass
         elif cell.channels != info.channels:
             problem = f"channels {list(cell.channels)} != {cell.source} channels {list(info.channels)}"
         elif cell.image.shape[1:] != info.tile_hw:
@@ -128,7 +130,7 @@ def shard_parts(entries_json: str, what: str) -> list[Any]:
 
 
 def write_tar_task(
-    root: str, source: str, shard_index: int, zarr_start: int, entries: str
+    root: str, source: str, shard_index: int, zarr_start: int, entries: str, group: list[int] | None = None
 ) -> tuple[Any, float]:
     """Worker task: tar shard ``shard_index`` from the spills' encoded members; (ShardRecord, seconds)."""
     from chammi_data.format.writer import write_tar_shard
@@ -139,13 +141,15 @@ def write_tar_task(
 
 
 def write_zarr_task(
-    root: str, source: str, shard_index: int, zarr_start: int, entries: str
+    root: str, source: str, shard_index: int, zarr_start: int, entries: str, group: list[int] | None = None
 ) -> tuple[None, float]:
-    """Worker task: zarr shard ``shard_index`` (its only writer) from the spills' encoded chunks."""
+    """Worker task: zarr shard ``shard_index`` (its only writer) from the spills' encoded chunks; for a
+    variable source zarr shard ``j`` of its group ``g`` (``group = [g, j]``)."""
     from chammi_data.format.writer import write_zarr_shard
 
     t0 = time.perf_counter()
-    write_zarr_shard(root, source, shard_index, zarr_start, shard_parts(entries, "zarr"))
+    where = None if group is None else (int(group[0]), int(group[1]))
+    write_zarr_shard(root, source, shard_index, zarr_start, shard_parts(entries, "zarr"), where)
     return None, time.perf_counter() - t0
 
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from chammi_data.format.groups import GroupPlan, source_groups
 from chammi_data.format.release_format import canonical_json
-from chammi_data.format.vocab import SOURCE_KEYS, SOURCES
-from chammi_data.format.writer import shard_plan
+from chammi_data.format.vocab import RELEASE_SOURCE_KEYS, SOURCES, is_variable
 from pipelines.engine.worker import write_tar_task, write_zarr_task
 
 #: dask priority of shard-writing tasks: they run before the unit tasks of the sources still in progress
@@ -33,31 +33,39 @@ SPILL_RECORD = (
 )
 
 
-def plan_shards(cells: list[dict[str, Any]], per: int) -> dict[str, list[dict[str, Any]]]:
-    """{source: [{index, zarr_start, entries: [(spill, index, split, tasks, record)]}]}, sources in canonical
-    order.
+def plan_shards(
+    cells: list[dict[str, Any]], per: int
+) -> tuple[dict[str, list[dict[str, Any]]], dict[str, list[GroupPlan]]]:
+    """({source: [{index, zarr_start, group, entries: [(spill, index, split, tasks, record)]}]}, {source:
+    its image groups}), sources in release order.
 
     ``record`` is the cell's spill record (ids, label, channels, dtype, shape, sha256, meta, groups and where
-    its encoded bytes lie in the spill), so a shard writer reads only those bytes."""
+    its encoded bytes lie in the spill), so a shard writer reads only those bytes. A CHAMMI source is one
+    group (``group`` None); a variable source's shards never cross its groups (``group`` = [g, j]: zarr
+    shard j of group g; :mod:`chammi_data.format.groups`)."""
     plans: dict[str, list[dict[str, Any]]] = {}
-    for src in SOURCE_KEYS:
+    groups: dict[str, list[GroupPlan]] = {}
+    for src in RELEASE_SOURCE_KEYS:
         mine = [c for c in cells if c["source"] == src]
-        plans_src = []
-        for index, start, end in shard_plan(len(mine), per):
-            entries = [
-                (
-                    c["spill"],
-                    c["index"],
-                    c.get("split", ""),
-                    c.get("tasks", []),
-                    {f: c[f] for f in SPILL_RECORD if f in c},
-                )
-                for c in mine[start:end]
-            ]
-            plans_src.append({"index": index, "zarr_start": start, "entries": entries})
-        if plans_src:
-            plans[src] = plans_src
-    return plans
+        if not mine:
+            continue
+        groups[src] = source_groups(src, mine, per)
+        plans[src] = []
+        for g in groups[src]:
+            for index, start, end, j in g.shards(per):
+                entries = [
+                    (
+                        c["spill"],
+                        c["index"],
+                        c.get("split", ""),
+                        c.get("tasks", []),
+                        {f: c[f] for f in SPILL_RECORD if f in c},
+                    )
+                    for c in mine[start:end]
+                ]
+                group = [g.index, j] if is_variable(src) else None
+                plans[src].append({"index": index, "zarr_start": start, "group": group, "entries": entries})
+    return plans, groups
 
 
 class ShardWriting:
@@ -71,23 +79,25 @@ class ShardWriting:
 
     def submit(self, cells: list[dict[str, Any]]) -> None:
         """Queue the shards of ``cells`` (one or more sources' cells, in release order)."""
-        from chammi_data.format.writer import create_zarr_array
+        from chammi_data.format.writer import create_collection, create_zarr_array
 
         if not cells:
             return
-        for src, src_plans in plan_shards(cells, self.cells_per_shard).items():
-            info = SOURCES[src]
-            first = next(c for c in cells if c["source"] == src)
-            n = sum(len(p["entries"]) for p in src_plans)
-            create_zarr_array(
-                self.root,
-                src,
-                n,
-                info.channels,
-                info.tile_hw,
-                first.get("dtype", "uint8"),
-                self.cells_per_shard,
-            )
+        plans, groups = plan_shards(cells, self.cells_per_shard)
+        for src, src_plans in plans.items():
+            if is_variable(src):  # a collection with one image array per group
+                create_collection(self.root, src, [g.attrs() for g in groups[src]])
+                for g in groups[src]:
+                    _dataset, channels, h, w, dtype = g.key
+                    create_zarr_array(
+                        self.root, src, g.rows, channels, (h, w), dtype, self.cells_per_shard, g.index
+                    )
+            else:
+                info = SOURCES[src]
+                first = next(c for c in cells if c["source"] == src)
+                n = sum(len(p["entries"]) for p in src_plans)
+                dtype = first.get("dtype", "uint8")
+                create_zarr_array(self.root, src, n, info.channels, info.tile_hw, dtype, self.cells_per_shard)
             for p in src_plans:
                 entries = canonical_json(p["entries"])
                 self.futures += [
@@ -98,6 +108,7 @@ class ShardWriting:
                         p["index"],
                         p["zarr_start"],
                         entries,
+                        p["group"],
                         pure=False,
                         priority=WRITE_PRIORITY,
                     )

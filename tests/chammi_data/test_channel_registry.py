@@ -93,3 +93,15 @@ def test_release_sources_and_normalisation():
         source_info("chammi75")
     with pytest.raises(KeyError, match="normalise its images per sample"):
         normalisation_stats("chammi75", ["nucleus"])
+
+
+def test_the_vocabulary_manifest_agrees_with_the_module():
+    import yaml
+
+    from chammi_data.store.paths import manifests_dir
+
+    data = yaml.safe_load((manifests_dir() / "vocabulary.yaml").read_text(encoding="utf-8"))
+    assert tuple(data["channels"]) == VOCAB and tuple(data["chammi75_channels"]) == CHAMMI75_CHANNELS
+    assert [(s["chammi"], s["chammi75"]) for s in data["synonyms"]] == [(s.chammi, s.chammi75) for s in SYNONYMS]
+    for key, info in data["sources"].items():
+        assert tuple(info["channels"]) == SOURCES[key].channels

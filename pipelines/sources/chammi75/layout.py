@@ -42,7 +42,8 @@ PATH = "storage.path"
 #: Columns a table must have.
 REQUIRED_COLUMNS = (STUDY, MCID, CHANNEL, CHANNEL_TYPE, N_CHANNELS, PATH)
 #: Image-level columns kept in a cell's ``meta`` (taken from the image's first channel row) when the table
-#: has them, under their own names.
+#: has them, under their own names. Every manifest row carries them (2.8 M rows): the rest of the table stays
+#: in the table, found again by ``imaging.multi_channel_id``.
 META_COLUMNS = (
     MCID,
     STUDY,
@@ -53,13 +54,9 @@ META_COLUMNS = (
     "biology.organism",
     "biology.cell_line",
     "biology.cell_type",
-    "imaging.panel",
     "microscopy.type",
     "microscopy.magnification",
     "microscopy.fov",
-    "geometry.depth",
-    "geometry.z_slice",
-    "geometry.timepoint",
 )
 #: Characters that separate the fields of a unit's text (removed from values before encoding).
 FIELD, IMAGE_SEP, FILE_SEP, PART_SEP = "\t", "\n", "\x1e", "\x1f"
