@@ -224,9 +224,8 @@ def main() -> None:
     print(
         f"scale {args.scale}: rows {rows}, dim {args.dim}, device {device}, threads {torch.get_num_threads()}"
     )
-    _ = torch.ones(512, 512, device=device) @ torch.ones(
-        512, 512, device=device
-    )  # warm up BLAS / CUDA context
+    # warm up BLAS / CUDA context
+    _ = torch.ones(512, 512, device=device) @ torch.ones(512, 512, device=device)
     report: dict[str, Any] = {
         "scale": args.scale,
         "dim": args.dim,

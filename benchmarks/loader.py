@@ -47,12 +47,13 @@ from chammi_data.format.codec import encode_image
 from chammi_data.format.manifest import read_manifest
 from chammi_data.format.release_format import to_float_tensor
 from chammi_data.format.schema import Cell, make_cell_id
+from chammi_data.format.shards import ShardReader, decode_image_fast, iter_samples
 from chammi_data.format.vocab import SOURCES
 from chammi_data.format.writer import ReleaseWriter
 from chammi_data.interop.official_layout import chw_to_tape, tape_to_chw
 from chammi_data.loading.dataset import load
-from chammi_data.loading.shards import ShardReader, decode_image_fast, iter_samples
 from chammi_data.loading.streaming import stream
+from chammi_data.store.storage import open_store
 
 
 def synthetic_cell(rng: np.random.Generator, source: str, i: int) -> Cell:
@@ -120,7 +121,7 @@ class TarArrays(Dataset):
 
     def __init__(self, root: Path):
         self.rows = read_manifest(root).to_dict("records")
-        self.reader = ShardReader(root)
+        self.reader = ShardReader(open_store(root))
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -260,7 +261,7 @@ def release_survey(root: Path, sources: list[str], n: int = 20) -> dict[str, dic
     """:func:`codec_survey` on the first ``n`` cells of each source of a built release (e.g. the demo
     sample)."""
     rows = read_manifest(root)
-    reader = ShardReader(root)
+    reader = ShardReader(open_store(root))
     out = {}
     for src in sources:
         part = rows[rows["source"] == src].head(n).to_dict("records")

@@ -35,6 +35,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import imagecodecs
 import numpy as np
@@ -50,11 +51,14 @@ from loader import synthetic_cell  # noqa: E402
 
 from chammi_data.augment.transforms import train_transform  # noqa: E402
 from chammi_data.format.manifest import read_manifest, write_manifest  # noqa: E402
+from chammi_data.format.shards import ShardReader, decode_image_fast  # noqa: E402
 from chammi_data.format.writer import ReleaseWriter  # noqa: E402
 from chammi_data.loading.collate import group_by_channels_uint8  # noqa: E402
-from chammi_data.loading.shards import ShardReader, decode_image_fast  # noqa: E402
 from chammi_data.loading.streaming import stream  # noqa: E402
-from chammi_data.store.storage import ReleaseStore  # noqa: E402
+from chammi_data.store.storage import (
+    ReleaseStore,  # noqa: E402
+    open_store,
+)
 from tests.servers import DelayProxy, S3Server  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -89,17 +93,18 @@ def _epochs(loader: DataLoader, st, epochs: int) -> tuple[float, list[float], fl
     return first, times, cpu / max(1, count * (epochs - 1)), count
 
 
+def uint8_loader(st: Any, workers: int) -> DataLoader:
+    """The trainer's loader over a ``stream(output="uint8")``: integer batches per channel set, persistent
+    workers."""
+    kw = {"collate_fn": group_by_channels_uint8, "persistent_workers": workers > 0}
+    return DataLoader(st, batch_size=BATCH, num_workers=workers, **kw)
+
+
 def bench_workers(release: Path, epochs: int) -> dict:
     out = {}
     for workers in (0, 1, 2):
         st = stream(release, split="all", seed=0, output="uint8", worker_block=BATCH, workers=workers)
-        loader = DataLoader(
-            st,
-            batch_size=BATCH,
-            collate_fn=group_by_channels_uint8,
-            num_workers=workers,
-            persistent_workers=workers > 0,
-        )
+        loader = uint8_loader(st, workers)
         first, times, cpu, n = _epochs(loader, st, epochs)
         out[f"uint8/{workers}"] = {
             "startup_s": first,
@@ -138,14 +143,7 @@ def _stream_rate(root, epochs: int, readahead: int, workers: int) -> float:
         readahead=readahead,
         buffer=256,
     )
-    loader = DataLoader(
-        st,
-        batch_size=BATCH,
-        collate_fn=group_by_channels_uint8,
-        num_workers=workers,
-        persistent_workers=workers > 0,
-    )
-    _, times, _, n = _epochs(loader, st, epochs)
+    _, times, _, n = _epochs(uint8_loader(st, workers), st, epochs)
     return n / statistics.median(times)
 
 
@@ -161,7 +159,7 @@ def _cpu_per_sample(root, readahead: int) -> float:
 def _readahead_alone(store: ReleaseStore, release: Path, shards: list[str], work_s: float = 0.02) -> dict:
     """Seconds to fetch 12 whole shards through the delaying proxy while 'working' ``work_s`` on each, with
     read-ahead depth 0, 2 and 4: what read-ahead hides, without the CPU of decoding competing."""
-    from chammi_data.store.readahead import ByteRange, RangeReadahead
+    from chammi_data.loading.readahead import ByteRange, RangeReadahead
 
     ranges = [ByteRange(s, 0, (release / s).stat().st_size) for s in shards[:12]]
     out = {}
@@ -275,7 +273,7 @@ def _codec_one(reader: ShardReader, mine: list[dict], repeat: int, ds) -> dict:
 
 def bench_codec(release: Path, repeat: int) -> dict:
     rows = read_manifest(release).to_dict("records")
-    reader = ShardReader(release)
+    reader = ShardReader(open_store(release))
     import chammi_data
 
     ds = chammi_data.load("all", root=release)

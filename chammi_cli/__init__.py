@@ -1,9 +1,10 @@
-"""The ``chammi`` command: one subcommand per module, loaded only when used.
+"""The command-line layer: the ``chammi`` and ``chammi-build`` commands and the demo.
 
-The data library declares its own subcommands (``chammi_cli.data_commands.SUBCOMMANDS``); this package adds
-the model ones and dispatches. Each subcommand module defines ``register(parser)`` (adds its arguments) and
-``main(args) -> int``. CLI modules stay thin: parse arguments, call one library function, print where the
-output went.
+This package stands above both ``pipelines`` (curation) and ``chammi_models`` (the zoo), which are siblings
+over ``chammi_data``; nothing imports it except the ``__main__`` entry points. Each ``chammi`` subcommand is
+one module with ``register(parser)`` (adds its arguments) and ``main(args) -> int``, loaded only when used;
+modules stay thin: parse arguments, call one library function, print where the output went. Every command
+answers errors the same way (:func:`chammi_cli.errors.run_command`).
 """
 
 from __future__ import annotations
@@ -12,22 +13,29 @@ import argparse
 import importlib
 import sys
 
-from chammi_cli.data_commands import SUBCOMMANDS as DATA_SUBCOMMANDS
+from chammi_cli.errors import ArgumentParser, run_command
 
-#: subcommand -> (module, one-line help) of the model library
-MODEL_SUBCOMMANDS: dict[str, tuple[str, str]] = {
+#: ``chammi`` subcommand -> (module, one-line help)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "export": (
+        "chammi_cli.export",
+        "write a release in the official CHAMMI layout (tape PNGs + enriched_meta.csv)",
+    ),
+    "validate": ("chammi_cli.validate", "re-hash shards and check manifest vs shards vs zarr"),
+    "eval": ("chammi_cli.evaluate", "score features with the official 1-NN protocol and the CPS"),
+    "report": ("chammi_cli.report", "overlay several evaluated runs: radar plot + markdown table"),
     "train": ("chammi_cli.train", "train a channel-adaptive model on a release"),
     "embed": ("chammi_cli.embed", "write features of a trained model, row-aligned with the manifest"),
     "demo": ("chammi_cli.demo", "the whole system end to end on the embedded sample data"),
 }
-#: every ``chammi`` subcommand: the data library's first, then the model library's
-SUBCOMMANDS: dict[str, tuple[str, str]] = {**DATA_SUBCOMMANDS, **MODEL_SUBCOMMANDS}
 
 
 def build_parser() -> argparse.ArgumentParser:
     from chammi_data import __version__
 
-    parser = argparse.ArgumentParser(prog="chammi", description="CHAMMI toolkit")
+    parser = ArgumentParser(
+        prog="chammi", description="CHAMMI toolkit", epilog="curation: chammi-build --help"
+    )
     parser.add_argument("--version", action="version", version=f"chammi {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module, help_text) in SUBCOMMANDS.items():
@@ -38,8 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``chammi`` console script: parse, then run the subcommand through :func:`run_command`."""
     args = build_parser().parse_args(argv)
-    return int(importlib.import_module(args._module).main(args) or 0)
+    return run_command(f"chammi {args.command}", importlib.import_module(args._module).main, args)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """``chammi-build`` (also ``python -m pipelines``): regenerate CHAMMI from raw sources (or convert an official
 download) into a release.
 
-    chammi-build --source {wtc11,hpa,cp,chammi,chammi75,all} [--input DIR|URL] [--output DIR] [--workers N]
+    chammi-build --source {wtc11,hpa,cp,chammi,all} [--input DIR] [--output DIR] [--workers N]
                  [--scheduler ADDRESS] [--config FILE] [--set SECTION.KEY=VALUE ...] [--strict] [--seed N]
                  [--keep-work] [--quiet]
     chammi-build synth --output DIR [--seed N] [--source NAME ...]
@@ -9,10 +9,14 @@ download) into a release.
 
 Without ``--input`` the embedded sample raw data is generated (deterministically, by ``--seed``) into
 ``OUTPUT/.work/sample_raw`` and built; it is removed after a successful build unless ``--keep-work``.
-Without ``--output`` the release goes to ``chammi_data.store.paths.default_release_dir()``. Exit status: 0 ok,
-1 failed build (``--strict`` with skipped items, no cells, accounting that does not add up: the previous
-release stays, ``OUTPUT/build_report.failed.json`` says why), 2 bad arguments, unreadable source tables,
-or an output folder another build holds.
+Without ``--output`` the release goes to ``chammi_data.store.paths.default_release_location()``. Exit statuses
+(:mod:`chammi_cli.errors`): 0 ok, 1 failed build (``--strict`` with skipped items, no cells, accounting that
+does not add up: the previous release stays, ``OUTPUT/build_report.failed.json`` says why), 2 bad arguments,
+unreadable source tables, a malformed config, an output folder another build holds, 130 Ctrl-C.
+
+The curation package is called ``pipelines``, a name other projects use too (on PyPI and as a folder name). A
+foreign ``pipelines`` earlier on ``sys.path`` would otherwise show up as a baffling ``No module named
+'pipelines.engine'``; this module checks first and says what happened.
 """
 
 from __future__ import annotations
@@ -20,9 +24,26 @@ from __future__ import annotations
 import argparse
 import sys
 
-from chammi_data.store.paths import default_release_dir
-from pipelines.engine.output import OutputLocked
-from pipelines.sources.registry import RAW_SOURCES, SAMPLE_SOURCES, list_pipelines
+from chammi_cli.errors import EXIT_PROBLEMS, ArgumentParser, UserError, run_command
+
+PROG = "chammi-build"
+SYNTH_USAGE = "chammi-build synth --output DIR [--seed N] [--source NAME ...]"
+
+
+def own_pipelines() -> None:
+    """Raise :class:`UserError` naming the package and the fix when ``import pipelines`` is not this
+    toolkit's."""
+    import pipelines
+
+    if not getattr(pipelines, "__chammi__", False):
+        where = getattr(pipelines, "__file__", None) or list(getattr(pipelines, "__path__", []))
+        raise UserError(
+            f"'import pipelines' resolves to {where}, which is not the CHAMMI toolkit's pipelines package "
+            "(another distribution also named 'pipelines', or a folder of that name earlier on sys.path). "
+            "Uninstall the other 'pipelines' distribution (pip uninstall pipelines), run from another "
+            "folder, "
+            "or use a fresh virtual environment for chammi."
+        )
 
 
 def package_version() -> str:
@@ -33,7 +54,15 @@ def package_version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="chammi-build", description="Build a CHAMMI release from raw sources.")
+    from chammi_data.store.paths import default_release_location
+    from pipelines.sources.registry import list_pipelines
+
+    p = ArgumentParser(
+        prog=PROG,
+        description="Build a CHAMMI release from raw sources.",
+        epilog=f"subcommand: `{SYNTH_USAGE}` writes the sample raw data in the real layouts "
+        "(see `chammi-build synth --help`)",
+    )
     p.add_argument("--version", action="version", version=f"chammi-build {package_version()}")
     p.add_argument(
         "--source",
@@ -47,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="raw folder (with --source all: DIR/wtc11, DIR/hpa, DIR/cp); for chammi75 the CHAMMI-75 root, "
         "a folder or a URL such as s3://chammi-data/CHAMMI-75; default: generate the embedded sample data",
     )
-    p.add_argument("--output", default=None, help=f"release folder (default {default_release_dir()})")
+    p.add_argument("--output", default=None, help=f"release folder (default {default_release_location()})")
     p.add_argument("--workers", type=int, default=2, help="local dask workers (processes, 1 thread each)")
     p.add_argument(
         "--scheduler", default=None, help="address of an existing dask scheduler (workers must see OUTPUT)"
@@ -73,7 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def synth_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    from pipelines.sources.registry import RAW_SOURCES, SAMPLE_SOURCES
+
+    p = ArgumentParser(
         prog="chammi-build synth", description="Write the sample raw data in the real layouts."
     )
     p.add_argument("--output", required=True, help="folder to write DIR/wtc11, DIR/hpa, DIR/cp into")
@@ -82,38 +113,52 @@ def synth_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["synth"]:
-        args = synth_parser().parse_args(argv[1:])
-        from pipelines.sources.synthetic import write_sample
+def synth(args: argparse.Namespace) -> int:
+    """``chammi-build synth``: the sample raw data of the chosen sources."""
+    from pathlib import Path
 
-        out = write_sample(args.output, seed=args.seed, sources=args.source, progress=True)
-        print(f"sample raw data ({', '.join(args.source)}, seed {args.seed}) written to {out}")
-        return 0
-    args = build_parser().parse_args(argv)
-    from pipelines.engine.build import build
-    from pipelines.engine.build_config import load_config, parse_settings
+    from pipelines.sources.synthetic import write_sample
 
-    try:
-        config = load_config(args.config, parse_settings(args.set)) if args.set else args.config
-        result = build(
-            args.source,
-            input_dir=args.input,
-            output=args.output,
-            workers=args.workers,
-            scheduler=args.scheduler,
-            config=config,
-            strict=args.strict,
-            progress=not args.quiet,
-            seed=args.seed,
-            keep_work=args.keep_work,
-        )
-    except (FileNotFoundError, KeyError, ValueError, OutputLocked) as exc:
-        print(f"chammi-build: error: {exc}", file=sys.stderr)
-        return 2
+    if Path(args.output).exists() and not Path(args.output).is_dir():
+        raise UserError(f"--output {args.output} is a file, not a folder")
+    out = write_sample(args.output, seed=args.seed, sources=args.source, progress=True)
+    print(f"sample raw data ({', '.join(args.source)}, seed {args.seed}) written to {out}")
+    return 0
+
+
+def build(args: argparse.Namespace) -> int:
+    """``chammi-build --source ...``: build, print the summary; 1 when the build failed."""
+    from pipelines.engine.build import build as run_build
+
+    same_names = (
+        "workers",
+        "scheduler",
+        "config",
+        "strict",
+        "seed",
+        "keep_work",
+    )  # build()'s parameter names
+    options = {name: getattr(args, name) for name in same_names}
+    if args.set:  # --set items over --config (a YAML file) over the defaults
+        from pipelines.engine.build_config import load_config, parse_settings
+
+        options["config"] = load_config(args.config, parse_settings(args.set))
+    result = run_build(
+        args.source, input_dir=args.input, output=args.output, progress=not args.quiet, **options
+    )
     print(result.summary())
-    return 0 if result.ok else 1
+    return 0 if result.ok else EXIT_PROBLEMS
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The ``chammi-build`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    code = run_command(PROG, own_pipelines)
+    if code:
+        return code
+    if argv[:1] == ["synth"]:
+        return run_command("chammi-build synth", synth, synth_parser().parse_args(argv[1:]))
+    return run_command(PROG, build, build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -22,15 +22,12 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from chammi_cli.demo_run import run_demo
+    from chammi_data.errors import UserError
 
-    res = run_demo(
-        args.out,
-        seed=args.seed,
-        workers=args.workers,
-        quick=args.quick,
-        overrides=args.overrides,
-        metric=args.metric,
-    )
+    if args.out.exists() and not args.out.is_dir():
+        raise UserError(f"--out {args.out} is a file, not a folder")
+    options = {name: getattr(args, name) for name in ("seed", "workers", "quick", "overrides", "metric")}
+    res = run_demo(args.out, **options)
     t, b = res.scores.get("trained"), res.scores.get("baseline")
     print(f"CPS ({args.metric}): trained {t:.3f}  vs  untrained ChannelReplication baseline {b:.3f}")
     if not args.quick and not res.trained_beats_baseline:

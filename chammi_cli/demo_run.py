@@ -57,10 +57,11 @@ def _baseline_features(release: Path, backbone: str, image_size: int, seed: int)
 def _examples(release: Path, per_class: int = 3) -> dict[str, dict[str, list[np.ndarray]]]:
     """Up to ``per_class`` training cells per (source, label), first in manifest order."""
     from chammi_data.format.manifest import read_manifest
-    from chammi_data.loading.shards import ShardReader
+    from chammi_data.format.shards import ShardReader
+    from chammi_data.store.storage import open_store
 
     manifest = read_manifest(release)
-    reader = ShardReader(release)
+    reader = ShardReader(open_store(release))
     out: dict[str, dict[str, list[np.ndarray]]] = {}
     for (source, label), rows in manifest.groupby(["source", "label"], sort=True):
         picked = rows.head(per_class)
@@ -126,7 +127,7 @@ def run_demo(
     ``quick`` trains only a handful of steps (for tests: it checks that the path runs, not that it learns).
     """
     import chammi_data
-    from chammi_cli.entry_build import own_pipelines
+    from chammi_cli.build import own_pipelines
     from chammi_data.evaluation.features import load_features, save_features
     from chammi_data.evaluation.montage import save_montage
     from chammi_data.evaluation.plots import radar_plot
@@ -148,7 +149,7 @@ def run_demo(
         out / "report",
     )
     timings: dict[str, float] = {}
-    bar = progress_bar(total=len(DEMO_STEPS), desc="chammi demo", unit="step")
+    bar: Any = progress_bar(total=len(DEMO_STEPS), desc="chammi demo", unit="step")
 
     def step_done(name: str, t0: float) -> None:
         timings[name] = time.perf_counter() - t0

@@ -3,14 +3,14 @@
     chammi embed --checkpoint runs/tiny --release RELEASE --out features/tiny
     chammi eval --features features/tiny --release RELEASE
 
-Exit status: 0 on success, 2 when --checkpoint or --release names no model/release folder, 1 when the
-model folder's card or weights are refused (each with one line on stderr).
+Exit status: 0 on success, 2 (one line on stderr) when --checkpoint or --release names no model or release,
+or the model folder's card or weights are refused.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
+import os
 from pathlib import Path
 
 
@@ -31,7 +31,12 @@ def register(parser: argparse.ArgumentParser) -> None:
         "--out", type=Path, required=True, help="output folder: OUT/<Allen|HPA|CP>/features.npy"
     )
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--workers", type=int, default=4, help="DataLoader workers")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help=f"DataLoader workers (default: the cores this process may use, here {available_cores()})",
+    )
     parser.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if available)")
     parser.add_argument(
         "--image-size", type=int, default=None, help="eval input size (default: the model card's)"
@@ -45,31 +50,26 @@ def register(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def main(args: argparse.Namespace) -> int:
     from chammi_models.embed import embed
-    from chammi_models.zoo.weights import WeightsError
 
-    try:
-        out = embed(
-            args.checkpoint,
-            args.release,
-            args.out,
-            batch_size=args.batch_size,
-            workers=args.workers,
-            device=args.device,
-            image_size=args.image_size,
-            channel_translation=args.translate_channels,
-        )
-    except FileNotFoundError as exc:  # a checkpoint or release argument that names nothing usable
-        return _fail(exc, 2)
-    except WeightsError as exc:  # the model folder exists, but its card or weights are refused
-        return _fail(exc, 1)
+    out = embed(
+        args.checkpoint,
+        args.release,
+        args.out,
+        batch_size=args.batch_size,
+        workers=available_cores() if args.workers is None else args.workers,
+        device=args.device,
+        image_size=args.image_size,
+        channel_translation=args.translate_channels,
+    )
     print(f"features written to {out} (see {out / 'embedding.json'})")
     return 0
-
-
-def _fail(exc: Exception, code: int) -> int:
-    """One line on stderr instead of a traceback: the user can act on the message alone."""
-    message = exc.args[0] if len(exc.args) == 1 else str(exc)
-    print(f"chammi embed: {message}", file=sys.stderr)
-    return code

@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from chammi_cli.errors import UserError, handles_user_errors
+from chammi_data.errors import UserError
 from chammi_data.evaluation.knn import DEFAULT_BLOCK_SIZE, METRICS
 
 CLASSIFIERS = ("knn", "sgd")
@@ -67,14 +67,13 @@ def _release_identity(release: object) -> dict[str, object]:
         return {}
 
 
-@handles_user_errors("chammi eval")
 def main(args: argparse.Namespace) -> int:
     from chammi_data.evaluation.features import identity_problems, load_features
     from chammi_data.evaluation.plots import radar_plot
     from chammi_data.evaluation.scoring import evaluate
-    from chammi_data.store.storage import default_location
+    from chammi_data.store.paths import default_release_location
 
-    release = args.release if args.release is not None else default_location()
+    release = args.release if args.release is not None else default_release_location()
     features = load_features(args.features, args.feature_file)
     problems = identity_problems(args.features, _release_identity(release), args.feature_file)
     if problems and not args.force:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import argparse
 
-from chammi_cli.errors import handles_user_errors
-
 
 def register(parser: argparse.ArgumentParser) -> None:
     from chammi_data.interop.official_export import FORMATS
@@ -33,7 +31,6 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress output")
 
 
-@handles_user_errors("chammi export")
 def main(args: argparse.Namespace) -> int:
     from chammi_data.interop.official_export import export_official
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from chammi_cli.errors import UserError, handles_user_errors
+from chammi_data.errors import UserError
 
 #: Column headers of the markdown table, in radar-axis order.
 _HEADERS = ("W1", "W2", "H1", "H2", "H3", "C1", "C2", "C3", "C4")
@@ -75,7 +75,6 @@ def markdown_report(runs: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-@handles_user_errors("chammi report")
 def main(args: argparse.Namespace) -> int:
     from chammi_data.evaluation.plots import radar_plot
 

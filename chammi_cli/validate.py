@@ -7,31 +7,30 @@ release at RELEASE (a missing folder, or one without release.json and manifest.p
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from chammi_cli.errors import EXIT_PROBLEMS, handles_user_errors
+from chammi_cli.errors import EXIT_PROBLEMS
 
 
 def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "release", help="release folder (contains release.json, manifest.parquet, shards/, zarr/)"
+        "release",
+        help="release folder or URL (s3://, gs://, http(s)://, file://) holding release.json, "
+        "manifest.parquet, shards/, zarr/",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress output")
 
 
-@handles_user_errors("chammi validate")
 def main(args: argparse.Namespace) -> int:
     from chammi_data.format.manifest import MANIFEST_PARQUET, RELEASE_JSON, ReleaseNotFoundError
     from chammi_data.format.validate import validate_release
+    from chammi_data.store.storage import open_store
 
-    root = Path(args.release)
-    if not root.is_dir():
-        raise ReleaseNotFoundError(f"no release at {root}: the folder does not exist")
-    if not (root / RELEASE_JSON).exists() and not (root / MANIFEST_PARQUET).exists():
+    store = open_store(args.release)  # a folder or any URL, normalised once here
+    if not store.exists(RELEASE_JSON) and not store.exists(MANIFEST_PARQUET):
         raise ReleaseNotFoundError(
-            f"no release at {root}: neither {RELEASE_JSON} nor {MANIFEST_PARQUET} is there "
+            f"no release at {store}: neither {RELEASE_JSON} nor {MANIFEST_PARQUET} is there "
             "(run `chammi-build` to build one)"
         )
-    report = validate_release(root, progress=not args.quiet)
+    report = validate_release(store, progress=not args.quiet)
     print(report.summary())
     return 0 if report.ok else EXIT_PROBLEMS

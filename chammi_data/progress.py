@@ -46,7 +46,7 @@ def _amount(n: float, unit: str) -> str:
 
 
 class Progress(Generic[T]):
-    """A progress bar (tqdm) or start/end lines; see the module docstring. Create it with :func:`progress`."""
+    """A progress bar (tqdm) or start/end lines; see the module docstring (``progress`` is this class)."""
 
     def __init__(
         self,
@@ -146,22 +146,9 @@ class Progress(Generic[T]):
         self.close(ok=exc_type is None)
 
 
-def progress(
-    iterable: Iterable[T] | None = None,
-    *,
-    desc: str = "",
-    total: float | None = None,
-    unit: str = "it",
-    disable: bool = False,
-    leave: bool = True,
-    initial: float = 0,
-) -> Progress[T]:
-    """Wrap ``iterable`` (or, without one, make a bar to ``update()`` by hand) with progress reporting.
-
-    ``total`` defaults to ``len(iterable)`` when it has one; ``unit`` names what is counted (plural: +"s");
-    ``initial``: units already done (a resumed run). A tqdm bar on a terminal; otherwise a start line and an
-    end line on stderr; nothing with ``disable``.
-    """
-    return Progress(
-        iterable, desc=desc, total=total, unit=unit, disable=disable, leave=leave, initial=initial
-    )
+#: Wrap an iterable (or, without one, make a bar to ``update()`` by hand) with progress reporting:
+#: ``progress(iterable, desc=..., total=..., unit=..., disable=..., leave=..., initial=...)``. ``total``
+#: defaults to ``len(iterable)`` when it has one; ``unit`` names what is counted (plural: +"s"); ``initial``:
+#: units already done (a resumed run). A tqdm bar on a terminal; otherwise a start line and an end line on
+#: stderr; nothing with ``disable``.
+progress = Progress

@@ -30,12 +30,12 @@ from chammi_data.evaluation.features import feature_file_digests, save_features
 from chammi_data.format.manifest import RELEASE_JSON, read_manifest, source_rows, sources_in
 from chammi_data.format.vocab import SOURCES
 from chammi_data.loading.collate import collate_homogeneous
-from chammi_data.store.storage import open_store
+from chammi_data.store.storage import ReleaseStore, open_store
 
 FEATURES_NAME = "features"  #: OUT/<Folder>/features.npy
 
 
-def release_identity(release: str | Path) -> dict[str, Any]:
+def release_identity(release: str | Path | ReleaseStore) -> dict[str, Any]:
     """{release_dir, release_id, manifest_sha256}: the release id is a hash of ``release.json`` (which is
     byte-deterministic for identical content), the manifest hash the one recorded in it."""
     store = open_store(release)
@@ -57,7 +57,7 @@ def release_identity(release: str | Path) -> dict[str, Any]:
 @torch.no_grad()
 def extract_features(
     model: nn.Module,
-    release: str | Path,
+    release: str | Path | ReleaseStore,
     sources: Sequence[str] | None = None,
     *,
     image_size: int = 224,
@@ -76,9 +76,9 @@ def extract_features(
     import chammi_data
     from chammi_data.progress import progress as progress_bar
 
-    release = open_store(release)
+    store = open_store(release)
     transform = transform if transform is not None else eval_transform(image_size)
-    manifest = read_manifest(release)
+    manifest = read_manifest(store)
     keys = (
         sources_in(manifest) if sources is None else [SOURCES[s].key if s in SOURCES else s for s in sources]
     )
@@ -90,7 +90,7 @@ def extract_features(
     try:
         for key in keys:
             expected = source_rows(manifest, key)["cell_id"].tolist()
-            ds = chammi_data.load("all", root=release, sources=[key], transform=transform)
+            ds = chammi_data.load("all", root=store, sources=[key], transform=transform)
             if list(ds.rows["cell_id"]) != expected:
                 raise ValueError(
                     f"source {key}: dataset rows are not in manifest feature order; cannot align features"
@@ -116,33 +116,20 @@ def extract_features(
 
 def evaluate_model(
     model: nn.Module,
-    release: str | Path,
+    release: str | Path | ReleaseStore,
     sources: Sequence[str] | None = None,
     *,
-    image_size: int = 224,
-    batch_size: int = 256,
-    workers: int = 0,
-    device: str | torch.device | None = None,
     metric: str = "cosine",
-    amp: bool = True,
+    **extract_options: Any,
 ) -> dict[str, Any]:
-    """Embed and score: {"cps", "metric", "table" (records), "flat" ({name: value} for metrics logs)}.
+    """Embed (:func:`extract_features` with ``extract_options``: image size, batch size, workers, device,
+    amp) and score: {"cps", "metric", "table" (records), "flat" ({name: value} for metrics logs)}.
 
     ``cps`` is None unless all three sources are evaluated (a leave-one-source-out run scores one source).
     """
     import chammi_data
 
-    feats = extract_features(
-        model,
-        release,
-        sources,
-        image_size=image_size,
-        batch_size=batch_size,
-        workers=workers,
-        device=device,
-        amp=amp,
-        progress=False,
-    )
+    feats = extract_features(model, release, sources, progress=False, **extract_options)
     result = chammi_data.evaluate(feats, open_store(release), metric=metric, progress=False)
     flat: dict[str, Any] = {"cps": result.cps}
     for row in result.table.itertuples():
@@ -171,7 +158,7 @@ def load_trained(
             f"folder (run `chammi train` first; an unfinished run has no model/ yet, resume it)"
         )
     model = load_model(path)
-    return model.to(device).eval(), dict(model.card)
+    return model.to(device).eval(), dict(model.card)  # type: ignore[arg-type]
 
 
 def card_eval_transform(card: dict[str, Any], image_size: int | None = None) -> tuple[Compose, int, str]:
@@ -192,7 +179,7 @@ def card_eval_transform(card: dict[str, Any], image_size: int | None = None) -> 
 
 def embed(
     checkpoint: str | Path,
-    release: str | Path,
+    release: str | Path | ReleaseStore,
     out: str | Path,
     *,
     batch_size: int = 256,
@@ -215,14 +202,14 @@ def embed(
     Raises ``FileNotFoundError`` for a missing release or model folder (checked in that order, before any
     model is built) and ``chammi_models.zoo.weights.WeightsError`` for an unusable card or weights file.
     """
-    release, out = open_store(release), Path(out)
-    identity = release_identity(release)
+    store, out = open_store(release), Path(out)
+    identity = release_identity(store)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, card = load_trained(checkpoint, dev)
     model.translate_inputs(channel_translation)
     transform, size, stats_from = card_eval_transform(card, image_size)
     feats = extract_features(
-        model, release, batch_size=batch_size, workers=workers, device=dev, transform=transform
+        model, store, batch_size=batch_size, workers=workers, device=dev, transform=transform
     )
     out.mkdir(parents=True, exist_ok=True)
     paths = save_features(out, feats, FEATURES_NAME)

@@ -4,6 +4,8 @@
   none of the others, ``pipelines`` and ``chammi_models`` are siblings that never import each other, and only
   the command-line layer ``chammi_cli`` imports both (a package's ``__main__.py`` is an entry point and may
   import ``chammi_cli``);
+- inside a package, its subpackages (and top-level modules) stand in layers (:data:`LAYERS`): a module imports
+  only from its own layer and the layers below;
 - no module imports a private (``_name``) object from another module;
 - no import cycles inside a package (imports inside functions included);
 - a module is at most 500 lines of ruff-formatted code (the formatter spreads arguments one per line, about
@@ -55,6 +57,57 @@ ALLOWED = {
     "chammi_models": {"chammi_models", "chammi_data"},
     "chammi_cli": set(PACKAGES),
 }
+
+#: the layers inside each package, bottom first: a module of one layer imports only its own layer and lower
+#: ones (the package's ``__init__`` and ``__main__`` are entry points above every layer)
+LAYERS = {
+    "chammi_data": [
+        {"errors", "progress"},
+        {"store"},
+        {"format"},
+        {"augment"},
+        {"loading"},
+        {"interop"},
+        {"evaluation"},
+    ],
+    "pipelines": [{"steps"}, {"sources"}, {"engine"}],
+    "chammi_models": [{"zoo"}, {"embed"}, {"training"}],
+}
+
+
+def _layer(module: str) -> int | None:
+    """The layer of a dotted module name inside its package (None: the package itself or an entry point)."""
+    parts = module.split(".")
+    if len(parts) < 2 or parts[0] not in LAYERS or parts[1] in ("__init__", "__main__"):
+        return None
+    if not (ROOT / parts[0] / parts[1]).is_dir() and not (ROOT / parts[0] / f"{parts[1]}.py").is_file():
+        return None  # a name the package itself exports (chammi_models.create_model): its entry point
+    for level, names in enumerate(LAYERS[parts[0]]):
+        if parts[1] in names:
+            return level
+    raise AssertionError(f"{module}: {parts[1]} is in no layer of {parts[0]} (tests/test_layering.py LAYERS)")
+
+
+@pytest.mark.parametrize(
+    "path", [p for p in MODULES if p.parts[-1] not in ("__init__.py", "__main__.py")] + []
+)
+def test_layers_inside_each_package(path: Path) -> None:
+    here = _name(path)
+    mine = _layer(here)
+    if mine is None:
+        return
+    for module, names in _imports(path):
+        if module.split(".")[0] != here.split(".")[0]:
+            continue
+        # `from chammi_data import progress` names the module in `names`; `from chammi_data.store.x import y`
+        # in `module`
+        targets = [f"{module}.{n}" for n in names] if module.count(".") == 0 else [module]
+        for target in targets:
+            theirs = _layer(target) if target.split(".")[1:2] != ["__version__"] else None
+            assert theirs is None or theirs <= mine, (
+                f"{here} (layer {mine}) imports {target} (layer {theirs}): a lower layer may not import a "
+                "higher one (docs/CONTRACTS.md)"
+            )
 
 
 @pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(ROOT)))

@@ -73,7 +73,8 @@ def _size(entry: Any, where: str) -> CropSize:
 
 
 def load_crop_table(path: str | Path | None = None) -> CropTable:
-    """The crop table (default: ``manifests/chammi75_crops.yaml``), checked; ``ValueError`` names the entry."""
+    """The crop table (default: ``manifests/chammi75_crops.yaml``), checked; ``ValueError`` names the
+    entry."""
     if path is None:
         from chammi_data.store.paths import manifests_dir
 
@@ -119,7 +120,9 @@ class GuidedCrop:
         if not 0 <= self.jitter < 1:
             raise ValueError(f"guided crop jitter must be in [0, 1), got {self.jitter}")
 
-    def box(self, height: int, width: int, centroids: np.ndarray | None, study: str, seed: int) -> tuple[int, ...]:
+    def box(
+        self, height: int, width: int, centroids: np.ndarray | None, study: str, seed: int
+    ) -> tuple[int, ...]:
         """(top, left, side, cell) of the crop of an image of this size: the square inside the image and the
         index of the cell it is centred on (-1: a random point or a whole image)."""
         g = _rng(seed)

@@ -144,7 +144,7 @@ EMBEDDING_JSON = "embedding.json"
 
 def feature_file_digests(paths: Mapping[str, Path]) -> dict[str, str]:
     """{official folder name: sha256 of the .npy file} for the files of :func:`save_features`."""
-    from chammi_data.format.schema import file_sha256
+    from chammi_data.store.paths import file_sha256
 
     return {SOURCES[source_key(k)].folder: file_sha256(p) for k, p in paths.items()}
 
@@ -161,7 +161,7 @@ def identity_problems(
     """
     import json
 
-    from chammi_data.format.schema import file_sha256
+    from chammi_data.store.paths import file_sha256
 
     path = Path(directory) / EMBEDDING_JSON
     if not path.is_file():

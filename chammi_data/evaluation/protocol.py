@@ -19,8 +19,8 @@ import pandas as pd
 
 from chammi_data.evaluation.features import EvaluationInputError, rows_text, source_key
 from chammi_data.format.release_format import parse_bool, train_mask
-from chammi_data.format.schema import file_sha256
 from chammi_data.format.vocab import LOGO_TASKS, SOURCE_KEYS, SOURCES
+from chammi_data.store.paths import file_sha256
 from chammi_data.store.storage import ReleaseStore, open_store
 
 

@@ -100,7 +100,7 @@ def encode_image(image: np.ndarray, level: int = ZSTD_LEVEL, guidance: Guidance 
     )
 
 
-def decode_image(data: bytes, where: str = "image", max_bytes: int = 1 << 28) -> np.ndarray:
+def decode_image(data: bytes | memoryview, where: str = "image", max_bytes: int = 1 << 28) -> np.ndarray:
     """zstd-compressed ``.npy`` bytes -> (C, H, W) array. ``where`` names the shard/key in errors.
 
     At most ``max_bytes`` are decompressed, whether or not the frame declares its size. A guidance tail is
@@ -108,7 +108,7 @@ def decode_image(data: bytes, where: str = "image", max_bytes: int = 1 << 28) ->
     return _decode_general(data, where, max_bytes)[0]
 
 
-def _decode_general(data: bytes, where: str, max_bytes: int) -> tuple[np.ndarray, memoryview]:
+def _decode_general(data: bytes | memoryview, where: str, max_bytes: int) -> tuple[np.ndarray, memoryview]:
     """(image, the bytes after its .npy) through zstandard and ``np.load``."""
     try:
         declared = zstandard.frame_content_size(data)
@@ -182,7 +182,7 @@ def _decode(
     return buf[start:end].view(dtype).reshape(shape), buf[end:]
 
 
-def _general(data: bytes, where: str, most: int, tail: bool) -> tuple[np.ndarray, Any]:
+def _general(data: bytes | memoryview, where: str, most: int, tail: bool) -> tuple[np.ndarray, Any]:
     image, rest = _decode_general(data, where, most)
     if len(rest) and not tail:
         raise CorruptSampleError(f"{where}: cannot decode image ({len(rest)} bytes after the .npy array)")
@@ -190,7 +190,7 @@ def _general(data: bytes, where: str, most: int, tail: bool) -> tuple[np.ndarray
 
 
 def decode_image_fast(
-    data: bytes, where: str = "image", expected: Mapping[str, Any] | None = None
+    data: bytes | memoryview, where: str = "image", expected: Mapping[str, Any] | None = None
 ) -> np.ndarray:
     """Same result and checks as :func:`decode_image`, without ``np.load``'s copies and ``literal_eval``.
 
@@ -207,7 +207,7 @@ def decode_image_fast(
 
 
 def decode_member(
-    data: bytes, where: str = "image", expected: Mapping[str, Any] | None = None
+    data: bytes | memoryview, where: str = "image", expected: Mapping[str, Any] | None = None
 ) -> tuple[np.ndarray, Guidance | None]:
     """(image, guidance or None) of a member that may carry a guidance tail (module docstring), with the
     checks of :func:`decode_image_fast`; the tail may add at most :data:`MAX_TAIL_BYTES`."""

@@ -134,7 +134,7 @@ def read_manifest(
     root: Any = None, storage_options: Mapping[str, Any] | None = None, verify: bool = True
 ) -> pd.DataFrame:
     """The manifest of the release at ``root`` (a folder, a URL, a :class:`ReleaseStore`; default:
-    ``storage.default_location()``).
+    ``paths.default_release_location()``).
 
     Task columns are bool, sizes/offsets/rows int64, the rest str; cell ids are checked. With ``verify`` (the
     default) the manifest's sha256 must equal the one ``release.json`` records, so an edited row (an offset

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,15 +33,6 @@ def make_cell_id(source: str, *parts: Any) -> str:
     text = "\x1f".join(str(p) for p in parts)
     digest = hashlib.sha256(f"{source}\x1f{text}".encode()).hexdigest()[:16]
     return f"{source}-{digest}"
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    """sha256 hex digest of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def image_checksum(image: np.ndarray) -> str:

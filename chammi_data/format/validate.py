@@ -1,6 +1,6 @@
 """``chammi validate``: check that release.json, the manifest, the tar shards and the zarr stores agree.
 
-Every shard is re-hashed and fully parsed (see :mod:`chammi_data.loading.shards`); every image is decoded from
+Every shard is re-hashed and fully parsed (see :mod:`chammi_data.format.shards`); every image is decoded from
 the tar and read from zarr and its sha256 compared with the manifest. All problems are collected (one
 line each, naming the file / key / row) instead of stopping at the first.
 """
@@ -37,9 +37,9 @@ from chammi_data.format.release_format import (
     release_counts,
 )
 from chammi_data.format.schema import image_checksum
+from chammi_data.format.shards import iter_members
 from chammi_data.format.vocab import RELEASE_SOURCE_KEYS, SOURCES, TASK_COLUMNS, VARIABLE_SOURCES
 from chammi_data.format.zarr_store import open_zarr_group
-from chammi_data.loading.shards import iter_members
 from chammi_data.progress import progress as progress_bar
 from chammi_data.store.storage import ReleaseStore, open_store
 
@@ -270,7 +270,7 @@ def validate_release(
     """Check a release end to end (at any location); never raises for a bad release, returns every problem
     found."""
     store = open_store(root, storage_options)
-    rep = ValidationReport(store.root if store.is_local else store.url)  # type: ignore[arg-type]
+    rep = ValidationReport(store.location)
     try:
         rel = read_release_json(store)
         m = read_manifest(store, verify=False)  # its digest is one of the checks below

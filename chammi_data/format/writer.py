@@ -37,9 +37,10 @@ from chammi_data.format.codec import IMAGE_SUFFIX, JSON_SUFFIX, encode_image
 from chammi_data.format.groups import GroupPlan, frame_groups, group_key
 from chammi_data.format.manifest import write_manifest
 from chammi_data.format.release_format import canonical_json, manifest_row, parse_channels, release_counts
-from chammi_data.format.schema import SCHEMA_VERSION, Cell, file_sha256
+from chammi_data.format.schema import SCHEMA_VERSION, Cell
 from chammi_data.format.vocab import RELEASE_SOURCE_KEYS, is_variable
 from chammi_data.progress import progress as progress_bar
+from chammi_data.store.paths import file_sha256
 
 #: Default number of cells per tar shard (= per zarr shard). 64 HPA cells are ~64 MiB in memory per writer.
 CELLS_PER_SHARD = 64

@@ -369,7 +369,7 @@ def read_row(root: str | Path, source: str, row: int) -> np.ndarray:
 def open_zarr_group(store: ReleaseStore, source: str) -> Any:
     """The group ``zarr/<source>.zarr`` of a release at any location, read-only."""
     if store.is_local:
-        path = zarr_path(store.root, source)
+        path = zarr_path(store.local_root, source)
         if not (path / "zarr.json").is_file():
             raise FileNotFoundError(f"no zarr store for source {source!r} at {path}")
         return zarr.open_group(str(path), mode="r", zarr_format=3)

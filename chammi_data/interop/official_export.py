@@ -32,10 +32,10 @@ from PIL import Image
 
 from chammi_data.format.manifest import read_manifest, source_rows, sources_in
 from chammi_data.format.release_format import canonical_json, check_cell_id, parse_meta
+from chammi_data.format.shards import ShardReader
 from chammi_data.format.vocab import SourceInfo, source_info
 from chammi_data.interop.cam_training_csv import write_cam_csv
 from chammi_data.interop.official_layout import META_FILE, chw_to_tape
-from chammi_data.loading.shards import ShardReader
 from chammi_data.progress import progress as progress_bar
 from chammi_data.store.paths import safe_join
 from chammi_data.store.storage import open_store

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from chammi_data.loading.shards import decode_image_fast
+from chammi_data.format.shards import decode_image_fast
 from chammi_data.store.storage import open_store
 
 

@@ -64,7 +64,7 @@ def collate_homogeneous(samples: Sequence[Sample], raw: bool = False) -> Batch:
         raise ValueError("cannot collate an empty list of samples")
     first = samples[0]
     key = group_key(first)
-    images = []
+    images: list[Any] = []
     for s in samples:
         if group_key(s) != key:
             raise ValueError(
@@ -137,7 +137,7 @@ class HomogeneousBatcher(IterableDataset):
     ``DataLoader(batcher, batch_size=None, num_workers=K)`` makes each worker batch its own slice of the
     stream. ``set_epoch``/``state_dict``/``load_state_dict`` are forwarded to the wrapped stream. Each
     sample's ``meta`` keeps its ``stream_index``, so progress can be tracked even though buffering reorders
-    samples (see :class:`chammi_data.loading.stream_progress.ProgressTracker`).
+    samples (see :class:`chammi_data.loading.stream_tracker.StreamTracker`).
     """
 
     def __init__(

@@ -23,31 +23,31 @@ import chammi_data.format.zarr_store as zarr_store
 from chammi_data.format.codec import CorruptSampleError
 from chammi_data.format.manifest import read_manifest, sources_in
 from chammi_data.format.release_format import parse_channels, sample_from_row, select_rows, to_float_tensor
+from chammi_data.format.shards import ShardReader, add_guidance, check_image
 from chammi_data.format.vocab import is_variable, source_info
 from chammi_data.format.zarr_store import open_zarr_images
-from chammi_data.loading.shards import ShardReader, add_guidance, check_image
-from chammi_data.store.storage import open_store
+from chammi_data.store.storage import OnRelease, ReleaseStore, open_store, require_store
 
 BACKENDS = ("shards", "zarr")
 
 
-class ReleaseDataset(Dataset):
+class ReleaseDataset(OnRelease, Dataset):
     """Map-style dataset over selected manifest rows of a release (see module docstring).
 
     ``image`` is a float32 tensor (C, H, W) scaled to [0, 1] (uint8 / 255, uint16 / 65535); ``meta`` is the
     source's provenance plus ``train_test_split``, ``tasks`` and ``row`` (the row within its source's
     manifest = feature row), without overwriting the source's own keys. A CHAMMI-75 image is whole, with
     its cells in ``meta["centroids"]`` ((N, 2) int32, x and y; ``cell_sizes`` when known). ``backend``
-    picks the tar shards
-    (one read per cell at its manifest offset: a ``pread`` locally, a ranged request remotely) or the zarr
-    stores. ``root`` is any release location (folder, URL, :class:`~chammi_data.store.storage.ReleaseStore`).
+    picks the tar shards (one read per cell at its manifest offset: a ``pread`` locally, a ranged request
+    remotely) or the zarr stores. ``store`` is the release's :class:`~chammi_data.store.storage.ReleaseStore`
+    (``load`` opens it).
     ``verify``: None checks every read (frame checksums, sha256 where a frame has none), True always checks
     the pixels' sha256 against the manifest.
     """
 
     def __init__(
         self,
-        root: Any,
+        store: ReleaseStore,
         rows: pd.DataFrame,
         transform: Callable[[dict], dict] | None = None,
         backend: str = "shards",
@@ -55,7 +55,7 @@ class ReleaseDataset(Dataset):
     ):
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
-        self.store = open_store(root)
+        self.store = require_store(store, "ReleaseDataset")
         self.rows = rows.reset_index(drop=True)
         self.transform = transform
         self.backend = backend
@@ -63,11 +63,6 @@ class ReleaseDataset(Dataset):
         self._records = self.rows.to_dict("records")
         self._reader = ShardReader(self.store)
         self._zarr: dict[str, Any] = {}
-
-    @property
-    def root(self) -> Any:
-        """The release location: a Path for a local release, else its URL."""
-        return self.store.root if self.store.is_local else self.store.url
 
     def __len__(self) -> int:
         return len(self._records)

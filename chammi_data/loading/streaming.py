@@ -15,7 +15,7 @@ DataLoader worker and :class:`chammi_data.augment.device.DeviceTransform` applie
 training device, giving the same tensors as the float path.
 
 **Progress.** Each sample's ``meta`` holds ``stream_epoch``, ``stream_index`` (its position in the epoch's
-global order G) and ``manifest_row``. A :class:`~chammi_data.loading.stream_progress.ProgressTracker` records
+global order G) and ``manifest_row``. A :class:`~chammi_data.loading.stream_tracker.StreamTracker` records
 what the trainer received; ``stream.state_dict(seen=tracker.gather(epoch))`` stores the consumed positions (a
 prefix plus ``ahead``), and a resumed stream skips them. ``advance(n)`` (``exact`` order only) marks the next
 n positions of G consumed, exact when every rank received a prefix of its slice (``worker_block`` = the
@@ -48,10 +48,10 @@ from chammi_data.format.release_format import (
     select_rows,
     to_float_tensor,
 )
+from chammi_data.format.shards import ShardReader, check_image, decode_image_fast, has_frame_checksum
 from chammi_data.format.vocab import TASK_COLUMNS
-from chammi_data.loading.shards import ShardReader, check_image, decode_image_fast, has_frame_checksum
-from chammi_data.store.readahead import ByteRange, RangeReadahead
-from chammi_data.store.storage import open_store
+from chammi_data.loading.readahead import ByteRange, RangeReadahead
+from chammi_data.store.storage import OnRelease, open_store
 
 STATE_VERSION = 2
 OUTPUTS = ("float", "uint8")
@@ -80,7 +80,7 @@ def _world(rank: int | None, world_size: int | None) -> tuple[int, int]:
     return rank, world_size
 
 
-class ShardStream(IterableDataset):
+class ShardStream(OnRelease, IterableDataset):
     """IterableDataset of sample dicts over a release's tar shards; see the module docstring.
 
     ``len()`` = samples this rank yields in the current state. ``workers``: the number of DataLoader workers
@@ -150,7 +150,8 @@ class ShardStream(IterableDataset):
         self._sha256 = rows["sha256"].tolist()
         self.fingerprint = hashlib.sha256("\n".join(self._cell_id).encode()).hexdigest()[:16]
         self._reader = ShardReader(self.store)
-        self.epoch, self.consumed, self.ahead = 0, 0, frozenset()
+        self.epoch, self.consumed = 0, 0
+        self.ahead: frozenset[int] = frozenset()
         self.plan_topology: tuple[int, int, int] | None = None
         # shared with DataLoader workers (also persistent ones): the plan info and the consumed-ahead mask
         self._shared_info = torch.full((len(_INFO),), -1, dtype=torch.int64).share_memory_()
@@ -159,11 +160,6 @@ class ShardStream(IterableDataset):
 
     # -- state
     # ---------------------------------------------------------------------------------------------------
-    @property
-    def root(self) -> Any:
-        """The release location: a Path for a local release, else its URL."""
-        return self.store.root if self.store.is_local else self.store.url
-
     @property
     def num_samples(self) -> int:
         """N: selected samples per epoch before padding/dropping."""
@@ -237,9 +233,8 @@ class ShardStream(IterableDataset):
         parts, planned = self._shard_parts(w, num_workers)
         done = self._done()
         logical = worker
-        if (
-            planned
-        ):  # after b whole batches of this rank, the DataLoader's next batch is logical worker b % K's
+        # after b whole batches of this rank, the DataLoader's next batch is logical worker b % K's
+        if planned:
             used = sum(int(done[p[p < n]].sum()) for p in parts[r])
             logical = so.logical_worker(worker, num_workers, used // self.worker_block)
         emitted = so.buffer_order(parts[r][logical], self.buffer, self.seed, self.epoch, r, logical)
@@ -293,7 +288,7 @@ class ShardStream(IterableDataset):
                 runs.append(ByteRange(shard, start, end))
                 left.append(1)
             run_of[pos] = len(runs) - 1
-        fetched: dict[int, bytes] = {}
+        fetched: dict[int, memoryview] = {}
         source = iter(enumerate(RangeReadahead(self.store, runs, self.readahead)))
         for pos in positions.tolist():
             k = run_of[pos]
@@ -302,9 +297,8 @@ class ShardStream(IterableDataset):
                 fetched[j] = memoryview(data)
             i = int(perm[pos % n])
             start = int(self._offset[i]) - runs[k].start
-            yield self.sample(
-                i, epoch, pos, data=fetched[k][start : start + int(self._nbytes[i])]
-            )  # a view, no copy
+            # a view, no copy
+            yield self.sample(i, epoch, pos, data=fetched[k][start : start + int(self._nbytes[i])])
             left[k] -= 1
             if left[k] == 0:
                 del fetched[k]
@@ -325,7 +319,11 @@ class ShardStream(IterableDataset):
         }
 
     def sample(
-        self, i: int, epoch: int | None = None, position: int | None = None, data: bytes | None = None
+        self,
+        i: int,
+        epoch: int | None = None,
+        position: int | None = None,
+        data: bytes | memoryview | None = None,
     ) -> dict[str, Any]:
         """Read selected row ``i`` (not a position) and build its sample; ``position`` seeds augmentation.
         ``data``: the row's compressed image bytes when already fetched (shard runs)."""
@@ -372,10 +370,10 @@ class ShardStream(IterableDataset):
 
     def advance(self, n_global: int) -> None:
         """Mark the next ``n_global`` samples of the remaining global order (padding included) as consumed
-        (``exact`` order only: in ``shards`` order progress is recorded with a :class:`ProgressTracker`)."""
+        (``exact`` order only: in ``shards`` order progress is recorded with a :class:`StreamTracker`)."""
         if self.order_mode != "exact":
             raise ValueError(
-                "advance() needs order='exact'; record progress with a ProgressTracker and "
+                "advance() needs order='exact'; record progress with a StreamTracker and "
                 "state_dict(seen=...) in 'shards' order"
             )
         if n_global < 0:

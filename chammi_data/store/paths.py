@@ -7,27 +7,40 @@ lookups here try the installed copy first and then the checkout's folder (editab
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-#: Environment variable naming the default release folder.
+#: Environment variable naming the default release location (a folder or a URL).
 RELEASE_ENV = "CHAMMI_RELEASE"
 #: Environment variable overriding the manifests folder (task rules, vocabularies).
 MANIFESTS_ENV = "CHAMMI_MANIFESTS"
 
 
-def default_release_dir() -> Path:
-    """``$CHAMMI_RELEASE`` if set, else ``$XDG_CACHE_HOME/chammi/release`` (``~/.cache/chammi/release``).
+def protocol_of(location: str) -> str:
+    """The URL scheme of a location in lower case (``s3``, ``https``, ``file``), "" for a plain path."""
+    return location.split("://", 1)[0].lower() if "://" in location else ""
 
-    ``chammi-build`` writes here when given no ``--output``; ``chammi_data.load`` reads here when given no
-    root.
+
+def strip_file_scheme(location: str) -> str:
+    """A ``file://`` URL as a plain path; anything else unchanged."""
+    return location[len("file://") :] if location.lower().startswith("file://") else location
+
+
+def default_release_location() -> str:
+    """``$CHAMMI_RELEASE`` (a folder or a URL) if set, else ``$XDG_CACHE_HOME/chammi/release``
+    (``~/.cache/chammi/release``).
+
+    The one default: ``chammi-build`` writes here when given no ``--output``, and every reader
+    (``chammi_data.load``, ``stream``, the commands' ``--release``) reads here when given no location. A
+    folder comes back as an absolute-or-home-expanded path, a URL as it is.
     """
     env = os.environ.get(RELEASE_ENV)
     if env:
-        return Path(env).expanduser()
+        return env if protocol_of(env) not in ("", "file") else str(Path(strip_file_scheme(env)).expanduser())
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(cache) / "chammi" / "release"
+    return str(Path(cache) / "chammi" / "release")
 
 
 def bundled_dir(package: str, packaged: str, checkout: str) -> Path:
@@ -94,3 +107,12 @@ def safe_join(root: str | Path, rel: str | Path) -> Path:
             f"unsafe path {str(rel)!r}: resolves to {out.resolve()}, outside {base.resolve()}"
         )
     return out
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    """sha256 hex digest of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()

@@ -35,16 +35,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from chammi_data.format.schema import file_sha256
 from chammi_data.store.credentials import credentials_source
+from chammi_data.store.paths import default_release_location, file_sha256, protocol_of, strip_file_scheme
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 #: Shard files a store keeps open for ``pread`` (the oldest is closed beyond this).
 MAX_OPEN_FILES = 64
-#: Environment variable naming the default release location (a folder or a URL).
-RELEASE_ENV = "CHAMMI_RELEASE"
 
 
 class ReleaseNotFoundError(FileNotFoundError):
@@ -76,25 +74,6 @@ class RetryPolicy:
     timeout: float = 60.0
 
 
-def default_location() -> str:
-    """``$CHAMMI_RELEASE`` (a folder or a URL) if set, else ``$XDG_CACHE_HOME/chammi/release``."""
-    env = os.environ.get(RELEASE_ENV)
-    if env:
-        return env if _protocol(env) not in ("", "file") else str(Path(_strip_file(env)).expanduser())
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return str(Path(cache) / "chammi" / "release")
-
-
-def _protocol(location: str) -> str:
-    if "://" not in location:
-        return ""
-    return location.split("://", 1)[0].lower()
-
-
-def _strip_file(location: str) -> str:
-    return location[len("file://") :] if location.lower().startswith("file://") else location
-
-
 def _status(exc: BaseException) -> int | None:
     """The HTTP status behind an exception, when it carries one (aiohttp, botocore)."""
     status = getattr(exc, "status", None)
@@ -108,9 +87,31 @@ def _status(exc: BaseException) -> int | None:
     return None
 
 
+#: Exception class names of the storage clients for "no credentials at all" (botocore, google-auth, azure):
+#: not a transient fault, so never retried.
+NO_CREDENTIALS = (
+    "NoCredentialsError",
+    "PartialCredentialsError",
+    "DefaultCredentialsError",
+    "ClientAuthenticationError",
+)
+
+
+def _no_credentials(exc: BaseException) -> bool:
+    """True when ``exc`` (or what it was raised from) says that no usable credentials were found."""
+    seen = 0
+    while exc is not None and seen < 5:
+        if type(exc).__name__ in NO_CREDENTIALS:
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1  # type: ignore[assignment]
+    return False
+
+
 def _refused(exc: BaseException) -> bool:
-    """Errors that another attempt cannot fix: missing objects and refused access."""
+    """Errors that another attempt cannot fix: missing objects, refused access, no credentials."""
     if isinstance(exc, FileNotFoundError | PermissionError | IsADirectoryError | NotADirectoryError):
+        return True
+    if _no_credentials(exc):
         return True
     status = _status(exc)
     return status is not None and 400 <= status < 500 and status not in (408, 429)
@@ -123,6 +124,11 @@ class ReleaseStore:
     to ``fsspec.filesystem``; ``cache_dir``: where whole shards are cached (None: no cache); ``retry``: the
     :class:`RetryPolicy` of remote reads.
     """
+
+    url: str
+    storage_options: dict[str, Any]
+    cache_dir: Path | None
+    retry: RetryPolicy
 
     def __init__(
         self,
@@ -138,7 +144,7 @@ class ReleaseStore:
             location = location.url
         fs = None
         if location is None:
-            location = default_location()
+            location = default_release_location()
         elif not isinstance(location, str | os.PathLike):
             fs, root = getattr(location, "fs", None), getattr(location, "root", None)
             if fs is None or root is None:
@@ -148,15 +154,14 @@ class ReleaseStore:
             protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
             location = root if protocol == "file" else fs.unstrip_protocol(root)
         text = os.fspath(location)
-        self.protocol = _protocol(text)
+        self.protocol = protocol_of(text)
         self.is_local = self.protocol in ("", "file")
         if self.is_local:
-            self.url = str(Path(_strip_file(text)).expanduser().absolute())
+            self.url = str(Path(strip_file_scheme(text)).expanduser().absolute())
         else:
             self.url = text.rstrip("/")
-        if (
-            storage_options is None and fs is not None
-        ):  # a mapper's filesystem: keep its options for the workers
+        # a mapper's filesystem: keep its options for the workers
+        if storage_options is None and fs is not None:
             storage_options = dict(getattr(fs, "storage_options", None) or {})
         self.storage_options = dict(storage_options or {})
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
@@ -179,8 +184,13 @@ class ReleaseStore:
         return os.path.join(self.url, rel) if self.is_local else f"{self.url}/{rel}"
 
     @property
-    def root(self) -> Path:
-        """The release folder (local stores only)."""
+    def location(self) -> Path | str:
+        """Where the release is, as users name it: a ``Path`` for a local folder, else the URL."""
+        return Path(self.url) if self.is_local else self.url
+
+    @property
+    def local_root(self) -> Path:
+        """The release folder of a local store (``ValueError`` for a remote one)."""
         if not self.is_local:
             raise ValueError(f"{self.url} is not a local folder")
         return Path(self.url)
@@ -191,12 +201,7 @@ class ReleaseStore:
 
     # -- pickling: never the connections, never the secrets in a repr -------------------------------------
     def __getstate__(self) -> dict[str, Any]:
-        return {
-            "url": self.url,
-            "storage_options": self.storage_options,
-            "cache_dir": self.cache_dir,
-            "retry": self.retry,
-        }
+        return {name: getattr(self, name) for name in ("url", "storage_options", "cache_dir", "retry")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["url"], state["storage_options"], state["cache_dir"], state["retry"])  # type: ignore[misc]
@@ -249,6 +254,11 @@ class ReleaseStore:
             except Exception as exc:
                 if _refused(exc):
                     status = _status(exc)
+                    if _no_credentials(exc):
+                        raise RemoteObjectError(
+                            f"{url}: {what}: no credentials found ({type(exc).__name__}); credentials: "
+                            f"{self.credentials()}; for a public bucket pass storage_options={{'anon': True}}"
+                        ) from exc
                     kind = "not found" if isinstance(exc, FileNotFoundError) or status == 404 else "refused"
                     code = f" (HTTP {status})" if status else ""
                     raise RemoteObjectError(
@@ -344,7 +354,8 @@ class ReleaseStore:
         """Release-relative paths of the files matching ``pattern`` (e.g. ``shards/*/*.tar``), sorted; None
         where the location cannot list files (plain HTTP)."""
         if self.is_local:
-            return sorted(p.relative_to(self.root).as_posix() for p in self.root.glob(pattern) if p.is_file())
+            root = self.local_root
+            return sorted(p.relative_to(root).as_posix() for p in root.glob(pattern) if p.is_file())
         if self.protocol in ("http", "https"):
             return None
         base = self._remote_path("")
@@ -438,3 +449,24 @@ def open_store(
     if isinstance(location, ReleaseStore) and storage_options is None and cache_dir is None:
         return location
     return ReleaseStore(location, storage_options, cache_dir)
+
+
+class OnRelease:
+    """Base of the objects that read one release through ``self.store`` (a :class:`ReleaseStore` their entry
+    point opened once): ``root`` is where that release is."""
+
+    store: ReleaseStore
+
+    @property
+    def root(self) -> Path | str:
+        """The release location: a ``Path`` for a local release, else its URL."""
+        return self.store.location
+
+
+def require_store(store: Any, who: str) -> ReleaseStore:
+    """``store`` itself when it is a :class:`ReleaseStore`; inner layers take a store, never a location."""
+    if not isinstance(store, ReleaseStore):
+        raise TypeError(
+            f"{who} takes a ReleaseStore (open one with open_store(location)), not {type(store).__name__}"
+        )
+    return store

@@ -18,7 +18,7 @@ import os
 import random
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -32,6 +32,53 @@ from chammi_models.training.swad import WeightAverager
 KEEP_CHECKPOINTS = 2
 
 
+class RunPlace(Protocol):
+    """Where a process trains (``train.Context``): its run folder, config and place among the ranks."""
+
+    run_dir: Path
+    config: TrainConfig
+    rank: int
+    world: int
+
+
+class TrainingState(Protocol):
+    """What the optimizer steps change (``train.Parts``): all of it is saved and restored."""
+
+    objective: nn.Module
+    optimizer: Any
+    scheduler: Any
+    scaler: Any
+    swad: WeightAverager | None
+
+
+class Position(Protocol):
+    """Where a run stands (``train.RunPosition``)."""
+
+    step: int
+    epoch: int
+    batch_in_epoch: int
+
+
+class UnsafeCheckpointError(ValueError):
+    """A checkpoint file that holds more than tensors and plain containers: it is never unpickled."""
+
+
+def _safe_load(path: Path) -> Any:
+    """``torch.load`` with ``weights_only=True``; a file it refuses becomes :class:`UnsafeCheckpointError`
+    naming the file and what it holds, without torch's advice to load it unsafely."""
+    import pickle
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = [line.strip() for line in str(exc).splitlines() if "GLOBAL" in line or "Unsupported" in line]
+        what = f" ({found[0].rstrip('.')})" if found else ""
+        raise UnsafeCheckpointError(
+            f"{path} is not a safe checkpoint: it holds Python objects beyond tensors and plain containers"
+            f"{what}; it was not loaded. Resume only from checkpoints that `chammi train` wrote."
+        ) from None
+
+
 def _atomic_save(obj: Any, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     if path.suffix == ".json":
@@ -41,35 +88,22 @@ def _atomic_save(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def save_checkpoint(
-    run_dir: Path,
-    *,
-    rank: int,
-    world: int,
-    step: int,
-    epoch: int,
-    batch_in_epoch: int,
-    stream: Any,
-    objective: nn.Module,
-    optimizer: Any,
-    scheduler: Any,
-    scaler: Any,
-    swad: WeightAverager | None,
-    config: TrainConfig,
-) -> Path:
-    """Write a complete checkpoint of this step (every rank calls this); returns its folder."""
-    root = run_dir / "checkpoints"
+def save_checkpoint(place: RunPlace, parts: TrainingState, position: Position, stream: Any) -> Path:
+    """Write a complete checkpoint of ``position`` (every rank calls this); returns its folder. ``stream`` is
+    the loader whose ``state_dict()`` is the stream position."""
+    rank, world, step = place.rank, place.world, position.step
+    root = place.run_dir / "checkpoints"
     folder = root / f"step-{step:07d}"
     folder.mkdir(parents=True, exist_ok=True)
     if rank == 0:
         state = {
-            "objective": objective.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(),
+            "objective": parts.objective.state_dict(),
+            "optimizer": parts.optimizer.state_dict(),
+            "scheduler": parts.scheduler.state_dict(),
+            "scaler": parts.scaler.state_dict(),
         }
-        if swad is not None:
-            state["swad"] = swad.state_dict()
+        if parts.swad is not None:
+            state["swad"] = parts.swad.state_dict()
         _atomic_save(state, folder / "state.pt")
     np_name, np_keys, np_pos, np_gauss, np_cached = np.random.get_state()
     rng = {
@@ -83,8 +117,8 @@ def save_checkpoint(
     _atomic_save(
         {
             "step": step,
-            "epoch": epoch,
-            "batch_in_epoch": batch_in_epoch,
+            "epoch": position.epoch,
+            "batch_in_epoch": position.batch_in_epoch,
             "world_size": world,
             "stream": stream.state_dict(),
             "python_rng": [py_version, list(py_state), py_gauss],
@@ -95,7 +129,7 @@ def save_checkpoint(
     barrier(world)
     if rank == 0:
         _atomic_save(
-            {"step": step, "path": folder.name, "world_size": world, "config": config.to_dict()},
+            {"step": step, "path": folder.name, "world_size": world, "config": place.config.to_dict()},
             root / "latest.json",
         )
         for old in sorted(root.glob("step-*"))[:-KEEP_CHECKPOINTS]:
@@ -112,19 +146,10 @@ def find_checkpoint(run_dir: Path) -> Path | None:
     return run_dir / "checkpoints" / json.loads(latest.read_text())["path"]
 
 
-def load_checkpoint(
-    folder: Path,
-    *,
-    rank: int,
-    world: int,
-    objective: nn.Module,
-    optimizer: Any,
-    scheduler: Any,
-    scaler: Any,
-    swad: WeightAverager | None,
-    config: TrainConfig,
-) -> dict[str, Any]:
-    """Restore everything saved by :func:`save_checkpoint`; returns this rank's progress record."""
+def load_checkpoint(folder: Path, place: RunPlace, parts: TrainingState) -> dict[str, Any]:
+    """Restore everything saved by :func:`save_checkpoint` into ``parts``; returns this rank's progress
+    record."""
+    rank, world = place.rank, place.world
     progress_path = folder / f"rank{rank}.json"
     if not progress_path.is_file():
         raise FileNotFoundError(
@@ -138,7 +163,7 @@ def load_checkpoint(
         )
     # run.* (logging, checkpoint/eval cadence, device) may change on resume; the seed and the rest may not.
     saved = json.loads((folder.parent / "latest.json").read_text())["config"]
-    now = config.to_dict()
+    now = place.config.to_dict()
     diff = sorted(k for k in saved if k != "run" and saved[k] != now.get(k))
     diff += ["run.seed"] if saved["run"]["seed"] != now["run"]["seed"] else []
     if diff:
@@ -146,14 +171,14 @@ def load_checkpoint(
             f"--resume with a config that differs from the checkpoint's in section(s) {diff}; "
             f"resume with the run's own config ({folder.parent.parent / 'config.yaml'})"
         )
-    state = torch.load(folder / "state.pt", map_location="cpu", weights_only=True)
-    objective.load_state_dict(state["objective"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    scaler.load_state_dict(state["scaler"])
-    if swad is not None:
-        swad.load_state_dict(state["swad"])
-    rng = torch.load(folder / f"rank{rank}.pt", map_location="cpu", weights_only=True)
+    state = _safe_load(folder / "state.pt")
+    parts.objective.load_state_dict(state["objective"])
+    parts.optimizer.load_state_dict(state["optimizer"])
+    parts.scheduler.load_state_dict(state["scheduler"])
+    parts.scaler.load_state_dict(state["scaler"])
+    if parts.swad is not None:
+        parts.swad.load_state_dict(state["swad"])
+    rng = _safe_load(folder / f"rank{rank}.pt")
     torch.set_rng_state(rng["torch"])
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state(rng["cuda"])

@@ -114,6 +114,18 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def eval_options(self) -> dict[str, Any]:
+        """How a run scores its model: the options of ``chammi_models.embed.evaluate_model``."""
+        d, r = self.data, self.run
+        return {
+            "sources": d.eval_sources,
+            "image_size": d.image_size,
+            "batch_size": d.eval_batch_size,
+            "workers": d.workers,
+            "metric": r.eval_metric,
+            "amp": r.amp,
+        }
+
     def validate(self) -> TrainConfig:
         """Check value ranges and names; raise ``ValueError`` naming the key."""
         d, o, lo, r = self.data, self.optim, self.loss, self.run
@@ -288,7 +300,12 @@ def load_config(path: str | Path, overrides: Iterable[str] = ()) -> TrainConfig:
         names = ", ".join(sorted(c.stem for c in CONFIGS_DIR.glob("*.yaml")))
         raise FileNotFoundError(f"config {str(path)!r} not found; bundled configs: {names}")
     with open(p) as fh:
-        data = yaml.safe_load(fh) or {}
+        try:
+            data = yaml.safe_load(fh) or {}
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{p} is not valid YAML: {' '.join(str(exc).split())}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{p}: a config is a YAML mapping of sections, not a {type(data).__name__}")
     data.setdefault("name", p.stem)
     try:
         return config_from_dict(data, overrides)

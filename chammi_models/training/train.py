@@ -1,9 +1,8 @@
 """The training loop: streamed mixed-source batches -> one forward per channel set -> proxy (+SimCLR) loss.
 
 ``train(config, release, out_dir, resume=False)`` runs on one CPU/GPU or, under ``torchrun``, on several
-processes: ``python -m chammi_models.training.train`` is the torchrun entry point and takes the arguments of
-``chammi train`` (RANK/WORLD_SIZE/LOCAL_RANK come from the environment; see
-``chammi_models.training.distributed``).
+processes (``torchrun ... -m chammi_cli train ...``: RANK/WORLD_SIZE/LOCAL_RANK come from the environment; see
+``chammi_models.training.distributed``). The command line lives in :mod:`chammi_cli.train`.
 
 Each optimizer step takes one global batch from the deterministic stream (each rank its slice), lets the
 :class:`~chammi_models.training.objective.Objective` embed every channel set in one module call, and steps
@@ -11,16 +10,11 @@ AdamW + the warm-up cosine schedule. Checkpoints (``chammi_models.training.check
 bitwise equal to an uninterrupted one on CPU; a stop signal makes every rank checkpoint at the next step
 boundary and return, ready for ``--resume``. A complete run saves its final weights with a card
 (``chammi_models.zoo.weights``).
-
-This module is longer than 500 lines until its command-line part moves to ``chammi_cli``.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
-import os
-import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -34,9 +28,10 @@ from chammi_data.format.manifest import read_manifest
 from chammi_data.format.release_format import select_rows
 from chammi_data.store.storage import ReleaseStore, open_store
 from chammi_models.embed import evaluate_model, release_identity
+from chammi_models.training.card import training_card
 from chammi_models.training.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from chammi_models.training.config import TrainConfig, save_config
-from chammi_models.training.distributed import StopSignal, barrier, setup_distributed, shutdown_distributed
+from chammi_models.training.distributed import StopSignal, barrier, setup_distributed
 from chammi_models.training.metrics_log import MetricsLog
 from chammi_models.training.objective import (
     Group,
@@ -50,7 +45,7 @@ from chammi_models.training.schedule import WarmupCosine, build_optimizer, steps
 from chammi_models.training.ssl import SimCLRLoss
 from chammi_models.training.swad import WeightAverager
 from chammi_models.training.train_data import TrainData
-from chammi_models.zoo.weights import save_model, training_card
+from chammi_models.zoo.weights import save_model
 
 
 @dataclass
@@ -113,7 +108,7 @@ class Parts:
 
 
 @dataclass
-class Progress:
+class RunPosition:
     """Where a run stands; ``stream_state`` is the stream position to restore once (after a resume)."""
 
     step: int = 0
@@ -142,15 +137,15 @@ def train(
     plan = plan_run(config, ctx.release, world)
     stop = plan.total if stop_after is None else min(plan.total, stop_after)
     parts = build_parts(config, plan, device)
-    progress = start_or_resume(ctx, plan, parts, resume)
+    position = start_or_resume(ctx, plan, parts, resume)
     wrapped = prepare_forward(ctx, parts)
     log = MetricsLog(ctx.run_dir, enabled=rank == 0)
-    result = TrainResult(run_dir=ctx.run_dir, step=progress.step, total_steps=plan.total)
-    if progress.step < stop:
-        run_steps(ctx, plan, parts, wrapped, progress, stop, log, result)
-    result.step = progress.step
-    if progress.step >= plan.total:
-        finish_run(ctx, plan, parts, progress.step, log, result)
+    result = TrainResult(run_dir=ctx.run_dir, step=position.step, total_steps=plan.total)
+    if position.step < stop:
+        run_steps(ctx, plan, parts, wrapped, position, stop, log, result)
+    result.step = position.step
+    if position.step >= plan.total:
+        finish_run(ctx, plan, parts, position.step, log, result)
     log.close()
     return result
 
@@ -212,32 +207,22 @@ def build_parts(config: TrainConfig, plan: Plan, device: torch.device) -> Parts:
     return Parts(model, objective, optimizer, scheduler, scaler, swad)
 
 
-def start_or_resume(ctx: Context, plan: Plan, parts: Parts, resume: bool) -> Progress:
+def start_or_resume(ctx: Context, plan: Plan, parts: Parts, resume: bool) -> RunPosition:
     """A fresh run writes its config; a resumed one restores the latest checkpoint into ``parts``."""
     if not resume:
         if ctx.rank == 0:
             save_config(ctx.config, ctx.run_dir / "config.yaml")
-        return Progress()
+        return RunPosition()
     ckpt = find_checkpoint(ctx.run_dir)
     if ckpt is None:
         raise FileNotFoundError(
             f"--resume: no checkpoint in {ctx.run_dir / 'checkpoints'}; start without --resume"
         )
-    saved = load_checkpoint(
-        ckpt,
-        rank=ctx.rank,
-        world=ctx.world,
-        objective=parts.objective,
-        optimizer=parts.optimizer,
-        scheduler=parts.scheduler,
-        scaler=parts.scaler,
-        swad=parts.swad,
-        config=ctx.config,
-    )
-    progress = Progress(saved["step"], saved["epoch"], saved["batch_in_epoch"], saved.get("stream"))
-    if plan.per_epoch and progress.batch_in_epoch >= plan.per_epoch:  # saved on an epoch boundary
-        progress = Progress(progress.step, progress.epoch + 1, 0, None)
-    return progress
+    saved = load_checkpoint(ckpt, ctx, parts)
+    position = RunPosition(saved["step"], saved["epoch"], saved["batch_in_epoch"], saved.get("stream"))
+    if plan.per_epoch and position.batch_in_epoch >= plan.per_epoch:  # saved on an epoch boundary
+        position = RunPosition(position.step, position.epoch + 1, 0, None)
+    return position
 
 
 def prepare_forward(ctx: Context, parts: Parts) -> nn.Module:
@@ -283,14 +268,14 @@ def run_steps(
     plan: Plan,
     parts: Parts,
     wrapped: nn.Module,
-    progress: Progress,
+    position: RunPosition,
     stop: int,
     log: MetricsLog,
     result: TrainResult,
 ) -> None:
     """Take optimizer steps up to ``stop`` (earlier on a stop signal), logging, evaluating and checkpointing.
 
-    ``progress`` is advanced in place and ``result.losses`` / ``result.scores`` filled as steps are taken.
+    ``position`` is advanced in place and ``result.losses`` / ``result.scores`` filled as steps are taken.
     """
     from chammi_data.progress import progress as progress_bar
 
@@ -298,17 +283,17 @@ def run_steps(
     data = TrainData(config, ctx.release, ctx.rank, ctx.world, ctx.device)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if (ctx.cuda and r.amp) else nullcontext()
     bar = progress_bar(
-        total=stop, initial=progress.step, desc=f"train {config.name}", unit="step", disable=ctx.rank != 0
+        total=stop, initial=position.step, desc=f"train {config.name}", unit="step", disable=ctx.rank != 0
     )
-    t_last, step_last = time.perf_counter(), progress.step  # images/s between logged steps
+    t_last, step_last = time.perf_counter(), position.step  # images/s between logged steps
     stopper = StopSignal()
     try:
-        while progress.step < stop:
-            resume_state = progress.stream_state if progress.batch_in_epoch else None
-            progress.stream_state = None
-            batches = data.epoch_batches(progress.epoch, resume_state)
-            while progress.batch_in_epoch < plan.per_epoch and progress.step < stop:
-                device_batches = _next_batch(batches, ctx.rank, progress, plan.per_epoch)
+        while position.step < stop:
+            resume_state = position.stream_state if position.batch_in_epoch else None
+            position.stream_state = None
+            batches = data.epoch_batches(position.epoch, resume_state)
+            while position.batch_in_epoch < plan.per_epoch and position.step < stop:
+                device_batches = _next_batch(batches, ctx.rank, position, plan.per_epoch)
                 groups = to_groups(
                     device_batches,
                     plan.table,
@@ -325,19 +310,19 @@ def run_steps(
                     autocast,
                     config.optim.grad_clip,
                 )
-                progress.step += 1
-                progress.batch_in_epoch += 1
+                position.step += 1
+                position.batch_in_epoch += 1
                 if parts.swad is not None:
-                    parts.swad.update(parts.model, progress.step)
+                    parts.swad.update(parts.model, position.step)
                 value = float(loss.detach())
                 if not math.isfinite(value):
                     raise FloatingPointError(
-                        f"loss became {value} at step {progress.step}; lower optim.lr or check the data"
+                        f"loss became {value} at step {position.step}; lower optim.lr or check the data"
                     )
                 result.losses.append(value)
                 if stopper.should_stop(ctx.world, ctx.device):
-                    stop = progress.step  # checkpoint below, then leave both loops
-                step = progress.step
+                    stop = position.step  # checkpoint below, then leave both loops
+                step = position.step
                 if step % r.log_every == 0 or step == stop:
                     now = time.perf_counter()
                     rate = (step - step_last) * d.batch_size / max(now - t_last, 1e-9)
@@ -346,7 +331,7 @@ def run_steps(
                         "train",
                         step,
                         {
-                            "epoch": progress.epoch,
+                            "epoch": position.epoch,
                             "loss": value,
                             "loss_proxy": float(sup),
                             "loss_ssl": float(ssl),
@@ -359,55 +344,32 @@ def run_steps(
                 if r.eval_every and step % r.eval_every == 0 and step < plan.total:
                     result.scores = evaluate_on_rank0(ctx, parts, log, step)
                 if step % r.checkpoint_every == 0 or step == stop:
-                    save_checkpoint(
-                        ctx.run_dir,
-                        rank=ctx.rank,
-                        world=ctx.world,
-                        step=step,
-                        epoch=progress.epoch,
-                        batch_in_epoch=progress.batch_in_epoch,
-                        stream=data,
-                        objective=parts.objective,
-                        optimizer=parts.optimizer,
-                        scheduler=parts.scheduler,
-                        scaler=parts.scaler,
-                        swad=parts.swad,
-                        config=config,
-                    )
+                    save_checkpoint(ctx, parts, position, stream=data)
             batches.close()
-            if progress.batch_in_epoch >= plan.per_epoch:
-                progress.epoch, progress.batch_in_epoch = progress.epoch + 1, 0
+            if position.batch_in_epoch >= plan.per_epoch:
+                position.epoch, position.batch_in_epoch = position.epoch + 1, 0
     finally:
         bar.close()
         stopper.restore()
 
 
-def _next_batch(batches: Any, rank: int, progress: Progress, per_epoch: int) -> list[dict[str, Any]]:
+def _next_batch(batches: Any, rank: int, position: RunPosition, per_epoch: int) -> list[dict[str, Any]]:
     """The next list of samples; a stream that ends early means the ranks' shares differ: an error."""
     try:
         return next(batches)
     except StopIteration:
         raise RuntimeError(
-            f"rank {rank}: the stream ended after {progress.batch_in_epoch} of {per_epoch} "
-            f"batches in epoch {progress.epoch}; ranks must see equal numbers of samples"
+            f"rank {rank}: the stream ended after {position.batch_in_epoch} of {per_epoch} "
+            f"batches in epoch {position.epoch}; ranks must see equal numbers of samples"
         ) from None
 
 
 def evaluate_on_rank0(ctx: Context, parts: Parts, log: MetricsLog, step: int) -> dict[str, Any] | None:
     """Embed + score on rank 0 (the SWAD average once it exists); other ranks wait at a barrier."""
     scores = None
-    d, r = ctx.config.data, ctx.config.run
     if ctx.rank == 0:
         scores = evaluate_model(
-            parts.final_model(),
-            ctx.release,
-            sources=d.eval_sources,
-            image_size=d.image_size,
-            batch_size=d.eval_batch_size,
-            workers=d.workers,
-            device=ctx.device,
-            metric=r.eval_metric,
-            amp=r.amp,
+            parts.final_model(), ctx.release, device=ctx.device, **ctx.config.eval_options()
         )
         log.write("eval", step, scores["flat"])
     barrier(ctx.world)
@@ -431,76 +393,3 @@ def finish_run(
         )
         result.weights_dir = save_model(parts.final_model(), ctx.run_dir / "model", card)
     barrier(ctx.world)
-
-
-# -- command line: `chammi train` and the torchrun entry point `python -m chammi_models.training.train`
-# --------------
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The arguments of ``chammi train`` (and of ``python -m chammi_models.training.train``)."""
-    parser.add_argument(
-        "--config",
-        required=True,
-        help="YAML config file, or the name of a bundled one (configs/<name>.yaml), e.g. tiny_cpu",
-    )
-    parser.add_argument(
-        "--release",
-        default=None,
-        help="release folder or URL (s3://, gs://, http(s)://, file://; default: $CHAMMI_RELEASE or "
-        "~/.cache/chammi/release)",
-    )
-    parser.add_argument("--out", type=Path, default=None, help="run folder (default: runs/<config name>)")
-    parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
-    parser.add_argument(
-        "--stop-after",
-        type=int,
-        default=None,
-        metavar="STEPS",
-        help="stop with a checkpoint after this many steps (the schedule still plans the full run)",
-    )
-    parser.add_argument(
-        "overrides",
-        nargs="*",
-        metavar="key=value",
-        help="config overrides with dotted keys, e.g. optim.lr=3e-4 data.batch_size=64",
-    )
-
-
-def run_command(args: argparse.Namespace) -> int:
-    """Load the config, train, and print where the results are (rank 0); a config mistake exits with 2."""
-    from chammi_models.training.config import load_config
-
-    try:
-        config = load_config(args.config, args.overrides)
-    except (KeyError, ValueError, FileNotFoundError) as exc:  # a config mistake: one line, no traceback
-        print(f"chammi train: {exc.args[0] if exc.args else exc}", file=sys.stderr)
-        return 2
-    release = args.release
-    out = args.out or Path("runs") / config.name
-    result = train(config, release, out, resume=args.resume, stop_after=args.stop_after)
-    if int(os.environ.get("RANK", "0")) == 0:
-        state = "finished" if result.finished else f"stopped at step {result.step} of {result.total_steps}"
-        print(f"run {config.name}: {state}; run folder {result.run_dir}")
-        if result.weights_dir is not None:
-            print(f"weights: {result.weights_dir}")
-        if result.scores is not None:
-            cps = result.scores["cps"]
-            print(
-                f"CPS ({result.scores['metric']}): "
-                f"{'n/a (not all sources evaluated)' if cps is None else f'{cps:.4f}'}"
-            )
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """torchrun entry point: the arguments of ``chammi train``; destroys the process group at the end."""
-    parser = argparse.ArgumentParser(
-        prog="python -m chammi_models.training.train", description="train a CHAMMI model"
-    )
-    add_arguments(parser)
-    code = run_command(parser.parse_args(argv))
-    shutdown_distributed()
-    return code
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -7,7 +7,7 @@ through the stream's shared memory. The float conversion, the paper's augmentati
 flip) and the per-channel normalisation run on the training device (:class:`DeviceTransform`), with the same
 per-sample seeds as the float path, so CPU results are bitwise those of augmenting in the workers.
 
-Progress is recorded per sample (a :class:`ProgressTracker`), so a checkpoint is exact in both stream orders
+Progress is recorded per sample (a :class:`StreamTracker`), so a checkpoint is exact in both stream orders
 (``data.stream_order``: ``exact`` for local releases, ``shards`` for remote ones by default).
 """
 
@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from chammi_data.augment.device import DeviceTransform
 from chammi_data.augment.transforms import train_transform
 from chammi_data.loading.collate import group_by_channels_uint8
-from chammi_data.loading.stream_progress import ProgressTracker
+from chammi_data.loading.stream_tracker import StreamTracker
 from chammi_data.loading.streaming import ShardStream
 from chammi_models.training.config import TrainConfig
 from chammi_models.training.ssl import TwoViews
@@ -79,7 +79,7 @@ class TrainData:
         )
         self.augment = DeviceTransform(augmentation(config))
         self.device = device
-        self.tracker = ProgressTracker()
+        self.tracker = StreamTracker()
         self.epoch = 0
 
     def epoch_batches(

@@ -18,6 +18,7 @@ Default sizes are small (D=192, depth 6, 3 heads, patch 16: about 2.76M paramete
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +37,7 @@ class ChannelViT(ChannelAdaptiveModel):
     def __init__(
         self,
         channels: Sequence[str | int] = VOCAB,
+        *,
         embed_dim: int = 192,
         depth: int = 6,
         num_heads: int = 3,
@@ -62,9 +64,8 @@ class ChannelViT(ChannelAdaptiveModel):
         self.channel_embed = nn.Parameter(torch.zeros(len(self.channels), embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, self.grid * self.grid, embed_dim))
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        rates = torch.linspace(
-            0, drop_path_rate, depth, device="cpu"
-        ).tolist()  # plain floats, on any default device
+        # plain floats, on any default device
+        rates = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()
         self.blocks = nn.Sequential(
             *[Block(embed_dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=True, drop_path=r) for r in rates]
         )
@@ -109,31 +110,14 @@ def channel_vit(
     num_classes: int | None = None,
     backbone: str = "convnext_tiny",
     *,
-    embed_dim: int = 192,
-    depth: int = 6,
-    num_heads: int = 3,
-    patch_size: int = 16,
-    img_size: int = 224,
-    mlp_ratio: float = 4.0,
-    pool: str = "cls",
-    sample_channels: bool = False,
-    min_channels: int = 1,
-    drop_path_rate: float = 0.0,
     temperature: float = 0.07,
     learnable_temperature: bool = False,
+    **vit_options: Any,
 ) -> ChannelAdaptiveModel:
-    """ChannelViT builder; ``backbone`` is ignored (the size comes from the options)."""
-    model = ChannelViT(
-        check_vocabulary(channels),
-        embed_dim,
-        depth,
-        num_heads,
-        patch_size,
-        img_size,
-        mlp_ratio,
-        pool,
-        sample_channels,
-        min_channels,
-        drop_path_rate,
-    )
+    """ChannelViT builder; ``backbone`` is ignored (the size comes from :class:`ChannelViT`'s options)."""
+    model = ChannelViT(check_vocabulary(channels), **vit_options)
     return attach_proxy_head(model, num_classes, temperature, learnable_temperature)
+
+
+#: the options beyond the builder's own are :class:`ChannelViT`'s (see ``registry.model_options``)
+channel_vit.options_from = ChannelViT  # type: ignore[attr-defined]

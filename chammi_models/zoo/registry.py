@@ -48,11 +48,15 @@ def list_models() -> list[str]:
 
 
 def model_options(name: str) -> dict[str, Any]:
-    """{option: default} accepted by ``create_model(name, **options)`` beyond the common arguments."""
+    """{option: default} accepted by ``create_model(name, **options)`` beyond the common arguments: the
+    builder's keyword-only parameters, plus those of ``builder.options_from`` (a class whose defaults the
+    builder passes on as ``**options``, so they are written once)."""
     builder = _entrypoint(name)
+    sources = [builder, *([builder.options_from] if hasattr(builder, "options_from") else [])]
     return {
         k: p.default
-        for k, p in inspect.signature(builder).parameters.items()
+        for source in sources
+        for k, p in inspect.signature(source).parameters.items()
         if k not in _FIXED_ARGS and p.kind is p.KEYWORD_ONLY
     }
 

@@ -24,9 +24,8 @@ from typing import Any
 import torch
 
 from chammi_data.format.release_format import to_jsonable
-from chammi_data.format.schema import file_sha256
-from chammi_data.format.vocab import CHANNELS, SOURCES, vocabulary_name
-from chammi_models.training.config import TrainConfig
+from chammi_data.format.vocab import CHANNELS, vocabulary_name
+from chammi_data.store.paths import file_sha256
 from chammi_models.zoo.base import ChannelAdaptiveModel
 
 WEIGHTS_FILE = "model.safetensors"
@@ -107,38 +106,6 @@ def save_model(
     full[HASH_FIELD] = file_sha256(weights)
     (out / CARD_FILE).write_text(json.dumps(full, indent=2, sort_keys=True) + "\n")
     return out
-
-
-def training_card(
-    config: TrainConfig,
-    *,
-    classes: dict[str, list[str]],
-    release: dict[str, Any],
-    scores: dict[str, Any] | None,
-    step: int,
-    swad: Any = None,
-) -> dict[str, Any]:
-    """The card fields of a training run's final weights, for :func:`save_model` to add to the model's own.
-
-    Records the run (name, config, steps, SWAD averaging), the data it saw (``release``: the release identity
-    from ``chammi_models.embed.release_identity``, plus the training sources), the class list of every
-    source (``classes``: {source: sorted labels}, the proxy order), what an input needs (``img_size`` and
-    ``normalisation``: {source: {channel: [mean, std]}} on the [0, 1] scale) and the final ``scores``.
-    """
-    d = config.data
-    return {
-        "run_name": config.name,
-        "img_size": d.image_size,
-        "normalisation": {src: SOURCES[src].stats() for src in SOURCES},
-        "class_lists": classes,
-        "training_data": {**release, "train_sources": list(d.train_sources)},
-        "config": config.to_dict(),
-        "steps": step,
-        "swad": None if swad is None else {"start_step": swad.start_step, "averaged_steps": swad.count},
-        "scores": None
-        if scores is None
-        else {"cps": scores["cps"], "metric": scores["metric"], "table": scores["table"]},
-    }
 
 
 def read_card(directory: str | PathLike[str]) -> dict[str, Any]:
@@ -253,7 +220,7 @@ def load_model(directory: str | PathLike[str], device: str = "cpu") -> ChannelAd
             raise WeightsError(
                 f"{weights}: tensor {name!r} holds non-finite values (NaN or inf); refusing it"
             )
-    model.card = card
+    model.card = card  # type: ignore[assignment]
     return model.to(device).eval()
 
 

@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from chammi_data.store.paths import default_release_dir
+from chammi_data.store.paths import default_release_location
 from pipelines.engine.build_config import config_hash, load_config, source_options
 from pipelines.engine.cluster import start_cluster
 from pipelines.engine.inputs import input_dirs, is_url
@@ -69,7 +69,7 @@ def build(
     pipelines = resolve_sources(sources)
     cfg = load_config(config) if not isinstance(config, Mapping) else load_config(overrides=config)
     options = source_options(pipelines, cfg)
-    out = Path(output) if output is not None else default_release_dir()
+    out = Path(output) if output is not None else Path(default_release_location())
     with OutputLock(out):
         clear_leftovers(out)
         work = out / WORK
@@ -77,10 +77,8 @@ def build(
         dirs = input_dirs(pipelines, options, source_dir, work, seed, progress)
         timings: dict[str, float] = {}
         ledgers: dict[str, SourceLedger] = {}
-        for (
-            name,
-            pipeline,
-        ) in pipelines.items():  # discover first: a missing table fails before any cluster starts
+        # discover first: a missing table fails before any cluster starts
+        for name, pipeline in pipelines.items():
             t0 = time.perf_counter()
             discovery = pipeline.discover(dirs[name], options[name])
             ledgers[name] = SourceLedger(
@@ -89,9 +87,8 @@ def build(
             timings[f"{name}.discover_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         with start_cluster(workers, scheduler, processes) as client:
-            client.run(
-                warm_up, list(pipelines)
-            )  # imports on every worker now, so unit timings measure the work
+            # imports on every worker now, so unit timings measure the work
+            client.run(warm_up, list(pipelines))
             timings["cluster_start_s"] = time.perf_counter() - t0
             result = _BuildRun(client, ledgers, cfg, out, strict, progress, timings).run()
         if result.ok:

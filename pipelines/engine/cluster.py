@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
+
+from chammi_data.errors import UserError
+
+#: Environment variable: seconds to wait for an existing scheduler to answer before the build stops with an
+#: error (default 20).
+CONNECT_TIMEOUT_ENV = "CHAMMI_SCHEDULER_TIMEOUT_S"
 
 
 @contextmanager
@@ -20,7 +27,15 @@ def start_cluster(workers: int, scheduler: str | None = None, processes: bool = 
     from dask.distributed import Client, LocalCluster
 
     if scheduler:
-        client = Client(scheduler)
+        timeout = float(os.environ.get(CONNECT_TIMEOUT_ENV) or 20)
+        try:
+            client = Client(scheduler, timeout=timeout)
+        except (OSError, TimeoutError) as exc:
+            raise UserError(
+                f"cannot reach the dask scheduler at {scheduler} within {timeout:g} s "
+                f"({type(exc).__name__}: {' '.join(str(exc).split()) or 'no answer'}); is `dask scheduler` "
+                "running there, and is the address reachable from this machine?"
+            ) from None
         try:
             yield client
         finally:

@@ -32,6 +32,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from chammi_data.errors import UserError
+
 LOCK = ".chammi-build.lock"
 STAGING = ".staging"
 WORK = ".work"
@@ -42,7 +44,7 @@ RELEASE_PARTS = ("shards", "zarr", "manifest.parquet", "manifest.csv")
 RELEASE_JSON = "release.json"
 
 
-class OutputLocked(RuntimeError):
+class OutputLocked(UserError):
     """Another build holds the output folder; the message names the holder (host, pid, start time)."""
 
 
@@ -55,6 +57,8 @@ class OutputLock:
         self.fd: int | None = None
 
     def __enter__(self) -> OutputLock:
+        if self.out.exists() and not self.out.is_dir():
+            raise UserError(f"--output {self.out} is a file, not a folder: name a folder for the release")
         while True:
             self.out.mkdir(parents=True, exist_ok=True)
             try:
@@ -102,9 +106,8 @@ class OutputLock:
         if self.fd is None:
             return
         try:
-            self.path.unlink(
-                missing_ok=True
-            )  # removed while still locked: a waiting build re-checks the inode
+            # removed while still locked: a waiting build re-checks the inode
+            self.path.unlink(missing_ok=True)
         finally:
             os.close(self.fd)  # releases the lock
             self.fd = None

@@ -1,12 +1,12 @@
-"""The tasks a build runs on its dask workers: process units into spills, write tar and zarr shards, warm up.
+"""The unit tasks a build runs on its dask workers: process units into spills, and the warm-up.
 
-Every task takes and returns small, plain values (names, paths, JSON strings, records): pixels never travel
-between the workers and the client. A pipeline is looked up by name once per worker process.
+Every task takes and returns small, plain values (names, paths, records): pixels never travel between the
+workers and the client. A pipeline is looked up by name once per worker process. The shard-writing tasks live
+with the shard plan in :mod:`pipelines.engine.writing`.
 """
 
 from __future__ import annotations
 
-import json
 import time
 import traceback
 from pathlib import Path
@@ -14,10 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from chammi_data.format.release_format import cell_record
 from chammi_data.format.schema import Cell
 from chammi_data.format.vocab import SOURCES, is_variable
-from pipelines.engine.spill import SpillReader, write_spill
+from pipelines.engine.spill import write_spill
 from pipelines.sources.base import Skipped, Unit, UnitResult, UnitSkip
 from pipelines.sources.registry import shared_pipeline
 
@@ -92,65 +91,6 @@ def run_unit(name: str, unit: Unit, opts: dict[str, Any], spill_path: str, key: 
 def run_units(name: str, batch: list[tuple[Unit, str, str]], opts: dict[str, Any]) -> list[dict[str, Any]]:
     """Worker task: :func:`run_unit` over a batch of (unit, spill path, spill key)."""
     return [run_unit(name, unit, opts, path, key) for unit, path, key in batch]
-
-
-def shard_parts(entries_json: str, what: str) -> list[Any]:
-    """What one shard writer needs, read from the spills (entries: spill path, index, split, tasks, record).
-
-    The entries travel as one JSON string: dask walks every nested list and dict of a task's arguments
-    looking for keys, a string it leaves alone.
-
-    ``what="tar"``: an ``EncodedCell`` per cell (its shard record with the assigned split and tasks, and its
-    tar member); ``what="zarr"``: the zarr chunk bytes.
-    """
-    from chammi_data.format.writer import EncodedCell
-
-    parts: list[Any] = []
-    with SpillReader() as spills:
-        for path, _idx, split, tasks, rec in json.loads(entries_json):
-            data = spills.read(path, rec[what], f"cell {rec['cell_id']}")
-            if what == "zarr":
-                parts.append(data)
-                continue
-            record = cell_record(
-                cell_id=rec["cell_id"],
-                source=rec["source"],
-                label=rec["label"],
-                channels=rec["channels"],
-                shape=rec["shape"],
-                dtype=rec["dtype"],
-                split=split,
-                tasks=tasks,
-                groups=rec["groups"],
-                sha256=rec["sha256"],
-                meta=rec["meta"],
-            )
-            parts.append(EncodedCell(record, data, b""))
-    return parts
-
-
-def write_tar_task(
-    root: str, source: str, shard_index: int, zarr_start: int, entries: str, group: list[int] | None = None
-) -> tuple[Any, float]:
-    """Worker task: tar shard ``shard_index`` from the spills' encoded members; (ShardRecord, seconds)."""
-    from chammi_data.format.writer import write_tar_shard
-
-    t0 = time.perf_counter()
-    encoded = shard_parts(entries, "tar")
-    return write_tar_shard(root, source, shard_index, encoded, zarr_start), time.perf_counter() - t0
-
-
-def write_zarr_task(
-    root: str, source: str, shard_index: int, zarr_start: int, entries: str, group: list[int] | None = None
-) -> tuple[None, float]:
-    """Worker task: zarr shard ``shard_index`` (its only writer) from the spills' encoded chunks; for a
-    variable source zarr shard ``j`` of its group ``g`` (``group = [g, j]``)."""
-    from chammi_data.format.writer import write_zarr_shard
-
-    t0 = time.perf_counter()
-    where = None if group is None else (int(group[0]), int(group[1]))
-    write_zarr_shard(root, source, shard_index, zarr_start, shard_parts(entries, "zarr"), where)
-    return None, time.perf_counter() - t0
 
 
 def warm_up(names: list[str]) -> None:

@@ -1,4 +1,5 @@
-"""Shard writing on the cluster: the shard plan of a source's ordered cells, and the tar / zarr write tasks.
+"""Shard writing on the cluster: the shard plan of a source's ordered cells, and the tar / zarr write tasks
+that run on the workers.
 
 Per shard, two tasks (tar and zarr: different files, one writer each) only concatenate the bytes the workers
 encoded in the unit phase. Which worker writes what, and when, does not change a byte of the output.
@@ -6,13 +7,15 @@ encoded in the unit phase. Which worker writes what, and when, does not change a
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 from typing import Any
 
 from chammi_data.format.groups import GroupPlan, source_groups
-from chammi_data.format.release_format import canonical_json
+from chammi_data.format.release_format import canonical_json, cell_record
 from chammi_data.format.vocab import RELEASE_SOURCE_KEYS, SOURCES, is_variable
-from pipelines.engine.worker import write_tar_task, write_zarr_task
+from pipelines.engine.spill import SpillReader
 
 #: dask priority of shard-writing tasks: they run before the unit tasks of the sources still in progress
 WRITE_PRIORITY = 10
@@ -36,7 +39,7 @@ SPILL_RECORD = (
 def plan_shards(
     cells: list[dict[str, Any]], per: int
 ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, list[GroupPlan]]]:
-    """({source: [{index, zarr_start, group, entries: [(spill, index, split, tasks, record)]}]}, {source:
+    """({source: [{index, zarr_start, group, entries: [(spill, split, tasks, record)]}]}, {source:
     its image groups}), sources in release order.
 
     ``record`` is the cell's spill record (ids, label, channels, dtype, shape, sha256, meta, groups and where
@@ -56,7 +59,6 @@ def plan_shards(
                 entries = [
                     (
                         c["spill"],
-                        c["index"],
                         c.get("split", ""),
                         c.get("tasks", []),
                         {f: c[f] for f in SPILL_RECORD if f in c},
@@ -66,6 +68,65 @@ def plan_shards(
                 group = [g.index, j] if is_variable(src) else None
                 plans[src].append({"index": index, "zarr_start": start, "group": group, "entries": entries})
     return plans, groups
+
+
+def read_shard_entries(entries_json: str, what: str) -> list[Any]:
+    """What one shard writer needs, read from the spills (entries: spill path, split, tasks, record).
+
+    The entries travel as one JSON string: dask walks every nested list and dict of a task's arguments
+    looking for keys, a string it leaves alone.
+
+    ``what="tar"``: an ``EncodedCell`` per cell (its shard record with the assigned split and tasks, and its
+    tar member); ``what="zarr"``: the zarr chunk bytes.
+    """
+    from chammi_data.format.writer import EncodedCell
+
+    parts: list[Any] = []
+    with SpillReader() as spills:
+        for path, split, tasks, rec in json.loads(entries_json):
+            data = spills.read(path, rec[what], f"cell {rec['cell_id']}")
+            if what == "zarr":
+                parts.append(data)
+                continue
+            record = cell_record(
+                cell_id=rec["cell_id"],
+                source=rec["source"],
+                label=rec["label"],
+                channels=rec["channels"],
+                shape=rec["shape"],
+                dtype=rec["dtype"],
+                split=split,
+                tasks=tasks,
+                groups=rec["groups"],
+                sha256=rec["sha256"],
+                meta=rec["meta"],
+            )
+            parts.append(EncodedCell(record, data, b""))
+    return parts
+
+
+def write_tar_task(
+    root: str, source: str, shard_index: int, zarr_start: int, entries: str, group: list[int] | None = None
+) -> tuple[Any, float]:
+    """Worker task: tar shard ``shard_index`` from the spills' encoded members; (ShardRecord, seconds)."""
+    from chammi_data.format.writer import write_tar_shard
+
+    t0 = time.perf_counter()
+    encoded = read_shard_entries(entries, "tar")
+    return write_tar_shard(root, source, shard_index, encoded, zarr_start), time.perf_counter() - t0
+
+
+def write_zarr_task(
+    root: str, source: str, shard_index: int, zarr_start: int, entries: str, group: list[int] | None = None
+) -> tuple[None, float]:
+    """Worker task: zarr shard ``shard_index`` (its only writer) from the spills' encoded chunks; for a
+    variable source zarr shard ``j`` of its group ``g`` (``group = [g, j]``)."""
+    from chammi_data.format.writer import write_zarr_shard
+
+    t0 = time.perf_counter()
+    where = None if group is None else (int(group[0]), int(group[1]))
+    write_zarr_shard(root, source, shard_index, zarr_start, read_shard_entries(entries, "zarr"), where)
+    return None, time.perf_counter() - t0
 
 
 class ShardWriting:

@@ -20,7 +20,7 @@ import zstandard
 import chammi_data
 from chammi_data.format.codec import CorruptSampleError
 from chammi_data.format.manifest import ManifestDigestError, read_manifest, write_manifest
-from chammi_data.loading.shards import MAX_RECORD_BYTES, ShardFormatError, iter_samples
+from chammi_data.format.shards import MAX_RECORD_BYTES, ShardFormatError, iter_samples
 
 
 def _flip(path: Path, offset: int) -> None:
@@ -148,11 +148,12 @@ def test_decompression_bombs_are_refused_before_allocating(tmp_path, declare_siz
     }
     script = f"""
 import resource, json
-from chammi_data.loading.shards import ShardReader
+from chammi_data.format.shards import ShardReader
 from chammi_data.format.codec import CorruptSampleError
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 try:
-    ShardReader({str(tmp_path)!r}).read(json.loads({json.dumps(json.dumps(row))}))
+    from chammi_data.store.storage import open_store
+    ShardReader(open_store({str(tmp_path)!r})).read(json.loads({json.dumps(json.dumps(row))}))
     print("returned")
 except CorruptSampleError as exc:
     print("refused:", exc)

@@ -102,6 +102,7 @@ def test_the_vocabulary_manifest_agrees_with_the_module():
 
     data = yaml.safe_load((manifests_dir() / "vocabulary.yaml").read_text(encoding="utf-8"))
     assert tuple(data["channels"]) == VOCAB and tuple(data["chammi75_channels"]) == CHAMMI75_CHANNELS
-    assert [(s["chammi"], s["chammi75"]) for s in data["synonyms"]] == [(s.chammi, s.chammi75) for s in SYNONYMS]
+    pairs = [(s["chammi"], s["chammi75"]) for s in data["synonyms"]]
+    assert pairs == [(s.chammi, s.chammi75) for s in SYNONYMS]
     for key, info in data["sources"].items():
         assert tuple(info["channels"]) == SOURCES[key].channels

@@ -3,7 +3,6 @@ files."""
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -20,9 +19,11 @@ from chammi_data.format.vocab import SOURCES
 
 
 def run_cli(module, argv: list[str]) -> int:
-    parser = argparse.ArgumentParser()
-    module.register(parser)
-    return module.main(parser.parse_args(argv))
+    """Run the subcommand that ``module`` implements through the ``chammi`` dispatcher, as a user would."""
+    from chammi_cli import SUBCOMMANDS, main
+
+    name = next(n for n, (m, _) in SUBCOMMANDS.items() if m == module.__name__)
+    return main([name, *argv])
 
 
 def write_official(

@@ -94,9 +94,8 @@ def test_ties_and_absent_predicted_class_by_hand() -> None:
         # truth.
         assert res.predictions[("Allen", "Task_two")].tolist() == ["A", "B", "B"]
         assert t.loc["Task_two", "accuracy"] == pytest.approx(2 / 3)
-        assert t.loc["Task_two", "f1_score_macro"] == pytest.approx(
-            0.5
-        )  # (F1_B=1 + F1_C=0) / 2; A not averaged
+        # (F1_B=1 + F1_C=0) / 2; A not averaged
+        assert t.loc["Task_two", "f1_score_macro"] == pytest.approx(0.5)
         assert res.cps is None and res.metric == metric
 
 

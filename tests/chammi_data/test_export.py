@@ -3,7 +3,6 @@ trip."""
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-import chammi_cli.export as cli
+from chammi_cli import main as chammi
 from chammi_data.format.manifest import read_manifest, source_rows
 from chammi_data.format.vocab import SOURCE_KEYS, SOURCES, TASK_COLUMNS
 from chammi_data.format.writer import ReleaseWriter
@@ -20,23 +19,12 @@ from chammi_data.interop.official_export import export_official, export_source, 
 from chammi_data.interop.official_layout import iter_official_cells, read_official_metadata
 from chammi_data.loading.dataset import load
 from chammi_data.store.paths import UnsafePathError, safe_join
+from chammi_data.store.storage import open_store
 
 
 def test_export_layout_and_columns(tiny_release: Path, tmp_path: Path, capsys):
     out = tmp_path / "out"
-    assert (
-        cli.main(
-            argparse.Namespace(
-                release=str(tiny_release),
-                outdir=str(out),
-                format="chammi",
-                sources=None,
-                overwrite=False,
-                quiet=True,
-            )
-        )
-        == 0
-    )
+    assert chammi(["export", "--format", "chammi", str(tiny_release), str(out), "--quiet"]) == 0
     assert "Allen: 24" in capsys.readouterr().out
     m = read_manifest(tiny_release)
     meta = read_official_metadata(out)
@@ -130,9 +118,8 @@ def test_cam_csv_follows_cams_contract(tiny_release: Path, tmp_path: Path):
         folder = SOURCES[key].folder
         part = cam[cam["chunk"] == folder].reset_index(drop=True)
         official = pd.read_csv(out / folder / "enriched_meta.csv")
-        assert (
-            part["file_path"].tolist() == official["file_path"].tolist()
-        )  # CAM's feature order = evaluator's
+        # CAM's feature order = evaluator's
+        assert part["file_path"].tolist() == official["file_path"].tolist()
         expected = official["Label"].str.lower() if key == "hpa" else official["Label"]
         assert (
             part["label"].tolist() == expected.tolist()
@@ -189,13 +176,13 @@ def test_hostile_file_path_in_meta_stays_inside_outdir(tmp_path: Path, cell_fact
 
 def test_cell_id_that_bypassed_the_manifest_reader_is_refused(tiny_release: Path, tmp_path: Path):
     from chammi_data.format.release_format import CellIdError
-    from chammi_data.loading.shards import ShardReader
+    from chammi_data.format.shards import ShardReader
 
     rows = source_rows(read_manifest(tiny_release), "hpa").head(2).copy()
     rows["cell_id"] = ["../../x", "ok_id"]
     rows["meta"] = "{}"
     out = tmp_path / "a" / "b" / "out"
-    reader = ShardReader(tiny_release)
+    reader = ShardReader(open_store(tiny_release))
     try:
         with pytest.raises(CellIdError, match=r"\.\./\.\./x"):
             export_source(tiny_release, out, "hpa", rows, reader, progress=False)

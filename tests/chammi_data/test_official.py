@@ -26,9 +26,8 @@ def test_tape_fold_is_column_major():
     tape = chw_to_tape(chw)
     assert tape.shape == (4, 15)
     np.testing.assert_array_equal(tape[:, 5:10], chw[1])  # channel k in columns [k*W, (k+1)*W)
-    np.testing.assert_array_equal(
-        np.reshape(tape, (4, 5, 3), order="F").transpose(2, 0, 1), chw
-    )  # the release description: fold back column-major
+    # the release description: fold back column-major
+    np.testing.assert_array_equal(np.reshape(tape, (4, 5, 3), order="F").transpose(2, 0, 1), chw)
     np.testing.assert_array_equal(tape_to_chw(tape, 5), chw)
     with pytest.raises(ValueError, match="multiple"):
         tape_to_chw(tape, 4)

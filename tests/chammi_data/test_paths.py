@@ -38,3 +38,20 @@ def test_manifests_and_configs_of_this_checkout(monkeypatch: pytest.MonkeyPatch,
     assert paths.manifests_dir() == tmp_path
     with pytest.raises(FileNotFoundError, match="not installed"):
         paths.bundled_dir("no_such_package_chammi", "_x", "x")
+
+
+def test_one_default_release_location_for_writers_and_readers(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+):
+    """The build's default output and the readers' default location are the same function's answer."""
+    from chammi_data.store.storage import ReleaseStore
+
+    monkeypatch.delenv(paths.RELEASE_ENV, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert paths.default_release_location() == str(tmp_path / "cache" / "chammi" / "release")
+    assert ReleaseStore().url == paths.default_release_location()
+    monkeypatch.setenv(paths.RELEASE_ENV, f"file://{tmp_path}/rel")
+    assert paths.default_release_location() == f"{tmp_path}/rel" == ReleaseStore().url
+    monkeypatch.setenv(paths.RELEASE_ENV, "s3://bucket/release/")
+    assert paths.default_release_location() == "s3://bucket/release/"
+    assert ReleaseStore().url == "s3://bucket/release"

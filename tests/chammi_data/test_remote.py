@@ -17,7 +17,7 @@ import chammi_data
 from chammi_data.format.manifest import read_manifest
 from chammi_data.format.validate import validate_release
 from chammi_data.interop.official_export import export_official
-from chammi_data.loading.stream_progress import ProgressTracker
+from chammi_data.loading.stream_tracker import StreamTracker
 from chammi_data.store.storage import (
     ReleaseNotFoundError,
     ReleaseStore,
@@ -205,7 +205,7 @@ def test_killed_server_mid_epoch_then_exact_resume(tiny_release, monkeypatch):
         for k, v in server.env().items():
             monkeypatch.setenv(k, v)
         url = server.upload(tiny_release, "chammi", "r")
-        st, tracker = stream(url), ProgressTracker()
+        st, tracker = stream(url), StreamTracker()
         it = iter(st)
         seen = []
         for _ in range(20):

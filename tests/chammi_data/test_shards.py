@@ -12,7 +12,8 @@ import pytest
 from chammi_data.format.codec import CorruptSampleError, encode_image
 from chammi_data.format.manifest import read_manifest
 from chammi_data.format.release_format import canonical_json
-from chammi_data.loading.shards import ShardFormatError, ShardReader, index_shard, iter_samples, read_sample
+from chammi_data.format.shards import ShardFormatError, ShardReader, index_shard, iter_samples, read_sample
+from chammi_data.store.storage import open_store
 
 
 def _member(name: str, data: bytes = b"", type_: bytes = tarfile.REGTYPE, linkname: str = "") -> tuple:
@@ -146,14 +147,14 @@ def test_pread_by_offset_and_pixel_checksum(tiny_release_copy: Path):
     blob[row["offset"] + 20] ^= 0xFF  # inside the zstd frame
     path.write_bytes(bytes(blob))
     with pytest.raises(Exception, match=row["key"]):
-        ShardReader(tiny_release_copy).read(row, verify=True)
+        ShardReader(open_store(tiny_release_copy)).read(row, verify=True)
 
 
 def test_fast_decode_matches_codec():
     import zstandard
 
     from chammi_data.format.codec import CorruptSampleError, decode_image
-    from chammi_data.loading.shards import decode_image_fast
+    from chammi_data.format.shards import decode_image_fast
 
     for dtype in (np.uint8, np.uint16):
         img = (np.arange(3 * 5 * 7) * 37 % 251).astype(dtype).reshape(3, 5, 7)

@@ -13,7 +13,7 @@ from chammi_data.format.manifest import read_manifest
 from chammi_data.format.release_format import select_rows
 from chammi_data.loading.collate import HomogeneousBatcher, group_by_channels
 from chammi_data.loading.dataset import load
-from chammi_data.loading.stream_progress import ProgressTracker
+from chammi_data.loading.stream_tracker import StreamTracker
 from chammi_data.loading.streaming import ShardStream, sample_seed, stream
 
 
@@ -135,7 +135,7 @@ def test_equal_counts_per_rank_when_not_divisible(tiny_release, drop_last):
 def test_resume_with_another_world_size_continues_the_global_order(tiny_release):
     n = stream(tiny_release, split="all").num_samples
     # Run 1: two ranks, in lockstep, stop after k = 2 x 9 samples of the global order.
-    tracker = ProgressTracker()
+    tracker = StreamTracker()
     ranks = [iter(stream(tiny_release, split="all", seed=5, rank=r, world_size=2)) for r in range(2)]
     for _ in range(9):
         for it in ranks:
@@ -164,7 +164,7 @@ def test_resume_with_another_world_size_continues_the_global_order(tiny_release)
 
 def test_uneven_progress_is_tracked_exactly(tiny_release):
     # Rank 0 got 5 samples, rank 1 only 3 (e.g. buffered in a HomogeneousBatcher): prefix 7, position 8 ahead.
-    tracker = ProgressTracker()
+    tracker = StreamTracker()
     for rank, k in ((0, 5), (1, 3)):
         it = iter(stream(tiny_release, split="all", rank=rank, world_size=2))
         for _ in range(k):
@@ -182,7 +182,7 @@ def test_uneven_progress_is_tracked_exactly(tiny_release):
 def test_advance_matches_tracker_with_batch_aligned_workers(tiny_release):
     batch, workers = 3, 2
     st = stream(tiny_release, split="all", seed=2, worker_block=batch)
-    tracker = ProgressTracker()
+    tracker = StreamTracker()
     loader = DataLoader(st, batch_size=batch, num_workers=workers, collate_fn=group_by_channels)
     for step, groups in enumerate(loader, start=1):
         tracker.update(groups)
@@ -272,7 +272,7 @@ def test_resume_after_homogeneous_batches_is_exactly_once(tiny_release):
     # Buffering per channel set reorders samples; the tracker still gives an exact resume point.
     st = stream(tiny_release, split="all", seed=6)
     loader = DataLoader(HomogeneousBatcher(st, batch_size=4), batch_size=None, num_workers=2)
-    tracker = ProgressTracker()
+    tracker = StreamTracker()
     for i, batch in enumerate(loader):
         tracker.update(batch)
         if i == 6:
@@ -289,7 +289,7 @@ def test_resume_after_homogeneous_batches_is_exactly_once(tiny_release):
 
 def test_tracker_accepts_default_collate_and_clears(tiny_release):
     st = stream(tiny_release, split="train", sources=["cp"], seed=2)
-    tracker = ProgressTracker()
+    tracker = StreamTracker()
     for batch in DataLoader(st, batch_size=3):  # one source: torch's default_collate works
         tracker.update(batch)
     assert tracker.positions(0) == list(range(st.num_samples))

@@ -13,7 +13,7 @@ import chammi_data.loading.stream_order as so
 from chammi_data.augment.device import DeviceTransform
 from chammi_data.augment.transforms import train_transform
 from chammi_data.loading.collate import group_by_channels, group_by_channels_uint8
-from chammi_data.loading.stream_progress import ProgressTracker
+from chammi_data.loading.stream_tracker import StreamTracker
 from chammi_data.loading.streaming import ShardStream, stream
 from chammi_data.store.storage import ReleaseStore
 
@@ -104,7 +104,7 @@ def test_resume_continues_exactly_with_the_same_topology(tiny_release, stop_afte
         )
 
     full = _ids(_loader(make(), 2, 4))
-    st, tracker = make(), ProgressTracker()
+    st, tracker = make(), StreamTracker()
     got = []
     for k, groups in enumerate(_loader(st, 2, 4)):
         if k == stop_after:
@@ -121,7 +121,7 @@ def test_resume_continues_exactly_with_the_same_topology(tiny_release, stop_afte
 def test_resume_with_another_topology_gives_exactly_the_rest(tiny_release):
     st, tracker = (
         stream(tiny_release, split="all", order="shards", seed=2, worker_block=4, workers=2),
-        ProgressTracker(),
+        StreamTracker(),
     )
     first = []
     for k, groups in enumerate(_loader(st, 2, 4)):
@@ -142,7 +142,7 @@ def test_resume_with_another_topology_gives_exactly_the_rest(tiny_release):
 
 
 def test_advance_is_exact_order_only(tiny_release):
-    with pytest.raises(ValueError, match="ProgressTracker"):
+    with pytest.raises(ValueError, match="StreamTracker"):
         stream(tiny_release, order="shards").advance(4)
 
 

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
 import io
 import tarfile
 from pathlib import Path
 
 import numpy as np
 
-import chammi_cli.validate as cli
 import chammi_data.format.zarr_store as zarr_store
+from chammi_cli import main as chammi
 from chammi_data.format.manifest import read_manifest, write_manifest
 from chammi_data.format.validate import validate_release
 
@@ -27,7 +26,7 @@ def _row(root: Path, source: str = "hpa", i: int = 3):
 
 def test_clean_release_passes(tiny_release: Path, capsys):
     assert _problems(tiny_release) == []
-    assert cli.main(argparse.Namespace(release=str(tiny_release), quiet=True)) == 0
+    assert chammi(["validate", str(tiny_release), "--quiet"]) == 0
     assert "OK" in capsys.readouterr().out
 
 
@@ -40,7 +39,7 @@ def test_flipped_byte_in_image(tiny_release_copy: Path, capsys):
     problems = _problems(tiny_release_copy)
     assert any(row["shard"] in p and "sha256 differs" in p for p in problems)
     assert any(row["key"] in p for p in problems)
-    assert cli.main(argparse.Namespace(release=str(tiny_release_copy), quiet=True)) == 1
+    assert chammi(["validate", str(tiny_release_copy), "--quiet"]) == 1
     assert row["key"] in capsys.readouterr().out
 
 

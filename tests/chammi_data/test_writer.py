@@ -14,6 +14,7 @@ import pytest
 import chammi_data.format.zarr_store as zarr_store
 from chammi_data.format.manifest import read_manifest, read_release_json, source_rows
 from chammi_data.format.release_format import MANIFEST_COLUMNS, canonical_json
+from chammi_data.format.shards import ShardReader, iter_samples
 from chammi_data.format.vocab import SOURCE_KEYS
 from chammi_data.format.writer import (
     ReleaseWriter,
@@ -23,7 +24,7 @@ from chammi_data.format.writer import (
     shard_relpath,
     write_shard,
 )
-from chammi_data.loading.shards import ShardReader, iter_samples
+from chammi_data.store.storage import open_store
 
 
 def _build(root: Path, cell_factory, per: int = 10) -> Path:
@@ -43,7 +44,7 @@ def test_round_trip_arrays_and_metadata(tiny_release: Path, cell_factory):
     m = read_manifest(tiny_release)
     assert list(m.columns) == list(MANIFEST_COLUMNS)
     assert list(dict.fromkeys(m["source"])) == list(SOURCE_KEYS)
-    reader = ShardReader(tiny_release)
+    reader = ShardReader(open_store(tiny_release))
     for s in SOURCE_KEYS:
         cells = cell_factory(s, TINY_N, seed=TINY_SEED[s])
         rows = source_rows(m, s)
@@ -140,7 +141,7 @@ def test_uint16_round_trip(tmp_path: Path, cell_factory):
     w.close()
     m = read_manifest(tmp_path)
     assert set(m["dtype"]) == {"uint16"}
-    np.testing.assert_array_equal(ShardReader(tmp_path).read(m.iloc[4].to_dict()), cells[4].image)
+    np.testing.assert_array_equal(ShardReader(open_store(tmp_path)).read(m.iloc[4].to_dict()), cells[4].image)
 
 
 def test_duplicate_cell_ids_are_refused(tmp_path: Path, cell_factory):

@@ -34,33 +34,28 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def torchrun_train(release: str | Path, out: Path, args: list[str], env: dict[str, str] | None = None) -> str:
+    """``torchrun --nproc_per_node 2 -m chammi_cli train --config tiny_cpu`` on 127.0.0.1, one thread per
+    rank, no GPU; returns stdout after checking that the run finished."""
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    rendezvous = ["--master_addr", "127.0.0.1", "--master_port", str(_free_port())]
+    train_cmd = ["-m", "chammi_cli", "train", "--config", "tiny_cpu", "--release", str(release)]
+    proc = subprocess.run(
+        [*torchrun, *rendezvous, *train_cmd, "--out", str(out), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", **(env or {})},
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "finished" in proc.stdout
+    return proc.stdout
+
+
 @pytest.mark.slow
 def test_two_process_gloo_run_matches_single_process(tiny_release: Path, tmp_path: Path) -> None:
     out = tmp_path / "ddp"
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_addr",
-        "127.0.0.1",
-        "--master_port",
-        str(_free_port()),
-        "-m",
-        "chammi_models.training.train",
-        "--config",
-        "tiny_cpu",
-        "--release",
-        str(tiny_release),
-        "--out",
-        str(out),
-        *ARGS,
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "finished" in proc.stdout
+    torchrun_train(tiny_release, out, ARGS)
 
     latest = json.loads((out / "checkpoints" / "latest.json").read_text())
     assert latest["world_size"] == 2 and latest["step"] == 3
@@ -93,41 +88,10 @@ def test_two_process_gloo_run_from_s3_equals_the_same_run_from_disk(
 
     args = [*ARGS, "data.workers=2", "data.stream_order=shards", "data.shuffle_buffer=8"]
 
-    def torchrun(release: str, out: Path, env: dict[str, str]) -> None:
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_addr",
-            "127.0.0.1",
-            "--master_port",
-            str(_free_port()),
-            "-m",
-            "chammi_models.training.train",
-            "--config",
-            "tiny_cpu",
-            "--release",
-            release,
-            "--out",
-            str(out),
-            *args,
-        ]
-        proc = subprocess.run(
-            cmd,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            env={**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", **env},
-        )
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        assert "finished" in proc.stdout
-
     with S3Server() as server:
         url = server.upload(tiny_release, "chammi", "tiny")
-        torchrun(url, tmp_path / "s3", server.env())
-    torchrun(str(tiny_release), tmp_path / "disk", {})
+        torchrun_train(url, tmp_path / "s3", args, server.env())
+    torchrun_train(tiny_release, tmp_path / "disk", args)
     a = load_file(str(tmp_path / "s3" / "model" / "model.safetensors"))
     b = load_file(str(tmp_path / "disk" / "model" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -160,7 +160,7 @@ def test_embed_cli_answers_user_errors_in_one_line(tiny_release: Path, tmp_path:
     assert "not a release folder" in _one_line_error(capsys)
     card = json.loads((folder / "card.json").read_text())
     (folder / "card.json").write_text(json.dumps({**card, "channels": card["channels"][::-1]}))
-    assert run(folder, tiny_release) == 1
+    assert run(folder, tiny_release) == 2  # refused weights are bad input, answered like any other
     assert "field 'channels'" in _one_line_error(capsys)
     assert not (tmp_path / "out").exists()
 
@@ -221,9 +221,8 @@ def test_eval_refuses_features_from_another_release_or_with_permuted_rows(
 
     assert score(tiny_release) == 0
     assert score(other) == 2
-    err = (
-        capsys.readouterr().err.strip().splitlines()[-1]
-    )  # after the progress lines of the first, scored run
+    # after the progress lines of the first, scored run
+    err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("chammi eval: error:") and "not from the release being scored" in err
     hpa = feats / "HPA" / "features.npy"
     arr = np.load(hpa)

@@ -98,7 +98,7 @@ def _rewrite_weights(folder, change, keep_metadata=True):
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
-    from chammi_data.format.schema import file_sha256
+    from chammi_data.store.paths import file_sha256
 
     path = folder / "model.safetensors"
     with safe_open(str(path), "pt") as fh:
@@ -112,7 +112,7 @@ def _rewrite_weights(folder, change, keep_metadata=True):
 def test_card_records_the_weights_hash_and_the_weights_record_the_card(tmp_path):
     from safetensors import safe_open
 
-    from chammi_data.format.schema import file_sha256
+    from chammi_data.store.paths import file_sha256
 
     folder = _saved(tmp_path)
     card = read_card(folder)

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 import pipelines.sources.wtc11.synth as wtc11_synth
-from pipelines.engine.build import build
+from tests.pipelines.helpers import quiet_build
 
 #: row -> (what is broken, a word the reason must contain)
 CORPUS = {
@@ -50,15 +50,7 @@ def _corrupt(root: Path) -> pd.DataFrame:
 
 def test_bad_inputs_are_skipped_and_listed(wtc_copy: Path, tmp_path: Path) -> None:
     table = _corrupt(wtc_copy)
-    res = build(
-        "wtc11",
-        input_dir=wtc_copy,
-        output=tmp_path / "rel",
-        workers=2,
-        config={"cells_per_shard": 16},
-        progress=False,
-        processes=False,
-    )
+    res = quiet_build("wtc11", wtc_copy, tmp_path / "rel", workers=2, per=16)
     assert res.ok
     rep = json.loads((tmp_path / "rel" / "build_report.json").read_text())
     acc = rep["accounting"]["wtc11"]
@@ -91,15 +83,7 @@ def test_bad_inputs_are_skipped_and_listed(wtc_copy: Path, tmp_path: Path) -> No
 @pytest.mark.slow
 def test_strict_fails_without_writing_a_release(wtc_copy: Path, tmp_path: Path) -> None:
     _corrupt(wtc_copy)
-    res = build(
-        "wtc11",
-        input_dir=wtc_copy,
-        output=tmp_path / "rel",
-        workers=1,
-        strict=True,
-        progress=False,
-        processes=False,
-    )
+    res = quiet_build("wtc11", wtc_copy, tmp_path / "rel", strict=True)
     assert not res.ok and "--strict" in res.failed
     rep = json.loads((tmp_path / "rel" / "build_report.failed.json").read_text())
     assert rep["status"] == "failed" and len(rep["skipped"]) == len(CORPUS) + 1

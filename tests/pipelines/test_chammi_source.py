@@ -10,8 +10,8 @@ import pandas as pd
 from chammi_data.format.manifest import read_manifest
 from chammi_data.format.vocab import SOURCES, TASK_COLUMNS
 from chammi_data.interop.official_layout import META_FILE
-from pipelines.engine.build import build
 from pipelines.sources.official.pipeline import write_official_sample
+from tests.pipelines.helpers import quiet_build
 
 
 def test_official_download_converts_with_official_order_and_tasks(tmp_path: Path) -> None:
@@ -19,14 +19,8 @@ def test_official_download_converts_with_official_order_and_tasks(tmp_path: Path
     cp_meta = root / "CP" / META_FILE
     table = pd.read_csv(cp_meta, dtype=str, keep_default_na=False)
     (root / table.file_path[3]).unlink()  # a row pointing at a missing image
-    res = build(
-        "chammi",
-        input_dir=root,
-        output=tmp_path / "rel",
-        workers=2,
-        config={"cells_per_shard": 4, "chammi": {"chunk_rows": 3}},
-        progress=False,
-        processes=False,
+    res = quiet_build(
+        "chammi", root, tmp_path / "rel", workers=2, per=4, config={"chammi": {"chunk_rows": 3}}
     )
     assert res.ok
     man = read_manifest(tmp_path / "rel")

@@ -129,7 +129,7 @@ def test_a_foreign_pipelines_package_is_named(tmp_path: Path) -> None:
     code = (
         "import sys\n"
         f"sys.path.insert(0, {str(tmp_path / 'site')!r})\n"
-        "from chammi_cli.entry_build import main\n"
+        "from chammi_cli.build import main\n"
         "sys.exit(main(['--source', 'wtc11']))\n"
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -15,6 +15,7 @@ from pipelines.engine.build_config import config_hash, deep_merge, load_config
 from pipelines.engine.ledger import order_cells
 from pipelines.engine.writing import plan_shards
 from pipelines.sources.registry import resolve_sources
+from tests.pipelines.helpers import quiet_build
 
 SMALL = {"cells_per_shard": 8}
 
@@ -261,14 +262,6 @@ def test_a_cell_dropped_inside_a_unit_fails_the_build(
         )
 
     monkeypatch.setattr(OfficialPipeline, "process", loses_a_cell)
-    res = build(
-        "chammi",
-        input_dir=root,
-        output=tmp_path / "rel",
-        workers=1,
-        config={"cells_per_shard": 4},
-        progress=False,
-        processes=False,
-    )
+    res = quiet_build("chammi", root, tmp_path / "rel", per=4)
     assert not res.ok and "chammi rows: in 30 != used 29 + skipped 0" in res.failed
     assert "FAILED: accounting does not add up" in res.summary()

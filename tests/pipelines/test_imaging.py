@@ -117,11 +117,12 @@ def test_integer_fast_path_is_byte_identical_to_the_float_reference(seed, low, h
 def test_to_uint8_integer_paths_match_the_float_formula() -> None:
     # the histogram + lookup-table path (uint16, and int32 below 2**22) gives the bytes of the float64 formula
     rng = np.random.default_rng(5)
+    # negatives: the float path itself
     for arr in (
         rng.integers(0, 65536, (2, 40, 50)).astype(np.uint16),
         rng.integers(0, 3_000_000, (2, 40, 50)).astype(np.int32),
         rng.integers(-50, 400, (2, 40, 50)).astype(np.int32),
-    ):  # negatives: the float path itself
+    ):
         got = to_uint8(arr, 1, 99)
         ref = to_uint8(arr.astype(np.float64), 1, 99)
         np.testing.assert_array_equal(got, ref)

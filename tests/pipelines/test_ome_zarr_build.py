@@ -4,19 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipelines.engine.build import build
 from tests.ome_zarr_helpers import check_release_ome_zarr
+from tests.pipelines.helpers import quiet_build
 
 
 def test_built_release_stores_are_ome_zarr(wtc_raw: Path, tmp_path: Path) -> None:
-    res = build(
-        "wtc11",
-        input_dir=wtc_raw,
-        output=tmp_path / "rel",
-        workers=1,
-        config={"cells_per_shard": 8},
-        progress=False,
-        processes=False,
-    )
+    res = quiet_build("wtc11", wtc_raw, tmp_path / "rel", per=8)
     assert res.ok
     assert check_release_ome_zarr(tmp_path / "rel") == ["wtc11"]

@@ -19,21 +19,13 @@ import pipelines.engine.output as output
 from chammi_data.format.manifest import read_manifest
 from pipelines.engine.build import build
 from pipelines.engine.output import OutputLock, OutputLocked, publish
+from tests.pipelines.helpers import quiet_build
 
 RELEASE = ["build_report.json", "manifest.csv", "manifest.parquet", "release.json", "shards", "zarr"]
 
 
 def _build(raw: Path, out: Path, **kw):
-    return build(
-        "wtc11",
-        input_dir=raw,
-        output=out,
-        workers=1,
-        config={"cells_per_shard": 16},
-        progress=False,
-        processes=False,
-        **kw,
-    )
+    return quiet_build("wtc11", raw, out, per=16, **kw)
 
 
 def test_a_held_lock_refuses_a_second_build_naming_the_holder(tmp_path: Path) -> None:

@@ -26,14 +26,9 @@ centred and is zero-padded (``"pad"``), or is moved inside the field so the cell
 field edge, i.e. the cell may be cut off). Masking of neighbouring cells (``mask_neighbours``) is OFF by
 default, as in the published crops: neighbours stay visible; when on, pixels of other cells are zeroed.
 
-Options (``config["hpa"]``, all optional): ``border``, ``crop`` (512), ``low_pct`` (0.0), ``high_pct``
-(99.9), ``segmentation`` (backend name), ``segmentation_options`` (dict, e.g. ``{weights: PATH}`` for
-cellpose), ``mask_neighbours`` (False), ``min_cell_area`` (px, 0), ``labels_table`` (``train.csv``),
-``cellline_table`` (``kaggle_2021.tsv``, tab- or comma-separated), ``max_field_pixels`` (10000 x 10000: a
-larger image is skipped from its header, before decoding), ``mixed_bit_depth`` (``skip``: a field whose
-files mix 8- and 16-bit is skipped, naming each file's depth; ``allow``: each file is scaled by its own depth
-and the cells record ``channel_bit_depths``). Accounting: fields (rows of the labels table), then cells
-(segmented in the fields used). Synthetic sample data: :mod:`pipelines.sources.hpa.synth`.
+Options (``config["hpa"]``, all optional): :attr:`HPAPipeline.DEFAULTS`, each default with what it means.
+Accounting: fields (rows of the labels table), then cells (segmented in the fields used). Synthetic sample
+data: :mod:`pipelines.sources.hpa.synth`.
 """
 
 from __future__ import annotations
@@ -222,17 +217,20 @@ class HPAPipeline(SourcePipeline):
     unit_kind = "fields"
     units_per_task = 2  # fields per dask task
     DEFAULTS = {
-        "border": "pad",
-        "crop": 512,
-        "low_pct": 0.0,
-        "high_pct": 99.9,
-        "segmentation": "watershed",
-        "segmentation_options": {},
-        "mask_neighbours": False,
-        "min_cell_area": 0,
-        "cellline_table": "kaggle_2021.tsv",
-        "labels_table": "train.csv",
+        "border": "pad",  # pad | shift | skip: a crop box that leaves the field (module docstring)
+        "crop": 512,  # crop side in pixels
+        "low_pct": 0.0,  # percentile clipped to 0 when scaling to 8 bit
+        "high_pct": 99.9,  # percentile clipped to 255
+        "segmentation": "watershed",  # segmentation backend (pipelines.steps.segmentation)
+        "segmentation_options": {},  # backend options, e.g. {weights: PATH} for cellpose
+        "mask_neighbours": False,  # zero the pixels of other cells inside a crop
+        "min_cell_area": 0,  # cells smaller than this (pixels) are skipped
+        "cellline_table": "kaggle_2021.tsv",  # HPA's cell-line table, tab- or comma-separated
+        "labels_table": "train.csv",  # ID, Label (pipe-separated class indices)
+        # a larger image is skipped from its header, before decoding
         "max_field_pixels": 10_000 * 10_000,
+        # skip: a field whose files mix 8- and 16-bit is skipped, naming each file's depth; allow: each file
+        # is scaled by its own depth and the cells record channel_bit_depths
         "mixed_bit_depth": "skip",
     }
 

@@ -1,6 +1,6 @@
 """Which samples of a stream the trainer has received: the exact record behind a resumable checkpoint.
 
-A :class:`ProgressTracker` reads ``meta["stream_index"]`` (a sample's position in the epoch's global order)
+A :class:`StreamTracker` reads ``meta["stream_index"]`` (a sample's position in the epoch's global order)
 of everything the training loop received; ``stream.state_dict(seen=tracker.gather(epoch))`` turns that into
 the stream's resumable state, in any batching and in both stream orders.
 """
@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 
-class ProgressTracker:
+class StreamTracker:
     """Records which global positions the trainer received, per epoch (reads ``meta["stream_index"]``).
 
     ``update`` takes a sample, a batch dict, or a list of batches (``group_by_channels`` output).

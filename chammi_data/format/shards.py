@@ -37,7 +37,7 @@ from chammi_data.format.codec import (  # noqa: F401 (decode_image_fast: re-expo
 from chammi_data.format.release_format import CELL_ID_PATTERN, expected_shape, make_sample
 from chammi_data.format.schema import image_checksum
 from chammi_data.format.vocab import is_variable
-from chammi_data.store.storage import RemoteObjectError, open_store
+from chammi_data.store.storage import ReleaseStore, RemoteObjectError, open_store, require_store
 
 BLOCK = 512
 _EXTS = (JSON_SUFFIX.lstrip("."), IMAGE_SUFFIX.lstrip("."))  # "json", "npy.zst": the order within a sample
@@ -279,7 +279,7 @@ def iter_samples(
             yield _decode_sample(current, parts, shard, verify)
 
 
-def has_frame_checksum(data: bytes) -> bool:
+def has_frame_checksum(data: bytes | memoryview) -> bool:
     """True when a zstd frame carries a content checksum (zstd then verifies it on every decode)."""
     try:
         return bool(zstandard.get_frame_parameters(data).has_checksum)
@@ -298,13 +298,8 @@ class ShardReader:
     Safe to pickle into DataLoader workers: connections and files are reopened per process.
     """
 
-    def __init__(self, root: Any, storage_options: Mapping[str, Any] | None = None):
-        self.store = open_store(root, storage_options)
-
-    @property
-    def root(self) -> Any:
-        """The release location (a local Path for a local release, else the URL)."""
-        return self.store.root if self.store.is_local else self.store.url
+    def __init__(self, store: ReleaseStore):
+        self.store = require_store(store, "ShardReader")
 
     def where(self, row: Mapping[str, Any]) -> str:
         """How errors name a row: the shard's full path or URL and the key."""
@@ -349,7 +344,7 @@ class ShardReader:
 
 def read_sample(root: Any, row: Mapping[str, Any], verify: bool | None = None) -> np.ndarray:
     """One image by manifest row (``shard``, ``key``, ``offset``, ``nbytes``): a single read, no scan."""
-    reader = ShardReader(root)
+    reader = ShardReader(open_store(root))
     try:
         return reader.read(row, verify=verify)
     finally:

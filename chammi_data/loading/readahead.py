@@ -35,7 +35,7 @@ class RangeReadahead:
     def _fetch(self, r: ByteRange) -> bytes:
         data = self.store.read_range(r.shard, r.start, r.end - r.start)
         if len(data) != r.end - r.start:
-            from chammi_data.loading.shards import ShardFormatError
+            from chammi_data.format.shards import ShardFormatError
 
             raise ShardFormatError(
                 f"{self.store.path(r.shard)}: truncated: read {len(data)} of {r.end - r.start} "

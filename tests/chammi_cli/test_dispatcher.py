@@ -8,15 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from chammi_cli import MODEL_SUBCOMMANDS, SUBCOMMANDS, main
-from chammi_cli.data_commands import SUBCOMMANDS as DATA_SUBCOMMANDS
+from chammi_cli import SUBCOMMANDS, main
 
 
-def test_the_dispatcher_merges_both_libraries_subcommands():
-    assert not set(DATA_SUBCOMMANDS) & set(MODEL_SUBCOMMANDS)  # neither library shadows the other
-    assert SUBCOMMANDS == {**DATA_SUBCOMMANDS, **MODEL_SUBCOMMANDS}
-    assert {"export", "validate", "eval", "report"} <= set(DATA_SUBCOMMANDS)
-    assert all(module.startswith("chammi_cli.") for module, _ in DATA_SUBCOMMANDS.values())
+def test_every_subcommand_is_a_module_of_the_command_line_layer():
+    assert {"export", "validate", "eval", "report", "train", "embed", "demo"} == set(SUBCOMMANDS)
+    assert all(module.startswith("chammi_cli.") for module, _ in SUBCOMMANDS.values())
 
 
 @pytest.mark.parametrize("command", sorted(SUBCOMMANDS))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import shutil
 from pathlib import Path
 
@@ -20,9 +19,11 @@ from chammi_data.format.vocab import SOURCES
 
 
 def run_cli(module, argv: list[str]) -> int:
-    parser = argparse.ArgumentParser()
-    module.register(parser)
-    return module.main(parser.parse_args(argv))
+    """Run the subcommand that ``module`` implements through the ``chammi`` dispatcher, as a user would."""
+    from chammi_cli import SUBCOMMANDS, main
+
+    name = next(n for n, (m, _) in SUBCOMMANDS.items() if m == module.__name__)
+    return main([name, *argv])
 
 
 def one_error_line(capsys: pytest.CaptureFixture[str], prog: str, *needles: str) -> str:
@@ -99,13 +100,12 @@ def test_eval_user_errors(
 
 def test_validate_user_error_vs_problems(tiny_release: Path, broken_manifest: Path, tmp_path: Path, capsys):
     assert run_cli(validate_cli, [str(tmp_path / "missing")]) == 2
-    one_error_line(capsys, "chammi validate", "no release at", "does not exist")
+    one_error_line(capsys, "chammi validate", "no release at", "missing")
     (tmp_path / "empty").mkdir()
     assert run_cli(validate_cli, [str(tmp_path / "empty")]) == 2
     one_error_line(capsys, "chammi validate", "release.json")
-    assert (
-        run_cli(validate_cli, [str(broken_manifest), "--quiet"]) == errors.EXIT_PROBLEMS
-    )  # a damaged release
+    # a damaged release
+    assert run_cli(validate_cli, [str(broken_manifest), "--quiet"]) == errors.EXIT_PROBLEMS
     assert "manifest.parquet" in capsys.readouterr().out
 
 
