@@ -92,7 +92,7 @@ def _rng(seed: int) -> np.random.Generator:
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed), 0x6372])))
 
 
-def _resize(image: np.ndarray, size: int) -> np.ndarray:
+def resize_square(image: np.ndarray, size: int) -> np.ndarray:
     """(C, h, w) uint8 -> (C, size, size) uint8, Pillow bilinear per channel (antialiased when shrinking)."""
     from PIL import Image
 
@@ -151,7 +151,12 @@ class GuidedCrop:
         if image.dtype != np.uint8 or image.ndim != 3:
             raise ValueError(f"guided crops take (C, H, W) uint8 images, got {image.shape} {image.dtype}")
         top, left, side, cell = self.box(image.shape[1], image.shape[2], centroids, study, seed)
-        return _resize(image[:, top : top + side, left : left + side], self.size), (top, left, side, cell)
+        return resize_square(image[:, top : top + side, left : left + side], self.size), (
+            top,
+            left,
+            side,
+            cell,
+        )
 
     def __repr__(self) -> str:
         return f"GuidedCrop(size={self.size}, studies={len(self.table.studies)}, jitter={self.jitter})"

@@ -20,7 +20,6 @@ from chammi_data.format.zarr_store import zarr_path
 from pipelines.engine.build import build
 from pipelines.sources.chammi75.layout import METADATA_TABLES, guidance_path
 from pipelines.sources.chammi75.synth import EMPTY, STUDIES
-from pipelines.sources.chammi75.synth import write_sample as write_c75
 from tests.ome_zarr_helpers import check_ome_zarr_store
 from tests.servers import S3Server
 
@@ -28,12 +27,8 @@ OPTIONS = {"cells_per_shard": 2, "chammi75": {"images_per_unit": 3, "holdout_stu
 
 
 @pytest.fixture(scope="module")
-def c75_raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_c75(tmp_path_factory.mktemp("c75") / "CHAMMI-75", seed=0)
-
-
-@pytest.fixture(scope="module")
-def c75_release(c75_raw: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def cli_release(c75_raw: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sample built through the command line (the shared ``c75_release`` is built by ``build()``)."""
     out = tmp_path_factory.mktemp("c75_release") / "release"
     settings = ["chammi75.images_per_unit=3", "chammi75.holdout_studies=[idr0017]", "cells_per_shard=2"]
     argv = [
@@ -56,7 +51,8 @@ def _table(root: Path) -> pd.DataFrame:
 
 
 @pytest.mark.slow
-def test_release_holds_every_image_whole_with_its_cells(c75_raw: Path, c75_release: Path):
+def test_release_holds_every_image_whole_with_its_cells(c75_raw: Path, cli_release: Path):
+    c75_release = cli_release
     table = _table(c75_raw)
     manifest = pd.read_parquet(c75_release / "manifest.parquet")
     assert (
