@@ -30,6 +30,7 @@ REQUIRED_IN_WHEEL = (
     "chammi_data/_manifests/vocabulary.yaml",
     "chammi_data/_manifests/chammi75_crops.yaml",
     "chammi_models/_configs/tiny_cpu.yaml",
+    "chammi_models/_configs/chammi75_tiny_cpu.yaml",
     "chammi_data/py.typed",
     "chammi_models/py.typed",
     "pipelines/py.typed",

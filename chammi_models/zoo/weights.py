@@ -138,15 +138,16 @@ def read_card(directory: str | PathLike[str]) -> dict[str, Any]:
     return card
 
 
-def card_normalisation(card: dict[str, Any]) -> dict[str, dict[str, tuple[float, float]]] | None:
-    """The card's ``normalisation`` as {source: {channel: (mean, std)}}, or None for a card without it.
+def card_normalisation(card: dict[str, Any]) -> dict[str, dict[str, tuple[float, float]]] | str | None:
+    """The card's ``normalisation`` as {source: {channel: (mean, std)}}, ``"per_sample"`` (each channel by
+    its own mean and std), or None for a card without it.
 
     Raises :class:`WeightsError` naming the entry when the field is not of that shape or a std is not
     positive.
     """
     table = card.get("normalisation")
-    if table is None:
-        return None
+    if table is None or table == "per_sample":
+        return table
     out: dict[str, dict[str, tuple[float, float]]] = {}
     if not isinstance(table, dict):
         raise WeightsError(
