@@ -12,7 +12,9 @@ does not know zstd-compressed ``.npy``; :func:`wds_decoder` is the handler it ne
         ...
 
 The handler decodes with the same strict, bounded decoder as :func:`chammi_data.load` (zstd frame checksum
-verified, no pickles, a frame larger than the limit refused) and leaves every other member to webdataset.
+verified, no pickles, a frame larger than the limit refused) and leaves every other member to webdataset. A
+CHAMMI-75 member also holds its image's cells after the pixels: the handler returns the image;
+``chammi_data.format.codec.decode_member`` returns the cells too.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from chammi_data.format.shards import decode_image_fast
+from chammi_data.format.codec import decode_member
 from chammi_data.store.storage import open_store
 
 
@@ -29,7 +31,7 @@ def wds_decoder(key: str, data: bytes) -> np.ndarray | None:
     """A ``webdataset`` decode handler: ``.npy.zst`` members -> (C, H, W) integer arrays; None for others."""
     if not key.lower().endswith("npy.zst"):
         return None
-    return decode_image_fast(data, where=f"webdataset member {key}")
+    return decode_member(data, where=f"webdataset member {key}")[0]
 
 
 def shard_urls(

@@ -54,28 +54,35 @@ def _cells(rng: np.random.Generator, hw: tuple[int, int], n: int) -> np.ndarray:
 def _render(rng: np.random.Generator, hw: tuple[int, int], centroids: np.ndarray, k: int) -> np.ndarray:
     """One 8-bit channel: a dim noisy background with a Gaussian blob per cell (size varies by channel)."""
     h, w = hw
-    yy, xx = np.mgrid[0:h, 0:w]
     img = rng.normal(18, 4, (h, w))
     for x, y in centroids:
         r = 3.0 + k + rng.uniform(0, 2)
-        img += rng.uniform(90, 180) * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * r * r))
+        half = int(4 * r) + 1  # the blob's support: drawing it on the whole image is slow at large sizes
+        y0, y1, x0, x1 = max(0, y - half), min(h, y + half + 1), max(0, x - half), min(w, x + half + 1)
+        yy, xx = np.mgrid[y0:y1, x0:x1]
+        img[y0:y1, x0:x1] += rng.uniform(90, 180) * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * r * r))
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def write_sample(out_dir: str | Path, seed: int = 0) -> Path:
-    """Write the sample into ``out_dir`` (the ``CHAMMI-75`` root); returns it. Deterministic by ``seed``."""
+def write_sample(out_dir: str | Path, seed: int = 0, scale: int = 1, images: int = 1) -> Path:
+    """Write the sample into ``out_dir`` (the ``CHAMMI-75`` root); returns it. Deterministic by ``seed``.
+
+    ``scale`` multiplies the image sides (and the cells per image by its square) and ``images`` the images per
+    study: benchmarks use images of realistic sizes (``scale=8``: 576 x 768 to 1024 x 1024)."""
     from safetensors.numpy import save_file
 
     out = Path(out_dir)
     rng = np.random.default_rng(seed)
     rows = []
-    for study, (types, hw, n_images, with_sizes) in STUDIES.items():
+    for study, (types, base_hw, base_n, with_sizes) in STUDIES.items():
+        hw, n_images = (base_hw[0] * scale, base_hw[1] * scale), base_n * images
         (out / TRAIN_PREFIX / study).mkdir(parents=True, exist_ok=True)
         (out / GUIDANCE_PREFIX / study).mkdir(parents=True, exist_ok=True)
         for i in range(n_images):
             image_id = _image_id(study, i)
             empty = (study, i) == EMPTY
-            cells = np.zeros((0, 2), np.int64) if empty else _cells(rng, hw, int(rng.integers(3, 9)))
+            n_cells = int(rng.integers(3, 9)) * scale * scale
+            cells = np.zeros((0, 2), np.int64) if empty else _cells(rng, hw, n_cells)
             for k, channel_type in enumerate(types):
                 rel = f"{TRAIN_PREFIX}/{study}/{image_id}-ch{k}.png"
                 Image.fromarray(_render(rng, hw, cells, k)).save(out / rel)
