@@ -12,7 +12,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from chammi_data.evaluation.benchmarks import cellphie, chammi, hpav23, idr0017, jumpcp, rbc_mc
+# Each scorer module by its full name: importing them through the package would be a cycle with __init__.
+import chammi_data.evaluation.benchmarks.cellphie as cellphie
+import chammi_data.evaluation.benchmarks.chammi as chammi
+import chammi_data.evaluation.benchmarks.hpav23 as hpav23
+import chammi_data.evaluation.benchmarks.idr0017 as idr0017
+import chammi_data.evaluation.benchmarks.jumpcp as jumpcp
+import chammi_data.evaluation.benchmarks.rbc_mc as rbc_mc
 from chammi_data.evaluation.benchmarks.base import BenchmarkInputError, BenchmarkResult
 
 
