@@ -231,18 +231,30 @@ def check_values(values: np.ndarray, allowed: Iterable[str], column: str, benchm
         )
 
 
+def group_codes(table: pd.DataFrame, keys: Sequence[str]) -> np.ndarray:
+    """(N,) int64 group number of every row (groups of equal ``keys`` values numbered in first-seen order)."""
+    return table.groupby(list(keys), sort=False, dropna=False).ngroup().to_numpy(np.int64)
+
+
 def check_constant_within(
     table: pd.DataFrame, keys: Sequence[str], columns: Sequence[str], benchmark: str
 ) -> None:
-    """Rows sharing ``keys`` (e.g. one well) agree on ``columns`` (its treatment); errors name the group."""
-    grouped = table.groupby(list(keys), sort=False, dropna=False)[list(columns)].nunique(dropna=False)
-    bad = grouped[(grouped > 1).any(axis=1)]
-    if len(bad):
-        key = bad.index[0]
-        col = bad.columns[(bad.iloc[0] > 1).to_numpy()][0]
-        raise BenchmarkInputError(
-            f"{benchmark}: rows of {'/'.join(keys)} {key} disagree on {col}; one unit has one value"
-        )
+    """Rows sharing ``keys`` (e.g. one well) agree on ``columns`` (its treatment); errors name the group.
+
+    Vectorised: each column's value codes are compared with the code of its group's first row.
+    """
+    codes = group_codes(table, keys)
+    first = np.full(codes.max() + 1 if len(codes) else 0, -1, dtype=np.int64)
+    first[codes[::-1]] = np.arange(len(codes))[::-1]  # the first row of every group
+    for col in columns:
+        values = pd.factorize(table[col], use_na_sentinel=False)[0]
+        bad = np.flatnonzero(values != values[first[codes]])
+        if len(bad):
+            row = table.iloc[bad[0]]
+            key = tuple(row[k] for k in keys) if len(keys) > 1 else row[keys[0]]
+            raise BenchmarkInputError(
+                f"{benchmark}: rows of {'/'.join(keys)} {key} disagree on {col}; one unit has one value"
+            )
 
 
 def group_mean(
@@ -251,13 +263,13 @@ def group_mean(
     """Mean feature vector of each group of rows sharing ``keys`` (first-seen order).
 
     Returns (G, D) float64 means, the first row of ``table`` of each group (index reset) and the (G,) row
-    counts. One sort plus ``np.add.reduceat``: linear in N, no Python loop over groups.
+    counts. One stable sort plus ``np.add.reduceat``: linear in N, no Python loop over groups.
     """
-    codes, uniques = pd.MultiIndex.from_frame(table[list(keys)].astype(str)).factorize()
+    codes = group_codes(table, keys)
     order = np.argsort(codes, kind="stable")
     sorted_codes = codes[order]
     starts = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]])
-    sums = np.add.reduceat(features[order].astype(np.float64, copy=False), starts, axis=0)
+    sums = np.add.reduceat(features[order], starts, axis=0, dtype=np.float64)
     counts = np.diff(np.r_[starts, len(order)])
     first = table.iloc[order[starts]].reset_index(drop=True)
     return sums / counts[:, None], first, counts

@@ -61,7 +61,7 @@ def score(
     rf_trees: int = 100,
     rf_max_depth: int = 25,
     lr_max_iter: int = 1000,
-    n_jobs: int | None = None,
+    n_jobs: int | None = -1,
 ) -> BenchmarkResult:
     """Per-gene binary classification of knock-out vs non-target cells (see the module docstring)."""
     x = check_features(features, table, NAME)
