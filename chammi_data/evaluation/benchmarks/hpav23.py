@@ -143,8 +143,8 @@ def score(
         .reset_index()
     )
     metrics = {k: float(np.mean([r[0][0][k] for r in runs])) for k in runs[0][0][0]}
-    for r, s in zip(runs, seeds, strict=True):
-        metrics.update({f"{k}_seed{s}": v for k, v in r[0][0].items()})
+    for r, seed in zip(runs, seeds, strict=True):
+        metrics.update({f"{k}_seed{seed}": v for k, v in r[0][0].items()})
     return BenchmarkResult(
         benchmark=NAME,
         headline="micro_ap",

@@ -268,7 +268,7 @@ def _copairs() -> Any:
         from copairs import map as copairs_map
     except ImportError as exc:  # pragma: no cover - depends on the installation
         raise ImportError(
-            f"the jumpcp benchmark needs copairs==0.5.1 (pip install 'copairs==0.5.1'): {exc}"
+            f"the jumpcp benchmark needs copairs==0.5.1 (pip install 'chammi[benchmarks]'): {exc}"
         ) from exc
     logging.getLogger("copairs").setLevel(logging.WARNING)
     return copairs_map
