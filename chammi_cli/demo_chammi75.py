@@ -34,7 +34,9 @@ def _strip(image: np.ndarray, height: int) -> np.ndarray:
     tiles = []
     for plane in image:
         w = max(1, round(plane.shape[1] * height / plane.shape[0]))
-        tile = np.asarray(Image.fromarray(plane).resize((w, height), Image.BILINEAR), dtype=np.float32)
+        tile = np.asarray(
+            Image.fromarray(plane).resize((w, height), Image.Resampling.BILINEAR), dtype=np.float32
+        )
         tiles += [tile / max(float(np.percentile(tile, 99.5)), 1.0), np.ones((height, 3), np.float32)]
     return np.concatenate(tiles[:-1], axis=1)
 

@@ -31,6 +31,7 @@ from chammi_data.format.manifest import RELEASE_JSON, read_manifest, source_rows
 from chammi_data.format.vocab import SOURCES
 from chammi_data.loading.collate import collate_homogeneous
 from chammi_data.store.storage import ReleaseStore, open_store
+from chammi_models.zoo.base import ChannelAdaptiveModel
 
 FEATURES_NAME = "features"  #: OUT/<Folder>/features.npy
 
@@ -206,7 +207,8 @@ def embed(
     identity = release_identity(store)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, card = load_trained(checkpoint, dev)
-    model.translate_inputs(channel_translation)
+    if isinstance(model, ChannelAdaptiveModel):
+        model.translate_inputs(channel_translation)
     transform, size, stats_from = card_eval_transform(card, image_size)
     feats = extract_features(
         model, store, batch_size=batch_size, workers=workers, device=dev, transform=transform

@@ -100,7 +100,9 @@ def resize_square(image: np.ndarray, size: int) -> np.ndarray:
         return np.ascontiguousarray(image)
     out = np.empty((image.shape[0], size, size), np.uint8)
     for k, plane in enumerate(image):
-        out[k] = np.asarray(Image.fromarray(np.ascontiguousarray(plane)).resize((size, size), Image.BILINEAR))
+        out[k] = np.asarray(
+            Image.fromarray(np.ascontiguousarray(plane)).resize((size, size), Image.Resampling.BILINEAR)
+        )
     return out
 
 

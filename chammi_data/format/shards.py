@@ -212,7 +212,9 @@ def _decode_sample(key: str, parts: dict[str, bytes], shard: str, verify: bool) 
     )
 
 
-def decode_row(data: bytes, where: str, row: Mapping[str, Any]) -> tuple[np.ndarray, Guidance | None]:
+def decode_row(
+    data: bytes | memoryview, where: str, row: Mapping[str, Any]
+) -> tuple[np.ndarray, Guidance | None]:
     """(image, guidance) of a member of a manifest row or record: the members of a variable source
     (CHAMMI-75) may carry a guidance tail (``codec.decode_member``), any other member must be the image
     alone."""
