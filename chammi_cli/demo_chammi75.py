@@ -83,7 +83,7 @@ def run_chammi75_demo(
     """Run :data:`STEPS` into ``out``; returns {report, losses, accounting, timings}. ``quick`` trains a
     handful of steps (tests)."""
     from chammi_cli.build import own_pipelines
-    from chammi_data.progress import progress as progress_bar
+    from chammi_cli.demo_run import StepClock
     from chammi_models.training.config import load_config
     from chammi_models.training.train import train
 
@@ -93,13 +93,8 @@ def run_chammi75_demo(
 
     out = Path(out)
     raw, release, run, report = out / "raw", out / "release", out / "run", out / "report"
-    timings: dict[str, float] = {}
-    bar: Any = progress_bar(total=len(STEPS), desc="chammi demo (CHAMMI-75)", unit="step")
-
-    def step_done(name: str, t0: float) -> None:
-        timings[name] = time.perf_counter() - t0
-        bar.set_postfix(done=f"{name} in {timings[name]:.0f} s")
-        bar.update(1)
+    clock = StepClock(STEPS, "chammi demo (CHAMMI-75)")
+    timings, step_done = clock.timings, clock.done
 
     t0 = time.perf_counter()
     write_sample(raw, seed=seed, sources=["chammi75"], progress=True)
@@ -127,7 +122,7 @@ def run_chammi75_demo(
     (report / "results.json").write_text(json.dumps(summary, indent=2, default=str))
     index = _write_index(report, summary)
     step_done("report", t0)
-    bar.close()
+    clock.close()
     return {"report": index, **summary}
 
 

@@ -17,10 +17,10 @@ import chammi_cli.build as cli
 from chammi_data import load
 from chammi_data.format.validate import validate_release
 from chammi_data.format.zarr_store import zarr_path
-from pipelines.engine.build import build
 from pipelines.sources.chammi75.layout import METADATA_TABLES, guidance_path
 from pipelines.sources.chammi75.synth import EMPTY, STUDIES
 from tests.ome_zarr_helpers import check_ome_zarr_store
+from tests.pipelines.helpers import quiet_build
 from tests.servers import S3Server
 
 OPTIONS = {"cells_per_shard": 2, "chammi75": {"images_per_unit": 3, "holdout_studies": ["idr0017"]}}
@@ -136,15 +136,7 @@ def test_every_skip_names_its_file_and_the_accounting_adds_up(c75_raw: Path, tmp
     root = tmp_path / "CHAMMI-75"
     shutil.copytree(c75_raw, root)
     named = _break(root)
-    res = build(
-        "chammi75",
-        input_dir=root,
-        output=tmp_path / "out",
-        workers=1,
-        processes=False,
-        progress=False,
-        config=OPTIONS,
-    )
+    res = quiet_build("chammi75", root, tmp_path / "out", config=OPTIONS)
     assert res.ok, res.failed
     skips = {s.file.replace(f"{root}/", ""): s for s in res.skipped}
     for what, file in named.items():
@@ -168,37 +160,14 @@ def test_every_skip_names_its_file_and_the_accounting_adds_up(c75_raw: Path, tmp
 def test_build_from_an_s3_server_equals_the_folder_build(
     c75_raw: Path, tmp_path: Path, monkeypatch, hash_tree
 ):
-    folder = build(
-        "chammi75",
-        input_dir=c75_raw,
-        output=tmp_path / "a",
-        workers=1,
-        processes=False,
-        progress=False,
-        config=OPTIONS,
-    )
+    folder = quiet_build("chammi75", c75_raw, tmp_path / "a", config=OPTIONS)
     with S3Server() as server:
         url = server.upload(c75_raw, "cells", "data/CHAMMI-75")
         for k, v in server.env().items():
             monkeypatch.setenv(k, v)
-        remote = build(
-            "chammi75",
-            input_dir=url + "/",
-            output=tmp_path / "b",
-            workers=1,
-            processes=False,
-            progress=False,
-            config=OPTIONS,
-        )
-        small = build(
-            "chammi75",
-            input_dir=url,
-            output=tmp_path / "c",
-            workers=1,
-            processes=False,
-            progress=False,
-            config={"chammi75": {"metadata": "small", "cap_per_study": 3}},
-        )
+        remote = quiet_build("chammi75", url + "/", tmp_path / "b", config=OPTIONS)
+        small_config = {"chammi75": {"metadata": "small", "cap_per_study": 3}}
+        small = quiet_build("chammi75", url, tmp_path / "c", config=small_config)
     assert folder.ok and remote.ok and small.ok
     assert hash_tree(tmp_path / "a") == hash_tree(tmp_path / "b")  # same bytes, keys with + [ ] included
     assert json.loads((tmp_path / "b" / "build_report.json").read_text())["inputs"] == {"chammi75": url}
