@@ -192,7 +192,10 @@ def _check_zarr(store: ReleaseStore, src: str, part: pd.DataFrame) -> Iterator[s
             f"(first: {r['cell_id']} in {r['shard']} at zarr row {r['zarr_row']}, {per} cells per zarr shard)"
         )
     sums = part["sha256"].tolist()
+    crcs = part["crc32c"].tolist()
     ids = part["cell_id"].tolist()
+    if arr.metadata.fill_value != 0:
+        yield f"zarr/{src}.zarr: fill_value {arr.metadata.fill_value} is not 0 (zarr.json edited)"
     bad = 0
     for start in range(0, len(part), per):
         try:
@@ -201,12 +204,18 @@ def _check_zarr(store: ReleaseStore, src: str, part: pd.DataFrame) -> Iterator[s
             yield f"zarr/{src}.zarr: rows {start}..{start + per - 1} unreadable ({type(exc).__name__}: {exc})"
             continue
         for j, img in enumerate(block):
+            what = []
             if image_checksum(img) != sums[start + j]:
+                what.append("sha256")
+            if crcs[start + j] >= 0 and zarr_store.pixel_crc32c(img) != crcs[start + j]:
+                what.append("crc32c")
+            if what:
                 bad += 1
                 if bad <= MAX_PER_CHECK:
                     yield (
                         f"zarr/{src}.zarr: row {start + j} ({ids[start + j]}): "
-                        "image sha256 differs from the manifest"
+                        f"image {' and '.join(what)} {'differs' if len(what) == 1 else 'differ'} from the "
+                        "manifest"
                     )
 
 

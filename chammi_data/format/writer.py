@@ -55,6 +55,23 @@ class ShardRecord:
     nbytes: int = 0
 
 
+@dataclass
+class ZarrShardRecord:
+    """What one :func:`write_zarr_shard` call produced: the zarr shard (by source and index), its first row
+    and the :func:`zarr_store.pixel_crc32c` of each of its rows, which :func:`finalize_release` puts into the
+    manifest's ``crc32c`` column (the binding that zarr reads check)."""
+
+    source: str
+    shard_index: int
+    zarr_start: int
+    crc32c: list[int] = field(default_factory=list)
+
+    @property
+    def path(self) -> str:
+        """A name that sorts beside the tar shards' (not a file path)."""
+        return f"zarr/{self.source}.zarr#{self.shard_index:06d}"
+
+
 def shard_relpath(source: str, shard_index: int) -> str:
     """``shards/<source>/<source>-%06d.tar`` (posix, relative to the release root)."""
     return f"shards/{source}/{source}-{shard_index:06d}.tar"
@@ -116,7 +133,9 @@ def write_shard(
     :func:`write_tar_shard` then :func:`write_zarr_shard`, encoding plain :class:`Cell` objects first."""
     encoded = [c if isinstance(c, EncodedCell) else encode_cell(c) for c in cells]
     record = write_tar_shard(root, source, shard_index, encoded, zarr_start)
-    write_zarr_shard(root, source, shard_index, zarr_start, [e.chunk for e in encoded])
+    zarr_record = write_zarr_shard(root, source, shard_index, zarr_start, [e.chunk for e in encoded])
+    for row, crc in zip(record.rows, zarr_record.crc32c, strict=True):
+        row["crc32c"] = crc
     return record
 
 
@@ -134,11 +153,13 @@ def _check_shard(root: Path, source: str, shard_index: int, n: int, zarr_start: 
 
 def write_zarr_shard(
     root: str | Path, source: str, shard_index: int, zarr_start: int, chunks: Sequence[bytes]
-) -> None:
+) -> ZarrShardRecord:
     """Write zarr shard ``shard_index`` of ``source`` (rows from ``zarr_start``, which must be the shard's
-    first row: one writer per zarr shard) from its cells' pre-encoded chunks (``EncodedCell.chunk``)."""
+    first row: one writer per zarr shard) from its cells' pre-encoded chunks (``EncodedCell.chunk``); pass
+    the returned record to :func:`finalize_release` with the tar shards' records."""
     _check_shard(Path(root), source, shard_index, len(chunks), zarr_start)
-    zarr_store.write_encoded_shard(root, source, shard_index, chunks)
+    crcs = zarr_store.write_encoded_shard(root, source, shard_index, chunks)
+    return ZarrShardRecord(source, shard_index, zarr_start, crcs)
 
 
 def write_tar_shard(
@@ -237,15 +258,43 @@ def _check_rows(df: pd.DataFrame) -> None:
             )
 
 
+def _zarr_crcs(root: Path, df: pd.DataFrame, records: Sequence[ZarrShardRecord]) -> np.ndarray:
+    """The ``crc32c`` column: from the zarr writers' records, else as the rows have it, else read back from
+    the zarr store (a caller that did not pass the zarr records; -1 where a source has no zarr store)."""
+    known = {(r.source, r.zarr_start + i): c for r in records for i, c in enumerate(r.crc32c)}
+    have = df["crc32c"] if "crc32c" in df.columns else pd.Series(-1, index=df.index)
+    out = np.array(
+        [known.get((s, int(z)), int(h)) for s, z, h in zip(df["source"], df["zarr_row"], have, strict=True)],
+        dtype=np.int64,
+    )
+    for src in sorted(set(df["source"][out < 0])):
+        if not zarr_store.zarr_path(root, str(src)).exists():
+            continue
+        arr = zarr_store.open_images(root, str(src))
+        per = zarr_store.cells_per_shard(arr)
+        for i in np.flatnonzero((out < 0) & (df["source"] == src).to_numpy()):
+            z = int(df["zarr_row"].iat[i])
+            block_start = z - z % per
+            if known.get((str(src), z)) is None:
+                block = np.asarray(arr[block_start : block_start + per])
+                known.update(
+                    {(str(src), block_start + j): zarr_store.pixel_crc32c(img) for j, img in enumerate(block)}
+                )
+            out[i] = known[(str(src), z)]
+    return out
+
+
 def finalize_release(
     root: str | Path,
     rows: pd.DataFrame | Sequence[dict[str, Any]] | None,
-    shard_records: Sequence[ShardRecord],
+    shard_records: Sequence[ShardRecord | ZarrShardRecord],
     config: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Path:
     """Write manifest.parquet, manifest.csv and release.json; record cell ids in each zarr store.
 
+    ``shard_records``: the tar shards' :class:`ShardRecord` and the zarr shards' :class:`ZarrShardRecord`
+    (their pixel crc32c go into the manifest; without them the zarr stores are read back for it).
     ``rows`` are the manifest rows of every cell (None: taken from ``shard_records``); they are ordered by
     source (``SOURCE_KEYS``) then zarr row, which is the pipeline's order. ``config`` is the build
     configuration (its sha256 of canonical JSON goes to release.json); ``extra`` is stored verbatim under
@@ -254,6 +303,8 @@ def finalize_release(
     from chammi_data import __version__
 
     root = Path(root)
+    zarr_records = [r for r in shard_records if isinstance(r, ZarrShardRecord)]
+    shard_records = [r for r in shard_records if not isinstance(r, ZarrShardRecord)]
     if rows is None:
         rows = [r for rec in shard_records for r in rec.rows]
     df = rows.copy() if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
@@ -263,6 +314,7 @@ def finalize_release(
     df["_o"] = df["source"].map(order).fillna(len(order))
     df = df.sort_values(["_o", "zarr_row"], kind="stable").drop(columns="_o").reset_index(drop=True)
     _check_rows(df)
+    df["crc32c"] = _zarr_crcs(root, df, zarr_records)
     listed = {rec.path for rec in shard_records}
     missing = sorted(set(df["shard"]) - listed)
     if missing:
@@ -329,7 +381,7 @@ class ReleaseWriter:
         self.config = dict(config or {})
         self.config.setdefault("cells_per_shard", self.cells_per_shard)
         self.progress = progress
-        self.records: list[ShardRecord] = []
+        self.records: list[ShardRecord | ZarrShardRecord] = []
         self._sources: set[str] = set()
         self.root.mkdir(parents=True, exist_ok=True)
 
