@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 import chammi_data.format.zarr_store as zarr_store
-from chammi_data.format.codec import CorruptSampleError, decode_image
+from chammi_data.format.codec import CODECS, DEFAULT_CODEC, CorruptSampleError, codec_matches, decode_image
 from chammi_data.format.manifest import (
     MANIFEST_CSV,
     MANIFEST_PARQUET,
@@ -104,8 +104,9 @@ def _rows_check(m: pd.DataFrame) -> Iterator[str]:
         yield f"manifest: rows are not grouped by source in {SOURCE_KEYS} order"
 
 
-def _check_shard(shard: str, data: bytes, rows: pd.DataFrame) -> Iterator[str]:
-    """Parse one shard fully and compare every sample with its manifest rows."""
+def _check_shard(shard: str, data: bytes, rows: pd.DataFrame, codec: str = DEFAULT_CODEC) -> Iterator[str]:
+    """Parse one shard fully and compare every sample with its manifest rows; image members must be frames
+    of the release's member ``codec``."""
     expected = rows.to_dict("records")
     got: list[str] = []
     records: dict[str, dict[str, Any]] = {}
@@ -141,6 +142,8 @@ def _check_shard(shard: str, data: bytes, rows: pd.DataFrame) -> Iterator[str]:
                             f"{shard}: key {key!r}: json record disagrees with the manifest on "
                             f"{', '.join(bad)}"
                         )
+                if not codec_matches(blob, codec):
+                    yield f"{shard}: key {key!r}: image member is not a {codec} member ({RELEASE_JSON} codec)"
                 try:
                     img = decode_image(blob, where=f"{shard}: key {key!r}")
                 except CorruptSampleError as exc:
@@ -262,6 +265,9 @@ def validate_release(
         f"{s}: listed in {RELEASE_JSON} but no cell of the manifest is in it"
         for s in sorted(set(listed) - used)
     ]
+    codec = str(rel.get("codec", DEFAULT_CODEC))
+    if codec not in CODECS:
+        rep.problems.append(f"{RELEASE_JSON}: unknown member codec {codec!r}; valid: {', '.join(CODECS)}")
     shards = sorted(set(listed) | used)
     rep.checked["shards"] = len(shards)
     for shard in progress_bar(shards, desc="validate shards", disable=not progress, unit="shard"):
@@ -275,7 +281,7 @@ def validate_release(
             continue
         if shard in listed and hashlib.sha256(data).hexdigest() != listed[shard]:
             rep.problems.append(f"{shard}: sha256 differs from {RELEASE_JSON} (file changed or corrupted)")
-        rep.problems += list(_check_shard(shard, data, m[m["shard"] == shard]))
+        rep.problems += list(_check_shard(shard, data, m[m["shard"] == shard], codec))
     for src, part in progress_bar(
         list(m.groupby("source", sort=False)), desc="validate zarr", disable=not progress, unit="source"
     ):

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 import chammi_data.format.zarr_store as zarr_store
-from chammi_data.format.codec import IMAGE_SUFFIX, JSON_SUFFIX, encode_image
+from chammi_data.format.codec import CODECS, DEFAULT_CODEC, JSON_SUFFIX, encode_image, member_suffix
 from chammi_data.format.manifest import write_manifest
 from chammi_data.format.release_format import canonical_json, manifest_row, parse_channels, release_counts
 from chammi_data.format.schema import SCHEMA_VERSION, Cell
@@ -120,10 +120,12 @@ class EncodedCell:
         return self.record["cell_id"]
 
 
-def encode_cell(cell: Cell) -> EncodedCell:
-    """Hash one cell and compress it for both formats (``codec.encode_image``,
-    ``zarr_store.encode_chunk``)."""
-    return EncodedCell(cell.record(), encode_image(cell.image), zarr_store.encode_chunk(cell.image))
+def encode_cell(cell: Cell, codec: str = DEFAULT_CODEC) -> EncodedCell:
+    """Hash one cell and compress it for both formats (``codec.encode_image`` with the member ``codec``:
+    zstd, lz4 or none; ``zarr_store.encode_chunk``)."""
+    return EncodedCell(
+        cell.record(), encode_image(cell.image, codec=codec), zarr_store.encode_chunk(cell.image)
+    )
 
 
 def write_shard(
@@ -211,7 +213,8 @@ def write_tar_shard(
             for i, cell in enumerate(cells):
                 key = cell.record["cell_id"]
                 record = canonical_json(cell.record).encode("utf-8")
-                for name, data in ((key + JSON_SUFFIX, record), (key + IMAGE_SUFFIX, cell.member)):
+                image_name = key + member_suffix(cell.member)  # .npy.zst, or .npy.lz4 for an LZ4 frame
+                for name, data in ((key + JSON_SUFFIX, record), (image_name, cell.member)):
                     put(
                         _tar_info(name, len(data)).tobuf(
                             tarfile.USTAR_FORMAT, tarfile.ENCODING, "surrogateescape"
@@ -352,6 +355,9 @@ def finalize_release(
         "manifest_csv_sha256": file_sha256(csv),
         "extra": extra or {},
     }
+    codec = config.get("codec", DEFAULT_CODEC)
+    if codec != DEFAULT_CODEC:  # recorded only when not zstd: a default release is byte-identical to before
+        release["codec"] = codec
     out = root / "release.json"
     tmp = out.with_name(f".release.json.{uuid.uuid4().hex}.tmp")
     tmp.write_text(canonical_json(release) + "\n", encoding="utf-8")
@@ -361,6 +367,8 @@ def finalize_release(
 
 class ReleaseWriter:
     """The serial face of the write path: ``add_source`` per source (cells in release order), then ``close``.
+    ``codec``: the image members' codec (``codec.CODECS``; recorded in the config and release.json unless
+    it is the default zstd).
 
     Each shard-sized batch of cells goes through the same :func:`encode_cell`, :func:`write_tar_shard` and
     :func:`write_zarr_shard` as a ``chammi-build`` shard, so the bytes are the same; at most one shard of
@@ -373,13 +381,19 @@ class ReleaseWriter:
         cells_per_shard: int = CELLS_PER_SHARD,
         config: dict[str, Any] | None = None,
         progress: bool = True,
+        codec: str = DEFAULT_CODEC,
     ):
         if cells_per_shard < 1:
             raise ValueError(f"cells_per_shard must be >= 1, got {cells_per_shard}")
+        if codec not in CODECS:
+            raise ValueError(f"unknown member codec {codec!r}; valid: {', '.join(CODECS)}")
         self.root = Path(root)
         self.cells_per_shard = int(cells_per_shard)
+        self.codec = codec
         self.config = dict(config or {})
         self.config.setdefault("cells_per_shard", self.cells_per_shard)
+        if codec != DEFAULT_CODEC:
+            self.config["codec"] = codec
         self.progress = progress
         self.records: list[ShardRecord | ZarrShardRecord] = []
         self._sources: set[str] = set()
@@ -396,7 +410,7 @@ class ReleaseWriter:
         for cell in progress_bar(
             cells, desc=f"write {source}", unit="cell", total=total, disable=not self.progress
         ):
-            batch.append(encode_cell(cell))
+            batch.append(encode_cell(cell, self.codec))
             if len(batch) == per:
                 self._flush(source, batch, n)
                 n, batch = n + len(batch), []
