@@ -11,7 +11,8 @@ codec benchmark gave 1.01-1.06x and 1.24-1.42x a bare decode into a reused buffe
 object, and when the last view of the array dies (the sample was stacked into a batch, or dropped) the lease
 gives the buffer back for the next decode of the same size. A caller that keeps the array keeps the buffer;
 nothing is ever reused while an array (or a tensor made with ``torch.from_numpy``) still refers to it. The
-pool keeps at most :data:`POOL_BYTES` of idle buffers; beyond that a buffer is freed as usual.
+pool keeps at most :data:`POOL_BYTES` of idle buffers: when it is full, idle buffers of other sizes are freed
+first (a size no longer decoded must not starve the current ones), then the returning one.
 """
 
 from __future__ import annotations
@@ -37,10 +38,15 @@ class _Lease:
         self.__array_interface__ = buf.__array_interface__
 
     def __del__(self) -> None:
-        buf = self._buf
-        if _idle[0] + buf.nbytes <= POOL_BYTES:
-            _free.setdefault(buf.nbytes, []).append(buf)
-            _idle[0] += buf.nbytes
+        buf, nbytes = self._buf, self._buf.nbytes
+        while _idle[0] + nbytes > POOL_BYTES:  # full: idle buffers of other sizes make room (sizes change)
+            other = next((k for k, v in _free.items() if v and k != nbytes), None)
+            if other is None:
+                return  # only buffers of this size are idle: free this one as usual
+            _free[other].pop()
+            _idle[0] -= other
+        _free.setdefault(nbytes, []).append(buf)
+        _idle[0] += nbytes
 
 
 def pooled_empty(nbytes: int) -> np.ndarray:

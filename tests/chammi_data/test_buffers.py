@@ -37,6 +37,16 @@ def test_a_pooled_buffer_is_reused_only_after_its_last_view_is_gone():
     assert buffers.idle_bytes() <= buffers.POOL_BYTES
 
 
+def test_a_full_pool_makes_room_for_the_size_in_use(monkeypatch):
+    monkeypatch.setattr(buffers, "POOL_BYTES", 4 << 20)
+    old = [buffers.pooled_empty(1 << 20) for _ in range(4)]
+    del old  # the pool is full of 1 MB buffers
+    a = buffers.pooled_empty(2 << 20)
+    address = a.ctypes.data
+    del a  # evicts two idle 1 MB buffers to keep this one
+    assert buffers.pooled_empty(2 << 20).ctypes.data == address
+
+
 def test_samples_from_a_pooled_decode_stay_intact_while_held(tmp_path: Path):
     """Holding every decoded image (256 KB each: pooled) while more are decoded: none is overwritten."""
     from chammi_data.format.writer import ReleaseWriter
