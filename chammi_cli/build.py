@@ -2,7 +2,8 @@
 download) into a release.
 
     chammi-build --source {wtc11,hpa,cp,chammi,all} [--input DIR] [--output DIR] [--workers N]
-                 [--scheduler ADDRESS] [--config FILE] [--strict] [--seed N] [--keep-work] [--quiet]
+                 [--scheduler ADDRESS] [--config FILE] [--codec {zstd,lz4,none}] [--strict] [--seed N]
+                 [--keep-work] [--quiet]
     chammi-build synth --output DIR [--seed N] [--source NAME ...]
     chammi-build --version
 
@@ -81,6 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--scheduler", default=None, help="address of an existing dask scheduler (workers must see OUTPUT)"
     )
     p.add_argument("--config", default=None, help="YAML build config merged over the defaults")
+    p.add_argument(
+        "--codec",
+        default=None,
+        choices=["zstd", "lz4", "none"],
+        help="image member codec (config key codec): zstd (default; smallest), lz4 (faster to decode, "
+        "larger), none (uncompressed, checksummed)",
+    )
     p.add_argument("--strict", action="store_true", help="any skipped item fails the build (exit 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the generated sample data (no --input)")
     p.add_argument(
@@ -130,6 +138,10 @@ def build(args: argparse.Namespace) -> int:
         "keep_work",
     )  # build()'s parameter names
     options = {name: getattr(args, name) for name in same_names}
+    if args.codec is not None:  # the flag wins over the config file's codec key
+        from pipelines.engine.build_config import load_config
+
+        options["config"] = load_config(args.config, {"codec": args.codec})
     result = run_build(
         args.source, input_dir=args.input, output=args.output, progress=not args.quiet, **options
     )

@@ -27,6 +27,7 @@ from chammi_data.format.release_format import (
     CELL_ID_PATTERN,
     INT_COLUMNS,
     MANIFEST_COLUMNS,
+    OPTIONAL_COLUMNS,
     check_cell_id,
     parse_bool_column,
 )
@@ -94,6 +95,7 @@ def _read(store: ReleaseStore, name: str) -> bytes | None:
 def _coerce(df: pd.DataFrame) -> pd.DataFrame:
     """Exactly MANIFEST_COLUMNS in order, with bool / int64 / str types and valid cell ids; errors name the
     bad column and row."""
+    df = df.assign(**{c: v for c, v in OPTIONAL_COLUMNS.items() if c not in df.columns})
     missing = [c for c in MANIFEST_COLUMNS if c not in df.columns]
     if missing:
         raise ValueError(f"manifest lacks column(s) {missing}; expected {list(MANIFEST_COLUMNS)}")

@@ -17,6 +17,7 @@ import functools
 import io
 import json
 import math
+import mmap
 import os
 import re
 from collections.abc import Iterator, Mapping
@@ -24,17 +25,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import imagecodecs
 import numpy as np
-import zstandard
 
-from chammi_data.format.codec import IMAGE_SUFFIX, JSON_SUFFIX, CorruptSampleError, decode_image
+from chammi_data.format.buffers import pooled_empty
+from chammi_data.format.codec import (
+    IMAGE_SUFFIX,
+    JSON_SUFFIX,
+    LZ4_SUFFIX,
+    CorruptSampleError,
+    decode_frame,
+    decode_image,
+    frame_info,
+)
 from chammi_data.format.release_format import CELL_ID_PATTERN, expected_shape, make_sample
 from chammi_data.format.schema import image_checksum
 from chammi_data.store.storage import ReleaseStore, RemoteObjectError, open_store, require_store
 
 BLOCK = 512
-_EXTS = (JSON_SUFFIX.lstrip("."), IMAGE_SUFFIX.lstrip("."))  # "json", "npy.zst": the order within a sample
+#: member extensions: the record, then the image (zstd and ``none`` members: npy.zst; lz4 members: npy.lz4)
+_EXTS = (JSON_SUFFIX.lstrip("."), IMAGE_SUFFIX.lstrip("."), LZ4_SUFFIX.lstrip("."))
+_IMAGE_EXTS = _EXTS[1:]
 _TYPE_NAMES = {
     b"1": "hard link",
     b"2": "symbolic link",
@@ -112,10 +122,14 @@ _NPY_HEADER_MAX = 4096
 
 
 def _size_bounds(expected: Mapping[str, Any] | None) -> tuple[int, int, str]:
-    """(least, most) decoded bytes an image member may have, and a description for errors."""
+    """(least, most) decoded bytes an image member may have, and a description for errors. A record or row
+    that declares more pixels than :data:`MAX_IMAGE_BYTES` is refused here, before anything is read."""
     if expected is None:
         return 10, MAX_IMAGE_BYTES, f"the {MAX_IMAGE_BYTES}-byte limit"
-    return _bounds_for(expected_shape(expected), str(expected.get("dtype", "uint16")))
+    least, most, want = _bounds_for(expected_shape(expected), str(expected.get("dtype", "uint16")))
+    if least > MAX_IMAGE_BYTES:
+        raise ValueError(f"declares {want}, more than the {MAX_IMAGE_BYTES}-byte limit for an image")
+    return least, min(most, MAX_IMAGE_BYTES), want
 
 
 @functools.lru_cache(maxsize=64)
@@ -133,30 +147,35 @@ def decode_image_fast(
 ) -> np.ndarray:
     """Same result and checks as ``codec.decode_image``, without ``np.load``'s copies and ``literal_eval``.
 
-    The zstd frame is decompressed straight into a new writable numpy buffer of the size its header declares
-    (imagecodecs' zstd binding), the fixed ``.npy`` header of our own writer is parsed with a strict regex and
-    the pixels are a view into that buffer. Frames without a declared size, and any other header, take the
-    general path of ``codec.decode_image``. Frames written with a content checksum are verified by zstd.
+    The frame (zstd, or LZ4: ``codec.frame_info`` tells them apart) is decoded straight into a new writable
+    numpy buffer of exactly the size its header declares, the fixed ``.npy`` header of our own writer is
+    parsed with a strict regex and the pixels are a view into that buffer; any other header takes the
+    general path of ``codec.decode_image``. Frames written with a content checksum are verified by the
+    decoder.
 
-    ``expected`` (a manifest row or record: shape and dtype) bounds the allocation: a frame that declares a
-    different size is refused before anything is allocated (a decompression bomb costs nothing).
+    Nothing is allocated beyond what the frame declares, and only after that size was checked: against
+    ``expected`` (a manifest row or record: shape and dtype; a shape over :data:`MAX_IMAGE_BYTES` is refused
+    from the record alone) or the limit. A frame that declares no size is refused.
     """
-    least, most, want = _size_bounds(expected)
     try:
-        size = zstandard.frame_content_size(data)
-    except zstandard.ZstdError as exc:
-        raise CorruptSampleError(f"{where}: cannot decode image (ZstdError: {exc})") from None
+        least, most, want = _size_bounds(expected)
+        frame = frame_info(data)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CorruptSampleError(f"{where}: cannot decode image ({exc})") from None
+    size = frame.content_size
     if size < 0:
-        return decode_image(data, where, max_bytes=most)
+        raise CorruptSampleError(
+            f"{where}: cannot decode image (the {frame.kind} frame does not declare its decoded size; a "
+            "chammi member always does)"
+        )
     if not least <= size <= most:
-        raise CorruptSampleError(f"{where}: zstd frame declares {size} decoded bytes, expected {want}")
-    buf = np.empty(size, np.uint8)
+        raise CorruptSampleError(
+            f"{where}: {frame.kind} frame declares {size} decoded bytes, expected {want}"
+        )
     try:
-        out = imagecodecs.zstd_decode(data, out=buf)
-    except imagecodecs.ZstdError as exc:
-        raise CorruptSampleError(f"{where}: cannot decode image (ZstdError: {exc})") from None
-    if len(out) != size:
-        raise CorruptSampleError(f"{where}: cannot decode image (zstd frame gave {len(out)} of {size} bytes)")
+        buf = decode_frame(data, frame, alloc=pooled_empty)  # a pooled buffer: no page faults per decode
+    except Exception as exc:  # zstd / lz4 errors: checksum, truncation, a frame that lies about its size
+        raise CorruptSampleError(f"{where}: cannot decode image ({type(exc).__name__}: {exc})") from None
     head = buf[:10].tobytes()
     if head[:8] != b"\x93NUMPY\x01\x00" or size < 10:
         return decode_image(data, where, max_bytes=most)
@@ -194,8 +213,7 @@ def _check_name(name: str, typeflag: bytes, shard: str) -> tuple[str, str]:
     if not key or ext not in _EXTS:
         raise ShardFormatError(
             f"{shard}: member {name!r} (key {key!r}): unexpected extension {ext!r}; members are <key>.json "
-            "and "
-            f"<key>.npy.zst and keys contain no dots"
+            "and <key>.npy.zst (or <key>.npy.lz4) and keys contain no dots"
         )
     return key, ext
 
@@ -250,9 +268,11 @@ def index_shard(path: str | Path) -> list[Member]:
 
 def _decode_sample(key: str, parts: dict[str, bytes], shard: str, verify: bool) -> dict[str, Any]:
     where = f"{shard}: key {key!r}"
-    for ext in _EXTS:
-        if ext not in parts:
-            raise ShardFormatError(f"{where}: sample has no {ext} member")
+    if "json" not in parts:
+        raise ShardFormatError(f"{where}: sample has no json member")
+    image_ext = next((ext for ext in _IMAGE_EXTS if ext in parts), None)
+    if image_ext is None:
+        raise ShardFormatError(f"{where}: sample has no npy.zst (or npy.lz4) member")
     try:
         record = json.loads(parts["json"].decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -264,7 +284,7 @@ def _decode_sample(key: str, parts: dict[str, bytes], shard: str, verify: bool) 
         np.dtype(str(record.get("dtype", "")))
     except (KeyError, TypeError, ValueError):
         raise ShardFormatError(f"{where}: json record lacks a valid shape/dtype") from None
-    image = decode_image_fast(parts["npy.zst"], where=where, expected=record)
+    image = decode_image_fast(parts[image_ext], where=where, expected=record)
     check_image(image, record, where, verify=verify)
     if record.get("cell_id", key) != key:
         raise ShardFormatError(f"{where}: json record names cell {record.get('cell_id')!r}")
@@ -319,11 +339,11 @@ def iter_samples(
                     )
                 seen.add(member.key)
                 current, parts = member.key, {}
-            if member.ext in parts:
+            if member.ext in parts or (member.ext in _IMAGE_EXTS and any(e in parts for e in _IMAGE_EXTS)):
                 raise ShardFormatError(f"{shard}: key {member.key!r} has two {member.ext} members")
-            if member.ext == "npy.zst" and "json" not in parts:
+            if member.ext in _IMAGE_EXTS and "json" not in parts:
                 raise ShardFormatError(
-                    f"{shard}: key {member.key!r}: npy.zst member before (or without) its json"
+                    f"{shard}: key {member.key!r}: {member.ext} member before (or without) its json"
                 )
             parts[member.ext] = blob
         if current is not None:
@@ -331,16 +351,65 @@ def iter_samples(
 
 
 def has_frame_checksum(data: bytes | memoryview) -> bool:
-    """True when a zstd frame carries a content checksum (zstd then verifies it on every decode)."""
+    """True when a member's frame (zstd or LZ4) carries a content checksum (verified on every decode)."""
     try:
-        return bool(zstandard.get_frame_parameters(data).has_checksum)
-    except zstandard.ZstdError:
+        return frame_info(data).has_checksum
+    except ValueError:
         return False
 
 
+class MappedShards:
+    """Read-only memory maps of local shard files: a member is decoded straight from the page cache, with no
+    copy into a ``bytes`` first (that copy was a third of a read of an uncompressed member).
+
+    Maps are made per process (a forked DataLoader worker makes its own) and at most ``max_open`` at once.
+    Before each read the file's size is checked, so a shard truncated in place reads as truncated (an error)
+    instead of faulting; builds never truncate, they replace files by rename, which a map does not notice
+    (nor does a cached ``pread`` descriptor)."""
+
+    def __init__(self, max_open: int = 64):
+        self.max_open = max_open
+        self._maps: dict[str, tuple[int, mmap.mmap]] = {}
+        self._pid = os.getpid()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"max_open": self.max_open}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["max_open"])  # type: ignore[misc]
+
+    def view(self, path: str, offset: int, nbytes: int) -> memoryview | None:
+        """``nbytes`` of ``path`` from ``offset`` as a view of its map; None when the file is shorter (or
+        empty, or missing: the caller's ``pread`` then says which)."""
+        if self._pid != os.getpid():
+            self._maps, self._pid = {}, os.getpid()
+        entry = self._maps.get(path)
+        if entry is None:
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except OSError:
+                return None
+            try:
+                entry = (fd, mmap.mmap(fd, 0, access=mmap.ACCESS_READ))
+            except (OSError, ValueError):  # an empty file cannot be mapped
+                os.close(fd)
+                return None
+            if len(self._maps) >= self.max_open:
+                old_fd, _ = self._maps.pop(
+                    next(iter(self._maps))
+                )  # the map closes when its last view is gone
+                os.close(old_fd)
+            self._maps[path] = entry
+        fd, mm = entry
+        if offset + nbytes > min(len(mm), os.fstat(fd).st_size):
+            return None
+        return memoryview(mm)[offset : offset + nbytes]
+
+
 class ShardReader:
-    """Random access to images by manifest row: one ``pread`` (local) or one ranged request (remote) at the
-    row's offset, no tar scan; see :class:`chammi_data.store.storage.ReleaseStore`.
+    """Random access to images by manifest row: a view of the memory-mapped shard (local,
+    :class:`MappedShards`) or one ranged request (remote) at the row's offset, no tar scan; see
+    :class:`chammi_data.store.storage.ReleaseStore`.
 
     Reads are verified by default: the row's shape and dtype bound the decode (before anything is allocated),
     zstd checks the frame's content checksum, and a member written without one (older releases) has its
@@ -351,6 +420,7 @@ class ShardReader:
 
     def __init__(self, store: ReleaseStore):
         self.store = require_store(store, "ShardReader")
+        self._maps = MappedShards() if self.store.is_local else None
 
     def where(self, row: Mapping[str, Any]) -> str:
         """How errors name a row: the shard's full path or URL and the key."""
@@ -375,7 +445,11 @@ class ShardReader:
         """(C, H, W) image of one manifest row, checked as the class docstring says (``verify``: None = by
         frame checksum, sha256 only where a frame has none; True = sha256 always)."""
         where = self.where(row)
-        data = self.read_bytes(row)
+        data = None
+        if self._maps is not None:  # local: decode from the page cache, no copy first
+            data = self._maps.view(self.store.path(str(row["shard"])), int(row["offset"]), int(row["nbytes"]))
+        if data is None:
+            data = self.read_bytes(row)
         image = decode_image_fast(data, where=where, expected=row)
         check_image(
             image, row, where, verify=bool(verify) or (verify is None and not has_frame_checksum(data))

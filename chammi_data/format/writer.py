@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 import chammi_data.format.zarr_store as zarr_store
-from chammi_data.format.codec import IMAGE_SUFFIX, JSON_SUFFIX, encode_image
+from chammi_data.format.codec import CODECS, DEFAULT_CODEC, JSON_SUFFIX, encode_image, member_suffix
 from chammi_data.format.manifest import write_manifest
 from chammi_data.format.release_format import canonical_json, manifest_row, parse_channels, release_counts
 from chammi_data.format.schema import SCHEMA_VERSION, Cell
@@ -53,6 +53,23 @@ class ShardRecord:
     source: str = ""
     shard_index: int = 0
     nbytes: int = 0
+
+
+@dataclass
+class ZarrShardRecord:
+    """What one :func:`write_zarr_shard` call produced: the zarr shard (by source and index), its first row
+    and the :func:`zarr_store.pixel_crc32c` of each of its rows, which :func:`finalize_release` puts into the
+    manifest's ``crc32c`` column (the binding that zarr reads check)."""
+
+    source: str
+    shard_index: int
+    zarr_start: int
+    crc32c: list[int] = field(default_factory=list)
+
+    @property
+    def path(self) -> str:
+        """A name that sorts beside the tar shards' (not a file path)."""
+        return f"zarr/{self.source}.zarr#{self.shard_index:06d}"
 
 
 def shard_relpath(source: str, shard_index: int) -> str:
@@ -103,10 +120,12 @@ class EncodedCell:
         return self.record["cell_id"]
 
 
-def encode_cell(cell: Cell) -> EncodedCell:
-    """Hash one cell and compress it for both formats (``codec.encode_image``,
-    ``zarr_store.encode_chunk``)."""
-    return EncodedCell(cell.record(), encode_image(cell.image), zarr_store.encode_chunk(cell.image))
+def encode_cell(cell: Cell, codec: str = DEFAULT_CODEC) -> EncodedCell:
+    """Hash one cell and compress it for both formats (``codec.encode_image`` with the member ``codec``:
+    zstd, lz4 or none; ``zarr_store.encode_chunk``)."""
+    return EncodedCell(
+        cell.record(), encode_image(cell.image, codec=codec), zarr_store.encode_chunk(cell.image)
+    )
 
 
 def write_shard(
@@ -116,7 +135,9 @@ def write_shard(
     :func:`write_tar_shard` then :func:`write_zarr_shard`, encoding plain :class:`Cell` objects first."""
     encoded = [c if isinstance(c, EncodedCell) else encode_cell(c) for c in cells]
     record = write_tar_shard(root, source, shard_index, encoded, zarr_start)
-    write_zarr_shard(root, source, shard_index, zarr_start, [e.chunk for e in encoded])
+    zarr_record = write_zarr_shard(root, source, shard_index, zarr_start, [e.chunk for e in encoded])
+    for row, crc in zip(record.rows, zarr_record.crc32c, strict=True):
+        row["crc32c"] = crc
     return record
 
 
@@ -134,11 +155,13 @@ def _check_shard(root: Path, source: str, shard_index: int, n: int, zarr_start: 
 
 def write_zarr_shard(
     root: str | Path, source: str, shard_index: int, zarr_start: int, chunks: Sequence[bytes]
-) -> None:
+) -> ZarrShardRecord:
     """Write zarr shard ``shard_index`` of ``source`` (rows from ``zarr_start``, which must be the shard's
-    first row: one writer per zarr shard) from its cells' pre-encoded chunks (``EncodedCell.chunk``)."""
+    first row: one writer per zarr shard) from its cells' pre-encoded chunks (``EncodedCell.chunk``); pass
+    the returned record to :func:`finalize_release` with the tar shards' records."""
     _check_shard(Path(root), source, shard_index, len(chunks), zarr_start)
-    zarr_store.write_encoded_shard(root, source, shard_index, chunks)
+    crcs = zarr_store.write_encoded_shard(root, source, shard_index, chunks)
+    return ZarrShardRecord(source, shard_index, zarr_start, crcs)
 
 
 def write_tar_shard(
@@ -190,7 +213,8 @@ def write_tar_shard(
             for i, cell in enumerate(cells):
                 key = cell.record["cell_id"]
                 record = canonical_json(cell.record).encode("utf-8")
-                for name, data in ((key + JSON_SUFFIX, record), (key + IMAGE_SUFFIX, cell.member)):
+                image_name = key + member_suffix(cell.member)  # .npy.zst, or .npy.lz4 for an LZ4 frame
+                for name, data in ((key + JSON_SUFFIX, record), (image_name, cell.member)):
                     put(
                         _tar_info(name, len(data)).tobuf(
                             tarfile.USTAR_FORMAT, tarfile.ENCODING, "surrogateescape"
@@ -237,15 +261,43 @@ def _check_rows(df: pd.DataFrame) -> None:
             )
 
 
+def _zarr_crcs(root: Path, df: pd.DataFrame, records: Sequence[ZarrShardRecord]) -> np.ndarray:
+    """The ``crc32c`` column: from the zarr writers' records, else as the rows have it, else read back from
+    the zarr store (a caller that did not pass the zarr records; -1 where a source has no zarr store)."""
+    known = {(r.source, r.zarr_start + i): c for r in records for i, c in enumerate(r.crc32c)}
+    have = df["crc32c"] if "crc32c" in df.columns else pd.Series(-1, index=df.index)
+    out = np.array(
+        [known.get((s, int(z)), int(h)) for s, z, h in zip(df["source"], df["zarr_row"], have, strict=True)],
+        dtype=np.int64,
+    )
+    for src in sorted(set(df["source"][out < 0])):
+        if not zarr_store.zarr_path(root, str(src)).exists():
+            continue
+        arr = zarr_store.open_images(root, str(src))
+        per = zarr_store.cells_per_shard(arr)
+        for i in np.flatnonzero((out < 0) & (df["source"] == src).to_numpy()):
+            z = int(df["zarr_row"].iat[i])
+            block_start = z - z % per
+            if known.get((str(src), z)) is None:
+                block = np.asarray(arr[block_start : block_start + per])
+                known.update(
+                    {(str(src), block_start + j): zarr_store.pixel_crc32c(img) for j, img in enumerate(block)}
+                )
+            out[i] = known[(str(src), z)]
+    return out
+
+
 def finalize_release(
     root: str | Path,
     rows: pd.DataFrame | Sequence[dict[str, Any]] | None,
-    shard_records: Sequence[ShardRecord],
+    shard_records: Sequence[ShardRecord | ZarrShardRecord],
     config: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Path:
     """Write manifest.parquet, manifest.csv and release.json; record cell ids in each zarr store.
 
+    ``shard_records``: the tar shards' :class:`ShardRecord` and the zarr shards' :class:`ZarrShardRecord`
+    (their pixel crc32c go into the manifest; without them the zarr stores are read back for it).
     ``rows`` are the manifest rows of every cell (None: taken from ``shard_records``); they are ordered by
     source (``SOURCE_KEYS``) then zarr row, which is the pipeline's order. ``config`` is the build
     configuration (its sha256 of canonical JSON goes to release.json); ``extra`` is stored verbatim under
@@ -254,6 +306,8 @@ def finalize_release(
     from chammi_data import __version__
 
     root = Path(root)
+    zarr_records = [r for r in shard_records if isinstance(r, ZarrShardRecord)]
+    shard_records = [r for r in shard_records if not isinstance(r, ZarrShardRecord)]
     if rows is None:
         rows = [r for rec in shard_records for r in rec.rows]
     df = rows.copy() if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
@@ -263,6 +317,7 @@ def finalize_release(
     df["_o"] = df["source"].map(order).fillna(len(order))
     df = df.sort_values(["_o", "zarr_row"], kind="stable").drop(columns="_o").reset_index(drop=True)
     _check_rows(df)
+    df["crc32c"] = _zarr_crcs(root, df, zarr_records)
     listed = {rec.path for rec in shard_records}
     missing = sorted(set(df["shard"]) - listed)
     if missing:
@@ -300,6 +355,9 @@ def finalize_release(
         "manifest_csv_sha256": file_sha256(csv),
         "extra": extra or {},
     }
+    codec = config.get("codec", DEFAULT_CODEC)
+    if codec != DEFAULT_CODEC:  # recorded only when not zstd: a default release is byte-identical to before
+        release["codec"] = codec
     out = root / "release.json"
     tmp = out.with_name(f".release.json.{uuid.uuid4().hex}.tmp")
     tmp.write_text(canonical_json(release) + "\n", encoding="utf-8")
@@ -309,6 +367,8 @@ def finalize_release(
 
 class ReleaseWriter:
     """The serial face of the write path: ``add_source`` per source (cells in release order), then ``close``.
+    ``codec``: the image members' codec (``codec.CODECS``; recorded in the config and release.json unless
+    it is the default zstd).
 
     Each shard-sized batch of cells goes through the same :func:`encode_cell`, :func:`write_tar_shard` and
     :func:`write_zarr_shard` as a ``chammi-build`` shard, so the bytes are the same; at most one shard of
@@ -321,15 +381,21 @@ class ReleaseWriter:
         cells_per_shard: int = CELLS_PER_SHARD,
         config: dict[str, Any] | None = None,
         progress: bool = True,
+        codec: str = DEFAULT_CODEC,
     ):
         if cells_per_shard < 1:
             raise ValueError(f"cells_per_shard must be >= 1, got {cells_per_shard}")
+        if codec not in CODECS:
+            raise ValueError(f"unknown member codec {codec!r}; valid: {', '.join(CODECS)}")
         self.root = Path(root)
         self.cells_per_shard = int(cells_per_shard)
+        self.codec = codec
         self.config = dict(config or {})
         self.config.setdefault("cells_per_shard", self.cells_per_shard)
+        if codec != DEFAULT_CODEC:
+            self.config["codec"] = codec
         self.progress = progress
-        self.records: list[ShardRecord] = []
+        self.records: list[ShardRecord | ZarrShardRecord] = []
         self._sources: set[str] = set()
         self.root.mkdir(parents=True, exist_ok=True)
 
@@ -344,7 +410,7 @@ class ReleaseWriter:
         for cell in progress_bar(
             cells, desc=f"write {source}", unit="cell", total=total, disable=not self.progress
         ):
-            batch.append(encode_cell(cell))
+            batch.append(encode_cell(cell, self.codec))
             if len(batch) == per:
                 self._flush(source, batch, n)
                 n, batch = n + len(batch), []

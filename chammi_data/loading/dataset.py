@@ -19,13 +19,11 @@ import numpy as np
 import pandas as pd
 from torch.utils.data import Dataset
 
-import chammi_data.format.zarr_store as zarr_store
-from chammi_data.format.codec import CorruptSampleError
 from chammi_data.format.manifest import read_manifest, sources_in
 from chammi_data.format.release_format import parse_channels, sample_from_row, select_rows, to_float_tensor
-from chammi_data.format.shards import ShardReader, check_image
+from chammi_data.format.shards import ShardReader
 from chammi_data.format.vocab import source_info
-from chammi_data.format.zarr_store import open_zarr_images
+from chammi_data.format.zarr_rows import ZarrRows
 from chammi_data.store.storage import OnRelease, ReleaseStore, open_store, require_store
 
 BACKENDS = ("shards", "zarr")
@@ -38,7 +36,8 @@ class ReleaseDataset(OnRelease, Dataset):
     source's provenance plus ``train_test_split``, ``tasks`` and ``row`` (the row within its source's
     manifest = feature row), without overwriting the source's own keys. ``backend`` picks the tar shards
     (one read per cell at its manifest offset: a ``pread`` locally, a ranged request remotely) or the zarr
-    stores. ``store`` is the release's :class:`~chammi_data.store.storage.ReleaseStore` (``load`` opens it).
+    stores (each row read checked against the manifest's pixel crc32c: :mod:`chammi_data.format.zarr_rows`).
+    ``store`` is the release's :class:`~chammi_data.store.storage.ReleaseStore` (``load`` opens it).
     ``verify``: None checks every read (frame checksums, sha256 where a frame has none), True always checks
     the pixels' sha256 against the manifest.
     """
@@ -60,7 +59,7 @@ class ReleaseDataset(OnRelease, Dataset):
         self.verify = verify
         self._records = self.rows.to_dict("records")
         self._reader = ShardReader(self.store)
-        self._zarr: dict[str, Any] = {}
+        self._zarr: dict[str, ZarrRows] = {}
 
     def __len__(self) -> int:
         return len(self._records)
@@ -84,16 +83,8 @@ class ReleaseDataset(OnRelease, Dataset):
             return self._reader.read(row, verify=self.verify)
         src = row["source"]
         if src not in self._zarr:
-            arr = open_zarr_images(self.store, src)
-            self._zarr[src] = (arr, zarr_store.has_chunk_checksums(arr))
-        arr, checked = self._zarr[src]
-        where = f"{self.store.path(f'zarr/{src}.zarr')}: row {row['zarr_row']} (cell {row['cell_id']!r})"
-        try:
-            image = np.asarray(arr[int(row["zarr_row"])])
-        except Exception as exc:  # zarr's crc32c codec refuses a changed chunk; Blosc a truncated one
-            raise CorruptSampleError(f"{where}: unreadable chunk ({type(exc).__name__}: {exc})") from None
-        check_image(image, row, where, verify=bool(self.verify) or (self.verify is None and not checked))
-        return image
+            self._zarr[src] = ZarrRows(self.store, src)
+        return self._zarr[src].read(row, verify=self.verify)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         if not -len(self) <= i < len(self):

@@ -109,13 +109,14 @@ def write_tar_task(
 
 def write_zarr_task(
     root: str, source: str, shard_index: int, zarr_start: int, entries: str
-) -> tuple[None, float]:
-    """Worker task: zarr shard ``shard_index`` (its only writer) from the spills' encoded chunks."""
+) -> tuple[Any, float]:
+    """Worker task: zarr shard ``shard_index`` (its only writer) from the spills' encoded chunks;
+    (ZarrShardRecord: its rows' pixel crc32c for the manifest, seconds)."""
     from chammi_data.format.writer import write_zarr_shard
 
     t0 = time.perf_counter()
-    write_zarr_shard(root, source, shard_index, zarr_start, read_shard_entries(entries, "zarr"))
-    return None, time.perf_counter() - t0
+    rec = write_zarr_shard(root, source, shard_index, zarr_start, read_shard_entries(entries, "zarr"))
+    return rec, time.perf_counter() - t0
 
 
 class ShardWriting:
