@@ -1,9 +1,9 @@
 """``chammi-build`` (also ``python -m pipelines``): regenerate CHAMMI from raw sources (or convert an official
 download) into a release.
 
-    chammi-build --source {wtc11,hpa,cp,chammi,all} [--input DIR] [--output DIR] [--workers N]
-                 [--scheduler ADDRESS] [--config FILE] [--set SECTION.KEY=VALUE ...] [--strict] [--seed N]
-                 [--keep-work] [--quiet]
+    chammi-build --source {wtc11,hpa,cp,chammi,chammi75,all} [--input DIR|URL] [--output DIR] [--workers N]
+                 [--scheduler ADDRESS] [--config FILE] [--set SECTION.KEY=VALUE ...] [--codec {zstd,lz4,none}]
+                 [--strict] [--seed N] [--keep-work] [--quiet]
     chammi-build synth --output DIR [--seed N] [--source NAME ...]
     chammi-build --version
 
@@ -90,6 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="one build option over --config (the value is YAML), e.g. chammi75.metadata=small "
         "chammi75.studies=[wtc0001] chammi75.cap_per_study=100 chammi75.holdout_studies=[idr0017]",
     )
+    p.add_argument(
+        "--codec",
+        default=None,
+        choices=["zstd", "lz4", "none"],
+        help="image member codec (config key codec): zstd (default; smallest), lz4 (faster to decode, "
+        "larger), none (uncompressed, checksummed)",
+    )
     p.add_argument("--strict", action="store_true", help="any skipped item fails the build (exit 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the generated sample data (no --input)")
     p.add_argument(
@@ -139,10 +146,13 @@ def build(args: argparse.Namespace) -> int:
         "keep_work",
     )  # build()'s parameter names
     options = {name: getattr(args, name) for name in same_names}
-    if args.set:  # --set items over --config (a YAML file) over the defaults
+    if args.set or args.codec is not None:  # --set items and --codec over --config over the defaults
         from pipelines.engine.build_config import load_config, parse_settings
 
-        options["config"] = load_config(args.config, parse_settings(args.set))
+        overrides = parse_settings(args.set)
+        if args.codec is not None:  # the flag wins over the config file's codec key
+            overrides["codec"] = args.codec
+        options["config"] = load_config(args.config, overrides)
     result = run_build(
         args.source, input_dir=args.input, output=args.output, progress=not args.quiet, **options
     )

@@ -1,24 +1,37 @@
-"""The on-disk encoding of one cell image inside a tar shard: a zstd-compressed ``.npy``, optionally
-followed by the image's guidance.
+"""The on-disk encoding of one cell image inside a tar shard: a compressed ``.npy`` frame with a checksum.
 
-Member names are ``<key>.npy.zst`` and ``<key>.json``. Decoding never unpickles (``allow_pickle=False``)
-and checks dtype and rank, so a hostile or corrupted member gives a clear error instead of an object.
+A member holds the ``.npy`` bytes (``np.save`` of the (C, H, W) uint8/uint16 array) in one frame that
+declares its decoded size and carries a checksum of it. Three member codecs (``chammi-build --codec``):
 
-**Guidance tail** (images of a variable source, CHAMMI-75): the member's decompressed bytes are the image's
+====== ===================== ============================================================================
+codec  member name           frame
+====== ===================== ============================================================================
+zstd   ``<key>.npy.zst``     zstd level 3 (the default; releases without a recorded codec are zstd)
+lz4    ``<key>.npy.lz4``     an LZ4 frame: faster to decode, larger on disk; xxh32 content checksum
+none   ``<key>.npy.zst``     the ``.npy`` bytes uncompressed, stored in the raw blocks of a zstd frame:
+                             any zstd decoder reads it (a copy), and the frame still declares its size and
+                             carries zstd's xxh64 content checksum, so reads stay verified
+====== ===================== ============================================================================
+
+Readers tell the frame kind from its magic number, so every reader reads every codec. Decoding never
+unpickles (``allow_pickle=False``), checks dtype and rank, and never allocates more than the frame declares
+(a frame that does not declare its decoded size is refused: a chammi member always does).
+
+**Guidance tail** (images of a variable source, CHAMMI-75): the frame's decoded bytes are the image's
 ``.npy`` followed by the ``.npy`` of its cell centroids, int32 (N, 2) as (x = column, y = row), and, when the
-source gave them, the ``.npy`` of the cells' areas in pixels, float32 (N,). A plain ``.npy`` reader
-(``np.load``, webdataset) reads the image and ignores the rest; our readers get the centroids from the same
-bytes they read for the pixels, so a guided crop costs no extra request in either stream order, and the
-manifest stays one short row per image. An image without cells has an empty (0, 2) centroid array.
+source gave them, the ``.npy`` of the cells' areas in pixels, float32 (N,) (:func:`guidance_tail`,
+:func:`parse_tail`; ``members.decode_member`` reads both). A plain ``.npy`` reader (``np.load``, webdataset)
+reads the image and ignores the rest; our readers get the cells from the same bytes they read for the pixels,
+so a guided crop costs no extra request in either stream order, and the manifest stays one short row per
+image. An image without cells has an empty (0, 2) centroid array.
 """
 
 from __future__ import annotations
 
-import functools
 import io
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,29 +39,27 @@ import imagecodecs
 import numpy as np
 import zstandard
 
-from chammi_data.format.release_format import expected_shape
-
 #: zstd level used for images: on microscopy-like 8-bit tiles higher levels barely shrink the members for many
 #: times the encode time (benchmarks/results/loader.md), and decoding speed does not depend on the level.
 ZSTD_LEVEL = 3
+#: The member codecs a build can write (``chammi-build --codec``); the first is the default.
+CODECS = ("zstd", "lz4", "none")
+DEFAULT_CODEC = "zstd"
 IMAGE_SUFFIX = ".npy.zst"
+LZ4_SUFFIX = ".npy.lz4"
+#: The image member's name suffix per codec.
+IMAGE_SUFFIXES = {"zstd": IMAGE_SUFFIX, "lz4": LZ4_SUFFIX, "none": IMAGE_SUFFIX}
 JSON_SUFFIX = ".json"
 _ALLOWED_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16))
-#: largest decoded image we allocate for when nothing better is known (a hostile frame may declare any size)
-MAX_IMAGE_BYTES = 1 << 28
-#: largest ``.json`` record member read from a shard
-MAX_RECORD_BYTES = 1 << 20
-#: slack for the ``.npy`` header in front of the pixels (np.save pads it to a multiple of 64 bytes)
-_NPY_HEADER_MAX = 4096
-#: most cells a guidance tail may list, and the most bytes a tail may add to a member
-MAX_GUIDANCE_CELLS = 1 << 16
-MAX_TAIL_BYTES = MAX_GUIDANCE_CELLS * 12 + 2 * _NPY_HEADER_MAX
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+LZ4_MAGIC = b"\x04\x22\x4d\x18"
+#: zstd's largest block (raw blocks of a ``none`` member are at most this long)
+_ZSTD_BLOCK = 1 << 17
 
-# The exact header ``np.save`` writes for a C-order (C, H, W) uint8/uint16 array; anything else takes the
-# general (slower, equally strict) path of :func:`decode_image`.
-_NPY_HEADER = re.compile(
-    rb"\{'descr': '([<|]u[12])', 'fortran_order': False, 'shape': \((\d+), (\d+), (\d+)\), \} *\n"
-)
+
+#: most cells a guidance tail may list, and the most bytes a tail may add to a member's decoded size
+MAX_GUIDANCE_CELLS = 1 << 16
+MAX_TAIL_BYTES = MAX_GUIDANCE_CELLS * 12 + 2 * 4096
 # The headers of a guidance tail's arrays: centroids '<i4' (N, 2), sizes '<f4' (N,).
 _TAIL_HEADER = re.compile(
     rb"\{'descr': '(<i4|<f4)', 'fortran_order': False, 'shape': \((\d+),(?: (\d+))?\), \} *\n"
@@ -88,133 +99,6 @@ def guidance_tail(guidance: Guidance) -> bytes:
     return out
 
 
-def encode_image(image: np.ndarray, level: int = ZSTD_LEVEL, guidance: Guidance | None = None) -> bytes:
-    """(C, H, W) uint8/uint16 array [+ its guidance] -> zstd-compressed ``.npy`` bytes (deterministic)."""
-    arr = np.ascontiguousarray(image)
-    if arr.ndim != 3 or arr.dtype not in _ALLOWED_DTYPES:
-        raise ValueError(f"image must be (C, H, W) uint8/uint16, got shape {arr.shape} dtype {arr.dtype}")
-    payload = _npy(arr) + (guidance_tail(guidance) if guidance is not None else b"")
-    # A fresh compressor per call, no threads, no content-size ambiguity: identical input -> identical bytes.
-    return zstandard.ZstdCompressor(level=level, write_content_size=True, write_checksum=True).compress(
-        payload
-    )
-
-
-def decode_image(data: bytes | memoryview, where: str = "image", max_bytes: int = 1 << 28) -> np.ndarray:
-    """zstd-compressed ``.npy`` bytes -> (C, H, W) array. ``where`` names the shard/key in errors.
-
-    At most ``max_bytes`` are decompressed, whether or not the frame declares its size. A guidance tail is
-    ignored (:func:`decode_member` reads it)."""
-    return _decode_general(data, where, max_bytes)[0]
-
-
-def _decode_general(data: bytes | memoryview, where: str, max_bytes: int) -> tuple[np.ndarray, memoryview]:
-    """(image, the bytes after its .npy) through zstandard and ``np.load``."""
-    try:
-        declared = zstandard.frame_content_size(data)
-        if declared > max_bytes:
-            raise ValueError(f"zstd frame declares {declared} bytes, more than the {max_bytes}-byte limit")
-        raw = zstandard.ZstdDecompressor().decompress(data, max_output_size=max_bytes)
-        bio = io.BytesIO(raw)
-        arr = np.load(bio, allow_pickle=False)
-    except Exception as exc:  # zstd errors, truncated npy, object arrays (pickle refused)
-        raise CorruptSampleError(f"{where}: cannot decode image ({type(exc).__name__}: {exc})") from None
-    if arr.ndim != 3 or arr.dtype not in _ALLOWED_DTYPES:
-        raise CorruptSampleError(
-            f"{where}: expected a (C, H, W) uint8/uint16 array, got shape {arr.shape} dtype {arr.dtype}"
-        )
-    return arr, memoryview(raw)[bio.tell() :]
-
-
-def _size_bounds(expected: Mapping[str, Any] | None) -> tuple[int, int, str]:
-    """(least, most) decoded bytes an image member may have, and a description for errors."""
-    if expected is None:
-        return 10, MAX_IMAGE_BYTES, f"the {MAX_IMAGE_BYTES}-byte limit"
-    return _bounds_for(expected_shape(expected), str(expected.get("dtype", "uint16")))
-
-
-@functools.lru_cache(maxsize=64)
-def _bounds_for(shape: tuple[int, int, int], dtype: str) -> tuple[int, int, str]:
-    pixels = math.prod(shape) * np.dtype(dtype).itemsize
-    return (
-        pixels + 10,
-        pixels + _NPY_HEADER_MAX,
-        f"{pixels} bytes of pixels for {shape} {dtype} (+ .npy header)",
-    )
-
-
-def _decode(
-    data: bytes, where: str, expected: Mapping[str, Any] | None, tail: bool
-) -> tuple[np.ndarray, Any]:
-    """(image, bytes after its .npy) with the checks of :func:`decode_image_fast`; a tail only if ``tail``."""
-    least, most, want = _size_bounds(expected)
-    if tail:
-        most, want = most + MAX_TAIL_BYTES, want + f" (+ up to {MAX_TAIL_BYTES} bytes of guidance)"
-    try:
-        size = zstandard.frame_content_size(data)
-    except zstandard.ZstdError as exc:
-        raise CorruptSampleError(f"{where}: cannot decode image (ZstdError: {exc})") from None
-    if size < 0:
-        return _general(data, where, most, tail)
-    if not least <= size <= most:
-        raise CorruptSampleError(f"{where}: zstd frame declares {size} decoded bytes, expected {want}")
-    buf = np.empty(size, np.uint8)
-    try:
-        out = imagecodecs.zstd_decode(data, out=buf)
-    except imagecodecs.ZstdError as exc:
-        raise CorruptSampleError(f"{where}: cannot decode image (ZstdError: {exc})") from None
-    if len(out) != size:
-        raise CorruptSampleError(f"{where}: cannot decode image (zstd frame gave {len(out)} of {size} bytes)")
-    head = buf[:10].tobytes()
-    if head[:8] != b"\x93NUMPY\x01\x00" or size < 10:
-        return _general(data, where, most, tail)
-    start = 10 + int.from_bytes(head[8:10], "little")
-    m = _NPY_HEADER.fullmatch(buf[10:start].tobytes())
-    if m is None:
-        return _general(data, where, most, tail)
-    dtype = np.dtype(m.group(1).decode("ascii"))
-    shape = tuple(int(x) for x in m.groups()[1:])
-    end = start + math.prod(shape) * dtype.itemsize
-    if size < end or (size > end and not tail):
-        raise CorruptSampleError(
-            f"{where}: cannot decode image (pixel data has {size - start} bytes for shape {shape} {dtype})"
-        )
-    return buf[start:end].view(dtype).reshape(shape), buf[end:]
-
-
-def _general(data: bytes | memoryview, where: str, most: int, tail: bool) -> tuple[np.ndarray, Any]:
-    image, rest = _decode_general(data, where, most)
-    if len(rest) and not tail:
-        raise CorruptSampleError(f"{where}: cannot decode image ({len(rest)} bytes after the .npy array)")
-    return image, rest
-
-
-def decode_image_fast(
-    data: bytes | memoryview, where: str = "image", expected: Mapping[str, Any] | None = None
-) -> np.ndarray:
-    """Same result and checks as :func:`decode_image`, without ``np.load``'s copies and ``literal_eval``.
-
-    The zstd frame is decompressed straight into a new writable numpy buffer of the size its header declares
-    (imagecodecs' zstd binding), the fixed ``.npy`` header of our own writer is parsed with a strict regex and
-    the pixels are a view into that buffer. Frames without a declared size, and any other header, take the
-    general path of :func:`decode_image`. Frames written with a content checksum are verified by zstd.
-
-    ``expected`` (a manifest row or record: shape and dtype) bounds the allocation: a frame that declares a
-    different size is refused before anything is allocated (a decompression bomb costs nothing). Bytes after
-    the image are an error here (a member with a guidance tail is read with :func:`decode_member`).
-    """
-    return _decode(data, where, expected, tail=False)[0]
-
-
-def decode_member(
-    data: bytes | memoryview, where: str = "image", expected: Mapping[str, Any] | None = None
-) -> tuple[np.ndarray, Guidance | None]:
-    """(image, guidance or None) of a member that may carry a guidance tail (module docstring), with the
-    checks of :func:`decode_image_fast`; the tail may add at most :data:`MAX_TAIL_BYTES`."""
-    image, rest = _decode(data, where, expected, tail=True)
-    return image, parse_tail(rest, where)
-
-
 def parse_tail(rest: Any, where: str) -> Guidance | None:
     """The :class:`Guidance` of the bytes after an image's ``.npy`` (None when there are none)."""
     raw = memoryview(rest).cast("B") if not isinstance(rest, np.ndarray) else memoryview(rest.data)
@@ -232,17 +116,178 @@ def parse_tail(rest: Any, where: str) -> Guidance | None:
         end = start + math.prod(shape) * 4
         if end > len(raw):
             raise CorruptSampleError(f"{where}: guidance array {shape} is truncated")
-        arrays.append(np.frombuffer(raw[start:end], dtype=m.group(1).decode()).reshape(shape))
+        arrays.append(np.frombuffer(raw[start:end], dtype=m.group(1).decode()).reshape(shape).copy())
         pos = end
     centroids, sizes = arrays[0], (arrays[1] if len(arrays) > 1 else None)
     ok = centroids.ndim == 2 and centroids.shape[1] == 2 and centroids.dtype == np.dtype("<i4")
-    if (
-        pos != len(raw)
-        or not ok
-        or (sizes is not None and (sizes.shape != (len(centroids),) or sizes.dtype != np.dtype("<f4")))
-    ):
+    if sizes is not None and (sizes.shape != (len(centroids),) or sizes.dtype != np.dtype("<f4")):
+        ok = False
+    if pos != len(raw) or not ok:
+        extra = "" if sizes is None else f", sizes {sizes.shape} {sizes.dtype}"
         raise CorruptSampleError(
             f"{where}: guidance after the image is malformed (centroids {centroids.shape} {centroids.dtype}"
-            f"{'' if sizes is None else f', sizes {sizes.shape} {sizes.dtype}'}, {len(raw) - pos} bytes left)"
+            f"{extra}, {len(raw) - pos} bytes left)"
         )
     return Guidance(centroids, sizes)
+
+
+@dataclass(frozen=True)
+class Frame:
+    """What a member's frame header says: ``kind`` (``zstd`` | ``lz4``), the decoded size it declares (-1:
+    none declared) and whether it carries a content checksum."""
+
+    kind: str
+    content_size: int
+    has_checksum: bool
+
+
+def frame_info(data: bytes | memoryview) -> Frame:
+    """The header of a zstd or LZ4 frame; ValueError for anything else (no magic, a truncated header)."""
+    head = bytes(data[:4])
+    if head == ZSTD_MAGIC:
+        try:
+            params = zstandard.get_frame_parameters(data)
+        except zstandard.ZstdError as exc:
+            raise ValueError(f"bad zstd frame header ({exc})") from None
+        size = params.content_size
+        return Frame("zstd", -1 if size == zstandard.CONTENTSIZE_UNKNOWN else int(size), params.has_checksum)
+    if head == LZ4_MAGIC:
+        if len(data) < 7:
+            raise ValueError("truncated LZ4 frame header")
+        flg = data[4]
+        if flg >> 6 != 1 or flg & 0x03:
+            raise ValueError(f"unsupported LZ4 frame flags {flg:#04x} (version, dictionary or reserved bits)")
+        if flg & 0x08:
+            if len(data) < 15:
+                raise ValueError("truncated LZ4 frame header")
+            size = int.from_bytes(bytes(data[6:14]), "little")
+        else:
+            size = -1
+        return Frame("lz4", size, bool(flg & 0x04))
+    raise ValueError(f"not a zstd or LZ4 frame (starts with {head.hex() or 'nothing'})")
+
+
+def member_suffix(data: bytes | memoryview) -> str:
+    """The name suffix of an encoded image member (``.npy.lz4`` for an LZ4 frame, else ``.npy.zst``)."""
+    return LZ4_SUFFIX if bytes(data[:4]) == LZ4_MAGIC else IMAGE_SUFFIX
+
+
+def member_codec(data: bytes | memoryview) -> str:
+    """Which codec wrote a member: ``lz4``, ``none`` (a zstd frame whose every block is raw) or ``zstd``."""
+    frame = frame_info(data)
+    if frame.kind == "lz4":
+        return "lz4"
+    pos = 4 + _zstd_header_size(data)
+    while pos + 3 <= len(data):
+        block = int.from_bytes(bytes(data[pos : pos + 3]), "little")
+        if (block >> 1) & 3 != 0:
+            return "zstd"
+        pos += 3 + (block >> 3)
+        if block & 1:
+            return "none"
+    return "zstd"
+
+
+def codec_matches(data: bytes | memoryview, codec: str) -> bool:
+    """Whether a member is what a release of ``codec`` writes: an LZ4 frame for ``lz4``, a zstd frame for
+    ``zstd`` (incompressible blocks may be stored raw) and a zstd frame of raw blocks only for ``none``."""
+    try:
+        kind = frame_info(data).kind
+    except ValueError:
+        return False
+    if codec == "lz4":
+        return kind == "lz4"
+    return kind == "zstd" and (codec != "none" or member_codec(data) == "none")
+
+
+def _zstd_header_size(data: bytes | memoryview) -> int:
+    """Bytes of a zstd frame header after the magic (descriptor, window, dictionary id, content size)."""
+    fhd = data[4]
+    single = (fhd >> 5) & 1
+    fcs = {0: single, 1: 2, 2: 4, 3: 8}[fhd >> 6]
+    return 1 + (0 if single else 1) + {0: 0, 1: 1, 2: 2, 3: 4}[fhd & 3] + fcs
+
+
+def _stored_zstd_frame(raw: bytes) -> bytes:
+    """``raw`` in a zstd frame of raw (uncompressed) blocks, with its content size and xxh64 checksum.
+
+    The checksum is the low 32 bits of xxh64(raw), which zstd computes whatever it does with the blocks: we
+    take it from a frame compressed at zstd's fastest level (no xxhash dependency for one hash per cell)."""
+    checksum = zstandard.ZstdCompressor(level=-5, write_checksum=True).compress(raw)[-4:]
+    out = bytearray(ZSTD_MAGIC)
+    out.append(0b11100100)  # 8-byte content size, single segment, checksum, no dictionary
+    out += len(raw).to_bytes(8, "little")
+    if not raw:
+        out += (1).to_bytes(3, "little")  # one empty last raw block
+    for start in range(0, len(raw), _ZSTD_BLOCK):
+        block = raw[start : start + _ZSTD_BLOCK]
+        last = start + _ZSTD_BLOCK >= len(raw)
+        out += ((len(block) << 3) | int(last)).to_bytes(3, "little")  # type 0 = raw
+        out += block
+    out += checksum
+    return bytes(out)
+
+
+def encode_image(
+    image: np.ndarray, level: int = ZSTD_LEVEL, codec: str = DEFAULT_CODEC, guidance: Guidance | None = None
+) -> bytes:
+    """(C, H, W) uint8/uint16 array [+ its guidance tail] -> one member of ``codec`` (see the module
+    docstring); deterministic for equal arrays. ``level`` is zstd's."""
+    if codec not in CODECS:
+        raise ValueError(f"unknown member codec {codec!r}; valid: {', '.join(CODECS)}")
+    arr = np.ascontiguousarray(image)
+    if arr.ndim != 3 or arr.dtype not in _ALLOWED_DTYPES:
+        raise ValueError(f"image must be (C, H, W) uint8/uint16, got shape {arr.shape} dtype {arr.dtype}")
+    raw = _npy(arr) + (guidance_tail(guidance) if guidance is not None else b"")
+    if codec == "lz4":
+        return bytes(imagecodecs.lz4f_encode(raw, contentchecksum=True))
+    if codec == "none":
+        return _stored_zstd_frame(raw)
+    # A fresh compressor per call, no threads, no content-size ambiguity: identical input -> identical bytes.
+    return zstandard.ZstdCompressor(level=level, write_content_size=True, write_checksum=True).compress(raw)
+
+
+def decode_frame(
+    data: bytes | memoryview, frame: Frame, alloc: Callable[[int], np.ndarray] | None = None
+) -> np.ndarray:
+    """The decoded bytes of the frame ``data`` (described by ``frame``, which must declare its size) as a
+    uint8 array of exactly that size, in a buffer from ``alloc(nbytes)`` (default ``np.empty``). The decoder
+    verifies the content checksum; a frame holding more or less than it declares is an error.
+
+    An LZ4 decoder stops silently when its output is full (never reaching the checksum), so LZ4 frames get
+    one spare byte: a frame that holds more than it declares then fills it and is refused."""
+    size = frame.content_size
+    if size < 0:
+        raise ValueError("the frame does not declare its decoded size (a chammi member always does)")
+    spare = 1 if frame.kind == "lz4" else 0
+    buf = (alloc or _empty)(size + spare)
+    got = len(imagecodecs.lz4f_decode(data, out=buf) if spare else imagecodecs.zstd_decode(data, out=buf))
+    if got != size:
+        raise ValueError(
+            f"the frame decodes to {'more' if got > size else 'fewer'} than the {size} bytes it declares"
+        )
+    return buf[:size] if spare else buf
+
+
+def _empty(nbytes: int) -> np.ndarray:
+    return np.empty(nbytes, np.uint8)
+
+
+def decode_image(data: bytes | memoryview, where: str = "image", max_bytes: int = 1 << 28) -> np.ndarray:
+    """One member (any codec) -> (C, H, W) array. ``where`` names the shard/key in errors.
+
+    The frame must declare its decoded size, at most ``max_bytes``; exactly that much is allocated."""
+    try:
+        frame = frame_info(data)
+        if frame.content_size > max_bytes:
+            raise ValueError(
+                f"frame declares {frame.content_size} bytes, more than the {max_bytes}-byte limit"
+            )
+        arr = np.load(io.BytesIO(decode_frame(data, frame).data), allow_pickle=False)
+    except Exception as exc:  # zstd/lz4 errors, truncated npy, object arrays (pickle refused)
+        raise CorruptSampleError(f"{where}: cannot decode image ({type(exc).__name__}: {exc})") from None
+    if arr.ndim != 3 or arr.dtype not in _ALLOWED_DTYPES:
+        raise CorruptSampleError(
+            f"{where}: expected a (C, H, W) uint8/uint16 array, got shape {arr.shape} dtype {arr.dtype}"
+        )
+    return arr

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from chammi_data.format.release_format import parse_channels
 from chammi_data.format.vocab import is_variable
 
 GroupKey = tuple[str, tuple[str, ...], int, int, str]
@@ -147,3 +148,17 @@ def group_of_row(groups: Sequence[Mapping[str, Any]], row: int) -> tuple[int, in
     if g is None or not 0 <= row - int(g["first_row"]) < int(g["rows"]):
         raise IndexError(f"row {row} is in no image group")
     return lo, row - int(g["first_row"])
+
+
+def variable_source_info(
+    part: pd.DataFrame, groups: Sequence[GroupPlan], n_shards: int, per: int
+) -> dict[str, Any]:
+    """A variable source's entry in ``release.json["sources"]``: its channel names, groups, dtypes, shards."""
+    return {
+        "variable": True,
+        "channels": sorted({c for text in part["channels"].unique() for c in parse_channels(text)}),
+        "groups": len(groups),
+        "dtype": sorted(part["dtype"].unique().tolist()),
+        "n_shards": n_shards,
+        "cells_per_shard": per,
+    }

@@ -27,6 +27,7 @@ from chammi_data.format.release_format import (
     CELL_ID_PATTERN,
     INT_COLUMNS,
     MANIFEST_COLUMNS,
+    OPTIONAL_COLUMNS,
     check_cell_id,
     parse_bool_column,
 )
@@ -50,7 +51,7 @@ __all__ = [
 #: Rows per parquet row group of the manifest.
 ROW_GROUP = 1 << 18
 #: Manifest columns whose values are (nearly) all distinct: written without a dictionary.
-UNIQUE_COLUMNS = ("cell_id", "key", "offset", "nbytes", "zarr_row", "sha256", "meta")
+UNIQUE_COLUMNS = ("cell_id", "key", "offset", "nbytes", "zarr_row", "sha256", "crc32c", "meta")
 
 MANIFEST_PARQUET = "manifest.parquet"
 MANIFEST_CSV = "manifest.csv"
@@ -99,6 +100,7 @@ def _read(store: ReleaseStore, name: str) -> bytes | None:
 def _coerce(df: pd.DataFrame) -> pd.DataFrame:
     """Exactly MANIFEST_COLUMNS in order, with bool / int64 / str types and valid cell ids; errors name the
     bad column and row."""
+    df = df.assign(**{c: v for c, v in OPTIONAL_COLUMNS.items() if c not in df.columns})
     missing = [c for c in MANIFEST_COLUMNS if c not in df.columns]
     if missing:
         raise ValueError(f"manifest lacks column(s) {missing}; expected {list(MANIFEST_COLUMNS)}")

@@ -69,9 +69,12 @@ MANIFEST_COLUMNS: tuple[str, ...] = (
     "nbytes",  # size in bytes of the image member's data (compressed .npy)
     "zarr_row",  # row of the cell in zarr/<source>.zarr images (N, C, H, W)
     "sha256",  # sha256 of the image bytes (C-order, native dtype): schema.image_checksum
+    "crc32c",  # crc32c of the pixel bytes (C order, little-endian; -1: not recorded): zarr reads check it
     "meta",  # JSON object: the source's own provenance columns
 )
-INT_COLUMNS: tuple[str, ...] = ("height", "width", "offset", "nbytes", "zarr_row")
+INT_COLUMNS: tuple[str, ...] = ("height", "width", "offset", "nbytes", "zarr_row", "crc32c")
+#: Columns a manifest written before they existed may lack, and the value they then read as.
+OPTIONAL_COLUMNS: dict[str, Any] = {"crc32c": -1}
 BOOL_COLUMNS: tuple[str, ...] = TASK_COLUMNS
 IMAGE_DTYPES: tuple[str, ...] = ("uint8", "uint16")
 
@@ -336,6 +339,8 @@ def manifest_row(
             "nbytes": int(nbytes),
             "zarr_row": int(zarr_row),
             "sha256": record["sha256"],
+            # the zarr writer computes it from the stored chunk; finalize_release fills it in
+            "crc32c": int(record.get("crc32c", -1)),
             "meta": format_meta(record["meta"]),
         }
     )

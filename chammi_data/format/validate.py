@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 import chammi_data.format.zarr_store as zarr_store
-from chammi_data.format.codec import CorruptSampleError, decode_image, decode_member
+from chammi_data.format.codec import CODECS, DEFAULT_CODEC, CorruptSampleError, codec_matches, decode_image
 from chammi_data.format.groups import frame_groups
 from chammi_data.format.manifest import (
     MANIFEST_CSV,
@@ -37,7 +37,7 @@ from chammi_data.format.release_format import (
     release_counts,
 )
 from chammi_data.format.schema import image_checksum
-from chammi_data.format.shards import iter_members
+from chammi_data.format.shards import decode_member, iter_members
 from chammi_data.format.vocab import RELEASE_SOURCE_KEYS, SOURCES, TASK_COLUMNS, VARIABLE_SOURCES
 from chammi_data.format.zarr_store import open_zarr_group
 from chammi_data.progress import progress as progress_bar
@@ -127,8 +127,9 @@ def _variable_row_check(r: Any, where: str) -> Iterator[str]:
         yield f"{where}: {r.source} has no tasks, but a task column is true"
 
 
-def _check_shard(shard: str, data: bytes, rows: pd.DataFrame) -> Iterator[str]:
-    """Parse one shard fully and compare every sample with its manifest rows."""
+def _check_shard(shard: str, data: bytes, rows: pd.DataFrame, codec: str = DEFAULT_CODEC) -> Iterator[str]:
+    """Parse one shard fully and compare every sample with its manifest rows; image members must be frames
+    of the release's member ``codec``."""
     expected = rows.to_dict("records")
     got: list[str] = []
     records: dict[str, dict[str, Any]] = {}
@@ -164,9 +165,11 @@ def _check_shard(shard: str, data: bytes, rows: pd.DataFrame) -> Iterator[str]:
                             f"{shard}: key {key!r}: json record disagrees with the manifest on "
                             f"{', '.join(bad)}"
                         )
+                if not codec_matches(blob, codec):
+                    yield f"{shard}: key {key!r}: image member is not a {codec} member ({RELEASE_JSON} codec)"
                 try:
                     if row["source"] in VARIABLE_SOURCES:  # the guidance after the pixels must parse too
-                        img = decode_member(blob, where=f"{shard}: key {key!r}", expected=row)[0]
+                        img = decode_member(blob, where=f"{shard}: key {key!r}", expected=row)[0].copy()
                     else:
                         img = decode_image(blob, where=f"{shard}: key {key!r}")
                 except CorruptSampleError as exc:
@@ -245,8 +248,11 @@ def _check_images(
             f"(first: {r['cell_id']} in {r['shard']} at zarr row {r['zarr_row']}, {per} cells per zarr shard)"
         )
     sums = part["sha256"].tolist()
+    crcs = part["crc32c"].tolist()
     ids = part["cell_id"].tolist()
     rows = part["zarr_row"].tolist()
+    if arr.metadata.fill_value != 0:
+        yield f"{where}: fill_value {arr.metadata.fill_value} is not 0 (zarr.json edited)"
     bad = 0
     for start in range(0, len(part), per):
         try:
@@ -255,11 +261,17 @@ def _check_images(
             yield f"{where}: rows {start}..{start + per - 1} unreadable ({type(exc).__name__}: {exc})"
             continue
         for j, img in enumerate(block):
+            what = []
             if image_checksum(img) != sums[start + j]:
+                what.append("sha256")
+            if crcs[start + j] >= 0 and zarr_store.pixel_crc32c(img) != crcs[start + j]:
+                what.append("crc32c")
+            if what:
                 bad += 1
                 if bad <= MAX_PER_CHECK:
                     yield (
-                        f"{where}: row {rows[start + j]} ({ids[start + j]}): image sha256 differs from the "
+                        f"{where}: row {rows[start + j]} ({ids[start + j]}): "
+                        f"image {' and '.join(what)} {'differs' if len(what) == 1 else 'differ'} from the "
                         "manifest"
                     )
 
@@ -307,6 +319,9 @@ def validate_release(
         f"{s}: listed in {RELEASE_JSON} but no cell of the manifest is in it"
         for s in sorted(set(listed) - used)
     ]
+    codec = str(rel.get("codec", DEFAULT_CODEC))
+    if codec not in CODECS:
+        rep.problems.append(f"{RELEASE_JSON}: unknown member codec {codec!r}; valid: {', '.join(CODECS)}")
     shards = sorted(set(listed) | used)
     rep.checked["shards"] = len(shards)
     for shard in progress_bar(shards, desc="validate shards", disable=not progress, unit="shard"):
@@ -320,7 +335,7 @@ def validate_release(
             continue
         if shard in listed and hashlib.sha256(data).hexdigest() != listed[shard]:
             rep.problems.append(f"{shard}: sha256 differs from {RELEASE_JSON} (file changed or corrupted)")
-        rep.problems += list(_check_shard(shard, data, m[m["shard"] == shard]))
+        rep.problems += list(_check_shard(shard, data, m[m["shard"] == shard], codec))
     for src, part in progress_bar(
         list(m.groupby("source", sort=False)), desc="validate zarr", disable=not progress, unit="source"
     ):

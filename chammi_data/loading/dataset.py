@@ -19,13 +19,11 @@ import numpy as np
 import pandas as pd
 from torch.utils.data import Dataset
 
-import chammi_data.format.zarr_store as zarr_store
-from chammi_data.format.codec import CorruptSampleError
 from chammi_data.format.manifest import read_manifest, sources_in
 from chammi_data.format.release_format import parse_channels, sample_from_row, select_rows, to_float_tensor
-from chammi_data.format.shards import ShardReader, add_guidance, check_image
+from chammi_data.format.shards import ShardReader, add_guidance
 from chammi_data.format.vocab import is_variable, source_info
-from chammi_data.format.zarr_store import open_zarr_images
+from chammi_data.format.zarr_rows import ZarrRows
 from chammi_data.loading.columns import RowColumns
 from chammi_data.store.storage import OnRelease, ReleaseStore, open_store, require_store
 
@@ -37,11 +35,12 @@ class ReleaseDataset(OnRelease, Dataset):
 
     ``image`` is a float32 tensor (C, H, W) scaled to [0, 1] (uint8 / 255, uint16 / 65535); ``meta`` is the
     source's provenance plus ``train_test_split``, ``tasks`` and ``row`` (the row within its source's
-    manifest = feature row), without overwriting the source's own keys. A CHAMMI-75 image is whole, with
-    its cells in ``meta["centroids"]`` ((N, 2) int32, x and y; ``cell_sizes`` when known). ``backend``
-    picks the tar shards (one read per cell at its manifest offset: a ``pread`` locally, a ranged request
-    remotely) or the zarr stores. ``store`` is the release's :class:`~chammi_data.store.storage.ReleaseStore`
-    (``load`` opens it).
+    manifest = feature row), without overwriting the source's own keys. A CHAMMI-75 image is whole, with its
+    cells in ``meta["centroids"]`` ((N, 2) int32, x and y; ``cell_sizes`` when known). ``backend`` picks the
+    tar shards
+    (one read per cell at its manifest offset: a ``pread`` locally, a ranged request remotely) or the zarr
+    stores (each row read checked against the manifest's pixel crc32c: :mod:`chammi_data.format.zarr_rows`).
+    ``store`` is the release's :class:`~chammi_data.store.storage.ReleaseStore` (``load`` opens it).
     ``verify``: None checks every read (frame checksums, sha256 where a frame has none), True always checks
     the pixels' sha256 against the manifest.
     """
@@ -65,7 +64,7 @@ class ReleaseDataset(OnRelease, Dataset):
         # column) up front would take tens of seconds and gigabytes (chammi_data.loading.columns)
         self._columns = RowColumns(self.rows)
         self._reader = ShardReader(self.store)
-        self._zarr: dict[str, Any] = {}
+        self._zarr: dict[str, ZarrRows] = {}
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -93,16 +92,8 @@ class ReleaseDataset(OnRelease, Dataset):
             return self._reader.read(row, verify=self.verify)
         src = row["source"]
         if src not in self._zarr:
-            arr = open_zarr_images(self.store, src)
-            self._zarr[src] = (arr, zarr_store.has_chunk_checksums(arr))
-        arr, checked = self._zarr[src]
-        where = f"{self.store.path(f'zarr/{src}.zarr')}: row {row['zarr_row']} (cell {row['cell_id']!r})"
-        try:
-            image = np.asarray(arr[int(row["zarr_row"])])
-        except Exception as exc:  # zarr's crc32c codec refuses a changed chunk; Blosc a truncated one
-            raise CorruptSampleError(f"{where}: unreadable chunk ({type(exc).__name__}: {exc})") from None
-        check_image(image, row, where, verify=bool(self.verify) or (self.verify is None and not checked))
-        return image
+            self._zarr[src] = ZarrRows(self.store, src)
+        return self._zarr[src].read(row, verify=self.verify)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         if not -len(self) <= i < len(self):
@@ -177,9 +168,8 @@ class ReleaseDataset(OnRelease, Dataset):
     def targets(self) -> list[int]:
         """Class index of every item within its source (``class_to_idx[source][label]``), in item order."""
         index = self.class_to_idx
-        return [
-            index[s][str(lab)] for s, lab in zip(self._columns["source"], self._columns["label"], strict=True)
-        ]
+        sources, labels = self.rows["source"].tolist(), self.rows["label"].tolist()
+        return [index[s][str(lab)] for s, lab in zip(sources, labels, strict=True)]
 
     @staticmethod
     def collate_fn(samples: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -150,7 +150,8 @@ class _BuildRun:
         ``units_per_task``."""
         from chammi_data.progress import progress as progress_bar
 
-        options_hash = config_hash(ledger.options)
+        codec = self.cfg.get("codec", "zstd")  # the member codec: a spill of another codec is recomputed
+        options_hash = config_hash(ledger.options if codec == "zstd" else {**ledger.options, "codec": codec})
         todo: list[tuple[Unit, str, str]] = []
         for unit in ledger.units:
             path, key = ledger.spill_path(unit), spill_key(ledger.name, unit, options_hash)
@@ -164,7 +165,7 @@ class _BuildRun:
         per_task = max(1, int(ledger.pipeline.units_per_task))
         for i in range(0, len(todo), per_task):
             fut = self.client.submit(
-                run_units, ledger.name, todo[i : i + per_task], ledger.options, pure=False
+                run_units, ledger.name, todo[i : i + per_task], ledger.options, codec, pure=False
             )
             self.owner[fut] = ledger.name
         ledger.tasks_left = -(-len(todo) // per_task)

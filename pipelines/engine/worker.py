@@ -53,7 +53,9 @@ def check_cells(result: UnitResult, unit: Unit, makes: tuple[str, ...], kind: st
     return UnitResult(good, skipped, result.found)
 
 
-def run_unit(name: str, unit: Unit, opts: dict[str, Any], spill_path: str, key: str) -> dict[str, Any]:
+def run_unit(
+    name: str, unit: Unit, opts: dict[str, Any], spill_path: str, key: str, codec: str = "zstd"
+) -> dict[str, Any]:
     """Process one unit with the options of pipeline ``name`` and spill it; returns the unit's outcome
     (``UnitOutcome.to_dict()``: records, skips, found, ok - never the pixels), its id and the seconds it took.
 
@@ -84,13 +86,15 @@ def run_unit(name: str, unit: Unit, opts: dict[str, Any], spill_path: str, key: 
         for s in result.skipped:
             s.kind = s.kind or pipeline.cell_kind
     result = check_cells(result, unit, pipeline.makes, pipeline.cell_kind)
-    outcome = write_spill(Path(spill_path), key, result, ok)
+    outcome = write_spill(Path(spill_path), key, result, ok, codec)
     return {"unit_id": unit.unit_id, **outcome.to_dict(), "seconds": time.perf_counter() - t0}
 
 
-def run_units(name: str, batch: list[tuple[Unit, str, str]], opts: dict[str, Any]) -> list[dict[str, Any]]:
-    """Worker task: :func:`run_unit` over a batch of (unit, spill path, spill key)."""
-    return [run_unit(name, unit, opts, path, key) for unit, path, key in batch]
+def run_units(
+    name: str, batch: list[tuple[Unit, str, str]], opts: dict[str, Any], codec: str = "zstd"
+) -> list[dict[str, Any]]:
+    """Worker task: :func:`run_unit` over a batch of (unit, spill path, spill key); members in ``codec``."""
+    return [run_unit(name, unit, opts, path, key, codec) for unit, path, key in batch]
 
 
 def warm_up(names: list[str]) -> None:

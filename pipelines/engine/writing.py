@@ -118,15 +118,16 @@ def write_tar_task(
 
 def write_zarr_task(
     root: str, source: str, shard_index: int, zarr_start: int, entries: str, group: list[int] | None = None
-) -> tuple[None, float]:
+) -> tuple[Any, float]:
     """Worker task: zarr shard ``shard_index`` (its only writer) from the spills' encoded chunks; for a
-    variable source zarr shard ``j`` of its group ``g`` (``group = [g, j]``)."""
+    variable source zarr shard ``j`` of its group ``g`` (``group = [g, j]``); (ZarrShardRecord: its rows'
+    pixel crc32c for the manifest, seconds)."""
     from chammi_data.format.writer import write_zarr_shard
 
     t0 = time.perf_counter()
     where = None if group is None else (int(group[0]), int(group[1]))
-    write_zarr_shard(root, source, shard_index, zarr_start, read_shard_entries(entries, "zarr"), where)
-    return None, time.perf_counter() - t0
+    rec = write_zarr_shard(root, source, shard_index, zarr_start, read_shard_entries(entries, "zarr"), where)
+    return rec, time.perf_counter() - t0
 
 
 class ShardWriting:

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 
 from chammi_data import load
 from chammi_data.augment.guided_crop import resize_square
+from chammi_data.format.shards import MappedShards
 from chammi_data.loading.collate import group_by_channels_uint8, split_channels
 from chammi_data.loading.stream_tracker import StreamTracker
 from chammi_data.loading.streaming import stream
@@ -64,13 +65,18 @@ def test_a_crop_equals_cutting_the_whole_image_by_hand(c75_release):
 
 def test_cells_come_in_the_same_read_as_the_pixels(c75_release, monkeypatch):
     calls = []
-    real = ReleaseStore.read_range
+    real_range, real_view = ReleaseStore.read_range, MappedShards.view
 
-    def counting(self, rel, offset, length):
+    def counting_range(self, rel, offset, length):
         calls.append(rel)
-        return real(self, rel, offset, length)
+        return real_range(self, rel, offset, length)
 
-    monkeypatch.setattr(ReleaseStore, "read_range", counting)
+    def counting_view(self, path, offset, nbytes):  # a local read: a view of the memory-mapped shard
+        calls.append(path)
+        return real_view(self, path, offset, nbytes)
+
+    monkeypatch.setattr(ReleaseStore, "read_range", counting_range)
+    monkeypatch.setattr(MappedShards, "view", counting_view)
     crops = list(_make(c75_release, "exact"))
     assert len(calls) == len(crops) == 15  # exact order: one read per image, cells included
     calls.clear()

@@ -10,15 +10,8 @@ import pytest
 import zstandard
 
 from chammi_data import load
-from chammi_data.format.codec import (
-    MAX_TAIL_BYTES,
-    CorruptSampleError,
-    Guidance,
-    decode_image,
-    decode_image_fast,
-    decode_member,
-    encode_image,
-)
+from chammi_data.format.codec import MAX_TAIL_BYTES, CorruptSampleError, Guidance, decode_image, encode_image
+from chammi_data.format.members import decode_image_fast, decode_member
 from chammi_data.format.schema import Cell, make_cell_id
 from chammi_data.format.shards import decode_row
 from chammi_data.format.validate import validate_release
