@@ -16,13 +16,24 @@ none   ``<key>.npy.zst``     the ``.npy`` bytes uncompressed, stored in the raw 
 Readers tell the frame kind from its magic number, so every reader reads every codec. Decoding never
 unpickles (``allow_pickle=False``), checks dtype and rank, and never allocates more than the frame declares
 (a frame that does not declare its decoded size is refused: a chammi member always does).
+
+**Guidance tail** (images of a variable source, CHAMMI-75): the frame's decoded bytes are the image's
+``.npy`` followed by the ``.npy`` of its cell centroids, int32 (N, 2) as (x = column, y = row), and, when the
+source gave them, the ``.npy`` of the cells' areas in pixels, float32 (N,) (:func:`guidance_tail`,
+:func:`parse_tail`; ``members.decode_member`` reads both). A plain ``.npy`` reader (``np.load``, webdataset)
+reads the image and ignores the rest; our readers get the cells from the same bytes they read for the pixels,
+so a guided crop costs no extra request in either stream order, and the manifest stays one short row per
+image. An image without cells has an empty (0, 2) centroid array.
 """
 
 from __future__ import annotations
 
 import io
+import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import imagecodecs
 import numpy as np
@@ -46,8 +57,78 @@ LZ4_MAGIC = b"\x04\x22\x4d\x18"
 _ZSTD_BLOCK = 1 << 17
 
 
+#: most cells a guidance tail may list, and the most bytes a tail may add to a member's decoded size
+MAX_GUIDANCE_CELLS = 1 << 16
+MAX_TAIL_BYTES = MAX_GUIDANCE_CELLS * 12 + 2 * 4096
+# The headers of a guidance tail's arrays: centroids '<i4' (N, 2), sizes '<f4' (N,).
+_TAIL_HEADER = re.compile(
+    rb"\{'descr': '(<i4|<f4)', 'fortran_order': False, 'shape': \((\d+),(?: (\d+))?\), \} *\n"
+)
+
+
 class CorruptSampleError(ValueError):
     """An image or record in a shard could not be decoded; the message names the shard and key."""
+
+
+@dataclass(frozen=True)
+class Guidance:
+    """The cells of one image: ``centroids`` (N, 2) int32 as (x = column, y = row), ``sizes`` (N,) float32
+    areas in pixels or None."""
+
+    centroids: np.ndarray
+    sizes: np.ndarray | None = None
+
+
+def _npy(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    return buf.getvalue()
+
+
+def guidance_tail(guidance: Guidance) -> bytes:
+    """The bytes that follow an image's ``.npy`` in its member (see the module docstring)."""
+    c = np.ascontiguousarray(guidance.centroids, dtype="<i4")
+    if c.ndim != 2 or c.shape[1] != 2 or len(c) > MAX_GUIDANCE_CELLS:
+        raise ValueError(f"centroids must be (N, 2) with N <= {MAX_GUIDANCE_CELLS}, got {c.shape}")
+    out = _npy(c.reshape(-1, 2))
+    if guidance.sizes is not None:
+        s = np.ascontiguousarray(guidance.sizes, dtype="<f4")
+        if s.shape != (len(c),):
+            raise ValueError(f"sizes must be ({len(c)},) like the centroids, got {s.shape}")
+        out += _npy(s)
+    return out
+
+
+def parse_tail(rest: Any, where: str) -> Guidance | None:
+    """The :class:`Guidance` of the bytes after an image's ``.npy`` (None when there are none)."""
+    raw = memoryview(rest).cast("B") if not isinstance(rest, np.ndarray) else memoryview(rest.data)
+    if not len(raw):
+        return None
+    arrays: list[np.ndarray] = []
+    pos = 0
+    while pos < len(raw) and len(arrays) < 2:
+        head = bytes(raw[pos : pos + 10])
+        start = pos + 10 + int.from_bytes(head[8:10], "little") if len(head) == 10 else -1
+        m = _TAIL_HEADER.fullmatch(bytes(raw[pos + 10 : start])) if head[:8] == b"\x93NUMPY\x01\x00" else None
+        if m is None:
+            raise CorruptSampleError(f"{where}: guidance after the image is not a centroid/size .npy array")
+        shape = (int(m.group(2)), int(m.group(3))) if m.group(3) else (int(m.group(2)),)
+        end = start + math.prod(shape) * 4
+        if end > len(raw):
+            raise CorruptSampleError(f"{where}: guidance array {shape} is truncated")
+        arrays.append(np.frombuffer(raw[start:end], dtype=m.group(1).decode()).reshape(shape).copy())
+        pos = end
+    centroids, sizes = arrays[0], (arrays[1] if len(arrays) > 1 else None)
+    ok = centroids.ndim == 2 and centroids.shape[1] == 2 and centroids.dtype == np.dtype("<i4")
+    if sizes is not None and (sizes.shape != (len(centroids),) or sizes.dtype != np.dtype("<f4")):
+        ok = False
+    if pos != len(raw) or not ok:
+        extra = "" if sizes is None else f", sizes {sizes.shape} {sizes.dtype}"
+        raise CorruptSampleError(
+            f"{where}: guidance after the image is malformed (centroids {centroids.shape} {centroids.dtype}"
+            f"{extra}, {len(raw) - pos} bytes left)"
+        )
+    return Guidance(centroids, sizes)
 
 
 @dataclass(frozen=True)
@@ -147,17 +228,17 @@ def _stored_zstd_frame(raw: bytes) -> bytes:
     return bytes(out)
 
 
-def encode_image(image: np.ndarray, level: int = ZSTD_LEVEL, codec: str = DEFAULT_CODEC) -> bytes:
-    """(C, H, W) uint8/uint16 array -> one member of ``codec`` (see the module docstring); deterministic for
-    equal arrays. ``level`` is zstd's."""
+def encode_image(
+    image: np.ndarray, level: int = ZSTD_LEVEL, codec: str = DEFAULT_CODEC, guidance: Guidance | None = None
+) -> bytes:
+    """(C, H, W) uint8/uint16 array [+ its guidance tail] -> one member of ``codec`` (see the module
+    docstring); deterministic for equal arrays. ``level`` is zstd's."""
     if codec not in CODECS:
         raise ValueError(f"unknown member codec {codec!r}; valid: {', '.join(CODECS)}")
     arr = np.ascontiguousarray(image)
     if arr.ndim != 3 or arr.dtype not in _ALLOWED_DTYPES:
         raise ValueError(f"image must be (C, H, W) uint8/uint16, got shape {arr.shape} dtype {arr.dtype}")
-    buf = io.BytesIO()
-    np.save(buf, arr, allow_pickle=False)
-    raw = buf.getvalue()
+    raw = _npy(arr) + (guidance_tail(guidance) if guidance is not None else b"")
     if codec == "lz4":
         return bytes(imagecodecs.lz4f_encode(raw, contentchecksum=True))
     if codec == "none":

@@ -13,13 +13,10 @@ array as ``image``; its ``meta`` is the record's provenance plus ``train_test_sp
 
 from __future__ import annotations
 
-import functools
 import io
 import json
-import math
 import mmap
 import os
-import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,15 +24,21 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from chammi_data.format.buffers import pooled_empty
 from chammi_data.format.codec import (
     IMAGE_SUFFIX,
     JSON_SUFFIX,
     LZ4_SUFFIX,
     CorruptSampleError,
-    decode_frame,
-    decode_image,
+    Guidance,
     frame_info,
+)
+from chammi_data.format.members import (  # noqa: F401 (decode_image_fast, decode_member: re-exported for readers)
+    MAX_IMAGE_BYTES,
+    MAX_RECORD_BYTES,
+    add_guidance,
+    decode_image_fast,
+    decode_member,
+    decode_row,
 )
 from chammi_data.format.release_format import CELL_ID_PATTERN, expected_shape, make_sample
 from chammi_data.format.schema import image_checksum
@@ -59,13 +62,6 @@ _TYPE_NAMES = {
     b"K": "GNU long link name",
     b"S": "GNU sparse file",
 }
-
-
-# The exact header ``np.save`` writes for a C-order (C, H, W) uint8/uint16 array; anything else takes the
-# general (slower, equally strict) path of ``codec.decode_image``.
-_NPY_HEADER = re.compile(
-    rb"\{'descr': '([<|]u[12])', 'fortran_order': False, 'shape': \((\d+), (\d+), (\d+)\), \} *\n"
-)
 
 
 class ShardFormatError(CorruptSampleError):
@@ -111,85 +107,6 @@ def _parse_header(block: bytes, shard: str, pos: int) -> tuple[str, int, bytes]:
         raise ShardFormatError(f"{shard}: member {name!r} at byte {pos}: not a ustar header")
     size = _octal(block[124:136], shard, "size", name)
     return name, size, block[156:157]
-
-
-#: largest decoded image we allocate for when nothing better is known (a hostile frame may declare any size)
-MAX_IMAGE_BYTES = 1 << 28
-#: largest ``.json`` record member read from a shard
-MAX_RECORD_BYTES = 1 << 20
-#: slack for the ``.npy`` header in front of the pixels (np.save pads it to a multiple of 64 bytes)
-_NPY_HEADER_MAX = 4096
-
-
-def _size_bounds(expected: Mapping[str, Any] | None) -> tuple[int, int, str]:
-    """(least, most) decoded bytes an image member may have, and a description for errors. A record or row
-    that declares more pixels than :data:`MAX_IMAGE_BYTES` is refused here, before anything is read."""
-    if expected is None:
-        return 10, MAX_IMAGE_BYTES, f"the {MAX_IMAGE_BYTES}-byte limit"
-    least, most, want = _bounds_for(expected_shape(expected), str(expected.get("dtype", "uint16")))
-    if least > MAX_IMAGE_BYTES:
-        raise ValueError(f"declares {want}, more than the {MAX_IMAGE_BYTES}-byte limit for an image")
-    return least, min(most, MAX_IMAGE_BYTES), want
-
-
-@functools.lru_cache(maxsize=64)
-def _bounds_for(shape: tuple[int, int, int], dtype: str) -> tuple[int, int, str]:
-    pixels = math.prod(shape) * np.dtype(dtype).itemsize
-    return (
-        pixels + 10,
-        pixels + _NPY_HEADER_MAX,
-        f"{pixels} bytes of pixels for {shape} {dtype} (+ .npy header)",
-    )
-
-
-def decode_image_fast(
-    data: bytes | memoryview, where: str = "image", expected: Mapping[str, Any] | None = None
-) -> np.ndarray:
-    """Same result and checks as ``codec.decode_image``, without ``np.load``'s copies and ``literal_eval``.
-
-    The frame (zstd, or LZ4: ``codec.frame_info`` tells them apart) is decoded straight into a new writable
-    numpy buffer of exactly the size its header declares, the fixed ``.npy`` header of our own writer is
-    parsed with a strict regex and the pixels are a view into that buffer; any other header takes the
-    general path of ``codec.decode_image``. Frames written with a content checksum are verified by the
-    decoder.
-
-    Nothing is allocated beyond what the frame declares, and only after that size was checked: against
-    ``expected`` (a manifest row or record: shape and dtype; a shape over :data:`MAX_IMAGE_BYTES` is refused
-    from the record alone) or the limit. A frame that declares no size is refused.
-    """
-    try:
-        least, most, want = _size_bounds(expected)
-        frame = frame_info(data)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CorruptSampleError(f"{where}: cannot decode image ({exc})") from None
-    size = frame.content_size
-    if size < 0:
-        raise CorruptSampleError(
-            f"{where}: cannot decode image (the {frame.kind} frame does not declare its decoded size; a "
-            "chammi member always does)"
-        )
-    if not least <= size <= most:
-        raise CorruptSampleError(
-            f"{where}: {frame.kind} frame declares {size} decoded bytes, expected {want}"
-        )
-    try:
-        buf = decode_frame(data, frame, alloc=pooled_empty)  # a pooled buffer: no page faults per decode
-    except Exception as exc:  # zstd / lz4 errors: checksum, truncation, a frame that lies about its size
-        raise CorruptSampleError(f"{where}: cannot decode image ({type(exc).__name__}: {exc})") from None
-    head = buf[:10].tobytes()
-    if head[:8] != b"\x93NUMPY\x01\x00" or size < 10:
-        return decode_image(data, where, max_bytes=most)
-    start = 10 + int.from_bytes(head[8:10], "little")
-    m = _NPY_HEADER.fullmatch(buf[10:start].tobytes())
-    if m is None:
-        return decode_image(data, where, max_bytes=most)
-    dtype = np.dtype(m.group(1).decode("ascii"))
-    shape = tuple(int(x) for x in m.groups()[1:])
-    if size - start != math.prod(shape) * dtype.itemsize:
-        raise CorruptSampleError(
-            f"{where}: cannot decode image (pixel data has {size - start} bytes for shape {shape} {dtype})"
-        )
-    return buf[start:].view(dtype).reshape(shape)
 
 
 def _check_name(name: str, typeflag: bytes, shard: str) -> tuple[str, str]:
@@ -284,11 +201,11 @@ def _decode_sample(key: str, parts: dict[str, bytes], shard: str, verify: bool) 
         np.dtype(str(record.get("dtype", "")))
     except (KeyError, TypeError, ValueError):
         raise ShardFormatError(f"{where}: json record lacks a valid shape/dtype") from None
-    image = decode_image_fast(parts[image_ext], where=where, expected=record)
+    image, guidance = decode_row(parts[image_ext], where, record)
     check_image(image, record, where, verify=verify)
     if record.get("cell_id", key) != key:
         raise ShardFormatError(f"{where}: json record names cell {record.get('cell_id')!r}")
-    meta = dict(record.get("meta") or {})
+    meta = add_guidance(dict(record.get("meta") or {}), guidance)
     meta.setdefault("train_test_split", record.get("train_test_split", ""))
     meta.setdefault("tasks", list(record.get("tasks", [])))
     meta["shard"] = shard
@@ -444,17 +361,24 @@ class ShardReader:
     def read(self, row: Mapping[str, Any], verify: bool | None = None) -> np.ndarray:
         """(C, H, W) image of one manifest row, checked as the class docstring says (``verify``: None = by
         frame checksum, sha256 only where a frame has none; True = sha256 always)."""
+        return self.read_member(row, verify)[0]
+
+    def read_member(
+        self, row: Mapping[str, Any], verify: bool | None = None
+    ) -> tuple[np.ndarray, Guidance | None]:
+        """(image, guidance) of one manifest row in one read: :meth:`read` plus the cells of a CHAMMI-75
+        image (``codec.Guidance``; None for other sources)."""
         where = self.where(row)
         data = None
         if self._maps is not None:  # local: decode from the page cache, no copy first
             data = self._maps.view(self.store.path(str(row["shard"])), int(row["offset"]), int(row["nbytes"]))
         if data is None:
             data = self.read_bytes(row)
-        image = decode_image_fast(data, where=where, expected=row)
+        image, guidance = decode_row(data, where, row)
         check_image(
             image, row, where, verify=bool(verify) or (verify is None and not has_frame_checksum(data))
         )
-        return image
+        return image, guidance
 
     def close(self) -> None:
         self.store.close()

@@ -27,8 +27,9 @@ from typing import Any
 import numpy as np
 
 from chammi_data.format.codec import CorruptSampleError
+from chammi_data.format.groups import group_of_row
 from chammi_data.format.shards import check_image
-from chammi_data.format.zarr_store import ARRAY_NAME, open_zarr_images, pixel_crc32c
+from chammi_data.format.zarr_store import ARRAY_NAME, GroupedImages, open_zarr_images, pixel_crc32c
 from chammi_data.store.storage import ReleaseStore, require_store
 
 
@@ -58,14 +59,16 @@ class ZarrRows:
         ``sha256``); raises :class:`CorruptSampleError` naming store, row and cell when it is not the row's
         cell. ``verify``: True also checks the sha256."""
         where = self.where(row)
-        arr = self.array
+        arr, index = self.array, int(row["zarr_row"])
+        if isinstance(arr, GroupedImages):  # a variable source: the row's group array, the row within it
+            g, index = group_of_row(arr.groups, index)
+            arr = arr.array(g)
         fill = arr.metadata.fill_value
         if fill != 0:
             raise CorruptSampleError(
                 f"{where}: the array's fill_value {fill} is not the 0 it was written with (zarr.json "
                 "edited): absent chunks would read as constant images"
             )
-        index = int(row["zarr_row"])
         if not 0 <= index < arr.shape[0]:
             raise CorruptSampleError(f"{where}: outside the {arr.shape[0]} rows of the array")
         try:
@@ -78,7 +81,7 @@ class ZarrRows:
             if got != expected:
                 raise CorruptSampleError(
                     f"{where}: not this cell's pixels (crc32c {got:08x}, the manifest records "
-                    f"{expected:08x}): {self._why(index)}"
+                    f"{expected:08x}): {self._why(int(row['zarr_row']))}"
                 )
         check_image(image, row, where, verify=bool(verify) or expected < 0)
         return image
@@ -86,6 +89,8 @@ class ZarrRows:
     def _why(self, index: int) -> str:
         """What is wrong with the shard of row ``index``, as far as one look can tell."""
         arr = self.array
+        if isinstance(arr, GroupedImages):
+            return "its group's zarr shard file holds other pixels at this row, or is missing"
         shards = arr.shards or arr.chunks
         key = arr.metadata.encode_chunk_key((index // int(shards[0]), *([0] * (arr.ndim - 1))))
         rel = f"zarr/{self.source}.zarr/{ARRAY_NAME}/{key}"

@@ -14,7 +14,8 @@ does not know compressed ``.npy``; :func:`wds_decoder` is the handler it needs:
 
 The handler decodes with the same strict, bounded decoder as :func:`chammi_data.load` (every member codec:
 zstd, lz4, none; frame checksum verified, no pickles, a frame larger than the limit or declaring no size
-refused) and leaves every other member to webdataset.
+refused) and leaves every other member to webdataset. A CHAMMI-75 member also holds its image's cells after
+the pixels: the handler returns the image; ``chammi_data.format.members.decode_member`` returns the cells too.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from chammi_data.format.shards import decode_image_fast
+from chammi_data.format.members import decode_member
 from chammi_data.store.storage import open_store
 
 
@@ -32,7 +33,7 @@ def wds_decoder(key: str, data: bytes) -> np.ndarray | None:
     None for others."""
     if not key.lower().endswith(("npy.zst", "npy.lz4")):
         return None
-    return decode_image_fast(data, where=f"webdataset member {key}")
+    return decode_member(data, where=f"webdataset member {key}")[0]
 
 
 def shard_urls(
