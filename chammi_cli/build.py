@@ -2,7 +2,8 @@
 download) into a release.
 
     chammi-build --source {wtc11,hpa,cp,chammi,all} [--input DIR] [--output DIR] [--workers N]
-                 [--scheduler ADDRESS] [--config FILE] [--strict] [--seed N] [--keep-work] [--quiet]
+                 [--scheduler ADDRESS] [--config FILE] [--set SECTION.KEY=VALUE ...] [--strict] [--seed N]
+                 [--keep-work] [--quiet]
     chammi-build synth --output DIR [--seed N] [--source NAME ...]
     chammi-build --version
 
@@ -72,8 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--input",
         default=None,
-        help="raw folder (with --source all: DIR/wtc11, DIR/hpa, DIR/cp); "
-        "default: generate the embedded sample data",
+        help="raw folder (with --source all: DIR/wtc11, DIR/hpa, DIR/cp); for chammi75 the CHAMMI-75 root, "
+        "a folder or a URL such as s3://chammi-data/CHAMMI-75; default: generate the embedded sample data",
     )
     p.add_argument("--output", default=None, help=f"release folder (default {default_release_location()})")
     p.add_argument("--workers", type=int, default=2, help="local dask workers (processes, 1 thread each)")
@@ -81,6 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--scheduler", default=None, help="address of an existing dask scheduler (workers must see OUTPUT)"
     )
     p.add_argument("--config", default=None, help="YAML build config merged over the defaults")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="one build option over --config (the value is YAML), e.g. chammi75.metadata=small "
+        "chammi75.studies=[wtc0001] chammi75.cap_per_study=100 chammi75.holdout_studies=[idr0017]",
+    )
     p.add_argument("--strict", action="store_true", help="any skipped item fails the build (exit 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the generated sample data (no --input)")
     p.add_argument(
@@ -93,14 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def synth_parser() -> argparse.ArgumentParser:
-    from pipelines.sources.registry import RAW_SOURCES
+    from pipelines.sources.registry import RAW_SOURCES, SAMPLE_SOURCES
 
     p = ArgumentParser(
         prog="chammi-build synth", description="Write the sample raw data in the real layouts."
     )
     p.add_argument("--output", required=True, help="folder to write DIR/wtc11, DIR/hpa, DIR/cp into")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--source", nargs="*", default=list(RAW_SOURCES), choices=list(RAW_SOURCES))
+    p.add_argument("--source", nargs="*", default=list(RAW_SOURCES), choices=list(SAMPLE_SOURCES))
     return p
 
 
@@ -130,6 +139,10 @@ def build(args: argparse.Namespace) -> int:
         "keep_work",
     )  # build()'s parameter names
     options = {name: getattr(args, name) for name in same_names}
+    if args.set:  # --set items over --config (a YAML file) over the defaults
+        from pipelines.engine.build_config import load_config, parse_settings
+
+        options["config"] = load_config(args.config, parse_settings(args.set))
     result = run_build(
         args.source, input_dir=args.input, output=args.output, progress=not args.quiet, **options
     )

@@ -28,6 +28,7 @@ REQUIRED_IN_WHEEL = (
     "chammi_data/_manifests/tasks/hpa.yaml",
     "chammi_data/_manifests/tasks/cp.yaml",
     "chammi_data/_manifests/vocabulary.yaml",
+    "chammi_data/_manifests/chammi75_crops.yaml",
     "chammi_models/_configs/tiny_cpu.yaml",
     "chammi_data/py.typed",
     "chammi_models/py.typed",

@@ -13,24 +13,30 @@ array as ``image``; its ``meta`` is the record's provenance plus ``train_test_sp
 
 from __future__ import annotations
 
-import functools
 import io
 import json
-import math
 import os
-import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import imagecodecs
 import numpy as np
 import zstandard
 
-from chammi_data.format.codec import IMAGE_SUFFIX, JSON_SUFFIX, CorruptSampleError, decode_image
+from chammi_data.format.codec import (  # noqa: F401 (decode_image_fast: re-exported for readers)
+    IMAGE_SUFFIX,
+    JSON_SUFFIX,
+    MAX_IMAGE_BYTES,
+    MAX_RECORD_BYTES,
+    CorruptSampleError,
+    Guidance,
+    decode_image_fast,
+    decode_member,
+)
 from chammi_data.format.release_format import CELL_ID_PATTERN, expected_shape, make_sample
 from chammi_data.format.schema import image_checksum
+from chammi_data.format.vocab import is_variable
 from chammi_data.store.storage import ReleaseStore, RemoteObjectError, open_store, require_store
 
 BLOCK = 512
@@ -49,13 +55,6 @@ _TYPE_NAMES = {
     b"K": "GNU long link name",
     b"S": "GNU sparse file",
 }
-
-
-# The exact header ``np.save`` writes for a C-order (C, H, W) uint8/uint16 array; anything else takes the
-# general (slower, equally strict) path of ``codec.decode_image``.
-_NPY_HEADER = re.compile(
-    rb"\{'descr': '([<|]u[12])', 'fortran_order': False, 'shape': \((\d+), (\d+), (\d+)\), \} *\n"
-)
 
 
 class ShardFormatError(CorruptSampleError):
@@ -101,76 +100,6 @@ def _parse_header(block: bytes, shard: str, pos: int) -> tuple[str, int, bytes]:
         raise ShardFormatError(f"{shard}: member {name!r} at byte {pos}: not a ustar header")
     size = _octal(block[124:136], shard, "size", name)
     return name, size, block[156:157]
-
-
-#: largest decoded image we allocate for when nothing better is known (a hostile frame may declare any size)
-MAX_IMAGE_BYTES = 1 << 28
-#: largest ``.json`` record member read from a shard
-MAX_RECORD_BYTES = 1 << 20
-#: slack for the ``.npy`` header in front of the pixels (np.save pads it to a multiple of 64 bytes)
-_NPY_HEADER_MAX = 4096
-
-
-def _size_bounds(expected: Mapping[str, Any] | None) -> tuple[int, int, str]:
-    """(least, most) decoded bytes an image member may have, and a description for errors."""
-    if expected is None:
-        return 10, MAX_IMAGE_BYTES, f"the {MAX_IMAGE_BYTES}-byte limit"
-    return _bounds_for(expected_shape(expected), str(expected.get("dtype", "uint16")))
-
-
-@functools.lru_cache(maxsize=64)
-def _bounds_for(shape: tuple[int, int, int], dtype: str) -> tuple[int, int, str]:
-    pixels = math.prod(shape) * np.dtype(dtype).itemsize
-    return (
-        pixels + 10,
-        pixels + _NPY_HEADER_MAX,
-        f"{pixels} bytes of pixels for {shape} {dtype} (+ .npy header)",
-    )
-
-
-def decode_image_fast(
-    data: bytes | memoryview, where: str = "image", expected: Mapping[str, Any] | None = None
-) -> np.ndarray:
-    """Same result and checks as ``codec.decode_image``, without ``np.load``'s copies and ``literal_eval``.
-
-    The zstd frame is decompressed straight into a new writable numpy buffer of the size its header declares
-    (imagecodecs' zstd binding), the fixed ``.npy`` header of our own writer is parsed with a strict regex and
-    the pixels are a view into that buffer. Frames without a declared size, and any other header, take the
-    general path of ``codec.decode_image``. Frames written with a content checksum are verified by zstd.
-
-    ``expected`` (a manifest row or record: shape and dtype) bounds the allocation: a frame that declares a
-    different size is refused before anything is allocated (a decompression bomb costs nothing).
-    """
-    least, most, want = _size_bounds(expected)
-    try:
-        size = zstandard.frame_content_size(data)
-    except zstandard.ZstdError as exc:
-        raise CorruptSampleError(f"{where}: cannot decode image (ZstdError: {exc})") from None
-    if size < 0:
-        return decode_image(data, where, max_bytes=most)
-    if not least <= size <= most:
-        raise CorruptSampleError(f"{where}: zstd frame declares {size} decoded bytes, expected {want}")
-    buf = np.empty(size, np.uint8)
-    try:
-        out = imagecodecs.zstd_decode(data, out=buf)
-    except imagecodecs.ZstdError as exc:
-        raise CorruptSampleError(f"{where}: cannot decode image (ZstdError: {exc})") from None
-    if len(out) != size:
-        raise CorruptSampleError(f"{where}: cannot decode image (zstd frame gave {len(out)} of {size} bytes)")
-    head = buf[:10].tobytes()
-    if head[:8] != b"\x93NUMPY\x01\x00" or size < 10:
-        return decode_image(data, where, max_bytes=most)
-    start = 10 + int.from_bytes(head[8:10], "little")
-    m = _NPY_HEADER.fullmatch(buf[10:start].tobytes())
-    if m is None:
-        return decode_image(data, where, max_bytes=most)
-    dtype = np.dtype(m.group(1).decode("ascii"))
-    shape = tuple(int(x) for x in m.groups()[1:])
-    if size - start != math.prod(shape) * dtype.itemsize:
-        raise CorruptSampleError(
-            f"{where}: cannot decode image (pixel data has {size - start} bytes for shape {shape} {dtype})"
-        )
-    return buf[start:].view(dtype).reshape(shape)
 
 
 def _check_name(name: str, typeflag: bytes, shard: str) -> tuple[str, str]:
@@ -264,11 +193,12 @@ def _decode_sample(key: str, parts: dict[str, bytes], shard: str, verify: bool) 
         np.dtype(str(record.get("dtype", "")))
     except (KeyError, TypeError, ValueError):
         raise ShardFormatError(f"{where}: json record lacks a valid shape/dtype") from None
-    image = decode_image_fast(parts["npy.zst"], where=where, expected=record)
+    image, guidance = decode_row(parts["npy.zst"], where, record)
     check_image(image, record, where, verify=verify)
     if record.get("cell_id", key) != key:
         raise ShardFormatError(f"{where}: json record names cell {record.get('cell_id')!r}")
     meta = dict(record.get("meta") or {})
+    add_guidance(meta, guidance)
     meta.setdefault("train_test_split", record.get("train_test_split", ""))
     meta.setdefault("tasks", list(record.get("tasks", [])))
     meta["shard"] = shard
@@ -280,6 +210,25 @@ def _decode_sample(key: str, parts: dict[str, bytes], shard: str, verify: bool) 
         cell_id=key,
         meta=meta,
     )
+
+
+def decode_row(data: bytes, where: str, row: Mapping[str, Any]) -> tuple[np.ndarray, Guidance | None]:
+    """(image, guidance) of a member of a manifest row or record: the members of a variable source
+    (CHAMMI-75) may carry a guidance tail (``codec.decode_member``), any other member must be the image
+    alone."""
+    if is_variable(str(row.get("source", ""))):
+        return decode_member(data, where=where, expected=row)
+    return decode_image_fast(data, where=where, expected=row), None
+
+
+def add_guidance(meta: dict[str, Any], guidance: Guidance | None) -> dict[str, Any]:
+    """Put an image's cells into a sample's ``meta``: ``centroids`` (N, 2) int32 (x, y) and, when known,
+    ``cell_sizes`` (N,) float32; nothing for an image without guidance."""
+    if guidance is not None:
+        meta["centroids"] = guidance.centroids
+        if guidance.sizes is not None:
+            meta["cell_sizes"] = guidance.sizes
+    return meta
 
 
 def check_image(image: np.ndarray, expected: Mapping[str, Any], where: str, verify: bool = False) -> None:
@@ -374,13 +323,20 @@ class ShardReader:
     def read(self, row: Mapping[str, Any], verify: bool | None = None) -> np.ndarray:
         """(C, H, W) image of one manifest row, checked as the class docstring says (``verify``: None = by
         frame checksum, sha256 only where a frame has none; True = sha256 always)."""
+        return self.read_member(row, verify)[0]
+
+    def read_member(
+        self, row: Mapping[str, Any], verify: bool | None = None
+    ) -> tuple[np.ndarray, Guidance | None]:
+        """(image, guidance) of one manifest row in one read: :meth:`read` plus the cells of a CHAMMI-75
+        image (``codec.Guidance``; None for other sources)."""
         where = self.where(row)
         data = self.read_bytes(row)
-        image = decode_image_fast(data, where=where, expected=row)
+        image, guidance = decode_row(data, where, row)
         check_image(
             image, row, where, verify=bool(verify) or (verify is None and not has_frame_checksum(data))
         )
-        return image
+        return image, guidance
 
     def close(self) -> None:
         self.store.close()

@@ -10,6 +10,10 @@ There is one write path, used by ``chammi-build`` (spread over dask workers) and
    :func:`write_zarr_shard` (exactly zarr shard k: rows ``[k * cells_per_shard, ...)``), one writer per file;
 4. :func:`finalize_release` once, with every shard record: manifest.parquet/.csv and release.json.
 
+A variable source (CHAMMI-75) is written group by group (:mod:`chammi_data.format.groups`): its zarr store is
+a collection (:func:`create_collection`, then one :func:`create_zarr_array` per group), a tar shard never
+crosses a group, and zarr shard ``j`` of group ``g`` is written by ``write_zarr_shard(..., group=(g, j))``.
+
 Identical cells give byte-identical tar shards, manifests and release.json (no timestamps, fixed tar
 headers, deterministic parquet).
 """
@@ -30,10 +34,11 @@ import pandas as pd
 
 import chammi_data.format.zarr_store as zarr_store
 from chammi_data.format.codec import IMAGE_SUFFIX, JSON_SUFFIX, encode_image
+from chammi_data.format.groups import GroupPlan, frame_groups, group_key
 from chammi_data.format.manifest import write_manifest
 from chammi_data.format.release_format import canonical_json, manifest_row, parse_channels, release_counts
 from chammi_data.format.schema import SCHEMA_VERSION, Cell
-from chammi_data.format.vocab import SOURCE_KEYS
+from chammi_data.format.vocab import RELEASE_SOURCE_KEYS, is_variable
 from chammi_data.progress import progress as progress_bar
 from chammi_data.store.paths import file_sha256
 
@@ -86,6 +91,8 @@ def _tar_info(name: str, size: int) -> tarfile.TarInfo:
 #: Once per source: create ``zarr/<source>.zarr`` (N, C, H, W) (``root, source, n_cells, channels, hw, dtype,
 #: cells_per_shard``). The zarr module owns the layout.
 create_zarr_array = zarr_store.create_images
+#: Once per variable source, before its groups' arrays: the collection ``zarr/<source>.zarr``.
+create_collection = zarr_store.create_collection
 
 
 @dataclass(frozen=True)
@@ -106,24 +113,36 @@ class EncodedCell:
 def encode_cell(cell: Cell) -> EncodedCell:
     """Hash one cell and compress it for both formats (``codec.encode_image``,
     ``zarr_store.encode_chunk``)."""
-    return EncodedCell(cell.record(), encode_image(cell.image), zarr_store.encode_chunk(cell.image))
+    member = encode_image(cell.image, guidance=cell.guidance)
+    return EncodedCell(cell.record(), member, zarr_store.encode_chunk(cell.image))
 
 
 def write_shard(
-    root: str | Path, source: str, shard_index: int, cells: Sequence[Cell | EncodedCell], zarr_start: int
+    root: str | Path,
+    source: str,
+    shard_index: int,
+    cells: Sequence[Cell | EncodedCell],
+    zarr_start: int,
+    group: tuple[int, int] | None = None,
 ) -> ShardRecord:
     """Write tar shard ``shard_index`` of ``source`` and zarr rows ``[zarr_start, zarr_start + len(cells))``:
     :func:`write_tar_shard` then :func:`write_zarr_shard`, encoding plain :class:`Cell` objects first."""
     encoded = [c if isinstance(c, EncodedCell) else encode_cell(c) for c in cells]
     record = write_tar_shard(root, source, shard_index, encoded, zarr_start)
-    write_zarr_shard(root, source, shard_index, zarr_start, [e.chunk for e in encoded])
+    write_zarr_shard(root, source, shard_index, zarr_start, [e.chunk for e in encoded], group)
     return record
 
 
-def _check_shard(root: Path, source: str, shard_index: int, n: int, zarr_start: int) -> str:
+def _check_shard(
+    root: Path, source: str, shard_index: int, n: int, zarr_start: int, group: tuple[int, int] | None = None
+) -> str:
     rel = shard_relpath(source, shard_index)
     if n == 0:
         raise ValueError(f"write_shard({source}, {shard_index}): no cells")
+    if is_variable(source):  # its groups' shard plan is checked against the manifest when finalising
+        if group is None:
+            raise ValueError(f"{rel}: {source} stores image groups; say which with group=(g, j)")
+        return rel
     per = zarr_store.cells_per_shard(zarr_store.open_images(root, source))
     if zarr_start != shard_index * per:
         raise ValueError(
@@ -133,12 +152,21 @@ def _check_shard(root: Path, source: str, shard_index: int, n: int, zarr_start: 
 
 
 def write_zarr_shard(
-    root: str | Path, source: str, shard_index: int, zarr_start: int, chunks: Sequence[bytes]
+    root: str | Path,
+    source: str,
+    shard_index: int,
+    zarr_start: int,
+    chunks: Sequence[bytes],
+    group: tuple[int, int] | None = None,
 ) -> None:
     """Write zarr shard ``shard_index`` of ``source`` (rows from ``zarr_start``, which must be the shard's
-    first row: one writer per zarr shard) from its cells' pre-encoded chunks (``EncodedCell.chunk``)."""
-    _check_shard(Path(root), source, shard_index, len(chunks), zarr_start)
-    zarr_store.write_encoded_shard(root, source, shard_index, chunks)
+    first row: one writer per zarr shard) from its cells' pre-encoded chunks (``EncodedCell.chunk``); for a
+    variable source, zarr shard ``j`` of group ``g`` (``group=(g, j)``)."""
+    _check_shard(Path(root), source, shard_index, len(chunks), zarr_start, group)
+    if group is None:
+        zarr_store.write_encoded_shard(root, source, shard_index, chunks)
+    else:
+        zarr_store.write_encoded_shard(root, source, group[1], chunks, group=group[0])
 
 
 def write_tar_shard(
@@ -151,7 +179,9 @@ def write_tar_shard(
     image). Written to a temp file and moved into place atomically, hashed on the way.
     """
     root = Path(root)
-    rel = _check_shard(root, source, shard_index, len(cells), zarr_start)
+    rel = _check_shard(
+        root, source, shard_index, len(cells), zarr_start, (0, 0) if is_variable(source) else None
+    )
     first = cells[0].record
     for cell in cells:
         rec = cell.record
@@ -166,9 +196,8 @@ def write_tar_shard(
             raise ValueError(
                 f"{where}: image {tuple(rec['shape'])} {rec['dtype']} {list(rec['channels'])} differs from "
                 "the shard's "
-                f"first cell {tuple(first['shape'])} {first['dtype']} {list(first['channels'])}; a source "
-                "needs one "
-                f"tile size and channel set"
+                f"first cell {tuple(first['shape'])} {first['dtype']} {list(first['channels'])}; a shard "
+                "holds one tile size and channel set"
             )
     path = root / rel
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -223,9 +252,9 @@ def _zarr_cells_per_shard(root: Path, source: str, fallback: int) -> int:
 
 
 def _check_rows(df: pd.DataFrame) -> None:
-    unknown = sorted(set(df["source"]) - set(SOURCE_KEYS))
+    unknown = sorted(set(df["source"]) - set(RELEASE_SOURCE_KEYS))
     if unknown:
-        raise ValueError(f"manifest rows with unknown source(s) {unknown}; valid: {SOURCE_KEYS}")
+        raise ValueError(f"manifest rows with unknown source(s) {unknown}; valid: {RELEASE_SOURCE_KEYS}")
     dup = df["cell_id"][df["cell_id"].duplicated()]
     if len(dup):
         raise ValueError(f"duplicate cell_id(s) in the release: {sorted(set(dup))[:10]}")
@@ -244,10 +273,11 @@ def finalize_release(
     config: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Write manifest.parquet, manifest.csv and release.json; record cell ids in each zarr store.
+    """Write manifest.parquet, manifest.csv and release.json; record a variable source's image groups in its
+    zarr collection (checked against where its rows' shards are).
 
     ``rows`` are the manifest rows of every cell (None: taken from ``shard_records``); they are ordered by
-    source (``SOURCE_KEYS``) then zarr row, which is the pipeline's order. ``config`` is the build
+    source (``RELEASE_SOURCE_KEYS``) then zarr row, which is the pipeline's order. ``config`` is the build
     configuration (its sha256 of canonical JSON goes to release.json); ``extra`` is stored verbatim under
     ``"extra"``. Returns the release.json path.
     """
@@ -259,7 +289,7 @@ def finalize_release(
     df = rows.copy() if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
     if df.empty:
         raise ValueError(f"finalize_release({root}): no manifest rows")
-    order = {s: i for i, s in enumerate(SOURCE_KEYS)}
+    order = {s: i for i, s in enumerate(RELEASE_SOURCE_KEYS)}
     df["_o"] = df["source"].map(order).fillna(len(order))
     df = df.sort_values(["_o", "zarr_row"], kind="stable").drop(columns="_o").reset_index(drop=True)
     _check_rows(df)
@@ -267,10 +297,12 @@ def finalize_release(
     missing = sorted(set(df["shard"]) - listed)
     if missing:
         raise ValueError(f"manifest rows point at shard(s) without a shard record: {missing[:5]}")
+    groups = {
+        str(src): _record_groups(root, str(src), part)
+        for src, part in df.groupby("source", sort=False)
+        if is_variable(str(src))
+    }
     parquet, csv = write_manifest(root, df)
-    for src, part in df.groupby("source", sort=False):
-        if zarr_store.zarr_path(root, str(src)).exists():
-            zarr_store.set_cell_ids(root, str(src), part["cell_id"].tolist())
     config = config or {}
     sources_info = {}
     for src, part in df.groupby("source", sort=False):
@@ -279,6 +311,16 @@ def finalize_release(
             (r for r in shard_records if r.source == src or r.path.startswith(f"shards/{src}/")),
             key=lambda r: r.path,
         )
+        if str(src) in groups:
+            sources_info[str(src)] = {
+                "variable": True,
+                "channels": sorted({c for text in part["channels"].unique() for c in parse_channels(text)}),
+                "groups": len(groups[str(src)]),
+                "dtype": sorted(part["dtype"].unique().tolist()),
+                "n_shards": len(recs),
+                "cells_per_shard": _group_cells_per_shard(root, str(src)),
+            }
+            continue
         sources_info[str(src)] = {
             "channels": list(parse_channels(first["channels"])),
             "height": int(first["height"]),
@@ -305,6 +347,27 @@ def finalize_release(
     tmp.write_text(canonical_json(release) + "\n", encoding="utf-8")
     os.replace(tmp, out)
     return out
+
+
+def _group_cells_per_shard(root: Path, source: str) -> int:
+    return zarr_store.cells_per_shard(zarr_store.open_images(root, source, group=0))
+
+
+def _record_groups(root: Path, source: str, part: pd.DataFrame) -> list[GroupPlan]:
+    """A variable source's groups from its manifest rows, checked against the tar shards its rows are in
+    (a group starts a new shard and its shards are consecutive), recorded in its zarr collection."""
+    per = _group_cells_per_shard(root, source)
+    groups = frame_groups(part.reset_index(drop=True), per)
+    index = part["shard"].str.extract(r"-(\d+)\.tar$")[0].astype(int).to_numpy()
+    expected = np.concatenate([[k for k, a, b, _ in g.shards(per) for _ in range(b - a)] for g in groups])
+    if not np.array_equal(index, expected):
+        bad = int(np.flatnonzero(index != expected)[0])
+        raise ValueError(
+            f"source {source}: row {bad} ({part['cell_id'].iloc[bad]}) is in tar shard {index[bad]}, but its "
+            f"image group puts it in shard {expected[bad]} (a shard may not cross a group)"
+        )
+    zarr_store.set_groups(root, source, [g.attrs() for g in groups])
+    return groups
 
 
 class ReleaseWriter:
@@ -334,17 +397,29 @@ class ReleaseWriter:
         self.root.mkdir(parents=True, exist_ok=True)
 
     def add_source(self, source: str, cells: Iterable[Cell]) -> int:
-        """Write every cell of ``source`` (in the given order); returns the number of cells written."""
+        """Write every cell of ``source`` (in the given order); returns the number of cells written.
+
+        A variable source's cells are stored in groups of consecutive cells that share study, channels and
+        size (:mod:`chammi_data.format.groups`): a group change ends the current shard early."""
         if source in self._sources:
             raise ValueError(f"source {source!r} was already added to this release")
         self._sources.add(source)
+        variable = is_variable(source)
+        if variable:
+            create_collection(self.root, source)
+        self._group: list[Any] = [-1, None, 0, 0]  # variable source: index, key, rows, shards written
+        self._shards = 0
         per, n = self.cells_per_shard, 0
         batch: list[EncodedCell] = []
         total = len(cells) if isinstance(cells, Sized) else None
         for cell in progress_bar(
             cells, desc=f"write {source}", unit="cell", total=total, disable=not self.progress
         ):
-            batch.append(encode_cell(cell))
+            encoded = encode_cell(cell)
+            if variable and batch and group_key(encoded.record) != group_key(batch[0].record):
+                self._flush(source, batch, n)
+                n, batch = n + len(batch), []
+            batch.append(encoded)
             if len(batch) == per:
                 self._flush(source, batch, n)
                 n, batch = n + len(batch), []
@@ -356,13 +431,32 @@ class ReleaseWriter:
     def _flush(self, source: str, batch: list[EncodedCell], start: int) -> None:
         first = batch[0].record
         c, h, w = first["shape"]
-        if start == 0:
-            create_zarr_array(
-                self.root, source, len(batch), first["channels"], (h, w), first["dtype"], self.cells_per_shard
-            )
+        shard, self._shards = self._shards, self._shards + 1
+        if not is_variable(source):
+            if start == 0:
+                create_zarr_array(
+                    self.root,
+                    source,
+                    len(batch),
+                    first["channels"],
+                    (h, w),
+                    first["dtype"],
+                    self.cells_per_shard,
+                )
+            else:
+                zarr_store.open_images(self.root, source, mode="r+").resize((start + len(batch), c, h, w))
+            self.records.append(write_shard(self.root, source, shard, batch, start))
+            return
+        g = self._group
+        if group_key(first) != g[1]:  # a new group: its own array in the collection
+            g[:] = [g[0] + 1, group_key(first), 0, 0]
+            args = (first["channels"], (h, w), first["dtype"], self.cells_per_shard)
+            create_zarr_array(self.root, source, len(batch), *args, group=g[0])
         else:
-            zarr_store.open_images(self.root, source, mode="r+").resize((start + len(batch), c, h, w))
-        self.records.append(write_shard(self.root, source, start // self.cells_per_shard, batch, start))
+            arr = zarr_store.open_images(self.root, source, mode="r+", group=g[0])
+            arr.resize((g[2] + len(batch), c, h, w))
+        self.records.append(write_shard(self.root, source, shard, batch, start, group=(g[0], g[3])))
+        g[2], g[3] = g[2] + len(batch), g[3] + 1
 
     def close(self, extra: dict[str, Any] | None = None) -> Path:
         """Write the manifest and release.json; returns the release.json path."""

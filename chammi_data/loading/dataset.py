@@ -23,8 +23,8 @@ import chammi_data.format.zarr_store as zarr_store
 from chammi_data.format.codec import CorruptSampleError
 from chammi_data.format.manifest import read_manifest, sources_in
 from chammi_data.format.release_format import parse_channels, sample_from_row, select_rows, to_float_tensor
-from chammi_data.format.shards import ShardReader, check_image
-from chammi_data.format.vocab import source_info
+from chammi_data.format.shards import ShardReader, add_guidance, check_image
+from chammi_data.format.vocab import is_variable, source_info
 from chammi_data.format.zarr_store import open_zarr_images
 from chammi_data.store.storage import OnRelease, ReleaseStore, open_store, require_store
 
@@ -36,9 +36,11 @@ class ReleaseDataset(OnRelease, Dataset):
 
     ``image`` is a float32 tensor (C, H, W) scaled to [0, 1] (uint8 / 255, uint16 / 65535); ``meta`` is the
     source's provenance plus ``train_test_split``, ``tasks`` and ``row`` (the row within its source's
-    manifest = feature row), without overwriting the source's own keys. ``backend`` picks the tar shards
-    (one read per cell at its manifest offset: a ``pread`` locally, a ranged request remotely) or the zarr
-    stores. ``store`` is the release's :class:`~chammi_data.store.storage.ReleaseStore` (``load`` opens it).
+    manifest = feature row), without overwriting the source's own keys. A CHAMMI-75 image is whole, with
+    its cells in ``meta["centroids"]`` ((N, 2) int32, x and y; ``cell_sizes`` when known). ``backend``
+    picks the tar shards (one read per cell at its manifest offset: a ``pread`` locally, a ranged request
+    remotely) or the zarr stores. ``store`` is the release's :class:`~chammi_data.store.storage.ReleaseStore`
+    (``load`` opens it).
     ``verify``: None checks every read (frame checksums, sha256 where a frame has none), True always checks
     the pixels' sha256 against the manifest.
     """
@@ -99,7 +101,13 @@ class ReleaseDataset(OnRelease, Dataset):
         if not -len(self) <= i < len(self):
             raise IndexError(f"index {i} out of range for a dataset of {len(self)} cells")
         i = i % len(self)
-        sample = sample_from_row(self._records[i], to_float_tensor(self.read_array(i)))
+        row = self._records[i]
+        if self.backend == "shards" and is_variable(row["source"]):  # its cells come with the pixels
+            image, guidance = self._reader.read_member(row, verify=self.verify)
+            sample = sample_from_row(row, to_float_tensor(image))
+            add_guidance(sample["meta"], guidance)
+        else:
+            sample = sample_from_row(row, to_float_tensor(self.read_array(i)))
         return self.transform(sample) if self.transform is not None else sample
 
     def plot(self, sample: int | Mapping[str, Any], suptitle: str | None = None, show_titles: bool = True):

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from chammi_data.format.vocab import SOURCES
+from chammi_data.format.vocab import SOURCES, vocabulary
 from chammi_data.store.paths import configs_dir
 
 
@@ -28,6 +28,8 @@ class ModelConfig:
     """Which zoo model to build (``chammi_models.create_model`` arguments)."""
 
     name: str = "depthwise"  #: registered strategy name
+    #: channel vocabulary the model has weights for: chammi (CHAMMI's 8 names), chammi75, all, or a list
+    vocabulary: str | list[str] = "chammi"
     backbone: str = "convnext_tiny"  #: timm trunk
     pretrained: str | None = None  #: timm weight tag, e.g. convnext_tiny.fb_in22k (must be cached locally)
     options: dict[str, Any] = field(default_factory=dict)  #: extra keyword options for the strategy
@@ -127,6 +129,10 @@ class TrainConfig:
     def validate(self) -> TrainConfig:
         """Check value ranges and names; raise ``ValueError`` naming the key."""
         d, o, lo, r = self.data, self.optim, self.loss, self.run
+        try:
+            vocabulary(self.model.vocabulary)
+        except (KeyError, ValueError) as exc:
+            raise ValueError(f"config {self.name!r}: model.vocabulary: {exc.args[0]}") from None
         for key, sources in (("data.train_sources", d.train_sources), ("data.eval_sources", d.eval_sources)):
             bad = [s for s in sources if s not in SOURCES]
             if bad or not sources:
@@ -189,7 +195,12 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], key)
+        for i, option in enumerate(inner):  # the first member type the value fits (str | list[str], ...)
+            try:
+                return _coerce(value, option, key)
+            except ValueError:
+                if i == len(inner) - 1:
+                    raise
     if hint is Any:
         return value
     if origin is list:

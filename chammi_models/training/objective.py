@@ -62,7 +62,12 @@ def build_model(config: TrainConfig, num_classes: int) -> nn.Module:
     if config.loss.proxy_temperature is not None:
         options["temperature"] = config.loss.proxy_temperature
     return create_model(
-        m.name, backbone=m.backbone, pretrained=m.pretrained, num_classes=num_classes, **options
+        m.name,
+        channels=m.vocabulary,
+        backbone=m.backbone,
+        pretrained=m.pretrained,
+        num_classes=num_classes,
+        **options,
     )
 
 

@@ -76,6 +76,22 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | N
     return config
 
 
+def parse_settings(settings: list[str]) -> dict[str, Any]:
+    """``["chammi75.metadata=small", "cells_per_shard=32"]`` -> a nested overrides mapping; each value is
+    parsed as YAML (lists, numbers, null). ``ValueError`` for an item without ``=`` or a key."""
+    out: dict[str, Any] = {}
+    for item in settings:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set {item!r}: expected SECTION.KEY=VALUE, e.g. chammi75.metadata=small")
+        *path, last = key.strip().split(".")
+        node = out
+        for part in path:
+            node = node.setdefault(part, {})
+        node[last] = yaml.safe_load(raw) if raw.strip() else None
+    return out
+
+
 def config_hash(config: Mapping[str, Any]) -> str:
     """sha256 of the canonical JSON of ``config``."""
     return hashlib.sha256(canonical_json(dict(config)).encode()).hexdigest()

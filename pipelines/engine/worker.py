@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from chammi_data.format.schema import Cell
-from chammi_data.format.vocab import SOURCES
+from chammi_data.format.vocab import SOURCES, is_variable
 from pipelines.engine.spill import write_spill
 from pipelines.sources.base import Skipped, Unit, UnitResult, UnitSkip
 from pipelines.sources.registry import shared_pipeline
@@ -23,14 +23,16 @@ from pipelines.sources.registry import shared_pipeline
 
 def check_cells(result: UnitResult, unit: Unit, makes: tuple[str, ...], kind: str = "cells") -> UnitResult:
     """Keep cells that fit their source's tile and channels; the rest become skips of ``kind`` (wrong
-    shape...)."""
+    shape...). A variable source's cells may have any size; their channels were checked by ``Cell``."""
     good: list[Cell] = []
     skipped = list(result.skipped)
     for cell in result.cells:
         info = SOURCES.get(cell.source)
         problem = ""
-        if cell.source not in makes or info is None:
+        if cell.source not in makes or (info is None and not is_variable(cell.source)):
             problem = f"cell source {cell.source!r} not made by this pipeline ({sorted(makes)})"
+        elif info is None:
+            pass
         elif cell.channels != info.channels:
             problem = f"channels {list(cell.channels)} != {cell.source} channels {list(info.channels)}"
         elif cell.image.shape[1:] != info.tile_hw:

@@ -14,10 +14,13 @@ PIPELINES: dict[str, str] = {
     "hpa": "pipelines.sources.hpa.pipeline:HPAPipeline",
     "cp": "pipelines.sources.cp.pipeline:CPPipeline",
     "chammi": "pipelines.sources.official.pipeline:OfficialPipeline",
+    "chammi75": "pipelines.sources.chammi75.pipeline:Chammi75Pipeline",
 }
 
 #: the raw sources that ``--source all`` builds into one release, in canonical order
 RAW_SOURCES: tuple[str, ...] = ("wtc11", "hpa", "cp")
+#: the pipelines with embedded sample raw data (``chammi-build synth --source NAME``)
+SAMPLE_SOURCES: tuple[str, ...] = (*RAW_SOURCES, "chammi75")
 
 
 def list_pipelines() -> list[str]:
