@@ -111,6 +111,18 @@ def _as_list(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return batch
 
 
+def _check_channels(model: nn.Module, channel_sets: Sequence[str], bag_of_channels: bool) -> None:
+    """Fail before the first image when the model cannot take the release's channel names (as the model's
+    own check would at the first batch: unknown names, an unseen channel set)."""
+    check = getattr(model, "channel_names", None)
+    if check is None:
+        return
+    for text in channel_sets:
+        names = tuple(str(text).split(","))
+        for group in [(n,) for n in names] if bag_of_channels else [names]:
+            check(torch.zeros(1, len(group), 1, 1), group)
+
+
 @torch.no_grad()
 def embed_release(
     model: nn.Module,
@@ -134,6 +146,7 @@ def embed_release(
 
     store = open_store(release)
     rows = release_rows(store, name)
+    _check_channels(model, rows["channels"].unique(), bag_of_channels)
     ds = ReleaseDataset(store, rows, transform=benchmark_transform(name, image_size, stats))
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=_as_list)

@@ -3,7 +3,7 @@
 The seven CPJUMP1 compound plates, each ``<plate>/sc-metadata.csv`` (DeepProfiler's columns: index, Key,
 Image_Name, Nuclei_Location_Center_X/Y, Target, Metadata_broad_sample, val) and its cells as 8-bit tape PNGs
 (160 x 800: nucleus, er, rna, agp, mitochondria). Per plate: DMSO wells (empty ``Metadata_broad_sample``)
-and one well of each of six JUMP-Target-1 compounds, two cells per well. Quirks the adapter must name: a row
+and one well of each of six JUMP-Target-1 compounds, one cell per well. Quirks the adapter must name: a row
 whose image is missing, a row whose Key names another plate.
 
 Planted signal: four compounds are active (two pairs, each pair sharing a target in the annotations, each
@@ -21,7 +21,7 @@ import pandas as pd
 from chammi_data.evaluation.benchmarks.base import reference_table
 from pipelines.sources.benchmarks.jumpcp.pipeline import PLATES
 
-WIDTH, CHANNELS, DMSO_WELLS, CELLS = 160, 5, 3, 2
+WIDTH, CHANNELS, DMSO_WELLS, CELLS = 160, 5, 3, 1
 
 
 def _compounds() -> tuple[list[str], list[str]]:
