@@ -82,6 +82,21 @@ def parse_pairs(items: list[str], flag: str) -> dict[str, Any]:
 
 def main_benchmark(args: argparse.Namespace) -> int:
     """Embed (or read) features, score, write the results; print the headline."""
+    import os
+
+    before = os.environ.get("TQDM_DISABLE")
+    if args.quiet:  # the scorers' libraries (copairs) draw tqdm bars of their own
+        os.environ["TQDM_DISABLE"] = "1"
+    try:
+        return _run(args)
+    finally:  # the environment as it was (a caller in the same process keeps its bars)
+        if before is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = before
+
+
+def _run(args: argparse.Namespace) -> int:
     from chammi_data.store.paths import default_release_location
     from chammi_models.benchmark_embed import run_benchmark
 

@@ -81,6 +81,7 @@ def score_features(
     """
     bench = get_benchmark(name)
     store = open_store(release)
+    feats: Any  # {source: array} for chammi, one array for the others
     if bench.name == "chammi":
         feats, problems, info = _chammi_features(features, store)
     else:
