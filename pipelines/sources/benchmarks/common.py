@@ -34,7 +34,7 @@ import pandas as pd
 from chammi_data.format.release_format import VALIDATION, canonical_json
 from chammi_data.format.vocab import TASK_COLUMNS, to_names
 from chammi_data.store.storage import ReleaseStore, RemoteReadError, open_store
-from pipelines.sources.base import SourcePipeline
+from pipelines.sources.base import SourcePipeline, Unit
 from pipelines.sources.chammi75.pipeline import storage_options
 from pipelines.steps.rawio import ImageHeader, ImageTooLarge, check_size, png_header_bytes
 
@@ -121,9 +121,23 @@ def read_table(
     return table
 
 
+def read_image(store: ReleaseStore, rel: str, what: str, max_pixels: int, option: str) -> np.ndarray:
+    """The image file ``rel`` of the input decoded (:func:`decode_image`); a missing file is an
+    :class:`ItemSkip` (``missing <what>``) naming it."""
+    data = read_or_none(store, rel, what)
+    if data is None:
+        raise ItemSkip(f"missing {what}", store.path(rel))
+    return decode_image(data, store.path(rel), max_pixels, option)
+
+
 def decode_image(data: bytes, where: str, max_pixels: int, option: str) -> np.ndarray:
-    """A PNG or TIFF (recognised by content) as an array, its header checked against ``max_pixels`` before a
-    pixel is decoded; (H, W) for a grey image, (H, W, S) for S samples per pixel. Raises :class:`ItemSkip`."""
+    """A PNG or TIFF (recognised by content) as uint8 / uint16 pixels (:func:`integer_image`), its header
+    checked against ``max_pixels`` before a pixel is decoded; (H, W) for a grey image, (H, W, S) for S
+    samples per pixel. Raises :class:`ItemSkip` naming ``where``."""
+    return integer_image(_decode(data, where, max_pixels, option), where)
+
+
+def _decode(data: bytes, where: str, max_pixels: int, option: str) -> np.ndarray:
     try:
         if data[:8] == _PNG:
             header = png_header_bytes(data[:26])
@@ -164,6 +178,14 @@ def integer_image(array: np.ndarray, where: str) -> np.ndarray:
 def chunks(items: Sequence[Any], size: int) -> list[list[Any]]:
     """``items`` cut into consecutive lists of at most ``size``."""
     return [list(items[i : i + size]) for i in range(0, len(items), max(1, int(size)))]
+
+
+def item_units(source: str, prefix: str, root: str, key: str, items: Sequence[Any], per: int) -> list[Unit]:
+    """``items`` cut into units of ``per`` (ids ``<prefix>-000000``...), payloads ``{"root", key: items}``."""
+    return [
+        Unit(source, f"{prefix}-{k:06d}", {"root": root, key: part}, items=len(part))
+        for k, part in enumerate(chunks(items, per))
+    ]
 
 
 def check_channel_list(value: Any, key: str, count: int | None = None) -> tuple[str, ...]:

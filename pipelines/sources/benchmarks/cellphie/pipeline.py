@@ -36,8 +36,8 @@ from pipelines.sources.benchmarks.common import (
     TEST_PREFIX,
     BenchmarkPipeline,
     check_channel_list,
-    chunks,
     input_store,
+    item_units,
     read_table,
     resolve_root,
 )
@@ -101,10 +101,7 @@ class CellPHIEPipeline(BenchmarkPipeline):
                 skipped.append(Skipped(self.name, "discover", str(exc), store.path(CELLS), i, kind="cells"))
                 continue
             items.append([i, {**{c: row[c] for c in COLUMNS}, "train": train}])
-        units = [
-            Unit(self.name, f"cells-{k:06d}", {"root": root, "cells": part}, items=len(part))
-            for k, part in enumerate(chunks(items, opts["items_per_unit"]))
-        ]
+        units = item_units(self.name, "cells", root, "cells", items, opts["items_per_unit"])
         return Discovery(units, skipped, found={"cells": len(table)})
 
     def process(self, unit: Unit, opts: dict[str, Any]) -> UnitResult:

@@ -34,11 +34,9 @@ from pipelines.sources.benchmarks.common import (
     BenchmarkPipeline,
     ItemSkip,
     check_channel_list,
-    chunks,
-    decode_image,
     input_store,
-    integer_image,
-    read_or_none,
+    item_units,
+    read_image,
     read_table,
     resolve_root,
 )
@@ -102,10 +100,7 @@ class HPAv23Pipeline(BenchmarkPipeline):
                 "cell_id": cell,
             }
             items.append([i, rel, meta])
-        units = [
-            Unit(self.name, f"cells-{k:06d}", {"root": root, "cells": part}, items=len(part))
-            for k, part in enumerate(chunks(items, opts["items_per_unit"]))
-        ]
+        units = item_units(self.name, "cells", root, "cells", items, opts["items_per_unit"])
         return Discovery(units, skipped, found={"cells": len(table)})
 
     def process(self, unit: Unit, opts: dict[str, Any]) -> UnitResult:
@@ -115,12 +110,8 @@ class HPAv23Pipeline(BenchmarkPipeline):
         for row, rel, meta in unit.payload["cells"]:
             where = store.path(rel)
             try:
-                data = read_or_none(store, rel, "cell image")
-                if data is None:
-                    raise ItemSkip("missing cell image", where)
-                pixels = integer_image(
-                    decode_image(data, where, opts["max_image_pixels"], "hpav23.max_image_pixels"), where
-                )
+                limit = opts["max_image_pixels"]
+                pixels = read_image(store, rel, "cell image", limit, "hpav23.max_image_pixels")
                 if pixels.ndim != 3 or pixels.shape[2] != len(names):
                     raise ItemSkip(f"image is {pixels.shape}, not (H, W, {len(names)}) samples", where)
             except ItemSkip as exc:

@@ -43,7 +43,6 @@ from pipelines.sources.benchmarks.common import (
     chunks,
     decode_image,
     input_store,
-    integer_image,
     read_or_none,
     read_table,
     resolve_root,
@@ -302,11 +301,7 @@ class _PlateReader:
         planes = []
         for f in files:
             where = self.where(f)
-            plane = np.squeeze(
-                integer_image(
-                    decode_image(self.read(f), where, max_pixels, "idr0017.max_image_pixels"), where
-                )
-            )
+            plane = np.squeeze(decode_image(self.read(f), where, max_pixels, "idr0017.max_image_pixels"))
             if plane.ndim != 2:
                 raise ItemSkip(f"channel file is {plane.shape}, not one plane", where)
             if planes and plane.shape != planes[0].shape:

@@ -45,10 +45,8 @@ from pipelines.sources.benchmarks.common import (
     ItemSkip,
     check_channel_list,
     chunks,
-    decode_image,
     input_store,
-    integer_image,
-    read_or_none,
+    read_image,
     read_table,
     resolve_root,
 )
@@ -151,14 +149,8 @@ class JUMPCPPipeline(BenchmarkPipeline):
         for row, rel, meta in p["cells"]:
             where = store.path(rel)
             try:
-                data = read_or_none(store, rel, "cell image")
-                if data is None:
-                    raise ItemSkip("missing cell image", where)
-                tape = np.squeeze(
-                    integer_image(
-                        decode_image(data, where, opts["max_image_pixels"], "jumpcp.max_image_pixels"), where
-                    )
-                )
+                limit = opts["max_image_pixels"]
+                tape = np.squeeze(read_image(store, rel, "cell image", limit, "jumpcp.max_image_pixels"))
                 if tape.ndim != 2 or tape.shape[1] != tiles * width:
                     raise ItemSkip(
                         f"tape is {tape.shape}, not (H, {tiles} x {width}) for channels {', '.join(names)}",

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from chammi_data.evaluation.benchmarks.rbc_mc import CLASSES, EXCLUDED
 from chammi_data.format.schema import Cell, make_cell_id
 from pipelines.sources.base import Discovery, Skipped, Unit, UnitResult
 from pipelines.sources.benchmarks.common import (
@@ -34,26 +35,15 @@ from pipelines.sources.benchmarks.common import (
     BenchmarkPipeline,
     ItemSkip,
     check_channel_list,
-    chunks,
-    decode_image,
     input_store,
-    integer_image,
-    read_or_none,
+    item_units,
+    read_image,
     resolve_root,
 )
 
+#: The sites are the layout's top folders (training and test sites of the protocol); the classes and the
+#: excluded class are the scorer's (``chammi_data.evaluation.benchmarks.rbc_mc``).
 SITES = ("Swiss", "Canadian")
-#: The seven classes of the protocol (as ``chammi_data.evaluation.benchmarks.rbc_mc.CLASSES``).
-CLASSES = (
-    "CrenatedDisc",
-    "CrenatedDiscoid",
-    "CrenatedSphere",
-    "CrenatedSpheroid",
-    "Side",
-    "SmoothDisc",
-    "SmoothSphere",
-)
-EXCLUDED = "Undecidable"
 PATTERN = "**/*.ome.tif"
 
 
@@ -95,10 +85,7 @@ class RBCMCPipeline(BenchmarkPipeline):
                     skipped.append(Skipped(self.name, "discover", reason, store.path(rel), kind="images"))
                 else:
                     items.append([rel, site, label])
-        units = [
-            Unit(self.name, f"images-{k:06d}", {"root": root, "items": part}, items=len(part))
-            for k, part in enumerate(chunks(items, opts["items_per_unit"]))
-        ]
+        units = item_units(self.name, "images", root, "items", items, opts["items_per_unit"])
         return Discovery(units, skipped, found={"images": len(items) + len(skipped)})
 
     def process(self, unit: Unit, opts: dict[str, Any]) -> UnitResult:
@@ -108,13 +95,8 @@ class RBCMCPipeline(BenchmarkPipeline):
         for rel, site, label in unit.payload["items"]:
             where = store.path(rel)
             try:
-                data = read_or_none(store, rel, "image")
-                if data is None:
-                    raise ItemSkip("missing image file", where)
-                plane = integer_image(
-                    decode_image(data, where, opts["max_image_pixels"], "rbc_mc.max_image_pixels"), where
-                )
-                plane = np.squeeze(plane)
+                limit = opts["max_image_pixels"]
+                plane = np.squeeze(read_image(store, rel, "image file", limit, "rbc_mc.max_image_pixels"))
                 if plane.ndim != 2:
                     raise ItemSkip(f"image is {plane.shape}, not one bright-field plane", where)
             except ItemSkip as exc:
