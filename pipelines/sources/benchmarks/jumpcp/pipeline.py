@@ -91,16 +91,10 @@ class JUMPCPPipeline(BenchmarkPipeline):
             raise ValueError(f"config jumpcp.mask_tile must be true or false, got {opts['mask_tile']!r}")
 
     def discover(self, input_dir: Path | str, opts: dict[str, Any]) -> Discovery:
-        root = resolve_root(input_dir, opts, lambda s: bool(s.glob(f"*/{TABLE}")))
+        root = resolve_root(input_dir, opts, lambda s: bool(_plate_tables(s, opts["plates"])))
         store = input_store(root, opts)
-        tables = store.glob(f"*/{TABLE}") or []
-        present = sorted(t.split("/")[0] for t in tables)
+        present = _plate_tables(store, opts["plates"])
         wanted = opts["plates"] or present
-        missing = [p for p in wanted if p not in present]
-        if missing and opts["plates"] and all(p not in present for p in wanted):
-            raise FileNotFoundError(
-                f"{store}: none of the plates {wanted} has a {TABLE} (found: {present or 'none'})"
-            )
         annotations = _annotations()
         units, skipped, n_cells = [], [], 0
         for plate in wanted:
@@ -174,6 +168,14 @@ class JUMPCPPipeline(BenchmarkPipeline):
                 )
             )
         return UnitResult(cells, skipped)
+
+
+def _plate_tables(store: Any, plates: list[str]) -> list[str]:
+    """The plates of ``plates`` that have a table (checked one by one: works where nothing can be listed,
+    e.g. over HTTP), or with ``plates == []`` every ``*/sc-metadata.csv`` found."""
+    if plates:
+        return [p for p in plates if store.exists(f"{p}/{TABLE}")]
+    return sorted(t.split("/")[0] for t in store.glob(f"*/{TABLE}") or [])
 
 
 def _annotations() -> dict[str, tuple[str, str]]:
