@@ -76,7 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--input",
         default=None,
         help="raw folder (with --source all: DIR/wtc11, DIR/hpa, DIR/cp); for chammi75 the CHAMMI-75 root, "
-        "a folder or a URL such as s3://chammi-data/CHAMMI-75; default: generate the embedded sample data",
+        "a folder or a URL such as s3://chammi-data/CHAMMI-75; for a benchmark (rbc_mc, idr0017, cellphie, "
+        "jumpcp, hpav23) its test data or a folder/URL above it (found under the NAME.prefix option); "
+        "default: generate the embedded sample data",
     )
     p.add_argument("--output", default=None, help=f"release folder (default {default_release_location()})")
     p.add_argument("--workers", type=int, default=2, help="local dask workers (processes, 1 thread each)")
