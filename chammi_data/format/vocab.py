@@ -224,8 +224,17 @@ class VariableSourceInfo:
 
 
 #: Sources a release may hold besides CHAMMI's three: they are stored and streamed, never scored by CPS.
+#: Besides CHAMMI-75's training images, the test sets of its benchmark suite (one release source per
+#: benchmark, keyed by its build source name; ``chammi_data.evaluation.benchmarks`` scores them): their
+#: channels are CHAMMI-75 types and their image sizes vary (RBC-MC images, IDR0017 patches), so they are
+#: stored as image groups like CHAMMI-75.
 VARIABLE_SOURCES: dict[str, VariableSourceInfo] = {
     "chammi75": VariableSourceInfo("chammi75", "CHAMMI-75", CHAMMI75_CHANNELS),
+    "rbc_mc": VariableSourceInfo("rbc_mc", "RBC-MC", CHAMMI75_CHANNELS),
+    "idr0017": VariableSourceInfo("idr0017", "IDR0017", CHAMMI75_CHANNELS),
+    "cellphie": VariableSourceInfo("cellphie", "CellPHIE", CHAMMI75_CHANNELS),
+    "jumpcp": VariableSourceInfo("jumpcp", "JUMP-CP", CHAMMI75_CHANNELS),
+    "hpav23": VariableSourceInfo("hpav23", "HPAv23", CHAMMI75_CHANNELS),
 }
 #: Every source key a release may hold, in release order (CHAMMI's three first).
 RELEASE_SOURCE_KEYS: tuple[str, ...] = SOURCE_KEYS + tuple(VARIABLE_SOURCES)
