@@ -84,7 +84,7 @@ def _cell(k: int, study: str, channels: tuple[str, ...], hw: tuple[int, int]) ->
 def test_cells_and_guidance_are_checked_when_made():
     with pytest.raises(ValueError, match="are not CHAMMI-75 channel types"):
         _cell(0, "s", ("mito",), (8, 8))
-    with pytest.raises(ValueError, match="only images of chammi75 carry guidance"):
+    with pytest.raises(ValueError, match="only images of chammi75(, [a-z_0-9]+)* carry guidance"):
         Cell(IMG, ("nucleus", "er"), "cp", "DMSO", "cp-x", guidance=CELLS)
     with pytest.raises(ValueError, match="outside the 12 x 9 image"):
         Cell(IMG, ("nucleus", "er"), "chammi75", "", "c-x", guidance=Guidance(np.array([[12, 0]], np.int32)))
