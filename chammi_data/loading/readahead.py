@@ -71,8 +71,8 @@ class RangeReadahead:
     def __init__(self, store: ReleaseStore, ranges: Sequence[ByteRange], depth: int = 2) -> None:
         self.store, self.ranges, self.depth = store, list(ranges), max(0, int(depth))
 
-    def _fetch(self, r: ByteRange) -> bytes:
-        data = self.store.read_range(r.shard, r.start, r.end - r.start)
+    def _fetch(self, r: ByteRange) -> bytes | memoryview:
+        data = self.store.read_range_view(r.shard, r.start, r.end - r.start)
         if len(data) != r.end - r.start:
             from chammi_data.format.shards import ShardFormatError
 
@@ -88,7 +88,7 @@ class RangeReadahead:
                 yield r, self._fetch(r)
             return
         pool = _DaemonPool(self.depth)
-        pending: deque[tuple[ByteRange, Future[bytes]]] = deque()
+        pending: deque[tuple[ByteRange, Future[bytes | memoryview]]] = deque()
         todo = iter(self.ranges)
         try:
             for r in todo:

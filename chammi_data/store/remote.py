@@ -23,6 +23,7 @@ Every remote request of a :class:`~chammi_data.store.storage.ReleaseStore` goes 
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import os
@@ -125,7 +126,7 @@ def call_fs(fs: Any, method: str, *args: Any, limit: float | None = None, **kwar
     """``fs.<method>(*args, **kwargs)``, cancelled after ``limit`` seconds for an async filesystem (its
     coroutine ``_<method>`` runs on fsspec's loop under ``asyncio.wait_for``). A synchronous filesystem
     cannot be cancelled from outside: its own timeouts apply."""
-    if getattr(fs, "async_impl", False) and hasattr(fs, f"_{method}"):
+    if getattr(fs, "async_impl", False) and inspect.iscoroutinefunction(getattr(fs, f"_{method}", None)):
         from fsspec.asyn import sync
 
         return sync(fs.loop, getattr(fs, f"_{method}"), *args, timeout=max(limit or 0.0, 1e-3), **kwargs)

@@ -3,12 +3,9 @@ cache.
 
 A release is named by a *location*: a local path, ``file://``, ``s3://``, ``gs://``, ``http(s)://``, any other
 fsspec URL, or an ``fsspec`` mapper. :class:`ReleaseStore` is the one object every reader uses to get at its
-files, so a reader never calls ``open``/``os.pread`` on a release itself:
-
-- :meth:`~ReleaseStore.read_bytes` (whole small files: manifest, release.json),
-  :meth:`~ReleaseStore.read_range` (one cell: a ``pread`` locally, one ranged GET remotely),
-  :meth:`~ReleaseStore.read_shard` (a whole shard in one streaming GET) and :meth:`~ReleaseStore.local_path`
-  (a shard as a local file, from the cache);
+files (a reader never calls ``open``/``os.pread`` on a release itself): ``read_bytes`` (whole small files),
+``read_range`` (one cell: a ``pread`` locally, one ranged GET remotely), ``read_shard`` (a whole shard) and
+``local_path`` (a shard as a local file, from the cache);
 - every remote request has a deadline and is retried with exponential backoff on timeouts, connection resets
   and 5xx answers (:mod:`chammi_data.store.remote`: ``RetryPolicy``, ``$CHAMMI_REMOTE_TIMEOUT_S``,
   ``$CHAMMI_REMOTE_DEADLINE_S``); a stalled or dead server becomes one :class:`RemoteReadError` naming the
@@ -215,7 +212,7 @@ class ReleaseStore:
         self, what: str, rel: str, method: str, *args: Any, nbytes: int | None = None, **kw: Any
     ) -> Any:
         """``fs.<method>(<path of rel>, *args, **kw)`` under the store's :class:`RetryPolicy`."""
-        path = self._remote_path(rel)
+        path = self.fs._strip_protocol(self.path(rel))
         return call_with_retries(
             self.retry,
             self.path(rel),
@@ -224,9 +221,6 @@ class ReleaseStore:
             self.credentials,
             nbytes,
         )
-
-    def _remote_path(self, rel: str) -> str:
-        return self.fs._strip_protocol(self.path(rel))
 
     # -- reads -----------------------------------------------------------------------------------------------
     def exists(self, rel: str) -> bool:
@@ -256,10 +250,24 @@ class ReleaseStore:
                 return fh.read()
         return self._remote(what, rel, "cat_file", nbytes=nbytes)
 
-    def read_range(self, rel: str, offset: int, length: int) -> bytes | memoryview:
+    def open(self, rel: str, block_size: int = 8 << 20) -> Any:
+        """A binary file object for reading ``rel`` front to back (a large table, parsed as a stream): the
+        file itself locally; remotely an fsspec file reading ``block_size`` bytes per request (opening it is
+        retried like every remote call; its reads have the client's per-request timeouts). Close it after
+        use."""
+        if self.is_local:
+            return open(self.path(rel), "rb")  # noqa: SIM115 (the caller closes it)
+        return self._remote("open", rel, "open", "rb", block_size=block_size)
+
+    def read_range(self, rel: str, offset: int, length: int) -> bytes:
         """``length`` bytes of ``rel`` from ``offset``: a ``pread`` locally (descriptors kept open), one
-        ranged request remotely (a ``memoryview`` of obstore's buffer: no copy), or a ``pread`` of the cached
-        shard when a cache is set. Short reads are not padded."""
+        ranged request remotely, or a ``pread`` of the cached shard when a cache is set. Short reads are not
+        padded."""
+        data = self.read_range_view(rel, offset, length)
+        return data if isinstance(data, bytes) else bytes(data)
+
+    def read_range_view(self, rel: str, offset: int, length: int) -> bytes | memoryview:
+        """:meth:`read_range` without copying obstore's buffer (a ``memoryview`` of it), for hot paths."""
         if not self.is_local and self.cache_dir is not None and rel.endswith(".tar"):
             return self._pread(str(self.local_path(rel)), offset, length)
         if self.is_local:
@@ -351,7 +359,7 @@ class ReleaseStore:
             return sorted(p.relative_to(root).as_posix() for p in root.glob(pattern) if p.is_file())
         if self.protocol in ("http", "https"):
             return None
-        base = self._remote_path("").rstrip("/")
+        base = self.fs._strip_protocol(self.path("")).rstrip("/")
         found = call_with_retries(
             self.retry,
             self.path(pattern),

@@ -50,14 +50,14 @@ class ReleaseZarrStore(Store):
             if byte_range is None:
                 return self.store.read_bytes(rel)
             if isinstance(byte_range, RangeByteRequest):
-                return self.store.read_range(rel, byte_range.start, byte_range.end - byte_range.start)
+                return self.store.read_range_view(rel, byte_range.start, byte_range.end - byte_range.start)
             if isinstance(byte_range, SuffixByteRequest):
                 return self.store.read_suffix(rel, byte_range.suffix)
             if isinstance(byte_range, OffsetByteRequest):
                 size = self.store.size(rel)
                 if size is None:
                     return self.store.read_bytes(rel)[byte_range.offset :]
-                return self.store.read_range(rel, byte_range.offset, max(0, size - byte_range.offset))
+                return self.store.read_range_view(rel, byte_range.offset, max(0, size - byte_range.offset))
         except RemoteObjectError as exc:
             if exc.missing:
                 return None

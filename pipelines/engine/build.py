@@ -31,7 +31,7 @@ from typing import Any
 from chammi_data.store.paths import default_release_location
 from pipelines.engine.build_config import config_hash, load_config, source_options
 from pipelines.engine.cluster import start_cluster
-from pipelines.engine.inputs import input_dirs
+from pipelines.engine.inputs import input_dirs, is_url
 from pipelines.engine.ledger import SourceLedger
 from pipelines.engine.output import STAGING, WORK, OutputLock, clear_leftovers, finish_output, publish
 from pipelines.engine.report import BuildResult
@@ -73,9 +73,8 @@ def build(
     with OutputLock(out):
         clear_leftovers(out)
         work = out / WORK
-        dirs = input_dirs(
-            pipelines, options, Path(input_dir) if input_dir is not None else None, work, seed, progress
-        )
+        source_dir = input_dir if input_dir is None or is_url(input_dir) else Path(input_dir)
+        dirs = input_dirs(pipelines, options, source_dir, work, seed, progress)
         timings: dict[str, float] = {}
         ledgers: dict[str, SourceLedger] = {}
         # discover first: a missing table fails before any cluster starts
@@ -151,7 +150,8 @@ class _BuildRun:
         ``units_per_task``."""
         from chammi_data.progress import progress as progress_bar
 
-        options_hash = config_hash(ledger.options)
+        codec = self.cfg.get("codec", "zstd")  # the member codec: a spill of another codec is recomputed
+        options_hash = config_hash(ledger.options if codec == "zstd" else {**ledger.options, "codec": codec})
         todo: list[tuple[Unit, str, str]] = []
         for unit in ledger.units:
             path, key = ledger.spill_path(unit), spill_key(ledger.name, unit, options_hash)
@@ -165,7 +165,7 @@ class _BuildRun:
         per_task = max(1, int(ledger.pipeline.units_per_task))
         for i in range(0, len(todo), per_task):
             fut = self.client.submit(
-                run_units, ledger.name, todo[i : i + per_task], ledger.options, pure=False
+                run_units, ledger.name, todo[i : i + per_task], ledger.options, codec, pure=False
             )
             self.owner[fut] = ledger.name
         ledger.tasks_left = -(-len(todo) // per_task)

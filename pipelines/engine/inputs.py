@@ -1,5 +1,6 @@
 """Where each pipeline of a build reads from: ``--input DIR`` itself, ``DIR/<name>``, or the generated
-sample."""
+sample. An input URL (``s3://...``) is passed to the pipelines as it is: a pipeline that reads its input
+through ``chammi_data.store`` (CHAMMI-75) reads it remotely; the others need a folder."""
 
 from __future__ import annotations
 
@@ -10,14 +11,20 @@ from typing import Any
 from pipelines.sources.base import SourcePipeline
 
 
+def is_url(location: str | Path) -> bool:
+    """True for a location with a scheme other than ``file://`` (``s3://``, ``gs://``, ``https://``...)."""
+    text = str(location)
+    return "://" in text and not text.startswith("file://")
+
+
 def input_dirs(
     pipelines: Mapping[str, SourcePipeline],
     options: Mapping[str, dict[str, Any]],
-    input_dir: Path | None,
+    input_dir: Path | str | None,
     work: Path,
     seed: int = 0,
     progress: bool = False,
-) -> dict[str, Path]:
+) -> dict[str, Path | str]:
     """``{name: folder}`` for every pipeline of a build.
 
     No ``input_dir``: the embedded sample raw data is generated into ``work/sample_raw`` (or reused there) and
@@ -37,6 +44,10 @@ def input_dirs(
 
         sample = ensure_sample(work / "sample_raw", names, seed=seed, progress=progress)
         return {n: sample / n for n in names}
+    if is_url(input_dir):
+        url = str(input_dir).rstrip("/")
+        return {n: url for n in names} if len(names) == 1 else {n: f"{url}/{n}" for n in names}
+    input_dir = Path(input_dir)
     if len(names) == 1:
         name, pipeline = next(iter(pipelines.items()))
         sub = input_dir / name

@@ -66,11 +66,14 @@ def spill_key(name: str, unit: Unit, options_hash: str) -> str:
     ).hexdigest()
 
 
-def write_spill(path: Path, key: str, result: UnitResult, ok: bool = True) -> UnitOutcome:
+def write_spill(
+    path: Path, key: str, result: UnitResult, ok: bool = True, codec: str = "zstd"
+) -> UnitOutcome:
     """Atomically write a unit's cells to one spill file; returns the unit's outcome (see the module
     docstring).
 
-    Compressing here, on the worker that made the cells, spreads the heaviest part of writing over the unit
+    ``codec``: the image members' codec (``chammi_data.format.codec.CODECS``). Compressing here, on the
+    worker that made the cells, spreads the heaviest part of writing over the unit
     phase; the shard writers only concatenate.
     """
     from chammi_data.format.writer import encode_cell
@@ -82,7 +85,7 @@ def write_spill(path: Path, key: str, result: UnitResult, ok: bool = True) -> Un
         with open(tmp, "wb") as fh:
             pos = 0
             for c in result.cells:
-                enc = encode_cell(c)
+                enc = encode_cell(c, codec)
                 fh.write(enc.member)
                 fh.write(enc.chunk)
                 records.append(

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from chammi_data.format.schema import Cell
-from chammi_data.format.vocab import SOURCES
+from chammi_data.format.vocab import SOURCES, is_variable
 from pipelines.engine.spill import write_spill
 from pipelines.sources.base import Skipped, Unit, UnitResult, UnitSkip
 from pipelines.sources.registry import shared_pipeline
@@ -23,14 +23,16 @@ from pipelines.sources.registry import shared_pipeline
 
 def check_cells(result: UnitResult, unit: Unit, makes: tuple[str, ...], kind: str = "cells") -> UnitResult:
     """Keep cells that fit their source's tile and channels; the rest become skips of ``kind`` (wrong
-    shape...)."""
+    shape...). A variable source's cells may have any size; their channels were checked by ``Cell``."""
     good: list[Cell] = []
     skipped = list(result.skipped)
     for cell in result.cells:
         info = SOURCES.get(cell.source)
         problem = ""
-        if cell.source not in makes or info is None:
+        if cell.source not in makes or (info is None and not is_variable(cell.source)):
             problem = f"cell source {cell.source!r} not made by this pipeline ({sorted(makes)})"
+        elif info is None:
+            pass
         elif cell.channels != info.channels:
             problem = f"channels {list(cell.channels)} != {cell.source} channels {list(info.channels)}"
         elif cell.image.shape[1:] != info.tile_hw:
@@ -51,7 +53,9 @@ def check_cells(result: UnitResult, unit: Unit, makes: tuple[str, ...], kind: st
     return UnitResult(good, skipped, result.found)
 
 
-def run_unit(name: str, unit: Unit, opts: dict[str, Any], spill_path: str, key: str) -> dict[str, Any]:
+def run_unit(
+    name: str, unit: Unit, opts: dict[str, Any], spill_path: str, key: str, codec: str = "zstd"
+) -> dict[str, Any]:
     """Process one unit with the options of pipeline ``name`` and spill it; returns the unit's outcome
     (``UnitOutcome.to_dict()``: records, skips, found, ok - never the pixels), its id and the seconds it took.
 
@@ -82,13 +86,15 @@ def run_unit(name: str, unit: Unit, opts: dict[str, Any], spill_path: str, key: 
         for s in result.skipped:
             s.kind = s.kind or pipeline.cell_kind
     result = check_cells(result, unit, pipeline.makes, pipeline.cell_kind)
-    outcome = write_spill(Path(spill_path), key, result, ok)
+    outcome = write_spill(Path(spill_path), key, result, ok, codec)
     return {"unit_id": unit.unit_id, **outcome.to_dict(), "seconds": time.perf_counter() - t0}
 
 
-def run_units(name: str, batch: list[tuple[Unit, str, str]], opts: dict[str, Any]) -> list[dict[str, Any]]:
-    """Worker task: :func:`run_unit` over a batch of (unit, spill path, spill key)."""
-    return [run_unit(name, unit, opts, path, key) for unit, path, key in batch]
+def run_units(
+    name: str, batch: list[tuple[Unit, str, str]], opts: dict[str, Any], codec: str = "zstd"
+) -> list[dict[str, Any]]:
+    """Worker task: :func:`run_unit` over a batch of (unit, spill path, spill key); members in ``codec``."""
+    return [run_unit(name, unit, opts, path, key, codec) for unit, path, key in batch]
 
 
 def warm_up(names: list[str]) -> None:

@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from chammi_data.format.groups import GroupPlan, source_groups
 from chammi_data.format.release_format import canonical_json, cell_record
-from chammi_data.format.vocab import SOURCE_KEYS, SOURCES
-from chammi_data.format.writer import shard_plan
+from chammi_data.format.vocab import RELEASE_SOURCE_KEYS, SOURCES, is_variable
 from pipelines.engine.spill import SpillReader
 
 #: dask priority of shard-writing tasks: they run before the unit tasks of the sources still in progress
@@ -36,29 +36,38 @@ SPILL_RECORD = (
 )
 
 
-def plan_shards(cells: list[dict[str, Any]], per: int) -> dict[str, list[dict[str, Any]]]:
-    """{source: [{index, zarr_start, entries: [(spill, split, tasks, record)]}]}, sources in canonical order.
+def plan_shards(
+    cells: list[dict[str, Any]], per: int
+) -> tuple[dict[str, list[dict[str, Any]]], dict[str, list[GroupPlan]]]:
+    """({source: [{index, zarr_start, group, entries: [(spill, split, tasks, record)]}]}, {source:
+    its image groups}), sources in release order.
 
     ``record`` is the cell's spill record (ids, label, channels, dtype, shape, sha256, meta, groups and where
-    its encoded bytes lie in the spill), so a shard writer reads only those bytes."""
+    its encoded bytes lie in the spill), so a shard writer reads only those bytes. A CHAMMI source is one
+    group (``group`` None); a variable source's shards never cross its groups (``group`` = [g, j]: zarr
+    shard j of group g; :mod:`chammi_data.format.groups`)."""
     plans: dict[str, list[dict[str, Any]]] = {}
-    for src in SOURCE_KEYS:
+    groups: dict[str, list[GroupPlan]] = {}
+    for src in RELEASE_SOURCE_KEYS:
         mine = [c for c in cells if c["source"] == src]
-        plans_src = []
-        for index, start, end in shard_plan(len(mine), per):
-            entries = [
-                (
-                    c["spill"],
-                    c.get("split", ""),
-                    c.get("tasks", []),
-                    {f: c[f] for f in SPILL_RECORD if f in c},
-                )
-                for c in mine[start:end]
-            ]
-            plans_src.append({"index": index, "zarr_start": start, "entries": entries})
-        if plans_src:
-            plans[src] = plans_src
-    return plans
+        if not mine:
+            continue
+        groups[src] = source_groups(src, mine, per)
+        plans[src] = []
+        for g in groups[src]:
+            for index, start, end, j in g.shards(per):
+                entries = [
+                    (
+                        c["spill"],
+                        c.get("split", ""),
+                        c.get("tasks", []),
+                        {f: c[f] for f in SPILL_RECORD if f in c},
+                    )
+                    for c in mine[start:end]
+                ]
+                group = [g.index, j] if is_variable(src) else None
+                plans[src].append({"index": index, "zarr_start": start, "group": group, "entries": entries})
+    return plans, groups
 
 
 def read_shard_entries(entries_json: str, what: str) -> list[Any]:
@@ -97,7 +106,7 @@ def read_shard_entries(entries_json: str, what: str) -> list[Any]:
 
 
 def write_tar_task(
-    root: str, source: str, shard_index: int, zarr_start: int, entries: str
+    root: str, source: str, shard_index: int, zarr_start: int, entries: str, group: list[int] | None = None
 ) -> tuple[Any, float]:
     """Worker task: tar shard ``shard_index`` from the spills' encoded members; (ShardRecord, seconds)."""
     from chammi_data.format.writer import write_tar_shard
@@ -108,14 +117,17 @@ def write_tar_task(
 
 
 def write_zarr_task(
-    root: str, source: str, shard_index: int, zarr_start: int, entries: str
-) -> tuple[None, float]:
-    """Worker task: zarr shard ``shard_index`` (its only writer) from the spills' encoded chunks."""
+    root: str, source: str, shard_index: int, zarr_start: int, entries: str, group: list[int] | None = None
+) -> tuple[Any, float]:
+    """Worker task: zarr shard ``shard_index`` (its only writer) from the spills' encoded chunks; for a
+    variable source zarr shard ``j`` of its group ``g`` (``group = [g, j]``); (ZarrShardRecord: its rows'
+    pixel crc32c for the manifest, seconds)."""
     from chammi_data.format.writer import write_zarr_shard
 
     t0 = time.perf_counter()
-    write_zarr_shard(root, source, shard_index, zarr_start, read_shard_entries(entries, "zarr"))
-    return None, time.perf_counter() - t0
+    where = None if group is None else (int(group[0]), int(group[1]))
+    rec = write_zarr_shard(root, source, shard_index, zarr_start, read_shard_entries(entries, "zarr"), where)
+    return rec, time.perf_counter() - t0
 
 
 class ShardWriting:
@@ -129,23 +141,25 @@ class ShardWriting:
 
     def submit(self, cells: list[dict[str, Any]]) -> None:
         """Queue the shards of ``cells`` (one or more sources' cells, in release order)."""
-        from chammi_data.format.writer import create_zarr_array
+        from chammi_data.format.writer import create_collection, create_zarr_array
 
         if not cells:
             return
-        for src, src_plans in plan_shards(cells, self.cells_per_shard).items():
-            info = SOURCES[src]
-            first = next(c for c in cells if c["source"] == src)
-            n = sum(len(p["entries"]) for p in src_plans)
-            create_zarr_array(
-                self.root,
-                src,
-                n,
-                info.channels,
-                info.tile_hw,
-                first.get("dtype", "uint8"),
-                self.cells_per_shard,
-            )
+        plans, groups = plan_shards(cells, self.cells_per_shard)
+        for src, src_plans in plans.items():
+            if is_variable(src):  # a collection with one image array per group
+                create_collection(self.root, src, [g.attrs() for g in groups[src]])
+                for g in groups[src]:
+                    _dataset, channels, h, w, dtype = g.key
+                    create_zarr_array(
+                        self.root, src, g.rows, channels, (h, w), dtype, self.cells_per_shard, g.index
+                    )
+            else:
+                info = SOURCES[src]
+                first = next(c for c in cells if c["source"] == src)
+                n = sum(len(p["entries"]) for p in src_plans)
+                dtype = first.get("dtype", "uint8")
+                create_zarr_array(self.root, src, n, info.channels, info.tile_hw, dtype, self.cells_per_shard)
             for p in src_plans:
                 entries = canonical_json(p["entries"])
                 self.futures += [
@@ -156,6 +170,7 @@ class ShardWriting:
                         p["index"],
                         p["zarr_start"],
                         entries,
+                        p["group"],
                         pure=False,
                         priority=WRITE_PRIORITY,
                     )

@@ -202,8 +202,10 @@ class SourcePipeline(ABC):
             return ""
 
     @abstractmethod
-    def discover(self, input_dir: Path, opts: dict[str, Any]) -> Discovery:
-        """Read the source's tables: the work units sorted by ``unit_id``, rows skipped already, counts."""
+    def discover(self, input_dir: Path | str, opts: dict[str, Any]) -> Discovery:
+        """Read the source's tables: the work units sorted by ``unit_id``, rows skipped already, counts.
+        ``input_dir`` is a folder, or a URL for a pipeline that reads its input through ``chammi_data.store``
+        (``--input s3://...``)."""
 
     @abstractmethod
     def process(self, unit: Unit, opts: dict[str, Any]) -> UnitResult:

@@ -54,7 +54,11 @@ class ImageHeader:
 def png_header(path: str | Path) -> ImageHeader:
     """Shape and bit depth from a PNG's IHDR chunk (the first 33 bytes); ``ValueError`` when it is no PNG."""
     with open(path, "rb") as fh:
-        head = fh.read(26)
+        return png_header_bytes(fh.read(26))
+
+
+def png_header_bytes(head: bytes) -> ImageHeader:
+    """:func:`png_header` of a PNG's first bytes (at least 26: signature and IHDR), e.g. a remote file's."""
     if len(head) < 26 or head[:8] != _PNG_SIGNATURE or head[12:16] != b"IHDR":
         raise ValueError("not a PNG file (no PNG signature and IHDR chunk)")
     width, height = struct.unpack(">II", head[16:24])
