@@ -17,6 +17,10 @@ files, so a reader never calls ``open``/``os.pread`` on a release itself:
   sha256 that ``release.json`` records before use; a bad download is fetched once more, then an error. A
   cached shard that fails the check is never read.
 
+A release that ``chammi-build`` wrote into an object store lives in a generation folder named by the
+``release.json`` at the root (:mod:`chammi_data.store.generation`); a store reads the whole release from the
+generation it found on first use.
+
 Credentials and endpoints come from the standard places (the AWS/GCS environment and config files,
 ``AWS_ENDPOINT_URL`` for S3-compatible servers) or from ``storage_options``, which is passed to fsspec as is.
 A store pickles without its open connections (DataLoader workers reconnect); ``storage_options`` travel to the
@@ -171,6 +175,8 @@ class ReleaseStore:
         self._fds: dict[str, int] = {}
         self._verified: set[str] = set()
         self._shard_sums: dict[str, str] | None = None
+        self._prefix: str | None = None
+        self._root_release: bytes | None = None  # release.json as read while finding the generation
 
     # -- identity ------------------------------------------------------------------------------------------
     def __repr__(self) -> str:
@@ -180,8 +186,22 @@ class ReleaseStore:
         return self.url
 
     def path(self, rel: str) -> str:
-        """The full path or URL of a file of the release (``rel`` is relative to the release root)."""
+        """The full path or URL of a file of the release (``rel`` is relative to the release root; inside the
+        release's generation when the location has one, see the module docstring)."""
+        return self._at_root(self.generation_prefix() + rel)
+
+    def _at_root(self, rel: str) -> str:
         return os.path.join(self.url, rel) if self.is_local else f"{self.url}/{rel}"
+
+    def generation_prefix(self) -> str:
+        """``"g-.../"`` when ``release.json`` at the location names a generation folder that holds the release
+        (an object-store build), else ``""``; found once per store."""
+        if self._prefix is None:
+            from chammi_data.store.generation import find_generation
+
+            self._prefix = ""  # while looking, files are read from the root
+            self._prefix, self._root_release = find_generation(self)
+        return self._prefix
 
     @property
     def location(self) -> Path | str:
@@ -193,7 +213,7 @@ class ReleaseStore:
         """The release folder of a local store (``ValueError`` for a remote one)."""
         if not self.is_local:
             raise ValueError(f"{self.url} is not a local folder")
-        return Path(self.url)
+        return Path(self.url) / self.generation_prefix()
 
     def credentials(self) -> str:
         """Where this store's credentials come from, in words (no secrets)."""
@@ -201,10 +221,13 @@ class ReleaseStore:
 
     # -- pickling: never the connections, never the secrets in a repr -------------------------------------
     def __getstate__(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in ("url", "storage_options", "cache_dir", "retry")}
+        state = {name: getattr(self, name) for name in ("url", "storage_options", "cache_dir", "retry")}
+        state["prefix"] = self._prefix  # a worker reads the generation its parent resolved
+        return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["url"], state["storage_options"], state["cache_dir"], state["retry"])  # type: ignore[misc]
+        self._prefix = state.get("prefix")
 
     def _check_pid(self) -> None:
         if self._pid != os.getpid():  # forked: descriptors and event loops belong to the parent
@@ -302,6 +325,8 @@ class ReleaseStore:
 
     def read_bytes(self, rel: str, what: str = "read") -> bytes:
         """A whole file of the release (manifest, release.json, a shard)."""
+        if rel == "release.json" and self._root_release is not None:
+            return self._root_release
         if self.is_local:
             with open(self.path(rel), "rb") as fh:
                 return fh.read()
@@ -369,7 +394,7 @@ class ReleaseStore:
         """Where shard ``rel`` of this location lives in the cache."""
         if self.cache_dir is None:
             raise ValueError("no cache_dir set")
-        tag = hashlib.sha256(self.url.encode()).hexdigest()[:16]
+        tag = hashlib.sha256((self.url + "|" + self.generation_prefix()).encode()).hexdigest()[:16]
         return self.cache_dir / tag / rel
 
     def local_path(self, rel: str) -> Path:
