@@ -1,17 +1,23 @@
 """``chammi-build`` (also ``python -m pipelines``): regenerate CHAMMI from raw sources (or convert an official
 download) into a release.
 
-    chammi-build --source {wtc11,hpa,cp,chammi,all} [--input DIR] [--output DIR] [--workers N]
+    chammi-build --source {wtc11,hpa,cp,chammi,all} [--input LOCATION] [--output LOCATION] [--workers N]
                  [--scheduler ADDRESS] [--config FILE] [--strict] [--seed N] [--keep-work] [--quiet]
+                 [--anon] [--input-option KEY=VALUE ...] [--output-option KEY=VALUE ...]
     chammi-build synth --output DIR [--seed N] [--source NAME ...]
     chammi-build --version
 
 Without ``--input`` the embedded sample raw data is generated (deterministically, by ``--seed``) into
 ``OUTPUT/.work/sample_raw`` and built; it is removed after a successful build unless ``--keep-work``.
-Without ``--output`` the release goes to ``chammi_data.store.paths.default_release_location()``. Exit statuses
-(:mod:`chammi_cli.errors`): 0 ok, 1 failed build (``--strict`` with skipped items, no cells, accounting that
-does not add up: the previous release stays, ``OUTPUT/build_report.failed.json`` says why), 2 bad arguments,
-unreadable source tables, a malformed config, an output folder another build holds, 130 Ctrl-C.
+Without ``--output`` the release goes to ``chammi_data.store.paths.default_release_location()``. ``--input``
+and ``--output`` are locations: folders, ``file://``, ``s3://``, ``gs://``, any fsspec URL (``--input`` also
+``http(s)://``); ``--anon`` reads a public bucket without credentials, ``--input-option`` /
+``--output-option`` pass fsspec storage options (``endpoint_url=...``, ``profile=...``); credentials otherwise
+come from the standard chains. Exit statuses (:mod:`chammi_cli.errors`): 0 ok, 1 failed build (``--strict``
+with skipped items, no cells, accounting that does not add up, a raw object still unreadable after every
+retry: the previous release stays, ``build_report.failed.json`` says why, finished units are kept for a
+rerun), 2 bad arguments, unreadable source tables, a malformed config, an output another build holds or that
+holds files chammi-build did not write, a full disk, 130 Ctrl-C.
 
 The curation package is called ``pipelines``, a name other projects use too (on PyPI and as a folder name). A
 foreign ``pipelines`` earlier on ``sys.path`` would otherwise show up as a baffling ``No module named
@@ -72,13 +78,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--input",
         default=None,
-        help="raw folder (with --source all: DIR/wtc11, DIR/hpa, DIR/cp); "
-        "default: generate the embedded sample data",
+        help="raw data: a folder or a URL (s3://, gs://, https://, any fsspec URL; with --source all: "
+        "INPUT/wtc11, INPUT/hpa, INPUT/cp); default: generate the embedded sample data",
     )
-    p.add_argument("--output", default=None, help=f"release folder (default {default_release_location()})")
+    p.add_argument(
+        "--output",
+        default=None,
+        help=f"release: a folder or an object-store URL (s3://bucket/prefix, gs://...) "
+        f"(default {default_release_location()})",
+    )
     p.add_argument("--workers", type=int, default=2, help="local dask workers (processes, 1 thread each)")
     p.add_argument(
-        "--scheduler", default=None, help="address of an existing dask scheduler (workers must see OUTPUT)"
+        "--scheduler",
+        default=None,
+        help="address of an existing dask scheduler (tcp://HOST:8786); with an object-store --output its "
+        "workers need no shared disk, with a folder they must all see it",
+    )
+    p.add_argument("--anon", action="store_true", help="read --input anonymously (a public bucket)")
+    p.add_argument(
+        "--input-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="fsspec storage option for --input (repeatable; value parsed as YAML), e.g. endpoint_url=...",
+    )
+    p.add_argument(
+        "--output-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="fsspec storage option for --output (repeatable)",
     )
     p.add_argument("--config", default=None, help="YAML build config merged over the defaults")
     p.add_argument("--strict", action="store_true", help="any skipped item fails the build (exit 1)")
@@ -117,8 +146,41 @@ def synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def storage_options(items: list[str], where: str) -> dict[str, object]:
+    """``["key=value", ...]`` as fsspec storage options (values parsed as YAML: numbers, booleans, lists)."""
+    import yaml
+
+    out: dict[str, object] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(
+                f"--{where}-option {item!r}: expected KEY=VALUE, e.g. endpoint_url=http://host:9000"
+            )
+        out[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+    return out
+
+
+def input_options(args: argparse.Namespace) -> dict[str, object] | None:
+    """The storage options of ``--input``: ``--input-option`` items, plus anonymous access for ``--anon``
+    (``anon: true`` on S3, ``token: anon`` on Google Cloud Storage)."""
+    from chammi_data.store.paths import protocol_of
+
+    opts = storage_options(args.input_option, "input")
+    if args.anon:
+        proto = protocol_of(str(args.input or ""))
+        if proto in ("gs", "gcs"):
+            opts.setdefault("token", "anon")
+        elif proto in ("", "file", "http", "https"):
+            raise UserError(f"--anon reads a public bucket; --input {args.input or '(sample)'} is not one")
+        else:
+            opts.setdefault("anon", True)
+    return opts or None
+
+
 def build(args: argparse.Namespace) -> int:
     """``chammi-build --source ...``: build, print the summary; 1 when the build failed."""
+    from chammi_data.store.storage import RemoteReadError
     from pipelines.engine.build import build as run_build
 
     same_names = (
@@ -130,9 +192,23 @@ def build(args: argparse.Namespace) -> int:
         "keep_work",
     )  # build()'s parameter names
     options = {name: getattr(args, name) for name in same_names}
-    result = run_build(
-        args.source, input_dir=args.input, output=args.output, progress=not args.quiet, **options
-    )
+    try:
+        result = run_build(
+            args.source,
+            input_dir=args.input,
+            output=args.output,
+            progress=not args.quiet,
+            input_options=input_options(args),
+            output_options=storage_options(args.output_option, "output") or None,
+            **options,
+        )
+    except RemoteReadError as exc:  # a server down or a network gone: the build stopped, it can resume
+        print(
+            f"{PROG}: error: the build stopped: {' '.join(str(exc).split())}; finished units are kept: rerun "
+            "the same command to resume",
+            file=sys.stderr,
+        )
+        return EXIT_PROBLEMS
     print(result.summary())
     return 0 if result.ok else EXIT_PROBLEMS
 

@@ -3,18 +3,31 @@ that run on the workers.
 
 Per shard, two tasks (tar and zarr: different files, one writer each) only concatenate the bytes the workers
 encoded in the unit phase. Which worker writes what, and when, does not change a byte of the output.
+
+Where the release is assembled is a :class:`ReleaseSink`: a store the workers write the shard files into
+(the output folder's staging folder, or the new generation's prefix of an object-store output) and a
+folder on the client where the small files are made (zarr metadata, manifests, ``release.json``: the
+staging folder itself, or a temp folder whose files are uploaded). On an object store a worker writes each
+shard file with the same writer functions into a temp folder of its own disk and uploads it at once: no
+disk is shared between the client and the workers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
+import tempfile
 import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from chammi_data.format.release_format import canonical_json, cell_record
 from chammi_data.format.vocab import SOURCE_KEYS, SOURCES
 from chammi_data.format.writer import shard_plan
+from chammi_data.store.objects import ObjectStore
 from pipelines.engine.spill import SpillReader
 
 #: dask priority of shard-writing tasks: they run before the unit tasks of the sources still in progress
@@ -37,10 +50,12 @@ SPILL_RECORD = (
 
 
 def plan_shards(cells: list[dict[str, Any]], per: int) -> dict[str, list[dict[str, Any]]]:
-    """{source: [{index, zarr_start, entries: [(spill, split, tasks, record)]}]}, sources in canonical order.
+    """{source: [{index, zarr_start, entries: [(spill, split, tasks, record, spill key)], worker}]},
+    sources in canonical order.
 
     ``record`` is the cell's spill record (ids, label, channels, dtype, shape, sha256, meta, groups and where
-    its encoded bytes lie in the spill), so a shard writer reads only those bytes."""
+    its encoded bytes lie in the spill), so a shard writer reads only those bytes; ``worker`` is the dask
+    worker that made most of the shard's cells (it holds their spills on its disk), "" when unknown."""
     plans: dict[str, list[dict[str, Any]]] = {}
     for src in SOURCE_KEYS:
         mine = [c for c in cells if c["source"] == src]
@@ -52,16 +67,62 @@ def plan_shards(cells: list[dict[str, Any]], per: int) -> dict[str, list[dict[st
                     c.get("split", ""),
                     c.get("tasks", []),
                     {f: c[f] for f in SPILL_RECORD if f in c},
+                    c.get("spill_key", ""),
                 )
                 for c in mine[start:end]
             ]
-            plans_src.append({"index": index, "zarr_start": start, "entries": entries})
+            workers = Counter(c.get("worker", "") for c in mine[start:end])
+            worker = max(sorted(workers), key=lambda w: workers[w]) if workers else ""
+            plans_src.append({"index": index, "zarr_start": start, "entries": entries, "worker": worker})
         if plans_src:
             plans[src] = plans_src
     return plans
 
 
-def read_shard_entries(entries_json: str, what: str) -> list[Any]:
+class ReleaseSink:
+    """Where a release is assembled: ``store`` (the workers write shard files there) and ``mirror`` (a client
+    folder for zarr metadata, manifests and release.json; the same place as ``store`` for a local output)."""
+
+    def __init__(self, store: ObjectStore, mirror: Path):
+        self.store, self.mirror = store, Path(mirror)
+        self.remote = not (store.is_local and Path(store.url) == self.mirror)
+
+    def zarr_metadata(self, source: str) -> dict[str, str]:
+        """{path: text} of the zarr metadata files of ``source`` (what a worker needs to write its shards
+        with the zarr writer); {} for a local output, whose workers see the folder."""
+        if not self.remote:
+            return {}
+        folder = self.mirror / "zarr" / f"{source}.zarr"
+        return {
+            p.relative_to(self.mirror).as_posix(): p.read_text(encoding="utf-8")
+            for p in sorted(folder.rglob("zarr.json"))
+        }
+
+    def upload(self, rels: Iterable[str]) -> None:
+        """Copy these files of the mirror into the store (nothing to do for a local output)."""
+        if self.remote:
+            for rel in rels:
+                self.store.put_file(rel, self.mirror / rel)
+
+
+@contextlib.contextmanager
+def shard_root(store: ObjectStore, metadata: dict[str, str]) -> Iterator[Path]:
+    """The folder a shard writer writes into: the staging folder of a local output, else a temp folder of
+    this worker holding the zarr metadata (its files are uploaded by the caller and then removed)."""
+    if not metadata and store.is_local:
+        yield Path(store.url)
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="chammi-shard-"))
+    try:
+        for rel, text in metadata.items():
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / rel).write_text(text, encoding="utf-8")
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_shard_entries(entries_json: str, what: str, spills: ObjectStore) -> list[Any]:
     """What one shard writer needs, read from the spills (entries: spill path, split, tasks, record).
 
     The entries travel as one JSON string: dask walks every nested list and dict of a task's arguments
@@ -73,9 +134,11 @@ def read_shard_entries(entries_json: str, what: str) -> list[Any]:
     from chammi_data.format.writer import EncodedCell
 
     parts: list[Any] = []
-    with SpillReader() as spills:
-        for path, split, tasks, rec in json.loads(entries_json):
-            data = spills.read(path, rec[what], f"cell {rec['cell_id']}")
+    entries = json.loads(entries_json)
+    with SpillReader(spills) as reader:
+        reader.fetch([(path, rec[what], key) for path, _, _, rec, key in entries])
+        for path, split, tasks, rec, key in entries:
+            data = reader.read(path, rec[what], f"cell {rec['cell_id']}", key)
             if what == "zarr":
                 parts.append(data)
                 continue
@@ -97,33 +160,61 @@ def read_shard_entries(entries_json: str, what: str) -> list[Any]:
 
 
 def write_tar_task(
-    root: str, source: str, shard_index: int, zarr_start: int, entries: str
+    store: ObjectStore,
+    metadata: dict[str, str],
+    source: str,
+    shard_index: int,
+    zarr_start: int,
+    entries: str,
+    spills: ObjectStore,
 ) -> tuple[Any, float]:
     """Worker task: tar shard ``shard_index`` from the spills' encoded members; (ShardRecord, seconds)."""
     from chammi_data.format.writer import write_tar_shard
 
     t0 = time.perf_counter()
-    encoded = read_shard_entries(entries, "tar")
-    return write_tar_shard(root, source, shard_index, encoded, zarr_start), time.perf_counter() - t0
+    encoded = read_shard_entries(entries, "tar", spills)
+    with shard_root(store, metadata) as root:
+        record = write_tar_shard(root, source, shard_index, encoded, zarr_start)
+        if metadata or not store.is_local:
+            store.put_file(record.path, root / record.path)
+    return record, time.perf_counter() - t0
 
 
 def write_zarr_task(
-    root: str, source: str, shard_index: int, zarr_start: int, entries: str
+    store: ObjectStore,
+    metadata: dict[str, str],
+    source: str,
+    shard_index: int,
+    zarr_start: int,
+    entries: str,
+    spills: ObjectStore,
 ) -> tuple[None, float]:
     """Worker task: zarr shard ``shard_index`` (its only writer) from the spills' encoded chunks."""
     from chammi_data.format.writer import write_zarr_shard
 
     t0 = time.perf_counter()
-    write_zarr_shard(root, source, shard_index, zarr_start, read_shard_entries(entries, "zarr"))
+    chunks = read_shard_entries(entries, "zarr", spills)
+    with shard_root(store, metadata) as root:
+        write_zarr_shard(root, source, shard_index, zarr_start, chunks)
+        if metadata or not store.is_local:
+            folder = root / "zarr" / f"{source}.zarr"
+            for path in sorted(folder.rglob("*")):
+                rel = path.relative_to(root).as_posix()
+                if path.is_file() and rel not in metadata:  # the shard file (none when every cell is 0)
+                    store.put_file(rel, path)
     return None, time.perf_counter() - t0
 
 
 class ShardWriting:
-    """The write tasks of a build into ``root`` (an empty staging folder), source by source: each source gets
-    its zarr array, then a tar and a zarr task per shard."""
+    """The write tasks of a build into ``sink`` (an empty staging folder or generation prefix), source by
+    source: each source gets its zarr array, then a tar and a zarr task per shard. ``spills``: the store the
+    unit spills are in."""
 
-    def __init__(self, client: Any, root: Path, cells_per_shard: int, progress: bool):
-        self.client, self.root, self.cells_per_shard, self.progress = client, root, cells_per_shard, progress
+    def __init__(
+        self, client: Any, sink: ReleaseSink, cells_per_shard: int, progress: bool, spills: ObjectStore
+    ):
+        self.client, self.sink, self.cells_per_shard, self.progress = client, sink, cells_per_shard, progress
+        self.spills = spills
         self.futures: list[Any] = []
         self.busy_s = 0.0
 
@@ -138,7 +229,7 @@ class ShardWriting:
             first = next(c for c in cells if c["source"] == src)
             n = sum(len(p["entries"]) for p in src_plans)
             create_zarr_array(
-                self.root,
+                self.sink.mirror,
                 src,
                 n,
                 info.channels,
@@ -146,18 +237,29 @@ class ShardWriting:
                 first.get("dtype", "uint8"),
                 self.cells_per_shard,
             )
+            metadata = self.sink.zarr_metadata(src)
+            self.sink.upload(metadata)
             for p in src_plans:
                 entries = canonical_json(p["entries"])
+                # where most of the shard's spills are on disk (object-store outputs), if still there
+                place = (
+                    {"workers": [p["worker"]], "allow_other_workers": True}
+                    if p["worker"] and self.sink.remote
+                    else {}
+                )
                 self.futures += [
                     self.client.submit(
                         task,
-                        str(self.root),
+                        self.sink.store,
+                        metadata,
                         src,
                         p["index"],
                         p["zarr_start"],
                         entries,
+                        self.spills,
                         pure=False,
                         priority=WRITE_PRIORITY,
+                        **place,
                     )
                     for task in (write_zarr_task, write_tar_task)
                 ]
