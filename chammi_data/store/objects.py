@@ -201,6 +201,10 @@ class ObjectStore(ReleaseStore):
                 with open(tmp, "wb") as fh:
                     yield fh
                 os.replace(tmp, path)
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT) and exc.filename is None:
+                    raise OSError(exc.errno, os.strerror(exc.errno), str(path)) from None  # name the file
+                raise
             finally:
                 tmp.unlink(missing_ok=True)
             return

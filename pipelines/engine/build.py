@@ -149,29 +149,51 @@ def _build_in(
         client.run(warm_up, list(pipelines))
         timings["cluster_start_s"] = time.perf_counter() - t0
         run = _BuildRun(client, ledgers, cfg, out, strict, progress, timings, list(inputs.values()))
-        result = run.run()
+        try:
+            result = run.run()
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT) and not hasattr(exc, "chammi_needed"):
+                exc.chammi_needed = _bytes_needed(ledgers, out)  # type: ignore[attr-defined]
+            raise
         if not out.is_local:  # the workers' copies of the spills: the shards are written
             client.run(clear_cache, out.store)
         return result
 
 
+def _bytes_needed(ledgers: dict[str, SourceLedger], out: Any) -> int | None:
+    """Bytes the rest of the build still needs to write (None before any unit is done): the spills of the
+    units left and the release, both estimated from the spills written so far."""
+    spills = [f for f in out.store.list_files(out.work) if f.endswith(".spill") and "/units/" in f]
+    sizes = [(out.store.info(f) or {}).get("size", 0) for f in spills[:200]]
+    if not sizes:
+        return None
+    per_unit = sum(sizes) / len(sizes)
+    units = sum(len(ledger.units) for ledger in ledgers.values())
+    return int(per_unit * (units - len(spills)) + per_unit * units)
+
+
 def _disk_full(out: Any, exc: OSError) -> DiskFull:
-    """One line: where the disk filled, how much a release needs, what was kept for a rerun."""
+    """One line: where the disk filled, how much more the build needs, what was kept for a rerun."""
     import shutil
 
     from pipelines.engine.output import STAGING
 
-    free = out.free_bytes() if out.is_local else None
     if out.is_local:
         shutil.rmtree(out.path / STAGING, ignore_errors=True)  # the partial release: nothing to resume from
-    where = exc.filename or out.location
+    free = out.free_bytes() if out.is_local else None
     need = getattr(exc, "chammi_needed", None)
-    what = f"needs about {need / 1e6:.1f} MB" if need else "needs more space"
-    have = f", {free / 1e6:.1f} MB free" if free is not None else ""
+    done = sum(1 for f in out.store.list_files(out.work) if f.endswith(".spill") and "/units/" in f)
+    what = f"needs about {need / 1e6:.1f} MB more" if need else "needs more space"
+    have = f" ({free / 1e6:.1f} MB free)" if free is not None else ""
+    kept = (
+        f"the {done} finished unit(s) are kept in {out.location}/{out.work}: free some space and rerun the "
+        "same command to resume"
+        if done
+        else "no unit was finished: free some space and rerun"
+    )
     return DiskFull(
-        f"disk full while writing {where}: the build {what}{have}; the partial release was removed and the "
-        f"finished units are kept in {out.location}/{out.work} - free some space and rerun the same command "
-        "to resume"
+        f"disk full writing {exc.filename or out.location}: the build {what}{have}; the partial release was "
+        f"removed, {kept}"
     )
 
 

@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import threading
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -68,7 +69,11 @@ def _cluster(workers: int, scheduler: str | None, processes: bool) -> Iterator[A
     main = threading.current_thread() is threading.main_thread()
     old = signal.signal(signal.SIGINT, signal.SIG_IGN) if main and processes else None
     try:
-        with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+        with (
+            dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}),
+            warnings.catch_warnings(),
+        ):
+            warnings.simplefilter("ignore")  # "port 8787 is in use": another cluster on this machine
             cluster = LocalCluster(
                 n_workers=max(1, int(workers)),
                 threads_per_worker=1,

@@ -80,9 +80,9 @@ def check_output(where: str, files: list[str], release_json: bytes | None) -> No
             "empty folder or one holding a chammi-build release, and never deletes other files: choose "
             "another --output or move them away"
         )
+    # the lock is this build's own by now: it says nothing about what was there before
     ours = made_by_chammi_build(release_json) or any(
-        f.startswith(WORK_PREFIXES) or re.fullmatch(BUILD_FILES[2], f) or re.match(GENERATION + "/", f)
-        for f in files
+        f.startswith(WORK_PREFIXES) or re.match(GENERATION + "/", f) for f in files
     )
     release = [f for f in files if _RELEASE.fullmatch(f) or f.startswith(("build_report",))]
     if release and not ours:

@@ -24,6 +24,7 @@ is processed; a task returns only when its uploads are done.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -125,6 +126,10 @@ def write_spill(
         with open(tmp, "wb") as fh:
             outcome = _write(fh, key, result, ok)
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT) and exc.filename is None:
+            raise OSError(exc.errno, os.strerror(exc.errno), str(path)) from None  # this machine's disk
+        raise
     finally:
         tmp.unlink(missing_ok=True)
     if uploads is None:

@@ -15,7 +15,9 @@ disk is shared between the client and the workers.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -26,7 +28,7 @@ from typing import Any
 
 from chammi_data.format.release_format import canonical_json, cell_record
 from chammi_data.format.vocab import SOURCE_KEYS, SOURCES
-from chammi_data.format.writer import shard_plan
+from chammi_data.format.writer import shard_plan, shard_relpath
 from chammi_data.store.objects import ObjectStore
 from pipelines.engine.spill import SpillReader
 
@@ -122,6 +124,17 @@ def shard_root(store: ObjectStore, metadata: dict[str, str]) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def _named(path: Path) -> Iterator[None]:
+    """A full disk while writing ``path`` names it (a write's ENOSPC carries no file name)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT) and exc.filename is None:
+            raise OSError(exc.errno, os.strerror(exc.errno), str(path)) from None
+        raise
+
+
 def read_shard_entries(entries_json: str, what: str, spills: ObjectStore) -> list[Any]:
     """What one shard writer needs, read from the spills (entries: spill path, split, tasks, record).
 
@@ -173,7 +186,7 @@ def write_tar_task(
 
     t0 = time.perf_counter()
     encoded = read_shard_entries(entries, "tar", spills)
-    with shard_root(store, metadata) as root:
+    with shard_root(store, metadata) as root, _named(root / shard_relpath(source, shard_index)):
         record = write_tar_shard(root, source, shard_index, encoded, zarr_start)
         if metadata or not store.is_local:
             store.put_file(record.path, root / record.path)
@@ -194,7 +207,7 @@ def write_zarr_task(
 
     t0 = time.perf_counter()
     chunks = read_shard_entries(entries, "zarr", spills)
-    with shard_root(store, metadata) as root:
+    with shard_root(store, metadata) as root, _named(root / "zarr" / f"{source}.zarr"):
         write_zarr_shard(root, source, shard_index, zarr_start, chunks)
         if metadata or not store.is_local:
             folder = root / "zarr" / f"{source}.zarr"
