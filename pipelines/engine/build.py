@@ -27,9 +27,12 @@ The engine knows the pipelines only through what they declare (``pipelines.sourc
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import logging
+import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +45,7 @@ from pipelines.engine.ledger import SourceLedger
 from pipelines.engine.output_store import open_output, release_generation
 from pipelines.engine.report import BuildResult
 from pipelines.engine.spill import UnitOutcome, clear_cache, read_spill_outcomes, spill_key
-from pipelines.engine.worker import run_units, warm_up
+from pipelines.engine.worker import RETRY_LOGGER, run_units, warm_up
 from pipelines.engine.writing import ShardWriting
 from pipelines.sources.base import Unit
 from pipelines.sources.registry import resolve_sources
@@ -116,6 +119,19 @@ def build(
         return result.write_report(t_start)
 
 
+@contextlib.contextmanager
+def _quiet_retries() -> Iterator[None]:
+    """No log line per retried remote request during a build (the workers do the same, see
+    ``worker.warm_up``): what stays unreadable stops the build with one error naming it."""
+    logger = logging.getLogger(RETRY_LOGGER)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _build_in(
     out: Any,
     pipelines: dict[str, Any],
@@ -145,6 +161,7 @@ def _build_in(
     with start_cluster(workers, scheduler, processes) as client:
         if scheduler:
             out.check_workers(client)
+            check_inputs_visible(client, inputs)
         # imports on every worker now, so unit timings measure the work
         client.run(warm_up, list(pipelines))
         timings["cluster_start_s"] = time.perf_counter() - t0
@@ -158,6 +175,22 @@ def _build_in(
         if not out.is_local:  # the workers' copies of the spills: the shards are written
             client.run(clear_cache, out.store)
         return result
+
+
+def check_inputs_visible(client: Any, inputs: Mapping[str, Any]) -> None:
+    """Refuse a cluster whose workers cannot see a local input folder (no shared filesystem): every unit
+    would be skipped as missing. Inputs at URLs are read by the workers themselves."""
+    for name, raw in inputs.items():
+        if not raw.is_local:
+            continue
+        seen = client.run(os.path.isdir, raw.url)
+        blind = sorted(w for w, ok in seen.items() if not ok)
+        if blind:
+            raise UserError(
+                f"the dask workers {', '.join(blind[:3])} cannot see the {name} input folder {raw.url} (no "
+                "shared filesystem): put the raw data in an object store (--input s3://...) or on a "
+                "filesystem every worker mounts"
+            )
 
 
 def _bytes_needed(ledgers: dict[str, SourceLedger], out: Any) -> int | None:

@@ -153,15 +153,25 @@ def _worker_address() -> str:
         return ""
 
 
+#: the logger of remote retries (``chammi_data.store.storage``)
+RETRY_LOGGER = "chammi_data.store.storage"
+
+
 def warm_up(names: list[str]) -> None:
     """Run on each worker before the first unit: import the pipelines and the encoders, one core per worker.
 
     A dask worker here is one thread on one core; zarr's codec pipeline would otherwise encode chunks on a
     thread pool as wide as the machine, so one worker would use more than a core while writing shards and
     n workers would fight over the same cores. One thread per worker makes "n workers" mean n cores, locally
-    and on an external cluster.
+    and on an external cluster. Retries of remote reads and writes are not logged on the workers (a local
+    cluster's workers print to the user's terminal): an object that stays unreadable stops the build with
+    one error naming it and the attempts.
     """
+    import logging
+
     import zarr
+
+    logging.getLogger(RETRY_LOGGER).setLevel(logging.ERROR)
 
     from chammi_data.format.writer import encode_cell
 

@@ -34,6 +34,7 @@ import io
 import os
 import tempfile
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -113,9 +114,15 @@ class RawInput(ObjectStore):
 
     # -- questions ------------------------------------------------------------------------------------
     def is_file(self, ref: str) -> bool:
-        """True when ``ref`` exists as a file (object)."""
+        """True when ``ref`` exists as a file (object). Over HTTP a "no" is asked once more: fsspec reports a
+        failed HEAD (a 5xx, a reset) as a missing file, and discovery must not take a fault for absence."""
         store, rel = self.locate(ref)
-        return store.exists(rel)
+        if store.exists(rel):
+            return True
+        if store.protocol in ("http", "https"):
+            time.sleep(0.2)
+            return store.exists(rel)
+        return False
 
     def is_dir(self, ref: str) -> bool:
         """True when ``ref`` is a folder (a prefix holding objects; always False over plain HTTP)."""

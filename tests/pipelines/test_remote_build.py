@@ -1,0 +1,187 @@
+"""Builds where the data lives, against real servers on 127.0.0.1: raw data in an anonymous-read bucket and
+over HTTP (with faults: 5xx answers, connection resets, a slow server, a server killed mid-build), releases
+written into a credentialed bucket - byte-identical to the local build, every file and release.json too."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import chammi_data
+from chammi_data.format.manifest import read_manifest
+from tests.pipelines.remote import bucket_release, chammi_build, local_release, make_public, s3fs_of
+from tests.servers import HTTPServer, S3Server
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def s3(raw_tree: Path):
+    """moto with ``raw`` (anyone may read: the raw tree under ``tree/``), ``private`` (the same tree, signed
+    reads only) and ``out`` (releases)."""
+    with S3Server() as server:
+        server.upload(raw_tree, "raw", "tree")
+        server.upload(raw_tree / "wtc11", "private", "wtc11")
+        s3fs_of(server).mkdir("out")
+        make_public(server, "raw")
+        yield server
+
+
+@pytest.fixture(scope="module")
+def local_all(raw_tree: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The local-to-local build of the raw tree, all three sources (the reference bytes)."""
+    out = tmp_path_factory.mktemp("local") / "rel"
+    run = chammi_build("--source", "all", "--input", str(raw_tree), "--output", str(out), "--quiet")
+    assert run.returncode == 0, run.stderr
+    return out
+
+
+def test_bucket_to_bucket_is_byte_identical_to_local_to_local(s3, local_all: Path) -> None:
+    """Anonymous reads of the raw bucket, signed writes of the release: every file of the release, the
+    generation's release.json and the committed root release.json, has the local build's bytes."""
+    run = chammi_build(
+        "--source", "all", "--input", "s3://raw/tree", "--anon", "--output", "s3://out/all", "--quiet",
+        env=s3.env(),
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    fs = s3fs_of(s3)
+    files, gen = bucket_release(fs, "s3://out/all")
+    assert files == local_release(local_all)
+    assert fs.cat_file("out/all/release.json") == (local_all / "release.json").read_bytes()
+    assert json.loads((local_all / "release.json").read_text())["extra"]["generation"] == gen
+    left = sorted(k.split("/", 2)[2] for k in fs.find("out/all") if not k.startswith(f"out/all/{gen}/"))
+    assert left == ["build_report.json", "release.json"]  # no spills, lock or sample left behind
+    assert not fs.call_s3("list_multipart_uploads", Bucket="out").get("Uploads")
+    report = json.loads(fs.cat_file("out/all/build_report.json"))
+    assert report["inputs"]["cp"] == "s3://raw/tree/cp" and report["status"] == "ok"
+    os.environ.update(s3.env())
+    remote = chammi_data.load("all", root="s3://out/all")
+    local = chammi_data.load("all", root=local_all)
+    assert len(remote) == len(local) and remote[len(local) - 1]["cell_id"] == local[len(local) - 1]["cell_id"]
+
+
+def test_a_private_bucket_read_anonymously_is_one_line_naming_the_object(s3) -> None:
+    run = chammi_build(
+        "--source", "wtc11", "--input", "s3://private/wtc11", "--anon", "--output", "s3://out/never",
+        "--quiet", env=s3.env(),
+    )  # fmt: skip
+    assert run.returncode == 2, run.stderr
+    line = run.stderr.strip()
+    assert len(line.splitlines()) == 1 and "s3://private/wtc11/metadata.csv" in line
+    assert "object refused" in line and "anonymous access" in line
+    assert not s3fs_of(s3).find("out/never")  # refused before anything was written
+
+
+def test_cp_load_data_naming_its_images_by_s3_url_is_read_as_it_is(
+    s3, raw_tree: Path, tmp_path: Path
+) -> None:
+    """The Gallery's form: a gzipped load_data.csv whose URL_<Channel> columns hold s3:// URLs of images kept
+    elsewhere in the bucket; only the tables sit under --input. The cells are the local build's cells."""
+    fs = s3fs_of(s3)
+    for pdir in sorted(p.parent for p in (raw_tree / "cp").rglob("load_data.csv")):
+        rel = pdir.relative_to(raw_tree / "cp").as_posix()
+        table = pd.read_csv(pdir / "load_data.csv", dtype=str)
+        for ch in ("DNA", "ER", "RNA", "AGP", "Mito"):
+            table[f"URL_Orig{ch}"] = [
+                f"s3://raw/gallery-images/{rel}/{n}" for n in table.pop(f"FileName_Orig{ch}")
+            ]
+            table.pop(f"PathName_Orig{ch}")
+        fs.pipe_file(
+            f"raw/workspace/{rel}/load_data.csv.gz", gzip.compress(table.to_csv(index=False).encode())
+        )
+        for img in (pdir / "images").iterdir():
+            fs.pipe_file(f"raw/gallery-images/{rel}/{img.name}", img.read_bytes())
+        for f in pdir.rglob("Nuclei.csv"):
+            fs.pipe_file(f"raw/workspace/{f.relative_to(raw_tree / 'cp').as_posix()}", f.read_bytes())
+    for f in (raw_tree / "cp").glob("*/platemaps/*"):
+        fs.pipe_file(f"raw/workspace/{f.relative_to(raw_tree / 'cp').as_posix()}", f.read_bytes())
+    out = tmp_path / "rel"
+    run = chammi_build(
+        "--source", "cp", "--input", "s3://raw/workspace", "--anon", "--output", str(out), "--quiet",
+        env=s3.env(),
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    local = tmp_path / "local"
+    assert (
+        chammi_build(
+            "--source", "cp", "--input", str(raw_tree / "cp"), "--output", str(local), "--quiet"
+        ).returncode
+        == 0
+    )
+    got, want = read_manifest(out), read_manifest(local)
+    assert list(got["cell_id"]) == list(want["cell_id"]) and list(got["sha256"]) == list(want["sha256"])
+    assert json.loads(got["meta"].iloc[0])["files"]["DNA"].startswith("s3://raw/gallery-images/")
+
+
+def test_wtc_and_hpa_over_http_with_faults_and_a_slow_server(raw_tree: Path, tmp_path: Path) -> None:
+    """HTTP inputs: WTC-11's metadata.csv naming crop_raw relative to itself, HPA's tables and fields; 503s
+    and connection resets are retried, a server adding 150 ms to every request is only slower: the release
+    is the local build's."""
+    with HTTPServer(raw_tree) as http, HTTPServer(raw_tree, delay_ms=150) as slow:
+        http.fault(2, "503", path="wtc11/crop_raw/")
+        http.fault(2, "reset", path="wtc11/crop_raw/")
+        slow.fault(1, "500", path="hpa/train/")
+        for source, server in (("wtc11", http), ("hpa", slow)):
+            out, local = tmp_path / f"{source}-http", tmp_path / f"{source}-local"
+            run = chammi_build("--source", source, "--input", f"{server.url}/{source}", "--output", str(out))
+            assert run.returncode == 0, run.stderr
+            assert (
+                chammi_build(
+                    "--source", source, "--input", str(raw_tree / source), "--output", str(local)
+                ).returncode
+                == 0
+            )
+            assert local_release(out) == local_release(local)
+        assert http.requests() > 42  # the cells were read over HTTP, one object per cell and the retries
+
+
+def test_a_server_killed_mid_build_stops_it_in_one_line_and_a_rerun_resumes(
+    raw_tree: Path, tmp_path: Path
+) -> None:
+    http = HTTPServer(raw_tree, delay_ms=40)
+    http.start()
+    port = http.port
+    out = tmp_path / "rel"
+    args = ("--source", "wtc11", "--input", f"{http.url}/wtc11", "--output", str(out), "--quiet")
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "chammi_cli.build", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    units = out / ".work" / "wtc11" / "units"
+    deadline = time.monotonic() + 120
+    while len(list(units.glob("*.spill"))) < 8:
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    http.kill()
+    assert proc.wait(300) == 1
+    err = proc.stderr.read().strip()
+    assert (
+        len(err.splitlines()) == 1 and "the build stopped:" in err and f"{http.url}/wtc11/crop_raw/" in err
+    ), err
+    assert "rerun the same command to resume" in err and not (out / "release.json").exists()
+    done = len(list(units.glob("*.spill")))
+    again = HTTPServer(raw_tree)
+    again.port = port  # the same address again: the units' spills name it
+    with again:
+        rerun = chammi_build(*args)
+    assert rerun.returncode == 0, rerun.stderr
+    assert json.loads((out / "build_report.json").read_text())["accounting"]["wtc11"]["units_reused"] >= done
+    local = tmp_path / "local"
+    assert (
+        chammi_build(
+            "--source", "wtc11", "--input", str(raw_tree / "wtc11"), "--output", str(local)
+        ).returncode
+        == 0
+    )
+    assert local_release(out) == local_release(local)
