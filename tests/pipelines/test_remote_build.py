@@ -5,8 +5,10 @@ written into a credentialed bucket - byte-identical to the local build, every fi
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -117,6 +119,56 @@ def test_cp_load_data_naming_its_images_by_s3_url_is_read_as_it_is(
     got, want = read_manifest(out), read_manifest(local)
     assert list(got["cell_id"]) == list(want["cell_id"]) and list(got["sha256"]) == list(want["sha256"])
     assert json.loads(got["meta"].iloc[0])["files"]["DNA"].startswith("s3://raw/gallery-images/")
+
+
+def test_the_cell_painting_gallery_layout_is_read_as_it_is(s3, raw_tree: Path, tmp_path: Path) -> None:
+    """A plate laid out as the Gallery publishes it: --input at <project>/<source>/workspace, load_data_csv/
+    <batch>/<plate>/load_data.csv.gz naming the images by the CellProfiler machine's paths, platemaps in
+    metadata/platemaps/<batch>/, nuclei in analysis/<batch>/<plate>/, illumination functions in
+    images/<batch>/illum/<plate>/: the cells (ids, pixels, dataset) of the same plate in our layout."""
+    import numpy as np
+
+    fs, src = s3fs_of(s3), raw_tree / "cp" / "LINCS" / "P1"
+    base, machine = "raw/cpg0004-lincs/broad", "/home/ubuntu/bucket/projects/2016_x/B1/images/P1__M1/Images"
+    table = pd.read_csv(src / "load_data.csv", dtype=str)
+    for ch in ("DNA", "ER", "RNA", "AGP", "Mito"):
+        table[f"PathName_Orig{ch}"] = machine
+    fs.pipe_file(
+        f"{base}/workspace/load_data_csv/B1/P1/load_data.csv.gz",
+        gzip.compress(table.to_csv(index=False).encode()),
+    )
+    for img in (src / "images").iterdir():
+        fs.pipe_file(f"{base}/images/B1/images/P1__M1/Images/{img.name}", img.read_bytes())
+    for f in (src / "analysis").rglob("Nuclei.csv"):
+        fs.pipe_file(f"{base}/workspace/analysis/B1/P1/analysis/{f.parent.name}/Nuclei.csv", f.read_bytes())
+    pm = raw_tree / "cp" / "LINCS" / "platemaps"
+    fs.pipe_file(
+        f"{base}/workspace/metadata/platemaps/B1/barcode_platemap.csv",
+        (pm / "barcode_platemap.csv").read_bytes(),
+    )
+    fs.pipe_file(f"{base}/workspace/metadata/platemaps/B1/platemap/MAP1.txt", (pm / "MAP1.txt").read_bytes())
+    ours = tmp_path / "ours" / "LINCS"
+    shutil.copytree(raw_tree / "cp" / "LINCS", ours)
+    shutil.rmtree(ours / "P2", ignore_errors=True)
+    (ours / "P1" / "illum").mkdir()
+    vignette = np.linspace(0.6, 1.0, 200)[None, :] * np.ones((200, 1))
+    for ch in ("DNA", "ER", "RNA", "AGP", "Mito"):
+        buf = io.BytesIO()
+        np.save(buf, vignette)
+        fs.pipe_file(f"{base}/images/B1/illum/P1/P1_Illum{ch}.npy", buf.getvalue())
+        np.save(ours / "P1" / "illum" / f"P1_Illum{ch}.npy", vignette)
+    out, local = tmp_path / "gallery", tmp_path / "local"
+    run = chammi_build(
+        "--source", "cp", "--input", f"s3://{base}/workspace", "--anon", "--output", str(out), env=s3.env()
+    )
+    assert run.returncode == 0, run.stderr
+    assert chammi_build("--source", "cp", "--input", str(ours.parent), "--output", str(local)).returncode == 0
+    got, want = read_manifest(out), read_manifest(local)
+    assert len(got) == 4 and list(got["cell_id"]) == list(want["cell_id"])
+    assert list(got["sha256"]) == list(want["sha256"]) and set(got["dataset"]) == {"LINCS"}
+    meta = json.loads(got["meta"].iloc[0])
+    assert meta["file"].startswith("s3://raw/cpg0004-lincs/broad/images/B1/images/P1__M1/Images/")
+    assert meta["illum"] and meta["positions_file"].startswith("analysis/B1/P1/analysis/")
 
 
 def test_wtc_and_hpa_over_http_with_faults_and_a_slow_server(raw_tree: Path, tmp_path: Path) -> None:

@@ -3,26 +3,41 @@
 The layout follows the Cell Painting Gallery closely enough that a Gallery download can be arranged into it
 by moving folders, never by rewriting files::
 
-    <root>/<dataset>/                       dataset folder: LINCS | CDRP | BBBC022 (its name ->
-    groups["dataset"])
-      platemaps/barcode_platemap.csv        Assay_Plate_Barcode, Plate_Map_Name platemaps/<Plate_Map_Name>.txt
-      tab-separated: well_position, broad_sample, mmoles_per_liter, solvent <plate>/load_data.csv
-      one row per site (optional for ImageXpress names, see below) <plate>/images/*.tif[f]
-      16-bit TIFF, one per channel per site <plate>/illum/<plate>_Illum<Ch>.npy   optional illumination
-      functions (divide), Ch in DNA ER RNA AGP Mito <plate>/analysis/<plate>-<well>-<site>/Nuclei.csv
-      per-site CellProfiler nuclei, or <plate>/Nuclei.csv (+ <plate>/Image.csv)            per-plate nuclei,
-      or <plate>/<plate>.sqlite                              CellProfiler SQLite backend (tables Image,
-      Nuclei)
+    <root>/<dataset>/                   dataset folder: LINCS | CDRP | BBBC022 (its name -> groups["dataset"])
+      platemaps/barcode_platemap.csv    Assay_Plate_Barcode, Plate_Map_Name
+      platemaps/<Plate_Map_Name>.txt    tab-separated: well_position, broad_sample, mmoles_per_liter, solvent
+      <plate>/load_data.csv[.gz]        one row per site (optional for ImageXpress names, see below)
+      <plate>/images/*.tif[f]           16-bit TIFF, one per channel per site
+      <plate>/illum/<plate>_Illum<Ch>.npy                  optional illumination functions (divide),
+                                                           Ch in DNA ER RNA AGP Mito
+      <plate>/analysis/<plate>-<well>-<site>/Nuclei.csv    per-site CellProfiler nuclei, or
+      <plate>/Nuclei.csv (+ <plate>/Image.csv)             per-plate nuclei, or
+      <plate>/<plate>.sqlite                               CellProfiler SQLite backend (tables Image, Nuclei)
 
 The root is any location (a folder, ``s3://...``, ...; :mod:`pipelines.steps.rawinput`): discovery lists it
-once and reads only the tables; every path below is relative to the root. ``load_data.csv`` may be
-gzipped (``load_data.csv.gz``). Channel files named by URL (``URL_<Channel>`` columns or ``PathName_``
-folders holding ``s3://``, ``gs://``, ``https://`` URLs: the Gallery's own form) are read where they are, by
-the worker that processes the site, unless a file of the same name lies in ``<plate>/images/`` (a copy the
-user downloaded); an absolute path of another machine is taken from ``<plate>/images/`` the same way.
-``platemaps/`` is looked up from the plate folder upwards, so a plate may sit deeper (``<dataset>/<batch>/
-<plate>``); the folder holding ``platemaps/`` names the dataset. Paths in ``load_data.csv`` (``PathName_``
-or ``URL_`` columns) that are relative are taken relative to the folder of ``load_data.csv``.
+once and reads only the tables; every path below is relative to the root. Channel files named by URL
+(``URL_<Channel>`` columns, or ``PathName_`` folders holding ``s3://``, ``gs://``, ``https://`` URLs: the
+Gallery's own form) are read where they are, by the worker that processes the site, unless a file of the
+same name lies in ``<plate>/images/`` (a copy the user downloaded); an absolute path of another machine is
+taken from ``<plate>/images/`` the same way. ``platemaps/`` is looked up from the plate folder upwards, so a
+plate may sit deeper (``<dataset>/<batch>/<plate>``); the folder holding ``platemaps/`` names the dataset.
+Paths in ``load_data.csv`` (``PathName_`` or ``URL_`` columns) that are relative are taken relative to the
+folder of ``load_data.csv``.
+
+**The Gallery's own layout** is read as it is, with the input at a project's ``workspace``
+(``s3://cellpainting-gallery/<project>/<source>/workspace``)::
+
+    load_data_csv/<batch>/<plate>/load_data.csv[.gz]       the plate's sites
+    metadata/platemaps/<batch>/barcode_platemap.csv        and .../platemap/<Plate_Map_Name>.txt
+    analysis/<batch>/<plate>/analysis/<plate>-<well>-<site>/Nuclei.csv   (or .../<well>-<site>/)
+    backend/<batch>/<plate>/<plate>.sqlite
+    ../images/<batch>/illum/<plate>/<plate>_Illum<Ch>.npy  (or FileName_/PathName_Illum<Ch> columns)
+
+A channel file named by an absolute path of the machine that ran CellProfiler (``/home/ubuntu/bucket/
+projects/.../<batch>/images/<plate>/...``) is read from the same place under ``<project>/<source>/images/``
+(:func:`gallery_plate`, :func:`gallery_image`). The dataset is the project's (``cpg0004-lincs``: LINCS,
+``cpg0012-wawer-bioactivecompoundprofiling``: CDRP) unless the option ``cp.dataset`` names it.
+
 A plate folder without ``load_data.csv`` is read from its ImageXpress file names (``<prefix>_<Well>_s<site>_
 w<1-5><GUID>.tif``, w1 DNA .. w5 Mito), or from Phenix names (``r01c01f01p01-ch1sk1fk1fl1.tiff``) when the
 build config gives the Phenix channel numbers (they differ between projects). The nucleus position files
@@ -56,7 +71,27 @@ IXM_RE = re.compile(
 )
 _REMOTE_SCHEMES = ("http", "https", "s3", "s3a", "gs", "gcs", "ftp", "az", "abfs")
 #: file names of a plate's site table
-LOAD_DATA = ("load_data.csv", "load_data.csv.gz")
+LOAD_DATA = ("load_data.csv", "load_data.csv.gz", "load_data_with_illum.csv", "load_data_with_illum.csv.gz")
+#: Cell Painting Gallery projects of CHAMMI's CP plates -> CHAMMI's dataset name
+GALLERY_DATASETS = {"cpg0004-lincs": "LINCS", "cpg0012-wawer-bioactivecompoundprofiling": "CDRP"}
+
+
+def gallery_plate(plate_dir: str) -> tuple[str, str, str] | None:
+    """(workspace, batch, plate) for a plate folder ``<workspace>/load_data_csv/<batch>/<plate>`` of the
+    Gallery's layout (paths relative to the input root), else None."""
+    parts = plate_dir.strip("/").split("/")
+    if len(parts) >= 3 and parts[-3] == "load_data_csv":
+        return "/".join(parts[:-3]), parts[-2], parts[-1]
+    return None
+
+
+def gallery_image(path: str, batch: str, images_root: str) -> str | None:
+    """A CellProfiler machine's absolute path ``.../<batch>/images/<plate>/<file>`` as the Gallery URL
+    ``<images_root>/<batch>/images/<plate>/<file>``; None when the path does not hold ``/<batch>/``."""
+    marker = f"/{batch}/"
+    if marker not in path:
+        return None
+    return f"{images_root.rstrip('/')}/{batch}/{path.split(marker, 1)[1]}"
 
 
 class LayoutError(ValueError):
@@ -76,6 +111,7 @@ class SiteRow:
     problems: list[str] = field(
         default_factory=list
     )  #: reasons the site cannot be used (missing/remote files)
+    illum: dict[str, str] = field(default_factory=dict)  #: channel -> illumination function the row names
 
 
 def normalise_well(well: str) -> str:
@@ -122,14 +158,18 @@ def _resolve_url(url: str, base: str, raw: Any) -> tuple[str, str | None]:
     return (raw.rel_of(url) or url) if url.startswith("/") else _join(base, url), None
 
 
-def read_load_data(raw: Any, table: str, listing: Collection[str]) -> list[SiteRow]:
+def read_load_data(
+    raw: Any, table: str, listing: Collection[str], images_root: str | None = None
+) -> list[SiteRow]:
     """Sites of a plate's ``load_data.csv`` (``table``: its path in the input ``raw``; FileName/PathName or
     URL columns); ``listing``: every file of the input (relative paths), for the files' existence.
 
     A channel named by a remote URL is kept as the URL (read where it is) unless ``<plate>/images/`` holds a
-    file of that name. A row without a file for a channel keeps the problem in ``SiteRow.problems`` (the
-    caller skips it with file and row). A table without the Metadata or channel columns raises
-    :class:`LayoutError`.
+    file of that name; with ``images_root`` (a Gallery plate) an absolute path of another machine is read
+    from the Gallery (:func:`gallery_image`). Illumination columns (``FileName_Illum<Ch>``,
+    ``PathName_Illum<Ch>``) go to ``SiteRow.illum``. A row without a file for a channel keeps the problem in
+    ``SiteRow.problems`` (the caller skips it with file and row). A table without the Metadata or channel
+    columns raises :class:`LayoutError`.
     """
     where = raw.path(table)
     try:
@@ -147,6 +187,15 @@ def read_load_data(raw: Any, table: str, listing: Collection[str]) -> list[SiteR
     if missing:
         raise LayoutError(f"{where}: no FileName_Orig<Ch> or URL_Orig<Ch> column for channel(s) {missing}")
     base = posixpath.dirname(table)
+    batch = (gallery_plate(base) or ("", "", ""))[1]
+
+    def foreign(full: str, name: str) -> str:
+        # an absolute path of another machine: a downloaded copy in images/, else the Gallery's object
+        inside = raw.rel_of(full)
+        if inside in listing:
+            return inside  # type: ignore[return-value]
+        moved = gallery_image(full, batch, images_root) if images_root and batch else None
+        return local_copy(name) or inside or moved or full
 
     def local_copy(name: str) -> str | None:
         # Gallery tables carry absolute paths of the machine that made them, or s3 URLs: a file of the same
@@ -172,9 +221,7 @@ def read_load_data(raw: Any, table: str, listing: Collection[str]) -> list[SiteR
                     files[ch] = local_copy(name) or (raw.rel_of(url) or url)
                     continue
                 if folder.startswith("/") or name.startswith("/"):
-                    full = posixpath.join(folder, name) if folder else name
-                    inside = raw.rel_of(full)
-                    files[ch] = inside if inside in listing else (local_copy(name) or inside or full)
+                    files[ch] = foreign(posixpath.join(folder, name) if folder else name, name)
                     continue
                 rel = _join(base, posixpath.join(folder, name) if folder else name)
                 files[ch] = rel if rel in listing else (local_copy(name) or rel)
@@ -186,7 +233,16 @@ def read_load_data(raw: Any, table: str, listing: Collection[str]) -> list[SiteR
                     problems.append(f"channel {ch}: {problem}")
             else:
                 problems.append(f"channel {ch}: no file name in this row")
-        sites.append(SiteRow(rec["Metadata_Plate"], well, site, files, table, line, problems))
+        illum = {}
+        for ch in RAW_CHANNELS:
+            name, folder = rec.get(f"FileName_Illum{ch}", ""), rec.get(f"PathName_Illum{ch}", "")
+            if name:
+                full = posixpath.join(folder, name) if folder else name
+                remote = full.lower().startswith(tuple(s + "://" for s in _REMOTE_SCHEMES))
+                illum[ch] = (
+                    full if remote else (foreign(full, name) if full.startswith("/") else _join(base, full))
+                )
+        sites.append(SiteRow(rec["Metadata_Plate"], well, site, files, table, line, problems, illum))
     return sites
 
 
@@ -256,7 +312,13 @@ def plate_table(plate_dir: str, listing: Collection[str]) -> str | None:
 
 def find_platemaps(plate_dir: str, listing: Collection[str]) -> str | None:
     """The nearest ``platemaps/`` folder holding ``barcode_platemap.csv``, from the plate folder up to the
-    input root (relative paths; ``listing``: every file of the input)."""
+    input root (relative paths; ``listing``: every file of the input); for a Gallery plate its batch's
+    ``metadata/platemaps/<batch>/``."""
+    gallery = gallery_plate(plate_dir)
+    if gallery is not None:
+        cand = _join(gallery[0], f"metadata/platemaps/{gallery[1]}/barcode_platemap.csv")
+        if cand in listing:
+            return posixpath.dirname(cand)
     here = plate_dir.strip("/")
     while True:
         cand = _join(here, "platemaps/barcode_platemap.csv")
@@ -290,6 +352,8 @@ def read_platemap(raw: Any, platemaps: str, plate: str) -> tuple[dict[str, WellI
         raise LayoutError(f"{raw.path(barcode_file)}: plate {plate!r} not listed in Assay_Plate_Barcode")
     map_name = hit["Plate_Map_Name"].iloc[0].strip()
     map_file = _join(platemaps, f"{map_name}.txt")
+    if not raw.is_file(map_file) and raw.is_file(_join(platemaps, f"platemap/{map_name}.txt")):
+        map_file = _join(platemaps, f"platemap/{map_name}.txt")  # the Gallery's metadata/platemaps/<batch>/
     if not raw.is_file(map_file):
         raise LayoutError(
             f"{raw.path(barcode_file)}: platemap {map_name}.txt for plate {plate!r} does not exist"
@@ -312,3 +376,44 @@ def read_platemap(raw: Any, platemaps: str, plate: str) -> tuple[dict[str, WellI
             label_from_broad_sample(rec["broad_sample"]),
         )
     return wells, map_file
+
+
+def plate_dataset(raw: Any, pm_dir: str, gallery: tuple[str, str, str] | None, option: str | None) -> str:
+    """The plates' dataset name: ``option`` (``cp.dataset``), else a Gallery project's
+    (:data:`GALLERY_DATASETS`, or the project folder's name), else the folder holding ``platemaps/``."""
+    if option:
+        return str(option)
+    if gallery is not None:
+        parts = raw.path(gallery[0]).rstrip("/").split("/")
+        project = parts[-3] if len(parts) >= 3 and parts[-1] == "workspace" else parts[-1]
+        return GALLERY_DATASETS.get(project, project)
+    holder = posixpath.dirname(pm_dir)
+    return posixpath.basename(holder) if holder else raw.name(raw.url)
+
+
+def gallery_images_root(raw: Any, gallery: tuple[str, str, str] | None, option: str | None) -> str | None:
+    """Where a Gallery plate's images are: ``option`` (``cp.images_root``), else ``<project>/<source>/images``
+    beside the workspace; None for a plate of the other layout."""
+    if gallery is None:
+        return None
+    if option:
+        return str(option)
+    return posixpath.dirname(raw.path(gallery[0]).rstrip("/")) + "/images"
+
+
+def gallery_extras(raw: Any, gallery: tuple[str, str, str] | None, images_root: str | None) -> dict[str, Any]:
+    """For a Gallery plate: ``{"also": the folders of its CellProfiler output, "illum": {channel: URL}}`` of
+    the illumination functions under ``images_root`` (asked once per plate: they lie outside the listed
+    workspace; ``images_root`` None: none looked for)."""
+    if gallery is None:
+        return {}
+    ws, batch, plate = gallery
+    also = tuple(
+        posixpath.join(ws, f"{kind}/{batch}/{plate}").lstrip("/") for kind in ("analysis", "backend")
+    )
+    illum = {}
+    for ch in RAW_CHANNELS if images_root else ():
+        url = f"{images_root}/{batch}/illum/{plate}/{plate}_Illum{ch}.npy"
+        if raw.is_file(url):
+            illum[ch] = url
+    return {"also": also, "illum": illum}

@@ -34,7 +34,6 @@ from __future__ import annotations
 import os
 import posixpath
 from contextlib import ExitStack
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +46,7 @@ import pipelines.sources.cp.positions as cp_positions
 from chammi_data.format.schema import Cell, make_cell_id
 from chammi_data.format.vocab import SOURCES
 from pipelines.sources.base import Discovery, Skipped, SourcePipeline, Unit, UnitResult, UnitSkip, safe_id
+from pipelines.sources.cp.illum import illuminate
 from pipelines.steps.imaging import BORDER_POLICIES, crop_box, to_uint8
 from pipelines.steps.rawinput import RawInput, as_raw_input, raw_input
 from pipelines.steps.rawio import (
@@ -62,28 +62,6 @@ assert tuple(lay.RAW_TO_VOCAB[c] for c in lay.RAW_CHANNELS) == CHANNELS, "cp_lay
 
 POSITIONS = ("auto", "site_csv", "plate_csv", "sqlite", "segment")
 MIXED_BIT_DEPTH = ("skip", "allow")
-
-
-@lru_cache(maxsize=5)
-def _illum_function(raw: RawInput, path: str, stamp: str) -> np.ndarray:
-    """A plate's illumination function as read-only float64, cached per worker for the plate's 5 channels.
-
-    Every site of a plate divides by the same 5 functions (a real one is 2160 x 2160 float: 37 MB); units are
-    sorted by plate, so consecutive sites on a worker hit the cache. ``stamp`` (a local file's mtime and size)
-    in the key: a changed file is read again.
-    """
-    source = raw.open(path)
-    fn = np.squeeze(np.load(source, allow_pickle=False)).astype(np.float64)
-    fn.setflags(write=False)
-    return fn
-
-
-def _stamp(raw: RawInput, path: str) -> str:
-    store, rel = raw.locate(path)
-    if not store.is_local:
-        return ""
-    st = os.stat(store.path(rel))
-    return f"{st.st_mtime_ns}-{st.st_size}"
 
 
 class CPPipeline(SourcePipeline):
@@ -106,6 +84,11 @@ class CPPipeline(SourcePipeline):
         "segment_options": {},
         "max_field_pixels": 10_000 * 10_000,
         "mixed_bit_depth": "skip",  # see MIXED_BIT_DEPTH
+        # dataset name of every plate (groups["dataset"]); None: the folder holding platemaps/, or for the
+        # Gallery's layout the project's (layout.GALLERY_DATASETS), else the project folder's name
+        "dataset": None,
+        # where a Gallery project's images are; None: <project>/<source>/images beside the workspace
+        "images_root": None,
     }
 
     def check_options(self, opts: dict[str, Any]) -> None:
@@ -141,9 +124,11 @@ class CPPipeline(SourcePipeline):
         for pdir in plates:
             plate_unit = f"cp-plate-{safe_id(pdir)}"
             table = lay.plate_table(pdir, listing)
+            gallery = lay.gallery_plate(pdir)
+            images_root = lay.gallery_images_root(raw, gallery, opts["images_root"])
             try:
                 if table is not None:
-                    sites = lay.read_load_data(raw, table, listing)
+                    sites = lay.read_load_data(raw, table, listing, images_root)
                 else:
                     images = posixpath.join(pdir, "images")
                     sites = lay.sites_from_filenames(
@@ -166,10 +151,10 @@ class CPPipeline(SourcePipeline):
                 skipped.append(Skipped(self.key, plate_unit, str(exc), file=table or pdir, kind="plates"))
                 continue
             n_sites += len(sites)
-            holder = posixpath.dirname(pm_dir)
-            dataset = posixpath.basename(holder) if holder else raw.name(raw.url)
+            dataset = lay.plate_dataset(raw, pm_dir, gallery, opts["dataset"])
+            extra = lay.gallery_extras(raw, gallery, images_root if opts["illum"] else None)
             for site in sites:
-                unit = self._site_unit(site, pdir, raw, dataset, maps[site.plate], opts, listing)
+                unit = self._site_unit(site, pdir, raw, dataset, maps[site.plate], opts, listing, extra)
                 if isinstance(unit, Skipped):
                     skipped.append(unit)
                 elif unit.unit_id in units:
@@ -201,6 +186,7 @@ class CPPipeline(SourcePipeline):
         platemap: tuple[dict[str, lay.WellInfo], str],
         opts: dict[str, Any],
         listing: set[str],
+        extra: dict[str, Any] | None = None,
     ) -> Unit | Skipped:
         unit_id = f"cp-{safe_id(dataset)}-{safe_id(site.plate)}-{site.well}-s{site.site}"
         where = {"file": site.table, "row": site.row}
@@ -215,15 +201,18 @@ class CPPipeline(SourcePipeline):
                 f"well {site.well} of plate {site.plate} is not in platemap {map_file}",
                 **where,
             )
+        extra = extra or {}
         illum = {}
         if opts["illum"]:
             for ch in lay.RAW_CHANNELS:
                 cand = posixpath.join(pdir, "illum", f"{site.plate}_Illum{ch}.npy")
                 if cand in listing:
                     illum[ch] = cand
+            illum.update(extra.get("illum", {}))
+            illum.update(site.illum)  # the row's own columns win
         try:
             positions = cp_positions.positions_source(
-                pdir, site.plate, site.well, site.site, opts["positions"], listing
+                pdir, site.plate, site.well, site.site, opts["positions"], listing, extra.get("also", ())
             )
         except lay.LayoutError as exc:
             return Skipped(self.key, unit_id, str(exc), **where)
@@ -265,7 +254,7 @@ class CPPipeline(SourcePipeline):
         p = unit.payload
         root = raw_input(p["root"])
         field, depths = self._read_field(p, root, opts)
-        field = self._illuminate(field, p, root)
+        field = illuminate(field, p["illum"], root)
         img8 = np.empty((len(field), *field[0].shape), dtype=np.uint8)
         for k, ch in enumerate(lay.RAW_CHANNELS):
             try:
@@ -414,42 +403,6 @@ class CPPipeline(SourcePipeline):
                         f"unreadable {ch} image ({type(exc).__name__}: {exc})", rel[ch], p["row"]
                     ) from None
         return planes, depths
-
-    def _illuminate(self, field: list[np.ndarray], p: dict[str, Any], root: RawInput) -> list[np.ndarray]:
-        """Divide each channel by its illumination function (CellProfiler convention), in float64.
-
-        An integer plane is rounded back to integers after the division (to the nearest count, the precision
-        the camera gave; values stay non-negative), so that the percentile clip keeps its exact histogram path
-        instead of sorting a float copy (much slower): the 8-bit result moves by at most one grey level on
-        rare pixels. Float planes stay float.
-        """
-        if not p["illum"]:
-            return field
-        out = list(field)
-        for k, ch in enumerate(lay.RAW_CHANNELS):
-            path = p["illum"].get(ch)
-            if path is None:
-                continue
-            rel = root.display(path)
-            try:
-                fn = _illum_function(root, path, _stamp(root, path))
-            except Exception as exc:
-                raise UnitSkip(
-                    f"unreadable illumination function {ch} ({type(exc).__name__}: {exc})", rel
-                ) from None
-            if fn.shape != field[k].shape:
-                raise UnitSkip(
-                    f"illumination function {ch} has shape {fn.shape}, field is {field[k].shape}", rel
-                )
-            if not np.all(np.isfinite(fn)):
-                raise UnitSkip(f"illumination function {ch} holds NaN/inf", rel)
-            if np.any(fn <= 0):
-                raise UnitSkip(f"illumination function {ch} has values <= 0 (cannot divide)", rel)
-            corrected = field[k].astype(np.float64) / fn
-            if np.issubdtype(field[k].dtype, np.integer) and corrected.min() >= 0 and corrected.max() < 2**31:
-                corrected = np.rint(corrected).astype(np.int32)
-            out[k] = corrected
-        return out
 
     def _positions(
         self,

@@ -43,13 +43,16 @@ def positions_source(
     site: int,
     mode: str = "auto",
     listing: Collection[str] | None = None,
+    also: tuple[str, ...] = (),
 ) -> dict[str, str]:
     """Pick where this site's nucleus positions come from: ``{"kind": site_csv|plate_csv|sqlite|segment,
     "path"}``.
 
     ``plate_dir``: a local folder, or with ``listing`` (every file of the input, relative paths) the plate's
-    relative path; then ``path`` is relative too. ``mode`` ``auto`` takes the first that exists in that order;
-    a named kind forces it (``segment`` always).
+    relative path; then ``path`` is relative too, and ``also`` names more folders holding the plate's
+    CellProfiler output (a Gallery plate's ``analysis/<batch>/<plate>`` and ``backend/<batch>/<plate>``,
+    whose per-site folders may also be named ``<well>-<site>``). ``mode`` ``auto`` takes the first that
+    exists in that order; a named kind forces it (``segment`` always).
     """
     if listing is None:
         pdir = Path(plate_dir)
@@ -61,13 +64,17 @@ def positions_source(
         ]
         exists = os.path.isfile
     else:
-        base = str(plate_dir).strip("/")
-        sqlite_rel = sorted(f for f in listing if posixpath.dirname(f) == base and f.endswith(".sqlite"))
-        candidates = [
-            ("site_csv", site_nuclei_csv(base, plate, well, site)),
-            ("plate_csv", posixpath.join(base, "Nuclei.csv")),
-            ("sqlite", sqlite_rel[0] if sqlite_rel else posixpath.join(base, f"{plate}.sqlite")),
+        roots = [str(plate_dir).strip("/"), *also]
+        candidates = [("site_csv", site_nuclei_csv(r, plate, well, site)) for r in roots]
+        candidates += [
+            ("site_csv", posixpath.join(r, "analysis", f"{well}-{site}", "Nuclei.csv")) for r in roots[1:]
         ]
+        candidates += [("plate_csv", posixpath.join(r, "Nuclei.csv")) for r in roots]
+        for r in roots:
+            sqlite_rel = sorted(f for f in listing if posixpath.dirname(f) == r and f.endswith(".sqlite"))
+            candidates.append(
+                ("sqlite", sqlite_rel[0] if sqlite_rel else posixpath.join(r, f"{plate}.sqlite"))
+            )
         exists = listing.__contains__
     for kind, path in candidates:
         if mode in ("auto", kind) and exists(path):
