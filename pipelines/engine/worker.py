@@ -130,7 +130,7 @@ def run_units(
                 prefetched.append(raw)
     pending: list[Any] = []
     try:
-        with ThreadPoolExecutor(2, thread_name_prefix="chammi-upload") as uploads:
+        with ThreadPoolExecutor(UPLOADS, thread_name_prefix="chammi-upload") as uploads:
             out = [
                 run_unit(name, unit, opts, store, path, key, uploads, pending) for unit, path, key in batch
             ]
@@ -153,6 +153,10 @@ def _worker_address() -> str:
         return ""
 
 
+#: spill uploads a worker keeps in flight while it processes the next units (an object store's latency is
+#: hidden behind the work; measured: 2 -> 4 took a 2-worker WTC sample build from 0.61x to 0.68x the local
+#: rate with 20 ms per request)
+UPLOADS = 4
 #: the logger of remote retries (``chammi_data.store.storage``)
 RETRY_LOGGER = "chammi_data.store.storage"
 
