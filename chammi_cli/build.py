@@ -77,9 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--input",
+        action="append",
         default=None,
+        metavar="[SOURCE=]LOCATION",
         help="raw data: a folder or a URL (s3://, gs://, https://, any fsspec URL; with --source all: "
-        "INPUT/wtc11, INPUT/hpa, INPUT/cp); default: generate the embedded sample data",
+        "INPUT/wtc11, INPUT/hpa, INPUT/cp); or one SOURCE=LOCATION per source, repeatable (several for one "
+        "source are built as one); default: generate the embedded sample data",
     )
     p.add_argument(
         "--output",
@@ -161,20 +164,42 @@ def storage_options(items: list[str], where: str) -> dict[str, object]:
     return out
 
 
+def input_locations(items: list[str] | None) -> str | dict[str, list[str]] | None:
+    """``--input``: one location, or ``SOURCE=LOCATION`` items as ``{source: [locations]}``."""
+    from pipelines.sources.registry import list_pipelines
+
+    if not items:
+        return None
+    named: dict[str, list[str]] = {}
+    plain = []
+    for item in items:
+        name, sep, loc = item.partition("=")
+        if sep and name in list_pipelines() and loc:
+            named.setdefault(name, []).append(loc)
+        else:
+            plain.append(item)
+    if named and plain or len(plain) > 1:
+        raise UserError(
+            "--input: give one location, or SOURCE=LOCATION for each source (e.g. --input wtc11=s3://... "
+            "--input cp=s3://...), not both"
+        )
+    return named or plain[0]
+
+
 def input_options(args: argparse.Namespace) -> dict[str, object] | None:
-    """The storage options of ``--input``: ``--input-option`` items, plus anonymous access for ``--anon``
-    (``anon: true`` on S3, ``token: anon`` on Google Cloud Storage)."""
+    """The storage options of ``--input``: ``--input-option`` items, plus ``anon: true`` for ``--anon``
+    (applied to the S3 locations; ``token: anon`` on Google Cloud Storage; plain HTTP needs none)."""
     from chammi_data.store.paths import protocol_of
 
     opts = storage_options(args.input_option, "input")
     if args.anon:
-        proto = protocol_of(str(args.input or ""))
-        if proto in ("gs", "gcs"):
-            opts.setdefault("token", "anon")
-        elif proto in ("", "file", "http", "https"):
-            raise UserError(f"--anon reads a public bucket; --input {args.input or '(sample)'} is not one")
-        else:
-            opts.setdefault("anon", True)
+        locs = args.input or []
+        remote = [x for x in locs if protocol_of(x.partition("=")[2] if "=" in x.split("://")[0] else x)]
+        if not remote:
+            raise UserError(
+                f"--anon reads a public bucket; --input {' '.join(locs) or '(sample)'} is not one"
+            )
+        opts.setdefault("anon", True)
     return opts or None
 
 
@@ -195,7 +220,7 @@ def build(args: argparse.Namespace) -> int:
     try:
         result = run_build(
             args.source,
-            input_dir=args.input,
+            input_dir=input_locations(args.input),
             output=args.output,
             progress=not args.quiet,
             input_options=input_options(args),

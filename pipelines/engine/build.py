@@ -40,7 +40,7 @@ from chammi_data.errors import UserError
 from chammi_data.store.paths import default_release_location
 from pipelines.engine.build_config import config_hash, load_config, source_options
 from pipelines.engine.cluster import start_cluster
-from pipelines.engine.inputs import input_dirs
+from pipelines.engine.inputs import discover_all, input_dirs
 from pipelines.engine.ledger import SourceLedger
 from pipelines.engine.output_store import open_output, release_generation
 from pipelines.engine.report import BuildResult
@@ -57,7 +57,7 @@ class DiskFull(UserError):
 
 def build(
     sources: str | Sequence[str],
-    input_dir: str | Path | None = None,
+    input_dir: str | Path | Mapping[str, Any] | None = None,
     output: str | Path | None = None,
     workers: int = 2,
     scheduler: str | None = None,
@@ -73,7 +73,8 @@ def build(
     """Build one release from ``sources`` (``wtc11|hpa|cp|chammi|all`` or a list) into ``output``.
 
     ``input_dir`` and ``output`` are locations: folders, or URLs (``s3://``, ``gs://``, any fsspec URL;
-    ``input_dir`` also ``http(s)://``), read and written with ``input_options`` / ``output_options`` (fsspec
+    ``input_dir`` also ``http(s)://``; or ``{source: location or [locations]}``, see
+    :mod:`pipelines.engine.inputs`), read and written with ``input_options`` / ``output_options`` (fsspec
     storage options, e.g. ``{"anon": True}`` for a public bucket; credentials otherwise from the standard
     chains). ``config``: a mapping merged over :data:`pipelines.engine.build_config.DEFAULT_CONFIG`, or a YAML
     path. ``strict``: any skipped item fails the build. A failed build publishes nothing: the previous
@@ -153,9 +154,10 @@ def _build_in(
     # discover first: a missing table fails before any cluster starts
     for name, pipeline in pipelines.items():
         t0 = time.perf_counter()
-        discovery = pipeline.discover(inputs[name], options[name])
+        discovery = discover_all(pipeline, inputs[name], options[name])
         spills = f"{out.work}/{name}/units"
-        ledgers[name] = SourceLedger(name, pipeline, options[name], inputs[name], spills, discovery)
+        where = inputs[name][0] if len(inputs[name]) == 1 else inputs[name]
+        ledgers[name] = SourceLedger(name, pipeline, options[name], where, spills, discovery)
         timings[f"{name}.discover_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     with start_cluster(workers, scheduler, processes) as client:
@@ -165,7 +167,9 @@ def _build_in(
         # imports on every worker now, so unit timings measure the work
         client.run(warm_up, list(pipelines))
         timings["cluster_start_s"] = time.perf_counter() - t0
-        run = _BuildRun(client, ledgers, cfg, out, strict, progress, timings, list(inputs.values()))
+        run = _BuildRun(
+            client, ledgers, cfg, out, strict, progress, timings, [r for rs in inputs.values() for r in rs]
+        )
         try:
             result = run.run()
         except OSError as exc:
@@ -180,7 +184,7 @@ def _build_in(
 def check_inputs_visible(client: Any, inputs: Mapping[str, Any]) -> None:
     """Refuse a cluster whose workers cannot see a local input folder (no shared filesystem): every unit
     would be skipped as missing. Inputs at URLs are read by the workers themselves."""
-    for name, raw in inputs.items():
+    for name, raw in ((n, r) for n, rs in inputs.items() for r in rs):
         if not raw.is_local:
             continue
         seen = client.run(os.path.isdir, raw.url)

@@ -6,6 +6,12 @@ credentials come from the standard chains of each machine). Each pipeline gets a
 :class:`~pipelines.steps.rawinput.RawInput`; its ``discover`` reads the tables on the client and the dask
 workers fetch each unit's objects themselves, so nothing of the raw data is copied to one machine.
 
+Sources may also lie in different places, one or more locations each (``{"wtc11": "s3://allencell/...",
+"cp": ["s3://cellpainting-gallery/cpg0004-lincs/broad/workspace", ".../cpg0012-.../workspace"]}``; the CLI's
+``--input NAME=LOCATION``, repeatable): a source with several locations discovers each and builds them as
+one. ``anon`` in the storage options applies to the locations that know it (S3; ``token: anon`` on Google
+Cloud Storage) and is left out for the others (plain HTTP needs no credentials).
+
 Without ``--input`` the embedded sample raw data is generated: into ``OUTPUT/.work/sample_raw`` for a local
 output, and for an object-store output generated in a temp folder and uploaded to ``.work/sample_raw/`` in
 the store (so that workers without a shared disk read it from there).
@@ -13,16 +19,33 @@ the store (so that workers without a shared disk read it from there).
 
 from __future__ import annotations
 
+import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pipelines.sources.base import SourcePipeline
+from chammi_data.store.paths import protocol_of
+from pipelines.sources.base import Discovery, SourcePipeline
 from pipelines.steps.rawinput import RawInput
 
 #: where the generated sample lives in an output
 SAMPLE = "sample_raw"
+
+
+def options_for(location: Any, options: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The storage options for one input location: ``anon`` only where the protocol has it (S3), as
+    ``token: anon`` on Google Cloud Storage, and not at all for plain HTTP or a folder."""
+    if not options:
+        return None
+    opts = dict(options)
+    anon = opts.pop("anon", None)
+    proto = protocol_of(os.fspath(location))
+    if anon and proto in ("s3", "s3a"):
+        opts["anon"] = anon
+    elif anon and proto in ("gs", "gcs"):
+        opts.setdefault("token", "anon")
+    return opts or None
 
 
 def input_dirs(
@@ -33,14 +56,46 @@ def input_dirs(
     seed: int = 0,
     progress: bool = False,
     input_options: Mapping[str, Any] | None = None,
-) -> dict[str, RawInput]:
-    """``{name: RawInput}`` for every pipeline of a build.
+) -> dict[str, list[RawInput]]:
+    """``{name: [RawInput, ...]}`` for every pipeline of a build (one location each, unless a mapping gives
+    a source several).
 
     No ``input_location``: the sample (see the module docstring) in ``output`` (a ``FolderOutput`` /
     ``StoreOutput``, or a folder path); a pipeline that reads a ready-made release cannot run without input.
-    Several pipelines: ``input/<name>`` each. One pipeline: ``input/<name>`` when that folder exists and
-    ``input`` itself holds none of the pipeline's top-level tables, else ``input``.
+    A mapping ``{name: location or [locations]}``: each source's own locations (every source of the build
+    needs one). Otherwise one location: for several pipelines ``input/<name>`` each; for one pipeline
+    ``input/<name>`` when that folder exists and ``input`` itself holds none of the pipeline's top-level
+    tables, else ``input``.
     """
+    names = list(pipelines)
+    if isinstance(input_location, Mapping):
+        missing = [n for n in names if not input_location.get(n)]
+        if missing:
+            raise ValueError(
+                f"--input names no location for {', '.join(missing)}: give one --input {missing[0]}=LOCATION "
+                "per source (or one --input holding a folder per source)"
+            )
+        out = {}
+        for n in names:
+            locs = input_location[n]
+            locs = [locs] if isinstance(locs, str | os.PathLike) else list(locs)
+            out[n] = [RawInput(loc, options_for(loc, input_options)) for loc in locs]
+        return out
+    if input_location is not None:
+        input_options = options_for(input_location, input_options)
+    return {n: [raw] for n, raw in _one_location(pipelines, options, input_location, output, seed, progress,
+                                                  input_options).items()}  # fmt: skip
+
+
+def _one_location(
+    pipelines: Mapping[str, SourcePipeline],
+    options: Mapping[str, dict[str, Any]],
+    input_location: Any,
+    output: Any,
+    seed: int,
+    progress: bool,
+    input_options: Mapping[str, Any] | None,
+) -> dict[str, RawInput]:
     names = list(pipelines)
     if input_location is None:
         need = [n for n, p in pipelines.items() if p.reads_release]
@@ -91,3 +146,28 @@ def sample_input(output: Any, names: list[str], seed: int, progress: bool) -> Ra
                 store.put_file(f"{name}/{path.relative_to(folder).as_posix()}", path)
             store.put_file(marker, folder / MARKER)
     return RawInput(store.url, store.storage_options)
+
+
+def discover_all(pipeline: SourcePipeline, inputs: Sequence[RawInput], opts: dict[str, Any]) -> Discovery:
+    """``pipeline.discover`` of each location of a source, as one discovery (units of all of them, sorted;
+    skips and counts added up); two locations giving one unit id is an error naming it."""
+    found = [pipeline.discover(raw, opts) for raw in inputs]
+    if len(found) == 1:
+        return found[0]
+    units, seen = [], {}
+    for raw, d in zip(inputs, found, strict=True):
+        for u in d.units:
+            if u.unit_id in seen:
+                raise ValueError(
+                    f"{pipeline.name}: unit {u.unit_id} is in two inputs ({seen[u.unit_id]} and {raw.url}); "
+                    "give each plate, field or cell once"
+                )
+            seen[u.unit_id] = raw.url
+            units.append(u)
+    total: dict[str, dict[str, int]] = {"found": {}, "used": {}}
+    for d in found:
+        for what in total:
+            for k, v in getattr(d, what).items():
+                total[what][k] = total[what].get(k, 0) + v
+    skipped = [s for d in found for s in d.skipped]
+    return Discovery(sorted(units, key=lambda u: u.unit_id), skipped, total["found"], total["used"])

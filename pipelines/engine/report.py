@@ -24,6 +24,11 @@ from pipelines.engine.output import FAILED_REPORT, REPORT
 from pipelines.sources.base import Skipped
 
 
+def _locations(where: Any) -> list[str]:
+    """The input location(s) of a ledger as text."""
+    return [str(w) for w in where] if isinstance(where, list | tuple) else [str(where)]
+
+
 def _reason_kind(reason: str) -> str:
     """Group reasons for the summary: the leading words ("missing file", "duplicate CellId", ...)."""
     m = re.match(r"[A-Za-z][A-Za-z _-]*", reason.strip())
@@ -84,10 +89,11 @@ class BuildResult:
         for s in sorted(self.skipped, key=lambda s: (s.source, s.unit_id, str(s.row), s.reason)):
             d = s.to_dict()
             for ledger in self.ledgers.values():
-                root = str(ledger.input_dir).rstrip("/")
-                for sep in {os.sep, "/"}:
-                    if root and d["file"].startswith(root + sep):
-                        d["file"] = d["file"][len(root) + 1 :]
+                for where in _locations(ledger.input_dir):
+                    root = where.rstrip("/")
+                    for sep in {os.sep, "/"}:
+                        if root and d["file"].startswith(root + sep):
+                            d["file"] = d["file"][len(root) + 1 :]
             skipped.append(d)
         cells = self.cells
         written: dict[str, Any] = {}
@@ -108,7 +114,10 @@ class BuildResult:
             "status": "failed" if self.failed else "ok",
             "failure": self.failed,
             "sources": self.sources,
-            "inputs": {n: str(ledger.input_dir) for n, ledger in self.ledgers.items()},
+            "inputs": {
+                n: (locs[0] if len(locs := _locations(ledger.input_dir)) == 1 else locs)
+                for n, ledger in self.ledgers.items()
+            },
             "config_hash": self.config_hash,
             "accounting": self.accounting(),
             "written": written,

@@ -237,3 +237,26 @@ def test_a_server_killed_mid_build_stops_it_in_one_line_and_a_rerun_resumes(
         == 0
     )
     assert local_release(out) == local_release(local)
+
+
+def test_each_source_from_its_own_locations(s3, raw_tree: Path, local_all: Path, tmp_path: Path) -> None:
+    """--input SOURCE=LOCATION: WTC-11 from the bucket, HPA over HTTP, Cell Painting from two prefixes (its
+    two datasets) built as one source; --anon applies to the bucket only. The cells are the local build's."""
+    with HTTPServer(raw_tree) as http:
+        out = tmp_path / "rel"
+        run = chammi_build(
+            "--source", "all", "--anon", "--output", str(out), "--quiet",
+            "--input", "wtc11=s3://raw/tree/wtc11", "--input", f"hpa={http.url}/hpa",
+            "--input", "cp=s3://raw/tree/cp/LINCS", "--input", "cp=s3://raw/tree/cp/CDRP",
+            env=s3.env(),
+        )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    got, want = read_manifest(out), read_manifest(local_all)
+    for col in ("cell_id", "sha256", "label", "train_test_split", "dataset"):
+        assert list(got[col]) == list(want[col]), col
+    report = json.loads((out / "build_report.json").read_text())
+    assert report["inputs"]["cp"] == ["s3://raw/tree/cp/LINCS", "s3://raw/tree/cp/CDRP"]
+    bad = chammi_build(
+        "--source", "all", "--input", "wtc11=s3://raw/tree/wtc11", "--output", str(tmp_path / "x")
+    )
+    assert bad.returncode == 2 and "names no location for hpa, cp" in bad.stderr
