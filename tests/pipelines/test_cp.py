@@ -457,3 +457,10 @@ def test_sample_is_deterministic(sample, tmp_path):
         if c.meta["plate"] == again[5].payload["plate"] and c.meta["well"] == again[5].payload["well"]
     ]
     assert [c.checksum for c in first] == [c.checksum for c in ref]
+
+
+def test_plates_option_reads_and_counts_only_the_named_plates(tmp_path):
+    write_plate(tmp_path, "P1")
+    write_plate(tmp_path, "P2", "CDRP")
+    found = CPPipeline().discover(tmp_path, opts(plates=["P2"]))
+    assert {u.payload["plate"] for u in found.units} == {"P2"} and found.found["plates"] == 1

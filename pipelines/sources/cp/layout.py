@@ -417,3 +417,20 @@ def gallery_extras(raw: Any, gallery: tuple[str, str, str] | None, images_root: 
         if raw.is_file(url):
             illum[ch] = url
     return {"also": also, "illum": illum}
+
+
+def gallery_listing(raw: Any, plates: set[str] | None = None) -> set[str] | None:
+    """The files discovery needs from a Gallery workspace (``raw`` holds ``load_data_csv/``), listed by
+    prefix instead of the whole workspace (whose ``analysis/`` holds millions of files): ``load_data_csv/``,
+    ``metadata/``, and ``analysis/<batch>/<plate>/`` and ``backend/<batch>/<plate>/`` of each plate (of
+    ``plates`` only, when given). None for an input of the other layout."""
+    if not raw.can_list or not raw.is_dir("load_data_csv"):
+        return None
+    listing = set(raw.list_files("load_data_csv")) | set(raw.list_files("metadata"))
+    for pdir in plate_dirs(listing):
+        gallery = gallery_plate(pdir)
+        if gallery is None or (plates is not None and gallery[2] not in plates):
+            continue
+        for kind in ("analysis", "backend"):
+            listing |= set(raw.list_files(f"{kind}/{gallery[1]}/{gallery[2]}"))
+    return listing

@@ -25,8 +25,9 @@ Options (``config["cp"]``, all optional): ``low_pct``, ``high_pct``, ``box``,
 ``border``, ``positions`` (auto | site_csv | plate_csv | sqlite | segment), ``illum`` (bool),
 ``phenix_channels`` ({ch number: DNA|ER|RNA|AGP|Mito} for plates without load_data.csv),
 ``segment_backend`` and ``segment_options`` (fallback segmentation), ``max_field_pixels`` (10000 x 10000),
-``mixed_bit_depth`` (skip | allow). Accounting: plates, sites (rows of the plates' tables), cells (nucleus
-positions of the sites used).
+``mixed_bit_depth`` (skip | allow), ``dataset`` and ``images_root`` (the Gallery's layout), ``plates`` (the
+plate barcodes to build; others are neither read nor counted). Accounting: plates, sites (rows of the plates'
+tables), cells (nucleus positions of the sites used).
 """
 
 from __future__ import annotations
@@ -89,6 +90,8 @@ class CPPipeline(SourcePipeline):
         "dataset": None,
         # where a Gallery project's images are; None: <project>/<source>/images beside the workspace
         "images_root": None,
+        # plate barcodes to build (a list); None: every plate found. Others are not read (nor counted)
+        "plates": None,
     }
 
     def check_options(self, opts: dict[str, Any]) -> None:
@@ -114,12 +117,15 @@ class CPPipeline(SourcePipeline):
         raw = as_raw_input(input_dir)
         if raw.is_local and not os.path.isdir(raw.url):
             raise FileNotFoundError(f"Cell Painting input folder not found: {raw.url}")
-        listing = set(raw.list_files())
+        wanted = {str(p) for p in opts["plates"]} if opts["plates"] else None
+        listing = lay.gallery_listing(raw, wanted)
+        if listing is None:
+            listing = set(raw.list_files())
         if not listing and not raw.is_local:
             raise FileNotFoundError(f"Cell Painting input {raw.url}: no files there")
         units: dict[str, Unit] = {}
         skipped: list[Skipped] = []
-        plates = lay.plate_dirs(listing)
+        plates = [d for d in lay.plate_dirs(listing) if wanted is None or posixpath.basename(d) in wanted]
         n_sites = 0
         for pdir in plates:
             plate_unit = f"cp-plate-{safe_id(pdir)}"
