@@ -188,15 +188,19 @@ class ObjectStore(ReleaseStore):
         return self._remote(what, rel, lambda: self.fs.cat_file(self.key(rel), start=0))
 
     # -- writing ---------------------------------------------------------------------------------------
+    def _temp_beside(self, rel: str) -> tuple[Path, Path]:
+        """(the local file ``rel``, a temp name beside it: ``.<name>.<pid>-<id>.tmp``), its folder made."""
+        path = Path(self.path(rel))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path, path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex}.tmp")
+
     @contextlib.contextmanager
     def writer(self, rel: str) -> Iterator[IO[bytes]]:
         """``with store.writer("shards/a.tar") as fh: fh.write(...)``: the object appears, whole, when the
         block ends without an error; after an error nothing is left (temp file removed, upload aborted)."""
         self._writable()
         if self.is_local:
-            path = Path(self.path(rel))
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex}.tmp")
+            path, tmp = self._temp_beside(rel)
             try:
                 with open(tmp, "wb") as fh:
                     yield fh
@@ -295,9 +299,7 @@ class ObjectStore(ReleaseStore):
         :attr:`conditional_writes`; elsewhere a check then a write (two creators can race)."""
         self._writable()
         if self.is_local:
-            path = Path(self.path(rel))
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex}.tmp")
+            path, tmp = self._temp_beside(rel)
             try:
                 tmp.write_bytes(data)
                 os.link(tmp, path)  # fails when the name exists: an atomic create-if-absent with content

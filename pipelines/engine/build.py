@@ -39,7 +39,7 @@ from typing import Any
 from chammi_data.errors import UserError
 from chammi_data.store.paths import default_release_location
 from pipelines.engine.build_config import config_hash, load_config, source_options
-from pipelines.engine.cluster import start_cluster
+from pipelines.engine.cluster import blind_workers, start_cluster
 from pipelines.engine.inputs import discover_all, input_dirs
 from pipelines.engine.ledger import SourceLedger
 from pipelines.engine.output_store import open_output, release_generation
@@ -187,8 +187,7 @@ def check_inputs_visible(client: Any, inputs: Mapping[str, Any]) -> None:
     for name, raw in ((n, r) for n, rs in inputs.items() for r in rs):
         if not raw.is_local:
             continue
-        seen = client.run(os.path.isdir, raw.url)
-        blind = sorted(w for w, ok in seen.items() if not ok)
+        blind = blind_workers(client, os.path.isdir, raw.url)
         if blind:
             raise UserError(
                 f"the dask workers {', '.join(blind[:3])} cannot see the {name} input folder {raw.url} (no "

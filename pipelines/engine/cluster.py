@@ -90,3 +90,8 @@ def _cluster(workers: int, scheduler: str | None, processes: bool) -> Iterator[A
     finally:
         client.close()
         cluster.close()
+
+
+def blind_workers(client: Any, check: Any, *args: Any) -> list[str]:
+    """The workers on which ``check(*args)`` is false (e.g. ``os.path.isdir(folder)``: they cannot see it)."""
+    return sorted(w for w, ok in client.run(check, *args).items() if not ok)

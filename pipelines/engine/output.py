@@ -57,6 +57,7 @@ from typing import Any
 
 from chammi_data.errors import UserError
 from chammi_data.store.objects import ObjectStore
+from pipelines.engine.cluster import blind_workers
 from pipelines.engine.output_check import check_output
 from pipelines.engine.writing import ReleaseSink
 
@@ -275,10 +276,9 @@ class FolderOutput:
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text("chammi-build\n", encoding="utf-8")
         try:
-            seen = client.run(os.path.isfile, str(marker))
+            blind = blind_workers(client, os.path.isfile, str(marker))
         finally:
             marker.unlink(missing_ok=True)
-        blind = sorted(w for w, ok in seen.items() if not ok)
         if blind:
             raise UserError(
                 f"the dask workers {', '.join(blind[:3])} cannot see --output {self.path} (no shared "
