@@ -137,7 +137,28 @@ def section(results: dict[str, dict[str, Any]], repeat: int) -> list[str]:
             f"- {source}: S3 / local {r:.2f}x (target >= 0.8x: {'met' if r >= 0.8 else 'NOT met'}); with 20 "
             f"ms per request {r20:.2f}x (target >= 0.7x: {'met' if r20 >= 0.7 else 'NOT met'})"
         )
-    return [*lines, "", *targets, "", f"Load average: {', '.join(f'{x:.1f}' for x in os.getloadavg())}.", ""]
+    load = f"Load average at the end: {', '.join(f'{x:.1f}' for x in os.getloadavg())} (2 cores)."
+    return [*lines, "", *targets, "", load, "", NOTES]
+
+
+NOTES = """Reading the numbers:
+
+- Every raw object is one GET and every unit's spill one PUT (the `all` build: about 1,450 GETs of raw
+  files, 418 spill PUTs, 60 shard uploads). Each request costs about 2 ms of CPU in the client's s3fs /
+  aiobotocore stack (signing, checksums, the event loop) and about 2 ms in moto's server, measured apart;
+  on this 2-core machine both run on the cores the build uses, so the `cpu bound` column - the local CPU
+  over the S3 build's CPU plus the server's - is what the ratio can reach when the cores are busy. The
+  measured ratios sit at or above it because a local build does not keep both cores busy all the time.
+- The sample's units are small (a WTC cell is a 1 MB OME-TIFF, a CP site five 0.5 MB TIFFs): per-request
+  cost is large next to the work. HPA fields (four 2-5 MB PNGs and a segmentation per unit) meet both
+  targets; a real WTC-11 crop is tens of MB and a real CP site five 9 MB TIFFs, where a request's cost is a
+  small share of the unit.
+- Latency is hidden, not paid: a task fetches its units' objects several at once ahead of use, keeps 4 spill
+  uploads in flight, and the shard writers read the spills from the worker that made them (placed there by
+  the scheduler) instead of the bucket; with 20 ms added to every request the builds lose 5-15% more.
+- The remaining gap is CPU per request; fewer, larger requests (one spill object per task instead of per unit)
+  and a cheaper client (the remote-read work evaluates obstore) are the levers left.
+"""
 
 
 def write_section(path: Path, lines: list[str]) -> None:
