@@ -179,7 +179,12 @@ class ObjectStore(ReleaseStore):
             if exc.missing:
                 return None
             raise
-        return {"size": int(meta.get("size") or 0), "etag": str(meta.get("ETag") or meta.get("etag") or "")}
+        size = int(meta.get("size") or 0)
+        etag = meta.get("ETag") or meta.get("etag") or meta.get("generation")
+        if not etag:  # a store without ETags: the modification time and size stand in for one
+            stamp = meta.get("mtime") or meta.get("LastModified") or meta.get("created") or ""
+            etag = f"{stamp}-{size}"
+        return {"size": size, "etag": str(etag)}
 
     def read_object(self, rel: str, what: str = "read") -> bytes:
         """A whole object in one request (no size request first), retried; errors name the object."""

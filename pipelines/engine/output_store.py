@@ -182,9 +182,9 @@ class LeaseLock:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(5)
-        if not self.lost and self.etag:
-            held, etag = self._read()
-            if held is not None and held.get("build") == self.build:
+        if not self.lost:
+            held, _ = self._read()
+            if held is not None and held.get("build") == self.build:  # still ours: remove it
                 self.store.delete([LOCK])
 
 
