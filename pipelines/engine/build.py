@@ -165,7 +165,8 @@ def _build_in(
             out.check_workers(client)
             check_inputs_visible(client, inputs)
         # imports on every worker now, so unit timings measure the work
-        client.run(warm_up, list(pipelines))
+        all_inputs = [r for rs in inputs.values() for r in rs]
+        client.run(warm_up, list(pipelines), [out.store, *all_inputs])
         timings["cluster_start_s"] = time.perf_counter() - t0
         run = _BuildRun(
             client, ledgers, cfg, out, strict, progress, timings, [r for rs in inputs.values() for r in rs]

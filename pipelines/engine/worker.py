@@ -161,7 +161,7 @@ UPLOADS = 4
 RETRY_LOGGER = "chammi_data.store.storage"
 
 
-def warm_up(names: list[str]) -> None:
+def warm_up(names: list[str], stores: list[ObjectStore] | None = None) -> None:
     """Run on each worker before the first unit: import the pipelines and the encoders, one core per worker.
 
     A dask worker here is one thread on one core; zarr's codec pipeline would otherwise encode chunks on a
@@ -169,13 +169,17 @@ def warm_up(names: list[str]) -> None:
     n workers would fight over the same cores. One thread per worker makes "n workers" mean n cores, locally
     and on an external cluster. Retries of remote reads and writes are not logged on the workers (a local
     cluster's workers print to the user's terminal): an object that stays unreadable stops the build with
-    one error naming it and the attempts.
+    one error naming it and the attempts. ``stores``: the build's input and output stores, whose clients
+    are made here (a second or more of CPU per process for the S3 client) rather than in the first unit.
     """
     import logging
 
     import zarr
 
     logging.getLogger(RETRY_LOGGER).setLevel(logging.ERROR)
+    for store in stores or []:  # an object store's client (its imports, credentials, endpoint): once, now
+        if not store.is_local:
+            _ = store.fs
 
     from chammi_data.format.writer import encode_cell
 
