@@ -12,8 +12,9 @@ Reported: wall seconds of the build (discovery to the committed release), the ra
 issue's target: >= 0.8x, and >= 0.7x with 20 ms per request), the same ratio of the units and
 shard-writing phases alone (without the cluster start and the S3 clients' set-up, a fixed cost per
 build), the CPU seconds of the build's own processes (client and workers: this process and its reaped
-children) and - apart - of the S3 server and of the proxy, which run on the same cores here. ``cpu bound`` = local CPU / (S3 build CPU + server CPU [+ proxy
-CPU]): what the ratio can be at most when the build keeps every core busy, as it does here.
+children) and - apart - of the S3 server and of the proxy, which run on the same cores here. ``cpu bound``
+= local CPU / (S3 build CPU + server CPU [+ proxy CPU]): what the ratio can be at most when the build keeps
+every core busy, as it does here.
 """
 
 from __future__ import annotations
