@@ -1,10 +1,12 @@
 """``chammi-build`` (also ``python -m pipelines``): regenerate CHAMMI from raw sources (or convert an official
 download) into a release.
 
-    chammi-build --source {wtc11,hpa,cp,chammi,all} [--input LOCATION] [--output LOCATION] [--workers N]
-                 [--scheduler ADDRESS] [--config FILE] [--strict] [--seed N] [--keep-work] [--quiet]
-                 [--anon] [--input-option KEY=VALUE ...] [--output-option KEY=VALUE ...]
+    chammi-build --source {wtc11,hpa,cp,chammi,chammi75,all} [--input LOCATION | --input SOURCE=LOCATION ...]
+                 [--output LOCATION] [--workers N] [--scheduler ADDRESS] [--config FILE]
+                 [--set SECTION.KEY=VALUE ...] [--codec {zstd,lz4,none}] [--strict] [--seed N] [--keep-work]
+                 [--quiet] [--anon] [--input-option KEY=VALUE ...] [--output-option KEY=VALUE ...]
     chammi-build synth --output DIR [--seed N] [--source NAME ...]
+    chammi-build cellphie-convert --input PICKLE --output DIR --trust-pickle
     chammi-build --version
 
 Without ``--input`` the embedded sample raw data is generated (deterministically, by ``--seed``) into
@@ -33,6 +35,7 @@ from chammi_cli.errors import EXIT_PROBLEMS, ArgumentParser, UserError, run_comm
 
 PROG = "chammi-build"
 SYNTH_USAGE = "chammi-build synth --output DIR [--seed N] [--source NAME ...]"
+CONVERT_USAGE = "chammi-build cellphie-convert --input PICKLE --output DIR --trust-pickle"
 
 
 def own_pipelines() -> None:
@@ -65,8 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(
         prog=PROG,
         description="Build a CHAMMI release from raw sources.",
-        epilog=f"subcommand: `{SYNTH_USAGE}` writes the sample raw data in the real layouts "
-        "(see `chammi-build synth --help`)",
+        epilog=f"subcommands: `{SYNTH_USAGE}` writes the sample raw data in the real layouts "
+        f"(see `chammi-build synth --help`); `{CONVERT_USAGE}` converts CellPHIE's pickle once",
     )
     p.add_argument("--version", action="version", version=f"chammi-build {package_version()}")
     p.add_argument(
@@ -82,7 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="[SOURCE=]LOCATION",
         help="raw data: a folder or a URL (s3://, gs://, https://, any fsspec URL; with --source all: "
         "INPUT/wtc11, INPUT/hpa, INPUT/cp); or one SOURCE=LOCATION per source, repeatable (several for one "
-        "source are built as one); default: generate the embedded sample data",
+        "source are built as one); for chammi75 the CHAMMI-75 root, such as s3://chammi-data/CHAMMI-75; "
+        "for a benchmark (rbc_mc, idr0017, cellphie, jumpcp, hpav23) its test data or a location above it "
+        "(found under the NAME.prefix option); default: generate the embedded sample data",
     )
     p.add_argument(
         "--output",
@@ -113,6 +118,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="fsspec storage option for --output (repeatable)",
     )
     p.add_argument("--config", default=None, help="YAML build config merged over the defaults")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="one build option over --config (the value is YAML), e.g. chammi75.metadata=small "
+        "chammi75.studies=[wtc0001] chammi75.cap_per_study=100 chammi75.holdout_studies=[idr0017]",
+    )
+    p.add_argument(
+        "--codec",
+        default=None,
+        choices=["zstd", "lz4", "none"],
+        help="image member codec (config key codec): zstd (default; smallest), lz4 (faster to decode, "
+        "larger), none (uncompressed, checksummed)",
+    )
     p.add_argument("--strict", action="store_true", help="any skipped item fails the build (exit 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the generated sample data (no --input)")
     p.add_argument(
@@ -125,14 +145,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def synth_parser() -> argparse.ArgumentParser:
-    from pipelines.sources.registry import RAW_SOURCES
+    from pipelines.sources.registry import RAW_SOURCES, SAMPLE_SOURCES
 
     p = ArgumentParser(
         prog="chammi-build synth", description="Write the sample raw data in the real layouts."
     )
     p.add_argument("--output", required=True, help="folder to write DIR/wtc11, DIR/hpa, DIR/cp into")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--source", nargs="*", default=list(RAW_SOURCES), choices=list(RAW_SOURCES))
+    p.add_argument("--source", nargs="*", default=list(RAW_SOURCES), choices=list(SAMPLE_SOURCES))
     return p
 
 
@@ -203,6 +223,37 @@ def input_options(args: argparse.Namespace) -> dict[str, object] | None:
     return opts or None
 
 
+def convert_parser() -> argparse.ArgumentParser:
+    p = ArgumentParser(
+        prog="chammi-build cellphie-convert",
+        description="Convert CellPHIE's published pickle once into plain arrays + CSV (what --source "
+        "cellphie reads). A pickle can run code when it is loaded: this needs --trust-pickle.",
+    )
+    p.add_argument("--input", required=True, help="the pickle (a path or URL)")
+    p.add_argument("--output", required=True, help="folder for the converted form (--input of the build)")
+    p.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="I trust this file's origin: unpickle it (restricted to numpy/pandas names) and convert it",
+    )
+    return p
+
+
+def convert(args: argparse.Namespace) -> int:
+    """``chammi-build cellphie-convert``: refuse without --trust-pickle, else warn loudly and convert."""
+    from pipelines.sources.benchmarks.cellphie.convert import WARNING, convert_pickle
+
+    if args.trust_pickle:
+        print(WARNING.format(path=args.input), file=sys.stderr, flush=True)
+    info = convert_pickle(args.input, args.output, trust=args.trust_pickle)
+    print(
+        f"converted {info['cells']} cells ({info['channels']} x {info['height']} x {info['width']} "
+        f"{info['dtype']}) into {args.output}; build with chammi-build --source cellphie --input "
+        f"{args.output}"
+    )
+    return 0
+
+
 def build(args: argparse.Namespace) -> int:
     """``chammi-build --source ...``: build, print the summary; 1 when the build failed."""
     from chammi_data.store.storage import RemoteReadError
@@ -217,6 +268,13 @@ def build(args: argparse.Namespace) -> int:
         "keep_work",
     )  # build()'s parameter names
     options = {name: getattr(args, name) for name in same_names}
+    if args.set or args.codec is not None:  # --set items and --codec over --config over the defaults
+        from pipelines.engine.build_config import load_config, parse_settings
+
+        overrides = parse_settings(args.set)
+        if args.codec is not None:  # the flag wins over the config file's codec key
+            overrides["codec"] = args.codec
+        options["config"] = load_config(args.config, overrides)
     try:
         result = run_build(
             args.source,
@@ -246,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
         return code
     if argv[:1] == ["synth"]:
         return run_command("chammi-build synth", synth, synth_parser().parse_args(argv[1:]))
+    if argv[:1] == ["cellphie-convert"]:
+        return run_command("chammi-build cellphie-convert", convert, convert_parser().parse_args(argv[1:]))
     return run_command(PROG, build, build_parser().parse_args(argv))
 
 

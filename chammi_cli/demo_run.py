@@ -26,6 +26,24 @@ import numpy as np
 DEMO_STEPS = ("sample data", "build release", "train", "embed", "evaluate", "report")
 
 
+class StepClock:
+    """The demo's step bar: ``done(name, t0)`` records the step's seconds in ``timings`` and moves the bar."""
+
+    def __init__(self, steps: Sequence[str], desc: str) -> None:
+        from chammi_data.progress import progress as progress_bar
+
+        self.timings: dict[str, float] = {}
+        self.bar: Any = progress_bar(total=len(steps), desc=desc, unit="step")
+
+    def done(self, name: str, t0: float) -> None:
+        self.timings[name] = time.perf_counter() - t0
+        self.bar.set_postfix(done=f"{name} in {self.timings[name]:.0f} s")
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 @dataclass
 class DemoResult:
     out: Path
@@ -131,7 +149,6 @@ def run_demo(
     from chammi_data.evaluation.features import load_features, save_features
     from chammi_data.evaluation.montage import save_montage
     from chammi_data.evaluation.plots import radar_plot
-    from chammi_data.progress import progress as progress_bar
     from chammi_models.embed import embed
     from chammi_models.training.config import load_config
     from chammi_models.training.train import train
@@ -148,13 +165,8 @@ def run_demo(
         out / "features",
         out / "report",
     )
-    timings: dict[str, float] = {}
-    bar: Any = progress_bar(total=len(DEMO_STEPS), desc="chammi demo", unit="step")
-
-    def step_done(name: str, t0: float) -> None:
-        timings[name] = time.perf_counter() - t0
-        bar.set_postfix(done=f"{name} in {timings[name]:.0f} s")
-        bar.update(1)
+    clock = StepClock(DEMO_STEPS, "chammi demo")
+    timings, step_done = clock.timings, clock.done
 
     t0 = time.perf_counter()
     write_sample(raw, seed=seed, progress=True)
@@ -211,5 +223,5 @@ def run_demo(
     )
     index = _write_index(report, scores, tables, timings, metric)
     step_done("report", t0)
-    bar.close()
+    clock.close()
     return DemoResult(out=out, report=index, scores=scores, timings=timings)

@@ -41,6 +41,13 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--image-size", type=int, default=None, help="eval input size (default: the model card's)"
     )
+    parser.add_argument(
+        "--translate-channels",
+        default=None,
+        choices=["chammi->chammi75", "chammi75->chammi"],
+        help="rename the release's channels into the model's vocabulary first (a model trained on CHAMMI-75 "
+        "embedding CHAMMI: chammi->chammi75; see chammi_data.format.vocab.SYNONYMS)",
+    )
 
 
 def available_cores() -> int:
@@ -62,6 +69,7 @@ def main(args: argparse.Namespace) -> int:
         workers=available_cores() if args.workers is None else args.workers,
         device=args.device,
         image_size=args.image_size,
+        channel_translation=args.translate_channels,
     )
     print(f"features written to {out} (see {out / 'embedding.json'})")
     return 0

@@ -1,4 +1,5 @@
-"""``chammi eval``: score a features folder against a release with the official 1-NN protocol and the CPS.
+"""``chammi eval``: score a features folder against a release with the official 1-NN protocol and the CPS;
+with ``--benchmark NAME`` any benchmark of the CHAMMI-75 suite (:mod:`chammi_cli.eval_benchmark`).
 
 Writes ``results.csv`` (official columns: dataset, task, classifier, accuracy, f1_score_macro),
 ``results.json`` (full table, CPS, per-group results, metric, manifest checksums) and ``radar.png``.
@@ -20,8 +21,14 @@ CLASSIFIERS = ("knn", "sgd")
 
 
 def register(parser: argparse.ArgumentParser) -> None:
+    from chammi_cli.eval_benchmark import register_benchmark
+
     parser.add_argument(
-        "--features", required=True, type=Path, help="folder with Allen|HPA|CP (or wtc11|hpa|cp)/*.npy"
+        "--features",
+        type=Path,
+        default=None,
+        help="folder with Allen|HPA|CP (or wtc11|hpa|cp)/*.npy; with --benchmark: the benchmark's features "
+        "(a folder with features.npy, or a .npy)",
     )
     parser.add_argument(
         "--release",
@@ -54,6 +61,7 @@ def register(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="score even when embedding.json says the features come from another release or were changed",
     )
+    register_benchmark(parser)
 
 
 def _release_identity(release: object) -> dict[str, object]:
@@ -68,6 +76,12 @@ def _release_identity(release: object) -> dict[str, object]:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.benchmark is not None:
+        from chammi_cli.eval_benchmark import main_benchmark
+
+        return main_benchmark(args)
+    if args.features is None:  # argparse's own words, as before --features became optional
+        raise UserError("the following arguments are required: --features (or --benchmark NAME)")
     from chammi_data.evaluation.features import identity_problems, load_features
     from chammi_data.evaluation.plots import radar_plot
     from chammi_data.evaluation.scoring import evaluate

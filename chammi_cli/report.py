@@ -1,5 +1,6 @@
 """``chammi report``: overlay several ``chammi eval`` runs in one radar plot and one markdown table with
-CPS."""
+CPS; for results of ``chammi eval --benchmark`` the CHAMMI-75 suite side by side (one row per model, one
+column per benchmark, a radar across benchmarks: ``chammi_data.evaluation.benchmarks.suite_report``)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,11 @@ _HEADERS = ("W1", "W2", "H1", "H2", "H3", "C1", "C2", "C3", "C4")
 
 def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "runs", nargs="+", type=Path, help="run folders written by `chammi eval` (each has results.json)"
+        "runs",
+        nargs="+",
+        type=Path,
+        help="run folders written by `chammi eval` (each has results.json); or one results folder per model "
+        "of `chammi eval --benchmark` (RESULTS/<benchmark>/results.json): the suite report",
     )
     parser.add_argument(
         "--names", nargs="+", default=None, help="one display name per run (default: run folder names)"
@@ -83,6 +88,8 @@ def main(args: argparse.Namespace) -> int:
     names = args.names or [Path(r).resolve().name for r in args.runs]
     if len(set(names)) != len(names):
         raise UserError(f"run names must be unique, got {names}: pass --names")
+    if all(_is_suite(Path(r)) for r in args.runs):
+        return _suite_report(dict(zip(names, args.runs, strict=True)), Path(args.out))
     runs = {n: load_run(Path(r)) for n, r in zip(names, args.runs, strict=True)}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -91,4 +98,39 @@ def main(args: argparse.Namespace) -> int:
     (out / "report.md").write_text(report, encoding="utf-8")
     print(report)
     print(f"wrote {out / 'radar.png'}, {out / 'report.md'}")
+    return 0
+
+
+def _is_suite(run: Path) -> bool:
+    """True for a results folder of ``chammi eval --benchmark`` (its results.json, or its subfolders', are
+    benchmark results)."""
+    from chammi_data.evaluation.benchmarks.suite_report import is_benchmark_result
+
+    files = [run / "results.json"] if (run / "results.json").is_file() else sorted(run.glob("*/results.json"))
+    try:
+        return bool(files) and all(
+            is_benchmark_result(json.loads(f.read_text(encoding="utf-8"))) for f in files
+        )
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def _suite_report(runs: dict[str, Path], out: Path) -> int:
+    """The CHAMMI-75 suite side by side: ``suite.md`` (table) and ``suite_radar.png``."""
+    from chammi_data.evaluation.benchmarks.suite_report import (
+        model_results,
+        suite_markdown,
+        suite_radar,
+        suite_table,
+    )
+
+    results = {name: model_results(folder) for name, folder in runs.items()}
+    table = suite_table(results)
+    out.mkdir(parents=True, exist_ok=True)
+    report = suite_markdown(table, results)
+    (out / "suite.md").write_text(report, encoding="utf-8")
+    table.to_csv(out / "suite.csv", index=False)
+    suite_radar(table, out / "suite_radar.png")
+    print(report)
+    print(f"wrote {out / 'suite.md'}, {out / 'suite.csv'}, {out / 'suite_radar.png'}")
     return 0

@@ -31,6 +31,7 @@ from chammi_data.format.manifest import RELEASE_JSON, read_manifest, source_rows
 from chammi_data.format.vocab import SOURCES
 from chammi_data.loading.collate import collate_homogeneous
 from chammi_data.store.storage import ReleaseStore, open_store
+from chammi_models.zoo.base import ChannelAdaptiveModel
 
 FEATURES_NAME = "features"  #: OUT/<Folder>/features.npy
 
@@ -186,6 +187,7 @@ def embed(
     workers: int = 4,
     device: str | None = None,
     image_size: int | None = None,
+    channel_translation: str | None = None,
 ) -> Path:
     """Write features of every manifest row of each source and ``embedding.json``; returns ``out``.
 
@@ -194,6 +196,10 @@ def embed(
     normalised as the weights card says (:func:`card_eval_transform`; ``image_size`` overrides the card's
     size).
 
+    ``channel_translation`` (``chammi->chammi75`` / ``chammi75->chammi``) opts in to renaming the release's
+    channel names into the model's vocabulary (``ChannelAdaptiveModel.translate_inputs``): a model trained on
+    CHAMMI-75 embeds CHAMMI's sources, and the reverse. It is recorded in ``embedding.json``.
+
     Raises ``FileNotFoundError`` for a missing release or model folder (checked in that order, before any
     model is built) and ``chammi_models.zoo.weights.WeightsError`` for an unusable card or weights file.
     """
@@ -201,6 +207,8 @@ def embed(
     identity = release_identity(store)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, card = load_trained(checkpoint, dev)
+    if isinstance(model, ChannelAdaptiveModel):
+        model.translate_inputs(channel_translation)
     transform, size, stats_from = card_eval_transform(card, image_size)
     feats = extract_features(
         model, store, batch_size=batch_size, workers=workers, device=dev, transform=transform
@@ -218,6 +226,7 @@ def embed(
         "dim": int(next(iter(feats.values())).shape[1]) if feats else 0,
         "image_size": size,
         "normalisation": stats_from,
+        "channel_translation": channel_translation,
         "files": feature_file_digests(paths),
     }
     (out / "embedding.json").write_text(json.dumps(info, indent=2, default=str) + "\n")

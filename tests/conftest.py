@@ -29,6 +29,9 @@ Fixtures (available to every test under ``tests/``):
 
 ``official_download`` -> Path (session scope, READ ONLY): ``write_official`` of the tiny release's cells
     (same ``make_cells`` arguments), WTC tapes as TIFF.
+
+``c75_raw`` / ``c75_release`` -> Path (session scope, READ ONLY): the embedded CHAMMI-75 sample in its
+    published layout, and its release (2 images per shard, study idr0017 held out as Validation).
 """
 
 from __future__ import annotations
@@ -246,3 +249,24 @@ def tiny_release_copy(tiny_release: Path, tmp_path: Path) -> Path:
     dst = tmp_path / "release"
     shutil.copytree(tiny_release, dst)
     return dst
+
+
+@pytest.fixture(scope="session")
+def c75_raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The embedded CHAMMI-75 sample in its published layout (READ ONLY): 5 studies, 18 images."""
+    from pipelines.sources.chammi75.synth import write_sample
+
+    return write_sample(tmp_path_factory.mktemp("c75_raw") / "CHAMMI-75", seed=0)
+
+
+@pytest.fixture(scope="session")
+def c75_release(c75_raw: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A release of the CHAMMI-75 sample (READ ONLY): whole images with their cells, 2 images per shard,
+    idr0017 held out as Validation (3 images), 15 Train images."""
+    from pipelines.engine.build import build
+
+    out = tmp_path_factory.mktemp("c75_release") / "release"
+    config = {"cells_per_shard": 2, "chammi75": {"images_per_unit": 4, "holdout_studies": ["idr0017"]}}
+    result = build("chammi75", c75_raw, out, workers=1, config=config, progress=False, processes=False)
+    assert result.ok, result.failed
+    return out

@@ -71,7 +71,7 @@ LAYERS = {
         {"evaluation"},
     ],
     "pipelines": [{"steps"}, {"sources"}, {"engine"}],
-    "chammi_models": [{"zoo"}, {"embed"}, {"training"}],
+    "chammi_models": [{"zoo"}, {"embed", "benchmark_embed"}, {"training"}],
 }
 
 

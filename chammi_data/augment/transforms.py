@@ -27,6 +27,8 @@ from chammi_data.format.release_format import to_float_tensor
 from chammi_data.format.vocab import normalisation_stats, to_names
 
 Sample = dict[str, Any]
+#: ``Normalize(stats=PER_SAMPLE)``: each channel of a sample by its own mean and std.
+PER_SAMPLE = "per_sample"
 
 __all__ = [
     "CenterCrop",
@@ -140,12 +142,17 @@ class Normalize:
     """(x - mean) / std per channel, with stats looked up by (source, channel name).
 
     Default stats: the training-split stats of ``vocab.normalisation_stats``. ``stats`` overrides them as
-    ``{source: {channel: (mean, std)}}`` (e.g. stats stored in a model card). Works after channel subsetting
-    or reordering because the lookup is by name.
+    ``{source: {channel: (mean, std)}}`` (e.g. stats stored in a model card), or is ``"per_sample"``: each
+    channel of each sample by its own mean and std (std floored at 1/255), the normalisation of CHAMMI-75,
+    whose 75 studies share no statistics. Works after channel subsetting or reordering because the lookup is
+    by name.
     """
 
-    def __init__(self, stats: Mapping[str, Mapping[str, tuple[float, float]]] | None = None) -> None:
-        self.stats = {s: dict(v) for s, v in stats.items()} if stats is not None else None
+    def __init__(self, stats: Mapping[str, Mapping[str, tuple[float, float]]] | str | None = None) -> None:
+        if isinstance(stats, str) and stats != PER_SAMPLE:
+            raise ValueError(f"Normalize: stats must be a table, None or {PER_SAMPLE!r}, got {stats!r}")
+        self.per_sample = stats == PER_SAMPLE
+        self.stats = None if stats is None or self.per_sample else {s: dict(v) for s, v in stats.items()}  # type: ignore[union-attr]
 
     def _lookup(self, source: str, channels: tuple[str, ...]) -> tuple[list[float], list[float]]:
         if self.stats is None:
@@ -159,6 +166,11 @@ class Normalize:
 
     def __call__(self, sample: Sample) -> Sample:
         img = _image(sample, "Normalize")
+        if self.per_sample:
+            flat = img.reshape(img.shape[0], -1)
+            m = flat.mean(dim=1).view(-1, 1, 1)
+            s = flat.std(dim=1, unbiased=False).clamp_min(1 / 255).view(-1, 1, 1)
+            return _with_image(sample, (img - m) / s)
         try:
             mean, std = self._lookup(sample["source"], tuple(sample["channels"]))
         except KeyError as exc:
@@ -168,6 +180,8 @@ class Normalize:
         return _with_image(sample, (img - m) / s)
 
     def __repr__(self) -> str:
+        if self.per_sample:
+            return "Normalize('per_sample')"
         return "Normalize(vocab stats)" if self.stats is None else f"Normalize({self.stats})"
 
 
@@ -284,10 +298,12 @@ def train_transform(
     tps_p: float = 0.0,
     normalize: bool = True,
     channels: Sequence[str] | None = None,
+    stats: Mapping[str, Mapping[str, tuple[float, float]]] | str | None = None,
 ) -> Compose:
     """The paper's training augmentation; ``tps_p`` > 0 adds the TPS warp before cropping.
 
-    ``channels`` (optional) subsets/reorders channels first. Output image: (C, size, size) float.
+    ``channels`` (optional) subsets/reorders channels first; ``stats`` goes to :class:`Normalize`
+    (``"per_sample"`` for CHAMMI-75). Output image: (C, size, size) float.
     """
     steps: list[Callable[..., Sample]] = []
     if channels is not None:
@@ -298,7 +314,7 @@ def train_transform(
     if hflip > 0:
         steps.append(RandomHorizontalFlip(hflip))
     if normalize:
-        steps.append(Normalize())
+        steps.append(Normalize(stats))
     return Compose(steps)
 
 

@@ -1,4 +1,5 @@
-"""Radar plot of the nine CHAMMI tasks (like the paper's Figure 5), one polygon per model.
+"""Radar plot of the nine CHAMMI tasks (like the paper's Figure 5), one polygon per model; :func:`draw_radar`
+draws any axes (the benchmark suite's report uses it).
 
 Uses matplotlib's object API with the Agg canvas (no pyplot, no display), so it works headless and never
 touches global backend state.
@@ -63,7 +64,22 @@ def radar_plot(
     """
     if not results:
         raise ValueError("radar_plot needs at least one results table")
-    n = len(RADAR_AXES)
+    labels = [axis_label(*a) for a in RADAR_AXES]
+    series = {name: task_scores(table, column) for name, table in results.items()}
+    return draw_radar(labels, series, path, title or column, "task(s)", dpi)
+
+
+def draw_radar(
+    labels: Sequence[str],
+    series: Mapping[str, np.ndarray],
+    path: str | Path,
+    title: str,
+    missing_what: str = "axes",
+    dpi: int = 120,
+) -> Path:
+    """A radar with one axis per label (radial range 0..1) and one polygon per named (len(labels),) score
+    array; a NaN score is drawn at 0 and counted as "n/a" in the legend. Returns the written path."""
+    n = len(labels)
     angles = np.linspace(0, 2 * np.pi, n, endpoint=False)
     closed = np.append(angles, angles[0])
     fig = Figure(figsize=(7.5, 7.0))
@@ -75,17 +91,17 @@ def radar_plot(
     ax.set_yticks([0.2, 0.4, 0.6, 0.8, 1.0])
     ax.set_yticklabels(["0.2", "0.4", "0.6", "0.8", "1.0"], fontsize=7, color="0.4")
     ax.set_xticks(angles)
-    ax.set_xticklabels([axis_label(*a) for a in RADAR_AXES], fontsize=9)
-    for name, table in results.items():
-        scores = task_scores(table, column)
+    ax.set_xticklabels(list(labels), fontsize=9)
+    for name, scores in series.items():
+        scores = np.asarray(scores, dtype=np.float64)
         missing = np.isnan(scores)
         values = np.where(missing, 0.0, scores)
-        label = f"{name} (n/a: {int(missing.sum())} task(s))" if missing.any() else name
+        label = f"{name} (n/a: {int(missing.sum())} {missing_what})" if missing.any() else name
         line = ax.plot(closed, np.append(values, values[0]), linewidth=1.6, label=label)[0]
         ax.fill(closed, np.append(values, values[0]), alpha=0.08, color=line.get_color())
-    ax.set_title(title or column, pad=24)
+    ax.set_title(title, pad=24)
     ax.legend(
-        loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=min(3, len(results)), fontsize=8, frameon=False
+        loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=min(3, len(series)), fontsize=8, frameon=False
     )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

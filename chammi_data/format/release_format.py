@@ -22,7 +22,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from chammi_data.format.vocab import SOURCE_KEYS, SOURCES, TASK_COLUMNS, source_info, to_names
+from chammi_data.format.vocab import (
+    RELEASE_SOURCE_KEYS,
+    SOURCES,
+    TASK_COLUMNS,
+    release_source,
+    source_info,
+    to_names,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -32,10 +39,16 @@ SAMPLE_KEYS = ("image", "channels", "source", "label", "cell_id", "meta")
 
 #: ``train_test_split`` value of training rows (the 1-NN reference and the training set).
 TRAIN = "Train"
-#: Values of ``train_test_split``; ``""`` means the cell is in no split.
-SPLITS = (TRAIN,) + TASK_COLUMNS
+#: ``train_test_split`` value of rows held out to validate pretraining (CHAMMI-75's held-out studies);
+#: CHAMMI's own sources never use it.
+VALIDATION = "Validation"
+#: Values of ``train_test_split`` in CHAMMI (the official column); ``""`` means the cell is in no split.
+CHAMMI_SPLITS = (TRAIN,) + TASK_COLUMNS
+#: Values of ``train_test_split`` in a release (CHAMMI's and ``Validation``).
+SPLITS = CHAMMI_SPLITS + (VALIDATION,)
 
-#: Grouping columns every manifest row carries ("" where a source has no such group).
+#: Grouping columns every manifest row carries ("" where a source has no such group). CHAMMI-75 rows use
+#: ``dataset`` = study, ``Plate`` = plate and ``cell_type`` = cell line.
 GROUP_COLUMNS: tuple[str, ...] = ("Structure", "cell_type", "Plate", "dataset")
 
 #: Manifest columns every release has, in order. Provenance stays in ``meta`` (a JSON object per row).
@@ -56,9 +69,12 @@ MANIFEST_COLUMNS: tuple[str, ...] = (
     "nbytes",  # size in bytes of the image member's data (compressed .npy)
     "zarr_row",  # row of the cell in zarr/<source>.zarr images (N, C, H, W)
     "sha256",  # sha256 of the image bytes (C-order, native dtype): schema.image_checksum
+    "crc32c",  # crc32c of the pixel bytes (C order, little-endian; -1: not recorded): zarr reads check it
     "meta",  # JSON object: the source's own provenance columns
 )
-INT_COLUMNS: tuple[str, ...] = ("height", "width", "offset", "nbytes", "zarr_row")
+INT_COLUMNS: tuple[str, ...] = ("height", "width", "offset", "nbytes", "zarr_row", "crc32c")
+#: Columns a manifest written before they existed may lack, and the value they then read as.
+OPTIONAL_COLUMNS: dict[str, Any] = {"crc32c": -1}
 BOOL_COLUMNS: tuple[str, ...] = TASK_COLUMNS
 IMAGE_DTYPES: tuple[str, ...] = ("uint8", "uint16")
 
@@ -196,7 +212,7 @@ def task_list(row: Mapping[str, Any]) -> list[str]:
 
 def valid_splits() -> list[str]:
     """Every split name :func:`select_rows` accepts."""
-    out = ["train", "test", "all", *TASK_COLUMNS]
+    out = ["train", "validation", "test", "all", *TASK_COLUMNS]
     out += [f"{k}/{t}" for k, info in SOURCES.items() for t in info.tasks]
     return out
 
@@ -205,7 +221,7 @@ def source_keys(sources: Sequence[str] | str | None) -> list[str] | None:
     """Source keys from keys or release folder names (``Allen``), checked; None stays None."""
     if sources is None:
         return None
-    return [source_info(s).key for s in ([sources] if isinstance(sources, str) else sources)]
+    return [release_source(s) for s in ([sources] if isinstance(sources, str) else sources)]
 
 
 def select_rows(
@@ -216,7 +232,8 @@ def select_rows(
 ) -> pd.DataFrame:
     """Rows of ``manifest`` in ``split``, restricted to ``sources``, in manifest order (index kept).
 
-    Splits: ``train`` (``train_test_split == "Train"``), ``test`` (rows of any task), ``all``, a task in every
+    Splits: ``train`` (``train_test_split == "Train"``), ``validation`` (``"Validation"``: held-out CHAMMI-75
+    studies), ``test`` (rows of any task), ``all``, a task in every
     source that has it (``Task_two``), or one source's task (``hpa/Task_three``; folder names work too).
     Task membership comes from the boolean task columns, as in the official evaluator. An unknown split or
     an empty selection is a ``ValueError`` that lists the valid splits or what ``where`` holds.
@@ -228,7 +245,7 @@ def select_rows(
     if rows.empty:
         have = {
             s: [t for t in TASK_COLUMNS if manifest.loc[manifest["source"] == s, t].any()]
-            for s in SOURCE_KEYS
+            for s in RELEASE_SOURCE_KEYS
             if (manifest["source"] == s).any()
         }
         raise ValueError(f"split {split!r} selects no cells in {where} (sources and their tasks: {have})")
@@ -242,6 +259,8 @@ def _select_split(manifest: pd.DataFrame, split: str) -> pd.DataFrame:
         return manifest
     if low == "train":
         return manifest[train_mask(manifest["train_test_split"])]
+    if low == "validation":
+        return manifest[manifest["train_test_split"].astype(str).str.strip() == VALIDATION]
     if low == "test":
         return manifest[manifest[list(TASK_COLUMNS)].any(axis=1)]
     src, _, task = name.rpartition("/")
@@ -320,6 +339,8 @@ def manifest_row(
             "nbytes": int(nbytes),
             "zarr_row": int(zarr_row),
             "sha256": record["sha256"],
+            # the zarr writer computes it from the stored chunk; finalize_release fills it in
+            "crc32c": int(record.get("crc32c", -1)),
             "meta": format_meta(record["meta"]),
         }
     )
@@ -363,7 +384,7 @@ def expected_shape(row: Mapping[str, Any]) -> tuple[int, int, int]:
 def release_counts(df: pd.DataFrame) -> dict[str, Any]:
     """Cells per source, per split and per task (as stored in ``release.json["counts"]``)."""
     out: dict[str, Any] = {"total": int(len(df)), "sources": {}, "splits": {}, "tasks": {}}
-    for src in SOURCE_KEYS:
+    for src in RELEASE_SOURCE_KEYS:
         part = df[df["source"] == src]
         if part.empty:
             continue

@@ -14,8 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from chammi_data.format.codec import MAX_GUIDANCE_CELLS, Guidance
 from chammi_data.format.release_format import SPLITS, cell_record, check_cell_id, make_sample
-from chammi_data.format.vocab import SOURCES, TASK_COLUMNS, to_names
+from chammi_data.format.vocab import RELEASE_SOURCE_KEYS, TASK_COLUMNS, VARIABLE_SOURCES, to_names
 
 SCHEMA_VERSION = 1
 
@@ -27,8 +28,8 @@ def make_cell_id(source: str, *parts: Any) -> str:
     ids. It is a readable prefix plus a short hash, contains no dots (it doubles as a WebDataset key) and
     sorts deterministically.
     """
-    if source not in SOURCES:
-        raise KeyError(f"unknown source {source!r}; valid: {', '.join(SOURCES)}")
+    if source not in RELEASE_SOURCE_KEYS:
+        raise KeyError(f"unknown source {source!r}; valid: {', '.join(RELEASE_SOURCE_KEYS)}")
     text = "\x1f".join(str(p) for p in parts)
     digest = hashlib.sha256(f"{source}\x1f{text}".encode()).hexdigest()[:16]
     return f"{source}-{digest}"
@@ -50,6 +51,10 @@ class Cell:
     columns this cell is a test query of; ``split`` is the official single-valued ``train_test_split``.
     ``meta`` holds the source's own provenance columns (JSON-serialisable scalars): structure, cell line,
     plate, well, site, compound, field id, centroid, original file, ...
+
+    ``guidance``: the cells of a whole image of a variable source (CHAMMI-75): their centroids (and areas),
+    stored after the pixels in the image's tar member (``codec``), never in ``meta`` (so never in the
+    manifest). Its channels may be any of the source's channel names, its size any size.
     """
 
     image: np.ndarray
@@ -61,6 +66,7 @@ class Cell:
     split: str = ""
     tasks: frozenset[str] = frozenset()
     groups: dict[str, str] = field(default_factory=dict)  # Structure / cell_type / Plate / dataset
+    guidance: Guidance | None = None
 
     def __post_init__(self) -> None:
         self.channels = to_names(self.channels)
@@ -69,8 +75,8 @@ class Cell:
     def validate(self) -> None:
         """Raise ``ValueError`` naming the cell and the problem when the cell breaks the schema."""
         where = f"cell {self.cell_id!r} ({self.source})"
-        if self.source not in SOURCES:
-            raise ValueError(f"{where}: unknown source; valid: {', '.join(SOURCES)}")
+        if self.source not in RELEASE_SOURCE_KEYS:
+            raise ValueError(f"{where}: unknown source; valid: {', '.join(RELEASE_SOURCE_KEYS)}")
         check_cell_id(self.cell_id, where)
         img = self.image
         if not isinstance(img, np.ndarray) or img.ndim != 3:
@@ -83,11 +89,33 @@ class Cell:
             raise ValueError(
                 f"{where}: image has {img.shape[0]} channels but {len(self.channels)} names {self.channels}"
             )
+        self._check_variable(where)
         if self.split and self.split not in SPLITS:
             raise ValueError(f"{where}: split {self.split!r} not one of {SPLITS}")
         bad = set(self.tasks) - set(TASK_COLUMNS)
         if bad:
             raise ValueError(f"{where}: unknown task(s) {sorted(bad)}; valid: {TASK_COLUMNS}")
+
+    def _check_variable(self, where: str) -> None:
+        """Channels of a variable source come from its list; guidance only there, with centroids inside."""
+        info = VARIABLE_SOURCES.get(self.source)
+        if info is None:
+            if self.guidance is not None:
+                raise ValueError(f"{where}: only images of {', '.join(VARIABLE_SOURCES)} carry guidance")
+            return
+        odd = [c for c in self.channels if c not in info.channels]
+        if odd:
+            raise ValueError(f"{where}: channels {odd} are not {info.name} channel types")
+        if self.guidance is None:
+            return
+        c = np.asarray(self.guidance.centroids)
+        h, w = self.image.shape[1:]
+        if c.ndim != 2 or c.shape[1] != 2 or len(c) > MAX_GUIDANCE_CELLS:
+            raise ValueError(
+                f"{where}: centroids must be (N, 2) with N <= {MAX_GUIDANCE_CELLS}, got {c.shape}"
+            )
+        if len(c) and not ((c >= 0).all() and (c[:, 0] < w).all() and (c[:, 1] < h).all()):
+            raise ValueError(f"{where}: centroids (x, y) outside the {w} x {h} image")
 
     @property
     def checksum(self) -> str:

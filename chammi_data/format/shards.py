@@ -13,28 +13,41 @@ array as ``image``; its ``meta`` is the record's provenance plus ``train_test_sp
 
 from __future__ import annotations
 
-import functools
 import io
 import json
-import math
+import mmap
 import os
-import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import imagecodecs
 import numpy as np
-import zstandard
 
-from chammi_data.format.codec import IMAGE_SUFFIX, JSON_SUFFIX, CorruptSampleError, decode_image
+from chammi_data.format.codec import (
+    IMAGE_SUFFIX,
+    JSON_SUFFIX,
+    LZ4_SUFFIX,
+    CorruptSampleError,
+    Guidance,
+    frame_info,
+)
+from chammi_data.format.members import (  # noqa: F401 (decode_image_fast, decode_member: re-exported for readers)
+    MAX_IMAGE_BYTES,
+    MAX_RECORD_BYTES,
+    add_guidance,
+    decode_image_fast,
+    decode_member,
+    decode_row,
+)
 from chammi_data.format.release_format import CELL_ID_PATTERN, expected_shape, make_sample
 from chammi_data.format.schema import image_checksum
 from chammi_data.store.storage import ReleaseStore, RemoteObjectError, open_store, require_store
 
 BLOCK = 512
-_EXTS = (JSON_SUFFIX.lstrip("."), IMAGE_SUFFIX.lstrip("."))  # "json", "npy.zst": the order within a sample
+#: member extensions: the record, then the image (zstd and ``none`` members: npy.zst; lz4 members: npy.lz4)
+_EXTS = (JSON_SUFFIX.lstrip("."), IMAGE_SUFFIX.lstrip("."), LZ4_SUFFIX.lstrip("."))
+_IMAGE_EXTS = _EXTS[1:]
 _TYPE_NAMES = {
     b"1": "hard link",
     b"2": "symbolic link",
@@ -49,13 +62,6 @@ _TYPE_NAMES = {
     b"K": "GNU long link name",
     b"S": "GNU sparse file",
 }
-
-
-# The exact header ``np.save`` writes for a C-order (C, H, W) uint8/uint16 array; anything else takes the
-# general (slower, equally strict) path of ``codec.decode_image``.
-_NPY_HEADER = re.compile(
-    rb"\{'descr': '([<|]u[12])', 'fortran_order': False, 'shape': \((\d+), (\d+), (\d+)\), \} *\n"
-)
 
 
 class ShardFormatError(CorruptSampleError):
@@ -103,76 +109,6 @@ def _parse_header(block: bytes, shard: str, pos: int) -> tuple[str, int, bytes]:
     return name, size, block[156:157]
 
 
-#: largest decoded image we allocate for when nothing better is known (a hostile frame may declare any size)
-MAX_IMAGE_BYTES = 1 << 28
-#: largest ``.json`` record member read from a shard
-MAX_RECORD_BYTES = 1 << 20
-#: slack for the ``.npy`` header in front of the pixels (np.save pads it to a multiple of 64 bytes)
-_NPY_HEADER_MAX = 4096
-
-
-def _size_bounds(expected: Mapping[str, Any] | None) -> tuple[int, int, str]:
-    """(least, most) decoded bytes an image member may have, and a description for errors."""
-    if expected is None:
-        return 10, MAX_IMAGE_BYTES, f"the {MAX_IMAGE_BYTES}-byte limit"
-    return _bounds_for(expected_shape(expected), str(expected.get("dtype", "uint16")))
-
-
-@functools.lru_cache(maxsize=64)
-def _bounds_for(shape: tuple[int, int, int], dtype: str) -> tuple[int, int, str]:
-    pixels = math.prod(shape) * np.dtype(dtype).itemsize
-    return (
-        pixels + 10,
-        pixels + _NPY_HEADER_MAX,
-        f"{pixels} bytes of pixels for {shape} {dtype} (+ .npy header)",
-    )
-
-
-def decode_image_fast(
-    data: bytes | memoryview, where: str = "image", expected: Mapping[str, Any] | None = None
-) -> np.ndarray:
-    """Same result and checks as ``codec.decode_image``, without ``np.load``'s copies and ``literal_eval``.
-
-    The zstd frame is decompressed straight into a new writable numpy buffer of the size its header declares
-    (imagecodecs' zstd binding), the fixed ``.npy`` header of our own writer is parsed with a strict regex and
-    the pixels are a view into that buffer. Frames without a declared size, and any other header, take the
-    general path of ``codec.decode_image``. Frames written with a content checksum are verified by zstd.
-
-    ``expected`` (a manifest row or record: shape and dtype) bounds the allocation: a frame that declares a
-    different size is refused before anything is allocated (a decompression bomb costs nothing).
-    """
-    least, most, want = _size_bounds(expected)
-    try:
-        size = zstandard.frame_content_size(data)
-    except zstandard.ZstdError as exc:
-        raise CorruptSampleError(f"{where}: cannot decode image (ZstdError: {exc})") from None
-    if size < 0:
-        return decode_image(data, where, max_bytes=most)
-    if not least <= size <= most:
-        raise CorruptSampleError(f"{where}: zstd frame declares {size} decoded bytes, expected {want}")
-    buf = np.empty(size, np.uint8)
-    try:
-        out = imagecodecs.zstd_decode(data, out=buf)
-    except imagecodecs.ZstdError as exc:
-        raise CorruptSampleError(f"{where}: cannot decode image (ZstdError: {exc})") from None
-    if len(out) != size:
-        raise CorruptSampleError(f"{where}: cannot decode image (zstd frame gave {len(out)} of {size} bytes)")
-    head = buf[:10].tobytes()
-    if head[:8] != b"\x93NUMPY\x01\x00" or size < 10:
-        return decode_image(data, where, max_bytes=most)
-    start = 10 + int.from_bytes(head[8:10], "little")
-    m = _NPY_HEADER.fullmatch(buf[10:start].tobytes())
-    if m is None:
-        return decode_image(data, where, max_bytes=most)
-    dtype = np.dtype(m.group(1).decode("ascii"))
-    shape = tuple(int(x) for x in m.groups()[1:])
-    if size - start != math.prod(shape) * dtype.itemsize:
-        raise CorruptSampleError(
-            f"{where}: cannot decode image (pixel data has {size - start} bytes for shape {shape} {dtype})"
-        )
-    return buf[start:].view(dtype).reshape(shape)
-
-
 def _check_name(name: str, typeflag: bytes, shard: str) -> tuple[str, str]:
     """Refuse anything but a flat regular file ``<key>.<json|npy.zst>``; return (key, ext)."""
     if typeflag not in (b"0", b"\0"):
@@ -194,8 +130,7 @@ def _check_name(name: str, typeflag: bytes, shard: str) -> tuple[str, str]:
     if not key or ext not in _EXTS:
         raise ShardFormatError(
             f"{shard}: member {name!r} (key {key!r}): unexpected extension {ext!r}; members are <key>.json "
-            "and "
-            f"<key>.npy.zst and keys contain no dots"
+            "and <key>.npy.zst (or <key>.npy.lz4) and keys contain no dots"
         )
     return key, ext
 
@@ -250,9 +185,11 @@ def index_shard(path: str | Path) -> list[Member]:
 
 def _decode_sample(key: str, parts: dict[str, bytes], shard: str, verify: bool) -> dict[str, Any]:
     where = f"{shard}: key {key!r}"
-    for ext in _EXTS:
-        if ext not in parts:
-            raise ShardFormatError(f"{where}: sample has no {ext} member")
+    if "json" not in parts:
+        raise ShardFormatError(f"{where}: sample has no json member")
+    image_ext = next((ext for ext in _IMAGE_EXTS if ext in parts), None)
+    if image_ext is None:
+        raise ShardFormatError(f"{where}: sample has no npy.zst (or npy.lz4) member")
     try:
         record = json.loads(parts["json"].decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -264,11 +201,11 @@ def _decode_sample(key: str, parts: dict[str, bytes], shard: str, verify: bool) 
         np.dtype(str(record.get("dtype", "")))
     except (KeyError, TypeError, ValueError):
         raise ShardFormatError(f"{where}: json record lacks a valid shape/dtype") from None
-    image = decode_image_fast(parts["npy.zst"], where=where, expected=record)
+    image, guidance = decode_row(parts[image_ext], where, record)
     check_image(image, record, where, verify=verify)
     if record.get("cell_id", key) != key:
         raise ShardFormatError(f"{where}: json record names cell {record.get('cell_id')!r}")
-    meta = dict(record.get("meta") or {})
+    meta = add_guidance(dict(record.get("meta") or {}), guidance)
     meta.setdefault("train_test_split", record.get("train_test_split", ""))
     meta.setdefault("tasks", list(record.get("tasks", [])))
     meta["shard"] = shard
@@ -319,11 +256,11 @@ def iter_samples(
                     )
                 seen.add(member.key)
                 current, parts = member.key, {}
-            if member.ext in parts:
+            if member.ext in parts or (member.ext in _IMAGE_EXTS and any(e in parts for e in _IMAGE_EXTS)):
                 raise ShardFormatError(f"{shard}: key {member.key!r} has two {member.ext} members")
-            if member.ext == "npy.zst" and "json" not in parts:
+            if member.ext in _IMAGE_EXTS and "json" not in parts:
                 raise ShardFormatError(
-                    f"{shard}: key {member.key!r}: npy.zst member before (or without) its json"
+                    f"{shard}: key {member.key!r}: {member.ext} member before (or without) its json"
                 )
             parts[member.ext] = blob
         if current is not None:
@@ -331,16 +268,65 @@ def iter_samples(
 
 
 def has_frame_checksum(data: bytes | memoryview) -> bool:
-    """True when a zstd frame carries a content checksum (zstd then verifies it on every decode)."""
+    """True when a member's frame (zstd or LZ4) carries a content checksum (verified on every decode)."""
     try:
-        return bool(zstandard.get_frame_parameters(data).has_checksum)
-    except zstandard.ZstdError:
+        return frame_info(data).has_checksum
+    except ValueError:
         return False
 
 
+class MappedShards:
+    """Read-only memory maps of local shard files: a member is decoded straight from the page cache, with no
+    copy into a ``bytes`` first (that copy was a third of a read of an uncompressed member).
+
+    Maps are made per process (a forked DataLoader worker makes its own) and at most ``max_open`` at once.
+    Before each read the file's size is checked, so a shard truncated in place reads as truncated (an error)
+    instead of faulting; builds never truncate, they replace files by rename, which a map does not notice
+    (nor does a cached ``pread`` descriptor)."""
+
+    def __init__(self, max_open: int = 64):
+        self.max_open = max_open
+        self._maps: dict[str, tuple[int, mmap.mmap]] = {}
+        self._pid = os.getpid()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"max_open": self.max_open}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["max_open"])  # type: ignore[misc]
+
+    def view(self, path: str, offset: int, nbytes: int) -> memoryview | None:
+        """``nbytes`` of ``path`` from ``offset`` as a view of its map; None when the file is shorter (or
+        empty, or missing: the caller's ``pread`` then says which)."""
+        if self._pid != os.getpid():
+            self._maps, self._pid = {}, os.getpid()
+        entry = self._maps.get(path)
+        if entry is None:
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except OSError:
+                return None
+            try:
+                entry = (fd, mmap.mmap(fd, 0, access=mmap.ACCESS_READ))
+            except (OSError, ValueError):  # an empty file cannot be mapped
+                os.close(fd)
+                return None
+            if len(self._maps) >= self.max_open:
+                old_fd, _ = self._maps.pop(
+                    next(iter(self._maps))
+                )  # the map closes when its last view is gone
+                os.close(old_fd)
+            self._maps[path] = entry
+        fd, mm = entry
+        if offset + nbytes > min(len(mm), os.fstat(fd).st_size):
+            return None
+        return memoryview(mm)[offset : offset + nbytes]
+
+
 class ShardReader:
-    """Random access to images by manifest row: one ``pread`` (local) or one ranged request (remote) at the
-    row's offset, no tar scan; see :class:`chammi_data.store.storage.ReleaseStore`.
+    """Random access to images by manifest row: a view of the memory-mapped shard (local,
+    :class:`MappedShards`) or one ranged request (remote) at the row's offset, no tar scan; see
+    :class:`chammi_data.store.storage.ReleaseStore`.
 
     Reads are verified by default: the row's shape and dtype bound the decode (before anything is allocated),
     zstd checks the frame's content checksum, and a member written without one (older releases) has its
@@ -351,6 +337,7 @@ class ShardReader:
 
     def __init__(self, store: ReleaseStore):
         self.store = require_store(store, "ShardReader")
+        self._maps = MappedShards() if self.store.is_local else None
 
     def where(self, row: Mapping[str, Any]) -> str:
         """How errors name a row: the shard's full path or URL and the key."""
@@ -374,13 +361,24 @@ class ShardReader:
     def read(self, row: Mapping[str, Any], verify: bool | None = None) -> np.ndarray:
         """(C, H, W) image of one manifest row, checked as the class docstring says (``verify``: None = by
         frame checksum, sha256 only where a frame has none; True = sha256 always)."""
+        return self.read_member(row, verify)[0]
+
+    def read_member(
+        self, row: Mapping[str, Any], verify: bool | None = None
+    ) -> tuple[np.ndarray, Guidance | None]:
+        """(image, guidance) of one manifest row in one read: :meth:`read` plus the cells of a CHAMMI-75
+        image (``codec.Guidance``; None for other sources)."""
         where = self.where(row)
-        data = self.read_bytes(row)
-        image = decode_image_fast(data, where=where, expected=row)
+        data = None
+        if self._maps is not None:  # local: decode from the page cache, no copy first
+            data = self._maps.view(self.store.path(str(row["shard"])), int(row["offset"]), int(row["nbytes"]))
+        if data is None:
+            data = self.read_bytes(row)
+        image, guidance = decode_row(data, where, row)
         check_image(
             image, row, where, verify=bool(verify) or (verify is None and not has_frame_checksum(data))
         )
-        return image
+        return image, guidance
 
     def close(self) -> None:
         self.store.close()

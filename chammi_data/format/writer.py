@@ -10,6 +10,9 @@ There is one write path, used by ``chammi-build`` (spread over dask workers) and
    :func:`write_zarr_shard` (exactly zarr shard k: rows ``[k * cells_per_shard, ...)``), one writer per file;
 4. :func:`finalize_release` once, with every shard record: manifest.parquet/.csv and release.json.
 
+A variable source (CHAMMI-75) is written group by group (:mod:`chammi_data.format.groups`): a zarr collection
+(:func:`create_collection`), one array per group, shards that never cross a group (``group=(g, j)``).
+
 Identical cells give byte-identical tar shards, manifests and release.json (no timestamps, fixed tar
 headers, deterministic parquet).
 """
@@ -29,11 +32,12 @@ import numpy as np
 import pandas as pd
 
 import chammi_data.format.zarr_store as zarr_store
-from chammi_data.format.codec import IMAGE_SUFFIX, JSON_SUFFIX, encode_image
+from chammi_data.format.codec import CODECS, DEFAULT_CODEC, JSON_SUFFIX, encode_image, member_suffix
+from chammi_data.format.groups import group_key, variable_source_info
 from chammi_data.format.manifest import write_manifest
 from chammi_data.format.release_format import canonical_json, manifest_row, parse_channels, release_counts
 from chammi_data.format.schema import SCHEMA_VERSION, Cell
-from chammi_data.format.vocab import SOURCE_KEYS
+from chammi_data.format.vocab import RELEASE_SOURCE_KEYS, is_variable
 from chammi_data.progress import progress as progress_bar
 from chammi_data.store.paths import file_sha256
 
@@ -53,6 +57,23 @@ class ShardRecord:
     source: str = ""
     shard_index: int = 0
     nbytes: int = 0
+
+
+@dataclass
+class ZarrShardRecord:
+    """What one :func:`write_zarr_shard` call produced: the zarr shard (by source and index), its first row
+    and the :func:`zarr_store.pixel_crc32c` of each of its rows, which :func:`finalize_release` puts into the
+    manifest's ``crc32c`` column (the binding that zarr reads check)."""
+
+    source: str
+    shard_index: int
+    zarr_start: int
+    crc32c: list[int] = field(default_factory=list)
+
+    @property
+    def path(self) -> str:
+        """A name that sorts beside the tar shards' (not a file path)."""
+        return f"zarr/{self.source}.zarr#{self.shard_index:06d}"
 
 
 def shard_relpath(source: str, shard_index: int) -> str:
@@ -86,6 +107,8 @@ def _tar_info(name: str, size: int) -> tarfile.TarInfo:
 #: Once per source: create ``zarr/<source>.zarr`` (N, C, H, W) (``root, source, n_cells, channels, hw, dtype,
 #: cells_per_shard``). The zarr module owns the layout.
 create_zarr_array = zarr_store.create_images
+#: Once per variable source, before its groups' arrays: the collection ``zarr/<source>.zarr``.
+create_collection = zarr_store.create_collection
 
 
 @dataclass(frozen=True)
@@ -103,27 +126,41 @@ class EncodedCell:
         return self.record["cell_id"]
 
 
-def encode_cell(cell: Cell) -> EncodedCell:
-    """Hash one cell and compress it for both formats (``codec.encode_image``,
-    ``zarr_store.encode_chunk``)."""
-    return EncodedCell(cell.record(), encode_image(cell.image), zarr_store.encode_chunk(cell.image))
+def encode_cell(cell: Cell, codec: str = DEFAULT_CODEC) -> EncodedCell:
+    """Hash one cell and compress it for both formats (``codec.encode_image`` with the member ``codec``:
+    zstd, lz4 or none, and a CHAMMI-75 image's guidance after its pixels; ``zarr_store.encode_chunk``)."""
+    member = encode_image(cell.image, codec=codec, guidance=cell.guidance)
+    return EncodedCell(cell.record(), member, zarr_store.encode_chunk(cell.image))
 
 
 def write_shard(
-    root: str | Path, source: str, shard_index: int, cells: Sequence[Cell | EncodedCell], zarr_start: int
+    root: str | Path,
+    source: str,
+    shard_index: int,
+    cells: Sequence[Cell | EncodedCell],
+    zarr_start: int,
+    group: tuple[int, int] | None = None,
 ) -> ShardRecord:
     """Write tar shard ``shard_index`` of ``source`` and zarr rows ``[zarr_start, zarr_start + len(cells))``:
     :func:`write_tar_shard` then :func:`write_zarr_shard`, encoding plain :class:`Cell` objects first."""
     encoded = [c if isinstance(c, EncodedCell) else encode_cell(c) for c in cells]
     record = write_tar_shard(root, source, shard_index, encoded, zarr_start)
-    write_zarr_shard(root, source, shard_index, zarr_start, [e.chunk for e in encoded])
+    zarr_record = write_zarr_shard(root, source, shard_index, zarr_start, [e.chunk for e in encoded], group)
+    for row, crc in zip(record.rows, zarr_record.crc32c, strict=True):
+        row["crc32c"] = crc
     return record
 
 
-def _check_shard(root: Path, source: str, shard_index: int, n: int, zarr_start: int) -> str:
+def _check_shard(
+    root: Path, source: str, shard_index: int, n: int, zarr_start: int, group: tuple[int, int] | None = None
+) -> str:
     rel = shard_relpath(source, shard_index)
     if n == 0:
         raise ValueError(f"write_shard({source}, {shard_index}): no cells")
+    if is_variable(source):  # its groups' shard plan is checked against the manifest when finalising
+        if group is None:
+            raise ValueError(f"{rel}: {source} stores image groups; say which with group=(g, j)")
+        return rel
     per = zarr_store.cells_per_shard(zarr_store.open_images(root, source))
     if zarr_start != shard_index * per:
         raise ValueError(
@@ -133,12 +170,23 @@ def _check_shard(root: Path, source: str, shard_index: int, n: int, zarr_start: 
 
 
 def write_zarr_shard(
-    root: str | Path, source: str, shard_index: int, zarr_start: int, chunks: Sequence[bytes]
-) -> None:
+    root: str | Path,
+    source: str,
+    shard_index: int,
+    zarr_start: int,
+    chunks: Sequence[bytes],
+    group: tuple[int, int] | None = None,
+) -> ZarrShardRecord:
     """Write zarr shard ``shard_index`` of ``source`` (rows from ``zarr_start``, which must be the shard's
-    first row: one writer per zarr shard) from its cells' pre-encoded chunks (``EncodedCell.chunk``)."""
-    _check_shard(Path(root), source, shard_index, len(chunks), zarr_start)
-    zarr_store.write_encoded_shard(root, source, shard_index, chunks)
+    first row: one writer per zarr shard) from its cells' pre-encoded chunks (``EncodedCell.chunk``); for a
+    variable source, zarr shard ``j`` of group ``g`` (``group=(g, j)``). Pass the returned record to
+    :func:`finalize_release` with the tar shards' records."""
+    _check_shard(Path(root), source, shard_index, len(chunks), zarr_start, group)
+    if group is None:
+        crcs = zarr_store.write_encoded_shard(root, source, shard_index, chunks)
+    else:
+        crcs = zarr_store.write_encoded_shard(root, source, group[1], chunks, group=group[0])
+    return ZarrShardRecord(source, shard_index, zarr_start, crcs)
 
 
 def write_tar_shard(
@@ -151,7 +199,9 @@ def write_tar_shard(
     image). Written to a temp file and moved into place atomically, hashed on the way.
     """
     root = Path(root)
-    rel = _check_shard(root, source, shard_index, len(cells), zarr_start)
+    rel = _check_shard(
+        root, source, shard_index, len(cells), zarr_start, (0, 0) if is_variable(source) else None
+    )
     first = cells[0].record
     for cell in cells:
         rec = cell.record
@@ -166,9 +216,8 @@ def write_tar_shard(
             raise ValueError(
                 f"{where}: image {tuple(rec['shape'])} {rec['dtype']} {list(rec['channels'])} differs from "
                 "the shard's "
-                f"first cell {tuple(first['shape'])} {first['dtype']} {list(first['channels'])}; a source "
-                "needs one "
-                f"tile size and channel set"
+                f"first cell {tuple(first['shape'])} {first['dtype']} {list(first['channels'])}; a shard "
+                "holds one tile size and channel set"
             )
     path = root / rel
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -190,7 +239,8 @@ def write_tar_shard(
             for i, cell in enumerate(cells):
                 key = cell.record["cell_id"]
                 record = canonical_json(cell.record).encode("utf-8")
-                for name, data in ((key + JSON_SUFFIX, record), (key + IMAGE_SUFFIX, cell.member)):
+                image_name = key + member_suffix(cell.member)  # .npy.zst, or .npy.lz4 for an LZ4 frame
+                for name, data in ((key + JSON_SUFFIX, record), (image_name, cell.member)):
                     put(
                         _tar_info(name, len(data)).tobuf(
                             tarfile.USTAR_FORMAT, tarfile.ENCODING, "surrogateescape"
@@ -223,9 +273,9 @@ def _zarr_cells_per_shard(root: Path, source: str, fallback: int) -> int:
 
 
 def _check_rows(df: pd.DataFrame) -> None:
-    unknown = sorted(set(df["source"]) - set(SOURCE_KEYS))
+    unknown = sorted(set(df["source"]) - set(RELEASE_SOURCE_KEYS))
     if unknown:
-        raise ValueError(f"manifest rows with unknown source(s) {unknown}; valid: {SOURCE_KEYS}")
+        raise ValueError(f"manifest rows with unknown source(s) {unknown}; valid: {RELEASE_SOURCE_KEYS}")
     dup = df["cell_id"][df["cell_id"].duplicated()]
     if len(dup):
         raise ValueError(f"duplicate cell_id(s) in the release: {sorted(set(dup))[:10]}")
@@ -237,40 +287,74 @@ def _check_rows(df: pd.DataFrame) -> None:
             )
 
 
+def _zarr_crcs(root: Path, df: pd.DataFrame, records: Sequence[ZarrShardRecord]) -> np.ndarray:
+    """The ``crc32c`` column: from the zarr writers' records, else as the rows have it, else read back from
+    the zarr store (a caller that did not pass the zarr records; -1 where a source has no zarr store)."""
+    known = {(r.source, r.zarr_start + i): c for r in records for i, c in enumerate(r.crc32c)}
+    have = df["crc32c"] if "crc32c" in df.columns else pd.Series(-1, index=df.index)
+    out = np.array(
+        [known.get((s, int(z)), int(h)) for s, z, h in zip(df["source"], df["zarr_row"], have, strict=True)],
+        dtype=np.int64,
+    )
+    for src in sorted(set(df["source"][out < 0])):
+        if not zarr_store.zarr_path(root, str(src)).exists() or is_variable(str(src)):
+            continue  # a variable source's writers always give their records
+        arr = zarr_store.open_images(root, str(src))
+        per = zarr_store.cells_per_shard(arr)
+        for i in np.flatnonzero((out < 0) & (df["source"] == src).to_numpy()):
+            z = int(df["zarr_row"].iat[i])
+            block_start = z - z % per
+            if known.get((str(src), z)) is None:
+                block = np.asarray(arr[block_start : block_start + per])
+                known.update(
+                    {(str(src), block_start + j): zarr_store.pixel_crc32c(img) for j, img in enumerate(block)}
+                )
+            out[i] = known[(str(src), z)]
+    return out
+
+
 def finalize_release(
     root: str | Path,
     rows: pd.DataFrame | Sequence[dict[str, Any]] | None,
-    shard_records: Sequence[ShardRecord],
+    shard_records: Sequence[ShardRecord | ZarrShardRecord],
     config: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Write manifest.parquet, manifest.csv and release.json; record cell ids in each zarr store.
+    """Write manifest.parquet, manifest.csv and release.json; record a variable source's image groups in its
+    zarr collection (checked against where its rows' shards are).
 
+    ``shard_records``: the tar shards' :class:`ShardRecord` and the zarr shards' :class:`ZarrShardRecord`
+    (their pixel crc32c go into the manifest; without them the zarr stores are read back for it).
     ``rows`` are the manifest rows of every cell (None: taken from ``shard_records``); they are ordered by
-    source (``SOURCE_KEYS``) then zarr row, which is the pipeline's order. ``config`` is the build
+    source (``RELEASE_SOURCE_KEYS``) then zarr row, which is the pipeline's order. ``config`` is the build
     configuration (its sha256 of canonical JSON goes to release.json); ``extra`` is stored verbatim under
     ``"extra"``. Returns the release.json path.
     """
     from chammi_data import __version__
 
     root = Path(root)
+    zarr_records = [r for r in shard_records if isinstance(r, ZarrShardRecord)]
+    shard_records = [r for r in shard_records if not isinstance(r, ZarrShardRecord)]
     if rows is None:
         rows = [r for rec in shard_records for r in rec.rows]
     df = rows.copy() if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
     if df.empty:
         raise ValueError(f"finalize_release({root}): no manifest rows")
-    order = {s: i for i, s in enumerate(SOURCE_KEYS)}
+    order = {s: i for i, s in enumerate(RELEASE_SOURCE_KEYS)}
     df["_o"] = df["source"].map(order).fillna(len(order))
     df = df.sort_values(["_o", "zarr_row"], kind="stable").drop(columns="_o").reset_index(drop=True)
     _check_rows(df)
+    df["crc32c"] = _zarr_crcs(root, df, zarr_records)
     listed = {rec.path for rec in shard_records}
     missing = sorted(set(df["shard"]) - listed)
     if missing:
         raise ValueError(f"manifest rows point at shard(s) without a shard record: {missing[:5]}")
+    groups = {
+        str(src): zarr_store.record_groups(root, str(src), part)
+        for src, part in df.groupby("source", sort=False)
+        if is_variable(str(src))
+    }
     parquet, csv = write_manifest(root, df)
-    for src, part in df.groupby("source", sort=False):
-        if zarr_store.zarr_path(root, str(src)).exists():
-            zarr_store.set_cell_ids(root, str(src), part["cell_id"].tolist())
     config = config or {}
     sources_info = {}
     for src, part in df.groupby("source", sort=False):
@@ -279,6 +363,10 @@ def finalize_release(
             (r for r in shard_records if r.source == src or r.path.startswith(f"shards/{src}/")),
             key=lambda r: r.path,
         )
+        if str(src) in groups:
+            per = zarr_store.group_cells_per_shard(root, str(src))
+            sources_info[str(src)] = variable_source_info(part, groups[str(src)], len(recs), per)
+            continue
         sources_info[str(src)] = {
             "channels": list(parse_channels(first["channels"])),
             "height": int(first["height"]),
@@ -300,6 +388,9 @@ def finalize_release(
         "manifest_csv_sha256": file_sha256(csv),
         "extra": extra or {},
     }
+    codec = config.get("codec", DEFAULT_CODEC)
+    if codec != DEFAULT_CODEC:  # recorded only when not zstd: a default release is byte-identical to before
+        release["codec"] = codec
     out = root / "release.json"
     tmp = out.with_name(f".release.json.{uuid.uuid4().hex}.tmp")
     tmp.write_text(canonical_json(release) + "\n", encoding="utf-8")
@@ -309,6 +400,8 @@ def finalize_release(
 
 class ReleaseWriter:
     """The serial face of the write path: ``add_source`` per source (cells in release order), then ``close``.
+    ``codec``: the image members' codec (``codec.CODECS``; recorded in the config and release.json unless
+    it is the default zstd).
 
     Each shard-sized batch of cells goes through the same :func:`encode_cell`, :func:`write_tar_shard` and
     :func:`write_zarr_shard` as a ``chammi-build`` shard, so the bytes are the same; at most one shard of
@@ -321,30 +414,46 @@ class ReleaseWriter:
         cells_per_shard: int = CELLS_PER_SHARD,
         config: dict[str, Any] | None = None,
         progress: bool = True,
+        codec: str = DEFAULT_CODEC,
     ):
         if cells_per_shard < 1:
             raise ValueError(f"cells_per_shard must be >= 1, got {cells_per_shard}")
+        if codec not in CODECS:
+            raise ValueError(f"unknown member codec {codec!r}; valid: {', '.join(CODECS)}")
         self.root = Path(root)
         self.cells_per_shard = int(cells_per_shard)
+        self.codec = codec
         self.config = dict(config or {})
         self.config.setdefault("cells_per_shard", self.cells_per_shard)
+        if codec != DEFAULT_CODEC:
+            self.config["codec"] = codec
         self.progress = progress
-        self.records: list[ShardRecord] = []
+        self.records: list[ShardRecord | ZarrShardRecord] = []
         self._sources: set[str] = set()
         self.root.mkdir(parents=True, exist_ok=True)
 
     def add_source(self, source: str, cells: Iterable[Cell]) -> int:
-        """Write every cell of ``source`` (in the given order); returns the number of cells written."""
+        """Write every cell of ``source`` (in the given order); returns the number of cells written. In a
+        variable source a change of group (study, channels, size) ends the current shard early."""
         if source in self._sources:
             raise ValueError(f"source {source!r} was already added to this release")
         self._sources.add(source)
+        variable = is_variable(source)
+        if variable:
+            create_collection(self.root, source)
+        self._group: list[Any] = [-1, None, 0, 0]  # variable source: index, key, rows, shards written
+        self._shards = 0
         per, n = self.cells_per_shard, 0
         batch: list[EncodedCell] = []
         total = len(cells) if isinstance(cells, Sized) else None
         for cell in progress_bar(
             cells, desc=f"write {source}", unit="cell", total=total, disable=not self.progress
         ):
-            batch.append(encode_cell(cell))
+            encoded = encode_cell(cell, self.codec)
+            if variable and batch and group_key(encoded.record) != group_key(batch[0].record):
+                self._flush(source, batch, n)
+                n, batch = n + len(batch), []
+            batch.append(encoded)
             if len(batch) == per:
                 self._flush(source, batch, n)
                 n, batch = n + len(batch), []
@@ -356,13 +465,32 @@ class ReleaseWriter:
     def _flush(self, source: str, batch: list[EncodedCell], start: int) -> None:
         first = batch[0].record
         c, h, w = first["shape"]
-        if start == 0:
-            create_zarr_array(
-                self.root, source, len(batch), first["channels"], (h, w), first["dtype"], self.cells_per_shard
-            )
+        shard, self._shards = self._shards, self._shards + 1
+        if not is_variable(source):
+            if start == 0:
+                create_zarr_array(
+                    self.root,
+                    source,
+                    len(batch),
+                    first["channels"],
+                    (h, w),
+                    first["dtype"],
+                    self.cells_per_shard,
+                )
+            else:
+                zarr_store.open_images(self.root, source, mode="r+").resize((start + len(batch), c, h, w))
+            self.records.append(write_shard(self.root, source, shard, batch, start))
+            return
+        g = self._group
+        if group_key(first) != g[1]:  # a new group: its own array in the collection
+            g[:] = [g[0] + 1, group_key(first), 0, 0]
+            args = (first["channels"], (h, w), first["dtype"], self.cells_per_shard)
+            create_zarr_array(self.root, source, len(batch), *args, group=g[0])
         else:
-            zarr_store.open_images(self.root, source, mode="r+").resize((start + len(batch), c, h, w))
-        self.records.append(write_shard(self.root, source, start // self.cells_per_shard, batch, start))
+            arr = zarr_store.open_images(self.root, source, mode="r+", group=g[0])
+            arr.resize((g[2] + len(batch), c, h, w))
+        self.records.append(write_shard(self.root, source, shard, batch, start, group=(g[0], g[3])))
+        g[2], g[3] = g[2] + len(batch), g[3] + 1
 
     def close(self, extra: dict[str, Any] | None = None) -> Path:
         """Write the manifest and release.json; returns the release.json path."""

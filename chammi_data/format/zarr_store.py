@@ -13,8 +13,12 @@ Group attributes:
   and within sources) and a unit scale. ``omero`` has one entry per channel: ``label`` (the vocabulary
   name), ``color`` (hex RGB from ``vocab.CHANNEL_COLORS``), ``active`` and ``window``
   (``start``/``end``/``min``/``max`` over the dtype's range).
-- ours: ``source``, ``channels`` (names in image order), ``cell_ids`` (row order, set when the release is
-  finalised).
+- ours: ``source`` and ``channels`` (names in image order). No per-cell list: row i of ``images`` is the
+  source's manifest row with ``zarr_row == i`` (the manifest is the index; a list of 2.8 M ids in the group
+  attributes would be printed whole by viewers such as napari's OME-Zarr plugin).
+
+A variable source (CHAMMI-75) is a ``bioformats2raw.layout`` collection of such images, one per group of
+images that share study, channels and size (:mod:`chammi_data.format.groups`): ``zarr/<source>.zarr/<g>``.
 
 :func:`read_attrs` also returns ``omero`` at the top level (from ``ome.omero``), as stores written before
 the OME-Zarr metadata had it.
@@ -35,6 +39,7 @@ import zarr
 from numcodecs import Blosc
 from zarr.codecs import BloscCodec, Crc32cCodec
 
+from chammi_data.format.groups import GroupPlan, frame_groups, group_of_row
 from chammi_data.format.vocab import CHANNEL_COLORS, to_names
 from chammi_data.store.storage import ReleaseStore
 
@@ -49,9 +54,10 @@ NGFF_VERSION = "0.5"
 BLOSC_LEVEL = 1
 
 
-def zarr_path(root: str | Path, source: str) -> Path:
-    """``RELEASE/zarr/<source>.zarr``."""
-    return Path(root) / "zarr" / f"{source}.zarr"
+def zarr_path(root: str | Path, source: str, group: int | None = None) -> Path:
+    """``RELEASE/zarr/<source>.zarr``, or the image of ``group`` inside a variable source's collection."""
+    path = Path(root) / "zarr" / f"{source}.zarr"
+    return path if group is None else path / str(group)
 
 
 def omero_metadata(channels: Sequence[str], dtype: np.dtype | str) -> dict[str, Any]:
@@ -105,11 +111,13 @@ def create_images(
     hw: tuple[int, int],
     dtype: np.dtype | str,
     cells_per_shard: int,
+    group: int | None = None,
 ) -> zarr.Array:
     """Create (overwrite) ``zarr/<source>.zarr`` with an empty ``images`` array of shape (N, C, H, W).
 
     The array is sharded with ``cells_per_shard`` cells per shard and one cell per chunk; the fill value
-    is 0. Returns the array. Call once per source, before any shard is written.
+    is 0. Returns the array. Call once per source (per ``group`` of a variable source, inside the collection
+    made by :func:`create_collection`), before any shard is written.
     """
     names = to_names(channels)
     if cells_per_shard < 1:
@@ -118,11 +126,10 @@ def create_images(
     dt = np.dtype(dtype)
     if dt not in (np.dtype(np.uint8), np.dtype(np.uint16)):
         raise ValueError(f"zarr images must be uint8 or uint16, got {dt}")
-    group = zarr.open_group(str(zarr_path(root, source)), mode="w", zarr_format=3)
-    group.attrs.update(
-        {"ome": ome_metadata(source, names, dt), "source": source, "channels": list(names), "cell_ids": []}
-    )
-    return group.create_array(
+    name = source if group is None else f"{source} group {group}"
+    node = zarr.open_group(str(zarr_path(root, source, group)), mode="w", zarr_format=3)
+    node.attrs.update({"ome": ome_metadata(name, names, dt), "source": source, "channels": list(names)})
+    return node.create_array(
         ARRAY_NAME,
         shape=(int(n_cells), c, int(h), int(w)),
         chunks=(1, c, int(h), int(w)),
@@ -139,9 +146,52 @@ def create_images(
     )
 
 
-def open_images(root: str | Path, source: str, mode: str = "r") -> zarr.Array:
-    """Open ``zarr/<source>.zarr/images``; a clear error when the store is missing."""
-    path = zarr_path(root, source)
+def create_collection(root: str | Path, source: str, groups: Sequence[dict[str, Any]] = ()) -> None:
+    """Create (overwrite) ``zarr/<source>.zarr`` as the collection of a variable source's group images
+    (``groups``: :meth:`chammi_data.format.groups.GroupPlan.attrs` of each; set again by
+    :func:`set_groups` when the release is finalised)."""
+    node = zarr.open_group(str(zarr_path(root, source)), mode="w", zarr_format=3)
+    node.attrs.update(
+        {
+            "ome": {"version": NGFF_VERSION, "bioformats2raw.layout": 3},
+            "source": source,
+            "groups": list(groups),
+        }
+    )
+
+
+def set_groups(root: str | Path, source: str, groups: Sequence[dict[str, Any]]) -> None:
+    """Record a variable source's groups in its collection's attributes."""
+    node = zarr.open_group(str(zarr_path(root, source)), mode="r+", zarr_format=3)
+    node.attrs["groups"] = list(groups)
+
+
+def group_cells_per_shard(root: str | Path, source: str) -> int:
+    """Cells per zarr shard of a variable source (its groups' arrays all have the same)."""
+    return cells_per_shard(open_images(root, source, group=0))
+
+
+def record_groups(root: str | Path, source: str, part: Any) -> list[GroupPlan]:
+    """A variable source's groups from its manifest rows (a DataFrame in zarr-row order), checked against the
+    tar shards its rows are in (a group starts a new shard and its shards are consecutive), recorded in its
+    zarr collection (called by ``writer.finalize_release``)."""
+    per = group_cells_per_shard(root, source)
+    groups = frame_groups(part.reset_index(drop=True), per)
+    index = part["shard"].str.extract(r"-(\d+)\.tar$")[0].astype(int).to_numpy()
+    expected = np.concatenate([[k for k, a, b, _ in g.shards(per) for _ in range(b - a)] for g in groups])
+    if not np.array_equal(index, expected):
+        bad = int(np.flatnonzero(index != expected)[0])
+        raise ValueError(
+            f"source {source}: row {bad} ({part['cell_id'].iloc[bad]}) is in tar shard {index[bad]}, but its "
+            f"image group puts it in shard {expected[bad]} (a shard may not cross a group)"
+        )
+    set_groups(root, source, [g.attrs() for g in groups])
+    return groups
+
+
+def open_images(root: str | Path, source: str, mode: str = "r", group: int | None = None) -> zarr.Array:
+    """Open ``zarr/<source>.zarr/images`` (of ``group`` for a variable source); a clear error when missing."""
+    path = zarr_path(root, source, group)
     if not (path / "zarr.json").is_file():
         raise FileNotFoundError(f"no zarr store for source {source!r} at {path}")
     group = zarr.open_group(str(path), mode=mode, zarr_format=3)
@@ -211,6 +261,27 @@ def _chunk_blosc(dtype: np.dtype | str) -> Blosc:
     )
 
 
+def pixel_crc32c(image: np.ndarray) -> int:
+    """crc32c of a (C, H, W) image's pixel bytes in C order, little-endian: the manifest's ``crc32c``, which
+    binds a zarr row to its cell (hardware crc32c: ~0.07 ms per MB, a few % of a zarr read)."""
+    arr = np.ascontiguousarray(image)
+    if arr.dtype.byteorder == ">":
+        arr = arr.astype(arr.dtype.newbyteorder("<"))
+    return int(google_crc32c.value(arr.reshape(-1).view(np.uint8)))
+
+
+def decode_chunk(chunk: bytes, shape: tuple[int, ...], dtype: np.dtype | str) -> np.ndarray:
+    """The image of one :func:`encode_chunk` output (``b""``: the all-zero cell); checks its crc32c."""
+    dt = np.dtype(dtype)
+    if not chunk:
+        return np.zeros(shape, dt)
+    body, crc = chunk[:-4], int.from_bytes(chunk[-4:], "little")
+    if google_crc32c.value(body) != crc:
+        raise ValueError("zarr chunk: stored and computed crc32c differ")
+    out = np.frombuffer(_chunk_blosc(dt).decode(body), dtype=dt.newbyteorder("<"))
+    return out.reshape(shape).astype(dt, copy=False)
+
+
 def encode_chunk(image: np.ndarray) -> bytes:
     """One cell (C, H, W) as its zarr chunk bytes (little-endian, Blosc, then the crc32c of those bytes as 4
     little-endian bytes, as zarr's ``crc32c`` codec writes it); ``b""`` for an all-zero cell, which zarr
@@ -225,6 +296,8 @@ def encode_chunk(image: np.ndarray) -> bytes:
 def has_chunk_checksums(arr: zarr.Array) -> bool:
     """True when each chunk of an ``images`` array carries a crc32c that zarr verifies on read (stores written
     before chunk checksums have none: readers then check the pixels' sha256 instead)."""
+    if isinstance(arr, GroupedImages):
+        return all(has_chunk_checksums(arr.array(g)) for g in range(len(arr.groups)))
     codecs = json.loads(json.dumps(arr.metadata.to_dict()["codecs"]))
     inner = codecs[0].get("configuration", {}).get("codecs", []) if codecs else []
     return any(c.get("name") == "crc32c" for c in inner)
@@ -263,12 +336,17 @@ def _expected_codecs(dtype: np.dtype, per: int, chw: tuple[int, ...]) -> list[di
     ]
 
 
-def write_encoded_shard(root: str | Path, source: str, shard_index: int, chunks: Sequence[bytes]) -> None:
-    """Write zarr shard ``shard_index`` of ``source`` from :func:`encode_chunk` outputs of its rows, in order.
+def write_encoded_shard(
+    root: str | Path, source: str, shard_index: int, chunks: Sequence[bytes], group: int | None = None
+) -> list[int]:
+    """Write zarr shard ``shard_index`` of ``source`` (of its ``group``'s array for a variable source) from
+    :func:`encode_chunk` outputs of its rows, in order; returns each row's :func:`pixel_crc32c`, computed
+    from the chunk as stored (decoded again: the manifest then binds every zarr row to the pixels this shard
+    really holds).
 
     One writer per shard, as for :func:`write_rows`; the shard file is written to a temp file and renamed.
     """
-    arr = open_images(root, source)
+    arr = open_images(root, source, group=group)
     per = cells_per_shard(arr)
     start = shard_index * per
     n = len(chunks)
@@ -284,10 +362,11 @@ def write_encoded_shard(root: str | Path, source: str, shard_index: int, chunks:
             f"zarr store of {source} does not have the layout create_images makes; cannot write "
             f"pre-encoded chunks into it (codecs {got})"
         )
-    path = zarr_path(root, source) / ARRAY_NAME / arr.metadata.encode_chunk_key((shard_index, 0, 0, 0))
+    path = zarr_path(root, source, group) / ARRAY_NAME / arr.metadata.encode_chunk_key((shard_index, 0, 0, 0))
+    crcs = [pixel_crc32c(decode_chunk(c, tuple(arr.shape[1:]), arr.dtype)) for c in chunks]
     if not any(chunks):  # every cell equals the fill value: zarr keeps no shard file at all
         path.unlink(missing_ok=True)
-        return
+        return crcs
     index = np.full((per, 2), _ABSENT, dtype="<u8")
     offset = 0
     for i, chunk in enumerate(chunks):
@@ -308,18 +387,14 @@ def write_encoded_shard(root: str | Path, source: str, shard_index: int, chunks:
     finally:
         if tmp.exists():
             tmp.unlink()
+    return crcs
 
 
-def set_cell_ids(root: str | Path, source: str, cell_ids: Sequence[str]) -> None:
-    """Record the row order (cell ids) in the group attributes once every shard is written."""
-    group = zarr.open_group(str(zarr_path(root, source)), mode="r+", zarr_format=3)
-    group.attrs["cell_ids"] = [str(c) for c in cell_ids]
-
-
-def read_attrs(root: str | Path, source: str) -> dict[str, Any]:
-    """Group attributes of ``zarr/<source>.zarr``: ``ome``, ``source``, ``channels``, ``cell_ids``, and
-    ``omero`` (the ``ome.omero`` block, also at the top level for readers of older stores)."""
-    path = zarr_path(root, source)
+def read_attrs(root: str | Path, source: str, group: int | None = None) -> dict[str, Any]:
+    """Group attributes of ``zarr/<source>.zarr`` (or of a variable source's ``group``): ``ome``, ``source``,
+    ``channels`` (``groups`` for a collection), and ``omero`` (the ``ome.omero`` block, also at the top level
+    for readers of older stores)."""
+    path = zarr_path(root, source, group)
     if not (path / "zarr.json").is_file():
         raise FileNotFoundError(f"no zarr store for source {source!r} at {path}")
     attrs = dict(zarr.open_group(str(path), mode="r", zarr_format=3).attrs)
@@ -356,9 +431,33 @@ def open_zarr_group(store: ReleaseStore, source: str) -> Any:
         raise FileNotFoundError(f"no zarr store for source {source!r} at {store.path(rel)} ({exc})") from None
 
 
+class GroupedImages:
+    """A variable source's group images read by source row: ``images[row]`` is the (C, H, W) image of the
+    manifest row with that ``zarr_row``, from the array of its group (:mod:`chammi_data.format.groups`)."""
+
+    def __init__(self, collection: Any) -> None:
+        self.collection = collection
+        self.groups = list(collection.attrs.get("groups") or [])
+        self._arrays: dict[int, Any] = {}
+        self.shape = (sum(int(g["rows"]) for g in self.groups),)
+
+    def array(self, g: int) -> Any:
+        """The ``images`` array of the g-th group."""
+        if g not in self._arrays:
+            self._arrays[g] = self.collection[f"{self.groups[g]['path']}/{ARRAY_NAME}"]
+        return self._arrays[g]
+
+    def __getitem__(self, row: int) -> np.ndarray:
+        g, r = group_of_row(self.groups, int(row))
+        return self.array(g)[r]
+
+
 def open_zarr_images(store: ReleaseStore, source: str) -> Any:
-    """The ``images`` array of ``zarr/<source>.zarr`` of a release at any location, read-only."""
+    """The ``images`` array of ``zarr/<source>.zarr`` of a release at any location, read-only (for a
+    variable source a :class:`GroupedImages` over its groups' arrays)."""
     group = open_zarr_group(store, source)
+    if "groups" in group.attrs:
+        return GroupedImages(group)
     if ARRAY_NAME not in group:
         raise FileNotFoundError(
             f"zarr store of {source!r} at {store.path(f'zarr/{source}.zarr')} has no array {ARRAY_NAME!r}"

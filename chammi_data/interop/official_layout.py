@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from chammi_data.format.release_format import SPLITS, parse_bool
+from chammi_data.format.release_format import CHAMMI_SPLITS, parse_bool
 from chammi_data.format.schema import Cell, make_cell_id
 from chammi_data.format.vocab import SOURCES, TASK_COLUMNS, source_info
 
@@ -157,8 +157,8 @@ def row_to_cell(root: Path, source: str, row: dict[str, str], index: int) -> Cel
             f"{info.num_channels}"
         )
     split = row["train_test_split"].strip()
-    if split not in SPLITS:
-        raise OfficialFormatError(f"{where}: train_test_split {split!r} not one of {SPLITS}")
+    if split not in CHAMMI_SPLITS:
+        raise OfficialFormatError(f"{where}: train_test_split {split!r} not one of {CHAMMI_SPLITS}")
     tasks = frozenset(
         t for t in TASK_COLUMNS if t in row and t in info.tasks and _as_bool(row[t], f"{where} column {t}")
     )

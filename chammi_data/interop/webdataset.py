@@ -1,8 +1,9 @@
 """Reading a release's shards with the ``webdataset`` library.
 
-Our tar shards are plain WebDataset shards (``<key>.json`` + ``<key>.npy.zst`` per cell), so
+Our tar shards are plain WebDataset shards (``<key>.json`` + ``<key>.npy.zst`` per cell; ``<key>.npy.lz4``
+in a release built with ``--codec lz4``), so
 ``webdataset.WebDataset`` reads them locally, over HTTP or through ``pipe:`` commands. Its ``.decode()``
-does not know zstd-compressed ``.npy``; :func:`wds_decoder` is the handler it needs:
+does not know compressed ``.npy``; :func:`wds_decoder` is the handler it needs:
 
     import webdataset as wds
     from chammi_data.interop.webdataset import wds_decoder, shard_urls
@@ -11,8 +12,10 @@ does not know zstd-compressed ``.npy``; :func:`wds_decoder` is the handler it ne
     for sample in ds:  # {"__key__", "json": dict (the cell's record), "npy.zst": (C, H, W) uint8 array}
         ...
 
-The handler decodes with the same strict, bounded decoder as :func:`chammi_data.load` (zstd frame checksum
-verified, no pickles, a frame larger than the limit refused) and leaves every other member to webdataset.
+The handler decodes with the same strict, bounded decoder as :func:`chammi_data.load` (every member codec:
+zstd, lz4, none; frame checksum verified, no pickles, a frame larger than the limit or declaring no size
+refused) and leaves every other member to webdataset. A CHAMMI-75 member also holds its image's cells after
+the pixels: the handler returns the image; ``chammi_data.format.members.decode_member`` returns the cells too.
 """
 
 from __future__ import annotations
@@ -21,15 +24,16 @@ from typing import Any
 
 import numpy as np
 
-from chammi_data.format.shards import decode_image_fast
+from chammi_data.format.members import decode_member
 from chammi_data.store.storage import open_store
 
 
 def wds_decoder(key: str, data: bytes) -> np.ndarray | None:
-    """A ``webdataset`` decode handler: ``.npy.zst`` members -> (C, H, W) integer arrays; None for others."""
-    if not key.lower().endswith("npy.zst"):
+    """A ``webdataset`` decode handler: ``.npy.zst`` / ``.npy.lz4`` members -> (C, H, W) integer arrays;
+    None for others."""
+    if not key.lower().endswith(("npy.zst", "npy.lz4")):
         return None
-    return decode_image_fast(data, where=f"webdataset member {key}")
+    return decode_member(data, where=f"webdataset member {key}")[0]
 
 
 def shard_urls(

@@ -4,11 +4,17 @@ Two strategies, both deterministic:
 
 - :func:`group_by_channels` (use as a DataLoader ``collate_fn``): a mixed batch of samples is split into one
   sub-batch per (source, channel set), as in the paper, where each source group gets its own forward pass
-  and the losses are summed before one optimizer step. The list is ordered by ``SOURCE_KEYS`` then channel
-  tuple; inside a group the samples keep their input order.
+  and the losses are summed before one optimizer step. The list is ordered by ``RELEASE_SOURCE_KEYS`` then
+  channel tuple; inside a group the samples keep their input order.
 - :class:`HomogeneousBatcher`: wraps a sample iterable (e.g. a
   :class:`~chammi_data.loading.streaming.ShardStream`) and yields whole batches whose samples share one
   (source, channel set), buffering per key.
+
+**Bag of channels** (the recipe of the CHAMMI-75 reference model): :func:`split_channels` turns each sample
+into one single-channel sample per channel, and ``group_by_channels_uint8(samples, bag_of_channels=True)``
+does it inside the DataLoader's collate, so a batch of B images becomes one batch per channel name. Each
+channel sample keeps its image's ``stream_index`` (progress is counted per image, and a batch always holds
+whole images, so a checkpoint stays exact) and gets its own augmentation seed.
 
 A batch is ``{"image": (B, C, H, W) float, "channels": tuple[str], "source": str, "label": list[str],
 "cell_id": list[str], "meta": list[dict]}`` (docs/CONTRACTS.md).
@@ -28,7 +34,7 @@ import torch
 from torch.utils.data import IterableDataset, default_collate
 
 from chammi_data.format.release_format import to_float_tensor
-from chammi_data.format.vocab import SOURCE_KEYS
+from chammi_data.format.vocab import RELEASE_SOURCE_KEYS
 
 Sample = dict[str, Any]
 Batch = dict[str, Any]
@@ -43,7 +49,7 @@ def group_key(sample: Sample) -> GroupKey:
 def _sort_key(key: GroupKey) -> tuple[int, str, tuple[str, ...]]:
     source, channels = key
     # Unknown sources (should not happen) sort after the known ones, by name, rather than failing here.
-    rank = SOURCE_KEYS.index(source) if source in SOURCE_KEYS else len(SOURCE_KEYS)
+    rank = RELEASE_SOURCE_KEYS.index(source) if source in RELEASE_SOURCE_KEYS else len(RELEASE_SOURCE_KEYS)
     return rank, source, channels
 
 
@@ -100,10 +106,29 @@ def collate_homogeneous(samples: Sequence[Sample], raw: bool = False) -> Batch:
     }
 
 
-def group_by_channels_uint8(samples: Iterable[Sample]) -> list[Batch]:
+def split_channels(samples: Iterable[Sample]) -> list[Sample]:
+    """Each sample as C single-channel samples (image (1, H, W), ``channels`` one name), in order; ``meta``
+    gains ``channel`` (its index in the image) and, for a sample of ``stream(output="uint8")``, its own
+    ``aug_seed`` derived from the image's and the channel index (the channels are augmented independently)."""
+    out = []
+    for s in samples:
+        names = tuple(s["channels"])
+        for k, name in enumerate(names):
+            meta = {**s.get("meta", {}), "channel": k}
+            if "aug_seed" in meta:
+                seq = np.random.SeedSequence([int(meta["aug_seed"]), k])
+                meta["aug_seed"] = int(seq.generate_state(1, dtype=np.uint64)[0]) & ((1 << 63) - 1)
+            out.append({**s, "image": s["image"][k : k + 1], "channels": (name,), "meta": meta})
+    return out
+
+
+def group_by_channels_uint8(samples: Iterable[Sample], bag_of_channels: bool = False) -> list[Batch]:
     """:func:`group_by_channels` for integer samples (``stream(output="uint8")``): each group's images stay
     one integer (B, C, H, W) tensor, so a DataLoader worker ships one shared-memory block per channel set at a
-    quarter of the float bytes, and the float math runs on the training device."""
+    quarter of the float bytes, and the float math runs on the training device. ``bag_of_channels``: split
+    the samples into single-channel ones first (:func:`split_channels`)."""
+    if bag_of_channels:
+        samples = split_channels(samples)
     groups: dict[GroupKey, list[Sample]] = {}
     for s in samples:
         groups.setdefault(group_key(s), []).append(s)
@@ -113,7 +138,8 @@ def group_by_channels_uint8(samples: Iterable[Sample]) -> list[Batch]:
 def group_by_channels(samples: Iterable[Sample]) -> list[Batch]:
     """Split a mixed list of samples into homogeneous batches, one per (source, channel set).
 
-    Order: by position of the source in ``SOURCE_KEYS``, then by channel tuple; within a group, input order.
+    Order: by position of the source in ``RELEASE_SOURCE_KEYS``, then by channel tuple; within a group, input
+    order.
     Use it directly as ``DataLoader(..., collate_fn=group_by_channels)``.
     """
     groups: dict[GroupKey, list[Sample]] = {}
@@ -126,7 +152,8 @@ class HomogeneousBatcher(IterableDataset):
     """Yield batches of ``batch_size`` samples that all share one (source, channel set).
 
     Samples from ``samples`` are appended to a buffer per key; a buffer is emitted as a batch as soon as it
-    holds ``batch_size`` samples. When the input ends the partial buffers are emitted in ``SOURCE_KEYS`` /
+    holds ``batch_size`` samples. When the input ends the partial buffers are emitted in
+    ``RELEASE_SOURCE_KEYS`` /
     channel order (or dropped with ``drop_last``). The output depends only on the input order.
 
     ``max_buffered`` bounds memory: when the buffers together hold that many samples, the fullest one is

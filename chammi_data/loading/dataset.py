@@ -19,13 +19,12 @@ import numpy as np
 import pandas as pd
 from torch.utils.data import Dataset
 
-import chammi_data.format.zarr_store as zarr_store
-from chammi_data.format.codec import CorruptSampleError
 from chammi_data.format.manifest import read_manifest, sources_in
 from chammi_data.format.release_format import parse_channels, sample_from_row, select_rows, to_float_tensor
-from chammi_data.format.shards import ShardReader, check_image
-from chammi_data.format.vocab import source_info
-from chammi_data.format.zarr_store import open_zarr_images
+from chammi_data.format.shards import ShardReader, add_guidance
+from chammi_data.format.vocab import is_variable, source_info
+from chammi_data.format.zarr_rows import ZarrRows
+from chammi_data.loading.columns import RowColumns
 from chammi_data.store.storage import OnRelease, ReleaseStore, open_store, require_store
 
 BACKENDS = ("shards", "zarr")
@@ -36,9 +35,12 @@ class ReleaseDataset(OnRelease, Dataset):
 
     ``image`` is a float32 tensor (C, H, W) scaled to [0, 1] (uint8 / 255, uint16 / 65535); ``meta`` is the
     source's provenance plus ``train_test_split``, ``tasks`` and ``row`` (the row within its source's
-    manifest = feature row), without overwriting the source's own keys. ``backend`` picks the tar shards
+    manifest = feature row), without overwriting the source's own keys. A CHAMMI-75 image is whole, with its
+    cells in ``meta["centroids"]`` ((N, 2) int32, x and y; ``cell_sizes`` when known). ``backend`` picks the
+    tar shards
     (one read per cell at its manifest offset: a ``pread`` locally, a ranged request remotely) or the zarr
-    stores. ``store`` is the release's :class:`~chammi_data.store.storage.ReleaseStore` (``load`` opens it).
+    stores (each row read checked against the manifest's pixel crc32c: :mod:`chammi_data.format.zarr_rows`).
+    ``store`` is the release's :class:`~chammi_data.store.storage.ReleaseStore` (``load`` opens it).
     ``verify``: None checks every read (frame checksums, sha256 where a frame has none), True always checks
     the pixels' sha256 against the manifest.
     """
@@ -58,12 +60,18 @@ class ReleaseDataset(OnRelease, Dataset):
         self.transform = transform
         self.backend = backend
         self.verify = verify
-        self._records = self.rows.to_dict("records")
+        # the rows column by column, a row's dict made when it is read: 2.8 M dicts (or 2.8 M strings per
+        # column) up front would take tens of seconds and gigabytes (chammi_data.loading.columns)
+        self._columns = RowColumns(self.rows)
         self._reader = ShardReader(self.store)
-        self._zarr: dict[str, Any] = {}
+        self._zarr: dict[str, ZarrRows] = {}
 
     def __len__(self) -> int:
-        return len(self._records)
+        return len(self.rows)
+
+    def _record(self, i: int) -> dict[str, Any]:
+        """Row ``i`` as a dict (manifest column -> value)."""
+        return self._columns.row(int(i))
 
     @property
     def sources(self) -> list[str]:
@@ -79,27 +87,25 @@ class ReleaseDataset(OnRelease, Dataset):
 
     def read_array(self, i: int) -> np.ndarray:
         """Raw (C, H, W) uint8/uint16 image of item ``i``."""
-        row = self._records[i]
+        row = self._record(i)
         if self.backend == "shards":
             return self._reader.read(row, verify=self.verify)
         src = row["source"]
         if src not in self._zarr:
-            arr = open_zarr_images(self.store, src)
-            self._zarr[src] = (arr, zarr_store.has_chunk_checksums(arr))
-        arr, checked = self._zarr[src]
-        where = f"{self.store.path(f'zarr/{src}.zarr')}: row {row['zarr_row']} (cell {row['cell_id']!r})"
-        try:
-            image = np.asarray(arr[int(row["zarr_row"])])
-        except Exception as exc:  # zarr's crc32c codec refuses a changed chunk; Blosc a truncated one
-            raise CorruptSampleError(f"{where}: unreadable chunk ({type(exc).__name__}: {exc})") from None
-        check_image(image, row, where, verify=bool(self.verify) or (self.verify is None and not checked))
-        return image
+            self._zarr[src] = ZarrRows(self.store, src)
+        return self._zarr[src].read(row, verify=self.verify)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         if not -len(self) <= i < len(self):
             raise IndexError(f"index {i} out of range for a dataset of {len(self)} cells")
         i = i % len(self)
-        sample = sample_from_row(self._records[i], to_float_tensor(self.read_array(i)))
+        row = self._record(i)
+        if self.backend == "shards" and is_variable(row["source"]):  # its cells come with the pixels
+            image, guidance = self._reader.read_member(row, verify=self.verify)
+            sample = sample_from_row(row, to_float_tensor(image))
+            add_guidance(sample["meta"], guidance)
+        else:
+            sample = sample_from_row(row, to_float_tensor(self.read_array(i)))
         return self.transform(sample) if self.transform is not None else sample
 
     def plot(self, sample: int | Mapping[str, Any], suptitle: str | None = None, show_titles: bool = True):
@@ -118,7 +124,7 @@ class ReleaseDataset(OnRelease, Dataset):
             info: Mapping[str, Any] = sample
         else:
             arr = self.read_array(sample)
-            info = self._records[sample]
+            info = self._record(sample)
             names = parse_channels(info["channels"])
         if arr.ndim != 3 or arr.shape[0] != len(names):
             raise ValueError(
@@ -162,7 +168,8 @@ class ReleaseDataset(OnRelease, Dataset):
     def targets(self) -> list[int]:
         """Class index of every item within its source (``class_to_idx[source][label]``), in item order."""
         index = self.class_to_idx
-        return [index[r["source"]][str(r["label"])] for r in self._records]
+        sources, labels = self.rows["source"].tolist(), self.rows["label"].tolist()
+        return [index[s][str(lab)] for s, lab in zip(sources, labels, strict=True)]
 
     @staticmethod
     def collate_fn(samples: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

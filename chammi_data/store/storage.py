@@ -332,6 +332,16 @@ class ReleaseStore:
                 return fh.read()
         return self._remote(what, rel, lambda: self.fs.cat_file(self._remote_path(rel)))
 
+    def open(self, rel: str, block_size: int = 8 << 20) -> Any:
+        """A binary file object for reading ``rel`` front to back (a large table, parsed as a stream): the
+        file itself locally; remotely an fsspec file reading ``block_size`` bytes per request (opening it is
+        retried like every remote call). Close it after use."""
+        if self.is_local:
+            return open(self.path(rel), "rb")  # noqa: SIM115 (the caller closes it)
+        return self._remote(
+            "open", rel, lambda: self.fs.open(self._remote_path(rel), "rb", block_size=block_size)
+        )
+
     def read_range(self, rel: str, offset: int, length: int) -> bytes:
         """``length`` bytes of ``rel`` from ``offset``: a ``pread`` locally (descriptors kept open), one
         ranged request remotely, or a ``pread`` of the cached shard when a cache is set. Short reads are not

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from chammi_data.augment.transforms import PER_SAMPLE
 from chammi_data.format.vocab import SOURCES
 from chammi_models.training.config import TrainConfig
 
@@ -27,13 +28,16 @@ def training_card(
     Records the run (name, config, steps, SWAD averaging), the data it saw (``release``: the release identity
     from ``chammi_models.embed.release_identity``, plus the training sources), the class list of every
     source (``classes``: {source: sorted labels}, the proxy order), what an input needs (``img_size`` and
-    ``normalisation``: {source: {channel: [mean, std]}} on the [0, 1] scale) and the final ``scores``.
+    ``normalisation``: {source: {channel: [mean, std]}} on the [0, 1] scale, or ``"per_sample"`` for a model
+    trained on per-sample normalised inputs such as CHAMMI-75's) and the final ``scores``.
     """
     d = config.data
     return {
         "run_name": config.name,
         "img_size": d.image_size,
-        "normalisation": {src: SOURCES[src].stats() for src in SOURCES},
+        "normalisation": PER_SAMPLE
+        if d.normalisation == PER_SAMPLE
+        else {src: SOURCES[src].stats() for src in SOURCES},
         "class_lists": classes,
         "training_data": {**release, "train_sources": list(d.train_sources)},
         "config": config.to_dict(),

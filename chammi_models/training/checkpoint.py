@@ -59,6 +59,26 @@ class Position(Protocol):
     batch_in_epoch: int
 
 
+class UnsafeCheckpointError(ValueError):
+    """A checkpoint file that holds more than tensors and plain containers: it is never unpickled."""
+
+
+def _safe_load(path: Path) -> Any:
+    """``torch.load`` with ``weights_only=True``; a file it refuses becomes :class:`UnsafeCheckpointError`
+    naming the file and what it holds, without torch's advice to load it unsafely."""
+    import pickle
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = [line.strip() for line in str(exc).splitlines() if "GLOBAL" in line or "Unsupported" in line]
+        what = f" ({found[0].rstrip('.')})" if found else ""
+        raise UnsafeCheckpointError(
+            f"{path} is not a safe checkpoint: it holds Python objects beyond tensors and plain containers"
+            f"{what}; it was not loaded. Resume only from checkpoints that `chammi train` wrote."
+        ) from None
+
+
 def _atomic_save(obj: Any, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     if path.suffix == ".json":
@@ -151,14 +171,14 @@ def load_checkpoint(folder: Path, place: RunPlace, parts: TrainingState) -> dict
             f"--resume with a config that differs from the checkpoint's in section(s) {diff}; "
             f"resume with the run's own config ({folder.parent.parent / 'config.yaml'})"
         )
-    state = torch.load(folder / "state.pt", map_location="cpu", weights_only=True)
+    state = _safe_load(folder / "state.pt")
     parts.objective.load_state_dict(state["objective"])
     parts.optimizer.load_state_dict(state["optimizer"])
     parts.scheduler.load_state_dict(state["scheduler"])
     parts.scaler.load_state_dict(state["scaler"])
     if parts.swad is not None:
         parts.swad.load_state_dict(state["swad"])
-    rng = torch.load(folder / f"rank{rank}.pt", map_location="cpu", weights_only=True)
+    rng = _safe_load(folder / f"rank{rank}.pt")
     torch.set_rng_state(rng["torch"])
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state(rng["cuda"])

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from chammi_data.format.vocab import SOURCES
+from chammi_data.format.vocab import RELEASE_SOURCE_KEYS, SOURCES, vocabulary
 from chammi_data.store.paths import configs_dir
 
 
@@ -28,6 +28,8 @@ class ModelConfig:
     """Which zoo model to build (``chammi_models.create_model`` arguments)."""
 
     name: str = "depthwise"  #: registered strategy name
+    #: channel vocabulary the model has weights for: chammi (CHAMMI's 8 names), chammi75, all, or a list
+    vocabulary: str | list[str] = "chammi"
     backbone: str = "convnext_tiny"  #: timm trunk
     pretrained: str | None = None  #: timm weight tag, e.g. convnext_tiny.fb_in22k (must be cached locally)
     options: dict[str, Any] = field(default_factory=dict)  #: extra keyword options for the strategy
@@ -51,6 +53,13 @@ class DataConfig:
     shuffle_buffer: int = 1024  #: samples per worker shuffle buffer in shards order
     readahead: int = 2  #: shard runs each worker keeps in flight in shards order
     cache_dir: str | None = None  #: local cache of whole remote shards (checked against release.json)
+    #: CHAMMI-75: cut a guided crop (study-sized, around a random cell) of every whole image in the workers,
+    #: resized to image_size (chammi_data.augment.guided_crop)
+    guided_crop: bool = False
+    crop_table: str | None = None  #: the per-study crop sizes (null: manifests/chammi75_crops.yaml)
+    bag_of_channels: bool = False  #: every channel its own 1-channel sample (CHAMMI-75's reference recipe)
+    #: source: the per-(source, channel) statistics of vocab; per_sample: each channel by its own mean and std
+    normalisation: str = "source"
 
 
 @dataclass
@@ -75,6 +84,8 @@ class LossConfig:
     """Proxy loss, SimCLR and SWAD options."""
 
     proxy_temperature: float | None = None  #: proxy-loss temperature; null = the model's own default option
+    #: weight of the proxy (label) loss; 0: no proxies (CHAMMI-75 has no labels: train with SimCLR alone)
+    proxy_lambda: float = 1.0
     ssl_lambda: float = 0.0  #: weight of the SimCLR loss; 0 disables the second view
     ssl_temperature: float = 0.07
     ssl_projection: bool = True  #: 2-layer MLP projection head before InfoNCE
@@ -127,10 +138,24 @@ class TrainConfig:
     def validate(self) -> TrainConfig:
         """Check value ranges and names; raise ``ValueError`` naming the key."""
         d, o, lo, r = self.data, self.optim, self.loss, self.run
-        for key, sources in (("data.train_sources", d.train_sources), ("data.eval_sources", d.eval_sources)):
-            bad = [s for s in sources if s not in SOURCES]
-            if bad or not sources:
-                raise ValueError(f"{key}: {sources} must be a non-empty subset of {list(SOURCES)}")
+        try:
+            vocabulary(self.model.vocabulary)
+        except (KeyError, ValueError) as exc:
+            raise ValueError(f"config {self.name!r}: model.vocabulary: {exc.args[0]}") from None
+        bad = [s for s in d.train_sources if s not in RELEASE_SOURCE_KEYS]
+        if bad or not d.train_sources:
+            valid = list(RELEASE_SOURCE_KEYS)
+            raise ValueError(f"data.train_sources: {d.train_sources} must be a non-empty subset of {valid}")
+        evaluates = r.eval_at_end or r.eval_every is not None
+        if [s for s in d.eval_sources if s not in SOURCES] or (evaluates and not d.eval_sources):
+            raise ValueError(
+                f"data.eval_sources: {d.eval_sources} must be a subset of the benchmark's sources "
+                f"{list(SOURCES)}, non-empty unless run.eval_at_end is false and run.eval_every null"
+            )
+        if lo.proxy_lambda == 0 and lo.ssl_lambda == 0:
+            raise ValueError(
+                f"config {self.name!r}: loss.proxy_lambda and loss.ssl_lambda are both 0: no loss"
+            )
         checks = [
             ("data.image_size", d.image_size > 0),
             ("data.batch_size", d.batch_size > 0),
@@ -149,6 +174,8 @@ class TrainConfig:
             ("optim.betas", len(o.betas) == 2),
             ("loss.proxy_temperature", lo.proxy_temperature is None or lo.proxy_temperature > 0),
             ("loss.ssl_lambda", lo.ssl_lambda >= 0),
+            ("loss.proxy_lambda", lo.proxy_lambda >= 0),
+            ("data.normalisation", d.normalisation in ("source", "per_sample")),
             ("loss.ssl_temperature", lo.ssl_temperature > 0),
             ("loss.swad_start", lo.swad_start is None or lo.swad_start >= 0),
             ("run.checkpoint_every", r.checkpoint_every > 0),
@@ -189,7 +216,12 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], key)
+        for i, option in enumerate(inner):  # the first member type the value fits (str | list[str], ...)
+            try:
+                return _coerce(value, option, key)
+            except ValueError:
+                if i == len(inner) - 1:
+                    raise
     if hint is Any:
         return value
     if origin is list:

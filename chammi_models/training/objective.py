@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from chammi_data.format.release_format import train_mask
-from chammi_data.format.vocab import SOURCE_KEYS
+from chammi_data.format.vocab import RELEASE_SOURCE_KEYS
 from chammi_models.training.config import TrainConfig
 from chammi_models.training.ssl import SimCLRLoss, second_views
 
@@ -28,11 +28,11 @@ def class_index(manifest: Any, sources: Sequence[str]) -> dict[str, list[str]]:
     """{source: sorted training labels} from the release's ``Train`` rows: label -> class index per source.
 
     The global class index (one proxy per class across sources) is the position in the concatenation of
-    these lists in ``SOURCE_KEYS`` order; see :func:`global_classes`.
+    these lists in ``RELEASE_SOURCE_KEYS`` order; see :func:`global_classes`.
     """
     out = {}
     train = manifest[train_mask(manifest["train_test_split"])]
-    for src in SOURCE_KEYS:
+    for src in RELEASE_SOURCE_KEYS:
         if src not in sources:
             continue
         labels = sorted(set(train.loc[train["source"] == src, "label"]))
@@ -43,9 +43,9 @@ def class_index(manifest: Any, sources: Sequence[str]) -> dict[str, list[str]]:
 
 
 def global_classes(classes: dict[str, list[str]]) -> dict[str, dict[str, int]]:
-    """{source: {label: global proxy index}}; sources in ``SOURCE_KEYS`` order, labels sorted."""
+    """{source: {label: global proxy index}}; sources in ``RELEASE_SOURCE_KEYS`` order, labels sorted."""
     table, offset = {}, 0
-    for src in SOURCE_KEYS:
+    for src in RELEASE_SOURCE_KEYS:
         if src in classes:
             table[src] = {lab: offset + i for i, lab in enumerate(classes[src])}
             offset += len(classes[src])
@@ -62,7 +62,12 @@ def build_model(config: TrainConfig, num_classes: int) -> nn.Module:
     if config.loss.proxy_temperature is not None:
         options["temperature"] = config.loss.proxy_temperature
     return create_model(
-        m.name, backbone=m.backbone, pretrained=m.pretrained, num_classes=num_classes, **options
+        m.name,
+        channels=m.vocabulary,
+        backbone=m.backbone,
+        pretrained=m.pretrained,
+        num_classes=num_classes,
+        **options,
     )
 
 
@@ -74,11 +79,14 @@ class Objective(nn.Module):
     group's loss is weighted by its share of the batch, so the total is a per-sample mean.
     """
 
-    def __init__(self, model: nn.Module, simclr: SimCLRLoss | None, ssl_lambda: float) -> None:
+    def __init__(
+        self, model: nn.Module, simclr: SimCLRLoss | None, ssl_lambda: float, proxy_lambda: float = 1.0
+    ) -> None:
         super().__init__()
         self.model = model
         self.simclr = simclr
         self.ssl_lambda = float(ssl_lambda)
+        self.proxy_lambda = float(proxy_lambda)  # 0: a model without proxies, trained by SimCLR alone
 
     def forward(self, groups: list[Group]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         n_total = sum(g[0].shape[0] for g in groups)
@@ -87,10 +95,14 @@ class Objective(nn.Module):
             b = images.shape[0]
             use_ssl = view2 is not None and self.simclr is not None and b >= 2
             feats = self.model(torch.cat([images, view2]) if use_ssl else images, channels)
-            sup = self.model.loss(feats[:b].float(), targets, classes)
+            if self.proxy_lambda:
+                sup = self.model.loss(feats[:b].float(), targets, classes)
+            else:
+                sup = feats.new_zeros((), dtype=torch.float32)
             ssl = self.simclr(feats[:b].float(), feats[b:].float()) if use_ssl else sup.new_zeros(())
             weight = b / n_total
-            part = (sup + self.ssl_lambda * ssl) * weight
+            proxy = sup if self.proxy_lambda == 1 else self.proxy_lambda * sup  # 1: bitwise the old loss
+            part = (proxy + self.ssl_lambda * ssl) * weight
             total = part if total is None else total + part
             sup_total = sup.detach() * weight if sup_total is None else sup_total + sup.detach() * weight
             ssl_total = ssl.detach() * weight if ssl_total is None else ssl_total + ssl.detach() * weight
@@ -114,8 +126,9 @@ def to_groups(
             raise ValueError(
                 f"batch holds source {src!r} that is not among the training sources {list(table)}"
             )
-        try:
-            targets = torch.tensor([table[src][lab] for lab in batch["label"]], dtype=torch.long)
+        try:  # a source without classes (training without proxies): no targets
+            labels = batch["label"] if table[src] else []
+            targets = torch.tensor([table[src][lab] for lab in labels], dtype=torch.long)
         except KeyError as exc:
             raise KeyError(
                 f"label {exc.args[0]!r} of source {src} is not a training label {list(table[src])}"

@@ -152,12 +152,22 @@ def train(
 
 def plan_run(config: TrainConfig, release: Any, world: int) -> Plan:
     """Classes from the release's Train rows and the run length from their number and the config."""
-    d, o = config.data, config.optim
+    d = config.data
     if d.batch_size % world:
         raise ValueError(f"data.batch_size={d.batch_size} is not divisible by the world size {world}")
     manifest = read_manifest(release)
-    classes = class_index(manifest, d.train_sources)
     n_train = len(select_rows(manifest, "train", d.train_sources))
+    if config.loss.proxy_lambda == 0:  # no proxies: no classes (CHAMMI-75 has no labels)
+        return _plan(config, {}, {s: {} for s in d.train_sources}, n_train)
+    classes = class_index(manifest, d.train_sources)
+    return _plan(config, classes, global_classes(classes), n_train)
+
+
+def _plan(
+    config: TrainConfig, classes: dict[str, list[str]], table: dict[str, dict[str, int]], n_train: int
+) -> Plan:
+    """The :class:`Plan` of a run over ``n_train`` training samples."""
+    d, o = config.data, config.optim
     if o.max_steps == 0:
         per_epoch, total, warm = 0, 0, 0
     else:
@@ -169,7 +179,7 @@ def plan_run(config: TrainConfig, release: Any, world: int) -> Plan:
             max_steps=o.max_steps,
             warmup_steps=o.warmup_steps,
         )
-    return Plan(classes, global_classes(classes), per_epoch, total, warm)
+    return Plan(classes, table, per_epoch, total, warm)
 
 
 def build_parts(config: TrainConfig, plan: Plan, device: torch.device) -> Parts:
@@ -189,7 +199,7 @@ def build_parts(config: TrainConfig, plan: Plan, device: torch.device) -> Parts:
             projection=lo.ssl_projection,
             projection_dim=lo.ssl_projection_dim,
         ).to(device)
-    objective = Objective(model, simclr, lo.ssl_lambda)
+    objective = Objective(model, simclr, lo.ssl_lambda, lo.proxy_lambda)
     optimizer = scheduler = None
     if plan.total > 0:
         optimizer = build_optimizer(

@@ -14,13 +14,15 @@ Progress is recorded per sample (a :class:`StreamTracker`), so a checkpoint is e
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
 
 from chammi_data.augment.device import DeviceTransform
-from chammi_data.augment.transforms import train_transform
+from chammi_data.augment.guided_crop import GuidedCrop
+from chammi_data.augment.transforms import PER_SAMPLE, train_transform
 from chammi_data.loading.collate import group_by_channels_uint8
 from chammi_data.loading.stream_tracker import StreamTracker
 from chammi_data.loading.streaming import ShardStream
@@ -32,7 +34,12 @@ def augmentation(config: TrainConfig) -> Any:
     """The sample transform of training: the paper's recipe, wrapped in TwoViews when SimCLR is on."""
     d = config.data
     transform: Any = train_transform(
-        d.image_size, tuple(d.scale), tuple(d.ratio), hflip=0.5 if d.hflip else 0.0, tps_p=d.tps_p
+        d.image_size,
+        tuple(d.scale),
+        tuple(d.ratio),
+        hflip=0.5 if d.hflip else 0.0,
+        tps_p=d.tps_p,
+        stats=PER_SAMPLE if d.normalisation == "per_sample" else None,
     )
     return TwoViews(transform) if config.loss.ssl_lambda > 0 else transform
 
@@ -57,6 +64,7 @@ def make_stream(config: TrainConfig, release: Any, rank: int, world: int) -> Sha
         output="uint8",
         workers=d.workers,
         cache_dir=d.cache_dir,
+        guided_crop=GuidedCrop(d.image_size, d.crop_table) if d.guided_crop else None,
     )
 
 
@@ -71,7 +79,7 @@ class TrainData:
         self.loader = DataLoader(
             self.stream,
             batch_size=d.batch_size // world,
-            collate_fn=group_by_channels_uint8,
+            collate_fn=partial(group_by_channels_uint8, bag_of_channels=d.bag_of_channels),
             num_workers=d.workers,
             drop_last=True,
             pin_memory=device.type == "cuda",

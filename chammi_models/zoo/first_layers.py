@@ -17,14 +17,14 @@ The helpers at the bottom implement the pretrained first-layer rules used by ``i
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from chammi_data.format.vocab import SOURCES
-from chammi_models.zoo.base import source_for_channels
+from chammi_models.zoo.base import match_channel_set, source_for_channels
 
 
 def _positions(vocab: Sequence[str], names: Sequence[str]) -> list[int]:
@@ -32,21 +32,23 @@ def _positions(vocab: Sequence[str], names: Sequence[str]) -> list[int]:
 
 
 class PerSourceStem(nn.Module):
-    """One patchify conv (C_s -> K, with bias) per source; the input's channel set picks the conv.
+    """One patchify conv (C_s -> K, with bias) per channel set; the input's channel set picks the conv.
 
-    An input whose names are a permutation of a source's channels is reordered to that source's tile
-    order; any other set raises ``KeyError`` naming it.
+    ``sets``: {key: channel names}, by default each CHAMMI source's channels (``base.source_channel_sets``),
+    or any channel sets drawn from the registry (e.g. CHAMMI-75 studies). An input whose names are a
+    permutation of a set is reordered to that set's order; any other set raises ``KeyError`` naming it.
     """
 
-    def __init__(self, sources: Sequence[str], stem_dim: int, patch: int) -> None:
+    def __init__(self, sets: Mapping[str, Sequence[str]], stem_dim: int, patch: int) -> None:
         super().__init__()
-        self.sources = tuple(sources)
+        self.sets = {k: tuple(v) for k, v in sets.items()}
+        self.sources = tuple(self.sets)
         self.convs = nn.ModuleDict(
-            {s: nn.Conv2d(len(SOURCES[s].channels), stem_dim, patch, stride=patch) for s in self.sources}
+            {k: nn.Conv2d(len(v), stem_dim, patch, stride=patch) for k, v in self.sets.items()}
         )
 
     def forward(self, images: torch.Tensor, names: Sequence[str]) -> torch.Tensor:
-        key, perm = source_for_channels(names, self.sources)
+        key, perm = match_channel_set(names, self.sets)
         return self.convs[key](images[:, perm])
 
 

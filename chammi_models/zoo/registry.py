@@ -70,7 +70,7 @@ def _entrypoint(name: str) -> Builder:
 
 def create_model(
     name: str,
-    channels: Sequence[str | int] = VOCAB,
+    channels: str | Sequence[str | int] = VOCAB,
     num_classes: int | None = None,
     backbone: str = "convnext_tiny",
     pretrained: str | PathLike[str] | None = None,
@@ -80,7 +80,10 @@ def create_model(
 
     Args:
         name: one of :func:`list_models`.
-        channels: the channel vocabulary the model holds weights for (names or VOCAB indices).
+        channels: the channel vocabulary the model holds weights for: CHAMMI's 8 names by default (the
+            paper's parameter counts are for them), a named vocabulary (``"chammi75"``: CHAMMI-75's 25 types,
+            ``"all"``: every registry name) or a list of registry names / indices. Recorded in the weights
+            card (``channels``, ``vocabulary``).
         num_classes: number of trainable proxies; None = the paper's count (14 over the three sources; 0
             for the untrained channel_replication); 0 = no proxies (feature extractor only).
         backbone: any timm ConvNeXt variant (``convnext_tiny`` as in the paper, ``convnext_atto`` for tiny

@@ -37,27 +37,44 @@ import torch
 from torch import nn
 
 import chammi_models.zoo.first_layers as fl
-from chammi_data.format.vocab import SOURCES, VOCAB
+from chammi_data.format.vocab import SOURCES, VOCAB, to_names
 from chammi_models.zoo.base import (
     PAPER_NUM_CLASSES,
     ChannelAdaptiveModel,
     check_vocabulary,
-    source_for_channels,
+    match_channel_set,
+    source_channel_sets,
 )
 from chammi_models.zoo.registry import register_model
 from chammi_models.zoo.trunk import ConvNeXtTrunk, make_stem_conv
 
 
-def _sources_for(vocab: Sequence[str], sources: Sequence[str] | None) -> tuple[str, ...]:
-    """Sources whose channels the vocabulary covers (all three by default); an error if none."""
+def _sets_for(
+    vocab: Sequence[str], sources: Sequence[str] | None, channel_sets: Sequence[Sequence[str]] | None
+) -> dict[str, tuple[str, ...]]:
+    """The channel sets a per-set model gets a first layer for: ``channel_sets`` (any sets of names from the
+    vocabulary, keyed ``set0``, ``set1``, ...) or the CHAMMI sources whose channels the vocabulary covers
+    (all three by default); an error if none."""
+    if channel_sets is not None:
+        if sources is not None:
+            raise ValueError("give sources or channel_sets, not both")
+        sets = {f"set{i}": to_names(s) for i, s in enumerate(channel_sets)}
+        outside = sorted({c for s in sets.values() for c in s} - set(vocab))
+        if not sets or any(not s for s in sets.values()) or outside:
+            raise ValueError(
+                f"channel_sets must be non-empty sets of names from the vocabulary; not in it: {outside}"
+            )
+        return sets
     keys = tuple(sources) if sources is not None else tuple(SOURCES)
     for k in keys:
         if k not in SOURCES:
             raise KeyError(f"unknown source {k!r}; valid sources: {', '.join(SOURCES)}")
     keys = tuple(k for k in keys if set(SOURCES[k].channels) <= set(vocab))
     if not keys:
-        raise ValueError(f"no source's channel set fits the vocabulary {tuple(vocab)}")
-    return keys
+        raise ValueError(
+            f"no source's channel set fits the vocabulary {tuple(vocab)}; give channel_sets for other sets"
+        )
+    return source_channel_sets(keys)
 
 
 class FirstLayerModel(ChannelAdaptiveModel):
@@ -134,20 +151,24 @@ class _SourceNet(nn.Module):
 
 
 class FixedChannels(ChannelAdaptiveModel):
-    """One whole model per source (3, 4, 5 input channels); the input's channel set picks the model.
+    """One whole model per channel set (by default per CHAMMI source: 3, 4, 5 input channels); the input's
+    channel set picks the model.
 
-    A permutation of a source's channels is reordered to its tile order; any other set raises ``KeyError``
-    naming it. All sub-models have the same feature width, so the proxies are shared (see module doc).
+    A permutation of a set's channels is reordered to its order; any other set raises ``KeyError`` naming
+    it. All sub-models have the same feature width, so the proxies are shared (see module doc).
     """
 
-    def __init__(self, channels: Sequence[str | int], backbone: str, sources: Sequence[str]) -> None:
+    def __init__(
+        self, channels: Sequence[str | int], backbone: str, sets: dict[str, tuple[str, ...]]
+    ) -> None:
         super().__init__(channels)
-        self.sources = tuple(sources)
-        self.nets = nn.ModuleDict({s: _SourceNet(len(SOURCES[s].channels), backbone) for s in self.sources})
+        self.sets = dict(sets)
+        self.sources = tuple(sets)
+        self.nets = nn.ModuleDict({k: _SourceNet(len(v), backbone) for k, v in self.sets.items()})
         self.num_features = next(iter(self.nets.values())).trunk.num_features
 
     def forward_features(self, images: torch.Tensor, names: tuple[str, ...]) -> torch.Tensor:
-        key, perm = source_for_channels(names, self.sources)
+        key, perm = match_channel_set(names, self.sets)
         return self.nets[key](images[:, perm])
 
     def init_from_timm(self, state: dict[str, torch.Tensor]) -> None:
@@ -208,11 +229,12 @@ def fixed_channels(
     backbone: str = "convnext_tiny",
     *,
     sources: Sequence[str] | None = None,
+    channel_sets: Sequence[Sequence[str]] | None = None,
     temperature: float = 0.07,
     learnable_temperature: bool = False,
 ) -> ChannelAdaptiveModel:
     vocab = check_vocabulary(channels)
-    model = FixedChannels(vocab, backbone, _sources_for(vocab, sources))
+    model = FixedChannels(vocab, backbone, _sets_for(vocab, sources, channel_sets))
     return attach_proxy_head(model, num_classes, temperature, learnable_temperature)
 
 
@@ -223,6 +245,7 @@ def target_param(
     backbone: str = "convnext_tiny",
     *,
     sources: Sequence[str] | None = None,
+    channel_sets: Sequence[Sequence[str]] | None = None,
     temperature: float = 0.07,
     learnable_temperature: bool = False,
 ) -> ChannelAdaptiveModel:
@@ -232,7 +255,7 @@ def target_param(
         num_classes,
         temperature,
         learnable_temperature,
-        lambda v, t: fl.PerSourceStem(_sources_for(v, sources), t.stem_dim, t.patch_size),
+        lambda v, t: fl.PerSourceStem(_sets_for(v, sources, channel_sets), t.stem_dim, t.patch_size),
     )
 
 

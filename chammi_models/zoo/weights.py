@@ -1,8 +1,10 @@
 """Saving and loading trained models: ``model.safetensors`` + ``card.json`` in one folder.
 
 The card says how to rebuild the network (model name, options, backbone, channel vocabulary, number of
-classes) and carries what a user of the weights needs to know: the training data (e.g. release and
-manifest checksum), per-channel normalisation, input size, scores. Loading rebuilds the model with
+classes); ``channels`` are the names the model has weights for and ``vocabulary`` names that vocabulary:
+``chammi`` (CHAMMI's 8 names, the default), ``chammi75``, ``all`` or ``custom``. It also carries what a
+user of the weights needs to know: the training data (e.g. release and manifest checksum), per-channel
+normalisation, input size, scores. Loading rebuilds the model with
 ``create_model`` from the card and reads the tensors with safetensors: nothing is ever unpickled.
 
 Card and weights are bound to each other: the card records the sha256 of the weights file
@@ -22,7 +24,7 @@ from typing import Any
 import torch
 
 from chammi_data.format.release_format import to_jsonable
-from chammi_data.format.vocab import VOCAB
+from chammi_data.format.vocab import CHANNELS, vocabulary_name
 from chammi_data.store.paths import file_sha256
 from chammi_models.zoo.base import ChannelAdaptiveModel
 
@@ -45,6 +47,7 @@ _MODEL_KEYS = (
     "num_classes",
     "num_features",
     "vocabulary",
+    "channel_registry",
 )
 
 
@@ -82,7 +85,8 @@ def save_model(
         "channels": list(cfg["channels"]),
         "num_classes": cfg["num_classes"],
         "num_features": int(model.num_features),
-        "vocabulary": list(VOCAB),
+        "vocabulary": vocabulary_name(cfg["channels"]),
+        "channel_registry": list(CHANNELS),
     }
     if "pretrained" in cfg:
         full["initialised_from"] = cfg["pretrained"]
@@ -134,15 +138,16 @@ def read_card(directory: str | PathLike[str]) -> dict[str, Any]:
     return card
 
 
-def card_normalisation(card: dict[str, Any]) -> dict[str, dict[str, tuple[float, float]]] | None:
-    """The card's ``normalisation`` as {source: {channel: (mean, std)}}, or None for a card without it.
+def card_normalisation(card: dict[str, Any]) -> dict[str, dict[str, tuple[float, float]]] | str | None:
+    """The card's ``normalisation`` as {source: {channel: (mean, std)}}, ``"per_sample"`` (each channel by
+    its own mean and std), or None for a card without it.
 
     Raises :class:`WeightsError` naming the entry when the field is not of that shape or a std is not
     positive.
     """
     table = card.get("normalisation")
-    if table is None:
-        return None
+    if table is None or table == "per_sample":
+        return table
     out: dict[str, dict[str, tuple[float, float]]] = {}
     if not isinstance(table, dict):
         raise WeightsError(

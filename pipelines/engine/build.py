@@ -292,7 +292,8 @@ class _BuildRun:
         ``units_per_task``."""
         from chammi_data.progress import progress as progress_bar
 
-        options_hash = config_hash(ledger.options)
+        codec = self.cfg.get("codec", "zstd")  # the member codec: a spill of another codec is recomputed
+        options_hash = config_hash(ledger.options if codec == "zstd" else {**ledger.options, "codec": codec})
         keys = [(ledger.spill_path(u), spill_key(ledger.name, u, options_hash)) for u in ledger.units]
         ledger.keys = {u.unit_id: key for u, (_, key) in zip(ledger.units, keys, strict=True)}
         todo: list[tuple[Unit, str, str]] = []
@@ -314,6 +315,7 @@ class _BuildRun:
                 ledger.options,
                 self.out.store,
                 self.inputs,
+                codec,
                 pure=False,
             )
             self.owner[fut] = ledger.name

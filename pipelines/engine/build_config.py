@@ -1,6 +1,7 @@
 """The build configuration: defaults, YAML loading and merging, hashes, and each source's options.
 
-A build config is one mapping: ``cells_per_shard`` (cells per tar shard = per zarr shard), ``tasks``
+A build config is one mapping: ``cells_per_shard`` (cells per tar shard = per zarr shard), ``codec`` (the
+image members' codec: zstd (default), lz4 or none; ``chammi-build --codec``), ``tasks``
 (``{source: rules file or rules mapping}`` overriding ``manifests/tasks/<source>.yaml``) and one section per
 source pipeline, named by its build name, holding that pipeline's options (``SourcePipeline.options`` merges
 them over the pipeline's ``DEFAULTS`` and refuses unknown keys). Any other top-level key is an error. The
@@ -17,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from chammi_data.format.codec import CODECS, DEFAULT_CODEC
 from chammi_data.format.release_format import canonical_json
 from chammi_data.format.writer import CELLS_PER_SHARD
 from pipelines.sources.base import SourcePipeline
@@ -62,7 +64,7 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | N
         config = deep_merge(config, data)
     if overrides:
         config = deep_merge(config, overrides)
-    valid = sorted({*DEFAULT_CONFIG, *list_pipelines()})
+    valid = sorted({*DEFAULT_CONFIG, *list_pipelines(), "codec"})
     unknown = sorted(str(k) for k in config if k not in valid)
     if unknown:
         raise ValueError(
@@ -73,7 +75,27 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | N
         raise ValueError(
             f"build config: cells_per_shard must be a positive integer, got {config.get('cells_per_shard')!r}"
         )
+    if config.get("codec", DEFAULT_CODEC) not in CODECS:
+        raise ValueError(f"build config: codec must be one of {', '.join(CODECS)}, got {config['codec']!r}")
+    if config.get("codec") == DEFAULT_CODEC:  # not recorded: a default build stays byte-identical
+        del config["codec"]
     return config
+
+
+def parse_settings(settings: list[str]) -> dict[str, Any]:
+    """``["chammi75.metadata=small", "cells_per_shard=32"]`` -> a nested overrides mapping; each value is
+    parsed as YAML (lists, numbers, null). ``ValueError`` for an item without ``=`` or a key."""
+    out: dict[str, Any] = {}
+    for item in settings:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set {item!r}: expected SECTION.KEY=VALUE, e.g. chammi75.metadata=small")
+        *path, last = key.strip().split(".")
+        node = out
+        for part in path:
+            node = node.setdefault(part, {})
+        node[last] = yaml.safe_load(raw) if raw.strip() else None
+    return out
 
 
 def config_hash(config: Mapping[str, Any]) -> str:

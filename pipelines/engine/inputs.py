@@ -25,7 +25,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from chammi_data.store.objects import ReadOnlyLocation
 from chammi_data.store.paths import protocol_of
+from chammi_data.store.storage import RemoteObjectError
 from pipelines.sources.base import Discovery, SourcePipeline
 from pipelines.steps.rawinput import RawInput
 
@@ -46,6 +48,12 @@ def options_for(location: Any, options: Mapping[str, Any] | None) -> dict[str, A
     elif anon and proto in ("gs", "gcs"):
         opts.setdefault("token", "anon")
     return opts or None
+
+
+def is_url(location: str | Path) -> bool:
+    """True for a location with a scheme other than ``file://`` (``s3://``, ``gs://``, ``https://``...)."""
+    text = str(location)
+    return "://" in text and not text.startswith("file://")
 
 
 def input_dirs(
@@ -109,11 +117,17 @@ def _one_location(
     raw = RawInput(input_location, input_options)
     if len(names) == 1:
         name, pipeline = next(iter(pipelines.items()))
-        own = (
-            pipeline.reads_release
-            or holds_tables(raw, pipeline.tables(options[name]))
-            or not raw.is_dir(name)
-        )
+        try:
+            own = (
+                pipeline.reads_release
+                or holds_tables(raw, pipeline.tables(options[name]))
+                or not raw.is_dir(name)
+            )
+        except (
+            RemoteObjectError,
+            ReadOnlyLocation,
+        ):  # cannot look there with these options: the source's own
+            own = True
         return {name: raw if own else raw.child(name)}  # type: ignore[dict-item]
     return {n: raw.child(n) for n in names}  # type: ignore[misc]
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import pandas as pd
 
+from chammi_data.format.groups import group_key
 from chammi_data.format.release_format import GROUP_COLUMNS
 from chammi_data.format.vocab import TASK_COLUMNS
 from pipelines.engine.spill import UnitOutcome
@@ -34,7 +35,7 @@ class SourceLedger:
     name: str
     pipeline: SourcePipeline
     options: dict[str, Any]
-    input_dir: Any
+    input_dir: Any  #: the source's RawInput (or a list of them: a source read from several locations)
     spill_dir: str
     discovery: Discovery
     units: list[Unit] = field(init=False)  #: the discovery's units, sorted by unit_id
@@ -196,9 +197,13 @@ def assemble(
 
 
 def order_cells(cells: list[dict[str, Any]], order: str) -> list[dict[str, Any]]:
-    """``cell_id`` (default): sorted by id; ``unit``: unit order then the order inside the unit."""
+    """``cell_id`` (default): sorted by id; ``unit``: unit order then the order inside the unit; ``group``:
+    by image group (``chammi_data.format.groups.group_key``: dataset, channels, size, dtype), then id - the
+    order a variable source is stored in, one group after the other."""
     if order == "cell_id":
         return sorted(cells, key=lambda c: c["cell_id"])
     if order == "unit":
         return sorted(cells, key=lambda c: (c["unit_pos"], c["index"]))
-    raise ValueError(f"unknown cell order {order!r}; valid: cell_id, unit")
+    if order == "group":
+        return sorted(cells, key=lambda c: (group_key(c), c["cell_id"]))
+    raise ValueError(f"unknown cell order {order!r}; valid: cell_id, unit, group")

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from chammi_data.format.vocab import SOURCE_KEYS, TASK_COLUMNS
+from chammi_data.format.vocab import RELEASE_SOURCE_KEYS, TASK_COLUMNS
 from pipelines.engine.ledger import SourceLedger
 from pipelines.engine.output import FAILED_REPORT, REPORT
 from pipelines.sources.base import Skipped
@@ -97,7 +97,7 @@ class BuildResult:
             skipped.append(d)
         cells = self.cells
         written: dict[str, Any] = {}
-        for src in SOURCE_KEYS:
+        for src in RELEASE_SOURCE_KEYS:
             mine = [c for c in cells if c["source"] == src]
             if mine:
                 written[src] = {

@@ -108,23 +108,25 @@ def write_spill(
     ok: bool = True,
     uploads: Executor | None = None,
     pending: list[Future[None]] | None = None,
+    codec: str = "zstd",
 ) -> UnitOutcome:
     """Write a unit's cells as one spill object ``rel`` of ``store``, whole or not at all; returns the unit's
     outcome (see the module docstring). On an object store the spill is made in this machine's cache and
     uploaded from there, in the background when ``uploads`` is given (its future goes to ``pending``).
+    ``codec``: the image members' codec (``chammi_data.format.codec.CODECS``).
 
     Compressing here, on the worker that made the cells, spreads the heaviest part of writing over the unit
     phase; the shard writers only concatenate.
     """
     if store.is_local:
         with store.writer(rel) as fh:
-            return _write(fh, key, result, ok)
+            return _write(fh, key, result, ok, codec)
     path = cached_spill(store, rel, key)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex}.tmp")
     try:
         with open(tmp, "wb") as fh:
-            outcome = _write(fh, key, result, ok)
+            outcome = _write(fh, key, result, ok, codec)
         os.replace(tmp, path)
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT) and exc.filename is None:
@@ -141,13 +143,13 @@ def write_spill(
     return outcome
 
 
-def _write(fh: Any, key: str, result: UnitResult, ok: bool) -> UnitOutcome:
+def _write(fh: Any, key: str, result: UnitResult, ok: bool, codec: str = "zstd") -> UnitOutcome:
     from chammi_data.format.writer import encode_cell
 
     records = []
     pos = 0
     for c in result.cells:
-        enc = encode_cell(c)
+        enc = encode_cell(c, codec)
         fh.write(enc.member)
         fh.write(enc.chunk)
         digest = hashlib.sha256(enc.member)

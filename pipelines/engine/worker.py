@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from chammi_data.format.schema import Cell
-from chammi_data.format.vocab import SOURCES
+from chammi_data.format.vocab import SOURCES, is_variable
 from chammi_data.store.objects import ObjectStore
 from chammi_data.store.storage import RemoteReadError
 from pipelines.engine.spill import write_spill
@@ -28,14 +28,16 @@ from pipelines.steps.rawinput import RawInput, bind, raw_input
 
 def check_cells(result: UnitResult, unit: Unit, makes: tuple[str, ...], kind: str = "cells") -> UnitResult:
     """Keep cells that fit their source's tile and channels; the rest become skips of ``kind`` (wrong
-    shape...)."""
+    shape...). A variable source's cells may have any size; their channels were checked by ``Cell``."""
     good: list[Cell] = []
     skipped = list(result.skipped)
     for cell in result.cells:
         info = SOURCES.get(cell.source)
         problem = ""
-        if cell.source not in makes or info is None:
+        if cell.source not in makes or (info is None and not is_variable(cell.source)):
             problem = f"cell source {cell.source!r} not made by this pipeline ({sorted(makes)})"
+        elif info is None:
+            pass
         elif cell.channels != info.channels:
             problem = f"channels {list(cell.channels)} != {cell.source} channels {list(info.channels)}"
         elif cell.image.shape[1:] != info.tile_hw:
@@ -65,6 +67,7 @@ def run_unit(
     key: str,
     uploads: Any = None,
     pending: list[Any] | None = None,
+    codec: str = "zstd",
 ) -> dict[str, Any]:
     """Process one unit with the options of pipeline ``name`` and spill it to ``spill`` in ``store``; returns
     the unit's outcome (``UnitOutcome.to_dict()``: records, skips, found, ok - never the pixels), its id and
@@ -101,7 +104,7 @@ def run_unit(
         for s in result.skipped:
             s.kind = s.kind or pipeline.cell_kind
     result = check_cells(result, unit, pipeline.makes, pipeline.cell_kind)
-    outcome = write_spill(store, spill, key, result, ok, uploads, pending)
+    outcome = write_spill(store, spill, key, result, ok, uploads, pending, codec)
     return {"unit_id": unit.unit_id, **outcome.to_dict(), "seconds": time.perf_counter() - t0}
 
 
@@ -111,8 +114,10 @@ def run_units(
     opts: dict[str, Any],
     store: ObjectStore,
     inputs: list[RawInput],
+    codec: str = "zstd",
 ) -> list[dict[str, Any]]:
-    """Worker task: :func:`run_unit` over a batch of (unit, spill path in ``store``, spill key).
+    """Worker task: :func:`run_unit` over a batch of (unit, spill path in ``store``, spill key); image
+    members in ``codec``.
 
     ``inputs`` (the build's raw inputs, with their storage options) are bound first, so the pipeline's
     ``raw_input(payload["root"])`` finds them; on an object store the objects of every unit of the batch
@@ -132,7 +137,8 @@ def run_units(
     try:
         with ThreadPoolExecutor(UPLOADS, thread_name_prefix="chammi-upload") as uploads:
             out = [
-                run_unit(name, unit, opts, store, path, key, uploads, pending) for unit, path, key in batch
+                run_unit(name, unit, opts, store, path, key, uploads, pending, codec)
+                for unit, path, key in batch
             ]
         for fut in pending:
             fut.result()  # an upload that failed after its retries fails the task, naming the object

@@ -26,9 +26,10 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from chammi_data.format.groups import GroupPlan, source_groups
 from chammi_data.format.release_format import canonical_json, cell_record
-from chammi_data.format.vocab import SOURCE_KEYS, SOURCES
-from chammi_data.format.writer import shard_plan, shard_relpath
+from chammi_data.format.vocab import RELEASE_SOURCE_KEYS, SOURCES, is_variable
+from chammi_data.format.writer import shard_relpath
 from chammi_data.store.objects import ObjectStore
 from pipelines.engine.spill import SpillReader
 
@@ -51,34 +52,50 @@ SPILL_RECORD = (
 )
 
 
-def plan_shards(cells: list[dict[str, Any]], per: int) -> dict[str, list[dict[str, Any]]]:
-    """{source: [{index, zarr_start, entries: [(spill, split, tasks, record, spill key)], worker}]},
-    sources in canonical order.
+def plan_shards(
+    cells: list[dict[str, Any]], per: int
+) -> tuple[dict[str, list[dict[str, Any]]], dict[str, list[GroupPlan]]]:
+    """({source: [{index, zarr_start, group, entries: [(spill, split, tasks, record, spill key)], worker}]},
+    {source: its image groups}), sources in release order.
 
     ``record`` is the cell's spill record (ids, label, channels, dtype, shape, sha256, meta, groups and where
     its encoded bytes lie in the spill), so a shard writer reads only those bytes; ``worker`` is the dask
-    worker that made most of the shard's cells (it holds their spills on its disk), "" when unknown."""
+    worker that made most of the shard's cells (it holds their spills on its disk), "" when unknown. A CHAMMI
+    source is one group (``group`` None); a variable source's shards never cross its groups (``group`` =
+    [g, j]: zarr shard j of group g; :mod:`chammi_data.format.groups`)."""
     plans: dict[str, list[dict[str, Any]]] = {}
-    for src in SOURCE_KEYS:
+    groups: dict[str, list[GroupPlan]] = {}
+    for src in RELEASE_SOURCE_KEYS:
         mine = [c for c in cells if c["source"] == src]
-        plans_src = []
-        for index, start, end in shard_plan(len(mine), per):
-            entries = [
-                (
-                    c["spill"],
-                    c.get("split", ""),
-                    c.get("tasks", []),
-                    {f: c[f] for f in SPILL_RECORD if f in c},
-                    c.get("spill_key", ""),
+        if not mine:
+            continue
+        groups[src] = source_groups(src, mine, per)
+        plans[src] = []
+        for g in groups[src]:
+            for index, start, end, j in g.shards(per):
+                entries = [
+                    (
+                        c["spill"],
+                        c.get("split", ""),
+                        c.get("tasks", []),
+                        {f: c[f] for f in SPILL_RECORD if f in c},
+                        c.get("spill_key", ""),
+                    )
+                    for c in mine[start:end]
+                ]
+                workers = Counter(c.get("worker", "") for c in mine[start:end])
+                worker = max(sorted(workers), key=lambda w: workers[w]) if workers else ""
+                group = [g.index, j] if is_variable(src) else None
+                plans[src].append(
+                    {
+                        "index": index,
+                        "zarr_start": start,
+                        "group": group,
+                        "entries": entries,
+                        "worker": worker,
+                    }
                 )
-                for c in mine[start:end]
-            ]
-            workers = Counter(c.get("worker", "") for c in mine[start:end])
-            worker = max(sorted(workers), key=lambda w: workers[w]) if workers else ""
-            plans_src.append({"index": index, "zarr_start": start, "entries": entries, "worker": worker})
-        if plans_src:
-            plans[src] = plans_src
-    return plans
+    return plans, groups
 
 
 class ReleaseSink:
@@ -180,6 +197,7 @@ def write_tar_task(
     zarr_start: int,
     entries: str,
     spills: ObjectStore,
+    group: list[int] | None = None,
 ) -> tuple[Any, float]:
     """Worker task: tar shard ``shard_index`` from the spills' encoded members; (ShardRecord, seconds)."""
     from chammi_data.format.writer import write_tar_shard
@@ -201,21 +219,25 @@ def write_zarr_task(
     zarr_start: int,
     entries: str,
     spills: ObjectStore,
-) -> tuple[None, float]:
-    """Worker task: zarr shard ``shard_index`` (its only writer) from the spills' encoded chunks."""
+    group: list[int] | None = None,
+) -> tuple[Any, float]:
+    """Worker task: zarr shard ``shard_index`` (its only writer) from the spills' encoded chunks; for a
+    variable source zarr shard ``j`` of its group ``g`` (``group = [g, j]``); (ZarrShardRecord: its rows'
+    pixel crc32c for the manifest, seconds)."""
     from chammi_data.format.writer import write_zarr_shard
 
     t0 = time.perf_counter()
     chunks = read_shard_entries(entries, "zarr", spills)
+    where = None if group is None else (int(group[0]), int(group[1]))
     with shard_root(store, metadata) as root, _named(root / "zarr" / f"{source}.zarr"):
-        write_zarr_shard(root, source, shard_index, zarr_start, chunks)
+        rec = write_zarr_shard(root, source, shard_index, zarr_start, chunks, where)
         if metadata or not store.is_local:
             folder = root / "zarr" / f"{source}.zarr"
             for path in sorted(folder.rglob("*")):
                 rel = path.relative_to(root).as_posix()
                 if path.is_file() and rel not in metadata:  # the shard file (none when every cell is 0)
                     store.put_file(rel, path)
-    return None, time.perf_counter() - t0
+    return rec, time.perf_counter() - t0
 
 
 class ShardWriting:
@@ -233,23 +255,26 @@ class ShardWriting:
 
     def submit(self, cells: list[dict[str, Any]]) -> None:
         """Queue the shards of ``cells`` (one or more sources' cells, in release order)."""
-        from chammi_data.format.writer import create_zarr_array
+        from chammi_data.format.writer import create_collection, create_zarr_array
 
         if not cells:
             return
-        for src, src_plans in plan_shards(cells, self.cells_per_shard).items():
-            info = SOURCES[src]
-            first = next(c for c in cells if c["source"] == src)
-            n = sum(len(p["entries"]) for p in src_plans)
-            create_zarr_array(
-                self.sink.mirror,
-                src,
-                n,
-                info.channels,
-                info.tile_hw,
-                first.get("dtype", "uint8"),
-                self.cells_per_shard,
-            )
+        plans, groups = plan_shards(cells, self.cells_per_shard)
+        root = self.sink.mirror
+        for src, src_plans in plans.items():
+            if is_variable(src):  # a collection with one image array per group
+                create_collection(root, src, [g.attrs() for g in groups[src]])
+                for g in groups[src]:
+                    _dataset, channels, h, w, dtype = g.key
+                    create_zarr_array(
+                        root, src, g.rows, channels, (h, w), dtype, self.cells_per_shard, g.index
+                    )
+            else:
+                info = SOURCES[src]
+                first = next(c for c in cells if c["source"] == src)
+                n = sum(len(p["entries"]) for p in src_plans)
+                dtype = first.get("dtype", "uint8")
+                create_zarr_array(root, src, n, info.channels, info.tile_hw, dtype, self.cells_per_shard)
             metadata = self.sink.zarr_metadata(src)
             self.sink.upload(metadata)
             for p in src_plans:
@@ -270,6 +295,7 @@ class ShardWriting:
                         p["zarr_start"],
                         entries,
                         self.spills,
+                        p["group"],
                         pure=False,
                         priority=WRITE_PRIORITY,
                         **place,

@@ -207,7 +207,9 @@ class SourcePipeline(ABC):
 
         ``input_dir`` is the build's input for this source: a ``pipelines.steps.rawinput.RawInput`` (a
         folder or any location; read it through its methods, see that module for what a source must do to
-        read from anywhere) - or, from tests and scripts, a path (``as_raw_input`` turns it into one)."""
+        read from anywhere; ``str(input_dir)`` is its URL, so a source that opens its own store from it -
+        CHAMMI-75 - reads it as before) - or, from tests and scripts, a path or a URL (``as_raw_input`` turns
+        it into one)."""
 
     @abstractmethod
     def process(self, unit: Unit, opts: dict[str, Any]) -> UnitResult:

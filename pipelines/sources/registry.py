@@ -14,10 +14,21 @@ PIPELINES: dict[str, str] = {
     "hpa": "pipelines.sources.hpa.pipeline:HPAPipeline",
     "cp": "pipelines.sources.cp.pipeline:CPPipeline",
     "chammi": "pipelines.sources.official.pipeline:OfficialPipeline",
+    "chammi75": "pipelines.sources.chammi75.pipeline:Chammi75Pipeline",
+    # the adapters of the CHAMMI-75 benchmark suite: a benchmark's test layout -> a release
+    "rbc_mc": "pipelines.sources.benchmarks.rbc_mc.pipeline:RBCMCPipeline",
+    "idr0017": "pipelines.sources.benchmarks.idr0017.pipeline:IDR0017Pipeline",
+    "cellphie": "pipelines.sources.benchmarks.cellphie.pipeline:CellPHIEPipeline",
+    "jumpcp": "pipelines.sources.benchmarks.jumpcp.pipeline:JUMPCPPipeline",
+    "hpav23": "pipelines.sources.benchmarks.hpav23.pipeline:HPAv23Pipeline",
 }
 
 #: the raw sources that ``--source all`` builds into one release, in canonical order
 RAW_SOURCES: tuple[str, ...] = ("wtc11", "hpa", "cp")
+#: the benchmark adapters (``chammi_data.evaluation.benchmarks``: each benchmark names its build source)
+BENCHMARK_SOURCES: tuple[str, ...] = ("rbc_mc", "idr0017", "cellphie", "jumpcp", "hpav23")
+#: the pipelines with embedded sample raw data (``chammi-build synth --source NAME``)
+SAMPLE_SOURCES: tuple[str, ...] = (*RAW_SOURCES, "chammi75", *BENCHMARK_SOURCES)
 
 
 def list_pipelines() -> list[str]:

@@ -2,7 +2,8 @@
 
 ``write_sample(out_dir, seed)`` writes ``out_dir/wtc11`` (Allen metadata.csv + OME-TIFF z-stacks),
 ``out_dir/hpa`` (4-PNG fields + train.csv + cell-line table) and ``out_dir/cp`` (plates with
-load_data.csv, 16-bit TIFFs, platemaps, Nuclei.csv / SQLite) - the layout ``chammi-build --input DIR
+load_data.csv, 16-bit TIFFs, platemaps, Nuclei.csv / SQLite), and on request ``out_dir/chammi75`` (a small
+CHAMMI-75 in its published layout) - the layout ``chammi-build --input DIR
 --source all`` reads. Every source folder is written to a temporary name and renamed when complete, with a
 ``.sample-complete`` marker holding the seed, so an interrupted generation is redone and a complete one is
 reused (the build without ``--input`` is resumable end to end). Deterministic by ``seed``.
@@ -15,7 +16,7 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipelines.sources.registry import RAW_SOURCES, get_pipeline
+from pipelines.sources.registry import RAW_SOURCES, SAMPLE_SOURCES, get_pipeline
 
 MARKER = ".sample-complete"
 
@@ -55,8 +56,8 @@ def write_sample(
 
     out_dir = Path(out_dir)
     for name in progress_bar(list(sources), desc="sample raw data", unit="source", disable=not progress):
-        if name not in RAW_SOURCES:
-            raise KeyError(f"no sample raw data for {name!r}; valid: {', '.join(RAW_SOURCES)}")
+        if name not in SAMPLE_SOURCES:
+            raise KeyError(f"no sample raw data for {name!r}; valid: {', '.join(SAMPLE_SOURCES)}")
         write_source_sample(out_dir, name, seed)
     return out_dir
 

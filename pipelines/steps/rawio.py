@@ -67,7 +67,11 @@ def _head(source: Source, n: int) -> bytes:
 
 def png_header(path: Source) -> ImageHeader:
     """Shape and bit depth from a PNG's IHDR chunk (the first 33 bytes); ``ValueError`` when it is no PNG."""
-    head = _head(path, 26)
+    return png_header_bytes(_head(path, 26))
+
+
+def png_header_bytes(head: bytes) -> ImageHeader:
+    """:func:`png_header` of a PNG's first bytes (at least 26: signature and IHDR), e.g. a remote file's."""
     if len(head) < 26 or head[:8] != _PNG_SIGNATURE or head[12:16] != b"IHDR":
         raise ValueError("not a PNG file (no PNG signature and IHDR chunk)")
     width, height = struct.unpack(">II", head[16:24])

@@ -137,16 +137,51 @@ def test_bad_input_is_one_line_and_exit_2(case, bad_files: Path, tiny_release: P
     assert_one_line(proc, prog, *needles)
 
 
-@pytest.mark.slow
-def test_resume_with_a_changed_config_is_one_line(tiny_release: Path, tmp_path: Path) -> None:
-    out = tmp_path / "run"
+#: overrides that make a tiny_cpu run fit the tiny release and run in-process
+SMALL_RUN = ["data.workers=0", "data.batch_size=8"]
+
+
+@pytest.fixture(scope="module")
+def one_step_run(tiny_release: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
+    """A `chammi train` run stopped after one step (a checkpoint to resume), and its command line."""
+    out = tmp_path_factory.mktemp("one_step") / "run"
     common = ["train", "--config", "tiny_cpu", "--release", str(tiny_release), "--out", str(out)]
-    first = run(CHAMMI + [*common, "--stop-after", "1", "data.workers=0", "data.batch_size=8"], cwd=tmp_path)
+    first = run(CHAMMI + [*common, "--stop-after", "1", *SMALL_RUN], cwd=out.parent)
     assert first.returncode == 0, first.stderr[-2000:]
-    again = run(
-        CHAMMI + [*common, "--resume", "data.workers=0", "data.batch_size=8", "optim.lr=0.5"], cwd=tmp_path
-    )
+    return out, common
+
+
+@pytest.mark.slow
+def test_resume_with_a_changed_config_is_one_line(one_step_run: tuple[Path, list[str]]) -> None:
+    out, common = one_step_run
+    again = run(CHAMMI + [*common, "--resume", *SMALL_RUN, "optim.lr=0.5"], cwd=out.parent)
     assert_one_line(again, "chammi train", "optim")
+
+
+class _Payload:
+    """Pickles to a call of os.system: what a hostile checkpoint would hold."""
+
+    def __reduce__(self):
+        return (os.system, ("echo PAYLOAD-RAN",))
+
+
+@pytest.mark.slow
+def test_a_pickled_checkpoint_is_refused_without_advice_to_unpickle_it(
+    one_step_run: tuple[Path, list[str]], tmp_path: Path
+) -> None:
+    import shutil
+
+    import torch
+
+    src, common = one_step_run
+    out = tmp_path / "run"
+    shutil.copytree(src, out)
+    (state,) = out.glob("checkpoints/step-*/state.pt")
+    torch.save({"objective": _Payload()}, state)
+    common = [str(out) if a == str(src) else a for a in common]
+    proc = run(CHAMMI + [*common, "--resume", *SMALL_RUN], cwd=tmp_path)
+    assert_one_line(proc, "chammi train", "not a safe checkpoint", str(state))
+    assert "weights_only" not in proc.stderr and "PAYLOAD-RAN" not in proc.stdout + proc.stderr
 
 
 @pytest.mark.slow

@@ -165,6 +165,55 @@ print("grew_kb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base)
     assert grew_kb < 50_000, out  # not the 400 MB the frame decodes to
 
 
+def _rss_growth_kb(script: str) -> tuple[str, int]:
+    """Run ``script`` in a fresh interpreter after noting its peak RSS; (stdout, growth of the peak in KB)."""
+    head = "import resource\nbase = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+    tail = '\nprint("grew_kb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base)\n'
+    out = subprocess.run(
+        [sys.executable, "-c", head + script + tail], capture_output=True, text=True, timeout=120
+    ).stdout
+    return out, int(out.rsplit("grew_kb", 1)[1])
+
+
+@pytest.mark.parametrize("declare_size", [True, False])
+def test_a_record_declaring_a_huge_shape_is_refused_before_allocating(tmp_path, declare_size):
+    """A 39 KB member whose JSON record declares 3 x 20000 x 20000 pixels (and whose frame, when it declares
+    a size, agrees): iter_samples used to allocate 1.2 GB (declared) or 2.4 GB (undeclared)."""
+    shape = (3, 20000, 20000)
+    bomb = tmp_path / "bomb.bin"
+    size = _bomb(bomb, shape, declare_size)
+    assert size < 60_000
+    record = {
+        "cell_id": "wtc11-bomb",
+        "source": "wtc11",
+        "label": "M0",
+        "channels": ["nucleus", "membrane", "protein"],
+        "shape": list(shape),
+        "dtype": "uint8",
+        "sha256": "",
+        "meta": {},
+    }
+    shard = tmp_path / "bomb.tar"
+    with tarfile.open(shard, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in (("wtc11-bomb.json", json.dumps(record).encode()), ("wtc11-bomb.npy.zst", None)):
+            info = tarfile.TarInfo(name)
+            info.size = len(data) if data is not None else size
+            tar.addfile(info, io.BytesIO(data) if data is not None else open(bomb, "rb"))
+    out, grew_kb = _rss_growth_kb(
+        f"""
+from chammi_data.format.codec import CorruptSampleError
+from chammi_data.format.shards import iter_samples
+try:
+    list(iter_samples({str(shard)!r}))
+    print("returned")
+except CorruptSampleError as exc:
+    print("refused:", exc)
+"""
+    )
+    assert "refused:" in out and "wtc11-bomb" in out, out
+    assert grew_kb < 50_000, out
+
+
 def test_oversized_json_member_is_refused_from_its_header(tmp_path):
     shard = tmp_path / "big.tar"
     with tarfile.open(shard, "w", format=tarfile.USTAR_FORMAT) as tar:

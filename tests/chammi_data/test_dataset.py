@@ -74,6 +74,8 @@ def test_dataloader_workers(tiny_release: Path):
 
 def test_errors(tiny_release: Path, tmp_path: Path, monkeypatch):
     with pytest.raises(ValueError, match="hpa/Task_three"):
+        load("holdout", root=tiny_release)
+    with pytest.raises(ValueError, match="'validation' selects no cells"):  # a split CHAMMI rows never use
         load("validation", root=tiny_release)
     with pytest.raises(ValueError, match="no Task_four"):
         load("hpa/Task_four", root=tiny_release)

@@ -52,7 +52,7 @@ def test_select_rows_splits(tiny_release):
     cp_train = select_rows(m, "train", sources=["CP"])
     assert set(cp_train["source"]) == {"cp"} and list(cp_train.index) == sorted(cp_train.index)
     with pytest.raises(ValueError, match="unknown split"):
-        select_rows(m, "validation")
+        select_rows(m, "holdout")
     with pytest.raises(ValueError, match="wtc11 has no Task_four"):
         select_rows(m, "wtc11/Task_four")
     with pytest.raises(ValueError, match="selects no cells"):

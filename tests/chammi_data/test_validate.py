@@ -72,7 +72,9 @@ def test_zarr_row_changed(tiny_release_copy: Path):
     img[0, 0, 0] ^= 0xFF
     arr[7] = img  # note: rewrites the whole zarr shard, only row 7 differs
     problems = _problems(tiny_release_copy)
-    assert problems == [f"zarr/hpa.zarr: row 7 ({row['cell_id']}): image sha256 differs from the manifest"]
+    assert problems == [
+        f"zarr/hpa.zarr: row 7 ({row['cell_id']}): image sha256 and crc32c differ from the manifest"
+    ]
 
 
 def test_manifest_edited_and_extra_shard(tiny_release_copy: Path):

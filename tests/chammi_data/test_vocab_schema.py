@@ -12,6 +12,7 @@ from chammi_data.format.release_format import canonical_json
 from chammi_data.format.schema import Cell, image_checksum, make_cell_id
 from chammi_data.format.vocab import (
     CHANNEL_COLORS,
+    CHANNELS,
     CPS_WEIGHTS,
     SOURCES,
     VOCAB,
@@ -24,7 +25,7 @@ from chammi_data.format.vocab import (
 
 def test_vocab_and_sources():
     assert VOCAB == tuple(sorted(VOCAB)) and len(VOCAB) == 8
-    assert set(CHANNEL_COLORS) == set(VOCAB)
+    assert set(CHANNEL_COLORS) == set(CHANNELS) and CHANNELS[:8] == VOCAB
     assert [SOURCES[k].tile_hw for k in ("wtc11", "hpa", "cp")] == [(238, 374), (512, 512), (160, 160)]
     for info in SOURCES.values():
         assert set(info.channels) <= set(VOCAB)

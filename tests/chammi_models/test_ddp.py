@@ -34,12 +34,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def torchrun_train(release: str | Path, out: Path, args: list[str], env: dict[str, str] | None = None) -> str:
-    """``torchrun --nproc_per_node 2 -m chammi_cli train --config tiny_cpu`` on 127.0.0.1, one thread per
+def torchrun_train(
+    release: str | Path,
+    out: Path,
+    args: list[str],
+    env: dict[str, str] | None = None,
+    config: str = "tiny_cpu",
+) -> str:
+    """``torchrun --nproc_per_node 2 -m chammi_cli train --config CONFIG`` on 127.0.0.1, one thread per
     rank, no GPU; returns stdout after checking that the run finished."""
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
     rendezvous = ["--master_addr", "127.0.0.1", "--master_port", str(_free_port())]
-    train_cmd = ["-m", "chammi_cli", "train", "--config", "tiny_cpu", "--release", str(release)]
+    train_cmd = ["-m", "chammi_cli", "train", "--config", config, "--release", str(release)]
     proc = subprocess.run(
         [*torchrun, *rendezvous, *train_cmd, "--out", str(out), *args],
         capture_output=True,

@@ -35,3 +35,20 @@ def test_demo_quick_writes_the_report(tmp_path, capsys):
     from chammi_data.format.validate import validate_release
 
     assert validate_release(out / "release").ok
+
+
+@pytest.mark.slow
+def test_chammi75_demo_quick_writes_its_report(tmp_path, capsys):
+    out = tmp_path / "demo75"
+    assert main(["demo", "--dataset", "chammi75", "--out", str(out), "--quick", "--workers", "1"]) == 0
+    printed = capsys.readouterr().out
+    report = out / "report"
+    assert f"report: {(report / 'index.html').resolve()}" in printed and "4 training steps" in printed
+    results = json.loads((report / "results.json").read_text())
+    assert results["accounting"]["kinds"]["images"] == {"in": 18, "used": 18, "skipped": 0}
+    assert (report / "crops.png").stat().st_size > 0 and 'src="crops.png"' in (
+        report / "index.html"
+    ).read_text()
+    from chammi_data.format.validate import validate_release
+
+    assert validate_release(out / "release").ok

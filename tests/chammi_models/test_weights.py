@@ -8,7 +8,7 @@ import pickle
 import pytest
 import torch
 
-from chammi_data.format.vocab import SOURCES
+from chammi_data.format.vocab import SOURCES, VOCAB
 from chammi_models import list_models
 from chammi_models.zoo.weights import load_model, read_card, save_model
 from tests.chammi_models.zoo_helpers import SIZE, small_model
@@ -48,7 +48,8 @@ def test_card_contents(tmp_path):
     assert card["options"] == {"num_templates": 16}
     assert card["backbone"] == "convnext_atto"
     assert card["num_classes"] == 5 and card["num_features"] == 320
-    assert card["channels"] == card["vocabulary"]
+    assert card["channels"] == list(VOCAB) and card["vocabulary"] == "chammi"
+    assert card["channel_registry"][:8] == list(VOCAB)
     assert card["normalisation"] == {"hpa": [[0.1], [0.2]]}
     assert (tmp_path / "model.safetensors").is_file()
     assert load_model(tmp_path).first_layer.templates.shape[1] == 16

@@ -146,7 +146,8 @@ def test_ordering_and_shard_plan() -> None:
     ]
     assert [c["cell_id"] for c in order_cells(cells, "cell_id")] == ["wtc11-a", "wtc11-b", "wtc11-c"]
     assert [c["cell_id"] for c in order_cells(cells, "unit")] == ["wtc11-c", "wtc11-b", "wtc11-a"]
-    plans = plan_shards(cells, 2)
+    plans, groups = plan_shards(cells, 2)
+    assert [(g.first_row, g.rows) for g in groups["wtc11"]] == [(0, 3)]  # a CHAMMI source is one group
     assert [(p["index"], p["zarr_start"], len(p["entries"])) for p in plans["wtc11"]] == [
         (0, 0, 2),
         (1, 2, 1),

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import pipelines.sources.wtc11.synth as wtc11_synth
-from chammi_data.format.vocab import SOURCES, TASK_COLUMNS
+from chammi_data.format.vocab import RELEASE_SOURCE_KEYS, SOURCES, TASK_COLUMNS, VARIABLE_SOURCES
 from pipelines.engine.ledger import cell_table
 from pipelines.sources.base import SourcePipeline, UnitSkip
 from pipelines.sources.registry import PIPELINES, get_pipeline, list_pipelines
@@ -21,17 +21,24 @@ PARAMS = [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY else n for n in 
 
 
 def test_registry_resolves_every_name() -> None:
-    assert list_pipelines() == ["wtc11", "hpa", "cp", "chammi"]
+    assert list_pipelines() == [
+        "wtc11",
+        "hpa",
+        "cp",
+        "chammi",
+        "chammi75",
+        *("rbc_mc", "idr0017", "cellphie", "jumpcp", "hpav23"),  # the CHAMMI-75 benchmark adapters
+    ]
     for name in list_pipelines():
         pipe = get_pipeline(name)
         assert isinstance(pipe, SourcePipeline) and pipe.name == name
-        assert pipe.makes and set(pipe.makes) <= set(SOURCES)
+        assert pipe.makes and set(pipe.makes) <= set(RELEASE_SOURCE_KEYS)
         assert pipe.key in pipe.makes or (pipe.reads_release and pipe.key == "")
-        assert pipe.order in ("cell_id", "unit") and pipe.units_per_task >= 1
+        assert pipe.order in ("cell_id", "unit", "group") and pipe.units_per_task >= 1
         assert pipe.options() == pipe.options({})  # every option has a default
         with pytest.raises(ValueError, match=f"config {name}: unknown option"):  # one check for every source
             pipe.options({"no_such_option": 1})
-    with pytest.raises(KeyError, match="valid: wtc11, hpa, cp, chammi"):
+    with pytest.raises(KeyError, match="valid: wtc11, hpa, cp, chammi, chammi75, rbc_mc"):
         get_pipeline("allen")
 
 
@@ -67,10 +74,17 @@ def test_pipeline_contract(name: str, tmp_path: Path) -> None:
         cells.extend(first.cells)
     assert cells, f"{name}: the first units of the sample produced no cells"
     for cell in cells:
-        info = SOURCES[cell.source]
-        assert cell.channels == info.channels and cell.image.shape == (info.num_channels, *info.tile_hw)
-        assert cell.image.dtype == np.uint8 and cell.cell_id.startswith(f"{cell.source}-")
-        assert cell.label and json.dumps(cell.meta)
+        if cell.source in VARIABLE_SOURCES:  # any channel set of the source's names, any size
+            assert set(cell.channels) <= set(VARIABLE_SOURCES[cell.source].channels)
+            # CHAMMI-75 has no labels; a benchmark's rows carry their class (or compound, gene...)
+            assert (cell.label == "") if cell.source == "chammi75" else bool(cell.label)
+            assert cell.image.dtype in (np.uint8, np.uint16)  # benchmark images keep their bit depth
+        else:
+            info = SOURCES[cell.source]
+            assert cell.channels == info.channels and cell.image.shape == (info.num_channels, *info.tile_hw)
+            assert cell.label and cell.image.dtype == np.uint8
+        assert cell.cell_id.startswith(f"{cell.source}-")
+        assert json.dumps(cell.meta)
         assert set(cell.groups) <= {"Structure", "cell_type", "Plate", "dataset"}
     records = [
         {"cell_id": c.cell_id, "source": c.source, "label": c.label, "meta": c.meta, "groups": c.groups}

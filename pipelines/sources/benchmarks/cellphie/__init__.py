@@ -1,0 +1,1 @@
+"""The cellphie benchmark adapter: its test layout -> a release (pipeline.py), its sample data (synth.py)."""
