@@ -2,6 +2,7 @@
 
     python benchmarks/build.py [--input SAMPLE_DIR] [--sources wtc11 hpa cp]
                                [--out benchmarks/results/build.md]
+    python benchmarks/build.py --remote [--sources ...] [--repeat N]   # object store vs local disk
 
 Measures, per source:
 
@@ -13,7 +14,9 @@ Measures, per source:
 - ``segment``: HPA only, the default watershed on each field (target <= 1 s per 2048 x 2048 field per
   core; the sample fields are smaller, so the time is also reported per megapixel and scaled to 2048^2).
 
-Without ``--input`` the sample is generated into a temporary folder first (not timed).
+Without ``--input`` the sample is generated into a temporary folder first (not timed). ``--remote`` instead
+measures builds from and into moto's S3 server against local-to-local builds (:mod:`benchmarks.build_remote`)
+and replaces only that section of the results file.
 """
 
 from __future__ import annotations
@@ -151,6 +154,7 @@ def main() -> None:
     ap.add_argument("--sources", nargs="*", default=["wtc11", "hpa", "cp"])
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "build.md"))
     ap.add_argument("--repeat", type=int, default=3, help="runs per measurement; the median is reported")
+    ap.add_argument("--remote", action="store_true", help="object store vs local disk (see build_remote.py)")
     args = ap.parse_args()
     if args.input is None:
         from pipelines.sources.synthetic import write_sample
@@ -159,6 +163,14 @@ def main() -> None:
             Path(tempfile.mkdtemp(prefix="chammi-sample-")), 0, args.sources, progress=True
         )
     root = Path(args.input)
+    if args.remote:
+        from build_remote import measure, section, write_section  # the sibling script
+
+        names = [*args.sources, "all"] if set(args.sources) == {"wtc11", "hpa", "cp"} else args.sources
+        lines = section(measure(root, names, args.repeat), args.repeat)
+        write_section(Path(args.out), lines)
+        print("\n".join(lines))
+        return
     rows, notes, targets = [], [], []
     for name in args.sources:
         raw = root / name

@@ -1,19 +1,25 @@
 """``chammi-build`` (also ``python -m pipelines``): regenerate CHAMMI from raw sources (or convert an official
 download) into a release.
 
-    chammi-build --source {wtc11,hpa,cp,chammi,chammi75,all} [--input DIR|URL] [--output DIR] [--workers N]
-                 [--scheduler ADDRESS] [--config FILE] [--set SECTION.KEY=VALUE ...] [--codec {zstd,lz4,none}]
-                 [--strict] [--seed N] [--keep-work] [--quiet]
+    chammi-build --source {wtc11,hpa,cp,chammi,chammi75,all} [--input LOCATION | --input SOURCE=LOCATION ...]
+                 [--output LOCATION] [--workers N] [--scheduler ADDRESS] [--config FILE]
+                 [--set SECTION.KEY=VALUE ...] [--codec {zstd,lz4,none}] [--strict] [--seed N] [--keep-work]
+                 [--quiet] [--anon] [--input-option KEY=VALUE ...] [--output-option KEY=VALUE ...]
     chammi-build synth --output DIR [--seed N] [--source NAME ...]
     chammi-build cellphie-convert --input PICKLE --output DIR --trust-pickle
     chammi-build --version
 
 Without ``--input`` the embedded sample raw data is generated (deterministically, by ``--seed``) into
 ``OUTPUT/.work/sample_raw`` and built; it is removed after a successful build unless ``--keep-work``.
-Without ``--output`` the release goes to ``chammi_data.store.paths.default_release_location()``. Exit statuses
-(:mod:`chammi_cli.errors`): 0 ok, 1 failed build (``--strict`` with skipped items, no cells, accounting that
-does not add up: the previous release stays, ``OUTPUT/build_report.failed.json`` says why), 2 bad arguments,
-unreadable source tables, a malformed config, an output folder another build holds, 130 Ctrl-C.
+Without ``--output`` the release goes to ``chammi_data.store.paths.default_release_location()``. ``--input``
+and ``--output`` are locations: folders, ``file://``, ``s3://``, ``gs://``, any fsspec URL (``--input`` also
+``http(s)://``); ``--anon`` reads a public bucket without credentials, ``--input-option`` /
+``--output-option`` pass fsspec storage options (``endpoint_url=...``, ``profile=...``); credentials otherwise
+come from the standard chains. Exit statuses (:mod:`chammi_cli.errors`): 0 ok, 1 failed build (``--strict``
+with skipped items, no cells, accounting that does not add up, a raw object still unreadable after every
+retry: the previous release stays, ``build_report.failed.json`` says why, finished units are kept for a
+rerun), 2 bad arguments, unreadable source tables, a malformed config, an output another build holds or that
+holds files chammi-build did not write, a full disk, 130 Ctrl-C.
 
 The curation package is called ``pipelines``, a name other projects use too (on PyPI and as a folder name). A
 foreign ``pipelines`` earlier on ``sys.path`` would otherwise show up as a baffling ``No module named
@@ -74,16 +80,42 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--input",
+        action="append",
         default=None,
-        help="raw folder (with --source all: DIR/wtc11, DIR/hpa, DIR/cp); for chammi75 the CHAMMI-75 root, "
-        "a folder or a URL such as s3://chammi-data/CHAMMI-75; for a benchmark (rbc_mc, idr0017, cellphie, "
-        "jumpcp, hpav23) its test data or a folder/URL above it (found under the NAME.prefix option); "
-        "default: generate the embedded sample data",
+        metavar="[SOURCE=]LOCATION",
+        help="raw data: a folder or a URL (s3://, gs://, https://, any fsspec URL; with --source all: "
+        "INPUT/wtc11, INPUT/hpa, INPUT/cp); or one SOURCE=LOCATION per source, repeatable (several for one "
+        "source are built as one); for chammi75 the CHAMMI-75 root, such as s3://chammi-data/CHAMMI-75; "
+        "for a benchmark (rbc_mc, idr0017, cellphie, jumpcp, hpav23) its test data or a location above it "
+        "(found under the NAME.prefix option); default: generate the embedded sample data",
     )
-    p.add_argument("--output", default=None, help=f"release folder (default {default_release_location()})")
+    p.add_argument(
+        "--output",
+        default=None,
+        help=f"release: a folder or an object-store URL (s3://bucket/prefix, gs://...) "
+        f"(default {default_release_location()})",
+    )
     p.add_argument("--workers", type=int, default=2, help="local dask workers (processes, 1 thread each)")
     p.add_argument(
-        "--scheduler", default=None, help="address of an existing dask scheduler (workers must see OUTPUT)"
+        "--scheduler",
+        default=None,
+        help="address of an existing dask scheduler (tcp://HOST:8786); with an object-store --output its "
+        "workers need no shared disk, with a folder they must all see it",
+    )
+    p.add_argument("--anon", action="store_true", help="read --input anonymously (a public bucket)")
+    p.add_argument(
+        "--input-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="fsspec storage option for --input (repeatable; value parsed as YAML), e.g. endpoint_url=...",
+    )
+    p.add_argument(
+        "--output-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="fsspec storage option for --output (repeatable)",
     )
     p.add_argument("--config", default=None, help="YAML build config merged over the defaults")
     p.add_argument(
@@ -137,6 +169,60 @@ def synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def storage_options(items: list[str], where: str) -> dict[str, object]:
+    """``["key=value", ...]`` as fsspec storage options (values parsed as YAML: numbers, booleans, lists)."""
+    import yaml
+
+    out: dict[str, object] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(
+                f"--{where}-option {item!r}: expected KEY=VALUE, e.g. endpoint_url=http://host:9000"
+            )
+        out[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+    return out
+
+
+def input_locations(items: list[str] | None) -> str | dict[str, list[str]] | None:
+    """``--input``: one location, or ``SOURCE=LOCATION`` items as ``{source: [locations]}``."""
+    from pipelines.sources.registry import list_pipelines
+
+    if not items:
+        return None
+    named: dict[str, list[str]] = {}
+    plain = []
+    for item in items:
+        name, sep, loc = item.partition("=")
+        if sep and name in list_pipelines() and loc:
+            named.setdefault(name, []).append(loc)
+        else:
+            plain.append(item)
+    if named and plain or len(plain) > 1:
+        raise UserError(
+            "--input: give one location, or SOURCE=LOCATION for each source (e.g. --input wtc11=s3://... "
+            "--input cp=s3://...), not both"
+        )
+    return named or plain[0]
+
+
+def input_options(args: argparse.Namespace) -> dict[str, object] | None:
+    """The storage options of ``--input``: ``--input-option`` items, plus ``anon: true`` for ``--anon``
+    (applied to the S3 locations; ``token: anon`` on Google Cloud Storage; plain HTTP needs none)."""
+    from chammi_data.store.paths import protocol_of
+
+    opts = storage_options(args.input_option, "input")
+    if args.anon:
+        locs = args.input or []
+        remote = [x for x in locs if protocol_of(x.partition("=")[2] if "=" in x.split("://")[0] else x)]
+        if not remote:
+            raise UserError(
+                f"--anon reads a public bucket; --input {' '.join(locs) or '(sample)'} is not one"
+            )
+        opts.setdefault("anon", True)
+    return opts or None
+
+
 def convert_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(
         prog="chammi-build cellphie-convert",
@@ -170,6 +256,7 @@ def convert(args: argparse.Namespace) -> int:
 
 def build(args: argparse.Namespace) -> int:
     """``chammi-build --source ...``: build, print the summary; 1 when the build failed."""
+    from chammi_data.store.storage import RemoteReadError
     from pipelines.engine.build import build as run_build
 
     same_names = (
@@ -188,9 +275,23 @@ def build(args: argparse.Namespace) -> int:
         if args.codec is not None:  # the flag wins over the config file's codec key
             overrides["codec"] = args.codec
         options["config"] = load_config(args.config, overrides)
-    result = run_build(
-        args.source, input_dir=args.input, output=args.output, progress=not args.quiet, **options
-    )
+    try:
+        result = run_build(
+            args.source,
+            input_dir=input_locations(args.input),
+            output=args.output,
+            progress=not args.quiet,
+            input_options=input_options(args),
+            output_options=storage_options(args.output_option, "output") or None,
+            **options,
+        )
+    except RemoteReadError as exc:  # a server down or a network gone: the build stopped, it can resume
+        print(
+            f"{PROG}: error: the build stopped: {' '.join(str(exc).split())}; finished units are kept: rerun "
+            "the same command to resume",
+            file=sys.stderr,
+        )
+        return EXIT_PROBLEMS
     print(result.summary())
     return 0 if result.ok else EXIT_PROBLEMS
 

@@ -2,7 +2,7 @@
 proxy.
 
     python -m tests.range_http --root DIR --port N [--delay-ms MS] [--stall-after K [--stall-path P]]
-    python -m tests.range_http --proxy TARGET_PORT --port N --delay-ms MS  # 127.0.0.1:N -> :TARGET_PORT
+    python -m tests.range_http --proxy TARGET_PORT --port N --delay-ms MS [--per-request]  # -> :TARGET_PORT
 
 The server answers GET and HEAD with ``Accept-Ranges: bytes``; ``Range: bytes=a-b`` / ``a-`` / ``-n`` get 206.
 Control endpoints (for tests): ``/_control/fault?count=N&kind=K&path=P`` makes the next N requests under P
@@ -151,11 +151,24 @@ def serve(
     server.serve_forever()
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: float) -> None:
+async def _pipe(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    delay: float,
+    turn: dict[str, bool] | None = None,
+    answers: bool = False,
+) -> None:
+    """Copy one direction of a proxied connection. ``turn`` (per-request mode): the client's bytes are held
+    ``delay`` only when they start a new request - on a new connection or after the server answered - not
+    for every chunk of a large upload."""
     try:
         while data := await reader.read(1 << 16):
-            if delay:
+            if answers and turn is not None:
+                turn["fresh"] = True
+            elif delay and (turn is None or turn["fresh"]):
                 await asyncio.sleep(delay)
+                if turn is not None:
+                    turn["fresh"] = False
             writer.write(data)
             await writer.drain()
     except (ConnectionError, asyncio.CancelledError):
@@ -167,14 +180,17 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, dela
             pass
 
 
-async def _proxy(port: int, target: int, delay_ms: float) -> None:
+async def _proxy(port: int, target: int, delay_ms: float, per_request: bool = False) -> None:
     async def handle(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         try:
             up_r, up_w = await asyncio.open_connection(HOST, target)
         except OSError:
             client_w.close()
             return
-        await asyncio.gather(_pipe(client_r, up_w, delay_ms / 1000.0), _pipe(up_r, client_w, 0.0))
+        turn = {"fresh": True} if per_request else None
+        await asyncio.gather(
+            _pipe(client_r, up_w, delay_ms / 1000.0, turn), _pipe(up_r, client_w, 0.0, turn, answers=True)
+        )
 
     server = await asyncio.start_server(handle, HOST, port)
     async with server:
@@ -191,9 +207,14 @@ def main() -> None:
     )
     p.add_argument("--stall-after", type=int, default=None, help="SIGSTOP self after this many requests")
     p.add_argument("--stall-path", default="", help="count only requests for paths containing this")
+    p.add_argument(
+        "--per-request",
+        action="store_true",
+        help="proxy: hold each request once (not every 64 KiB chunk of an upload)",
+    )
     a = p.parse_args()
     if a.proxy is not None:
-        asyncio.run(_proxy(a.port, a.proxy, a.delay_ms))
+        asyncio.run(_proxy(a.port, a.proxy, a.delay_ms, a.per_request))
     else:
         if a.root is None or not a.root.is_dir():
             raise SystemExit("--root must be a folder")

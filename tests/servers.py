@@ -248,14 +248,16 @@ class PlainHTTPServer(_Process):
 
 class DelayProxy(_Process):
     """``python -m tests.range_http --proxy``: forwards 127.0.0.1:port to ``target_port``, holding each
-    request (each burst of client bytes) for ``delay_ms`` before passing it on."""
+    request (each burst of client bytes) for ``delay_ms`` before passing it on; ``per_request``: only the
+    first burst of each request (uploads are held once, not once per 64 KiB)."""
 
-    def __init__(self, target_port: int, delay_ms: float) -> None:
+    def __init__(self, target_port: int, delay_ms: float, per_request: bool = False) -> None:
         super().__init__()
-        self.target_port, self.delay_ms = target_port, delay_ms
+        self.target_port, self.delay_ms, self.per_request = target_port, delay_ms, per_request
 
     def command(self) -> list[str]:
-        return _range_http(self.port, self.delay_ms, "--proxy", str(self.target_port))
+        extra = ["--per-request"] if self.per_request else []
+        return _range_http(self.port, self.delay_ms, "--proxy", str(self.target_port), *extra)
 
     @property
     def endpoint(self) -> str:

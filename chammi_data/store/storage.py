@@ -18,6 +18,10 @@ files (a reader never calls ``open``/``os.pread`` on a release itself): ``read_b
   cached shard that fails the check is never read; a full disk is one error naming the path and the bytes
   needed, and temporary files of killed downloads are removed (:mod:`chammi_data.store.cache`).
 
+A release that ``chammi-build`` wrote into an object store lives in a generation folder named by the
+``release.json`` at the root (:mod:`chammi_data.store.generation`); a store reads the whole release from the
+generation it found on first use.
+
 Credentials and endpoints come from the standard places (the AWS/GCS environment and config files,
 ``AWS_ENDPOINT_URL`` for S3-compatible servers) or from ``storage_options``, which is passed to fsspec as is.
 A store pickles without its open connections (DataLoader workers reconnect); ``storage_options`` travel to the
@@ -130,6 +134,8 @@ class ReleaseStore:
         #: True once the server answered a ranged request with the whole object (said once, then cut here)
         self.ranges_ignored = False
         self._cache_cleaned = False
+        self._prefix: str | None = None
+        self._root_release: bytes | None = None  # release.json as read while finding the generation
 
     # -- identity ------------------------------------------------------------------------------------------
     def __repr__(self) -> str:
@@ -139,8 +145,22 @@ class ReleaseStore:
         return self.url
 
     def path(self, rel: str) -> str:
-        """The full path or URL of a file of the release (``rel`` is relative to the release root)."""
+        """The full path or URL of a file of the release (``rel`` is relative to the release root; inside the
+        release's generation when the location has one, see the module docstring)."""
+        return self._at_root(self.generation_prefix() + rel)
+
+    def _at_root(self, rel: str) -> str:
         return os.path.join(self.url, rel) if self.is_local else f"{self.url}/{rel}"
+
+    def generation_prefix(self) -> str:
+        """``"g-.../"`` when ``release.json`` at the location names a generation folder that holds the release
+        (an object-store build), else ``""``; found once per store."""
+        if self._prefix is None:
+            from chammi_data.store.generation import find_generation
+
+            self._prefix = ""  # while looking, files are read from the root
+            self._prefix, self._root_release = find_generation(self)
+        return self._prefix
 
     @property
     def location(self) -> Path | str:
@@ -152,7 +172,7 @@ class ReleaseStore:
         """The release folder of a local store (``ValueError`` for a remote one)."""
         if not self.is_local:
             raise ValueError(f"{self.url} is not a local folder")
-        return Path(self.url)
+        return Path(self.url) / self.generation_prefix()
 
     def credentials(self) -> str:
         """Where this store's credentials come from, in words (no secrets)."""
@@ -161,11 +181,14 @@ class ReleaseStore:
     # -- pickling: never the connections, never the secrets in a repr -------------------------------------
     def __getstate__(self) -> dict[str, Any]:
         names = ("url", "storage_options", "cache_dir", "retry", "ranges_ignored")
-        return {name: getattr(self, name) for name in names}
+        state = {name: getattr(self, name) for name in names}
+        state["prefix"] = self._prefix  # a worker reads the generation its parent resolved
+        return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["url"], state["storage_options"], state["cache_dir"], state["retry"])  # type: ignore[misc]
         self.ranges_ignored = bool(state.get("ranges_ignored", False))
+        self._prefix = state.get("prefix")
 
     def _check_pid(self) -> None:
         if self._pid != os.getpid():  # forked: descriptors and event loops belong to the parent
@@ -245,6 +268,8 @@ class ReleaseStore:
     def read_bytes(self, rel: str, what: str = "read", nbytes: int | None = None) -> bytes:
         """A whole file of the release (manifest, release.json, a shard); ``nbytes``: its size when known
         (a larger read gets a longer deadline)."""
+        if rel == "release.json" and self._root_release is not None:
+            return self._root_release
         if self.is_local:
             with open(self.path(rel), "rb") as fh:
                 return fh.read()
@@ -296,12 +321,13 @@ class ReleaseStore:
         )
         fast = self.obstore
         if fast is not None:
+            key = self.generation_prefix() + rel  # obstore keys: relative to the location
             data = memoryview(
                 call_with_retries(
                     self.retry,
                     self.path(rel),
                     what,
-                    lambda left: fast.get_range(rel, start, end, left),
+                    lambda left: fast.get_range(key, start, end, left),
                     self.credentials,
                     length,
                 )
@@ -385,7 +411,8 @@ class ReleaseStore:
         """This location's folder in the cache."""
         if self.cache_dir is None:
             raise ValueError("no cache_dir set")
-        return self.cache_dir / hashlib.sha256(self.url.encode()).hexdigest()[:16]
+        tag = hashlib.sha256((self.url + "|" + self.generation_prefix()).encode()).hexdigest()[:16]
+        return self.cache_dir / tag
 
     def cache_path(self, rel: str) -> Path:
         """Where shard ``rel`` of this location lives in the cache."""

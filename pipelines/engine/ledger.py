@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -30,16 +29,19 @@ from pipelines.sources.base import Discovery, Skipped, SourcePipeline, Unit
 
 @dataclass
 class SourceLedger:
-    """One pipeline's part of a build (``name`` is its build name, ``input_dir`` the folder it read)."""
+    """One pipeline's part of a build (``name`` is its build name, ``input_dir`` the location it read,
+    ``spill_dir`` the prefix of its unit spills in the output's store)."""
 
     name: str
     pipeline: SourcePipeline
     options: dict[str, Any]
-    input_dir: Path | str  #: a folder, or the URL of a pipeline that reads remote input
-    spill_dir: Path
+    input_dir: Any  #: the source's RawInput (or a list of them: a source read from several locations)
+    spill_dir: str
     discovery: Discovery
     units: list[Unit] = field(init=False)  #: the discovery's units, sorted by unit_id
     outcomes: dict[str, UnitOutcome] = field(default_factory=dict)
+    keys: dict[str, str] = field(default_factory=dict)  #: unit id -> spill key
+    where: dict[str, str] = field(default_factory=dict)  #: unit id -> the dask worker that made its spill
     reused: int = 0  #: units whose spill from an earlier run was complete and current
     busy_s: float = 0.0  #: worker seconds spent on this pipeline's units
     tasks_left: int = 0  #: unit tasks submitted and not back yet
@@ -52,8 +54,9 @@ class SourceLedger:
         for s in self.discovery.skipped:
             s.kind = s.kind or self.pipeline.unit_kind
 
-    def spill_path(self, unit: Unit) -> Path:
-        return self.spill_dir / f"{unit.unit_id}.spill"
+    def spill_path(self, unit: Unit) -> str:
+        """Where the unit's spill is in the output's store (a relative path)."""
+        return f"{self.spill_dir}/{unit.unit_id}.spill"
 
     def record(self, unit_id: str, outcome: UnitOutcome) -> None:
         """Note what a unit gave (from a worker, or from a spill of an earlier run)."""
@@ -99,7 +102,9 @@ class SourceLedger:
                         "unit_id": unit.unit_id,
                         "unit_pos": pos,
                         "index": idx,
-                        "spill": str(self.spill_path(unit)),
+                        "spill": self.spill_path(unit),
+                        "spill_key": self.keys.get(unit.unit_id, ""),
+                        "worker": self.where.get(unit.unit_id, ""),
                     }
                 )
         return cells, skipped

@@ -1,7 +1,14 @@
-"""The output folder of a build: one build at a time, a staging folder, an all-or-nothing swap, no leftovers.
+"""The output of a build: one build at a time, the release assembled apart, published all at once, no
+leftovers. Two designs with one interface (:func:`open_output`): a local folder (this module,
+:class:`FolderOutput`) and an object store (``s3://...``, ``gs://...``: :mod:`pipelines.engine.output_store`).
 
-``OUTPUT/`` holds a release (``release.json``, ``manifest.parquet``, ``manifest.csv``, ``shards/``, ``zarr/``)
-and the report of the build that made it (``build_report.json``). During a build it also holds:
+Before anything is written, both check what the output holds (:mod:`pipelines.engine.output_check`): an
+empty location or a chammi-build release, else the build is refused naming what is there, so a build never
+deletes or overwrites a file it did not write.
+
+**A local folder.** ``OUTPUT/`` holds a release (``release.json``, ``manifest.parquet``, ``manifest.csv``,
+``shards/``, ``zarr/``) and the report of the build that made it (``build_report.json``). During a build it
+also holds:
 
 - ``.chammi-build.lock``: an exclusive ``fcntl.flock`` held for the whole build, its text naming the holder
   (host, pid, start time). A second build into the same folder fails at once (:class:`OutputLocked`). The
@@ -16,7 +23,23 @@ and the report of the build that made it (``build_report.json``). During a build
 A failed build (``--strict`` with skipped items, no cells, accounting that does not add up) leaves the
 previous release and its ``build_report.json`` untouched and writes ``OUTPUT/build_report.failed.json``
 (:data:`FAILED_REPORT`); a later successful build removes that file. Temp files (``.<name>.<id>.tmp``) left by
-a killed process are removed at the start and at the end of every build.
+a killed process are removed at the start and at the end of every build. With ``--scheduler`` the workers
+must see this folder (a shared filesystem); the build checks that they do and otherwise asks for an
+object-store output.
+
+**An object store** cannot lock a file, rename or swap a folder. There (:mod:`pipelines.engine.output_store`):
+
+- the lock is an object, ``.chammi-build.lock``, created only if absent (``If-None-Match: *``) and holding
+  a lease that the build renews; a build whose lease expired (its holder died) is taken over with a
+  conditional replace (``If-Match``), so of two builds taking over at once one wins. Stores without
+  conditional writes get a check-then-write with a read-back, and the race it leaves is named in a warning;
+- unit spills live under ``.work/`` in the bucket (a rerun after a kill of the client reuses them);
+- the release is written under a generation prefix ``g-<content id>/`` (the id is a digest of everything
+  that decides the release's bytes, so a rebuild of the same content writes the same objects), then
+  ``release.json`` at the root - the same bytes as the generation's own - is written last: it is the single
+  commit point, and readers find the generation through it. Old generations are removed only after the
+  commit, and the one committed before this build is kept so that a reader that opened it can finish; a
+  killed build leaves the old release readable and its own objects are removed by the next build.
 """
 
 from __future__ import annotations
@@ -33,6 +56,10 @@ from pathlib import Path
 from typing import Any
 
 from chammi_data.errors import UserError
+from chammi_data.store.objects import ObjectStore
+from pipelines.engine.cluster import blind_workers
+from pipelines.engine.output_check import check_output
+from pipelines.engine.writing import ReleaseSink
 
 LOCK = ".chammi-build.lock"
 STAGING = ".staging"
@@ -172,3 +199,89 @@ def finish_output(out: Path, ok: bool, keep_work: bool) -> None:
         else:
             _remove(out / WORK)
     remove_tmp_files(out, recursive=False)
+
+
+def local_files(out: Path) -> list[str]:
+    """Every file under ``out`` (relative, ``/``-separated); a build's working folders count as one entry
+    each (``.work/``), their content is not walked."""
+    found: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(out):
+        rel = Path(dirpath).relative_to(out).as_posix()
+        if rel == ".":
+            for work in (WORK, STAGING):
+                if work in dirnames:
+                    dirnames.remove(work)
+                    found.append(f"{work}/")
+            rel = ""
+        found += [f"{rel}/{f}".lstrip("/") for f in filenames]
+    return sorted(found)
+
+
+class FolderOutput:
+    """The output of a build in a local folder (see the module docstring); the interface the engine uses
+    for both kinds of output."""
+
+    is_local = True
+    #: a folder's release is assembled where it ends up: shards can be written before every source is done
+    needs_generation_first = False
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path).expanduser().absolute()
+        self.location: Path | str = self.path
+        self.store = ObjectStore(self.path)
+        self.work = WORK
+        self._lock = OutputLock(self.path)
+
+    def __enter__(self) -> FolderOutput:
+        self._lock.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.__exit__(*exc)
+
+    def check_contents(self) -> None:
+        """Refuse (exit 2) a folder holding anything but a chammi-build release and its working files."""
+        release = self.path / RELEASE_JSON
+        check_output(
+            str(self.path), local_files(self.path), release.read_bytes() if release.is_file() else None
+        )
+
+    def clear_leftovers(self) -> None:
+        clear_leftovers(self.path)
+
+    def sink(self, generation: str = "") -> ReleaseSink:
+        """The staging folder, where the workers write the shards and the client the small files."""
+        staging = self.path / STAGING
+        staging.mkdir(parents=True, exist_ok=True)
+        return ReleaseSink(ObjectStore(staging), staging)
+
+    def publish(self, sink: ReleaseSink) -> Path:
+        return publish(sink.mirror, self.path)
+
+    def finish(self, ok: bool, keep_work: bool) -> None:
+        finish_output(self.path, ok, keep_work)
+
+    def write_report(self, name: str, data: bytes) -> Path:
+        self.store.put(name, data)
+        return self.path / name
+
+    def free_bytes(self) -> int | None:
+        """Free space on the folder's filesystem."""
+        return shutil.disk_usage(self.path).free
+
+    def check_workers(self, client: Any) -> None:
+        """Refuse a cluster whose workers cannot see this folder (no shared filesystem): they would write
+        into folders of their own. A marker file is written here and looked for on every worker."""
+        marker = self.path / WORK / f".visible-{os.getpid()}-{int(time.time() * 1e6)}"
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text("chammi-build\n", encoding="utf-8")
+        try:
+            blind = blind_workers(client, os.path.isfile, str(marker))
+        finally:
+            marker.unlink(missing_ok=True)
+        if blind:
+            raise UserError(
+                f"the dask workers {', '.join(blind[:3])} cannot see --output {self.path} (no shared "
+                "filesystem): write the release to an object store (--output s3://bucket/prefix) or use a "
+                "folder every worker mounts"
+            )

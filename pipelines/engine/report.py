@@ -24,6 +24,11 @@ from pipelines.engine.output import FAILED_REPORT, REPORT
 from pipelines.sources.base import Skipped
 
 
+def _locations(where: Any) -> list[str]:
+    """The input location(s) of a ledger as text."""
+    return [str(w) for w in where] if isinstance(where, list | tuple) else [str(where)]
+
+
 def _reason_kind(reason: str) -> str:
     """Group reasons for the summary: the leading words ("missing file", "duplicate CellId", ...)."""
     m = re.match(r"[A-Za-z][A-Za-z _-]*", reason.strip())
@@ -36,14 +41,17 @@ class BuildResult:
     """What :func:`pipelines.engine.build` did: the ledger of each pipeline (by build name), timings,
     outcome."""
 
-    output: Path
+    output: Path | str
     sources: list[str]
     config_hash: str
     ledgers: dict[str, SourceLedger] = field(repr=False, default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
-    release_json: Path | None = None
-    report_path: Path | None = None
+    release_json: Path | str | None = None
+    report_path: Path | str | None = None
     failed: str = ""
+    #: writes a report file into the output (``FolderOutput.write_report`` / ``StoreOutput.write_report``)
+    writer: Any = field(default=None, repr=False)
+    sink: Any = field(default=None, repr=False)  #: where the release was assembled (for publishing)
 
     @property
     def ok(self) -> bool:
@@ -81,9 +89,11 @@ class BuildResult:
         for s in sorted(self.skipped, key=lambda s: (s.source, s.unit_id, str(s.row), s.reason)):
             d = s.to_dict()
             for ledger in self.ledgers.values():
-                root = str(ledger.input_dir)
-                if root and d["file"].startswith(root + os.sep):
-                    d["file"] = os.path.relpath(d["file"], root)
+                for where in _locations(ledger.input_dir):
+                    root = where.rstrip("/")
+                    for sep in {os.sep, "/"}:
+                        if root and d["file"].startswith(root + sep):
+                            d["file"] = d["file"][len(root) + 1 :]
             skipped.append(d)
         cells = self.cells
         written: dict[str, Any] = {}
@@ -104,7 +114,10 @@ class BuildResult:
             "status": "failed" if self.failed else "ok",
             "failure": self.failed,
             "sources": self.sources,
-            "inputs": {n: str(ledger.input_dir) for n, ledger in self.ledgers.items()},
+            "inputs": {
+                n: (locs[0] if len(locs := _locations(ledger.input_dir)) == 1 else locs)
+                for n, ledger in self.ledgers.items()
+            },
             "config_hash": self.config_hash,
             "accounting": self.accounting(),
             "written": written,
@@ -119,14 +132,17 @@ class BuildResult:
         """Write the report atomically (with the total wall time): ``OUTPUT/build_report.json`` after a
         success, ``OUTPUT/build_report.failed.json`` after a failure; return self."""
         self.timings["total_s"] = time.perf_counter() - t_start
-        self.output.mkdir(parents=True, exist_ok=True)
-        path = self.output / (FAILED_REPORT if self.failed else REPORT)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        tmp.write_text(
-            json.dumps(self.report(), indent=1, sort_keys=True, default=str) + "\n", encoding="utf-8"
-        )
-        os.replace(tmp, path)
-        self.report_path = path
+        name = FAILED_REPORT if self.failed else REPORT
+        data = (json.dumps(self.report(), indent=1, sort_keys=True, default=str) + "\n").encode("utf-8")
+        if self.writer is not None:
+            self.report_path = self.writer(name, data)
+            return self
+        out = Path(self.output)
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = out / f".{name}.{uuid.uuid4().hex}.tmp"
+        tmp.write_bytes(data)
+        os.replace(tmp, out / name)
+        self.report_path = out / name
         return self
 
     def summary(self) -> str:

@@ -202,14 +202,24 @@ class SourcePipeline(ABC):
             return ""
 
     @abstractmethod
-    def discover(self, input_dir: Path | str, opts: dict[str, Any]) -> Discovery:
+    def discover(self, input_dir: Any, opts: dict[str, Any]) -> Discovery:
         """Read the source's tables: the work units sorted by ``unit_id``, rows skipped already, counts.
-        ``input_dir`` is a folder, or a URL for a pipeline that reads its input through ``chammi_data.store``
-        (``--input s3://...``)."""
+
+        ``input_dir`` is the build's input for this source: a ``pipelines.steps.rawinput.RawInput`` (a
+        folder or any location; read it through its methods, see that module for what a source must do to
+        read from anywhere; ``str(input_dir)`` is its URL, so a source that opens its own store from it -
+        CHAMMI-75 - reads it as before) - or, from tests and scripts, a path or a URL (``as_raw_input`` turns
+        it into one)."""
 
     @abstractmethod
     def process(self, unit: Unit, opts: dict[str, Any]) -> UnitResult:
         """Turn one unit into cells. Raise :class:`UnitSkip` when the unit is unusable as a whole."""
+
+    def unit_files(self, unit: Unit) -> list[str]:
+        """The raw objects ``process`` will read for ``unit`` (paths relative to the payload's ``root``, or
+        full URLs). On an object store the engine fetches them ahead, several at once; [] fetches nothing
+        ahead."""
+        return []
 
     def assign(self, table: pd.DataFrame, config: dict[str, Any]) -> pd.DataFrame:
         """Split and task membership from the committed task rules (``manifests/tasks/<source>.yaml``, or the

@@ -12,10 +12,13 @@ from __future__ import annotations
 import math
 import struct
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+
+#: a raw image as the readers take it: a local path, or the object's bytes in a file object (remote inputs)
+Source = str | Path | IO[bytes]
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 #: PNG colour type -> samples per pixel (grey, RGB, palette, grey + alpha, RGBA)
@@ -51,10 +54,20 @@ class ImageHeader:
         return " x ".join(str(n) for n in self.shape)
 
 
-def png_header(path: str | Path) -> ImageHeader:
+def _head(source: Source, n: int) -> bytes:
+    """The first ``n`` bytes of a file (a file object is left at its start)."""
+    if isinstance(source, str | Path):
+        with open(source, "rb") as fh:
+            return fh.read(n)
+    source.seek(0)
+    head = source.read(n)
+    source.seek(0)
+    return head
+
+
+def png_header(path: Source) -> ImageHeader:
     """Shape and bit depth from a PNG's IHDR chunk (the first 33 bytes); ``ValueError`` when it is no PNG."""
-    with open(path, "rb") as fh:
-        return png_header_bytes(fh.read(26))
+    return png_header_bytes(_head(path, 26))
 
 
 def png_header_bytes(head: bytes) -> ImageHeader:
@@ -68,19 +81,21 @@ def png_header_bytes(head: bytes) -> ImageHeader:
     return ImageHeader(shape, 16 if depth == 16 else 8)
 
 
-def tiff_header(path: str | Path) -> ImageHeader:
+def tiff_header(path: Source) -> ImageHeader:
     """Shape and bit depth of a TIFF's first series (what ``tifffile.imread`` decodes), from its tags only."""
     import tifffile
 
     with tifffile.TiffFile(path) as tf:
-        return ImageHeader.of_series(tf.series[0])
+        header = ImageHeader.of_series(tf.series[0])
+    if not isinstance(path, str | Path):
+        path.seek(0)
+    return header
 
 
-def image_header(path: str | Path) -> ImageHeader:
-    """The header of a PNG or TIFF file, recognised by content (not by extension); other formats through
-    Pillow's lazy open, which reads the header only."""
-    with open(path, "rb") as fh:
-        magic = fh.read(8)
+def image_header(path: Source) -> ImageHeader:
+    """The header of a PNG or TIFF file (a path, or a file object left at its start), recognised by content
+    (not by extension); other formats through Pillow's lazy open, which reads the header only."""
+    magic = _head(path, 8)
     if magic == _PNG_SIGNATURE:
         return png_header(path)
     if magic[:4] in _TIFF_MAGIC:
@@ -93,6 +108,8 @@ def image_header(path: str | Path) -> ImageHeader:
             w, h = im.size
             bands = len(im.getbands())
             bits = 16 if im.mode.startswith("I;16") else 32 if im.mode in ("I", "F") else 8
+    if not isinstance(path, str | Path):
+        path.seek(0)
     return ImageHeader((h, w) if bands == 1 else (h, w, bands), bits)
 
 
@@ -143,9 +160,13 @@ def check_field(
         )
 
 
-def missing_files(files: Mapping[str, Path], names: Mapping[str, str]) -> tuple[str, str] | None:
-    """(message naming every missing file, key of the first) or None when all of ``files`` exist."""
-    missing = [k for k, f in files.items() if not Path(f).is_file()]
+def missing_files(
+    files: Mapping[str, Any], names: Mapping[str, str], exists: Callable[[Any], bool] | None = None
+) -> tuple[str, str] | None:
+    """(message naming every missing file, key of the first) or None when all of ``files`` exist
+    (``exists``: how to ask, default a local file check; a source's ``RawInput.is_file`` elsewhere)."""
+    check = exists or (lambda f: Path(f).is_file())
+    missing = [k for k, f in files.items() if not check(f)]
     if not missing:
         return None
     return f"missing channel file(s): {', '.join(names[k] for k in missing)}", missing[0]

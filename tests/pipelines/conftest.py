@@ -52,3 +52,27 @@ def hash_tree():
 def small_config() -> dict:
     """Build settings for tests: small shards so that several tar and zarr shards are exercised."""
     return {"cells_per_shard": 8}
+
+
+@pytest.fixture(scope="session")
+def raw_tree(wtc_raw: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Small raw data of all three sources in their real layouts, for builds from other locations:
+    ``wtc11/`` (the 42 cells of :func:`wtc_raw`), ``hpa/`` (3 fields in ``train/`` with both tables) and
+    ``cp/`` (two plates, per-site Nuclei.csv, platemaps)."""
+    import shutil
+
+    from tests.pipelines.test_cp import write_plate
+    from tests.pipelines.test_hpa import write_field, write_tables
+
+    root = tmp_path_factory.mktemp("raw_tree")
+    shutil.copytree(wtc_raw, root / "wtc11")
+    (root / "hpa" / "train").mkdir(parents=True)
+    fields = [("f16", 4, "U-2 OS", 16), ("f08", 14, "HEK 293", 8), ("g08", 10, "A549", 8)]
+    for i, (fid, cls, line, bits) in enumerate(fields):
+        write_field(root / "hpa" / "train", fid, cls, line, bits, seed=i + 1)
+    write_tables(
+        root / "hpa", [(fid, str(cls), line) for fid, cls, line, _ in fields] + [("multi", "4|14", "HeLa")]
+    )
+    write_plate(root / "cp", "P1", "LINCS")
+    write_plate(root / "cp", "P2", "CDRP", wells={"B01": "BRD-K04185004-003-01-2", "B02": ""})
+    return root

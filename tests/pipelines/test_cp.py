@@ -154,21 +154,24 @@ def test_url_columns_and_remote_urls(tmp_path):
     units, skipped = discover(tmp_path)
     assert len(units) == 2 and not skipped
     df = pd.read_csv(pdir / "load_data.csv")
+    # the Gallery's own form: a channel named by its s3:// URL is read where it is (on the worker)
     df.loc[1, "URL_OrigER"] = "s3://cellpainting-gallery/x.tiff"
+    df.loc[0, "URL_OrigRNA"] = "ftp2x://host/x.tiff"  # no such scheme: the row is skipped, naming it
     df.to_csv(pdir / "load_data.csv", index=False)
     units, skipped = discover(tmp_path)
-    assert len(units) == 1 and len(skipped) == 1
-    assert "not downloaded" in skipped[0].reason and skipped[0].row == 3
-    assert skipped[0].file.endswith("load_data.csv")
+    assert len(units) == 1 and units[0].payload["files"]["ER"] == "s3://cellpainting-gallery/x.tiff"
+    assert len(skipped) == 1 and "unsupported URL scheme 'ftp2x'" in skipped[0].reason
+    assert skipped[0].row == 2 and skipped[0].file.endswith("load_data.csv")
     # a remote URL or a foreign absolute path whose file name is in images/ uses that local copy
     name = f"r01c02f01p01-ch{CH_NUMS['ER']}sk1fk1fl1.tiff"  # A02's ER file
     df.loc[1, "URL_OrigER"] = f"s3://cellpainting-gallery/cpg0004/{name}"
-    df.loc[0, "URL_OrigDNA"] = f"file:///nonexistent/machine/{Path(units[0].payload['files']['DNA']).name}"
+    df.loc[0, "URL_OrigRNA"] = f"file://{pdir / 'images' / df.loc[0, 'URL_OrigRNA'].rsplit('/', 1)[-1]}"
+    df.loc[0, "URL_OrigRNA"] = f"file:///nonexistent/machine/r01c01f01p01-ch{CH_NUMS['RNA']}sk1fk1fl1.tiff"
     df.to_csv(pdir / "load_data.csv", index=False)
     units, skipped = discover(tmp_path)
     assert len(units) == 2 and not skipped
-    assert units[1].payload["files"]["ER"] == str(pdir / "images" / name)
-    assert Path(units[0].payload["files"]["DNA"]).is_file()
+    assert units[1].payload["files"]["ER"] == f"LINCS/P1/images/{name}"  # relative to the input root
+    assert (tmp_path / units[0].payload["files"]["RNA"]).is_file()
 
 
 def test_ixm_names_without_load_data(tmp_path):
@@ -344,7 +347,7 @@ def test_nan_illumination_and_correction(tmp_path):
     yy, xx = np.mgrid[0:200, 0:200]
     vig = 1.0 - 0.4 * ((yy - 100) ** 2 + (xx - 100) ** 2) / 20000.0
     for ch in lay.RAW_CHANNELS:
-        f = unit.payload["files"][ch]
+        f = tmp_path / unit.payload["files"][ch]
         tifffile.imwrite(f, tifffile.imread(f).astype(np.float64) * vig)
         np.save(pdir / "illum" / f"P1_Illum{ch}.npy", vig)
     unit = discover(tmp_path)[0][0]
@@ -366,7 +369,7 @@ def test_site_with_no_nuclei_and_constant_channel(tmp_path):
     with pytest.raises(UnitSkip, match="no nuclei") as exc:
         CPPipeline().process(units[0], opts())
     assert exc.value.file.endswith("Nuclei.csv")
-    tifffile.imwrite(units[1].payload["files"]["RNA"], np.full((200, 200), 7, np.uint16))
+    tifffile.imwrite(tmp_path / units[1].payload["files"]["RNA"], np.full((200, 200), 7, np.uint16))
     with pytest.raises(UnitSkip, match="constant image"):
         CPPipeline().process(units[1], opts())
     assert pdir.is_dir()
@@ -454,3 +457,10 @@ def test_sample_is_deterministic(sample, tmp_path):
         if c.meta["plate"] == again[5].payload["plate"] and c.meta["well"] == again[5].payload["well"]
     ]
     assert [c.checksum for c in first] == [c.checksum for c in ref]
+
+
+def test_plates_option_reads_and_counts_only_the_named_plates(tmp_path):
+    write_plate(tmp_path, "P1")
+    write_plate(tmp_path, "P2", "CDRP")
+    found = CPPipeline().discover(tmp_path, opts(plates=["P2"]))
+    assert {u.payload["plate"] for u in found.units} == {"P2"} and found.found["plates"] == 1

@@ -155,3 +155,24 @@ def test_a_retried_shard_writer_leaves_no_temp_file(
     assert _build(wtc_raw, tmp_path / "rel").ok
     assert not [p for p in (tmp_path / "rel").rglob("*") if p.name.endswith(".tmp")]
     assert sorted(p.name for p in (tmp_path / "rel").iterdir()) == RELEASE
+
+
+@pytest.mark.slow
+def test_a_store_without_conditional_writes_builds_and_says_its_lock_can_race(
+    wtc_raw: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """fsspec's memory store has no conditional create: the lock is a check, a write and a read-back, with
+    a warning naming the race; the release is published under its generation and reads back whole."""
+    import fsspec
+
+    import chammi_data
+
+    url = f"memory://chammi-{uuid.uuid4().hex[:8]}/rel"
+    with caplog.at_level("WARNING", logger="pipelines.engine.output_store"):
+        result = _build(wtc_raw, url)
+    assert result.ok and "cannot create objects conditionally" in caplog.text
+    mem = fsspec.filesystem("memory")
+    root = url.split("://", 1)[1]
+    gen = json.loads(mem.cat_file(f"{root}/release.json"))["extra"]["generation"]
+    assert mem.cat_file(f"{root}/release.json") == mem.cat_file(f"{root}/{gen}/release.json")
+    assert not mem.exists(f"{root}/.chammi-build.lock") and len(chammi_data.load("all", root=url)) == 42

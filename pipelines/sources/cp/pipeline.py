@@ -25,15 +25,16 @@ Options (``config["cp"]``, all optional): ``low_pct``, ``high_pct``, ``box``,
 ``border``, ``positions`` (auto | site_csv | plate_csv | sqlite | segment), ``illum`` (bool),
 ``phenix_channels`` ({ch number: DNA|ER|RNA|AGP|Mito} for plates without load_data.csv),
 ``segment_backend`` and ``segment_options`` (fallback segmentation), ``max_field_pixels`` (10000 x 10000),
-``mixed_bit_depth`` (skip | allow). Accounting: plates, sites (rows of the plates' tables), cells (nucleus
-positions of the sites used).
+``mixed_bit_depth`` (skip | allow), ``dataset`` and ``images_root`` (the Gallery's layout), ``plates`` (the
+plate barcodes to build; others are neither read nor counted). Accounting: plates, sites (rows of the plates'
+tables), cells (nucleus positions of the sites used).
 """
 
 from __future__ import annotations
 
 import os
+import posixpath
 from contextlib import ExitStack
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -46,14 +47,15 @@ import pipelines.sources.cp.positions as cp_positions
 from chammi_data.format.schema import Cell, make_cell_id
 from chammi_data.format.vocab import SOURCES
 from pipelines.sources.base import Discovery, Skipped, SourcePipeline, Unit, UnitResult, UnitSkip, safe_id
+from pipelines.sources.cp.illum import illuminate
 from pipelines.steps.imaging import BORDER_POLICIES, crop_box, to_uint8
+from pipelines.steps.rawinput import RawInput, as_raw_input, raw_input
 from pipelines.steps.rawio import (
     FieldMismatch,
     ImageHeader,
     ImageTooLarge,
     check_field,
     check_size,
-    missing_files,
 )
 
 CHANNELS: tuple[str, ...] = SOURCES["cp"].channels
@@ -61,43 +63,6 @@ assert tuple(lay.RAW_TO_VOCAB[c] for c in lay.RAW_CHANNELS) == CHANNELS, "cp_lay
 
 POSITIONS = ("auto", "site_csv", "plate_csv", "sqlite", "segment")
 MIXED_BIT_DEPTH = ("skip", "allow")
-
-
-def _rel(path: str | Path, root: Path) -> str:
-    """Path relative to the input root when inside it (so provenance does not depend on where data sits)."""
-    return _rel_cached(str(path), str(root))
-
-
-@lru_cache(maxsize=65536)
-def _rel_cached(path: str, root: str) -> str:
-    # Cached: resolve() is a realpath walk (syscalls per component) and a site names each file several times.
-    try:
-        return Path(path).resolve().relative_to(root).as_posix()
-    except ValueError:
-        return path
-
-
-def plate_dirs(root: Path) -> list[Path]:
-    """Plate folders under ``root``: those with ``load_data.csv``, or with an ``images/`` folder and no
-    table."""
-    found = {p.parent for p in root.rglob("load_data.csv")}
-    found |= {
-        p.parent for p in root.rglob("images") if p.is_dir() and not (p.parent / "load_data.csv").exists()
-    }
-    return sorted(found)
-
-
-@lru_cache(maxsize=5)
-def _illum_function(path: str, mtime_ns: int, size: int) -> np.ndarray:
-    """A plate's illumination function as read-only float64, cached per worker for the plate's 5 channels.
-
-    Every site of a plate divides by the same 5 functions (a real one is 2160 x 2160 float: 37 MB); units are
-    sorted by plate, so consecutive sites on a worker hit the cache. (mtime, size) in the key: a changed file
-    is read again.
-    """
-    fn = np.squeeze(np.load(path, allow_pickle=False)).astype(np.float64)
-    fn.setflags(write=False)
-    return fn
 
 
 class CPPipeline(SourcePipeline):
@@ -120,6 +85,13 @@ class CPPipeline(SourcePipeline):
         "segment_options": {},
         "max_field_pixels": 10_000 * 10_000,
         "mixed_bit_depth": "skip",  # see MIXED_BIT_DEPTH
+        # dataset name of every plate (groups["dataset"]); None: the folder holding platemaps/, or for the
+        # Gallery's layout the project's (layout.GALLERY_DATASETS), else the project folder's name
+        "dataset": None,
+        # where a Gallery project's images are; None: <project>/<source>/images beside the workspace
+        "images_root": None,
+        # plate barcodes to build (a list); None: every plate found. Others are not read (nor counted)
+        "plates": None,
     }
 
     def check_options(self, opts: dict[str, Any]) -> None:
@@ -135,56 +107,60 @@ class CPPipeline(SourcePipeline):
             opts["phenix_channels"] = {int(k): str(v) for k, v in opts["phenix_channels"].items()}
 
     # --------------------------------------------------------------------------------------------- discover
-    def discover(self, input_dir: Path, opts: dict[str, Any]) -> Discovery:
+    def discover(self, input_dir: Any, opts: dict[str, Any]) -> Discovery:
         """One unit per usable site; plates and sites that cannot be used are returned as skipped.
 
-        Accounting: plates (folders found; a plate whose tables cannot be read is skipped as a whole, its
-        sites uncounted) and sites (rows of the readable plates' tables).
+        The input is listed once (every file, relative paths) and only its tables are read. Accounting: plates
+        (folders found; a plate whose tables cannot be read is skipped as a whole, its sites uncounted) and
+        sites (rows of the readable plates' tables).
         """
-        root = Path(input_dir).resolve()
-        if not root.is_dir():
-            raise FileNotFoundError(f"Cell Painting input folder not found: {root}")
+        raw = as_raw_input(input_dir)
+        if raw.is_local and not os.path.isdir(raw.url):
+            raise FileNotFoundError(f"Cell Painting input folder not found: {raw.url}")
+        wanted = {str(p) for p in opts["plates"]} if opts["plates"] else None
+        listing = lay.gallery_listing(raw, wanted)
+        if listing is None:
+            listing = set(raw.list_files())
+        if not listing and not raw.is_local:
+            raise FileNotFoundError(f"Cell Painting input {raw.url}: no files there")
         units: dict[str, Unit] = {}
         skipped: list[Skipped] = []
-        plates = plate_dirs(root)
+        plates = [d for d in lay.plate_dirs(listing) if wanted is None or posixpath.basename(d) in wanted]
         n_sites = 0
         for pdir in plates:
-            plate_unit = f"cp-plate-{safe_id(_rel(pdir, root))}"
-            table = pdir / "load_data.csv"
+            plate_unit = f"cp-plate-{safe_id(pdir)}"
+            table = lay.plate_table(pdir, listing)
+            gallery = lay.gallery_plate(pdir)
+            images_root = lay.gallery_images_root(raw, gallery, opts["images_root"])
             try:
-                if table.is_file():
-                    sites = lay.read_load_data(table)
+                if table is not None:
+                    sites = lay.read_load_data(raw, table, listing, images_root)
                 else:
-                    sites = lay.sites_from_filenames(pdir / "images", pdir.name, opts["phenix_channels"])
+                    images = posixpath.join(pdir, "images")
+                    sites = lay.sites_from_filenames(
+                        images, posixpath.basename(pdir), opts["phenix_channels"], listing
+                    )
                     if not sites:
                         raise lay.LayoutError(
-                            f"{pdir / 'images'}: no load_data.csv and no ImageXpress file names (or Phenix "
-                            "names "
-                            "with config phenix_channels) to read the sites from"
+                            f"{raw.path(images)}: no load_data.csv and no ImageXpress file names (or Phenix "
+                            "names with config phenix_channels) to read the sites from"
                         )
-                pm_dir = lay.find_platemaps(pdir, root)
+                pm_dir = lay.find_platemaps(pdir, listing)
                 if pm_dir is None:
                     raise lay.LayoutError(
-                        f"{pdir}: no platemaps/barcode_platemap.csv in this folder or above it"
+                        f"{raw.path(pdir)}: no platemaps/barcode_platemap.csv in this folder or above it"
                     )
                 maps: dict[str, tuple[dict[str, lay.WellInfo], str]] = {}
                 for plate in sorted({site.plate for site in sites}):
-                    maps[plate] = lay.read_platemap(pm_dir, plate)
+                    maps[plate] = lay.read_platemap(raw, pm_dir, plate)
             except (lay.LayoutError, OSError, pd.errors.ParserError) as exc:
-                skipped.append(
-                    Skipped(
-                        self.key,
-                        plate_unit,
-                        str(exc),
-                        file=_rel(table if table.is_file() else pdir, root),
-                        kind="plates",
-                    )
-                )
+                skipped.append(Skipped(self.key, plate_unit, str(exc), file=table or pdir, kind="plates"))
                 continue
             n_sites += len(sites)
-            dataset = pm_dir.parent.name
+            dataset = lay.plate_dataset(raw, pm_dir, gallery, opts["dataset"])
+            extra = lay.gallery_extras(raw, gallery, images_root if opts["illum"] else None)
             for site in sites:
-                unit = self._site_unit(site, pdir, root, dataset, maps[site.plate], opts)
+                unit = self._site_unit(site, pdir, raw, dataset, maps[site.plate], opts, listing, extra)
                 if isinstance(unit, Skipped):
                     skipped.append(unit)
                 elif unit.unit_id in units:
@@ -193,7 +169,7 @@ class CPPipeline(SourcePipeline):
                             self.key,
                             unit.unit_id,
                             "duplicate site: the same plate/well/site appears twice",
-                            file=_rel(site.table, root),
+                            file=site.table,
                             row=site.row,
                         )
                     )
@@ -210,14 +186,16 @@ class CPPipeline(SourcePipeline):
     def _site_unit(
         self,
         site: lay.SiteRow,
-        pdir: Path,
-        root: Path,
+        pdir: str,
+        raw: RawInput,
         dataset: str,
         platemap: tuple[dict[str, lay.WellInfo], str],
         opts: dict[str, Any],
+        listing: set[str],
+        extra: dict[str, Any] | None = None,
     ) -> Unit | Skipped:
         unit_id = f"cp-{safe_id(dataset)}-{safe_id(site.plate)}-{site.well}-s{site.site}"
-        where = {"file": _rel(site.table, root), "row": site.row}
+        where = {"file": site.table, "row": site.row}
         if site.problems:
             return Skipped(self.key, unit_id, "; ".join(site.problems), **where)
         wells, map_file = platemap
@@ -226,18 +204,21 @@ class CPPipeline(SourcePipeline):
             return Skipped(
                 self.key,
                 unit_id,
-                f"well {site.well} of plate {site.plate} is not in platemap {_rel(map_file, root)}",
+                f"well {site.well} of plate {site.plate} is not in platemap {map_file}",
                 **where,
             )
+        extra = extra or {}
         illum = {}
         if opts["illum"]:
             for ch in lay.RAW_CHANNELS:
-                p = pdir / "illum" / f"{site.plate}_Illum{ch}.npy"
-                if p.is_file():
-                    illum[ch] = str(p)
+                cand = posixpath.join(pdir, "illum", f"{site.plate}_Illum{ch}.npy")
+                if cand in listing:
+                    illum[ch] = cand
+            illum.update(extra.get("illum", {}))
+            illum.update(site.illum)  # the row's own columns win
         try:
             positions = cp_positions.positions_source(
-                pdir, site.plate, site.well, site.site, opts["positions"]
+                pdir, site.plate, site.well, site.site, opts["positions"], listing, extra.get("also", ())
             )
         except lay.LayoutError as exc:
             return Skipped(self.key, unit_id, str(exc), **where)
@@ -245,7 +226,7 @@ class CPPipeline(SourcePipeline):
             self.key,
             unit_id,
             {
-                "root": str(root),
+                "root": raw.url,
                 "dataset": dataset,
                 "plate": site.plate,
                 "well": site.well,
@@ -263,20 +244,29 @@ class CPPipeline(SourcePipeline):
             },
         )
 
+    def unit_files(self, unit: Unit) -> list[str]:
+        """The objects a site reads: its five channel files and a per-site positions table (fetched ahead of
+        its processing on an object store; plate-wide tables are read once per worker)."""
+        p = unit.payload
+        files = [p["files"][ch] for ch in lay.RAW_CHANNELS]
+        if p["positions"]["kind"] == "site_csv":
+            files.append(p["positions"]["path"])
+        return files
+
     # ---------------------------------------------------------------------------------------------- process
     def process(self, unit: Unit, opts: dict[str, Any]) -> UnitResult:
         """Read, correct, scale, locate nuclei and crop one site. Raises :class:`UnitSkip` for an unusable
         site."""
         p = unit.payload
-        root = Path(p["root"])
+        root = raw_input(p["root"])
         field, depths = self._read_field(p, root, opts)
-        field = self._illuminate(field, p, root)
+        field = illuminate(field, p["illum"], root)
         img8 = np.empty((len(field), *field[0].shape), dtype=np.uint8)
         for k, ch in enumerate(lay.RAW_CHANNELS):
             try:
                 img8[k] = to_uint8(field[k], opts["low_pct"], opts["high_pct"], where=f"channel {ch}")
             except ValueError as exc:  # constant channel or NaN/inf after correction
-                raise UnitSkip(str(exc), _rel(p["files"][ch], root), p["row"]) from None
+                raise UnitSkip(str(exc), root.display(p["files"][ch]), p["row"]) from None
         centres, dropped, pos_file = self._positions(p, field, opts, root)
         h, w = field[0].shape
         cells: list[Cell] = []
@@ -321,11 +311,11 @@ class CPPipeline(SourcePipeline):
                 "nucleus_y": round(y, 3),
                 "positions": p["positions"]["kind"],
                 "positions_file": pos_file,
-                "file": _rel(p["files"]["DNA"], root),
-                "files": {ch: _rel(f, root) for ch, f in p["files"].items()},
-                "load_data": _rel(p["table"], root),
+                "file": root.display(p["files"]["DNA"]),
+                "files": {ch: root.display(f) for ch, f in p["files"].items()},
+                "load_data": root.display(p["table"]),
                 "row": p["row"],
-                "platemap": _rel(p["platemap"], root),
+                "platemap": root.display(p["platemap"]),
                 "illum": bool(p["illum"]),
                 "bit_depth": max(depths.values()),
                 "field_hw": [h, w],
@@ -350,7 +340,7 @@ class CPPipeline(SourcePipeline):
         return UnitResult(cells, skipped, found={"cells": len(centres) + len(dropped)})
 
     def _read_field(
-        self, p: dict[str, Any], root: Path, opts: dict[str, Any]
+        self, p: dict[str, Any], root: RawInput, opts: dict[str, Any]
     ) -> tuple[list[np.ndarray], dict[str, int]]:
         """The 5 (H, W) planes in RAW_CHANNELS order, in the files' own dtype, and each file's bit depth.
 
@@ -361,17 +351,26 @@ class CPPipeline(SourcePipeline):
         sort of a float copy costs more than reading the TIFFs); only illumination correction makes a plane
         float.
         """
-        files = {ch: Path(p["files"][ch]) for ch in lay.RAW_CHANNELS}
-        rel = {ch: _rel(f, root) for ch, f in files.items()}
-        name = {ch: f"{ch} ({Path(r).name})" for ch, r in rel.items()}
-        missing = missing_files(files, name)
+        rel = {ch: root.display(p["files"][ch]) for ch in lay.RAW_CHANNELS}
+        name = {ch: f"{ch} ({posixpath.basename(r)})" for ch, r in rel.items()}
+        sources: dict[str, Any] = {}
+        missing = []
+        for ch in lay.RAW_CHANNELS:
+            try:
+                sources[ch] = root.fetch(p["files"][ch])
+            except FileNotFoundError as exc:
+                if not getattr(exc, "missing", True):  # refused, not missing: say so
+                    raise UnitSkip(f"unreadable {ch} image: {exc}", rel[ch], p["row"]) from None
+                missing.append(ch)
         if missing:
-            raise UnitSkip(missing[0], rel[missing[1]], p["row"])
+            raise UnitSkip(
+                f"missing channel file(s): {', '.join(name[k] for k in missing)}", rel[missing[0]], p["row"]
+            )
         with ExitStack() as stack:
             tiffs, shapes, depths = {}, {}, {}
             for ch in lay.RAW_CHANNELS:
                 try:
-                    tiffs[ch] = stack.enter_context(tifffile.TiffFile(files[ch]))
+                    tiffs[ch] = stack.enter_context(tifffile.TiffFile(sources[ch]))
                     series = tiffs[ch].series[0]
                     header = ImageHeader.of_series(series)
                     dtype = np.dtype(series.dtype)
@@ -411,57 +410,20 @@ class CPPipeline(SourcePipeline):
                     ) from None
         return planes, depths
 
-    def _illuminate(self, field: list[np.ndarray], p: dict[str, Any], root: Path) -> list[np.ndarray]:
-        """Divide each channel by its illumination function (CellProfiler convention), in float64.
-
-        An integer plane is rounded back to integers after the division (to the nearest count, the precision
-        the camera gave; values stay non-negative), so that the percentile clip keeps its exact histogram path
-        instead of sorting a float copy (much slower): the 8-bit result moves by at most one grey level on
-        rare pixels. Float planes stay float.
-        """
-        if not p["illum"]:
-            return field
-        out = list(field)
-        for k, ch in enumerate(lay.RAW_CHANNELS):
-            path = p["illum"].get(ch)
-            if path is None:
-                continue
-            rel = _rel(path, root)
-            try:
-                st = os.stat(path)
-                fn = _illum_function(str(path), st.st_mtime_ns, st.st_size)
-            except Exception as exc:
-                raise UnitSkip(
-                    f"unreadable illumination function {ch} ({type(exc).__name__}: {exc})", rel
-                ) from None
-            if fn.shape != field[k].shape:
-                raise UnitSkip(
-                    f"illumination function {ch} has shape {fn.shape}, field is {field[k].shape}", rel
-                )
-            if not np.all(np.isfinite(fn)):
-                raise UnitSkip(f"illumination function {ch} holds NaN/inf", rel)
-            if np.any(fn <= 0):
-                raise UnitSkip(f"illumination function {ch} has values <= 0 (cannot divide)", rel)
-            corrected = field[k].astype(np.float64) / fn
-            if np.issubdtype(field[k].dtype, np.integer) and corrected.min() >= 0 and corrected.max() < 2**31:
-                corrected = np.rint(corrected).astype(np.int32)
-            out[k] = corrected
-        return out
-
     def _positions(
         self,
         p: dict[str, Any],
         field: list[np.ndarray],
         opts: dict[str, Any],
-        root: Path,
+        root: RawInput,
     ) -> tuple[list[tuple[int, float, float]], list[tuple[str, str]], str]:
         """[(object number, x, y)] in field pixels, [(row, reason)] of position rows without coordinates, and
         the file they came from ('segmentation:DNA' for segmentation)."""
         spec = p["positions"]
         if spec["kind"] != "segment":
-            rel = _rel(spec["path"], root)
+            rel = root.display(spec["path"])
             try:
-                found, dropped = cp_positions.read_positions(spec, p["plate"], p["well"], p["site"])
+                found, dropped = cp_positions.read_positions(spec, p["plate"], p["well"], p["site"], root)
             except (lay.LayoutError, OSError, ValueError, pd.errors.ParserError) as exc:
                 raise UnitSkip(f"cannot read nucleus positions ({exc})", rel, p["row"]) from None
             if not found:
@@ -476,7 +438,7 @@ class CPPipeline(SourcePipeline):
         if not props:
             raise UnitSkip(
                 "site has no nuclei (segmentation of the DNA channel found none)",
-                _rel(p["files"]["DNA"], root),
+                root.display(p["files"]["DNA"]),
                 p["row"],
             )
         return [(int(r["label"]), r["centroid"][1], r["centroid"][0]) for r in props], [], "segmentation:DNA"

@@ -4,44 +4,81 @@ Per site, in this order (``positions_source``): the per-site ``<plate>/analysis/
 Nuclei.csv``, the per-plate ``<plate>/Nuclei.csv`` (filtered by its ``Metadata_`` columns, or joined to
 ``Image.csv`` on ``ImageNumber``), the plate's CellProfiler SQLite backend (table ``Nuclei`` joined to
 ``Image`` on ``ImageNumber`` (+ ``TableNumber``)), else segmentation of the DNA channel by the caller.
-Positions are ``Nuclei_Location_Center_X`` / ``_Y`` in field pixels.
+Positions are ``Nuclei_Location_Center_X`` / ``_Y`` in field pixels. Files are named relative to the
+input root (:mod:`pipelines.steps.rawinput`) and read through it; a SQLite database is copied to the worker
+first when the input is not a local folder.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import math
+import os
+import posixpath
 import sqlite3
+from collections.abc import Collection
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from pipelines.sources.cp.layout import LayoutError, normalise_well
+from pipelines.steps.rawinput import RawInput, as_raw_input
 
 X_COL, Y_COL = "Nuclei_Location_Center_X", "Nuclei_Location_Center_Y"
 
 
-def site_nuclei_csv(plate_dir: Path, plate: str, well: str, site: int) -> Path:
-    """Where a per-site CellProfiler ``Nuclei.csv`` lives."""
-    return plate_dir / "analysis" / f"{plate}-{well}-{site}" / "Nuclei.csv"
+def site_nuclei_csv(plate_dir: Any, plate: str, well: str, site: int) -> Any:
+    """Where a per-site CellProfiler ``Nuclei.csv`` lives (a ``Path`` for a ``Path``, else relative)."""
+    rel = f"analysis/{plate}-{well}-{site}/Nuclei.csv"
+    return plate_dir / rel if isinstance(plate_dir, Path) else posixpath.join(plate_dir, rel)
 
 
-def positions_source(plate_dir: Path, plate: str, well: str, site: int, mode: str = "auto") -> dict[str, str]:
+def positions_source(
+    plate_dir: Any,
+    plate: str,
+    well: str,
+    site: int,
+    mode: str = "auto",
+    listing: Collection[str] | None = None,
+    also: tuple[str, ...] = (),
+) -> dict[str, str]:
     """Pick where this site's nucleus positions come from: ``{"kind": site_csv|plate_csv|sqlite|segment,
     "path"}``.
 
-    ``mode`` ``auto`` takes the first that exists in that order; a named kind forces it (``segment`` always).
+    ``plate_dir``: a local folder, or with ``listing`` (every file of the input, relative paths) the plate's
+    relative path; then ``path`` is relative too, and ``also`` names more folders holding the plate's
+    CellProfiler output (a Gallery plate's ``analysis/<batch>/<plate>`` and ``backend/<batch>/<plate>``,
+    whose per-site folders may also be named ``<well>-<site>``). ``mode`` ``auto`` takes the first that
+    exists in that order; a named kind forces it (``segment`` always).
     """
-    candidates = [
-        ("site_csv", site_nuclei_csv(plate_dir, plate, well, site)),
-        ("plate_csv", plate_dir / "Nuclei.csv"),
-    ]
-    sqlite = sorted(plate_dir.glob("*.sqlite"))
-    candidates.append(("sqlite", sqlite[0] if sqlite else plate_dir / f"{plate}.sqlite"))
+    if listing is None:
+        pdir = Path(plate_dir)
+        sqlite = sorted(pdir.glob("*.sqlite"))
+        candidates = [
+            ("site_csv", str(site_nuclei_csv(pdir, plate, well, site))),
+            ("plate_csv", str(pdir / "Nuclei.csv")),
+            ("sqlite", str(sqlite[0] if sqlite else pdir / f"{plate}.sqlite")),
+        ]
+        exists = os.path.isfile
+    else:
+        roots = [str(plate_dir).strip("/"), *also]
+        candidates = [("site_csv", site_nuclei_csv(r, plate, well, site)) for r in roots]
+        candidates += [
+            ("site_csv", posixpath.join(r, "analysis", f"{well}-{site}", "Nuclei.csv")) for r in roots[1:]
+        ]
+        candidates += [("plate_csv", posixpath.join(r, "Nuclei.csv")) for r in roots]
+        for r in roots:
+            sqlite_rel = sorted(f for f in listing if posixpath.dirname(f) == r and f.endswith(".sqlite"))
+            candidates.append(
+                ("sqlite", sqlite_rel[0] if sqlite_rel else posixpath.join(r, f"{plate}.sqlite"))
+            )
+        exists = listing.__contains__
     for kind, path in candidates:
-        if mode in ("auto", kind) and path.is_file():
-            return {"kind": kind, "path": str(path)}
+        if mode in ("auto", kind) and exists(path):
+            return {"kind": kind, "path": path}
     if mode not in ("auto", "segment"):
         raise LayoutError(f"positions mode {mode!r}: no such file for plate {plate} well {well} site {site}")
     return {"kind": "segment", "path": ""}
@@ -98,9 +135,12 @@ _NA = {
 }
 
 
-def _site_csv_objects(path: Path, where: str) -> tuple[list[Position], list[Dropped]]:
-    """:func:`_objects` of a per-site Nuclei.csv, read with the csv module (same rows, same numbers)."""
-    with open(path, newline="", encoding="utf-8-sig") as fh:
+def _site_csv_objects(text: str | Path, where: str) -> tuple[list[Position], list[Dropped]]:
+    """:func:`_objects` of a per-site Nuclei.csv (its text, or a local file), read with the csv module (same
+    rows, same numbers)."""
+    if isinstance(text, Path):
+        text = text.read_text(encoding="utf-8-sig")
+    with io.StringIO(text, newline="") as fh:
         rows = csv.reader(fh)
         header = next(rows, None)
         if header is None:
@@ -109,7 +149,7 @@ def _site_csv_objects(path: Path, where: str) -> tuple[list[Position], list[Drop
             if col not in header:
                 raise LayoutError(f"{where}: missing column {col!r}")
         ix, iy = header.index(X_COL), header.index(Y_COL)
-        io = header.index("ObjectNumber") if "ObjectNumber" in header else None
+        io_ = header.index("ObjectNumber") if "ObjectNumber" in header else None
         out: list[Position] = []
         dropped: list[Dropped] = []
         n = 0
@@ -124,12 +164,12 @@ def _site_csv_objects(path: Path, where: str) -> tuple[list[Position], list[Drop
             fx = math.nan if x in _NA else float(x)
             fy = math.nan if y in _NA else float(y)
             if math.isnan(fx) or math.isnan(fy):
-                o = row[io].strip() if io is not None else ""
+                o = row[io_].strip() if io_ is not None else ""
                 dropped.append(
                     (f"ObjectNumber {int(float(o))}" if o not in _NA else f"row {n}", NO_COORDINATES)
                 )
                 continue
-            out.append((int(float(row[io])) if io is not None else n, fx, fy))
+            out.append((int(float(row[io_])) if io_ is not None else n, fx, fy))
     return out, dropped
 
 
@@ -142,45 +182,51 @@ def _site_filter(df: pd.DataFrame, plate: str, well: str, site: int, prefix: str
 
 
 @lru_cache(maxsize=4)
-def _read_table(path: str, mtime_ns: int) -> pd.DataFrame:
-    """A per-plate table read once per worker process (sites of a plate usually run on the same worker).
+def _read_table(raw: RawInput, path: str, stamp: str) -> pd.DataFrame:
+    """A per-plate table read once per worker process (sites of a plate usually run on the same worker);
+    ``stamp`` (a local file's mtime) makes a changed file be read again.
 
     Only the columns the position lookup needs are kept: real per-plate Nuclei.csv files have hundreds of
     feature columns and millions of rows.
     """
-    header = pd.read_csv(path, nrows=0).columns
+    data = raw.read(path)
+    header = pd.read_csv(io.BytesIO(data), nrows=0).columns
     keep = [c for c in header if c in (X_COL, Y_COL, "ObjectNumber", "ImageNumber") or "Metadata_" in c]
-    return pd.read_csv(path, usecols=keep)
+    return pd.read_csv(io.BytesIO(data), usecols=keep)
 
 
-def _table(path: Path) -> pd.DataFrame:
-    return _read_table(str(path), path.stat().st_mtime_ns)
+def _table(raw: RawInput, path: str) -> pd.DataFrame:
+    store, rel = raw.locate(path)
+    stamp = str(os.stat(store.path(rel)).st_mtime_ns) if store.is_local else ""
+    return _read_table(raw, path, stamp)
 
 
 def read_positions(
-    spec: dict[str, str], plate: str, well: str, site: int
+    spec: dict[str, str], plate: str, well: str, site: int, raw: RawInput | None = None
 ) -> tuple[list[Position], list[Dropped]]:
-    """The site's nuclei from a :func:`positions_source` spec: [(ObjectNumber, x, y)] in pixels, and
-    [(where, reason)] of its rows that have no coordinates (the caller lists them as skipped)."""
-    kind, path = spec["kind"], Path(spec["path"])
-    where = f"{path} (plate {plate} well {well} site {site})"
+    """The site's nuclei from a :func:`positions_source` spec (its path relative to the input ``raw``, or
+    absolute without one): [(ObjectNumber, x, y)] in pixels, and [(where, reason)] of its rows that have no
+    coordinates (the caller lists them as skipped)."""
+    raw = raw or as_raw_input("/")
+    kind, path = spec["kind"], spec["path"]
+    where = f"{raw.full(path)} (plate {plate} well {well} site {site})"
     if kind == "site_csv":
-        return _site_csv_objects(path, where)
+        return _site_csv_objects(raw.read(path).decode("utf-8-sig"), where)
     if kind == "plate_csv":
-        df = _table(path)
+        df = _table(raw, path)
         if "Metadata_Well" not in df.columns:
-            image_csv = path.parent / "Image.csv"
-            if "ImageNumber" not in df.columns or not image_csv.is_file():
+            image_csv = posixpath.join(posixpath.dirname(path.replace("\\", "/")), "Image.csv")
+            if "ImageNumber" not in df.columns or not raw.is_file(image_csv):
                 raise LayoutError(
                     f"{where}: needs Metadata_Well/Metadata_Site columns, or ImageNumber + Image.csv"
                 )
-            img = _table(image_csv)
+            img = _table(raw, image_csv)
             prefix = "Image_" if "Image_Metadata_Well" in img.columns else ""
             keep = img.loc[_site_filter(img, plate, well, site, prefix), "ImageNumber"]
             return _objects(df[df["ImageNumber"].isin(keep)], where)
         return _objects(df[_site_filter(df, plate, well, site, "")], where)
     if kind == "sqlite":
-        return _sqlite_positions(path, plate, well, site, where)
+        return _sqlite_positions(raw.local_file(path), plate, well, site, where)
     raise LayoutError(f"{where}: unknown positions kind {kind!r}")
 
 

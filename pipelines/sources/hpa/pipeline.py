@@ -1,6 +1,8 @@
 """HPA (Human Protein Atlas) fields -> 512 x 512 single-cell crops.
 
-Input folder (``--input DIR``):
+Input folder (``--input DIR``: a path or any location, e.g. an HTTPS server or a bucket; the tables are read
+on the client and each field's four images by the worker that processes it, see
+:mod:`pipelines.steps.rawinput`):
 
 - field images ``{ID}_{red,green,blue,yellow}.png`` (8- or 16-bit grayscale, any size), in ``DIR`` or
   ``DIR/train``; red = microtubules, green = protein of interest, blue = nucleus, yellow = ER;
@@ -46,14 +48,15 @@ from chammi_data.format.schema import Cell, make_cell_id
 from chammi_data.format.vocab import SOURCES
 from pipelines.sources.base import Discovery, Skipped, SourcePipeline, Unit, UnitResult, UnitSkip, safe_id
 from pipelines.steps.imaging import BORDER_POLICIES, crop_box, to_uint8
+from pipelines.steps.rawinput import RawInput, as_raw_input, raw_input
 from pipelines.steps.rawio import (
     FieldMismatch,
     ImageHeader,
     ImageTooLarge,
+    Source,
     check_field,
     check_size,
     image_header,
-    missing_files,
 )
 from pipelines.steps.segmentation import cell_properties, segment
 
@@ -101,32 +104,40 @@ def _image_keys(image: str) -> list[str]:
     return list(dict.fromkeys(keys))
 
 
-def find_image_dir(input_dir: Path) -> Path:
-    """``input_dir/train`` when it holds ``*_blue.png`` fields, else ``input_dir``."""
-    sub = input_dir / "train"
-    if sub.is_dir() and any(sub.glob("*_blue.png")):
-        return sub
-    return input_dir
+def find_image_dir(raw: Any, probe_id: str = "") -> str:
+    """``"train"`` when ``raw/train`` holds the ``*_blue.png`` fields, else ``""`` (fields at the root).
+
+    A folder is searched; a location that cannot list (plain HTTP) is asked for ``train/<probe_id>_blue.png``,
+    the first field of the labels table."""
+    raw = as_raw_input(raw)
+    if raw.is_local:
+        sub = Path(raw.url) / "train"
+        return "train" if sub.is_dir() and any(sub.glob("*_blue.png")) else ""
+    if probe_id and raw.is_file(f"train/{probe_id}_blue.png"):
+        return "train"
+    return "train" if raw.can_list and not probe_id and raw.is_dir("train") else ""
 
 
-def table_delimiter(path: Path) -> str:
+def table_delimiter(header: str) -> str:
     """Tab or comma, whichever the header line holds more of: HPA's ``kaggle_2021.tsv`` is comma-separated
     despite its suffix (the public Kaggle solutions read it with ``pd.read_csv(path)``), other copies use
     tabs."""
-    with open(path, encoding="utf-8-sig", newline="") as fh:
-        header = fh.readline()
     return "\t" if header.count("\t") > header.count(",") else ","
 
 
-def read_cellline_table(path: Path) -> dict[str, dict[str, Any]]:
-    """{field ID: {"cellline", "in_trainset"}} from a ``kaggle_2021.tsv``-style table, tab- or
-    comma-separated; ``Image`` values may be field IDs, file paths or HPA public addresses (see
-    :func:`_image_keys`)."""
-    table = pd.read_csv(path, sep=table_delimiter(path), dtype=str, keep_default_na=False)
+def read_cellline_table(raw: Any, ref: str | None = None) -> dict[str, dict[str, Any]]:
+    """{field ID: {"cellline", "in_trainset"}} from a ``kaggle_2021.tsv``-style table (``ref`` in the input
+    ``raw``, or a path given as ``raw`` alone), tab- or comma-separated; ``Image`` values may be field IDs,
+    file paths or HPA public addresses (see :func:`_image_keys`)."""
+    if ref is None:
+        raw, ref = as_raw_input(Path(raw).parent), Path(raw).name
+    raw = as_raw_input(raw)
+    where = raw.path(ref)
+    table = raw.table(ref, sep=table_delimiter(raw.first_line(ref)), dtype=str, keep_default_na=False)
     missing = {"Image", "Cellline"} - set(table.columns)
     if missing:
         raise ValueError(
-            f"{path}: cell-line table lacks column(s) {sorted(missing)}; has {list(table.columns)}"
+            f"{where}: cell-line table lacks column(s) {sorted(missing)}; has {list(table.columns)}"
         )
     out: dict[str, dict[str, Any]] = {}
     for image, line, in_train in zip(
@@ -138,32 +149,46 @@ def read_cellline_table(path: Path) -> dict[str, dict[str, Any]]:
 
 
 def read_field(
-    files: dict[str, Path],
+    files: dict[str, Any],
     row: int | None,
     max_pixels: int,
     mixed_bit_depth: str = "skip",
+    raw: RawInput | None = None,
 ) -> dict[str, np.ndarray]:
     """The four stain images of a field ({stain: 2-D uint8/uint16 array}), checked from their headers before
     any is decoded; ``UnitSkip`` naming the file(s) and the table row when the field cannot be used.
 
-    Checks: every file exists (the skip names all missing ones), none decodes to more than ``max_pixels``
-    pixels, all have the nucleus image's size (the skip names each differing file and its size), and all share
-    one bit depth unless ``mixed_bit_depth == "allow"`` (the skip names each file's depth).
+    ``files``: {stain: file}, paths or, with ``raw``, names in that input (relative or full URLs). Checks:
+    every file exists (the skip names all missing ones), none decodes to more than ``max_pixels`` pixels, all
+    have the nucleus image's size (the skip names each differing file and its size), and all share one bit
+    depth unless ``mixed_bit_depth == "allow"`` (the skip names each file's depth).
     """
-    names = {s: files[s].name for s in STAINS}
-    missing = missing_files(files, names)
+    raw = raw or as_raw_input("/")
+    full = {s: raw.full(str(files[s])) for s in STAINS}
+    names = {s: raw.name(str(files[s])) for s in STAINS}
+    opened: dict[str, Source] = {}
+    missing: list[str] = []
+    for stain in STAINS:
+        try:
+            opened[stain] = raw.fetch(str(files[stain]))
+        except FileNotFoundError as exc:
+            if not getattr(exc, "missing", True):  # refused, not missing: say so
+                raise UnitSkip(f"unreadable channel file: {exc}", full[stain], row) from None
+            missing.append(stain)
     if missing:
-        raise UnitSkip(missing[0], files[missing[1]], row)
+        raise UnitSkip(
+            f"missing channel file(s): {', '.join(names[k] for k in missing)}", full[missing[0]], row
+        )
     headers: dict[str, ImageHeader] = {}
     for stain in STAINS:
         try:
-            headers[stain] = image_header(files[stain])
-            check_size(headers[stain], max_pixels, files[stain].name, "hpa.max_field_pixels")
+            headers[stain] = image_header(opened[stain])
+            check_size(headers[stain], max_pixels, names[stain], "hpa.max_field_pixels")
         except ImageTooLarge as err:
-            raise UnitSkip(str(err), files[stain], row) from None
+            raise UnitSkip(str(err), full[stain], row) from None
         except Exception as err:  # not an image, or a header cut short
             raise UnitSkip(
-                f"unreadable or truncated image ({type(err).__name__}: {err})", files[stain], row
+                f"unreadable or truncated image ({type(err).__name__}: {err})", full[stain], row
             ) from None
     try:
         check_field(
@@ -175,15 +200,16 @@ def read_field(
             "hpa.mixed_bit_depth",
         )
     except FieldMismatch as err:
-        raise UnitSkip(str(err), files[err.key], row) from None
-    return {s: read_channel(files[s], row) for s in STAINS}
+        raise UnitSkip(str(err), full[err.key], row) from None
+    return {s: read_channel(opened[s], row, full[s]) for s in STAINS}
 
 
-def read_channel(path: Path, row: int | None = None) -> np.ndarray:
-    """One stain PNG as a 2-D uint8/uint16 array; ``UnitSkip`` naming the file (and the table row) when it
-    cannot be used."""
-    if not path.is_file():
-        raise UnitSkip("missing channel file", path, row)
+def read_channel(path: Source, row: int | None = None, where: str | None = None) -> np.ndarray:
+    """One stain PNG (a path, or its bytes in a file object shown as ``where``) as a 2-D uint8/uint16 array;
+    ``UnitSkip`` naming the file (and the table row) when it cannot be used."""
+    shown = where or str(path)
+    if isinstance(path, str | Path) and not Path(path).is_file():
+        raise UnitSkip("missing channel file", shown, row)
     try:
         with warnings.catch_warnings():  # the size limit was checked from the header (read_field)
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -191,21 +217,21 @@ def read_channel(path: Path, row: int | None = None) -> np.ndarray:
                 im.load()  # decode now: a truncated file fails here, not later
                 arr = np.array(im)
     except Image.DecompressionBombError as err:  # over 2 x Image.MAX_IMAGE_PIXELS: Pillow refuses to open it
-        raise UnitSkip(f"image too large for Pillow ({err})", path, row) from None
+        raise UnitSkip(f"image too large for Pillow ({err})", shown, row) from None
     except Exception as err:  # PIL raises OSError, SyntaxError, ValueError... for broken files
-        raise UnitSkip(f"unreadable or truncated image ({type(err).__name__}: {err})", path, row) from None
+        raise UnitSkip(f"unreadable or truncated image ({type(err).__name__}: {err})", shown, row) from None
     if arr.ndim == 3:
         if arr.shape[2] in (3, 4) and all(np.array_equal(arr[..., 0], arr[..., k]) for k in (1, 2)):
             arr = arr[..., 0]  # grey stored as RGB(A): same plane three times
         else:
-            raise UnitSkip(f"expected a single-channel image, got shape {arr.shape}", path, row)
+            raise UnitSkip(f"expected a single-channel image, got shape {arr.shape}", shown, row)
     if arr.ndim != 2:
-        raise UnitSkip(f"expected a 2-D image, got shape {arr.shape}", path, row)
+        raise UnitSkip(f"expected a 2-D image, got shape {arr.shape}", shown, row)
     if arr.dtype == np.uint8 or arr.dtype == np.uint16:
         return arr
     if np.issubdtype(arr.dtype, np.integer) and arr.min() >= 0 and arr.max() <= 65535:
         return arr.astype(np.uint16)  # some 16-bit PNGs open as 32-bit "I"
-    raise UnitSkip(f"unsupported pixel type {arr.dtype}", path, row)
+    raise UnitSkip(f"unsupported pixel type {arr.dtype}", shown, row)
 
 
 class HPAPipeline(SourcePipeline):
@@ -248,21 +274,22 @@ class HPAPipeline(SourcePipeline):
     def tables(self, opts: dict[str, Any]) -> tuple[str, ...]:
         return (opts["labels_table"],)
 
-    def discover(self, input_dir: Path, opts: dict[str, Any]) -> Discovery:
-        input_dir = Path(input_dir)
-        labels_path = input_dir / opts["labels_table"]
-        lines_path = input_dir / opts["cellline_table"]
-        for p, what in (
-            (labels_path, "labels table (ID, Label)"),
-            (lines_path, "cell-line table (Image, Label, Cellline, in_trainset)"),
+    def discover(self, input_dir: Any, opts: dict[str, Any]) -> Discovery:
+        raw = as_raw_input(input_dir)
+        labels_ref, lines_ref = opts["labels_table"], opts["cellline_table"]
+        labels_path, lines_path = raw.path(labels_ref), raw.path(lines_ref)
+        for ref, what in (
+            (labels_ref, "labels table (ID, Label)"),
+            (lines_ref, "cell-line table (Image, Label, Cellline, in_trainset)"),
         ):
-            if not p.is_file():
-                raise FileNotFoundError(f"HPA input {input_dir}: {what} not found: {p}")
-        labels = pd.read_csv(labels_path, dtype=str, keep_default_na=False)
+            if not raw.is_file(ref):
+                raise FileNotFoundError(f"HPA input {raw}: {what} not found: {raw.path(ref)}")
+        labels = raw.table(labels_ref, dtype=str, keep_default_na=False)
         if not {"ID", "Label"} <= set(labels.columns):
             raise ValueError(f"{labels_path}: needs columns ID and Label; has {list(labels.columns)}")
-        lines = read_cellline_table(lines_path)
-        image_dir = find_image_dir(input_dir)
+        lines = read_cellline_table(raw, lines_ref)
+        first = next((str(i).strip() for i in labels["ID"] if str(i).strip()), "")
+        image_dir = find_image_dir(raw, first if not raw.is_local else "")
         units: list[Unit] = []
         skipped: list[Skipped] = []
         seen: dict[str, int] = {}
@@ -270,8 +297,8 @@ class HPAPipeline(SourcePipeline):
             row, field_id = i + 1, field_id.strip()
             uid = safe_id(field_id)
 
-            def skip(reason: str, file: Path = labels_path, _row: int = row, _uid: str = uid) -> None:
-                skipped.append(Skipped("hpa", _uid, reason, str(file), _row))
+            def skip(reason: str, file: str = labels_path, _row: int = row, _uid: str = uid) -> None:
+                skipped.append(Skipped("hpa", _uid, reason, file, _row))
 
             if not field_id:
                 skip("empty ID")
@@ -295,7 +322,7 @@ class HPAPipeline(SourcePipeline):
             if info is None or not info["cellline"]:
                 skip(f"no cell line for {field_id!r}", lines_path)
                 continue
-            files = {stain: str(image_dir / f"{field_id}_{stain}.png") for stain in STAINS}
+            files = {stain: f"{image_dir}/{field_id}_{stain}.png".lstrip("/") for stain in STAINS}
             units.append(
                 Unit(
                     "hpa",
@@ -308,17 +335,22 @@ class HPAPipeline(SourcePipeline):
                         "cellline": info["cellline"],
                         "in_trainset": info["in_trainset"],
                         "files": files,
-                        "root": str(input_dir),
+                        "root": raw.url,
                     },
                 )
             )
         units.sort(key=lambda u: u.unit_id)
         return Discovery(units, skipped, found={"fields": len(labels)})
 
+    def unit_files(self, unit: Unit) -> list[str]:
+        """The four images of a field (fetched ahead of its processing on an object store)."""
+        return [unit.payload["files"][s] for s in STAINS]
+
     def process(self, unit: Unit, opts: dict[str, Any]) -> UnitResult:
         p = unit.payload
-        files = {stain: Path(f) for stain, f in p["files"].items()}
-        raw = read_field(files, p["row"], int(opts["max_field_pixels"]), opts["mixed_bit_depth"])
+        input_ = raw_input(p["root"])
+        files = {stain: input_.full(f) for stain, f in p["files"].items()}
+        raw = read_field(p["files"], p["row"], int(opts["max_field_pixels"]), opts["mixed_bit_depth"], input_)
         shapes = {stain: a.shape for stain, a in raw.items()}
         depths = {STAINS[s]: 16 if a.dtype == np.uint16 else 8 for s, a in raw.items()}
         bit_depth = max(depths.values())
@@ -346,8 +378,7 @@ class HPAPipeline(SourcePipeline):
         if not props:
             raise UnitSkip("no cells found by segmentation", files["blue"], p["row"])
 
-        root = Path(p.get("root", files["blue"].parent))
-        rel = {s: _relative(files[s], root) for s in STAINS}
+        rel = {s: input_.display(p["files"][s]) for s in STAINS}
         size = int(opts["crop"])
         cells: list[Cell] = []
         skipped: list[Skipped] = []
@@ -425,11 +456,3 @@ class HPAPipeline(SourcePipeline):
         from pipelines.sources.hpa.synth import write_hpa_sample
 
         write_hpa_sample(Path(out_dir), seed)
-
-
-def _relative(path: Path, root: Path) -> str:
-    """Path relative to the input root (so output bytes do not depend on where the input lives)."""
-    try:
-        return path.resolve().relative_to(root.resolve()).as_posix()
-    except ValueError:
-        return path.name

@@ -8,11 +8,17 @@ text), the cell id is derived from ``file_path``, and the split and task members
 taken as they are (no task rules are applied). The release keeps the official row order (``order = "unit"``)
 so features computed on our release line up with the official CSV row for row. A row that cannot be read is
 skipped and reported with its CSV row.
+
+The download may lie at any location (:mod:`pipelines.steps.rawinput`): from a bucket or a web server the
+metadata tables are copied to a temp folder of the machine that reads them (the client, and each worker
+once), and a unit's tape images are fetched by its worker into a temp folder before they are read.
 """
 
 from __future__ import annotations
 
 import functools
+import shutil
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -31,12 +37,37 @@ from chammi_data.interop.official_layout import (
     row_to_cell,
 )
 from pipelines.sources.base import Discovery, Skipped, SourcePipeline, Unit, UnitResult
+from pipelines.steps.rawinput import RawInput, as_raw_input, raw_input
+
+
+def _tables_folder(raw: RawInput) -> Path:
+    """A local folder holding the download's metadata tables: the download itself when local, else a temp
+    folder with copies of ``<Folder>/enriched_meta.csv`` (and of merged CSVs at the root, where it can
+    list)."""
+    if raw.is_local:
+        return Path(raw.url).resolve()
+    mirror = Path(tempfile.mkdtemp(prefix="chammi-official-"))
+    names = [f"{info.folder}/{META_FILE}" for info in SOURCES.values()]
+    if raw.can_list:
+        names += [f for f in raw.list_files("") if "/" not in f and f.endswith(".csv")]
+    for name in names:
+        if raw.is_file(name):
+            (mirror / name).parent.mkdir(parents=True, exist_ok=True)
+            (mirror / name).write_bytes(raw.read(name))
+    return mirror
 
 
 @functools.lru_cache(maxsize=4)
 def _metadata(root: str) -> dict[str, pd.DataFrame]:
     """The official tables, read once per worker process (a 65k-row CSV takes a while)."""
-    return read_official_metadata(root)
+    raw = raw_input(root)
+    if raw.is_local:
+        return read_official_metadata(Path(raw.url).resolve())
+    folder = _tables_folder(raw)
+    try:
+        return read_official_metadata(folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 class OfficialPipeline(SourcePipeline):
@@ -58,10 +89,11 @@ class OfficialPipeline(SourcePipeline):
         """No task rules: the splits and tasks are the official columns."""
         return "official"
 
-    def discover(self, input_dir: Path, opts: dict[str, Any]) -> Discovery:
-        root = Path(input_dir).resolve()
+    def discover(self, input_dir: Any, opts: dict[str, Any]) -> Discovery:
+        raw = as_raw_input(input_dir)
+        root = raw.url if not raw.is_local else str(Path(raw.url).resolve())
         chunk = opts["chunk_rows"]
-        tables = read_official_metadata(root)
+        tables = _metadata.__wrapped__(root) if not raw.is_local else read_official_metadata(Path(root))
         units = []
         for key, df in tables.items():
             for start in range(0, len(df), chunk):
@@ -70,7 +102,7 @@ class OfficialPipeline(SourcePipeline):
                     Unit(
                         key,
                         f"{key}-rows-{start:09d}",
-                        {"root": str(root), "source": key, "start": start, "stop": stop},
+                        {"root": root, "source": key, "start": start, "stop": stop},
                         stop - start,
                     )
                 )
@@ -78,22 +110,38 @@ class OfficialPipeline(SourcePipeline):
             sorted(units, key=lambda u: u.unit_id), [], found={"rows": sum(map(len, tables.values()))}
         )
 
+    def unit_files(self, unit: Unit) -> list[str]:
+        """The tape images of the unit's rows (fetched ahead of its processing on an object store)."""
+        p = unit.payload
+        df = _metadata(p["root"])[p["source"]]
+        return [str(f) for f in df["file_path"].iloc[p["start"] : p["stop"]] if str(f)]
+
     def process(self, unit: Unit, opts: dict[str, Any]) -> UnitResult:
         p = unit.payload
-        root = Path(p["root"])
+        raw = raw_input(p["root"])
         df = _metadata(p["root"])[p["source"]]
         records = df.iloc[p["start"] : p["stop"]].to_dict("records")
+        local = raw.is_local
+        root = Path(p["root"]) if local else Path(tempfile.mkdtemp(prefix="chammi-official-"))
         cells, skipped = [], []
-        for offset, rec in enumerate(records):
-            row = p["start"] + offset
-            try:
-                cells.append(row_to_cell(root, p["source"], {str(k): str(v) for k, v in rec.items()}, row))
-            except (OfficialFormatError, ValueError) as exc:
-                skipped.append(
-                    Skipped(
-                        p["source"], unit.unit_id, str(exc), str(root / str(rec.get("file_path", ""))), row
+        try:
+            for offset, rec in enumerate(records):
+                row = p["start"] + offset
+                rel = str(rec.get("file_path", ""))
+                try:
+                    if not local:
+                        _fetch_image(raw, rel, root)
+                    cells.append(
+                        row_to_cell(root, p["source"], {str(k): str(v) for k, v in rec.items()}, row)
                     )
-                )
+                except (OfficialFormatError, ValueError) as exc:
+                    shown = str(root / rel) if local else raw.full(rel)
+                    skipped.append(
+                        Skipped(p["source"], unit.unit_id, str(exc).replace(str(root), p["root"]), shown, row)
+                    )
+        finally:
+            if not local:
+                shutil.rmtree(root, ignore_errors=True)
         return UnitResult(cells, skipped)
 
     def assign(self, table: pd.DataFrame, config: dict[str, Any]) -> pd.DataFrame:
@@ -118,6 +166,20 @@ class OfficialPipeline(SourcePipeline):
     def synth(self, out_dir: Path, seed: int = 0, cells_per_source: int = 14) -> None:
         """A tiny official-layout download: tape PNGs + enriched_meta.csv per source, every split present."""
         write_official_sample(Path(out_dir), seed, cells_per_source)
+
+
+def _fetch_image(raw: RawInput, rel: str, folder: Path) -> None:
+    """Copy the tape image ``rel`` of a remote download into ``folder`` (left absent when it is missing or
+    ``rel`` is unsafe: ``row_to_cell`` then names the problem)."""
+    from chammi_data.store.paths import UnsafePathError, safe_join
+
+    try:
+        target = safe_join(folder, rel)
+        data = raw.read(rel)
+    except (UnsafePathError, FileNotFoundError):
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(data)
 
 
 def write_official_sample(out_dir: Path, seed: int = 0, cells_per_source: int = 14) -> Path:

@@ -2,7 +2,10 @@
 
 Input layout (the Allen package): ``metadata.csv`` with one row per cell (``CellId, structure_name,
 cell_stage, FOVId, PlateId, WellId, crop_raw, crop_seg, name_dict, scale_micron``) and one OME-TIFF per
-cell at ``crop_raw`` (relative to the folder), axes (Z, C, Y, X), channels ``dna, membrane, structure``.
+cell at ``crop_raw`` (relative to the table's folder, or a full URL), axes (Z, C, Y, X), channels ``dna,
+membrane, structure``. The folder is any location (a path, ``s3://allencell/aics/
+hipsc_single_cell_image_dataset``, its HTTPS address): the table is read on the client, each cell's
+OME-TIFF by the worker that processes it (:mod:`pipelines.steps.rawinput`).
 
 One unit = one metadata row. Per cell:
 
@@ -34,7 +37,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import tifffile
 from skimage.transform import resize
 
@@ -42,7 +44,8 @@ from chammi_data.format.schema import Cell, make_cell_id
 from chammi_data.format.vocab import SOURCES
 from pipelines.sources.base import Discovery, Skipped, SourcePipeline, Unit, UnitResult, UnitSkip, safe_id
 from pipelines.steps.imaging import center_crop_or_pad, check_finite, to_uint8
-from pipelines.steps.rawio import ImageHeader, ImageTooLarge, check_size
+from pipelines.steps.rawinput import as_raw_input, raw_input
+from pipelines.steps.rawio import ImageHeader, ImageTooLarge, Source, check_size
 
 #: The six cell-cycle stage labels of CHAMMI WTC-11.
 STAGES: tuple[str, ...] = ("M0", "M1M2", "M3", "M4M5", "M6M7_complete", "M6M7_single")
@@ -75,10 +78,12 @@ def _parse_listish(text: Any, what: str) -> Any:
 
 
 def read_ome(
-    path: Path,
+    path: Source,
     max_voxels: int | None = None,
+    name: str | None = None,
 ) -> tuple[np.ndarray, list[str], tuple[float | None, float | None, float | None]]:
-    """(array (Z, C, Y, X), OME channel names, physical sizes (z, y, x) in um) of an OME-TIFF.
+    """(array (Z, C, Y, X), OME channel names, physical sizes (z, y, x) in um) of an OME-TIFF (a path, or the
+    file's bytes in a file object; ``name``: the file name messages show).
 
     ``max_voxels``: a stack whose header says it is larger raises :class:`pipelines.steps.rawio.ImageTooLarge`
     before any pixel is decoded.
@@ -90,9 +95,8 @@ def read_ome(
         with tifffile.TiffFile(path) as tf:
             series = tf.series[0]
             if max_voxels is not None:
-                check_size(
-                    ImageHeader.of_series(series), max_voxels, Path(path).name, "wtc11.max_stack_voxels"
-                )
+                shown = name or (Path(path).name if isinstance(path, str | Path) else "crop_raw")
+                check_size(ImageHeader.of_series(series), max_voxels, shown, "wtc11.max_stack_voxels")
             arr = series.asarray(maxworkers=1)  # one core per dask worker: no decoder thread pool
             axes = series.axes
             xml = tf.ome_metadata
@@ -147,14 +151,14 @@ class WTC11Pipeline(SourcePipeline):
     def tables(self, opts: dict[str, Any]) -> tuple[str, ...]:
         return (TABLE,)
 
-    def discover(self, input_dir: Path, opts: dict[str, Any]) -> Discovery:
-        input_dir = Path(input_dir)
-        table_path = input_dir / TABLE
-        if not table_path.is_file():
+    def discover(self, input_dir: Any, opts: dict[str, Any]) -> Discovery:
+        raw = as_raw_input(input_dir)
+        table_path = raw.path(TABLE)
+        if not raw.is_file(TABLE):
             raise FileNotFoundError(
                 f"WTC-11: {table_path} not found (expected metadata.csv + crop_raw OME-TIFFs)"
             )
-        table = pd.read_csv(table_path, dtype=str, keep_default_na=False)
+        table = raw.table(TABLE, dtype=str, keep_default_na=False)
         missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
         if missing:
             raise ValueError(f"WTC-11: {table_path} lacks column(s) {missing}; has {list(table.columns)}")
@@ -165,14 +169,14 @@ class WTC11Pipeline(SourcePipeline):
             cell_id = str(rec["CellId"]).strip()
             unit_id = f"cell-{safe_id(cell_id, 75)}"
             if not cell_id:
-                skipped.append(Skipped(self.key, f"row-{row}", "empty CellId", str(table_path), row))
+                skipped.append(Skipped(self.key, f"row-{row}", "empty CellId", table_path, row))
             elif cell_id in first_row:
                 skipped.append(
                     Skipped(
                         self.key,
                         unit_id,
                         f"duplicate CellId {cell_id} (first at row {first_row[cell_id]})",
-                        str(table_path),
+                        table_path,
                         row,
                     )
                 )
@@ -182,7 +186,7 @@ class WTC11Pipeline(SourcePipeline):
                         self.key,
                         unit_id,
                         f"unknown label cell_stage={rec['cell_stage']!r}; valid: {', '.join(STAGES)}",
-                        str(table_path),
+                        table_path,
                         row,
                     )
                 )
@@ -193,21 +197,32 @@ class WTC11Pipeline(SourcePipeline):
                     unit_id,
                     {
                         "row": row,
-                        "table": str(table_path),
-                        "root": str(input_dir),
+                        "table": table_path,
+                        "root": raw.url,
                         **{k: str(v) for k, v in rec.items()},
                     },
                 )
         return Discovery([units[k] for k in sorted(units)], skipped, found={"cells": len(table)})
 
+    def unit_files(self, unit: Unit) -> list[str]:
+        """The one object a unit reads (fetched ahead of its processing on an object store)."""
+        return [unit.payload["crop_raw"]]
+
     def process(self, unit: Unit, opts: dict[str, Any]) -> UnitResult:
         p = unit.payload
         row = p["row"]
-        path = Path(p["root"]) / p["crop_raw"]
-        if not path.is_file():
-            raise UnitSkip(f"missing file: crop_raw {p['crop_raw']!r} does not exist", path, row)
+        raw = raw_input(p["root"])
+        path = raw.full(p["crop_raw"])
         try:
-            stack, names, sizes = read_ome(path, int(opts["max_stack_voxels"]))
+            source = raw.fetch(p["crop_raw"])
+        except FileNotFoundError as exc:
+            if getattr(exc, "missing", True):
+                raise UnitSkip(
+                    f"missing file: crop_raw {p['crop_raw']!r} does not exist", path, row
+                ) from None
+            raise UnitSkip(f"unreadable crop_raw: {exc}", path, row) from None
+        try:
+            stack, names, sizes = read_ome(source, int(opts["max_stack_voxels"]), raw.name(p["crop_raw"]))
         except ImageTooLarge as exc:
             raise UnitSkip(str(exc), path, row) from None
         except Exception as exc:  # truncated / corrupt TIFF, bad OME-XML
@@ -271,9 +286,7 @@ class WTC11Pipeline(SourcePipeline):
         return UnitResult([cell])
 
     @staticmethod
-    def _check_pixel_size(
-        p: dict[str, Any], sizes: tuple, opts: dict[str, Any], path: Path, row: int
-    ) -> None:
+    def _check_pixel_size(p: dict[str, Any], sizes: tuple, opts: dict[str, Any], path: str, row: int) -> None:
         """PhysicalSizeZ/Y/X must agree with ``scale_micron`` (a number or a list) when both are given."""
         text = p.get("scale_micron", "")
         if not text or all(s is None for s in sizes):
