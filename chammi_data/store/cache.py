@@ -8,6 +8,7 @@ sees half a shard. The temporary name records who writes it: ``.<name>.<host tag
   files of writers that are gone: on this host, a writer pid that no longer runs; on any host, a file
   untouched for :data:`STALE_AFTER_S` seconds (a writer appends as it downloads, so a file that old is
   nobody's). A file a live process on this host is writing is never touched.
+- :class:`ShardCache`: a remote release's whole shards, downloaded once and checked against ``release.json``.
 - :class:`CacheFullError`: a disk that fills up while a shard is written gives one error naming the cache
   path, the bytes needed and the bytes free; the partial file is removed.
 """
@@ -16,17 +17,23 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
+import logging
 import os
 import re
 import shutil
 import socket
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from chammi_data.errors import UserError
+from chammi_data.store.paths import file_sha256
+from chammi_data.store.remote import RemoteReadError
+
+log = logging.getLogger(__name__)
 
 #: Seconds after which a temporary file nobody touched is removed whoever wrote it.
 STALE_AFTER_S = 3600.0
@@ -130,3 +137,70 @@ def write_atomically(path: Path, chunks: Iterable[bytes | memoryview], size: int
 def _write(fh: Any, chunk: bytes | memoryview) -> None:
     """One write into the cache (a function of its own so tests can make the disk full)."""
     fh.write(chunk)
+
+
+class ShardCache:
+    """Whole shards of one remote release on local disk (``store.cache_root()``): each downloaded once,
+    atomically, in requests of ``chunk`` bytes (each with its deadline), and checked against the sha256
+    ``release.json`` records once per process before its first use; a bad download is fetched once more, then
+    an error. The first use in a process removes the temporary files of downloads whose writer is gone."""
+
+    def __init__(self, store: Any, chunk: int) -> None:
+        self.store, self.chunk = store, chunk
+        self.verified: set[str] = set()
+        self.sums: dict[str, str] | None = None
+        self.cleaned = False
+
+    def shard_sha256(self, rel: str) -> str | None:
+        """The sha256 ``release.json`` records for shard ``rel`` (None when it records none)."""
+        if self.sums is None:
+            try:
+                self.sums = dict(json.loads(self.store.read_bytes("release.json")).get("shards") or {})
+            except FileNotFoundError:
+                self.sums = {}
+        return self.sums.get(rel)
+
+    def local_path(self, rel: str) -> Path:
+        """The checked cached copy of ``rel``, downloaded when missing or not matching."""
+        if not self.cleaned:
+            self.cleaned = True
+            for stale in clean_stale_temp_files(self.store.cache_root()):
+                log.info("removed %s (a download whose writer is gone)", stale)
+        path = self.store.cache_path(rel)
+        if str(path) in self.verified:
+            return path
+        expected = self.shard_sha256(rel)
+        if path.is_file() and (expected is None or file_sha256(path) == expected):
+            self.verified.add(str(path))
+            return path
+        url = self.store.path(rel)
+        for attempt in (1, 2):
+            size = self.store.size(rel)
+            got = write_atomically(path, self._chunks(rel, size), size, url)
+            if expected is None or got == expected:
+                self.verified.add(str(path))
+                return path
+            log.warning("%s: download %d has sha256 %s, release.json records %s", url, attempt, got, expected)
+        path.unlink(missing_ok=True)
+        raise RemoteReadError(
+            f"{url}: the downloaded shard does not match the sha256 in release.json after 2 downloads (got "
+            f"{got}, expected {expected}); the cached copy was removed"
+        )
+
+    def _chunks(self, rel: str, size: int | None) -> Iterator[bytes | memoryview]:
+        store = self.store
+        if size is None or size <= self.chunk or store.ranges_ignored:
+            yield store.read_bytes(rel, what="download shard", nbytes=size)
+            return
+        for offset in range(0, size, self.chunk):
+            n = min(self.chunk, size - offset)
+            data, whole = store.fetch_range(rel, offset, n)
+            if whole:  # the server sent everything at once
+                yield data
+                return
+            if len(data) != n:
+                raise RemoteReadError(
+                    f"{store.path(rel)}: download shard: got {len(data)} of {n} bytes at offset {offset} "
+                    f"(the object is {size} bytes)"
+                )
+            yield data

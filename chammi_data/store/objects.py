@@ -29,11 +29,14 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
+from chammi_data.store.remote import call_with_retries
 from chammi_data.store.storage import ReleaseStore, RemoteObjectError, RetryPolicy
+
+T = TypeVar("T")
 
 #: objects larger than this are uploaded in parts (S3 needs parts of at least 5 MiB, except the last)
 MULTIPART_THRESHOLD = 16 << 20
@@ -121,6 +124,11 @@ class ObjectStore(ReleaseStore):
         root = self.url.rstrip("/") + "/"
         return text[len(root) :] if text.startswith(root) else None
 
+    def retrying(self, what: str, rel: str, call: Callable[[], T]) -> T:
+        """``call()`` (a client call on ``rel``) under the store's :class:`RetryPolicy`: retried on timeouts,
+        resets and 5xx within the deadline; refused or missing objects are one :class:`RemoteObjectError`."""
+        return call_with_retries(self.retry, self.path(rel), what, lambda _left: call(), self.credentials)
+
     def key(self, rel: str) -> str:
         """The filesystem path of ``rel`` as fsspec names it (no protocol) - or the local path."""
         return self.path(rel) if self.is_local else self.fs._strip_protocol(self.path(rel))
@@ -157,7 +165,7 @@ class ObjectStore(ReleaseStore):
         base = self.key(prefix).rstrip("/")
         root = self.key("").rstrip("/")
         try:
-            found = self._remote("list files", prefix, lambda: self.fs.find(base, withdirs=False))
+            found = self.retrying("list files", prefix, lambda: self.fs.find(base, withdirs=False))
         except RemoteObjectError as exc:
             if exc.missing:
                 return []
@@ -174,7 +182,7 @@ class ObjectStore(ReleaseStore):
                 return None
             return {"size": st.st_size, "etag": f"{st.st_mtime_ns}-{st.st_size}-{st.st_ino}"}
         try:
-            meta = self._remote("stat", rel, lambda: self.fs.info(self.key(rel), refresh=True))
+            meta = self.retrying("stat", rel, lambda: self.fs.info(self.key(rel), refresh=True))
         except RemoteObjectError as exc:
             if exc.missing:
                 return None
@@ -190,7 +198,7 @@ class ObjectStore(ReleaseStore):
         """A whole object in one request (no size request first), retried; errors name the object."""
         if self.is_local:
             return self.read_bytes(rel, what)
-        return self._remote(what, rel, lambda: self.fs.cat_file(self.key(rel), start=0))
+        return self.retrying(what, rel, lambda: self.fs.cat_file(self.key(rel), start=0))
 
     # -- writing ---------------------------------------------------------------------------------------
     def _temp_beside(self, rel: str) -> tuple[Path, Path]:
@@ -245,11 +253,11 @@ class ObjectStore(ReleaseStore):
         if size <= MULTIPART_THRESHOLD or self.protocol not in ("s3", "s3a"):
             src.seek(0)
             data = src.read()
-            self._remote(f"write ({size} bytes)", rel, lambda: self.fs.pipe_file(self.key(rel), data))
+            self.retrying(f"write ({size} bytes)", rel, lambda: self.fs.pipe_file(self.key(rel), data))
             return
         bucket, key, _ = self.fs.split_path(self.key(rel))
         call = self.fs.call_s3
-        upload = self._remote(
+        upload = self.retrying(
             "start multipart upload", rel, lambda: call("create_multipart_upload", Bucket=bucket, Key=key)
         )
         uid = upload["UploadId"]
@@ -258,7 +266,7 @@ class ObjectStore(ReleaseStore):
             src.seek(0)
             for number in range(1, -(-size // PART_SIZE) + 1):
                 body = src.read(PART_SIZE)
-                done = self._remote(
+                done = self.retrying(
                     f"upload part {number}",
                     rel,
                     lambda n=number, b=body: call(
@@ -266,7 +274,7 @@ class ObjectStore(ReleaseStore):
                     ),
                 )
                 parts.append({"PartNumber": number, "ETag": done["ETag"]})
-            self._remote(
+            self.retrying(
                 "complete multipart upload",
                 rel,
                 lambda: call(
@@ -288,7 +296,7 @@ class ObjectStore(ReleaseStore):
         if self.protocol not in ("s3", "s3a"):
             return 0
         bucket, key, _ = self.fs.split_path(self.key(prefix))
-        found = self._remote(
+        found = self.retrying(
             "list multipart uploads",
             prefix,
             lambda: self.fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=key),
@@ -324,7 +332,7 @@ class ObjectStore(ReleaseStore):
 
             # a lost answer to a create that succeeded reads as "exists" on the retry: callers that must
             # know (the build lock) read the object back and recognise their own content
-            return self._remote("create (If-None-Match: *)", rel, attempt)
+            return self.retrying("create (If-None-Match: *)", rel, attempt)
         if self.info(rel) is not None:
             return False
         self.put(rel, data)
@@ -348,7 +356,7 @@ class ObjectStore(ReleaseStore):
                     raise
                 return True
 
-            done = self._remote("replace (If-Match)", rel, attempt)
+            done = self.retrying("replace (If-Match)", rel, attempt)
             self.fs.invalidate_cache(self.key(rel))
             return done
         now = self.info(rel)
@@ -370,7 +378,7 @@ class ObjectStore(ReleaseStore):
             return
         keys = [self.key(r) for r in rels]
         with contextlib.suppress(FileNotFoundError):
-            self._remote(f"delete {len(keys)} object(s)", rels[0], lambda: self.fs.rm(keys))
+            self.retrying(f"delete {len(keys)} object(s)", rels[0], lambda: self.fs.rm(keys))
 
     def delete_prefix(self, prefix: str) -> None:
         """Delete everything under ``prefix`` (a folder locally)."""

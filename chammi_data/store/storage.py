@@ -33,14 +33,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from chammi_data.store.cache import clean_stale_temp_files, write_atomically
+from chammi_data.store.cache import ShardCache
 from chammi_data.store.credentials import credentials_source
 from chammi_data.store.obstore_client import ObstoreReader, obstore_reader
-from chammi_data.store.paths import default_release_location, file_sha256, protocol_of, strip_file_scheme
+from chammi_data.store.paths import default_release_location, protocol_of, strip_file_scheme
 from chammi_data.store.remote import (
     RemoteObjectError,
     RemoteReadError,
@@ -129,11 +129,9 @@ class ReleaseStore:
         self._obstore: ObstoreReader | None | bool = False  # False: not decided yet in this process
         self._pid = os.getpid()
         self._fds: dict[str, int] = {}
-        self._verified: set[str] = set()
-        self._shard_sums: dict[str, str] | None = None
+        self._cache: ShardCache | None = None  # the verified shard cache (made on first use)
         #: True once the server answered a ranged request with the whole object (said once, then cut here)
         self.ranges_ignored = False
-        self._cache_cleaned = False
         self._prefix: str | None = None
         self._root_release: bytes | None = None  # release.json as read while finding the generation
 
@@ -297,7 +295,7 @@ class ReleaseStore:
             return self._pread(str(self.local_path(rel)), offset, length)
         if self.is_local:
             return self._pread(self.path(rel), offset, length)
-        data, whole = self._fetch(rel, offset, length)
+        data, whole = self.fetch_range(rel, offset, length)
         return data[offset : offset + length] if whole else data
 
     def read_suffix(self, rel: str, length: int) -> bytes | memoryview:
@@ -306,10 +304,10 @@ class ReleaseStore:
             with open(self.path(rel), "rb") as fh:
                 fh.seek(max(0, os.fstat(fh.fileno()).st_size - length))
                 return fh.read()
-        data, whole = self._fetch(rel, -length, length)
+        data, whole = self.fetch_range(rel, -length, length)
         return data[-length:] if whole else data
 
-    def _fetch(self, rel: str, offset: int, length: int) -> tuple[bytes | memoryview, bool]:
+    def fetch_range(self, rel: str, offset: int, length: int) -> tuple[bytes | memoryview, bool]:
         """One ranged request (``offset < 0``: the last ``length`` bytes) and whether the server sent the
         whole object instead: a server that ignores ``Range`` answers 200 with everything, which the caller
         cuts (said once per store, see :meth:`check_ranges`)."""
@@ -352,7 +350,7 @@ class ReleaseStore:
         rather than once in every DataLoader worker."""
         if self.protocol in ("http", "https") and not self.ranges_ignored:
             try:
-                self._fetch("release.json", 0, 2)
+                self.fetch_range("release.json", 0, 2)
             except RemoteObjectError as exc:
                 if not exc.missing:
                     raise
@@ -395,20 +393,9 @@ class ReleaseStore:
         )
         return sorted(str(p)[len(base) + 1 :] for p in found)
 
-    # -- the shard cache -------------------------------------------------------------------------------------
-    def shard_sha256(self, rel: str) -> str | None:
-        """The sha256 ``release.json`` records for shard ``rel`` (None when it records none)."""
-        if self._shard_sums is None:
-            import json
-
-            try:
-                self._shard_sums = dict(json.loads(self.read_bytes("release.json")).get("shards") or {})
-            except FileNotFoundError:
-                self._shard_sums = {}
-        return self._shard_sums.get(rel)
-
+    # -- the shard cache (chammi_data.store.cache.ShardCache) -------------------------------------------
     def cache_root(self) -> Path:
-        """This location's folder in the cache."""
+        """This location's folder in the cache (its generation's, for a bucket release)."""
         if self.cache_dir is None:
             raise ValueError("no cache_dir set")
         tag = hashlib.sha256((self.url + "|" + self.generation_prefix()).encode()).hexdigest()[:16]
@@ -420,65 +407,16 @@ class ReleaseStore:
 
     def local_path(self, rel: str) -> Path:
         """A local file holding ``rel``: the file itself for a local store; for a remote one the cached copy,
-        downloaded when missing and checked against ``release.json`` once per process before its first use.
-        The first use in a process removes the temporary files of downloads whose writer is gone."""
+        downloaded when missing and checked against ``release.json`` once per process before its first use
+        (:class:`~chammi_data.store.cache.ShardCache`)."""
         if self.is_local:
             return Path(self.path(rel))
         if self.cache_dir is None:
             raise ValueError(f"{self.path(rel)} is remote and no cache_dir is set")
         self._check_pid()
-        if not self._cache_cleaned:
-            self._cache_cleaned = True
-            for stale in clean_stale_temp_files(self.cache_root()):
-                log.info("removed %s (a download whose writer is gone)", stale)
-        path = self.cache_path(rel)
-        key = str(path)
-        if key in self._verified:
-            return path
-        expected = self.shard_sha256(rel)
-        if path.is_file() and (expected is None or file_sha256(path) == expected):
-            self._verified.add(key)
-            return path
-        for attempt in (1, 2):
-            got = self._download(rel, path)
-            if expected is None or got == expected:
-                self._verified.add(key)
-                return path
-            log.warning(
-                "%s: download %d has sha256 %s, release.json records %s",
-                self.path(rel),
-                attempt,
-                got,
-                expected,
-            )
-        path.unlink(missing_ok=True)
-        raise RemoteReadError(
-            f"{self.path(rel)}: the downloaded shard does not match the sha256 in release.json "
-            f"after 2 downloads (got {got}, expected {expected}); the cached copy was removed"
-        )
-
-    def _download(self, rel: str, path: Path) -> str:
-        """Download ``rel`` into ``path`` (atomically, in requests of :data:`DOWNLOAD_CHUNK` bytes, each with
-        its deadline); returns the sha256 of what was written."""
-        size = self.size(rel)
-        return write_atomically(path, self._chunks(rel, size), size, self.path(rel))
-
-    def _chunks(self, rel: str, size: int | None) -> Iterator[bytes | memoryview]:
-        if size is None or size <= DOWNLOAD_CHUNK or self.ranges_ignored:
-            yield self.read_bytes(rel, what="download shard", nbytes=size)
-            return
-        for offset in range(0, size, DOWNLOAD_CHUNK):
-            n = min(DOWNLOAD_CHUNK, size - offset)
-            data, whole = self._fetch(rel, offset, n)
-            if whole:  # the server sent everything at once
-                yield data
-                return
-            if len(data) != n:
-                raise RemoteReadError(
-                    f"{self.path(rel)}: download shard: got {len(data)} of {n} bytes at offset {offset} "
-                    f"(the object is {size} bytes)"
-                )
-            yield data
+        if self._cache is None:
+            self._cache = ShardCache(self, DOWNLOAD_CHUNK)
+        return self._cache.local_path(rel)
 
     def close(self) -> None:
         """Close the open file descriptors of this process."""

@@ -131,7 +131,7 @@ class RawInput(ObjectStore):
             return os.path.isdir(store.path(rel))
         if not store.can_list:
             return False
-        return bool(store._remote("stat folder", rel, lambda: store.fs.isdir(store.key(rel))))
+        return bool(store.retrying("stat folder", rel, lambda: store.fs.isdir(store.key(rel))))
 
     # -- reading ------------------------------------------------------------------------------------
     def read(self, ref: str) -> bytes:

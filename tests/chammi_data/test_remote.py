@@ -259,3 +259,33 @@ def test_s3_ranged_reads_by_either_client_survive_forked_workers(client, s3_env,
     got = {s["cell_id"]: s["image"] for batch in loader for s in batch}
     assert len(got) == len(local)
     assert all(torch.equal(got[local[i]["cell_id"]], local[i]["image"]) for i in range(0, len(local), 7))
+
+
+@pytest.mark.parametrize("client", ["auto", "fsspec"])
+def test_a_release_in_a_generation_folder_is_read_by_either_client(
+    client, s3, tiny_release, tmp_path, monkeypatch
+):
+    """A bucket release that chammi-build published lives under ``g-<id>/``, named by the root release.json:
+    cells read through obstore's ranged reads and through fsspec come from that folder, equal to local."""
+    import json
+
+    server, _ = s3
+    for k, v in server.env().items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("CHAMMI_REMOTE_CLIENT", client)
+    gen = "g-0123456789abcdef"
+    folder = tmp_path / "release"
+    shutil.copytree(tiny_release, folder)
+    meta = json.loads((folder / "release.json").read_text())
+    meta.setdefault("extra", {})["generation"] = gen
+    (folder / "release.json").write_text(json.dumps(meta))
+    url = server.upload(folder, "chammi", f"releases/published-{client}/{gen}")
+    root = url.rsplit("/", 1)[0]
+    fs = fsspec.filesystem("s3", client_kwargs={"endpoint_url": server.endpoint})
+    fs.pipe_file(f"{root[5:]}/release.json", (folder / "release.json").read_bytes())
+    ds = chammi_data.load("all", root=root)
+    assert ds.store.generation_prefix() == gen + "/"
+    assert (ds.store.obstore is not None) == (client == "auto")
+    local = chammi_data.load("all", root=tiny_release)
+    for i in (0, 5, len(local) - 1):
+        np.testing.assert_array_equal(ds.read_array(i), local.read_array(i))
