@@ -32,6 +32,7 @@ stems of TargetParam/FixedChannels keep timm's bias. The tests check every count
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -45,7 +46,7 @@ from chammi_models.zoo.base import (
     match_channel_set,
     source_channel_sets,
 )
-from chammi_models.zoo.registry import register_model
+from chammi_models.zoo.registry import Builder, register_model
 from chammi_models.zoo.trunk import ConvNeXtTrunk, make_stem_conv
 
 
@@ -209,6 +210,51 @@ def first_layer_model(
     return attach_proxy_head(model, num_classes, temperature, learnable_temperature)
 
 
+#: ``stem(vocab, trunk, **options) -> first layer``; its keyword-only parameters are the model's options.
+StemFactory = Callable[..., nn.Module]
+
+
+def register_first_layer_model(
+    name: str, temperature: float, learnable_temperature: bool = False
+) -> Callable[[StemFactory], Builder]:
+    """Decorator: register a single-trunk strategy under ``name`` from its first-layer factory.
+
+    The decorated ``stem(vocab, trunk, *, <options>)`` builds the first layer. The registered builder takes
+    ``(channels=VOCAB, num_classes=None, backbone="convnext_tiny", *, temperature, learnable_temperature,
+    **options)`` with the two temperature defaults given here; the stem's keyword-only parameters, with
+    their defaults, are the model's options (``registry.model_options`` reads them through ``options_from``).
+    Returns the builder, so the module-level name is the builder as for every registered model.
+    """
+
+    def wrap(stem: StemFactory) -> Builder:
+        default_temperature, default_learnable = temperature, learnable_temperature
+
+        def builder(
+            channels: Sequence[str | int] = VOCAB,
+            num_classes: int | None = None,
+            backbone: str = "convnext_tiny",
+            *,
+            temperature: float = default_temperature,
+            learnable_temperature: bool = default_learnable,
+            **options: Any,
+        ) -> ChannelAdaptiveModel:
+            return first_layer_model(
+                channels,
+                backbone,
+                num_classes,
+                temperature,
+                learnable_temperature,
+                lambda vocab, trunk: stem(vocab, trunk, **options),
+            )
+
+        builder.__name__ = builder.__qualname__ = stem.__name__
+        builder.__doc__ = stem.__doc__
+        builder.options_from = stem  # type: ignore[attr-defined]
+        return register_model(name)(builder)
+
+    return wrap
+
+
 # -- registered entry points: only sizes and options, like timm's ----------------------------------------
 @register_model("channel_replication")
 def channel_replication(
@@ -238,103 +284,34 @@ def fixed_channels(
     return attach_proxy_head(model, num_classes, temperature, learnable_temperature)
 
 
-@register_model("target_param")
+@register_first_layer_model("target_param", temperature=0.07)
 def target_param(
-    channels: Sequence[str | int] = VOCAB,
-    num_classes: int | None = None,
-    backbone: str = "convnext_tiny",
+    vocab: tuple[str, ...],
+    trunk: ConvNeXtTrunk,
     *,
     sources: Sequence[str] | None = None,
     channel_sets: Sequence[Sequence[str]] | None = None,
-    temperature: float = 0.07,
-    learnable_temperature: bool = False,
-) -> ChannelAdaptiveModel:
-    return first_layer_model(
-        channels,
-        backbone,
-        num_classes,
-        temperature,
-        learnable_temperature,
-        lambda v, t: fl.PerSourceStem(_sets_for(v, sources, channel_sets), t.stem_dim, t.patch_size),
-    )
+) -> nn.Module:
+    return fl.PerSourceStem(_sets_for(vocab, sources, channel_sets), trunk.stem_dim, trunk.patch_size)
 
 
-@register_model("slice_param")
-def slice_param(
-    channels: Sequence[str | int] = VOCAB,
-    num_classes: int | None = None,
-    backbone: str = "convnext_tiny",
-    *,
-    source_offsets: bool = True,
-    temperature: float = 0.15,
-    learnable_temperature: bool = True,
-) -> ChannelAdaptiveModel:
-    return first_layer_model(
-        channels,
-        backbone,
-        num_classes,
-        temperature,
-        learnable_temperature,
-        lambda v, t: fl.SliceParamStem(v, t.stem_dim, t.patch_size, source_offsets=source_offsets),
-    )
+@register_first_layer_model("slice_param", temperature=0.15, learnable_temperature=True)
+def slice_param(vocab: tuple[str, ...], trunk: ConvNeXtTrunk, *, source_offsets: bool = True) -> nn.Module:
+    return fl.SliceParamStem(vocab, trunk.stem_dim, trunk.patch_size, source_offsets=source_offsets)
 
 
-@register_model("template_mixing")
-def template_mixing(
-    channels: Sequence[str | int] = VOCAB,
-    num_classes: int | None = None,
-    backbone: str = "convnext_tiny",
-    *,
-    num_templates: int = 128,
-    temperature: float = 0.05,
-    learnable_temperature: bool = False,
-) -> ChannelAdaptiveModel:
-    return first_layer_model(
-        channels,
-        backbone,
-        num_classes,
-        temperature,
-        learnable_temperature,
-        lambda v, t: fl.TemplateMixingStem(v, t.stem_dim, t.patch_size, num_templates),
-    )
+@register_first_layer_model("template_mixing", temperature=0.05)
+def template_mixing(vocab: tuple[str, ...], trunk: ConvNeXtTrunk, *, num_templates: int = 128) -> nn.Module:
+    return fl.TemplateMixingStem(vocab, trunk.stem_dim, trunk.patch_size, num_templates)
 
 
-@register_model("hypernet")
+@register_first_layer_model("hypernet", temperature=0.07)
 def hypernet(
-    channels: Sequence[str | int] = VOCAB,
-    num_classes: int | None = None,
-    backbone: str = "convnext_tiny",
-    *,
-    z_dim: int = 256,
-    hidden_dim: int = 256,
-    temperature: float = 0.07,
-    learnable_temperature: bool = False,
-) -> ChannelAdaptiveModel:
-    return first_layer_model(
-        channels,
-        backbone,
-        num_classes,
-        temperature,
-        learnable_temperature,
-        lambda v, t: fl.HyperNetStem(v, t.stem_dim, t.patch_size, z_dim, hidden_dim),
-    )
+    vocab: tuple[str, ...], trunk: ConvNeXtTrunk, *, z_dim: int = 256, hidden_dim: int = 256
+) -> nn.Module:
+    return fl.HyperNetStem(vocab, trunk.stem_dim, trunk.patch_size, z_dim, hidden_dim)
 
 
-@register_model("depthwise")
-def depthwise(
-    channels: Sequence[str | int] = VOCAB,
-    num_classes: int | None = None,
-    backbone: str = "convnext_tiny",
-    *,
-    kernels_per_channel: int = 64,
-    temperature: float = 0.07,
-    learnable_temperature: bool = False,
-) -> ChannelAdaptiveModel:
-    return first_layer_model(
-        channels,
-        backbone,
-        num_classes,
-        temperature,
-        learnable_temperature,
-        lambda v, t: fl.DepthwiseStem(v, t.stem_dim, t.patch_size, kernels_per_channel),
-    )
+@register_first_layer_model("depthwise", temperature=0.07)
+def depthwise(vocab: tuple[str, ...], trunk: ConvNeXtTrunk, *, kernels_per_channel: int = 64) -> nn.Module:
+    return fl.DepthwiseStem(vocab, trunk.stem_dim, trunk.patch_size, kernels_per_channel)
