@@ -61,12 +61,12 @@ def _timed_build(
 
 def measure(sample: Path, sources: list[str], repeat: int) -> dict[str, dict[str, Any]]:
     """{source: {"local"|"s3"|"s3_20ms": [run dicts]}} (see the module docstring)."""
-    from tests.servers import DelayProxy, S3Server
+    from tests.servers import DelayProxy, S3Server, environ_restored
 
     results: dict[str, dict[str, Any]] = {}
-    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL",
-                                             "AWS_DEFAULT_REGION")}  # fmt: skip
-    try:
+    with environ_restored(
+        "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION"
+    ):
         with S3Server() as server:
             os.environ.update(server.env())
             server.upload(sample, "raw", "sample")
@@ -95,12 +95,6 @@ def measure(sample: Path, sources: list[str], repeat: int) -> dict[str, dict[str
                         )
                         print(source, i, {k: v[-1] for k, v in runs.items()}, flush=True)
                     results[source] = runs
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     return results
 
 

@@ -59,7 +59,7 @@ from chammi_data.store.storage import (
     ReleaseStore,  # noqa: E402
     open_store,
 )
-from tests.servers import DelayProxy, S3Server  # noqa: E402
+from tests.servers import DelayProxy, S3Server, environ_restored  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BATCH = 32
@@ -208,9 +208,8 @@ def bench_remote(release: Path, epochs: int, workers: int, runs: int = 3) -> dic
     n_cells = len(read_manifest(release))
     with S3Server() as server:
         url = server.upload(release, "bench", "release")
-        saved = {k: os.environ.get(k) for k in [*server.env(), "CHAMMI_REMOTE_CLIENT"]}
-        os.environ.update(server.env())
-        try:
+        with environ_restored(*server.env(), "CHAMMI_REMOTE_CLIENT"):
+            os.environ.update(server.env())
             rates: dict[str, list[float]] = {"local": [], "s3": [], "s3_fsspec": []}
             cpu: dict[str, list[float]] = {"local": [], "s3": [], "s3_fsspec": []}
             server_cpu: list[float] = []
@@ -265,12 +264,6 @@ def bench_remote(release: Path, epochs: int, workers: int, runs: int = 3) -> dic
                 out["proxy_cpu_ms"] = 1000 * (proxy.cpu_seconds() - p0) / (epochs * n_cells)
                 out["s3_20ms_no_readahead"] = _stream_rate(url, epochs, 0, workers)
                 out["readahead_alone"] = _readahead_alone(ReleaseStore(url), release, shards)
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
     out["stream_mb_per_s_s3"] = out["s3"] * total / n_cells / 1e6
     for k in ("s3", "s3_fsspec", "s3_no_readahead", "s3_20ms", "s3_20ms_no_readahead"):
         out[f"{k}_vs_local"] = out[k] / out["local"]

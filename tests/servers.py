@@ -26,6 +26,8 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +135,21 @@ class _Process:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+
+@contextmanager
+def environ_restored(*keys: str) -> Iterator[None]:
+    """Within the block ``keys`` of ``os.environ`` may change freely (a client pointed at a server, through
+    a proxy, ...); on leaving, each is back as it was: its old value, or unset if it was unset."""
+    saved = {k: os.environ.get(k) for k in keys}
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 class S3Server(_Process):
