@@ -517,6 +517,20 @@ def _targets(res: dict) -> list[str]:
     return out
 
 
+def write_script_section(path: Path, script: str, title: str, body: str) -> None:
+    """Put ``body`` under ``## title`` into ``path`` (results/loader.md) between ``script``'s markers
+    (``<!-- script -->`` ... ``<!-- /script -->``): an old section is replaced, else the new one appended;
+    the rest of the file stays. benchmarks/reads.py and benchmarks/stream.py keep their sections this way."""
+    text = path.read_text() if path.exists() else ""
+    start, end = f"<!-- {script} -->", f"<!-- /{script} -->"
+    section = f"{start}\n## {title}\n\n{body}{end}\n"
+    if start in text:
+        text = text[: text.index(start)] + section + text[text.index(end) + len(end) + 1 :]
+    else:
+        text += "\n" + section
+    path.write_text(text)
+
+
 def _write_md(path: Path, md: str) -> None:
     """Write loader.md, keeping the section benchmarks/stream.py maintains between its markers."""
     start, end = "<!-- stream.py -->", "<!-- /stream.py -->"

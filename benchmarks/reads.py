@@ -44,7 +44,7 @@ import zstandard
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from loader import synthetic_cell  # noqa: E402
+from loader import synthetic_cell, write_script_section  # noqa: E402
 
 from chammi_data.format.codec import CODECS, frame_info  # noqa: E402
 from chammi_data.format.manifest import read_manifest  # noqa: E402
@@ -242,15 +242,9 @@ def markdown(res: dict[str, Any]) -> str:
 
 def write_section(res: dict[str, Any]) -> None:
     """Put the results into loader.md between the reads.py markers."""
-    md = RESULTS / "loader.md"
-    text = md.read_text() if md.exists() else ""
-    start, end = "<!-- reads.py -->", "<!-- /reads.py -->"
-    section = f"{start}\n## Verified reads (benchmarks/reads.py)\n\n{markdown(res)}{end}\n"
-    if start in text:
-        text = text[: text.index(start)] + section + text[text.index(end) + len(end) + 1 :]
-    else:
-        text += "\n" + section
-    md.write_text(text)
+    write_script_section(
+        RESULTS / "loader.md", "reads.py", "Verified reads (benchmarks/reads.py)", markdown(res)
+    )
 
 
 def main() -> None:

@@ -47,7 +47,7 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from loader import synthetic_cell  # noqa: E402
+from loader import synthetic_cell, write_script_section  # noqa: E402
 
 from chammi_data.augment.transforms import train_transform  # noqa: E402
 from chammi_data.format.manifest import read_manifest, write_manifest  # noqa: E402
@@ -510,15 +510,9 @@ def main() -> None:
 
 def _write_section(res: dict) -> None:
     """Put the results into loader.md between the stream.py markers (loader.py keeps that section)."""
-    md = RESULTS / "loader.md"
-    text = md.read_text() if md.exists() else ""
-    start, end = "<!-- stream.py -->", "<!-- /stream.py -->"
-    section = f"{start}\n## Streaming (benchmarks/stream.py)\n\n{markdown(res)}{end}\n"
-    if start in text:
-        text = text[: text.index(start)] + section + text[text.index(end) + len(end) + 1 :]
-    else:
-        text += "\n" + section
-    md.write_text(text)
+    write_script_section(
+        RESULTS / "loader.md", "stream.py", "Streaming (benchmarks/stream.py)", markdown(res)
+    )
 
 
 if __name__ == "__main__":
