@@ -32,9 +32,10 @@ import numpy as np
 import pandas as pd
 
 from chammi_data.format.release_format import VALIDATION, canonical_json
+from chammi_data.format.schema import Cell
 from chammi_data.format.vocab import TASK_COLUMNS, to_names
 from chammi_data.store.storage import ReleaseStore, RemoteReadError, open_store
-from pipelines.sources.base import SourcePipeline, Unit
+from pipelines.sources.base import Skipped, SourcePipeline, Unit, UnitResult
 from pipelines.sources.chammi75.pipeline import storage_options
 from pipelines.steps.rawio import ImageHeader, ImageTooLarge, check_size, png_header_bytes
 
@@ -240,6 +241,44 @@ class BenchmarkPipeline(SourcePipeline):
         for col in TASK_COLUMNS:
             out[col] = False
         return out
+
+    def file_cells(
+        self,
+        unit: Unit,
+        opts: Mapping[str, Any],
+        names: tuple[str, ...],
+        to_image: Callable[[np.ndarray, str], np.ndarray],
+        identify: Callable[[int, str, dict[str, Any]], tuple[str, str, dict[str, str]]],
+    ) -> UnitResult:
+        """The cells of a unit whose ``payload["cells"]`` are ``[table row, image file, table meta]``, one
+        image file per cell. Each file is read (at most ``max_image_pixels``) and ``to_image(pixels, where)``
+        makes it the cell's (C, H, W) image with channels ``names``, raising :class:`ItemSkip` when its shape
+        is wrong; ``identify(row, file, meta)`` gives the cell's (label, cell id, groups). A cell's meta is
+        the table's plus ``file`` and ``row``; a file that cannot be read or is rejected is skipped, with its
+        table row."""
+        store = input_store(unit.payload["root"], opts)
+        cells, skipped = [], []
+        for row, rel, meta in unit.payload["cells"]:
+            try:
+                limit = opts["max_image_pixels"]
+                pixels = read_image(store, rel, "cell image", limit, f"{self.name}.max_image_pixels")
+                image = to_image(pixels, store.path(rel))
+            except ItemSkip as exc:
+                skipped.append(Skipped(self.name, unit.unit_id, exc.reason, exc.file, row))
+                continue
+            label, cell_id, groups = identify(row, rel, meta)
+            cells.append(
+                Cell(
+                    image,
+                    names,
+                    self.name,
+                    label,
+                    cell_id,
+                    meta={**meta, "file": rel, "row": row},
+                    groups=groups,
+                )
+            )
+        return UnitResult(cells, skipped)
 
     def synth(self, out_dir: Path, seed: int = 0) -> None:
         import importlib

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from chammi_data.format.schema import Cell, make_cell_id
+from chammi_data.format.schema import make_cell_id
 from pipelines.sources.base import Discovery, Skipped, Unit, UnitResult
 from pipelines.sources.benchmarks.common import (
     COMMON_DEFAULTS,
@@ -36,7 +36,6 @@ from pipelines.sources.benchmarks.common import (
     check_channel_list,
     input_store,
     item_units,
-    read_image,
     read_table,
     resolve_root,
 )
@@ -104,36 +103,20 @@ class HPAv23Pipeline(BenchmarkPipeline):
         return Discovery(units, skipped, found={"cells": len(table)})
 
     def process(self, unit: Unit, opts: dict[str, Any]) -> UnitResult:
-        store = input_store(unit.payload["root"], opts)
         names, order = tuple(opts["channels"]), list(opts["sample_order"])
-        cells, skipped = [], []
-        for row, rel, meta in unit.payload["cells"]:
-            where = store.path(rel)
-            try:
-                limit = opts["max_image_pixels"]
-                pixels = read_image(store, rel, "cell image", limit, "hpav23.max_image_pixels")
-                if pixels.ndim != 3 or pixels.shape[2] != len(names):
-                    raise ItemSkip(f"image is {pixels.shape}, not (H, W, {len(names)}) samples", where)
-            except ItemSkip as exc:
-                skipped.append(Skipped(self.name, unit.unit_id, exc.reason, exc.file, row))
-                continue
-            image = np.ascontiguousarray(pixels.transpose(2, 0, 1)[order])
-            label = meta["locations"] or "Negative"
+
+        def to_image(pixels: np.ndarray, where: str) -> np.ndarray:
+            if pixels.ndim != 3 or pixels.shape[2] != len(names):
+                raise ItemSkip(f"image is {pixels.shape}, not (H, W, {len(names)}) samples", where)
+            return np.ascontiguousarray(pixels.transpose(2, 0, 1)[order])
+
+        def identify(row: int, rel: str, meta: dict[str, Any]) -> tuple[str, str, dict[str, str]]:
             cell_id = make_cell_id(
                 self.name, meta["plate"], meta["position"], meta["sample"], meta["cell_id"]
             )
-            cells.append(
-                Cell(
-                    image,
-                    names,
-                    self.name,
-                    label,
-                    cell_id,
-                    meta={**meta, "file": rel, "row": row},
-                    groups={"Plate": meta["plate"]},
-                )
-            )
-        return UnitResult(cells, skipped)
+            return meta["locations"] or "Negative", cell_id, {"Plate": meta["plate"]}
+
+        return self.file_cells(unit, opts, names, to_image, identify)
 
 
 def _integer_text(value: str) -> str:

@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from chammi_data.evaluation.benchmarks.base import reference_table
-from chammi_data.format.schema import Cell, make_cell_id
+from chammi_data.format.schema import make_cell_id
 from chammi_data.interop.official_layout import tape_to_chw
 from pipelines.sources.base import Discovery, Skipped, Unit, UnitResult, safe_id
 from pipelines.sources.benchmarks.common import (
@@ -46,7 +46,6 @@ from pipelines.sources.benchmarks.common import (
     check_channel_list,
     chunks,
     input_store,
-    read_image,
     read_table,
     resolve_root,
 )
@@ -134,40 +133,24 @@ class JUMPCPPipeline(BenchmarkPipeline):
         )
 
     def process(self, unit: Unit, opts: dict[str, Any]) -> UnitResult:
-        p = unit.payload
-        store = input_store(p["root"], opts)
+        plate = unit.payload["plate"]
         names = tuple(opts["channels"])
         tiles = len(names) + (1 if opts["mask_tile"] else 0)
         width = int(opts["channel_width"])
-        cells, skipped = [], []
-        for row, rel, meta in p["cells"]:
-            where = store.path(rel)
-            try:
-                limit = opts["max_image_pixels"]
-                tape = np.squeeze(read_image(store, rel, "cell image", limit, "jumpcp.max_image_pixels"))
-                if tape.ndim != 2 or tape.shape[1] != tiles * width:
-                    raise ItemSkip(
-                        f"tape is {tape.shape}, not (H, {tiles} x {width}) for channels {', '.join(names)}",
-                        where,
-                    )
-                image = tape_to_chw(tape, width)[: len(names)]
-            except ItemSkip as exc:
-                skipped.append(Skipped(self.name, unit.unit_id, exc.reason, exc.file, row))
-                continue
-            label = meta["broad_sample"] or "DMSO"
-            cell_id = make_cell_id(self.name, p["plate"], row, rel)
-            cells.append(
-                Cell(
-                    image,
-                    names,
-                    self.name,
-                    label,
-                    cell_id,
-                    meta={**meta, "file": rel, "row": row},
-                    groups={"dataset": p["plate"], "Plate": p["plate"]},
+
+        def to_image(pixels: np.ndarray, where: str) -> np.ndarray:
+            tape = np.squeeze(pixels)
+            if tape.ndim != 2 or tape.shape[1] != tiles * width:
+                raise ItemSkip(
+                    f"tape is {tape.shape}, not (H, {tiles} x {width}) for channels {', '.join(names)}", where
                 )
-            )
-        return UnitResult(cells, skipped)
+            return tape_to_chw(tape, width)[: len(names)]
+
+        def identify(row: int, rel: str, meta: dict[str, Any]) -> tuple[str, str, dict[str, str]]:
+            cell_id = make_cell_id(self.name, plate, row, rel)
+            return meta["broad_sample"] or "DMSO", cell_id, {"dataset": plate, "Plate": plate}
+
+        return self.file_cells(unit, opts, names, to_image, identify)
 
 
 def _plate_tables(store: Any, plates: list[str]) -> list[str]:
