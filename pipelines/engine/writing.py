@@ -23,6 +23,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -189,48 +190,49 @@ def read_shard_entries(entries_json: str, what: str, spills: ObjectStore) -> lis
     return parts
 
 
+@dataclass(frozen=True)
+class ShardJob:
+    """One planned shard, what both of its write tasks (tar and zarr) get: shard ``index`` of ``source``, its
+    first zarr row ``zarr_start``, its ``entries`` (the plan's, as one canonical JSON string: see
+    :func:`read_shard_entries`) and, for a variable source, ``group = [g, j]`` (zarr shard ``j`` of image
+    group ``g``)."""
+
+    source: str
+    index: int
+    zarr_start: int
+    entries: str
+    group: list[int] | None = None
+
+
 def write_tar_task(
-    store: ObjectStore,
-    metadata: dict[str, str],
-    source: str,
-    shard_index: int,
-    zarr_start: int,
-    entries: str,
-    spills: ObjectStore,
-    group: list[int] | None = None,
+    store: ObjectStore, metadata: dict[str, str], shard: ShardJob, spills: ObjectStore
 ) -> tuple[Any, float]:
-    """Worker task: tar shard ``shard_index`` from the spills' encoded members; (ShardRecord, seconds)."""
+    """Worker task: the tar shard of ``shard`` from the spills' encoded members; (ShardRecord, seconds)."""
     from chammi_data.format.writer import write_tar_shard
 
     t0 = time.perf_counter()
-    encoded = read_shard_entries(entries, "tar", spills)
-    with shard_root(store, metadata) as root, _named(root / shard_relpath(source, shard_index)):
-        record = write_tar_shard(root, source, shard_index, encoded, zarr_start)
+    encoded = read_shard_entries(shard.entries, "tar", spills)
+    with shard_root(store, metadata) as root, _named(root / shard_relpath(shard.source, shard.index)):
+        record = write_tar_shard(root, shard.source, shard.index, encoded, shard.zarr_start)
         if metadata or not store.is_local:
             store.put_file(record.path, root / record.path)
     return record, time.perf_counter() - t0
 
 
 def write_zarr_task(
-    store: ObjectStore,
-    metadata: dict[str, str],
-    source: str,
-    shard_index: int,
-    zarr_start: int,
-    entries: str,
-    spills: ObjectStore,
-    group: list[int] | None = None,
+    store: ObjectStore, metadata: dict[str, str], shard: ShardJob, spills: ObjectStore
 ) -> tuple[Any, float]:
-    """Worker task: zarr shard ``shard_index`` (its only writer) from the spills' encoded chunks; for a
-    variable source zarr shard ``j`` of its group ``g`` (``group = [g, j]``); (ZarrShardRecord: its rows'
-    pixel crc32c for the manifest, seconds)."""
+    """Worker task: the zarr shard of ``shard`` (its only writer) from the spills' encoded chunks; for a
+    variable source zarr shard ``j`` of its group ``g`` (``shard.group = [g, j]``); (ZarrShardRecord: its
+    rows' pixel crc32c for the manifest, seconds)."""
     from chammi_data.format.writer import write_zarr_shard
 
     t0 = time.perf_counter()
-    chunks = read_shard_entries(entries, "zarr", spills)
+    chunks = read_shard_entries(shard.entries, "zarr", spills)
+    source, group = shard.source, shard.group
     where = None if group is None else (int(group[0]), int(group[1]))
     with shard_root(store, metadata) as root, _named(root / "zarr" / f"{source}.zarr"):
-        rec = write_zarr_shard(root, source, shard_index, zarr_start, chunks, where)
+        rec = write_zarr_shard(root, source, shard.index, shard.zarr_start, chunks, where)
         if metadata or not store.is_local:
             folder = root / "zarr" / f"{source}.zarr"
             for path in sorted(folder.rglob("*")):
@@ -278,7 +280,7 @@ class ShardWriting:
             metadata = self.sink.zarr_metadata(src)
             self.sink.upload(metadata)
             for p in src_plans:
-                entries = canonical_json(p["entries"])
+                shard = ShardJob(src, p["index"], p["zarr_start"], canonical_json(p["entries"]), p["group"])
                 # where most of the shard's spills are on disk (object-store outputs), if still there
                 place = (
                     {"workers": [p["worker"]], "allow_other_workers": True}
@@ -290,12 +292,8 @@ class ShardWriting:
                         task,
                         self.sink.store,
                         metadata,
-                        src,
-                        p["index"],
-                        p["zarr_start"],
-                        entries,
+                        shard,
                         self.spills,
-                        p["group"],
                         pure=False,
                         priority=WRITE_PRIORITY,
                         **place,
