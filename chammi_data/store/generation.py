@@ -27,7 +27,7 @@ def find_generation(store: Any) -> tuple[str, bytes | None]:
     """(``"g-.../"`` or ``""``, the root release.json's bytes when the release is at the root) for a store
     whose generation prefix is still ``""``; a missing or unreadable release.json gives ``("", None)``."""
     try:
-        raw = store.read_bytes("release.json", what="read release.json")
+        raw = store.read_bytes("release.json")
         data = json.loads(raw)
     except (FileNotFoundError, ValueError, UnicodeDecodeError):
         return "", None
