@@ -532,11 +532,17 @@ def write_script_section(path: Path, script: str, title: str, body: str) -> None
 
 
 def _write_md(path: Path, md: str) -> None:
-    """Write loader.md, keeping the section benchmarks/stream.py maintains between its markers."""
-    start, end = "<!-- stream.py -->", "<!-- /stream.py -->"
+    """Write loader.md, keeping the sections benchmarks/reads.py and benchmarks/stream.py maintain between
+    their markers (:func:`write_script_section`)."""
     old = path.read_text() if path.exists() else ""
-    if start in old and end in old:
-        md = md.rstrip("\n") + "\n\n" + old[old.index(start) : old.index(end) + len(end)] + "\n"
+    md = md.rstrip("\n") + "\n"
+    kept = []
+    for script in ("reads.py", "stream.py"):
+        start, end = f"<!-- {script} -->", f"<!-- /{script} -->"
+        if start in old and end in old:
+            kept.append((old.index(start), old[old.index(start) : old.index(end) + len(end)]))
+    for _, section in sorted(kept):  # in the order the file had them
+        md += "\n" + section + "\n"
     path.write_text(md)
 
 
