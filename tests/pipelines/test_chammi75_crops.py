@@ -106,6 +106,22 @@ def test_bad_values_are_named_with_what_is_allowed():
     assert pipeline.options({"store": "crops"})[TABLE_KEY]["studies"]["wtc0001"] == [256, 450]
 
 
+def test_another_crop_table_is_read_once_into_the_options(tmp_path: Path):
+    table = tmp_path / "crops.yaml"
+    table.write_text("studies:\n  hpa0018: {crop: 64, long_side: 128, source: test}\n")
+    opts = Chammi75Pipeline().options({"store": "crops", "crop_table": str(table), "crop_size": 16})
+    table.unlink()  # the workers cut with the table the options hold, not the file
+    image = Cell(np.zeros((1, 128, 128), np.uint8), ("nucleus",), "chammi75", "", "chammi75-00000000000000bb")
+    image.groups, image.guidance = {"dataset": "hpa0018"}, Guidance(np.array([[64, 64]], np.int32))
+    (crop,) = crop_cells(image, opts)
+    assert (crop.meta["crop.side"], crop.image.shape) == (64, (1, 16, 16))
+    with pytest.raises(ValueError, match=r"config chammi75\.crop_table: .*No such file"):
+        Chammi75Pipeline().options({"store": "crops", "crop_table": str(table)})
+    (tmp_path / "bad.yaml").write_text("studies:\n  x: {crop: 0, long_side: 10, source: s}\n")
+    with pytest.raises(ValueError, match=r"config chammi75\.crop_table: .*study x"):
+        Chammi75Pipeline().options({"store": "both", "crop_table": str(tmp_path / "bad.yaml")})
+
+
 def test_a_bad_store_value_is_one_line_and_exit_2_from_the_command_line(c75_raw: Path, tmp_path: Path):
     argv = ["--source", "chammi75", "--input", str(c75_raw), "--output", str(tmp_path / "out")]
     run = subprocess.run(
