@@ -92,6 +92,19 @@ def _rng(seed: int) -> np.random.Generator:
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed), 0x6372])))
 
 
+def fit_side(side: float, height: int, width: int) -> int:
+    """A crop's side in pixels: ``side`` rounded, at least 1 and at most the image's short side."""
+    return max(1, min(int(round(side)), height, width))
+
+
+def square_around(height: int, width: int, side: int, x: int, y: int) -> tuple[int, int]:
+    """(top, left) of the ``side`` x ``side`` square centred on column ``x``, row ``y`` of an image of
+    ``height`` x ``width`` pixels, shifted inside the image (never padded; ``side`` <= both sides)."""
+    top = min(max(y - side // 2, 0), height - side)
+    left = min(max(x - side // 2, 0), width - side)
+    return top, left
+
+
 def resize_square(image: np.ndarray, size: int) -> np.ndarray:
     """(C, h, w) uint8 -> (C, size, size) uint8, Pillow bilinear per channel (antialiased when shrinking)."""
     from PIL import Image
@@ -134,16 +147,14 @@ class GuidedCrop:
             top = int(g.integers(0, height - short + 1))
             left = int(g.integers(0, width - short + 1))
             return top, left, short, -1
-        side = int(round(side0 * g.uniform(1 - self.jitter, 1 + self.jitter)))
-        side = max(1, min(side, short))
+        side = fit_side(side0 * g.uniform(1 - self.jitter, 1 + self.jitter), height, width)
         cells = np.zeros((0, 2)) if centroids is None else np.asarray(centroids).reshape(-1, 2)
         if len(cells):
             cell = int(g.integers(0, len(cells)))
             x, y = int(cells[cell, 0]), int(cells[cell, 1])
         else:
             cell, x, y = -1, int(g.integers(0, width)), int(g.integers(0, height))
-        top = min(max(y - side // 2, 0), height - side)
-        left = min(max(x - side // 2, 0), width - side)
+        top, left = square_around(height, width, side, x, y)
         return top, left, side, cell
 
     def __call__(

@@ -127,7 +127,8 @@ class SourceLedger:
                 add(unit_kind, "used", unit.items)
             for kind, n in out.found.items():
                 add(kind, "in", n)
-        add(cell_kind, "used", len(self.cells))
+        for kind, n in self.pipeline.used(self.cells, self.options).items():
+            add(kind, "used", n)
         for s in self.skipped:
             add(s.kind, "skipped", s.count)
         return kinds

@@ -187,6 +187,12 @@ class SourcePipeline(ABC):
     def check_options(self, opts: dict[str, Any]) -> None:  # noqa: B027 (an optional hook)
         """Raise ``ValueError`` for an unusable option value; may normalise values in place."""
 
+    def used(self, cells: list[dict[str, Any]], opts: Mapping[str, Any]) -> dict[str, int]:
+        """The accounting's ``used`` of the release's cell records (``{kind: n}``); by default every record
+        is one item of :attr:`cell_kind`. A pipeline whose rows are of several kinds (CHAMMI-75 storing
+        crops: images and their crops) counts each kind."""
+        return {self.cell_kind: len(cells)}
+
     def tables(self, opts: Mapping[str, Any]) -> tuple[str, ...]:
         """File names of the source's top-level tables: a folder holding one of them is the source's own
         folder (not a parent folder with one subfolder per source)."""

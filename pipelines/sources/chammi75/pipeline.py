@@ -5,8 +5,10 @@ One sample = one multi-channel image (the metadata rows sharing ``imaging.multi_
 named by ``imaging.channel_type`` in ``imaging.channel`` order, stacked into a (C, H, W) uint8 image with the
 exact pixels of the PNGs; its cells' centroids (and areas) from the guidance file of its first channel are
 stored after the pixels in its tar member (``chammi_data.format.codec``: no extra read when the stream cuts a
-guided crop); ``meta`` holds the image's metadata columns under their own names. The release keeps whole
-images (``load()`` returns them so); guided crops happen in ``chammi_data.stream``.
+guided crop); ``meta`` holds the image's metadata columns under their own names. By default the release keeps
+whole images (``load()`` returns them so) and guided crops happen in ``chammi_data.stream``; ``store: crops``
+stores each image's guided crops instead (fixed-size rows, cut once at build time) and ``store: both`` stores
+the images and their crops (:mod:`pipelines.sources.chammi75.crops`).
 
 Reading: the metadata table is planned by :mod:`pipelines.sources.chammi75.metadata` (8 M rows, columns by
 name, strings); the PNGs and guidance files are read through ``chammi_data.store`` from a folder or a URL
@@ -22,7 +24,9 @@ Splits: CHAMMI-75 has no labels (``label`` is ""). Every image is ``Train`` exce
 Options (config section ``chammi75``, or ``chammi-build --set chammi75.KEY=VALUE``): ``metadata`` (full |
 small | a path or URL of a table), ``studies`` (the study filter), ``cap_per_study`` (images per study, for
 trials), ``holdout_studies``, ``images_per_unit``, ``anonymous`` (true | false | auto: anonymous for the
-public bucket), ``storage_options`` (fsspec options of the input), ``max_image_pixels``.
+public bucket), ``storage_options`` (fsspec options of the input), ``max_image_pixels``; ``store`` (images |
+crops | both), ``crop_size`` (the side of a stored crop, pixels), ``crops_per_image`` (most crops per image)
+and ``crop_table`` (null: ``manifests/chammi75_crops.yaml``), see :mod:`pipelines.sources.chammi75.crops`.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from chammi_data.format.schema import Cell, make_cell_id
 from chammi_data.format.vocab import TASK_COLUMNS
 from chammi_data.store.storage import ReleaseStore, RemoteReadError, open_store
 from pipelines.sources.base import Discovery, Skipped, SourcePipeline, Unit, UnitResult
+from pipelines.sources.chammi75.crops import CROP_DEFAULTS, check_crop_options, crop_cells
 from pipelines.sources.chammi75.layout import (
     BUCKET_ROOT,
     METADATA_TABLES,
@@ -102,6 +107,7 @@ class Chammi75Pipeline(SourcePipeline):
         "anonymous": "auto",
         "storage_options": {},
         "max_image_pixels": 100_000_000,
+        **CROP_DEFAULTS,
     }
 
     def check_options(self, opts: dict[str, Any]) -> None:
@@ -125,6 +131,7 @@ class Chammi75Pipeline(SourcePipeline):
             raise ValueError(
                 f"config chammi75.metadata must be full, small or a path, got {opts['metadata']!r}"
             )
+        check_crop_options(opts)
 
     def tables(self, opts: Mapping[str, Any]) -> tuple[str, ...]:
         return tuple(METADATA_TABLES.values())
@@ -141,13 +148,38 @@ class Chammi75Pipeline(SourcePipeline):
     def process(self, unit: Unit, opts: dict[str, Any]) -> UnitResult:
         p = unit.payload
         store = _store(p["root"], canonical_json(storage_options(p["root"], opts)))
-        cells, skipped = [], []
+        cells, skipped, crops = [], [], 0
         for entry in parse_unit_images(p["images"], p["columns"]):
             try:
-                cells.append(self._image(store, entry, opts))
+                made = self._stored(store, entry, opts)
             except ImageSkip as exc:
                 skipped.append(Skipped(SOURCE, unit.unit_id, f"{exc.reason} (image {entry.mcid})", exc.file))
-        return UnitResult(cells, skipped)
+                continue
+            cells += made
+            crops += sum(c.meta.get("kind") == "crop" for c in made)
+        return UnitResult(cells, skipped, {} if opts["store"] == "images" else {"crops": crops})
+
+    def _stored(self, store: ReleaseStore, entry: ImageEntry, opts: Mapping[str, Any]) -> list[Cell]:
+        """The rows of one image: itself (``store: images``), its crops (``crops``) or both
+        (:mod:`pipelines.sources.chammi75.crops`)."""
+        image = self._image(store, entry, opts)
+        if opts["store"] == "images":
+            return [image]
+        crops = crop_cells(image, opts)
+        if opts["store"] == "both":
+            image.meta["kind"] = "image"
+            return [image, *crops]
+        if not crops:
+            file = store.path(guidance_path(entry.files[0]))
+            raise ImageSkip("no cells to crop around (no guidance file), so no crop to store", file)
+        return crops
+
+    def used(self, cells: list[dict[str, Any]], opts: Mapping[str, Any]) -> dict[str, int]:
+        """Images used (an image row, or the parent of a crop row) and crops written."""
+        if opts["store"] == "images":
+            return super().used(cells, opts)
+        images = {c["meta"].get("parent_cell_id", c["cell_id"]) for c in cells}
+        return {"images": len(images), "crops": sum(c["meta"].get("kind") == "crop" for c in cells)}
 
     def _image(self, store: ReleaseStore, entry: ImageEntry, opts: Mapping[str, Any]) -> Cell:
         planes = {
