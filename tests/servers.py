@@ -49,19 +49,50 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class PortTaken(RuntimeError):
+    """The server process exited before it listened: another process took the port first."""
+
+
+def _listeners(port: int) -> set[int]:
+    """Pids of the processes holding a listening TCP socket on ``port`` (from /proc/net/tcp and fds)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":  # 0A: LISTEN
+                inodes.add(f"socket:[{fields[9]}]")
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if any(os.readlink(fd) in inodes for fd in (entry / "fd").iterdir()):
+                    pids.add(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
 def _wait_port(port: int, proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    """Until ``proc`` (or a child of it) listens on ``port``. A port that answers is not enough: free_port
+    releases the port before the server binds it, and another process (a dask worker, another test run) may
+    take it in between; the server then fails to bind and exits (:class:`PortTaken`, the caller retries)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(
-                f"server process exited with {proc.returncode} before listening on {HOST}:{port}"
-            )
+            raise PortTaken(f"server process exited with {proc.returncode} before listening on {HOST}:{port}")
         try:
             socket.create_connection((HOST, port), 0.2).close()
-            return
         except OSError:
             time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on {HOST}:{port} after {timeout} s")
+            continue
+        if _listeners(port) & {proc.pid, *descendants(proc.pid)}:
+            return
+        time.sleep(0.05)  # someone else's socket: wait for ours, or for the server to give up
+    raise TimeoutError(f"the server did not listen on {HOST}:{port} after {timeout} s")
 
 
 def _terminate(proc: subprocess.Popen) -> None:
@@ -90,11 +121,23 @@ class _Process:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         repo = str(Path(__file__).resolve().parents[1])
         env["PYTHONPATH"] = repo + os.pathsep + env.get("PYTHONPATH", "")
-        self.proc = subprocess.Popen(
-            self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=repo
-        )
-        _RUNNING.add(self.proc)
-        _wait_port(self.port, self.proc)
+        for attempt in range(5):
+            if attempt:
+                self.port = free_port()
+            self.proc = subprocess.Popen(
+                self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=repo
+            )
+            _RUNNING.add(self.proc)
+            try:
+                _wait_port(self.port, self.proc)
+                return self
+            except PortTaken:
+                _RUNNING.discard(self.proc)
+                if attempt == 4:
+                    raise
+            except BaseException:
+                self.stop()
+                raise
         return self
 
     def stop(self) -> None:
