@@ -54,3 +54,24 @@ def credentials_source(protocol: str, storage_options: Mapping[str, Any] | None 
             f"HTTP headers {sorted(headers)} (storage_options)" if headers else "no credentials (plain HTTP)"
         )
     return f"the {protocol or 'local'} filesystem's defaults" + (" with storage_options" if opts else "")
+
+
+#: Environment variables that choose the endpoint, region and identity a storage client uses.
+CLIENT_ENV_VARS = (
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_PROFILE",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "GOOGLE_APPLICATION_CREDENTIALS",
+)
+
+
+def client_environment() -> str:
+    """A digest of the variables of :data:`CLIENT_ENV_VARS`: a cache of stores keyed by location must also
+    key by it, or a store made for one endpoint (an old server, another account) is reused for another."""
+    import hashlib
+
+    text = "\n".join(f"{k}={os.environ.get(k, '')}" for k in CLIENT_ENV_VARS)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -34,6 +34,7 @@ import pandas as pd
 from chammi_data.format.release_format import VALIDATION, canonical_json
 from chammi_data.format.schema import Cell
 from chammi_data.format.vocab import TASK_COLUMNS, to_names
+from chammi_data.store.credentials import client_environment
 from chammi_data.store.storage import ReleaseStore, RemoteReadError, open_store
 from pipelines.sources.base import Skipped, SourcePipeline, Unit, UnitResult
 from pipelines.sources.chammi75.pipeline import storage_options
@@ -63,13 +64,14 @@ class ItemSkip(Exception):
 
 
 @functools.lru_cache(maxsize=8)
-def _cached_store(root: str, options_json: str) -> ReleaseStore:
+def _cached_store(root: str, options_json: str, _environment: str) -> ReleaseStore:
     return open_store(root, json.loads(options_json) or None)
 
 
 def input_store(root: str, opts: Mapping[str, Any]) -> ReleaseStore:
-    """The store of an input folder or URL (one per process, root and options: connections are reused)."""
-    return _cached_store(str(root), canonical_json(storage_options(str(root), opts)))
+    """The store of an input folder or URL (one per process, root, options and client environment:
+    connections are reused; a changed endpoint or identity gets a new store)."""
+    return _cached_store(str(root), canonical_json(storage_options(str(root), opts)), client_environment())
 
 
 def resolve_root(

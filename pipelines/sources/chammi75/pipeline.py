@@ -44,6 +44,7 @@ from chammi_data.format.codec import MAX_GUIDANCE_CELLS, Guidance
 from chammi_data.format.release_format import TRAIN, VALIDATION, canonical_json
 from chammi_data.format.schema import Cell, make_cell_id
 from chammi_data.format.vocab import TASK_COLUMNS
+from chammi_data.store.credentials import client_environment
 from chammi_data.store.storage import ReleaseStore, RemoteReadError, open_store
 from pipelines.sources.base import Discovery, Skipped, SourcePipeline, Unit, UnitResult
 from pipelines.sources.chammi75.crops import CROP_DEFAULTS, check_crop_options, crop_cells
@@ -77,9 +78,14 @@ def storage_options(root: str, opts: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-@functools.lru_cache(maxsize=8)
 def _store(root: str, options_json: str) -> ReleaseStore:
-    """The input store of a worker process (one per root and options: its connections are reused)."""
+    """The input store of a worker process (one per root, options and client environment: its connections
+    are reused; a changed endpoint or identity gets a new store)."""
+    return _cached_store(root, options_json, client_environment())
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_store(root: str, options_json: str, _environment: str) -> ReleaseStore:
     import json
 
     return open_store(root, json.loads(options_json) or None)

@@ -1,0 +1,18 @@
+"""The per-process input stores of CHAMMI-75 and the benchmark adapters are keyed by the client environment
+too: a store made while AWS_ENDPOINT_URL named one server is not reused for another (a test that started its
+own server after an earlier one read from the dead one: connection refused)."""
+
+from __future__ import annotations
+
+from pipelines.sources.benchmarks.common import input_store
+from pipelines.sources.chammi75.pipeline import _store as chammi75_store
+
+
+def test_a_changed_endpoint_gets_a_new_store(monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1")
+    first, first75 = input_store("s3://bucket/data", {}), chammi75_store("s3://bucket/data", "{}")
+    assert input_store("s3://bucket/data", {}) is first  # same environment: connections reused
+    assert chammi75_store("s3://bucket/data", "{}") is first75
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:2")
+    assert input_store("s3://bucket/data", {}) is not first
+    assert chammi75_store("s3://bucket/data", "{}") is not first75
