@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 #: files of a release whose bytes may differ between two builds of the same data (paths, timings)
-NOT_COMPARED = ("build_report.json",)
 
 
 def s3fs_of(server: Any) -> Any:
@@ -59,12 +58,9 @@ def chammi_build(
 
 def local_release(root: Path) -> dict[str, str]:
     """{path: sha256} of a release folder's files (the work folder and the build report left out)."""
-    out = {}
-    for p in sorted(Path(root).rglob("*")):
-        rel = p.relative_to(root).as_posix()
-        if p.is_file() and not rel.startswith(".work") and p.name not in NOT_COMPARED:
-            out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
-    return out
+    from tests.pipelines.conftest import tree_hashes
+
+    return tree_hashes(root)
 
 
 def bucket_release(fs: Any, url: str) -> tuple[dict[str, str], str]:
