@@ -11,8 +11,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-#: files of a release whose bytes may differ between two builds of the same data (paths, timings)
-
 
 def s3fs_of(server: Any) -> Any:
     """An s3fs filesystem on ``server`` with its credentials."""
