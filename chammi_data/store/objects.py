@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
+from chammi_data.store.credentials import client_environment
 from chammi_data.store.remote import call_with_retries
 from chammi_data.store.storage import ReleaseStore, RemoteObjectError, RetryPolicy
 
@@ -50,7 +51,7 @@ READ_ONLY = ("http", "https")
 
 #: filesystems shared by the stores of one process, by (process, protocol, options): a dask task receives its
 #: stores pickled, and a new S3 client per task would cost a fraction of a second each
-_SHARED_FS: dict[tuple[int, str, str], Any] = {}
+_SHARED_FS: dict[tuple[int, str, str, str], Any] = {}
 
 
 class ReadOnlyLocation(ValueError):
@@ -96,6 +97,7 @@ class ObjectStore(ReleaseStore):
                 os.getpid(),
                 self.protocol,
                 repr(sorted((str(k), repr(v)) for k, v in self.storage_options.items())),
+                client_environment(),  # a client made for another endpoint or identity is not reused
             )
             cached = _SHARED_FS.get(key)
             if cached is None:

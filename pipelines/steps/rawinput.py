@@ -42,6 +42,7 @@ from typing import IO, Any
 
 import pandas as pd
 
+from chammi_data.store.credentials import client_environment
 from chammi_data.store.objects import ObjectStore
 from chammi_data.store.paths import protocol_of
 
@@ -251,12 +252,18 @@ def _fetch_round(batch: list[tuple[RawInput, str, Future[bytes]]]) -> None:
                 fut.set_exception(RuntimeError("not fetched ahead"))
 
 
-_BOUND: dict[str, RawInput] = {}
+_BOUND: dict[tuple[str, str], RawInput] = {}
 _BOUND_LOCK = threading.Lock()
 
 
 def _identity(store: RawInput) -> str:
     return f"{store.url}|{sorted((str(k), repr(v)) for k, v in store.storage_options.items())}"
+
+
+def _key(url: str) -> tuple[str, str]:
+    """Bound inputs are kept per location and client environment: an input bound while AWS_ENDPOINT_URL
+    named one server is not the one a later build against another server reads."""
+    return url, client_environment()
 
 
 def bind(inputs: Iterable[RawInput]) -> list[RawInput]:
@@ -265,9 +272,9 @@ def bind(inputs: Iterable[RawInput]) -> list[RawInput]:
     out = []
     with _BOUND_LOCK:
         for raw in inputs:
-            kept = _BOUND.get(raw.url)
+            kept = _BOUND.get(_key(raw.url))
             if kept is None or _identity(kept) != _identity(raw):
-                kept = _BOUND[raw.url] = raw
+                kept = _BOUND[_key(raw.url)] = raw
             out.append(kept)
     return out
 
@@ -279,10 +286,10 @@ def raw_input(location: str | os.PathLike[str] | RawInput) -> RawInput:
         return location
     text = os.fspath(location)
     with _BOUND_LOCK:
-        found = _BOUND.get(text) or _BOUND.get(text.rstrip("/"))
+        found = _BOUND.get(_key(text)) or _BOUND.get(_key(text.rstrip("/")))
         if found is None:
             found = RawInput(text)
-            found = _BOUND.setdefault(found.url, found)
+            found = _BOUND.setdefault(_key(found.url), found)
     return found
 
 
