@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import io
 import json
-import mmap
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -42,6 +41,7 @@ from chammi_data.format.members import (  # noqa: F401 (decode_image_fast, decod
 )
 from chammi_data.format.release_format import CELL_ID_PATTERN, expected_shape, make_sample
 from chammi_data.format.schema import image_checksum
+from chammi_data.store.fdpool import MAPS, POOL
 from chammi_data.store.storage import ReleaseStore, RemoteObjectError, open_store, require_store
 
 BLOCK = 512
@@ -279,48 +279,31 @@ class MappedShards:
     """Read-only memory maps of local shard files: a member is decoded straight from the page cache, with no
     copy into a ``bytes`` first (that copy was a third of a read of an uncompressed member).
 
-    Maps are made per process (a forked DataLoader worker makes its own) and at most ``max_open`` at once.
-    Before each read the file's size is checked, so a shard truncated in place reads as truncated (an error)
-    instead of faulting; builds never truncate, they replace files by rename, which a map does not notice
-    (nor does a cached ``pread`` descriptor)."""
+    Maps are made per process (a forked DataLoader worker makes its own) and kept in the process-wide
+    :data:`chammi_data.store.fdpool.MAPS` pool (bounded for all readers together; a reader's maps are dropped
+    when it is collected). Before each read the file's size is checked, so a shard truncated in place reads
+    as truncated (an error) instead of faulting; builds never truncate, they replace files by rename, which a
+    map does not notice (nor does a cached ``pread`` descriptor)."""
 
-    def __init__(self, max_open: int = 64):
-        self.max_open = max_open
-        self._maps: dict[str, tuple[int, mmap.mmap]] = {}
-        self._pid = os.getpid()
+    def __init__(self) -> None:
+        self._token = POOL.token()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"max_open": self.max_open}
+        return {}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["max_open"])  # type: ignore[misc]
+        self.__init__()  # type: ignore[misc]
 
     def view(self, path: str, offset: int, nbytes: int) -> memoryview | None:
         """``nbytes`` of ``path`` from ``offset`` as a view of its map; None when the file is shorter (or
         empty, or missing: the caller's ``pread`` then says which)."""
-        if self._pid != os.getpid():
-            self._maps, self._pid = {}, os.getpid()
-        entry = self._maps.get(path)
-        if entry is None:
-            try:
-                fd = os.open(path, os.O_RDONLY)
-            except OSError:
-                return None
-            try:
-                entry = (fd, mmap.mmap(fd, 0, access=mmap.ACCESS_READ))
-            except (OSError, ValueError):  # an empty file cannot be mapped
-                os.close(fd)
-                return None
-            if len(self._maps) >= self.max_open:
-                old_fd, _ = self._maps.pop(
-                    next(iter(self._maps))
-                )  # the map closes when its last view is gone
-                os.close(old_fd)
-            self._maps[path] = entry
-        fd, mm = entry
-        if offset + nbytes > min(len(mm), os.fstat(fd).st_size):
-            return None
-        return memoryview(mm)[offset : offset + nbytes]
+        return MAPS.view(self._token, path, offset, nbytes)
+
+    def __del__(self) -> None:
+        try:
+            MAPS.close_token(self._token)
+        except Exception:
+            pass
 
 
 class ShardReader:

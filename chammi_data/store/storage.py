@@ -39,6 +39,7 @@ from typing import Any
 
 from chammi_data.store.cache import ShardCache
 from chammi_data.store.credentials import credentials_source
+from chammi_data.store.fdpool import POOL
 from chammi_data.store.obstore_client import ObstoreReader, obstore_reader
 from chammi_data.store.paths import default_release_location, protocol_of, strip_file_scheme
 from chammi_data.store.remote import (
@@ -65,8 +66,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Shard files a store keeps open for ``pread`` (the oldest is closed beyond this).
-MAX_OPEN_FILES = 64
+#: Shard files a process keeps open for ``pread``, all stores together (the least recently used is closed
+#: beyond this; a quarter of the soft RLIMIT_NOFILE where that is lower).
+MAX_OPEN_FILES = POOL.limit
 #: Bytes per request when a shard is downloaded into the cache (each request has its own deadline).
 DOWNLOAD_CHUNK = 16 << 20
 
@@ -128,7 +130,7 @@ class ReleaseStore:
         self._fs_given = fs is not None  # a mapper's own filesystem is used as it is
         self._obstore: ObstoreReader | None | bool = False  # False: not decided yet in this process
         self._pid = os.getpid()
-        self._fds: dict[str, int] = {}
+        self._fd_token = POOL.token()  # its descriptors in the process-wide pool (chammi_data.store.fdpool)
         self._cache: ShardCache | None = None  # the verified shard cache (made on first use)
         #: True once the server answered a ranged request with the whole object (said once, then cut here)
         self.ranges_ignored = False
@@ -190,7 +192,7 @@ class ReleaseStore:
 
     def _check_pid(self) -> None:
         if self._pid != os.getpid():  # forked: descriptors and event loops belong to the parent
-            self._fds, self._fs, self._obstore, self._pid = {}, None, False, os.getpid()
+            self._fs, self._obstore, self._pid = None, False, os.getpid()
 
     @property
     def fs(self) -> Any:
@@ -356,15 +358,9 @@ class ReleaseStore:
                     raise
         return not self.ranges_ignored
 
-    def _pread(self, path: str, offset: int, length: int, max_open: int = MAX_OPEN_FILES) -> bytes:
+    def _pread(self, path: str, offset: int, length: int) -> bytes:
         self._check_pid()
-        fd = self._fds.get(path)
-        if fd is None:
-            if len(self._fds) >= max_open:
-                os.close(self._fds.pop(next(iter(self._fds))))
-            fd = os.open(path, os.O_RDONLY)
-            self._fds[path] = fd
-        return os.pread(fd, length, offset)
+        return POOL.pread(self._fd_token, path, offset, length)
 
     def read_shard(self, rel: str) -> bytes:
         """A whole shard in one read (one streaming GET remotely, its deadline set by its size; from the
@@ -420,10 +416,7 @@ class ReleaseStore:
 
     def close(self) -> None:
         """Close the open file descriptors of this process."""
-        if self._pid == os.getpid():
-            for fd in self._fds.values():
-                os.close(fd)
-        self._fds = {}
+        POOL.close_token(self._fd_token)
 
     def __del__(self) -> None:
         try:
