@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from chammi_data.store.storage import RemoteReadError
+
 #: a raw image as the readers take it: a local path, or the object's bytes in a file object (remote inputs)
 Source = str | Path | IO[bytes]
 
@@ -170,3 +172,25 @@ def missing_files(
     if not missing:
         return None
     return f"missing channel file(s): {', '.join(names[k] for k in missing)}", missing[0]
+
+
+class ItemSkip(Exception):
+    """One item (an image, a cell) cannot be used; ``file`` names the file at fault, ``count`` the items it
+    holds. Sources catch it per item and list it in the build report."""
+
+    def __init__(self, reason: str, file: str, count: int = 1):
+        super().__init__(reason)
+        self.reason, self.file, self.count = reason, file, count
+
+
+def read_or_none(store: Any, rel: str, what: str, key: str | None = None) -> bytes | None:
+    """The bytes of ``rel`` of an input store (read at ``key`` when given: an escaped object name); None
+    when it does not exist; :class:`ItemSkip` naming ``what`` and the file when it cannot be read."""
+    try:
+        return store.read_bytes(rel if key is None else key)
+    except FileNotFoundError as exc:
+        if getattr(exc, "missing", True):
+            return None
+        raise ItemSkip(f"unreadable {what} ({exc})", store.path(rel)) from None
+    except (OSError, RemoteReadError) as exc:
+        raise ItemSkip(f"unreadable {what} ({type(exc).__name__}: {exc})", store.path(rel)) from None

@@ -35,10 +35,17 @@ from chammi_data.format.release_format import VALIDATION, canonical_json
 from chammi_data.format.schema import Cell
 from chammi_data.format.vocab import TASK_COLUMNS, to_names
 from chammi_data.store.credentials import client_environment
-from chammi_data.store.storage import ReleaseStore, RemoteReadError, open_store
+from chammi_data.store.storage import ReleaseStore, open_store
 from pipelines.sources.base import Skipped, SourcePipeline, Unit, UnitResult
 from pipelines.sources.chammi75.pipeline import storage_options
-from pipelines.steps.rawio import ImageHeader, ImageTooLarge, check_size, png_header_bytes
+from pipelines.steps.rawio import (
+    ImageHeader,
+    ImageTooLarge,
+    ItemSkip,
+    check_size,
+    png_header_bytes,
+    read_or_none,
+)
 
 #: The prefix under the CHAMMI-75 root that holds the benchmarks' test data.
 TEST_PREFIX = "CHAMMI-75_test"
@@ -53,14 +60,6 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "storage_options": {},  # fsspec options of the input (credentials come from the standard places)
     "max_image_pixels": 50_000_000,  # refuse an image whose header says it is larger, before decoding
 }
-
-
-class ItemSkip(Exception):
-    """One image (or cell) cannot be used; ``file`` names the file at fault, ``count`` the items it holds."""
-
-    def __init__(self, reason: str, file: str, count: int = 1):
-        super().__init__(reason)
-        self.reason, self.file, self.count = reason, file, count
 
 
 @functools.lru_cache(maxsize=8)
@@ -90,18 +89,6 @@ def resolve_root(
         if has_layout(input_store(sub, opts)):
             return sub
     raise FileNotFoundError(f"no benchmark layout found at {' nor at '.join(tried)}")
-
-
-def read_or_none(store: ReleaseStore, rel: str, what: str) -> bytes | None:
-    """The bytes of ``rel``; None when it does not exist; :class:`ItemSkip` when it cannot be read."""
-    try:
-        return store.read_bytes(rel)
-    except FileNotFoundError as exc:
-        if getattr(exc, "missing", True):
-            return None
-        raise ItemSkip(f"unreadable {what} ({exc})", store.path(rel)) from None
-    except (OSError, RemoteReadError) as exc:
-        raise ItemSkip(f"unreadable {what} ({type(exc).__name__}: {exc})", store.path(rel)) from None
 
 
 def read_table(

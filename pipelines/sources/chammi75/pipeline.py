@@ -45,7 +45,7 @@ from chammi_data.format.release_format import TRAIN, VALIDATION, canonical_json
 from chammi_data.format.schema import Cell, make_cell_id
 from chammi_data.format.vocab import TASK_COLUMNS
 from chammi_data.store.credentials import client_environment
-from chammi_data.store.storage import ReleaseStore, RemoteReadError, open_store
+from chammi_data.store.storage import ReleaseStore, open_store
 from pipelines.sources.base import Discovery, Skipped, SourcePipeline, Unit, UnitResult
 from pipelines.sources.chammi75.crops import CROP_DEFAULTS, check_crop_options, crop_cells
 from pipelines.sources.chammi75.layout import (
@@ -57,15 +57,15 @@ from pipelines.sources.chammi75.layout import (
     parse_unit_images,
 )
 from pipelines.sources.chammi75.metadata import SOURCE, discover_table
-from pipelines.steps.rawio import FieldMismatch, ImageTooLarge, check_field, check_size, png_header_bytes
-
-
-class ImageSkip(Exception):
-    """One image cannot be used; ``file`` names the channel or guidance file at fault."""
-
-    def __init__(self, reason: str, file: str):
-        super().__init__(reason)
-        self.reason, self.file = reason, file
+from pipelines.steps.rawio import (
+    FieldMismatch,
+    ImageTooLarge,
+    ItemSkip,
+    check_field,
+    check_size,
+    png_header_bytes,
+    read_or_none,
+)
 
 
 def storage_options(root: str, opts: Mapping[str, Any]) -> dict[str, Any]:
@@ -158,7 +158,7 @@ class Chammi75Pipeline(SourcePipeline):
         for entry in parse_unit_images(p["images"], p["columns"]):
             try:
                 made = self._stored(store, entry, opts)
-            except ImageSkip as exc:
+            except ItemSkip as exc:
                 skipped.append(Skipped(SOURCE, unit.unit_id, f"{exc.reason} (image {entry.mcid})", exc.file))
                 continue
             cells += made
@@ -177,7 +177,7 @@ class Chammi75Pipeline(SourcePipeline):
             return [image, *crops]
         if not crops:
             file = store.path(guidance_path(entry.files[0]))
-            raise ImageSkip("no cells to crop around (no guidance file), so no crop to store", file)
+            raise ItemSkip("no cells to crop around (no guidance file), so no crop to store", file)
         return crops
 
     def used(self, cells: list[dict[str, Any]], opts: Mapping[str, Any]) -> dict[str, int]:
@@ -195,7 +195,7 @@ class Chammi75Pipeline(SourcePipeline):
             names = {k: store.path(rel) for k, rel in enumerate(entry.files)}
             check_field({k: a.shape for k, a in planes.items()}, {k: 8 for k in planes}, names, 0, True, "")
         except FieldMismatch as exc:
-            raise ImageSkip(f"channels of one image disagree in size: {exc}", names[exc.key]) from None
+            raise ItemSkip(f"channels of one image disagree in size: {exc}", names[exc.key]) from None
         image = np.stack([planes[k] for k in range(len(entry.files))])
         guidance = _read_guidance(store, entry.files[0], image.shape[1:])
         meta: dict[str, Any] = dict(entry.meta)
@@ -225,41 +225,29 @@ class Chammi75Pipeline(SourcePipeline):
         write_sample(out_dir, seed)
 
 
-def _read(store: ReleaseStore, rel: str, what: str) -> bytes | None:
-    """The bytes of a file of the input, None when it does not exist; ``ImageSkip`` when it cannot be read."""
-    try:
-        return store.read_bytes(_key(store, rel))
-    except FileNotFoundError as exc:
-        if getattr(exc, "missing", True):
-            return None
-        raise ImageSkip(f"unreadable {what} ({exc})", store.path(rel)) from None
-    except (OSError, RemoteReadError) as exc:
-        raise ImageSkip(f"unreadable {what} ({type(exc).__name__}: {exc})", store.path(rel)) from None
-
-
 def _read_png(store: ReleaseStore, rel: str, max_pixels: int) -> np.ndarray:
     """One channel file as an (H, W) uint8 array, checked from its header before it is decoded."""
     import imagecodecs
 
-    data = _read(store, rel, "channel file")
+    data = read_or_none(store, rel, "channel file", _key(store, rel))
     where = store.path(rel)
     if data is None:
-        raise ImageSkip("missing channel file", where)
+        raise ItemSkip("missing channel file", where)
     try:
         header = png_header_bytes(data[:26])
         check_size(header, max_pixels, rel, "chammi75.max_image_pixels")
     except ImageTooLarge as exc:
-        raise ImageSkip(str(exc), where) from None
+        raise ItemSkip(str(exc), where) from None
     except ValueError as exc:
-        raise ImageSkip(f"unreadable channel file ({exc})", where) from None
+        raise ItemSkip(f"unreadable channel file ({exc})", where) from None
     if header.bits != 8 or len(header.shape) != 2:
-        raise ImageSkip(f"channel file is {header.bits}-bit {header.dims()}, not an 8-bit grey PNG", where)
+        raise ItemSkip(f"channel file is {header.bits}-bit {header.dims()}, not an 8-bit grey PNG", where)
     try:
         plane = imagecodecs.png_decode(data)
     except Exception as exc:  # a truncated or corrupt PNG
-        raise ImageSkip(f"unreadable channel file ({type(exc).__name__}: {exc})", where) from None
+        raise ItemSkip(f"unreadable channel file ({type(exc).__name__}: {exc})", where) from None
     if plane.dtype != np.uint8 or plane.shape != header.shape:
-        raise ImageSkip(
+        raise ItemSkip(
             f"channel file decodes to {plane.shape} {plane.dtype}, not {header.dims()} uint8", where
         )
     return plane
@@ -272,7 +260,7 @@ def _read_guidance(store: ReleaseStore, png: str, hw: tuple[int, int]) -> Guidan
     from safetensors.numpy import load
 
     rel = guidance_path(png)
-    data = _read(store, rel, "guidance file")
+    data = read_or_none(store, rel, "guidance file", _key(store, rel))
     if data is None:
         return Guidance(np.zeros((0, 2), np.int32))
     try:
@@ -284,7 +272,7 @@ def _read_guidance(store: ReleaseStore, png: str, hw: tuple[int, int]) -> Guidan
         if sizes is not None and np.asarray(sizes).shape != (len(c),):
             raise ValueError(f"sizes is {np.asarray(sizes).shape}, not ({len(c)},)")
     except (SafetensorError, KeyError, ValueError) as exc:
-        raise ImageSkip(f"unreadable guidance file ({type(exc).__name__}: {exc})", store.path(rel)) from None
+        raise ItemSkip(f"unreadable guidance file ({type(exc).__name__}: {exc})", store.path(rel)) from None
     h, w = hw
     xy = np.rint(c).astype(np.int64)
     xy = np.stack([np.clip(xy[:, 0], 0, w - 1), np.clip(xy[:, 1], 0, h - 1)], axis=1).astype(np.int32)
