@@ -60,7 +60,7 @@ def cluster(raw_tree: Path):
             )
             for i in range(2):
                 worker = (
-                    f"mount -t tmpfs -o size=512m none /tmp && cd / && exec {DASK} worker {address} "
+                    f"{_hide_tmp_but_the_code(logs / f'keep{i}')} && cd / && exec {DASK} worker {address} "
                     "--nthreads 1 --nworkers 1 --no-dashboard --local-directory /tmp/dask"
                 )
                 procs.append(
@@ -71,7 +71,11 @@ def cluster(raw_tree: Path):
                         env=env,
                     )
                 )
-            _wait_for_workers(address, 2)
+            try:
+                _wait_for_workers(address, 2)
+            except Exception as exc:  # say why: the workers' own logs
+                tails = {f.name: f.read_text()[-1500:] for f in sorted(logs.glob("*.log"))}
+                raise AssertionError(f"the cluster did not start ({exc}); logs: {tails}") from exc
             yield address, s3
         finally:
             for proc in reversed(procs):
@@ -83,6 +87,28 @@ def cluster(raw_tree: Path):
                     proc.kill()
                     proc.wait(20)
             shutil.rmtree(logs, ignore_errors=True)
+
+
+def _hide_tmp_but_the_code(keep: Path) -> str:
+    """The shell commands that put a private tmpfs over /tmp in a worker's mount namespace, then bind the
+    checkout and the Python environment back where they were when they live under /tmp (a CI clone in a temp
+    folder): the worker runs the same code, and sees none of the client's other temp folders."""
+    under_tmp = sorted({p for p in (REPO, Path(sys.prefix).resolve()) if str(p).startswith("/tmp/")})
+    under_tmp = [p for p in under_tmp if not any(q != p and q in p.parents for q in under_tmp)]
+    before = [f"mkdir -p {keep}/{j} && mount --bind {p} {keep}/{j}" for j, p in enumerate(under_tmp)]
+    after = [f"mkdir -p {p} && mount --bind {keep}/{j} {p}" for j, p in enumerate(under_tmp)]
+    return " && ".join([*before, "mount -t tmpfs -o size=512m none /tmp", *after])
+
+
+def _hide_tmp_but_the_code(keep: Path) -> str:
+    """The shell commands that put a private tmpfs over /tmp in a worker's mount namespace, then bind the
+    checkout and the Python environment back where they were when they live under /tmp (a CI clone in a temp
+    folder): the worker runs the same code, and sees none of the client's other temp folders."""
+    under_tmp = sorted({p for p in (REPO, Path(sys.prefix).resolve()) if str(p).startswith("/tmp/")})
+    under_tmp = [p for p in under_tmp if not any(q != p and q in p.parents for q in under_tmp)]
+    before = [f"mkdir -p {keep}/{j} && mount --bind {p} {keep}/{j}" for j, p in enumerate(under_tmp)]
+    after = [f"mkdir -p {p} && mount --bind {keep}/{j} {p}" for j, p in enumerate(under_tmp)]
+    return " && ".join([*before, "mount -t tmpfs -o size=512m none /tmp", *after])
 
 
 def _wait_for_workers(address: str, n: int, timeout: float = 90) -> None:
