@@ -22,9 +22,9 @@ from typing import Any
 
 def register_benchmark(parser: argparse.ArgumentParser) -> None:
     """The ``--benchmark`` arguments of ``chammi eval``."""
-    from chammi_data.evaluation.benchmarks import list_benchmarks
+    from chammi_data.evaluation.options import BENCHMARK_NAMES
 
-    names = list_benchmarks()
+    names = list(BENCHMARK_NAMES)
     group = parser.add_argument_group(
         "CHAMMI-75 benchmark suite", f"--benchmark NAME scores one benchmark: {', '.join(names)}"
     )

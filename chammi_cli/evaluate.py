@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from chammi_data.errors import UserError
-from chammi_data.evaluation.knn import DEFAULT_BLOCK_SIZE, METRICS
+from chammi_data.evaluation.options import DEFAULT_BLOCK_SIZE, METRICS
 
 CLASSIFIERS = ("knn", "sgd")
 

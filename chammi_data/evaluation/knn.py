@@ -31,11 +31,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from chammi_data.evaluation.options import DEFAULT_BLOCK_SIZE, METRICS
 from chammi_data.progress import progress as progress_bar
 
-METRICS: tuple[str, ...] = ("cosine", "l2")
-#: Default bound on the number of similarity entries held at once (queries per block x references).
-DEFAULT_BLOCK_SIZE: int = 1 << 25
 #: Candidate pairs re-scored in float64 per chunk (bounds the gathered (pairs, D) float64 buffers).
 _REFINE_CHUNK = 4096
 

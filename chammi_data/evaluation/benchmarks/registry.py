@@ -20,6 +20,7 @@ import chammi_data.evaluation.benchmarks.idr0017 as idr0017
 import chammi_data.evaluation.benchmarks.jumpcp as jumpcp
 import chammi_data.evaluation.benchmarks.rbc_mc as rbc_mc
 from chammi_data.evaluation.benchmarks.base import BenchmarkInputError, BenchmarkResult
+from chammi_data.evaluation.options import BENCHMARK_NAMES
 
 
 @dataclass(frozen=True)
@@ -116,3 +117,9 @@ def get_benchmark(name: str) -> Benchmark:
         return BENCHMARKS[name]
     except KeyError:
         raise KeyError(f"unknown benchmark {name!r}; valid: {', '.join(BENCHMARKS)}") from None
+
+
+if tuple(BENCHMARKS) != BENCHMARK_NAMES:  # the parsers offer BENCHMARK_NAMES without importing the scorers
+    raise ImportError(
+        f"chammi_data.evaluation.options.BENCHMARK_NAMES {BENCHMARK_NAMES} != {tuple(BENCHMARKS)}"
+    )
