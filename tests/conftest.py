@@ -46,6 +46,27 @@ from chammi_data.format.schema import Cell, make_cell_id
 from chammi_data.format.vocab import SOURCES
 
 TINY_N = 24
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _sample_cache_of_this_session(tmp_path_factory: pytest.TempPathFactory):
+    """The generated sample raw data is cached in this session's temp folder, not in the user's home
+    (``pipelines.sources.sample_cache``); commands the tests start inherit it. A cache the caller set is
+    kept."""
+    import os
+
+    from pipelines.sources.sample_cache import CACHE_ENV
+
+    if os.environ.get(CACHE_ENV):
+        yield
+        return
+    os.environ[CACHE_ENV] = str(tmp_path_factory.getbasetemp() / "sample-cache")
+    try:
+        yield
+    finally:
+        os.environ.pop(CACHE_ENV, None)
+
+
 TINY_CELLS_PER_SHARD = 10
 TINY_SEED = {"wtc11": 11, "hpa": 22, "cp": 33}
 TINY_HW: dict[str, tuple[int, int]] = {"wtc11": (16, 24), "hpa": (16, 16), "cp": (16, 16)}

@@ -89,6 +89,7 @@ def test_wheel_installs_and_runs_outside_checkout(tmp_path: Path):
         shutil.copy2(REPO / rel, src / rel)
     dist = tmp_path / "dist"
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH" and not k.startswith("CHAMMI_")}
+    env["CHAMMI_SAMPLE_CACHE"] = "off"  # the installed code generates the sample itself, nothing cached
     _run(
         [sys.executable, "-m", "pip", "wheel", src, "--no-deps", "--no-build-isolation", "-q", "-w", dist],
         tmp_path,

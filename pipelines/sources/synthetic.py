@@ -6,7 +6,8 @@ load_data.csv, 16-bit TIFFs, platemaps, Nuclei.csv / SQLite), and on request ``o
 CHAMMI-75 in its published layout) - the layout ``chammi-build --input DIR
 --source all`` reads. Every source folder is written to a temporary name and renamed when complete, with a
 ``.sample-complete`` marker holding the seed, so an interrupted generation is redone and a complete one is
-reused (the build without ``--input`` is resumable end to end). Deterministic by ``seed``.
+reused (the build without ``--input`` is resumable end to end). Deterministic by ``seed``; generated once
+per code version on a machine, then copied from a verified cache (:mod:`pipelines.sources.sample_cache`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
+from pipelines.sources import sample_cache
 from pipelines.sources.registry import RAW_SOURCES, SAMPLE_SOURCES, get_pipeline
 
 MARKER = ".sample-complete"
@@ -37,7 +39,10 @@ def write_source_sample(out_dir: Path, name: str, seed: int = 0) -> Path:
         shutil.rmtree(stale, ignore_errors=True)
     tmp = out_dir / f".{name}.tmp-{uuid.uuid4().hex}"
     try:
-        get_pipeline(name).synth(tmp, seed)
+        synth = get_pipeline(name).synth
+        if not sample_cache.fetch(name, seed, tmp, synth):  # generated once per code version on this machine
+            synth(tmp, seed)
+            sample_cache.store(name, seed, tmp, synth)
         (tmp / MARKER).write_text(f"seed={seed}\n", encoding="utf-8")
         if final.exists():
             shutil.rmtree(final)
