@@ -183,9 +183,9 @@ def warm_up(names: list[str], stores: list[ObjectStore] | None = None) -> None:
     import zarr
 
     logging.getLogger(RETRY_LOGGER).setLevel(logging.ERROR)
-    for store in stores or []:  # an object store's client (its imports, credentials, endpoint): once, now
+    for store in stores or []:  # an object store's clients (imports, credentials, endpoint): once, now
         if not store.is_local:
-            _ = store.fs
+            _ = store.fs, store.client
 
     from chammi_data.format.writer import encode_cell
 
