@@ -83,7 +83,7 @@ def test_a_missing_object_is_none_or_one_error_naming_it(env, client: str) -> No
     _use(env, client)
     store = ObjectStore("s3://obj/missing")
     store.put("here", b"x")
-    assert store.info("nothing/there") is None
+    assert store.info("nothing/there") is None and not store.exists("nothing/there") and store.exists("here")
     with pytest.raises(RemoteObjectError) as err:
         store.read_object("nothing/there")
     msg = str(err.value)
