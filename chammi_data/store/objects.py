@@ -20,11 +20,10 @@ Writes to ``http(s)://`` are refused (a web server is read-only). Transient faul
 retried like reads, each attempt cancelled at the deadline; a refused write names the object and the
 credentials source.
 
-On ``s3://`` the calls a build makes per object - :meth:`~ObjectStore.read_object`, :meth:`~ObjectStore.info`,
-single-part writes and :meth:`~ObjectStore.read_many` - go through obstore where it serves the location
-(:func:`chammi_data.store.obstore_client.shared_client`: installed, no filesystem of the user's, options it
-knows), at a third of s3fs's client CPU per request; listing, deletion, conditional writes and multipart
-uploads stay with fsspec, as does every other protocol.
+On ``s3://`` whole reads, :meth:`~ObjectStore.info`, single-part writes and :meth:`~ObjectStore.read_many` go
+through obstore where it serves the location (:func:`chammi_data.store.obstore_client.shared_client`), at a
+third of s3fs's client CPU per request; listing, deletion, conditional writes, multipart uploads and other
+protocols stay with fsspec.
 """
 
 from __future__ import annotations
@@ -47,9 +46,8 @@ from chammi_data.store.storage import ReleaseStore, RemoteObjectError, RetryPoli
 
 T = TypeVar("T")
 
-#: objects larger than this are uploaded in parts (S3 needs parts of at least 5 MiB, except the last); one
-#: PUT of a 32 MiB shard took half the time and server CPU of 4 parts (measured against moto), and a single
-#: PUT goes through obstore where it serves the location
+#: objects larger than this go in parts (S3: parts of at least 5 MiB but the last); one PUT (obstore's) of a
+#: 32 MiB shard took half the time and server CPU of 4 parts against moto
 MULTIPART_THRESHOLD = 64 << 20
 #: part size of a multipart upload
 PART_SIZE = 8 << 20
@@ -119,8 +117,8 @@ class ObjectStore(ReleaseStore):
         return self._fs
 
     def _forget_listing(self, rel: str) -> None:
-        """After a write that did not go through fsspec: drop what this process's filesystem (if it made
-        one: a worker that only uses obstore never imports s3fs) may have listed of ``rel``'s folder."""
+        """After a write past fsspec: drop what this process's filesystem (if any: a worker that only uses
+        obstore never makes one) may have listed of ``rel``'s folder."""
         self._check_pid()
         fs = self._fs if self._fs is not None else _SHARED_FS.get(self._fs_key())
         if fs is not None:
@@ -159,8 +157,7 @@ class ObjectStore(ReleaseStore):
 
     @property
     def client(self) -> ObstoreReader | None:
-        """obstore's client of this store's bucket where obstore serves it (see the module docstring; keys
-        relative to the bucket: :meth:`bucket_key`), else None: fsspec does."""
+        """obstore's client of this store's bucket (keys: :meth:`bucket_key`), else None: fsspec serves it."""
         if self.is_local or self._fs_given or self.protocol not in ("s3", "s3a"):
             return None
         self._check_pid()
@@ -172,9 +169,8 @@ class ObjectStore(ReleaseStore):
         return bucket, key
 
     def _fast(self, rel: str) -> tuple[ObstoreReader, str] | None:
-        """(obstore's client, the key of ``rel``) where obstore serves ``rel``; None for fsspec. obstore
-        cannot name a key with an empty, ``.`` or ``..`` segment (``a//b``, ``./a``), which S3 and s3fs
-        allow."""
+        """(obstore's client, the key of ``rel``) where obstore serves ``rel``, else None: obstore cannot name
+        a key with an empty, ``.`` or ``..`` segment (``a//b``, ``./a``), which S3 and s3fs allow."""
         client = self.client
         if client is None:
             return None
@@ -268,15 +264,13 @@ class ObjectStore(ReleaseStore):
 
     @property
     def _whole(self) -> int | None:
-        """fsspec's ``start`` of a whole-object read: no Range header on S3 (``bytes=0-`` of an empty object
-        is answered 416), ``0`` elsewhere (no size request first)."""
+        """fsspec's ``start`` of a whole read: none on S3 (``bytes=0-`` of an empty object: 416), else 0."""
         return None if self.protocol in ("s3", "s3a") else 0
 
     def read_many(self, items: Sequence[tuple[str, int, int | None]]) -> list[bytes | BaseException]:
-        """Bytes ``[start, end)`` of each (``rel``, ``start``, ``end``) of this remote store (``end`` None:
-        to the end; ``start < 0``: the last ``-start`` bytes), fetched concurrently, not retried: a failed
-        item is its exception in the list (the caller reads it again alone, with retries and an error naming
-        it)."""
+        """Bytes ``[start, end)`` of each (rel, start, end) (``end`` None: to the end; ``start<0``:
+        the last ``-start`` bytes), fetched concurrently, not retried: a failed item is its exception in the
+        list (the caller reads it again alone, with retries and an error naming it)."""
         if not items:
             return []
         fast = [self._fast(rel) for rel, _, _ in items]
