@@ -10,8 +10,13 @@ SSO, instance role), the endpoint from ``storage_options`` or ``$AWS_ENDPOINT_UR
 from ``anon``; every call runs on fsspec's event loop under the same deadline
 (:func:`chammi_data.store.remote.call_with_retries`) with obstore's own retries off; errors map to the
 Python kinds the retry loop knows (missing -> ``FileNotFoundError``, refused -> ``PermissionError``).
-Only ranged reads (the cells of ``load``, the shard runs of ``stream``, cache downloads) use it; whole small
-files (manifest, release.json), listing, ``info`` and other protocols stay with fsspec.
+A release's reads use it for ranged reads only (the cells of ``load``, the shard runs of ``stream``, cache
+downloads); whole small files (manifest, release.json), listing, ``info`` and other protocols stay with
+fsspec. A build's :class:`~chammi_data.store.objects.ObjectStore` (raw inputs, spills, shards) also reads
+whole objects, asks their size and ETag and writes single-part objects through it (:func:`shared_client`:
+one client per bucket and process, so the stores a dask task unpickles reuse its connections); there
+obstore cost a third of s3fs's client CPU per request (0.75 ms against 3.6 ms per small GET, 1.1 ms against
+2.4 ms per 300 kB PUT, measured against moto on 127.0.0.1).
 
 **Fork.** obstore runs its requests on a Tokio runtime whose threads a forked child does not have: a
 DataLoader worker forked from a process that already used obstore would wait forever. Such a child reads
@@ -26,11 +31,13 @@ when no credentials are found (fsspec then gives its clear error).
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from chammi_data.store.credentials import client_environment
 from chammi_data.store.remote import RetryPolicy
 
 #: ``fsspec`` (never obstore) or ``auto`` (obstore for s3:// when it is installed; the default).
@@ -38,6 +45,10 @@ CLIENT_ENV = "CHAMMI_REMOTE_CLIENT"
 _KNOWN_OPTIONS = {"anon", "key", "secret", "token", "endpoint_url", "client_kwargs", "config_kwargs"}
 #: The process whose obstore calls started its runtime (None: none yet); its forked children use fsspec.
 RUNTIME_PID: list[int] = []
+#: requests :meth:`ObstoreReader.get_many` keeps in flight at once
+MANY_AT_ONCE = 16
+#: the clients of :func:`shared_client`, by process, bucket, options, timeout and client environment
+_SHARED: dict[tuple[Any, ...], Any] = {}
 
 
 def _botocore_credentials() -> Any:
@@ -117,6 +128,21 @@ def obstore_reader(protocol: str, url: str, storage_options: Mapping[str, Any], 
     return ObstoreReader(store)
 
 
+def shared_client(
+    protocol: str, bucket: str, storage_options: Mapping[str, Any], policy: RetryPolicy
+) -> ObstoreReader | None:
+    """The :class:`ObstoreReader` of a whole ``bucket`` (keys relative to the bucket) that the stores of this
+    process with the same options share, or None where fsspec serves them (see :func:`obstore_reader`). Keyed
+    by the client environment too: a client made while ``AWS_ENDPOINT_URL`` named another server is never
+    reused."""
+    mode = os.environ.get(CLIENT_ENV, "auto").strip().lower()
+    options = repr(sorted((str(k), repr(v)) for k, v in storage_options.items()))
+    key = (os.getpid(), protocol, bucket, options, policy.timeout, mode, client_environment())
+    if key not in _SHARED:
+        _SHARED[key] = obstore_reader(protocol, f"{protocol}://{bucket}", storage_options, policy)
+    return _SHARED[key]
+
+
 def _python_error(exc: BaseException) -> BaseException:
     """The Python kind of an obstore error, on one line (obstore appends a multi-line debug dump): missing ->
     ``FileNotFoundError``, refused -> ``PermissionError``, timed out -> ``TimeoutError``, anything else (a
@@ -154,6 +180,57 @@ class ObstoreReader:
                 raise
 
         return sync(get_loop(), run, timeout=max(limit, 1e-3))
+
+    def get(self, rel: str, limit: float) -> Any:
+        """The whole object ``rel`` in one GET, as a buffer (no copy)."""
+
+        async def whole(store: Any, path: str) -> Any:
+            import obstore
+
+            result = await obstore.get_async(store, path)
+            return await result.bytes_async()
+
+        return self._call(whole, rel, limit=limit)
+
+    def head(self, rel: str, limit: float) -> dict[str, Any]:
+        """``{"size", "etag"}`` of the object ``rel`` (one HEAD; the ETag as S3 gives it, quotes kept, as
+        s3fs gives it too); ``FileNotFoundError`` when it does not exist."""
+        import obstore
+
+        meta = self._call(obstore.head_async, rel, limit=limit)
+        return {"size": int(meta["size"]), "etag": meta.get("e_tag") or ""}
+
+    def put(self, rel: str, data: Any, limit: float) -> None:
+        """Write the object ``rel`` with ``data`` (bytes or a buffer) in one PUT (atomic)."""
+        import obstore
+
+        self._call(obstore.put_async, rel, data, use_multipart=False, limit=limit)
+
+    def get_many(self, items: Sequence[tuple[str, int, int | None]], limit: float) -> list[Any]:
+        """Bytes ``[start, end)`` of each (``rel``, ``start``, ``end``) (``end`` None: to the end; ``start <
+        0``: the last ``-start`` bytes), :data:`MANY_AT_ONCE` requests at a time, all within ``limit``
+        seconds; a failed item is its exception (the Python kind) in the list, not raised."""
+        import obstore
+
+        async def many(store: Any) -> list[Any]:
+            gate = asyncio.Semaphore(MANY_AT_ONCE)
+
+            async def one(path: str, start: int, end: int | None) -> Any:
+                if end is not None and 0 <= start and end <= start:
+                    return b""  # an empty range, which obstore refuses and fsspec answers
+                async with gate:
+                    try:
+                        if start < 0 or (start == 0 and end is None):
+                            options: Any = {"range": {"suffix": -start}} if start < 0 else None
+                            result = await obstore.get_async(store, path, options=options)
+                            return await result.bytes_async()
+                        return await obstore.get_range_async(store, path, start=start, end=end)
+                    except Exception as exc:
+                        return _python_error(exc) if type(exc).__module__.startswith("obstore") else exc
+
+            return list(await asyncio.gather(*(one(*item) for item in items)))
+
+        return self._call(many, limit=limit)
 
     def get_range(self, rel: str, start: int, end: int | None, limit: float) -> Any:
         """Bytes ``[start, end)`` of ``rel`` (``start < 0``, ``end`` None: the last ``-start`` bytes), as a

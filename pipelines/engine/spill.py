@@ -206,8 +206,7 @@ def read_spill_outcomes(store: ObjectStore, items: Sequence[tuple[str, str]]) ->
     out: list[UnitOutcome | None] = [None] * len(items)
     if not todo:
         return out
-    keys = [store.key(rel) for _, rel, _ in todo]
-    tails = store.fs.cat_ranges(keys, [-TAIL_FETCH] * len(keys), [None] * len(keys), on_error="return")
+    tails = store.read_many([(rel, -TAIL_FETCH, None) for _, rel, _ in todo])
     for (i, rel, key), tail in zip(todo, tails, strict=True):
         if isinstance(tail, BaseException):
             continue  # unreadable now: the unit is recomputed
@@ -272,10 +271,7 @@ class SpillReader:
         if not cover:
             return
         rels = sorted(cover)
-        keys = [self.store.key(r) for r in rels]
-        got = self.store.fs.cat_ranges(
-            keys, [cover[r][0] for r in rels], [cover[r][1] for r in rels], on_error="return"
-        )
+        got = self.store.read_many([(r, cover[r][0], cover[r][1]) for r in rels])
         blobs = dict(zip(rels, got, strict=True))
         for rel, (off, length), _ in wanted:
             blob = blobs.get(rel)

@@ -233,19 +233,14 @@ def _fetch_round(batch: list[tuple[RawInput, str, Future[bytes]]]) -> None:
         by_store.setdefault(id(item[0]), []).append(item)
     try:
         for items in by_store.values():
-            store = items[0][0]
-            try:
-                keys = [store.key(rel) for _, rel, _ in items]
-                got = store.fs.cat_ranges(keys, [0] * len(keys), [None] * len(keys), on_error="return")
-            except Exception as exc:  # the reads themselves will retry and report
-                got = [exc] * len(items)
+            got = items[0][0].read_many([(rel, 0, None) for _, rel, _ in items])
             for (_, _, fut), data in zip(items, got, strict=True):
                 if fut.done():
                     continue
                 if isinstance(data, BaseException):
                     fut.set_exception(data)
                 else:
-                    fut.set_result(bytes(data))
+                    fut.set_result(data)
     finally:  # never leave a reader waiting
         for _, _, fut in batch:
             if not fut.done():
