@@ -14,6 +14,7 @@ from chammi_data.format.vocab import RELEASE_SOURCE_KEYS, SOURCES, TASK_COLUMNS,
 from pipelines.engine.ledger import cell_table
 from pipelines.sources.base import SourcePipeline, UnitSkip
 from pipelines.sources.registry import PIPELINES, get_pipeline, list_pipelines
+from pipelines.sources.synthetic import write_source_sample
 from pipelines.sources.wtc11.pipeline import STAGES
 
 HEAVY = {"hpa", "cp"}  # their sample generators take tens of seconds here
@@ -45,6 +46,8 @@ def test_registry_resolves_every_name() -> None:
 def _raw(name: str, tmp_path: Path) -> Path:
     if name == "wtc11":  # the full sample is ~200 cells; the contract needs a few
         wtc11_synth.write_sample(tmp_path, seed=0, cells_per_structure=1, z=1, stages=STAGES)
+    elif name in ("hpa", "cp"):  # the sample as builds get it (generated once per session, then copied)
+        return write_source_sample(tmp_path, name, 0)
     else:
         get_pipeline(name).synth(tmp_path, seed=0)
     return tmp_path
