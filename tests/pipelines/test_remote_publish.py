@@ -74,7 +74,8 @@ def test_sigkill_of_the_client_then_the_lease_then_a_resumed_build_with_the_same
     s3, raw_tree: Path, tmp_path: Path
 ) -> None:
     cfg = _config(tmp_path, 8)
-    env = {**s3.env(), "CHAMMI_LOCK_LEASE_S": "4"}
+    # a lease long enough for the refused build to start and look on a slow machine (4 s was not, once)
+    env = {**s3.env(), "CHAMMI_LOCK_LEASE_S": "12"}
     fs = s3fs_of(s3)
     units = "out/killed/.work/wtc11/units"
     proc = _start([*_args("s3://out/killed", cfg), "--workers", "2"], env)
@@ -83,12 +84,13 @@ def test_sigkill_of_the_client_then_the_lease_then_a_resumed_build_with_the_same
     proc.wait(30)
     done = len(fs.find(units))
     assert not fs.exists("out/killed/release.json")
+    expires = float(json.loads(fs.cat_file("out/killed/.chammi-build.lock"))["expires"])
     # at once: the dead build's lease has not run out - refused, naming the holder and when it ends
     refused = chammi_build(*_args("s3://out/killed", cfg), "--quiet", env=env)
     assert refused.returncode == 2, refused.stderr
     assert f"pid {proc.pid}" in refused.stderr and "its lease ends" in refused.stderr
     assert "is being built by another chammi-build" in refused.stderr
-    time.sleep(4.5)  # the lease runs out: the next build takes the lock over
+    time.sleep(max(0.0, expires - time.time()) + 0.5)  # the lease runs out: the next build takes over
     rerun = chammi_build(*_args("s3://out/killed", cfg), "--quiet", env=env)
     assert rerun.returncode == 0, rerun.stderr
     report = json.loads(fs.cat_file("out/killed/build_report.json"))
