@@ -100,17 +100,6 @@ def _hide_tmp_but_the_code(keep: Path) -> str:
     return " && ".join([*before, "mount -t tmpfs -o size=512m none /tmp", *after])
 
 
-def _hide_tmp_but_the_code(keep: Path) -> str:
-    """The shell commands that put a private tmpfs over /tmp in a worker's mount namespace, then bind the
-    checkout and the Python environment back where they were when they live under /tmp (a CI clone in a temp
-    folder): the worker runs the same code, and sees none of the client's other temp folders."""
-    under_tmp = sorted({p for p in (REPO, Path(sys.prefix).resolve()) if str(p).startswith("/tmp/")})
-    under_tmp = [p for p in under_tmp if not any(q != p and q in p.parents for q in under_tmp)]
-    before = [f"mkdir -p {keep}/{j} && mount --bind {p} {keep}/{j}" for j, p in enumerate(under_tmp)]
-    after = [f"mkdir -p {p} && mount --bind {keep}/{j} {p}" for j, p in enumerate(under_tmp)]
-    return " && ".join([*before, "mount -t tmpfs -o size=512m none /tmp", *after])
-
-
 def _wait_for_workers(address: str, n: int, timeout: float = 90) -> None:
     from dask.distributed import Client
 
