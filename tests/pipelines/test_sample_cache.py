@@ -92,3 +92,25 @@ def test_off_writes_no_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     write_source_sample(tmp_path / "a", "wtc11", seed=6)
     assert not (tmp_path / "xdg").exists()
+
+
+@pytest.mark.slow  # two sample builds of the CP source (about 20 s)
+def test_chammi_build_without_input_fills_and_checks_the_cache(tmp_path: Path, monkeypatch, caplog):
+    """Through the build command: a build without --input stores its generated sample in the cache; the
+    next one takes it from there, notices a flipped byte, regenerates, and builds the same release."""
+    import chammi_cli.build as build_cli
+    from tests.pipelines.conftest import tree_hashes
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv(sample_cache.CACHE_ENV, str(cache))
+    argv = ["--source", "cp", "--workers", "1", "--quiet", "--output"]
+    assert build_cli.main([*argv, str(tmp_path / "a")]) == 0
+    (entry,) = cache.iterdir()
+    assert entry.name.startswith("cp-0-") and (entry / sample_cache.LISTING).is_file()
+    victim = sorted((entry / "files").rglob("*.tif*"))[0]
+    data = bytearray(victim.read_bytes())
+    data[-1] ^= 0x01
+    victim.write_bytes(bytes(data))
+    assert build_cli.main([*argv, str(tmp_path / "b")]) == 0
+    assert "damaged" in caplog.text and victim.name in caplog.text
+    assert tree_hashes(tmp_path / "a") == tree_hashes(tmp_path / "b")
