@@ -224,11 +224,22 @@ class StoreOutput:
         """Refuse (exit 2) a prefix holding anything but a chammi-build release and its working files; note
         the generation committed now."""
         files = self.store.list_files("")
-        release = self.store.read_object(RELEASE_JSON) if RELEASE_JSON in files else None
+        # asked for by name (one HEAD), not taken from the listing: what it names must be kept
+        release = self.store.read_object(RELEASE_JSON) if self.store.exists(RELEASE_JSON) else None
+        if release is not None and RELEASE_JSON not in files:
+            files.append(RELEASE_JSON)
         check_output(self.store.url, files, release)
         if release is not None:
-            gen = (json.loads(release).get("extra") or {}).get("generation", "")
-            self.previous = gen if f"{gen}/{RELEASE_JSON}" in files else ""
+            # the committed generation is kept by this build's commit whatever the listing shows: readers that
+            # opened it read on until the commit after (a listing that missed its release.json once cost it)
+            self.previous = (json.loads(release).get("extra") or {}).get("generation", "")
+            if self.previous and f"{self.previous}/{RELEASE_JSON}" not in files:
+                log.warning(
+                    "%s names generation %s, whose release.json is not listed under %s; it is kept",
+                    self.store.path(RELEASE_JSON),
+                    self.previous,
+                    self.store.url,
+                )
 
     def clear_leftovers(self) -> None:
         """Abort the multipart uploads a killed build left unfinished (they are invisible and billed)."""

@@ -176,3 +176,35 @@ def test_a_store_without_conditional_writes_builds_and_says_its_lock_can_race(
     gen = json.loads(mem.cat_file(f"{root}/release.json"))["extra"]["generation"]
     assert mem.cat_file(f"{root}/release.json") == mem.cat_file(f"{root}/{gen}/release.json")
     assert not mem.exists(f"{root}/.chammi-build.lock") and len(chammi_data.load("all", root=url)) == 42
+
+
+def test_the_committed_generation_is_kept_even_when_a_listing_misses_it(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The commit keeps the generation that was committed when the build started (its readers read on), the
+    one named by the root release.json read by name: a listing that leaves out its release.json, or the root
+    one, must not get it removed. Only older generations go."""
+    import fsspec
+
+    from pipelines.engine.output_store import StoreOutput
+
+    url = f"memory://chammi-{uuid.uuid4().hex[:8]}/rel"
+    root = url.split("://", 1)[1]
+    mem = fsspec.filesystem("memory")
+    old, prev, new = "g-" + "a" * 20, "g-" + "b" * 20, "g-" + "c" * 20
+    release = json.dumps({"package": "chammi", "shards": {}, "extra": {"generation": prev}}).encode()
+    for gen in (old, prev):
+        mem.pipe_file(f"{root}/{gen}/release.json", release)
+        mem.pipe_file(f"{root}/{gen}/shards/wtc11/wtc11-000000.tar", b"x")
+    mem.pipe_file(f"{root}/release.json", release)
+    out = StoreOutput(url)
+    listed = out.store.list_files
+    hidden = {"release.json", f"{prev}/release.json"}
+    monkeypatch.setattr(out.store, "list_files", lambda p="": [f for f in listed(p) if f not in hidden])
+    with caplog.at_level("WARNING", logger="pipelines.engine.output_store"):
+        out.check_contents()
+    assert out.previous == prev and f"{prev}, whose release.json is not listed" in caplog.text
+    monkeypatch.setattr(out.store, "list_files", listed)
+    mem.pipe_file(f"{root}/{new}/release.json", release)
+    out._remove_old(keep={new, out.previous})
+    assert {p.split(f"{root}/", 1)[1].split("/")[0] for p in mem.find(root)} == {prev, new, "release.json"}
