@@ -13,22 +13,41 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 import torch.utils.data._utils
 from torch.utils.data import DataLoader
 
 import chammi_data
+from chammi_data.loading.dataset import ReleaseDataset
 from chammi_data.store.remote import DEADLINE_ENV, TIMEOUT_ENV, RetryPolicy, env_seconds
 from chammi_data.store.storage import ReleaseStore, RemoteReadError
 from tests.conftest import make_cells
 from tests.servers import HTTPServer, S3Server, descendants, in_session
 
-TIMEOUT_S, DEADLINE_S = 1.0, 4.0
+T = TypeVar("T")
+
+TIMEOUT_S, DEADLINE_S = 1.5, 5.0
 #: what "bounded" means here: the deadline, plus process and thread start-up on a busy 2-core machine
 BOUND_S = DEADLINE_S + 8.0
+
+
+def _before_the_fault(setup: Callable[[], T]) -> T:
+    """``setup()`` (open a reader, read a few cells), tried up to 3 times. On a loaded machine a new client's
+    first request (its TLS contexts built in a thread, the server's first answer) can outlast the short
+    per-request timeout this module sets; that happens before any fault and is not what is tested here
+    (CI's machine failed it once). What follows the fault is measured without such a second chance."""
+    for attempt in range(3):
+        try:
+            return setup()
+        except RemoteReadError:
+            if attempt == 2:
+                raise
+            time.sleep(1.0)
+    raise AssertionError("unreachable")
 
 
 @pytest.fixture(scope="module")
@@ -90,10 +109,15 @@ def _fault(srv, kind: str) -> None:
 @pytest.mark.parametrize("kind", ["stalled", "killed"])
 def test_load_fails_once_within_the_deadline(server, kind, short_deadline):
     srv, url = server
-    ds = chammi_data.load("all", root=url)
+
+    def opened() -> ReleaseDataset:
+        ds = chammi_data.load("all", root=url)
+        for i in range(3):
+            ds.read_array(i)
+        return ds
+
+    ds = _before_the_fault(opened)
     shard_of = ds.rows["shard"].tolist()
-    for i in range(3):
-        ds.read_array(i)
     todo = next(i for i in range(len(ds)) if shard_of[i] not in shard_of[:3])  # a shard not read yet
     _fault(srv, kind)
     t0 = time.monotonic()
@@ -118,9 +142,12 @@ def test_stream_with_two_workers_fails_once_within_the_deadline(server, kind, sh
     monkeypatch.setattr(torch.utils.data._utils, "MP_STATUS_CHECK_INTERVAL", 1.0)
     before = set(descendants(os.getpid()))  # other tests' servers: not this test's business
     st = chammi_data.stream(root=url, split="all", seed=1, order="shards", readahead=1, buffer=2)
-    loader = DataLoader(st, batch_size=2, num_workers=2, collate_fn=list, prefetch_factor=1)
-    it = iter(loader)
-    got = [s["cell_id"] for _ in range(2) for s in next(it)]
+
+    def started() -> tuple[Any, list[str]]:
+        it = iter(DataLoader(st, batch_size=2, num_workers=2, collate_fn=list, prefetch_factor=1))
+        return it, [s["cell_id"] for _ in range(2) for s in next(it)]
+
+    it, got = _before_the_fault(started)
     assert len(got) == 4
     _fault(srv, kind)
     t0 = time.monotonic()
@@ -132,7 +159,7 @@ def test_stream_with_two_workers_fails_once_within_the_deadline(server, kind, sh
     msg = str(err.value)
     assert f"{url}/shards/" in msg and ": read bytes " in msg and "failed after" in msg, msg
     assert elapsed < BOUND_S, (elapsed, msg)
-    del it, loader, err  # the traceback holds the DataLoader iterator, which holds its workers
+    del it, err  # the traceback holds the DataLoader iterator, which holds its workers
     gc.collect()
 
     def workers() -> list[int]:

@@ -144,11 +144,15 @@ def test_readers_never_see_a_mix_while_rebuilds_publish_and_a_killed_build_chang
     reader.start()
     try:
         assert chammi_build(*_args(url, _config(tmp_path, 16)), "--quiet").returncode == 0
-        time.sleep(1.0)
+        v2 = read_release_json(url)["extra"]["generation"]
+        # until the reader has read the new one (a fixed second was too short on a loaded CI machine: one
+        # reading that began before the commit outlasted it)
+        deadline = time.monotonic() + 120
+        while not any(named == v2 for _, _, named in seen) and not errors and time.monotonic() < deadline:
+            time.sleep(0.1)
     finally:
         stop.set()
         reader.join(60)
-    v2 = read_release_json(url)["extra"]["generation"]
     assert v1 != v2 and not errors, errors[:3]
     shards = {v1: tuple(f"shards/wtc11/wtc11-{k:06d}.tar" for k in range(6)),
               v2: tuple(f"shards/wtc11/wtc11-{k:06d}.tar" for k in range(3))}  # fmt: skip
