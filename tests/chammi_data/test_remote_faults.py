@@ -40,14 +40,12 @@ def _before_the_fault(setup: Callable[[], T]) -> T:
     first request (its TLS contexts built in a thread, the server's first answer) can outlast the short
     per-request timeout this module sets; that happens before any fault and is not what is tested here
     (CI's machine failed it once). What follows the fault is measured without such a second chance."""
-    for attempt in range(3):
+    for _ in range(2):
         try:
             return setup()
         except RemoteReadError:
-            if attempt == 2:
-                raise
             time.sleep(1.0)
-    raise AssertionError("unreachable")
+    return setup()
 
 
 @pytest.fixture(scope="module")
